@@ -1,0 +1,26 @@
+# Quick start: `make run` (main job) and `make test` (whole suite) on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The main job: compile every example spec, check it against the oracle, print a table.
+run: $(VENV)/.installed
+	$(VENV)/bin/convgen check specs/*.toml
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

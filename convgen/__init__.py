@@ -1,0 +1,26 @@
+"""convgen: a code-generating convolution compiler.
+
+Declare what a convolution is (:class:`ConvSpec`) and, separately, how to run it
+(:class:`Schedule`); convgen generates specialized source, compiles it, loads it
+through cffi and returns a callable checked against a NumPy oracle
+(:func:`reference`).
+"""
+
+from .aot import compile_to, load
+from .backends import BACKENDS, compile
+from .errors import (CompileError, CompilerNotFoundError, ConvgenError, ScheduleError,
+                     SpecError, SpecFileError)
+from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
+                         conv_transpose3d)
+from .kernel import Kernel
+from .reference import reference
+from .schedule import Schedule, default_schedule
+from .spec import ACTIVATIONS, ConvSpec
+from .version import __version__
+
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "CompileError", "CompilerNotFoundError", "ConvSpec",
+    "ConvgenError", "Kernel", "Schedule", "ScheduleError", "SpecError", "SpecFileError",
+    "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "default_schedule", "load", "reference",
+]

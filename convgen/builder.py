@@ -1,0 +1,97 @@
+"""Build: C source -> shared library with the host C compiler, through the cache.
+
+The cache key covers everything that shapes the library: convgen's code version,
+the backend, the compiler's identity (its resolved path and a hash of the
+binary, so no compiler process runs on a cache hit), the flags, the CPU, and the
+source text itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import config
+from .cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
+from .errors import CompileError, CompilerNotFoundError
+
+BASE_CFLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno",
+               "-march=native", "-mprefer-vector-width=512")
+OPENMP_FLAGS = ("-fopenmp",)
+SOURCE_NAME = "kernel.c"
+LIBRARY_NAME = "kernel.so"
+
+
+def find_c_compiler() -> str:
+    """Absolute path of the C compiler ($CC or cc); CompilerNotFoundError if missing."""
+    command = config.c_compiler()
+    path = shutil.which(command)
+    if path is None:
+        raise CompilerNotFoundError(
+            f"no C compiler found: CC={command!r} is not on PATH. Install gcc (or set CC) "
+            "to use backend='c'.")
+    return os.path.realpath(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _binary_identity(path: str) -> str:
+    return f"{path}|sha256:{file_sha256(Path(path))}"
+
+
+def compiler_identity(path: str) -> str:
+    """Resolved path plus a hash of the compiler binary; runs no process."""
+    return _binary_identity(path)
+
+
+def c_flags(openmp: bool) -> list[str]:
+    return [*BASE_CFLAGS, *(OPENMP_FLAGS if openmp else ()), *config.extra_cflags()]
+
+
+def c_cache_key(source: str, compiler: str, flags: list[str]) -> str:
+    return make_key(convgen=code_version(), backend="c", compiler=compiler_identity(compiler),
+                    flags=flags, cpu=cpu_identity(), source=source)
+
+
+def compile_c(source: str, output: Path, flags: list[str], compiler: str,
+              source_path: Path) -> None:
+    """Write ``source`` to ``source_path`` and compile it to ``output``."""
+    source_path.write_text(source)
+    command = [config.c_compiler(), *flags, "-o", str(output), str(source_path), "-lm"]
+    command[0] = compiler
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        raise CompilerNotFoundError(f"could not run the C compiler {compiler}: {exc}",
+                                    command=command, source_path=str(source_path)) from exc
+    if result.returncode != 0:
+        raise CompileError("C compilation failed", command=command,
+                           returncode=result.returncode, stderr=result.stderr,
+                           source_path=str(source_path))
+
+
+def build_c(source: str, symbol: str, openmp: bool = False,
+            cache: Cache | None = None) -> CacheEntry:
+    """The cache entry holding ``source`` compiled; compiles only on a miss."""
+    cache = cache or Cache()
+    compiler = find_c_compiler()
+    flags = c_flags(openmp)
+    key = c_cache_key(source, compiler, flags)
+
+    def build(tmp: Path) -> dict[str, str]:
+        try:
+            compile_c(source, tmp / LIBRARY_NAME, flags, compiler, tmp / SOURCE_NAME)
+        except CompileError as exc:
+            # Keep the failing source where the user can read it.
+            failed = cache.root / "failed" / f"{symbol}.c"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(source)
+            exc.source_path = str(failed)
+            exc.args = (exc.message, exc.command, exc.returncode, exc.stderr, str(failed))
+            raise
+        return {"source": SOURCE_NAME, "library": LIBRARY_NAME}
+
+    return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "c",
+                                                      "flags": flags})

@@ -1,0 +1,321 @@
+"""The ``convgen`` command line: compile, show, check and explain spec files.
+
+Every command takes one or more TOML spec files (see :mod:`convgen.specfile`).
+Exit codes: 0 success, 1 a ``check`` outside tolerance, 2 a usage, spec or
+compile error (printed as ``convgen: error: ...``, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import convgen as cg
+
+from .errors import ConvgenError
+from .specfile import SpecEntry, load_specfile, load_specfiles
+from .spec import ConvSpec
+from .tolerance import max_error, tolerance
+
+PROG = "convgen"
+TIMING_REPEATS = 5
+
+
+class UsageError(ConvgenError):
+    """A command-line request that cannot be met (e.g. --name not in the file)."""
+
+
+# -- entry point -------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse's --help and usage errors too)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
+        return _exit_code(exc)
+    try:
+        return args.run(args)
+    except (ConvgenError, OSError) as exc:
+        print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 2
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Generate, compile and check specialized convolution kernels "
+                    "from TOML spec files.",
+        epilog="Run 'convgen COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {getattr(cg, '__version__', 'unknown')}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--backend", choices=tuple(cg.BACKENDS), default="c",
+                         help="code generator and compiler to use (default: %(default)s)")
+
+    p = commands.add_parser(
+        "compile", parents=[backend], help="compile spec files ahead of time into a directory",
+        description="Compile every convolution in the spec files into DIR: sources, shared "
+                    "libraries and a manifest that convgen.load(DIR) reads without a compiler.")
+    p.add_argument("specfiles", nargs="+", metavar="SPECFILE", help="TOML spec file(s)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="output directory (created if missing)")
+    p.set_defaults(run=run_compile)
+
+    p = commands.add_parser(
+        "show", parents=[backend], help="print the generated source",
+        description="Print the generated source of each convolution in SPECFILE "
+                    "(or only the one named by --name).")
+    p.add_argument("specfile", metavar="SPECFILE", help="TOML spec file")
+    p.add_argument("--name", help="only this convolution")
+    p.set_defaults(run=run_show)
+
+    p = commands.add_parser(
+        "check", parents=[backend], help="compile, run and compare with the NumPy oracle",
+        description="Compile each convolution, run it on seeded random data in [-1, 1], "
+                    "compare with convgen.reference and time it. Exits 1 when any "
+                    "result is outside tolerance.")
+    p.add_argument("specfiles", nargs="+", metavar="SPECFILE", help="TOML spec file(s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(run=run_check)
+
+    p = commands.add_parser(
+        "explain", parents=[backend], help="show shapes, size arithmetic, cost and schedule",
+        description="Explain each convolution in SPECFILE: its fields, shapes, the output-size "
+                    "arithmetic per spatial dim, FLOPs, bytes, arithmetic intensity and the "
+                    "schedule used. Needs no compiler.")
+    p.add_argument("specfile", metavar="SPECFILE", help="TOML spec file")
+    p.add_argument("--name", help="only this convolution")
+    p.set_defaults(run=run_explain)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def run_compile(args: argparse.Namespace) -> int:
+    entries = load_specfiles(args.specfiles, unique=True)
+    items = [(e.name, e.spec, e.schedule) for e in entries]
+    manifest = cg.compile_to(items, args.output, backend=args.backend)
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(f"  {e.name:<{width}}  {_shape(e.spec.output_shape):<16}  {e.path}")
+    print(f"compiled {len(entries)} kernel{'s' if len(entries) != 1 else ''} "
+          f"({args.backend}) into {args.output}")
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    entries = _select(load_specfile(args.specfile), args.name, args.specfile)
+    comment = ";" if args.backend == "llvm" else "//"
+    for i, entry in enumerate(entries):
+        kernel = cg.compile(entry.spec, backend=args.backend, schedule=entry.schedule)
+        if len(entries) > 1:
+            if i:
+                print()
+            print(f"{comment} ===== {entry.name} ({entry.path}) =====")
+        print(kernel.source.rstrip("\n"))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    entries = load_specfiles(args.specfiles, unique=False)
+    table = _Table([("name", "<"), ("output shape", "<"), ("max error", ">"),
+                    ("tolerance", ">"), ("status", "<"), ("time (ms)", ">"),
+                    ("GFLOP/s", ">")],
+                   widths=[max(len(e.name) for e in entries),
+                           max(len(_shape(e.spec.output_shape)) for e in entries),
+                           9, 9, 6, 10, 8])
+    print(table.header())
+    failures = 0
+    for entry in entries:
+        error, tol, seconds = check_entry(entry, args.backend, args.seed)
+        ok = error <= tol  # False for NaN
+        failures += not ok
+        gflops = entry.spec.flops / seconds / 1e9 if seconds > 0 else math.inf
+        print(table.row([entry.name, _shape(entry.spec.output_shape), f"{error:.2e}",
+                         f"{tol:.2e}", "ok" if ok else "FAIL", f"{seconds * 1e3:.3f}",
+                         f"{gflops:.2f}"]), flush=True)
+    print(table.rule())
+    passed = len(entries) - failures
+    print(f"{passed}/{len(entries)} within tolerance "
+          f"(backend {args.backend}, seed {args.seed}, time: median of {TIMING_REPEATS} calls)")
+    return 0 if failures == 0 else 1
+
+
+def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float, float]:
+    """(max error vs the oracle, tolerance, median seconds per call) for one entry."""
+    spec = entry.spec
+    kernel = cg.compile(spec, backend=backend, schedule=entry.schedule)
+    x, w, b = random_inputs(spec, seed)
+    got = kernel(x, w, b)
+    want = cg.reference(spec, x, w, b)
+    error = max_error(got, want)
+
+    out = np.empty(spec.output_shape, dtype=spec.dtype)
+    times = []
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        kernel(x, w, b, out=out)
+        times.append(time.perf_counter() - start)
+    return error, tolerance(spec), float(np.median(times))
+
+
+def random_inputs(spec: ConvSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x, w and b (None without bias), uniform in [-1, 1] in the spec's dtype."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, spec.input_shape).astype(spec.dtype)
+    w = rng.uniform(-1.0, 1.0, spec.weight_shape).astype(spec.dtype)
+    b = rng.uniform(-1.0, 1.0, spec.bias_shape).astype(spec.dtype) if spec.bias else None
+    return x, w, b
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from .plan import make_plan  # the planner only: explain must not need a compiler
+
+    entries = _select(load_specfile(args.specfile), args.name, args.specfile)
+    for i, entry in enumerate(entries):
+        if i:
+            print()
+        plan = make_plan(entry.spec, entry.schedule)
+        print(explain_entry(entry, plan))
+    return 0
+
+
+# -- explain -----------------------------------------------------------------------------
+
+def explain_entry(entry: SpecEntry, plan: Any) -> str:
+    """The text ``convgen explain`` prints for one entry, given its plan."""
+    spec = entry.spec
+    lines = [f"{entry.name}  ({entry.path})", "", "  spec"]
+    data = spec.to_dict()
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        lines.append(f"    {key:<{width}} = {_value(value)}")
+
+    lines += ["", "  shapes"]
+    lines.append(f"    input  {_tuple(spec.input_shape)}")
+    kind = "(C_in, C_out/groups, *k)" if spec.transposed else "(C_out, C_in/groups, *k)"
+    lines.append(f"    weight {_tuple(spec.weight_shape)}  {kind}")
+    lines.append(f"    bias   {_tuple(spec.bias_shape) if spec.bias else 'none'}")
+    lines.append(f"    output {_tuple(spec.output_shape)}")
+
+    formula = ("(in-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1"
+               if spec.transposed else "floor((in + lo + hi - dilation*(k-1) - 1) / stride) + 1")
+    lines += ["", f"  output size per spatial dim: {formula}"]
+    lines += [f"    {line}" for line in output_size_lines(spec)]
+
+    flops, nbytes = spec.flops, spec.bytes
+    lines += ["", "  cost"]
+    lines.append(f"    FLOPs     {flops:,} ({flops / 1e9:.4g} GFLOP)")
+    lines.append(f"    bytes     {nbytes:,} ({nbytes / 2**20:.4g} MiB: input, weight, bias, "
+                 "output once each)")
+    lines.append(f"    intensity {flops / nbytes:.3g} FLOP/byte")
+
+    source = "from the spec file" if entry.schedule is not None else "default"
+    lines += ["", f"  schedule ({source})"]
+    lines.append(f"    tile_co      {plan.tile_co}")
+    lines.append(f"    tile_spatial {_tuple(tuple(plan.tile_spatial))}")
+    lines.append(f"    threads      {plan.threads}")
+    return "\n".join(lines)
+
+
+def dim_names(ndim: int) -> tuple[str, ...]:
+    return {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}[ndim]
+
+
+def output_size_lines(spec: ConvSpec) -> list[str]:
+    """The output-size formula per spatial dim with the spec's numbers substituted."""
+    lines = []
+    for i, name in enumerate(dim_names(spec.ndim)):
+        size = spec.in_spatial[i]
+        lo, hi = spec.padding[i]
+        k, s, d = spec.kernel_size[i], spec.stride[i], spec.dilation[i]
+        out = spec.output_spatial[i]
+        if spec.transposed:
+            op = spec.output_padding[i]
+            lines.append(f"{name}: ({size}-1)*{s} - {lo} - {hi} + {d}*({k}-1) + {op} + 1 = {out}")
+        else:
+            lines.append(f"{name}: floor(({size} + {lo} + {hi} - {d}*({k}-1) - 1) / {s}) + 1"
+                         f" = {out}")
+    return lines
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def _select(entries: list[SpecEntry], name: str | None, path: str) -> list[SpecEntry]:
+    if name is None:
+        return entries
+    chosen = [e for e in entries if e.name == name]
+    if not chosen:
+        names = ", ".join(e.name for e in entries)
+        raise UsageError(f"{path}: no convolution named {name!r} (names: {names})")
+    return chosen
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _tuple(values: Sequence[int]) -> str:
+    return "(" + ", ".join(str(v) for v in values) + ")"
+
+
+def _value(value: object) -> str:
+    """A spec field as TOML-like text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+class _Table:
+    """Fixed-width text table printed row by row (so long checks show progress)."""
+
+    def __init__(self, columns: list[tuple[str, str]], widths: list[int]):
+        self.titles = [title for title, _ in columns]
+        self.aligns = [align for _, align in columns]
+        self.widths = [max(w, len(t)) for w, t in zip(widths, self.titles)]
+
+    def row(self, cells: Sequence[str]) -> str:
+        parts = [f"{c:{a}{w}}" for c, a, w in zip(cells, self.aligns, self.widths)]
+        return "  ".join(parts).rstrip()
+
+    def header(self) -> str:
+        return self.row(self.titles) + "\n" + self.rule()
+
+    def rule(self) -> str:
+        return "  ".join("-" * w for w in self.widths)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Every environment knob convgen reads, in one place, read when used (never at import)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """CONVGEN_CACHE_DIR, else $XDG_CACHE_HOME/convgen, else ~/.cache/convgen."""
+    explicit = os.environ.get("CONVGEN_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "convgen"
+
+
+def c_compiler() -> str:
+    """The C compiler command: $CC, else cc."""
+    return os.environ.get("CC") or "cc"
+
+
+def extra_cflags() -> list[str]:
+    """Extra flags appended to every C compile: $CONVGEN_CFLAGS (shell-split)."""
+    return shlex.split(os.environ.get("CONVGEN_CFLAGS", ""))

@@ -1,0 +1,101 @@
+"""Kernel: a loaded, compiled convolution that validates its arrays and calls C.
+
+The C function is declared to cffi with the same prototype that was compiled
+into the library. cffi releases the GIL for the duration of the call, and the
+generated kernels keep no global mutable state, so one Kernel may be called from
+several Python threads at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from .schedule import Schedule
+from .spec import ConvSpec
+
+
+def load_function(library: Path | str, symbol: str, cdef: str):
+    """(ffi, lib, function) for ``symbol`` in the shared library at ``library``."""
+    ffi = cffi.FFI()
+    ffi.cdef(cdef)
+    lib = ffi.dlopen(str(library))
+    return ffi, lib, getattr(lib, symbol)
+
+
+class Kernel:
+    """A compiled convolution: ``kernel(x, w, b=None, out=None) -> y``."""
+
+    def __init__(self, spec: ConvSpec, schedule: Schedule, backend: str, symbol: str,
+                 source: str, ffi, function, keepalive=(), library_path: str | None = None):
+        self.spec = spec
+        self.schedule = schedule
+        self.backend = backend
+        self.symbol = symbol
+        self.source = source
+        self.library_path = library_path
+        self._ffi = ffi
+        self._function = function
+        self._keepalive = keepalive  # objects that must outlive the function pointer
+        self._dtype = np.dtype(spec.dtype)
+        self._ctype = "float[]" if spec.dtype == "float32" else "double[]"
+
+    def __repr__(self) -> str:
+        return f"<convgen.Kernel {self.symbol} backend={self.backend}>"
+
+    # -- argument checks -------------------------------------------------------------
+    def _input(self, name: str, array: object, shape: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self._dtype}, "
+                            f"got {type(array).__name__}")
+        if array.dtype != self._dtype:
+            raise TypeError(f"{name}: expected dtype {self._dtype}, got {array.dtype}")
+        if array.shape != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {array.shape}")
+        return np.ascontiguousarray(array)  # copies only when not C-contiguous
+
+    def _output(self, out: object, inputs: list[np.ndarray]) -> np.ndarray:
+        shape = self.spec.output_shape
+        if out is None:
+            return np.empty(shape, dtype=self._dtype)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != self._dtype:
+            raise TypeError(f"out: expected dtype {self._dtype}, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out: expected a C-contiguous array, got a non-contiguous view")
+        if not out.flags.writeable:
+            raise ValueError("out: expected a writeable array, got a read-only one")
+        for array in inputs:
+            if np.shares_memory(out, array):
+                raise ValueError("out: must not overlap an input array")
+        return out
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        spec = self.spec
+        x = self._input("x", x, spec.input_shape)
+        w = self._input("w", w, spec.weight_shape)
+        inputs = [x, w]
+        if spec.bias:
+            if b is None:
+                raise ValueError(f"b: this kernel was compiled with bias=True; "
+                                 f"expected shape {spec.bias_shape}, got None")
+            b = self._input("b", b, spec.bias_shape)
+            inputs.append(b)
+        elif b is not None:
+            raise ValueError("b: this kernel was compiled with bias=False; expected None, "
+                             f"got an array of shape {getattr(b, 'shape', '?')}")
+        y = self._output(out, inputs)
+        ffi = self._ffi
+        status = self._function(
+            ffi.from_buffer(self._ctype, x), ffi.from_buffer(self._ctype, w),
+            ffi.from_buffer(self._ctype, b) if b is not None else ffi.NULL,
+            ffi.from_buffer(self._ctype, y, require_writable=True))
+        if status != 0:
+            raise RuntimeError(f"{self.symbol} returned status {status}")
+        return y

@@ -1,0 +1,108 @@
+"""Render: a Plan becomes C source through one Jinja2 environment.
+
+Templates hold no arithmetic; the renderer passes a flat context of the plan's
+constants plus a few filters. The kernel's prototype is produced here once and
+used twice: inside the generated source (so the C compiler checks the
+definition against it) and as the cffi ``cdef`` (so the call matches).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+from pathlib import Path
+
+import jinja2
+
+from .plan import Plan
+from .version import __version__
+
+
+def templates_dir() -> Path:
+    """The templates/ directory: package data when installed, else the checkout's."""
+    try:
+        root = importlib.resources.files("convgen.templates")
+        if root.joinpath("c", "conv.c.j2").is_file():
+            return Path(str(root))
+    except ModuleNotFoundError:
+        pass
+    checkout = Path(__file__).resolve().parent.parent / "templates"
+    if (checkout / "c" / "conv.c.j2").is_file():
+        return checkout
+    raise FileNotFoundError("convgen templates not found (neither package data "
+                            f"convgen.templates nor {checkout})")
+
+
+def c_float(value: float) -> str:
+    """A finite float as a C double literal that round-trips."""
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        raise ValueError(f"non-finite constant {text} cannot be rendered")
+    return text
+
+
+def c_table(rows: list[list[int]]) -> str:
+    """A 2D int table as a C initializer, one row per line."""
+    inner = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in rows)
+    return "{\n    " + inner + "\n}"
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["c_float"] = c_float
+    env.filters["c_table"] = c_table
+    return env
+
+
+def parameters(plan: Plan, qualifier: str = "") -> str:
+    """The kernel's parameter list: x, w, b (NULL without bias), y."""
+    t = plan.c_type
+    q = f"{qualifier} " if qualifier else ""
+    return f"const {t} *{q}x, const {t} *{q}w, const {t} *{q}b, {t} *{q}y"
+
+
+def prototype(plan: Plan) -> str:
+    """The one C declaration of the kernel; also the cffi cdef."""
+    return f"int {plan.symbol}({parameters(plan)});"
+
+
+def render_c(plan: Plan) -> str:
+    """The complete C source of the kernel described by ``plan``."""
+    spec = plan.spec
+    context = {
+        "version": __version__,
+        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
+        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
+        "prototype": prototype(plan),
+        "params": parameters(plan, "restrict"),
+        "symbol": plan.symbol,
+        "c_type": plan.c_type,
+        "batch": plan.batch,
+        "groups": plan.groups,
+        "cin_g": plan.cin_g,
+        "cout_g": plan.cout_g,
+        "in_size": plan.in_size,
+        "out_size": plan.out_size,
+        "kernel": plan.kernel,
+        "tables": plan.tables,
+        "tile_co": plan.tile_co,
+        "tile": plan.tile,
+        "n_tiles": plan.n_tiles,
+        "weight_strides": plan.weight_strides,
+        "threads": plan.threads,
+        "transposed": spec.transposed,
+        "bias": spec.bias,
+        "activation": spec.activation,
+        "activation_args": spec.activation_args,
+        "math_fn": (lambda name: name + "f") if plan.c_type == "float" else (lambda name: name),
+    }
+    return environment().get_template("c/conv.c.j2").render(**context)

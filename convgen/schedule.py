@@ -1,0 +1,108 @@
+"""Schedule: how to run a convolution, kept apart from what it computes.
+
+A schedule never changes the result: every legal schedule gives the oracle's
+answer. :func:`default_schedule` is the untuned fallback for any spec.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ScheduleError
+from .spec import ConvSpec, _is_int
+
+# Accumulator tile (output channels x output pixels) held on the stack, in elements.
+MAX_TILE_ELEMENTS = 4096
+MAX_THREADS = 256
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Tile sizes over output channels (within a group) and output spatial dims.
+
+    ``tile_spatial`` is None (the planner picks) or one int per spatial dim.
+    Tiles larger than the dimension are clamped to it. ``threads`` splits the
+    tiles across OpenMP threads (1: no OpenMP).
+    """
+
+    tile_co: int = 8
+    tile_spatial: tuple[int, ...] | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.tile_co) or self.tile_co < 1:
+            raise ScheduleError("tile_co", self.tile_co, "must be an integer >= 1")
+        object.__setattr__(self, "tile_co", int(self.tile_co))
+        if self.tile_spatial is not None:
+            ts = self.tile_spatial
+            if _is_int(ts):
+                ts = (ts,)
+            if not isinstance(ts, (tuple, list)) or not ts or \
+                    not all(_is_int(t) and t >= 1 for t in ts):
+                raise ScheduleError("tile_spatial", self.tile_spatial,
+                                    "must be None or a tuple of integers >= 1")
+            object.__setattr__(self, "tile_spatial", tuple(int(t) for t in ts))
+        if not _is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS:
+            raise ScheduleError("threads", self.threads,
+                                f"must be an integer in [1, {MAX_THREADS}]")
+        object.__setattr__(self, "threads", int(self.threads))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if data["tile_spatial"] is not None:
+            data["tile_spatial"] = list(data["tile_spatial"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        names = {"tile_co", "tile_spatial", "threads"}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ScheduleError(unknown[0], data[unknown[0]],
+                                f"is not a Schedule field ({sorted(names)})")
+        kwargs = dict(data)
+        if isinstance(kwargs.get("tile_spatial"), list):
+            kwargs["tile_spatial"] = tuple(kwargs["tile_spatial"])
+        return cls(**kwargs)
+
+    def key(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def resolve(self, spec: ConvSpec) -> tuple[int, tuple[int, ...]]:
+        """The effective (tile_co, tile_spatial) for ``spec``, clamped; raises ScheduleError."""
+        cog = spec.out_channels // spec.groups
+        out = spec.output_spatial
+        if self.tile_spatial is None:
+            spatial = default_tile_spatial(out)
+        else:
+            if len(self.tile_spatial) != spec.ndim:
+                raise ScheduleError("tile_spatial", self.tile_spatial,
+                                    f"needs {spec.ndim} entries for a {spec.ndim}D convolution")
+            spatial = tuple(min(t, o) for t, o in zip(self.tile_spatial, out))
+        tile_co = min(self.tile_co, cog)
+        elements = tile_co
+        for t in spatial:
+            elements *= t
+        if elements > MAX_TILE_ELEMENTS:
+            raise ScheduleError("tile_spatial", self.tile_spatial,
+                                f"tile_co x tile_spatial = {elements} accumulators; "
+                                f"at most {MAX_TILE_ELEMENTS} fit the stack tile")
+        return tile_co, spatial
+
+
+def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
+    """Whole rows of up to 32 pixels in the innermost dim, 4 rows in the next."""
+    tiles = [1] * len(out)
+    tiles[-1] = min(out[-1], 32)
+    if len(out) >= 2:
+        tiles[-2] = min(out[-2], 4)
+    return tuple(tiles)
+
+
+def default_schedule(spec: ConvSpec) -> Schedule:
+    """The untuned fallback: a modest register/L1 tile, one thread."""
+    cog = spec.out_channels // spec.groups
+    return Schedule(tile_co=min(cog, 8), tile_spatial=default_tile_spatial(spec.output_spatial),
+                    threads=1)
