@@ -8,10 +8,13 @@ compile error (printed as ``convgen: error: ...``, never a traceback).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +22,8 @@ import numpy as np
 import convgen as cg
 
 from .errors import ConvgenError
-from .specfile import SpecEntry, load_specfile, load_specfiles
 from .spec import ConvSpec
+from .specfile import SpecEntry, load_specfile, load_specfiles
 from .tolerance import max_error, tolerance
 
 PROG = "convgen"
@@ -42,12 +45,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(exc)
     try:
         return args.run(args)
+    except BrokenPipeError:  # e.g. `convgen show ... | head`: stop quietly
+        _silence_stdout()
+        return 0
     except (ConvgenError, OSError) as exc:
         print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -120,13 +135,25 @@ def run_compile(args: argparse.Namespace) -> int:
     entries = load_specfiles(args.specfiles, unique=True)
     items = [(e.name, e.spec, e.schedule) for e in entries]
     manifest = cg.compile_to(items, args.output, backend=args.backend)
+    files = _manifest_files(manifest)
     width = max(len(e.name) for e in entries)
     for e in entries:
-        print(f"  {e.name:<{width}}  {_shape(e.spec.output_shape):<16}  {e.path}")
+        written = "  ".join(files.get(e.name, ()))
+        print(f"  {e.name:<{width}}  {_shape(e.spec.output_shape):<14}  {written}".rstrip())
     print(f"compiled {len(entries)} kernel{'s' if len(entries) != 1 else ''} "
           f"({args.backend}) into {args.output}")
     print(f"manifest: {manifest}")
     return 0
+
+
+def _manifest_files(manifest: os.PathLike) -> dict[str, tuple[str, ...]]:
+    """name -> the files compile_to wrote for it (source, library), read from the manifest."""
+    try:
+        records = json.loads(Path(manifest).read_text()).get("kernels", [])
+        return {r["name"]: tuple(r[k] for k in ("source", "library") if k in r)
+                for r in records}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -152,8 +179,10 @@ def run_check(args: argparse.Namespace) -> int:
                            9, 9, 6, 10, 8])
     print(table.header())
     failures = 0
+    total = 0.0
     for entry in entries:
         error, tol, seconds = check_entry(entry, args.backend, args.seed)
+        total += seconds
         ok = error <= tol  # False for NaN
         failures += not ok
         gflops = entry.spec.flops / seconds / 1e9 if seconds > 0 else math.inf
@@ -162,7 +191,7 @@ def run_check(args: argparse.Namespace) -> int:
                          f"{gflops:.2f}"]), flush=True)
     print(table.rule())
     passed = len(entries) - failures
-    print(f"{passed}/{len(entries)} within tolerance "
+    print(f"{passed}/{len(entries)} within tolerance; total {total * 1e3:.3f} ms "
           f"(backend {args.backend}, seed {args.seed}, time: median of {TIMING_REPEATS} calls)")
     return 0 if failures == 0 else 1
 
@@ -232,8 +261,8 @@ def explain_entry(entry: SpecEntry, plan: Any) -> str:
     flops, nbytes = spec.flops, spec.bytes
     lines += ["", "  cost"]
     lines.append(f"    FLOPs     {flops:,} ({flops / 1e9:.4g} GFLOP)")
-    lines.append(f"    bytes     {nbytes:,} ({nbytes / 2**20:.4g} MiB: input, weight, bias, "
-                 "output once each)")
+    lines.append(f"    bytes     {nbytes:,} ({_human_bytes(nbytes)}: each array read or "
+                 "written once)")
     lines.append(f"    intensity {flops / nbytes:.3g} FLOP/byte")
 
     source = "from the spec file" if entry.schedule is not None else "default"
@@ -282,7 +311,14 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def _tuple(values: Sequence[int]) -> str:
-    return "(" + ", ".join(str(v) for v in values) + ")"
+    return str(tuple(values))
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
 
 
 def _value(value: object) -> str:

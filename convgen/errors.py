@@ -78,4 +78,6 @@ class SpecFileError(SpecError):
         self.rule = rule
 
     def __str__(self) -> str:
+        if not self.field:
+            return f"{self.path}: {self.rule}"
         return f"{self.path}: {self.field}={self.value!r}: {self.rule}"

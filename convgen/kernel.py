@@ -8,6 +8,7 @@ several Python threads at once.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cffi
@@ -17,12 +18,25 @@ from .schedule import Schedule
 from .spec import ConvSpec
 
 
+# Every library loaded stays loaded for the life of the process. Closing one can
+# unload the OpenMP runtime it pulled in while that runtime's worker threads are
+# still parked inside it, which crashes the process later; libraries are small.
+_LOADED: dict[tuple[str, str, str], tuple] = {}
+_LOADED_LOCK = threading.Lock()
+
+
 def load_function(library: Path | str, symbol: str, cdef: str):
     """(ffi, lib, function) for ``symbol`` in the shared library at ``library``."""
-    ffi = cffi.FFI()
-    ffi.cdef(cdef)
-    lib = ffi.dlopen(str(library))
-    return ffi, lib, getattr(lib, symbol)
+    key = (str(library), symbol, cdef)
+    with _LOADED_LOCK:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            ffi = cffi.FFI()
+            ffi.cdef(cdef)
+            lib = ffi.dlopen(str(library))
+            loaded = (ffi, lib, getattr(lib, symbol))
+            _LOADED[key] = loaded
+    return loaded
 
 
 class Kernel:

@@ -58,7 +58,7 @@ def _source_index(i: int, n: int, mode: str) -> int | None:
 
 def _brute_conv(x, w, b, stride, pads, dilation, groups, mode="zeros", flip=False):
     """Forward convolution by the definition, one multiply-add at a time."""
-    n_batch, cin = x.shape[:2]
+    n_batch = x.shape[0]
     insp = x.shape[2:]
     cout, cig = w.shape[:2]
     ksz = w.shape[2:]

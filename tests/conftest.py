@@ -1,0 +1,41 @@
+"""Shared test set-up: one kernel cache for the whole run, and the backends list."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Compiled kernels are cached across tests, xdist workers and runs (content-addressed,
+# so a stale entry is never used). Tests of the cache itself use their own directories.
+os.environ.setdefault("CONVGEN_CACHE_DIR", str(REPO / ".cache" / "test-kernels"))
+
+settings.register_profile(
+    "convgen", deadline=None, max_examples=40, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("CONVGEN_HYPOTHESIS_PROFILE", "convgen"))
+
+
+def available_backends() -> list[str]:
+    import convgen
+
+    return list(convgen.BACKENDS)
+
+
+@pytest.fixture(scope="session", params=available_backends())
+def backend(request) -> str:
+    """Every backend in convgen.BACKENDS: adding a name there runs these tests on it."""
+    return request.param
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """A private, empty kernel cache directory for this test."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(path))
+    return path

@@ -1,0 +1,93 @@
+"""Small helpers shared by the cache, AOT, kernel-call, functional and wheel tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import convgen as cg
+from convgen.tolerance import max_error, tolerance
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def arrays_for(spec: cg.ConvSpec, seed: int = 0):
+    """Random (x, w, b) for ``spec`` in its dtype; b is None without bias."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(spec.dtype)
+    x = rng.standard_normal(spec.input_shape).astype(dtype)
+    w = rng.standard_normal(spec.weight_shape).astype(dtype)
+    b = rng.standard_normal(spec.bias_shape).astype(dtype) if spec.bias else None
+    return x, w, b
+
+
+def assert_matches_oracle(spec: cg.ConvSpec, got: np.ndarray, x, w, b) -> None:
+    """``got`` has the spec's shape and dtype and equals the oracle within tolerance."""
+    want = cg.reference(spec, x, w, b)
+    assert isinstance(got, np.ndarray)
+    assert got.shape == spec.output_shape
+    assert got.dtype == np.dtype(spec.dtype)
+    error = max_error(got, want)
+    assert error <= tolerance(spec), f"max error {error:.3g} > {tolerance(spec):.3g}"
+
+
+_COMPILED: dict = {}
+
+
+def compiled(spec: cg.ConvSpec, backend: str = "c", schedule: cg.Schedule | None = None):
+    """cg.compile memoized per test process (the disk cache makes reruns cheap too)."""
+    key = (spec.key(), backend, schedule.key() if schedule is not None else None)
+    if key not in _COMPILED:
+        _COMPILED[key] = cg.compile(spec, backend=backend, schedule=schedule)
+    return _COMPILED[key]
+
+
+def subprocess_env(cache_dir: Path | str | None = None, **extra: str) -> dict[str, str]:
+    """os.environ plus the checkout on PYTHONPATH and, if given, a cache directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if cache_dir is not None:
+        env["CONVGEN_CACHE_DIR"] = str(cache_dir)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, env: dict[str, str], cwd: Path | str | None = None,
+               timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter; on failure show its output in the assertion."""
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, (
+            f"subprocess failed ({result.returncode})\n--- stdout\n{result.stdout}"
+            f"\n--- stderr\n{result.stderr}")
+    return result
+
+
+# Code run in subprocesses: compile SPEC (a dict) and compare with the oracle.
+CHECK_SPEC_CODE = """
+import json
+import numpy as np
+import convgen as cg
+from convgen.tolerance import close
+spec = cg.ConvSpec.from_dict(json.loads({spec!r}))
+rng = np.random.default_rng(1)
+x = rng.standard_normal(spec.input_shape).astype(spec.dtype)
+w = rng.standard_normal(spec.weight_shape).astype(spec.dtype)
+b = rng.standard_normal(spec.bias_shape).astype(spec.dtype) if spec.bias else None
+kernel = cg.compile(spec)
+y = kernel(x, w, b)
+assert close(spec, y, cg.reference(spec, x, w, b)), "kernel differs from the oracle"
+print("OK", kernel.library_path)
+"""
+
+
+def check_spec_code(spec: cg.ConvSpec) -> str:
+    """Python source that compiles ``spec``, checks it and prints 'OK <library path>'."""
+    return CHECK_SPEC_CODE.format(spec=json.dumps(spec.to_dict()))

@@ -1,0 +1,72 @@
+"""Every backend against the oracle: property tests over specs and schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgen as cg
+from convgen.tolerance import max_error, tolerance
+
+from strategies import arrays_for, conv_specs, schedules
+
+
+def check(kernel, spec, seed=0):
+    x, w, b = arrays_for(spec, seed)
+    got = kernel(x, w, b)
+    want = cg.reference(spec, x, w, b)
+    assert got.dtype == np.dtype(spec.dtype)
+    assert got.shape == spec.output_shape
+    err = max_error(got, want)
+    assert err <= tolerance(spec), f"{spec}: max error {err} > {tolerance(spec)}"
+
+
+@settings(max_examples=60)
+@given(spec=conv_specs())
+def test_default_schedule_matches_oracle(backend, spec):
+    check(cg.compile(spec, backend=backend), spec)
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_any_schedule_matches_oracle(backend, data):
+    spec = data.draw(conv_specs())
+    schedule = data.draw(schedules(spec))
+    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@settings(max_examples=15)
+@given(data=st.data())
+def test_each_rank_matches_oracle(backend, ndim, data):
+    spec = data.draw(conv_specs(ndim=ndim))
+    check(cg.compile(spec, backend=backend), spec, seed=2)
+
+
+@pytest.mark.parametrize("spec", [
+    cg.ConvSpec((1, 3, 5, 5), 2, kernel_size=3),                        # filter bank, RGB
+    cg.ConvSpec((1, 1, 7), 1, kernel_size=5, padding="same"),          # 5-element mask
+    cg.ConvSpec((2, 6, 9, 9), 6, kernel_size=3, padding=1, groups=6,   # depthwise
+                activation="relu6"),
+    cg.ConvSpec((1, 8, 12), 8, kernel_size=3, dilation=4, padding="same",
+                padding_mode="reflect"),
+    cg.ConvSpec((1, 4, 6, 6), 2, kernel_size=4, stride=2, padding=1, transposed=True,
+                activation="tanh"),
+    cg.ConvSpec((1, 2, 5, 6, 7), 3, kernel_size=(3, 2, 3), stride=(1, 2, 1),
+                padding="same", padding_mode="replicate", dtype="float64"),
+    cg.ConvSpec((1, 3, 7, 7), 5, kernel_size=3, padding="full", flip=True,
+                activation=("elu", 0.5)),
+    cg.ConvSpec((1, 16, 29, 29), 24, kernel_size=3, padding=1, activation="silu"),
+])
+def test_named_cases(backend, spec):
+    check(cg.compile(spec, backend=backend), spec)
+
+
+def test_bad_backend_name():
+    spec = cg.ConvSpec((1, 1, 5), 1)
+    with pytest.raises(ValueError, match="backend"):
+        cg.compile(spec, backend="fortran")
+    with pytest.raises(TypeError, match="ConvSpec"):
+        cg.compile({"input_shape": (1, 1, 5)})

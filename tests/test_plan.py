@@ -1,0 +1,72 @@
+"""The planner's index tables and constants. No compiler needed."""
+
+from __future__ import annotations
+
+import pytest
+
+import convgen as cg
+from convgen.plan import index_table, make_plan
+
+
+def table(**kwargs):
+    return index_table(cg.ConvSpec(**kwargs), 0)
+
+
+def test_zero_padding_marks_outside_taps():
+    assert table(input_shape=(1, 1, 5), out_channels=1, kernel_size=3, padding=1) == [
+        [-1, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, -1]]
+
+
+@pytest.mark.parametrize("mode,expected_first,expected_last", [
+    ("reflect", [2, 1, 0, 1, 2], [2, 3, 4, 3, 2]),       # d c b | a b c d e | d c b
+    ("replicate", [0, 0, 0, 1, 2], [2, 3, 4, 4, 4]),
+    ("circular", [3, 4, 0, 1, 2], [2, 3, 4, 0, 1]),
+])
+def test_padding_modes(mode, expected_first, expected_last):
+    t = table(input_shape=(1, 1, 5), out_channels=1, kernel_size=5, padding=2,
+              padding_mode=mode)
+    assert t[0] == expected_first
+    assert t[-1] == expected_last
+
+
+def test_stride_dilation_flip():
+    t = table(input_shape=(1, 1, 9), out_channels=1, kernel_size=3, stride=2, dilation=3)
+    assert t == [[0, 3, 6], [2, 5, 8]]
+    t = table(input_shape=(1, 1, 9), out_channels=1, kernel_size=3, stride=2, dilation=3,
+              flip=True)
+    assert t == [[6, 3, 0], [8, 5, 2]]
+
+
+def test_transposed_taps_between_samples_are_skipped():
+    # out[o] = sum over i, k with i*2 + k = o + 1 (stride 2, pad 1, k=3)
+    t = table(input_shape=(1, 1, 3), out_channels=1, kernel_size=3, stride=2, padding=1,
+              transposed=True)
+    assert len(t) == 5
+    assert t == [[-1, 0, -1], [1, -1, 0], [-1, 1, -1], [2, -1, 1], [-1, 2, -1]]
+
+
+def test_plan_lowers_to_3d_and_clamps_tiles():
+    spec = cg.ConvSpec((2, 6, 10), 4, kernel_size=3, groups=2, padding=1)
+    plan = make_plan(spec, cg.Schedule(tile_co=5, tile_spatial=(4,)))
+    assert plan.in_size == (1, 1, 10) and plan.out_size == (1, 1, 10)
+    assert plan.kernel == (1, 1, 3)
+    assert plan.tile_co == 2 and plan.tile == (1, 1, 4) and plan.tile_spatial == (4,)
+    assert plan.n_tiles == (1, 1, 1, 3)
+    assert plan.jobs == 2 * 2 * 3
+    assert plan.cin_g == 3 and plan.cout_g == 2
+    assert plan.symbol.startswith("convgen_conv1d_n2c6l10_k4r3_")
+
+
+def test_weight_strides_follow_layouts():
+    fwd = make_plan(cg.ConvSpec((1, 4, 5, 5), 6, kernel_size=3, groups=2))
+    assert fwd.weight_strides == (3 * 2 * 9, 2 * 9, 9, 9, 3, 1)
+    tr = make_plan(cg.ConvSpec((1, 4, 5, 5), 6, kernel_size=3, groups=2, transposed=True))
+    assert tr.weight_strides == (2 * 3 * 9, 9, 3 * 9, 9, 3, 1)
+
+
+def test_symbol_depends_on_spec_and_schedule():
+    spec = cg.ConvSpec((1, 4, 5, 5), 6)
+    a = make_plan(spec, cg.Schedule(tile_co=2)).symbol
+    b = make_plan(spec, cg.Schedule(tile_co=3)).symbol
+    c = make_plan(spec.replace(stride=2), cg.Schedule(tile_co=2)).symbol
+    assert len({a, b, c}) == 3
