@@ -43,15 +43,6 @@ CONV_KEYS = ("name", *SPEC_KEYS, "schedule")
 TOP_LEVEL_KEYS = ("conv", "schedule")
 
 
-class SpecFileReadError(SpecFileError):
-    """A spec file that cannot be read or parsed at all (no key to name)."""
-
-    def __str__(self) -> str:
-        if not self.field:
-            return f"{self.path}: {self.rule}"
-        return super().__str__()
-
-
 @dataclass(frozen=True)
 class SpecEntry:
     """One convolution from a spec file: its unique name, spec and schedule (or None)."""
@@ -69,14 +60,14 @@ def load_specfile(path: str | os.PathLike) -> list[SpecEntry]:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise SpecFileReadError(path, "", None, "no such spec file") from None
+        raise SpecFileError(path, "", None, "no such spec file") from None
     except OSError as exc:
-        raise SpecFileReadError(path, "", None,
+        raise SpecFileError(path, "", None,
                                 f"cannot read the spec file: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecFileReadError(path, "", None, f"not UTF-8 text: {exc}") from None
+        raise SpecFileError(path, "", None, f"not UTF-8 text: {exc}") from None
     return parse_specfile(text, path)
 
 
@@ -100,7 +91,7 @@ def parse_specfile(text: str, path: str = "<string>") -> list[SpecEntry]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecFileReadError(path, "", None, f"invalid TOML: {exc}") from None
+        raise SpecFileError(path, "", None, f"invalid TOML: {exc}") from None
 
     for key in data:
         if key not in TOP_LEVEL_KEYS:
