@@ -106,6 +106,8 @@ def load(directory: str | os.PathLike) -> dict[str, Kernel]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ConvgenError(f"{path}: unsupported manifest format {manifest.get('format')!r}"
                            if isinstance(manifest, dict) else f"{path}: not a manifest")
+    if not isinstance(manifest.get("kernels"), list):
+        raise ConvgenError(f"{path}: manifest has no 'kernels' list")
     kernels: dict[str, Kernel] = {}
     for record in manifest["kernels"]:
         library = root / record["library"]

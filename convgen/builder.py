@@ -25,15 +25,18 @@ SOURCE_NAME = "kernel.c"
 LIBRARY_NAME = "kernel.so"
 
 
-def find_c_compiler() -> str:
-    """Absolute path of the C compiler ($CC or cc); CompilerNotFoundError if missing."""
+def find_c_compiler() -> list[str]:
+    """The C compiler command with its first word resolved to an absolute path.
+
+    Raises CompilerNotFoundError when $CC (or cc) is not on PATH.
+    """
     command = config.c_compiler()
-    path = shutil.which(command)
+    path = shutil.which(command[0])
     if path is None:
         raise CompilerNotFoundError(
-            f"no C compiler found: CC={command!r} is not on PATH. Install gcc (or set CC) "
-            "to use backend='c'.")
-    return os.path.realpath(path)
+            f"no C compiler found: CC={' '.join(command)!r} is not on PATH. Install gcc "
+            "(or set CC) to use backend='c', or use backend='llvm'.")
+    return [os.path.realpath(path), *command[1:]]
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,26 +44,28 @@ def _binary_identity(path: str) -> str:
     return f"{path}|sha256:{file_sha256(Path(path))}"
 
 
-def compiler_identity(path: str) -> str:
-    """Resolved path plus a hash of the compiler binary; runs no process."""
-    return _binary_identity(path)
+def compiler_identity(command: list[str]) -> str:
+    """Resolved path plus a hash of the compiler binary, and its extra words; runs no process.
+
+    The hash is memoized per path for the life of the process.
+    """
+    return " ".join([_binary_identity(command[0]), *command[1:]])
 
 
 def c_flags(openmp: bool) -> list[str]:
     return [*BASE_CFLAGS, *(OPENMP_FLAGS if openmp else ()), *config.extra_cflags()]
 
 
-def c_cache_key(source: str, compiler: str, flags: list[str]) -> str:
+def c_cache_key(source: str, compiler: list[str], flags: list[str]) -> str:
     return make_key(convgen=code_version(), backend="c", compiler=compiler_identity(compiler),
                     flags=flags, cpu=cpu_identity(), source=source)
 
 
-def compile_c(source: str, output: Path, flags: list[str], compiler: str,
+def compile_c(source: str, output: Path, flags: list[str], compiler: list[str],
               source_path: Path) -> None:
     """Write ``source`` to ``source_path`` and compile it to ``output``."""
     source_path.write_text(source)
-    command = [config.c_compiler(), *flags, "-o", str(output), str(source_path), "-lm"]
-    command[0] = compiler
+    command = [*compiler, *flags, "-o", str(output), str(source_path), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:

@@ -17,9 +17,9 @@ def cache_dir() -> Path:
     return base / "convgen"
 
 
-def c_compiler() -> str:
-    """The C compiler command: $CC, else cc."""
-    return os.environ.get("CC") or "cc"
+def c_compiler() -> list[str]:
+    """The C compiler command, split like a shell would: $CC (e.g. "ccache gcc"), else cc."""
+    return shlex.split(os.environ.get("CC") or "cc") or ["cc"]
 
 
 def extra_cflags() -> list[str]:

@@ -9,7 +9,6 @@ definition against it) and as the cffi ``cdef`` (so the call matches).
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import json
 from pathlib import Path
 
@@ -21,17 +20,12 @@ from .version import __version__
 
 def templates_dir() -> Path:
     """The templates/ directory: package data when installed, else the checkout's."""
-    try:
-        root = importlib.resources.files("convgen.templates")
-        if root.joinpath("c", "conv.c.j2").is_file():
-            return Path(str(root))
-    except ModuleNotFoundError:
-        pass
+    installed = Path(__file__).resolve().parent / "templates"  # convgen.templates in a wheel
     checkout = Path(__file__).resolve().parent.parent / "templates"
-    if (checkout / "c" / "conv.c.j2").is_file():
-        return checkout
-    raise FileNotFoundError("convgen templates not found (neither package data "
-                            f"convgen.templates nor {checkout})")
+    for candidate in (installed, checkout):
+        if (candidate / "c" / "conv.c.j2").is_file():
+            return candidate
+    raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")
 
 
 def c_float(value: float) -> str:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import convgen as cg
@@ -173,9 +174,10 @@ def test_key_changes_with_the_compiler(tmp_path):
     log = tmp_path / "log"
     one = make_cc_wrapper(tmp_path, log, "cc-one")
     two = make_cc_wrapper(tmp_path, log, "cc-two", body=f'exec "{real_cc()}" -O2 "$@"')
-    keys = {c_cache_key(source, find_c_compiler(), flags), c_cache_key(source, str(one), flags),
-            c_cache_key(source, str(two), flags)}
-    assert len(keys) == 3
+    keys = {c_cache_key(source, find_c_compiler(), flags), c_cache_key(source, [str(one)], flags),
+            c_cache_key(source, [str(two)], flags),
+            c_cache_key(source, [*find_c_compiler(), "-m64"], flags)}
+    assert len(keys) == 4
 
 
 def test_flags_and_compiler_select_separate_entries(fresh_cache, tmp_path, monkeypatch):
@@ -336,7 +338,7 @@ def test_compile_error_carries_the_compiler_output(fresh_cache, monkeypatch):
     assert isinstance(exc, cg.ConvgenError)
     assert "convgen_bad.h" in exc.stderr
     assert isinstance(exc.returncode, int) and exc.returncode != 0
-    assert exc.command[0] == find_c_compiler()
+    assert exc.command[0] == find_c_compiler()[0]
     assert "-include" in exc.command and "-DTHIS_IS_BAD" in exc.command
     source_path = Path(exc.source_path)
     assert source_path.is_file()
@@ -379,3 +381,15 @@ def test_missing_compiler(fresh_cache, monkeypatch, cc):
     assert cc in str(info.value)
     clone = pickle.loads(pickle.dumps(info.value))
     assert type(clone) is cg.CompilerNotFoundError and str(clone) == str(info.value)
+
+
+def test_cc_with_arguments_is_split_like_a_shell(fresh_cache, monkeypatch):
+    """CC="cc -DX" (like "ccache gcc"): the first word is the compiler, the rest its arguments."""
+    monkeypatch.setenv("CC", "cc -DCONVGEN_TEST_MACRO=1")
+    assert find_c_compiler()[1:] == ["-DCONVGEN_TEST_MACRO=1"]
+    spec = SPEC.replace(out_channels=5)
+    kernel = cg.compile(spec)
+    x, w, b = arrays_for(spec)
+    np.testing.assert_allclose(kernel(x, w, b), cg.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
+    entry = json.loads(next(fresh_cache.rglob("meta.json")).read_text())
+    assert entry["symbol"] == kernel.symbol
