@@ -8,12 +8,16 @@ several Python threads at once.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from pathlib import Path
 
 import cffi
 import numpy as np
 
+from . import config
+from .cache import file_sha256
 from .schedule import Schedule
 from .spec import ConvSpec
 
@@ -21,19 +25,35 @@ from .spec import ConvSpec
 # Every library loaded stays loaded for the life of the process. Closing one can
 # unload the OpenMP runtime it pulled in while that runtime's worker threads are
 # still parked inside it, which crashes the process later; libraries are small.
-_LOADED: dict[tuple[str, str, str], tuple] = {}
+_LOADED: dict[tuple[str, str, str, str], tuple] = {}
+_PATH_HASH: dict[str, str] = {}
 _LOADED_LOCK = threading.Lock()
 
 
 def load_function(library: Path | str, symbol: str, cdef: str):
-    """(ffi, lib, function) for ``symbol`` in the shared library at ``library``."""
-    key = (str(library), symbol, cdef)
+    """(ffi, lib, function) for ``symbol`` in the shared library at ``library``.
+
+    The dynamic loader hands back the already-loaded library for a path it has
+    seen, so a library rewritten in place (an AOT directory compiled again) is
+    loaded from a private copy named by its content hash.
+    """
+    path = str(library)
+    digest = file_sha256(Path(path))
+    key = (path, symbol, cdef, digest)
     with _LOADED_LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
+            if _PATH_HASH.setdefault(path, digest) != digest:
+                copy = config.cache_dir() / "tmp" / f"reload-{digest}.so"
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                if not copy.exists():
+                    tmp = copy.with_name(copy.name + f".{os.getpid()}.tmp")
+                    shutil.copyfile(path, tmp)
+                    os.replace(tmp, copy)
+                path = str(copy)
             ffi = cffi.FFI()
             ffi.cdef(cdef)
-            lib = ffi.dlopen(str(library))
+            lib = ffi.dlopen(path)
             loaded = (ffi, lib, getattr(lib, symbol))
             _LOADED[key] = loaded
     return loaded

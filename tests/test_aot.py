@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import convgen as cg
@@ -179,3 +180,21 @@ def test_invalid_names(tmp_path, name):
     with pytest.raises(ValueError, match="name"):
         cg.compile_to([(name, ONE_D)], tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_rewritten_in_place_loads_the_new_code(tmp_path):
+    """The loader would reuse a same-path library; a rewritten one must not run old code."""
+    first = cg.ConvSpec((1, 2, 6), 2, kernel_size=3, padding=1)
+    second = first.replace(activation="relu")
+    cg.compile_to([("k", first)], tmp_path)
+    old = cg.load(tmp_path)["k"]
+    cg.compile_to([("k", second)], tmp_path)
+    new = cg.load(tmp_path)["k"]
+    assert new.spec == second
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, first.input_shape).astype(np.float32)
+    w = rng.uniform(-1, 1, first.weight_shape).astype(np.float32)
+    b = rng.uniform(-1, 1, 2).astype(np.float32)
+    np.testing.assert_allclose(new(x, w, b), cg.reference(second, x, w, b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(old(x, w, b), cg.reference(first, x, w, b), rtol=1e-5, atol=1e-6)
+    assert (new(x, w, b) >= 0).all() and (old(x, w, b) < 0).any()
