@@ -15,8 +15,13 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from .cpu import vector_lanes
 from .schedule import Schedule, default_schedule
 from .spec import ConvSpec
+
+# How one vector of VL output columns reads its VL input columns at one tap
+# (the LLVM backend's vector tables; see vector_tables()).
+VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER = 0, 1, 2, 3
 
 C_TYPES = {"float32": "float", "float64": "double"}
 
@@ -95,6 +100,7 @@ class Plan:
     n_tiles: tuple[int, int, int, int]  # output-channel tiles, then D, H, W tiles
     weight_strides: tuple[int, int, int, int, int, int]  # group, co, ci, kd, kh, kw
     threads: int
+    vector_lanes: int  # SIMD lanes over output columns (explicit in the LLVM backend)
 
     @property
     def tile_spatial(self) -> tuple[int, ...]:
@@ -149,4 +155,70 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
         n_tiles=n_tiles,  # type: ignore[arg-type]
         weight_strides=strides,  # type: ignore[arg-type]
         threads=schedule.threads,
+        vector_lanes=schedule.vector_width or vector_lanes(spec.dtype),
     )
+
+
+@dataclass(frozen=True)
+class VectorTables:
+    """Tables for code that holds VL output columns per vector (the LLVM backend).
+
+    Rows of the D and H tables are padded with -1 up to whole tiles, so tile loops
+    can run their full constant trip count. For the W dim, vector ``v`` of W-tile
+    ``t`` covers output columns ``t*TW + v*VL + lane``; at tap ``kw`` its input
+    columns are ``w_table[kw][t*TW + v*VL + lane]`` (-1: nothing to add). ``modes``
+    says how to read them: VEC_SKIP (no lane contributes), VEC_LOAD (every lane,
+    columns ``base + lane``), VEC_MASKED_LOAD (the valid lanes are ``base + lane``)
+    or VEC_GATHER; ``bases`` holds ``base``.
+    """
+
+    n_vectors: int  # vectors per W tile: ceil(TW / VL)
+    row_length: int  # length of each w_table row
+    d_table: list[list[int]]
+    h_table: list[list[int]]
+    w_table: list[list[int]]  # [KW][row_length]
+    modes: list[list[list[int]]]  # [NT_W][KW][n_vectors]
+    bases: list[list[list[int]]]  # [NT_W][KW][n_vectors]
+
+
+def vector_tables(plan: Plan) -> VectorTables:
+    lanes = plan.vector_lanes
+    tw = plan.tile[2]
+    n_vectors = -(-tw // lanes)
+    nt_w = plan.n_tiles[3]
+    row_length = (nt_w - 1) * tw + n_vectors * lanes
+
+    def padded_rows(table: list[list[int]], rows: int) -> list[list[int]]:
+        width = len(table[0])
+        return table + [[-1] * width for _ in range(rows - len(table))]
+
+    d_table = padded_rows(plan.tables[0], plan.n_tiles[1] * plan.tile[0])
+    h_table = padded_rows(plan.tables[1], plan.n_tiles[2] * plan.tile[1])
+    kw_count = plan.kernel[2]
+    out_w = plan.out_size[2]
+    w_table = [[plan.tables[2][o][k] if o < out_w else -1 for o in range(row_length)]
+               for k in range(kw_count)]
+    modes, bases = [], []
+    for t in range(nt_w):
+        tile_modes, tile_bases = [], []
+        for k in range(kw_count):
+            row_modes, row_bases = [], []
+            for v in range(n_vectors):
+                first = t * tw + v * lanes
+                idx = w_table[k][first:first + lanes]
+                valid = [(lane, i) for lane, i in enumerate(idx) if i >= 0]
+                offsets = {i - lane for lane, i in valid}
+                if not valid:
+                    mode, base = VEC_SKIP, 0
+                elif len(offsets) == 1:
+                    base = offsets.pop()
+                    mode = VEC_LOAD if len(valid) == lanes else VEC_MASKED_LOAD
+                else:
+                    mode, base = VEC_GATHER, 0
+                row_modes.append(mode)
+                row_bases.append(base)
+            tile_modes.append(row_modes)
+            tile_bases.append(row_bases)
+        modes.append(tile_modes)
+        bases.append(tile_bases)
+    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases)

@@ -24,12 +24,16 @@ class Schedule:
 
     ``tile_spatial`` is None (the planner picks) or one int per spatial dim.
     Tiles larger than the dimension are clamped to it. ``threads`` splits the
-    tiles across OpenMP threads (1: no OpenMP).
+    tiles across threads (OpenMP in C, a thread pool over the JIT-compiled
+    function in LLVM). ``vector_width`` is the number of SIMD lanes the LLVM
+    backend emits explicitly (0: the host's widest registers; C leaves
+    vectorization to gcc).
     """
 
     tile_co: int = 8
     tile_spatial: tuple[int, ...] | None = None
     threads: int = 1
+    vector_width: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.tile_co) or self.tile_co < 1:
@@ -48,6 +52,11 @@ class Schedule:
             raise ScheduleError("threads", self.threads,
                                 f"must be an integer in [1, {MAX_THREADS}]")
         object.__setattr__(self, "threads", int(self.threads))
+        vw = self.vector_width
+        if not _is_int(vw) or vw < 0 or vw > 64 or (vw & (vw - 1)):
+            raise ScheduleError("vector_width", vw,
+                                "must be 0 (host default) or a power of two up to 64")
+        object.__setattr__(self, "vector_width", int(vw))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -57,7 +66,7 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
-        names = {"tile_co", "tile_spatial", "threads"}
+        names = {"tile_co", "tile_spatial", "threads", "vector_width"}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ScheduleError(unknown[0], data[unknown[0]],
