@@ -1,10 +1,11 @@
 """Ahead of time: compile a set of specs into a directory, load it back later.
 
-``compile_to`` writes, per kernel, its source and shared library, plus a
-``manifest.json`` (written last) with each kernel's spec, schedule, symbol,
-prototype and the library's sha256. ``load`` needs neither a compiler nor the
-templates: it checks the hashes, rebuilds the specs from the manifest and
-dlopens the libraries.
+``compile_to`` writes, per kernel, its source and its binary, plus a
+``manifest.json`` (written last) with each kernel's backend, spec, schedule,
+symbol, prototype and the binary's sha256. The C backend's binary is a shared
+library (dlopen); the LLVM backend's is the optimized object file, which
+``load`` adds to an MCJIT engine, so neither needs a compiler, a linker or the
+templates at load time.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .backends import build_artifact, kernel_from_artifact, Artifact
+from .backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact
 from .cache import file_sha256
 from .errors import ConvgenError
 from .kernel import Kernel
+from .plan import make_plan
 from .schedule import Schedule
 from .spec import ConvSpec
 from .version import __version__
@@ -61,24 +63,25 @@ def _entries(specs) -> list[tuple[str, ConvSpec, Schedule | None]]:
     return out
 
 
-def compile_to(specs, out_dir: str | os.PathLike, backend: str = "c") -> Path:
+def compile_to(specs, out_dir: str | os.PathLike, backend: str | None = None) -> Path:
     """Compile every spec into ``out_dir``; returns the manifest's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for name, spec, schedule in _entries(specs):
-        plan, artifact = build_artifact(spec, backend, schedule)
-        library = f"{name}.so"
-        source = f"{name}.c"
+        plan, artifact, backend_name = build_artifact(spec, backend, schedule)
+        library = name + REGISTRY[backend_name].suffix
+        source = name + (".ll" if backend_name == "llvm" else ".c")
         (out / source).write_text(artifact.source)
         tmp = out / (library + ".tmp")
-        shutil.copyfile(artifact.library, tmp)
+        shutil.copyfile(artifact.path, tmp)
         os.replace(tmp, out / library)
         records.append({
             "name": name,
-            "backend": backend,
+            "backend": backend_name,
             "symbol": artifact.symbol,
             "cdef": artifact.cdef,
+            "pointer_type": artifact.pointer_type,
             "spec": spec.to_dict(),
             "schedule": plan.schedule.to_dict(),
             "source": source,
@@ -116,9 +119,13 @@ def load(directory: str | os.PathLike) -> dict[str, Kernel]:
                                "recompile with convgen.compile_to")
         spec = ConvSpec.from_dict(record["spec"])
         schedule = Schedule.from_dict(record["schedule"])
+        if record.get("backend") not in REGISTRY:
+            raise ConvgenError(f"{path}: unknown backend {record.get('backend')!r} for "
+                               f"{record['name']!r}")
         source_path = root / record["source"]
         source = source_path.read_text() if source_path.is_file() else ""
-        artifact = Artifact(library.resolve(), record["symbol"], record["cdef"], source)
-        kernels[record["name"]] = kernel_from_artifact(spec, schedule, record["backend"],
-                                                       artifact)
+        artifact = Artifact(library.resolve(), record["symbol"], record["cdef"],
+                            record["pointer_type"], source)
+        plan = make_plan(spec, schedule)  # constants only: no compiler, no templates
+        kernels[record["name"]] = kernel_from_artifact(spec, plan, record["backend"], artifact)
     return kernels

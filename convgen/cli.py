@@ -21,6 +21,7 @@ import numpy as np
 
 import convgen as cg
 
+from .backends import resolve_backend
 from .errors import ConvgenError
 from .spec import ConvSpec
 from .specfile import SpecEntry, load_specfile, load_specfiles
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
         return _exit_code(exc)
     try:
+        if "backend" in args:
+            args.backend = resolve_backend(args.backend)
         return args.run(args)
     except BrokenPipeError:  # e.g. `convgen show ... | head`: stop quietly
         _silence_stdout()
@@ -89,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     backend = argparse.ArgumentParser(add_help=False)
-    backend.add_argument("--backend", choices=tuple(cg.BACKENDS), default="c",
-                         help="code generator and compiler to use (default: %(default)s)")
+    backend.add_argument("--backend", choices=tuple(cg.BACKENDS), default=None,
+                         help="code generator and compiler to use (default: c, or llvm when "
+                              "no C compiler is installed)")
 
     p = commands.add_parser(
         "compile", parents=[backend], help="compile spec files ahead of time into a directory",

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backends import compile as compile_spec
+from .backends import resolve_backend
 from .kernel import Kernel
 from .schedule import Schedule
 from .spec import ConvSpec
@@ -21,8 +22,9 @@ _KERNELS: dict[tuple[str, str, str], Kernel] = {}
 _LOCK = threading.Lock()
 
 
-def kernel_for(spec: ConvSpec, backend: str = "c", schedule: Schedule | None = None) -> Kernel:
+def kernel_for(spec: ConvSpec, backend: str | None = None, schedule: Schedule | None = None) -> Kernel:
     """The compiled kernel for ``spec``, compiled at most once per process."""
+    backend = resolve_backend(backend)
     key = (spec.key(), backend, schedule.key() if schedule is not None else "")
     with _LOCK:
         kernel = _KERNELS.get(key)
@@ -82,42 +84,42 @@ def _conv_transpose(ndim: int, x, w, b, stride, padding, output_padding, groups,
 
 
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend="c", schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None):
     """1D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(1, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend="c", schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None):
     """2D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(2, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend="c", schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None):
     """3D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(3, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend="c", schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
     """1D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(1, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend="c", schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
     """2D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(2, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)
 
 
 def conv_transpose3d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend="c", schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
     """3D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(3, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)

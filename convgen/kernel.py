@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cffi
@@ -60,21 +61,31 @@ def load_function(library: Path | str, symbol: str, cdef: str):
 
 
 class Kernel:
-    """A compiled convolution: ``kernel(x, w, b=None, out=None) -> y``."""
+    """A compiled convolution: ``kernel(x, w, b=None, out=None) -> y``.
+
+    The entry point computes a range of jobs (output tiles). ``python_threads``
+    > 1 splits the range across a thread pool (the LLVM backend's threads; the C
+    backend parallelizes inside the call with OpenMP and passes 1).
+    """
 
     def __init__(self, spec: ConvSpec, schedule: Schedule, backend: str, symbol: str,
-                 source: str, ffi, function, keepalive=(), library_path: str | None = None):
+                 source: str, ffi, function, jobs: int, python_threads: int = 1,
+                 keepalive=(), library_path: str | None = None):
         self.spec = spec
         self.schedule = schedule
         self.backend = backend
         self.symbol = symbol
         self.source = source
         self.library_path = library_path
+        self.jobs = jobs
         self._ffi = ffi
         self._function = function
         self._keepalive = keepalive  # objects that must outlive the function pointer
         self._dtype = np.dtype(spec.dtype)
         self._ctype = "float[]" if spec.dtype == "float32" else "double[]"
+        self._ranges = _split(jobs, python_threads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<convgen.Kernel {self.symbol} backend={self.backend}>"
@@ -126,10 +137,30 @@ class Kernel:
                              f"got an array of shape {getattr(b, 'shape', '?')}")
         y = self._output(out, inputs)
         ffi = self._ffi
-        status = self._function(
-            ffi.from_buffer(self._ctype, x), ffi.from_buffer(self._ctype, w),
-            ffi.from_buffer(self._ctype, b) if b is not None else ffi.NULL,
-            ffi.from_buffer(self._ctype, y, require_writable=True))
-        if status != 0:
-            raise RuntimeError(f"{self.symbol} returned status {status}")
+        args = (ffi.from_buffer(self._ctype, x), ffi.from_buffer(self._ctype, w),
+                ffi.from_buffer(self._ctype, b) if b is not None else ffi.NULL,
+                ffi.from_buffer(self._ctype, y, require_writable=True))
+        if len(self._ranges) == 1:
+            statuses = [self._function(*args, *self._ranges[0])]
+        else:
+            pool = self._thread_pool()
+            futures = [pool.submit(self._function, *args, *r) for r in self._ranges[1:]]
+            statuses = [self._function(*args, *self._ranges[0])]
+            statuses += [f.result() for f in futures]
+        if any(statuses):
+            raise RuntimeError(f"{self.symbol} returned status {statuses}")
         return y
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(self._ranges) - 1,
+                                                thread_name_prefix="convgen")
+            return self._pool
+
+
+def _split(jobs: int, parts: int) -> list[tuple[int, int]]:
+    """``jobs`` split into at most ``parts`` contiguous, nearly equal ranges."""
+    parts = max(1, min(parts, jobs))
+    bounds = [jobs * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]

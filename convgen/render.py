@@ -58,15 +58,25 @@ def environment() -> jinja2.Environment:
 
 
 def parameters(plan: Plan, qualifier: str = "") -> str:
-    """The kernel's parameter list: x, w, b (NULL without bias), y."""
+    """The kernel's parameter list, shared by every backend.
+
+    x, w, b (NULL without bias), y, and the half-open range of jobs (tiles) to
+    compute, so that a caller can split the work across threads.
+    """
     t = plan.c_type
     q = f"{qualifier} " if qualifier else ""
-    return f"const {t} *{q}x, const {t} *{q}w, const {t} *{q}b, {t} *{q}y"
+    return (f"const {t} *{q}x, const {t} *{q}w, const {t} *{q}b, {t} *{q}y, "
+            "long job_begin, long job_end")
 
 
 def prototype(plan: Plan) -> str:
     """The one C declaration of the kernel; also the cffi cdef."""
     return f"int {plan.symbol}({parameters(plan)});"
+
+
+def function_pointer_type(plan: Plan) -> str:
+    """The kernel's type as a C function pointer (for ffi.cast of a JIT address)."""
+    return f"int (*)({parameters(plan)})"
 
 
 def render_c(plan: Plan) -> str:

@@ -311,8 +311,8 @@ def _edit_source(entry: Path) -> None:
                                     _edit_source], ids=lambda f: f.__name__.strip("_"))
 def test_damaged_entry_is_rebuilt(fresh_cache, damage):
     spec = SPEC.replace(out_channels=3, padding="same")
-    _, artifact = build_artifact(spec)  # built, not loaded: safe to damage in this process
-    entry = artifact.library.parent
+    _, artifact, _ = build_artifact(spec, "c")  # built, not loaded: safe to damage in this process
+    entry = artifact.path.parent
     good_meta = assert_valid_entry(entry)
     damage(entry)
 
@@ -375,7 +375,7 @@ def test_compile_error_from_a_failing_compiler(fresh_cache, tmp_path, monkeypatc
 def test_missing_compiler(fresh_cache, monkeypatch, cc):
     monkeypatch.setenv("CC", cc)
     with pytest.raises(cg.CompilerNotFoundError) as info:
-        cg.compile(SPEC)
+        cg.compile(SPEC, backend="c")  # explicitly C: no fallback to LLVM
     assert isinstance(info.value, cg.CompileError)
     assert "no C compiler found" in str(info.value)
     assert cc in str(info.value)

@@ -1,0 +1,380 @@
+"""Render a Plan as LLVM IR with llvmlite.ir (no IR text templates).
+
+The loop nest is the C template's, with the W tile held as explicit vectors of
+``plan.vector_lanes`` lanes (``<16 x float>`` on AVX-512) and every
+multiply-add an ``llvm.fma`` on vectors. Input columns are read per the plan's
+vector tables: a plain vector load where a vector's columns are consecutive, a
+masked load where only some lanes are valid (padding), a masked gather
+otherwise (strides, reflect/circular borders), or nothing at all.
+
+Entry point, shared with the C backend:
+``i32 SYMBOL(T* x, T* w, T* b, T* y, i64 job_begin, i64 job_end)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from llvmlite import ir
+
+from .plan import (VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan, VectorTables,
+                   vector_tables)
+from .version import __version__
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+def i32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value)
+
+
+class _KernelIR:
+    """Builds one kernel function into a fresh module."""
+
+    def __init__(self, plan: Plan, triple: str, data_layout: str):
+        self.plan = plan
+        self.tables: VectorTables = vector_tables(plan)
+        self.lanes = plan.vector_lanes
+        self.scalar = ir.FloatType() if plan.c_type == "float" else ir.DoubleType()
+        self.suffix = "f32" if plan.c_type == "float" else "f64"
+        self.itemsize = 4 if plan.c_type == "float" else 8
+        self.vec = ir.VectorType(self.scalar, self.lanes)
+        self.ivec = ir.VectorType(I32, self.lanes)
+        self.mask_type = ir.VectorType(I1, self.lanes)
+        self.module = ir.Module(name=plan.symbol)
+        self.module.triple = triple
+        self.module.data_layout = data_layout
+        ptr = self.scalar.as_pointer()
+        fnty = ir.FunctionType(I32, [ptr, ptr, ptr, ptr, I64, I64])
+        self.function = ir.Function(self.module, fnty, name=plan.symbol)
+        for arg, name in zip(self.function.args, ("x", "w", "b", "y", "job_begin", "job_end")):
+            arg.name = name
+        for arg in self.function.args[:4]:
+            arg.add_attribute("noalias")
+        entry = self.function.append_basic_block("entry")
+        body = self.function.append_basic_block("body")
+        self.alloca_builder = ir.IRBuilder(entry)
+        self.alloca_builder.branch(body)
+        self.alloca_builder.position_at_start(entry)
+        self.b = ir.IRBuilder(body)
+
+    # -- small helpers ---------------------------------------------------------------
+    def alloca(self, typ: ir.Type, name: str) -> ir.AllocaInstr:
+        """An alloca in the entry block (so mem2reg/SROA can promote it)."""
+        return self.alloca_builder.alloca(typ, name=name)
+
+    @contextlib.contextmanager
+    def loop(self, start, stop, name: str):
+        """for (i = start; i < stop; ++i): yields i (i64)."""
+        b = self.b
+        start = i64(start) if isinstance(start, int) else start
+        stop = i64(stop) if isinstance(stop, int) else stop
+        counter = self.alloca(I64, name + ".addr")
+        b.store(start, counter)
+        cond = self.function.append_basic_block(name + ".cond")
+        body = self.function.append_basic_block(name + ".body")
+        end = self.function.append_basic_block(name + ".end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        index = b.load(counter, name=name)
+        b.cbranch(b.icmp_signed("<", index, stop), body, end)
+        b.position_at_end(body)
+        yield index
+        b.store(b.add(b.load(counter), i64(1)), counter)
+        b.branch(cond)
+        b.position_at_end(end)
+
+    def constant_table(self, name: str, values: list[int], typ: ir.IntType) -> ir.GlobalVariable:
+        array_type = ir.ArrayType(typ, len(values))
+        table = ir.GlobalVariable(self.module, array_type, name=name)
+        table.global_constant = True
+        table.linkage = "internal"
+        table.initializer = ir.Constant(array_type, [int(v) for v in values])
+        return table
+
+    def table_load(self, table: ir.GlobalVariable, index, name: str):
+        return self.b.load(self.b.gep(table, [i64(0), index], inbounds=True), name=name)
+
+    def element(self, base, offset, name: str = ""):
+        """&base[offset] for a scalar pointer."""
+        return self.b.gep(base, [offset], inbounds=True, name=name)
+
+    def splat(self, scalar, vec_type=None):
+        vec_type = vec_type or self.vec
+        undef = ir.Constant(vec_type, ir.Undefined)
+        one = self.b.insert_element(undef, scalar, i32(0))
+        zeros = ir.Constant(ir.VectorType(I32, vec_type.count), [0] * vec_type.count)
+        return self.b.shuffle_vector(one, undef, zeros)
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+
+    def vector_intrinsic(self, name: str, arity: int) -> ir.Function:
+        """llvm.<name>.v<VL><f32|f64> taking ``arity`` vectors, returning a vector."""
+        return self.intrinsic(f"llvm.{name}.v{self.lanes}{self.suffix}", self.vec,
+                              [self.vec] * arity)
+
+    def lane_mask_below(self, first_lane, limit):
+        """<i1 x VL>: (first_lane + lane) < limit, both i64."""
+        lanes = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
+        vec64 = ir.VectorType(I64, self.lanes)
+        index = self.b.add(self.splat(first_lane, vec64), lanes)
+        return self.b.icmp_signed("<", index, self.splat(limit, vec64))
+
+    # -- the kernel ------------------------------------------------------------------
+    def build(self) -> ir.Module:
+        p, t, b = self.plan, self.tables, self.b
+        td, th, tw = p.tile
+        nv = t.n_vectors
+        kd_n, kh_n, kw_n = p.kernel
+        id_, ih, iw = p.in_size
+        od, oh, ow = p.out_size
+        in_volume, out_volume = id_ * ih * iw, od * oh * ow
+        w_g, w_co, w_ci, w_kd, w_kh, _ = p.weight_strides
+        x, w, bias, y, job_begin, job_end = self.function.args
+
+        d_table = self.constant_table("tab_d", sum(t.d_table, []), I32)
+        h_table = self.constant_table("tab_h", sum(t.h_table, []), I32)
+        w_table = self.constant_table("tab_w", sum(t.w_table, []), I32)
+        modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
+        bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
+        n_acc = p.tile_co * td * th * nv
+        acc = self.alloca(ir.ArrayType(self.vec, n_acc), "acc")
+        zero_vec = ir.Constant(self.vec, [0.0] * self.lanes)
+
+        b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
+        with self.loop(job_begin, job_end, "job") as job:
+            rest = job
+            index = {}
+            for name, count in (("tw", p.n_tiles[3]), ("th", p.n_tiles[2]),
+                                ("td", p.n_tiles[1]), ("tc", p.n_tiles[0]), ("g", p.groups)):
+                index[name] = b.urem(rest, i64(count), name=name)
+                rest = b.udiv(rest, i64(count))
+            n = rest
+            g = index["g"]
+            co0 = b.mul(index["tc"], i64(p.tile_co), name="co0")
+            od0 = b.mul(index["td"], i64(td), name="od0")
+            oh0 = b.mul(index["th"], i64(th), name="oh0")
+            ow0 = b.mul(index["tw"], i64(tw), name="ow0")
+
+            b.comment("zero the accumulator tile")
+            with self.loop(0, n_acc, "zero") as slot:
+                b.store(zero_vec, b.gep(acc, [i64(0), slot], inbounds=True))
+
+            channel0 = b.add(b.mul(n, i64(p.groups * p.cin_g)), b.mul(g, i64(p.cin_g)))
+            x_group = self.element(x, b.mul(channel0, i64(in_volume)), "x.group")
+            w_tile = self.element(w, b.add(b.mul(g, i64(w_g)), b.mul(co0, i64(w_co))), "w.tile")
+            # channels of this tile that exist (the last tile may be partial)
+            co_valid = b.sub(i64(p.cout_g), co0, name="co.valid")
+
+            b.comment("reduction over the group's input channels and the kernel taps")
+            with self.loop(0, p.cin_g, "ci") as ci:
+                xc = self.element(x_group, b.mul(ci, i64(in_volume)), "xc")
+                wc = self.element(w_tile, b.mul(ci, i64(w_ci)), "wc")
+                with self.loop(0, kd_n, "kd") as kd, self.loop(0, kh_n, "kh") as kh, \
+                        self.loop(0, kw_n, "kw") as kw:
+                    w_tap = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
+                                                   b.add(b.mul(kh, i64(w_kh)), kw)), "w.tap")
+                    mode_row = b.mul(b.add(b.mul(index["tw"], i64(kw_n)), kw), i64(nv))
+                    with self.loop(0, td, "od") as od_:
+                        in_d = self.table_load(d_table, b.add(b.mul(b.add(od0, od_), i64(kd_n)),
+                                                              kd), "in.d")
+                        with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                            with self.loop(0, th, "oh") as oh_:
+                                row = b.add(b.mul(b.add(oh0, oh_), i64(kh_n)), kh)
+                                in_h = self.table_load(h_table, row, "in.h")
+                                with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
+                                    row_offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
+                                                             b.sext(in_h, I64)), i64(iw))
+                                    xrow = self.element(xc, row_offset, "xrow")
+                                    self._vectors(od_, oh_, kw, ow0, mode_row, xrow, w_tap,
+                                                  co_valid, acc, w_table, modes, bases, w_co)
+
+            self._epilogue(acc, bias, y, n, g, co0, od0, oh0, ow0)
+        b.ret(i32(0))
+        return self.module
+
+    def _vectors(self, od_, oh_, kw, ow0, mode_row, xrow, w_tap, co_valid, acc,
+                 w_table, modes, bases, w_co) -> None:
+        """For each vector of the W tile: read VL input columns, FMA into every channel."""
+        p, b = self.plan, self.b
+        td, th, tw = p.tile
+        nv = self.tables.n_vectors
+        with self.loop(0, nv, "v") as v:
+            slot = b.add(mode_row, v)
+            mode = self.table_load(modes, slot, "mode")
+            base = b.sext(self.table_load(bases, slot, "base"), I64)
+            first = b.add(b.add(b.mul(kw, i64(self.tables.row_length)), ow0),
+                          b.mul(v, i64(self.lanes)))
+            with b.if_then(b.icmp_unsigned("!=", mode, ir.Constant(I8, VEC_SKIP))):
+                xv = self._read_columns(mode, base, first, xrow, w_table)
+                b.comment("multiply-add the columns into every output channel of the tile")
+                with self.loop(0, p.tile_co, "co") as co:
+                    # channels past the last real one compute garbage that is never stored
+                    co_safe = b.select(b.icmp_signed("<", co, co_valid), co, i64(0))
+                    wv = b.load(self.element(w_tap, b.mul(co_safe, i64(w_co))), name="wv")
+                    slot_acc = b.add(b.mul(b.add(b.mul(b.add(b.mul(co, i64(td)), od_),
+                                                       i64(th)), oh_), i64(nv)), v)
+                    acc_ptr = b.gep(acc, [i64(0), slot_acc], inbounds=True)
+                    fma = self.vector_intrinsic("fma", 3)
+                    b.store(b.call(fma, [self.splat(wv), xv, b.load(acc_ptr)]), acc_ptr)
+
+    def _read_columns(self, mode, base, first, xrow, w_table):
+        """The VL input columns of one vector, by the mode the planner chose."""
+        b = self.b
+        zero_vec = ir.Constant(self.vec, [0.0] * self.lanes)
+        vec_ptr = self.vec.as_pointer()
+        start = self.function.append_basic_block("read.start")
+        b.branch(start)
+        b.position_at_end(start)
+        idx_ptr = b.bitcast(b.gep(w_table, [i64(0), first], inbounds=True),
+                            self.ivec.as_pointer())
+        load_bb = self.function.append_basic_block("read.load")
+        masked_bb = self.function.append_basic_block("read.masked")
+        gather_bb = self.function.append_basic_block("read.gather")
+        done = self.function.append_basic_block("read.done")
+        switch = b.switch(mode, gather_bb)
+        switch.add_case(ir.Constant(I8, VEC_LOAD), load_bb)
+        switch.add_case(ir.Constant(I8, VEC_MASKED_LOAD), masked_bb)
+        switch.add_case(ir.Constant(I8, VEC_GATHER), gather_bb)
+
+        b.position_at_end(load_bb)
+        b.comment("consecutive columns: one vector load")
+        loaded = b.load(b.bitcast(self.element(xrow, base), vec_ptr), align=self.itemsize)
+        b.branch(done)
+
+        b.position_at_end(masked_bb)
+        b.comment("consecutive where valid (padding lanes off): masked load")
+        idx = b.load(idx_ptr, align=4)
+        mask = b.icmp_signed(">=", idx, ir.Constant(self.ivec, [0] * self.lanes))
+        masked_load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
+                                     self.vec, [vec_ptr, I32, self.mask_type, self.vec])
+        masked = b.call(masked_load, [b.bitcast(self.element(xrow, base), vec_ptr),
+                                      i32(self.itemsize), mask, zero_vec])
+        b.branch(done)
+
+        b.position_at_end(gather_bb)
+        b.comment("arbitrary columns (stride, reflect/circular border): masked gather")
+        idx = b.load(idx_ptr, align=4)
+        mask = b.icmp_signed(">=", idx, ir.Constant(self.ivec, [0] * self.lanes))
+        vec64 = ir.VectorType(I64, self.lanes)
+        safe = b.select(mask, b.sext(idx, vec64), ir.Constant(vec64, [0] * self.lanes))
+        address = b.add(self.splat(b.ptrtoint(xrow, I64), vec64),
+                        b.mul(safe, ir.Constant(vec64, [self.itemsize] * self.lanes)))
+        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
+        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
+                                self.vec, [ptr_vec, I32, self.mask_type, self.vec])
+        gathered = b.call(gather, [b.inttoptr(address, ptr_vec), i32(self.itemsize), mask,
+                                   zero_vec])
+        b.branch(done)
+
+        b.position_at_end(done)
+        phi = b.phi(self.vec, name="xv")
+        phi.add_incoming(loaded, load_bb)
+        phi.add_incoming(masked, masked_bb)
+        phi.add_incoming(gathered, gather_bb)
+        return phi
+
+    def _epilogue(self, acc, bias, y, n, g, co0, od0, oh0, ow0) -> None:
+        p, b = self.plan, self.b
+        td, th, tw = p.tile
+        nv = self.tables.n_vectors
+        od_n, oh_n, ow_n = p.out_size
+        out_volume = od_n * oh_n * ow_n
+
+        def bounded(start, tile, size, name):
+            remaining = b.sub(i64(size), start)
+            return b.select(b.icmp_signed("<", remaining, i64(tile)), remaining, i64(tile),
+                            name=name)
+
+        nco = bounded(co0, p.tile_co, p.cout_g, "nco")
+        nd = bounded(od0, td, od_n, "nd")
+        nh = bounded(oh0, th, oh_n, "nh")
+        nw = bounded(ow0, tw, ow_n, "nw")
+        store = self.intrinsic(f"llvm.masked.store.v{self.lanes}{self.suffix}.p0",
+                               ir.VoidType(), [self.vec, self.vec.as_pointer(), I32,
+                                               self.mask_type])
+        b.comment(f"epilogue: bias, {p.spec.activation or 'no activation'}, masked store")
+        with self.loop(0, nco, "eco") as co:
+            channel = b.add(b.mul(g, i64(p.cout_g)), b.add(co0, co), name="c")
+            if p.spec.bias:
+                bv = self.splat(b.load(self.element(bias, channel)))
+            else:
+                bv = ir.Constant(self.vec, [0.0] * self.lanes)
+            y_channel = self.element(
+                y, b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel), i64(out_volume)))
+            with self.loop(0, nd, "eod") as od_, self.loop(0, nh, "eoh") as oh_, \
+                    self.loop(0, nv, "ev") as v:
+                slot = b.add(b.mul(b.add(b.mul(b.add(b.mul(co, i64(td)), od_), i64(th)), oh_),
+                                   i64(nv)), v)
+                value = b.fadd(b.load(b.gep(acc, [i64(0), slot], inbounds=True)), bv)
+                value = self._activation(value)
+                first_lane = b.mul(v, i64(self.lanes))
+                mask = self.lane_mask_below(first_lane, nw)
+                offset = b.add(b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)),
+                                     i64(ow_n)), b.add(ow0, first_lane))
+                target = b.bitcast(self.element(y_channel, offset), self.vec.as_pointer())
+                b.call(store, [value, target, i32(self.itemsize), mask])
+
+    def _activation(self, v):
+        """The fused activation on one vector, in the spec's dtype."""
+        spec, b = self.plan.spec, self.b
+        name, args = spec.activation, spec.activation_args
+
+        def const(value: float):
+            return ir.Constant(self.vec, [float(value)] * self.lanes)
+
+        def clamp(low, high, value):
+            value = b.select(b.fcmp_ordered("<", value, const(low)), const(low), value)
+            return b.select(b.fcmp_ordered(">", value, const(high)), const(high), value)
+
+        def vector_call(function: str, value):
+            return b.call(self.vector_intrinsic(function, 1), [value])
+
+        if name is None:
+            return v
+        if name == "relu":
+            return b.select(b.fcmp_ordered("<", v, const(0.0)), const(0.0), v)
+        if name == "leaky_relu":
+            return b.select(b.fcmp_ordered("<", v, const(0.0)), b.fmul(v, const(args[0])), v)
+        if name == "relu6":
+            return clamp(0.0, 6.0, v)
+        if name == "clip":
+            return clamp(args[0], args[1], v)
+        if name == "sigmoid":
+            return b.fdiv(const(1.0), b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
+        if name == "tanh":
+            return vector_call("tanh", v)
+        if name == "elu":
+            negative = b.fmul(const(args[0]), b.fsub(vector_call("exp", v), const(1.0)))
+            return b.select(b.fcmp_ordered(">", v, const(0.0)), v, negative)
+        if name == "silu":
+            return b.fdiv(v, b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
+        if name == "gelu":  # exact form; erf from the C math library, lane by lane
+            erf_name = "erff" if self.plan.c_type == "float" else "erf"
+            erf = self.intrinsic(erf_name, self.scalar, [self.scalar])
+            scaled = b.fmul(v, const(0.7071067811865476))
+            result = ir.Constant(self.vec, ir.Undefined)
+            for lane in range(self.lanes):
+                lane_value = b.call(erf, [b.extract_element(scaled, i32(lane))])
+                result = b.insert_element(result, lane_value, i32(lane))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), result))
+        raise AssertionError(name)
+
+
+def render_llvm(plan: Plan, triple: str, data_layout: str) -> str:
+    """The kernel's LLVM IR as text (unoptimized, commented)."""
+    module = _KernelIR(plan, triple, data_layout).build()
+    header = (f"; Generated by convgen {__version__} -- do not edit.\n"
+              f"; spec:     {json.dumps(plan.spec.to_dict(), sort_keys=True)}\n"
+              f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"
+              f"; vectors of {plan.vector_lanes} x {plan.c_type} over output columns\n")
+    return header + str(module)
