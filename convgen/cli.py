@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
         return _exit_code(exc)
     try:
-        if "backend" in args:
+        if "backend" in args and args.command != "explain":  # explain compiles nothing
             args.backend = resolve_backend(args.backend)
         return args.run(args)
     except BrokenPipeError:  # e.g. `convgen show ... | head`: stop quietly
