@@ -36,8 +36,11 @@ def i32(value: int) -> ir.Constant:
 class _KernelIR:
     """Builds one kernel function into a fresh module."""
 
-    def __init__(self, plan: Plan, triple: str, data_layout: str):
+    def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
+                 residual: bool = False, internal: bool = False):
         self.plan = plan
+        self.name = name or plan.symbol
+        self.residual = residual
         self.tables: VectorTables = vector_tables(plan)
         self.lanes = plan.vector_lanes
         self.scalar = ir.FloatType() if plan.c_type == "float" else ir.DoubleType()
@@ -46,15 +49,16 @@ class _KernelIR:
         self.vec = ir.VectorType(self.scalar, self.lanes)
         self.ivec = ir.VectorType(I32, self.lanes)
         self.mask_type = ir.VectorType(I1, self.lanes)
-        self.module = ir.Module(name=plan.symbol)
-        self.module.triple = triple
-        self.module.data_layout = data_layout
+        self.module = module
         ptr = self.scalar.as_pointer()
-        fnty = ir.FunctionType(I32, [ptr, ptr, ptr, ptr, I64, I64])
-        self.function = ir.Function(self.module, fnty, name=plan.symbol)
-        for arg, name in zip(self.function.args, ("x", "w", "b", "y", "job_begin", "job_end")):
-            arg.name = name
-        for arg in self.function.args[:4]:
+        names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
+        fnty = ir.FunctionType(I32, [ptr] * len(names) + [I64, I64])
+        self.function = ir.Function(self.module, fnty, name=self.name)
+        if internal:
+            self.function.linkage = "internal"
+        for arg, arg_name in zip(self.function.args, names + ("job_begin", "job_end")):
+            arg.name = arg_name
+        for arg in self.function.args[:len(names)]:
             arg.add_attribute("noalias")
         entry = self.function.append_basic_block("entry")
         body = self.function.append_basic_block("body")
@@ -91,7 +95,7 @@ class _KernelIR:
 
     def constant_table(self, name: str, values: list[int], typ: ir.IntType) -> ir.GlobalVariable:
         array_type = ir.ArrayType(typ, len(values))
-        table = ir.GlobalVariable(self.module, array_type, name=name)
+        table = ir.GlobalVariable(self.module, array_type, name=f"{self.name}.{name}")
         table.global_constant = True
         table.linkage = "internal"
         table.initializer = ir.Constant(array_type, [int(v) for v in values])
@@ -139,7 +143,10 @@ class _KernelIR:
         od, oh, ow = p.out_size
         in_volume, out_volume = id_ * ih * iw, od * oh * ow
         w_g, w_co, w_ci, w_kd, w_kh, _ = p.weight_strides
-        x, w, bias, y, job_begin, job_end = self.function.args
+        if self.residual:
+            x, w, bias, residual, y, job_begin, job_end = self.function.args
+        else:
+            (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
         d_table = self.constant_table("tab_d", sum(t.d_table, []), I32)
         h_table = self.constant_table("tab_h", sum(t.h_table, []), I32)
@@ -198,9 +205,9 @@ class _KernelIR:
                                     self._vectors(od_, oh_, kw, ow0, mode_row, xrow, w_tap,
                                                   co_valid, acc, w_table, modes, bases, w_co)
 
-            self._epilogue(acc, bias, y, n, g, co0, od0, oh0, ow0)
+            self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, ow0)
         b.ret(i32(0))
-        return self.module
+        return self.function
 
     def _vectors(self, od_, oh_, kw, ow0, mode_row, xrow, w_tap, co_valid, acc,
                  w_table, modes, bases, w_co) -> None:
@@ -283,7 +290,7 @@ class _KernelIR:
         phi.add_incoming(gathered, gather_bb)
         return phi
 
-    def _epilogue(self, acc, bias, y, n, g, co0, od0, oh0, ow0) -> None:
+    def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, ow0) -> None:
         p, b = self.plan, self.b
         td, th, tw = p.tile
         nv = self.tables.n_vectors
@@ -309,18 +316,27 @@ class _KernelIR:
                 bv = self.splat(b.load(self.element(bias, channel)))
             else:
                 bv = ir.Constant(self.vec, [0.0] * self.lanes)
-            y_channel = self.element(
-                y, b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel), i64(out_volume)))
+            channel_offset = b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel),
+                                   i64(out_volume))
+            y_channel = self.element(y, channel_offset)
+            r_channel = self.element(residual, channel_offset) if residual is not None else None
             with self.loop(0, nd, "eod") as od_, self.loop(0, nh, "eoh") as oh_, \
                     self.loop(0, nv, "ev") as v:
                 slot = b.add(b.mul(b.add(b.mul(b.add(b.mul(co, i64(td)), od_), i64(th)), oh_),
                                    i64(nv)), v)
                 value = b.fadd(b.load(b.gep(acc, [i64(0), slot], inbounds=True)), bv)
-                value = self._activation(value)
                 first_lane = b.mul(v, i64(self.lanes))
                 mask = self.lane_mask_below(first_lane, nw)
                 offset = b.add(b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)),
                                      i64(ow_n)), b.add(ow0, first_lane))
+                if r_channel is not None:
+                    load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
+                                          self.vec, [self.vec.as_pointer(), I32,
+                                                     self.mask_type, self.vec])
+                    source = b.bitcast(self.element(r_channel, offset), self.vec.as_pointer())
+                    value = b.fadd(value, b.call(load, [source, i32(self.itemsize), mask,
+                                                        ir.Constant(self.vec, [0.0] * self.lanes)]))
+                value = self._activation(value)
                 target = b.bitcast(self.element(y_channel, offset), self.vec.as_pointer())
                 b.call(store, [value, target, i32(self.itemsize), mask])
 
@@ -370,9 +386,23 @@ class _KernelIR:
         raise AssertionError(name)
 
 
+def new_module(name: str, triple: str, data_layout: str) -> ir.Module:
+    module = ir.Module(name=name)
+    module.triple = triple
+    module.data_layout = data_layout
+    return module
+
+
+def add_conv_function(module: ir.Module, plan: Plan, name: str, residual: bool = False,
+                      internal: bool = False) -> ir.Function:
+    """Add one convolution as function ``name`` to ``module`` (networks use this)."""
+    return _KernelIR(plan, module, name, residual, internal).build()
+
+
 def render_llvm(plan: Plan, triple: str, data_layout: str) -> str:
     """The kernel's LLVM IR as text (unoptimized, commented)."""
-    module = _KernelIR(plan, triple, data_layout).build()
+    module = new_module(plan.symbol, triple, data_layout)
+    _KernelIR(plan, module).build()
     header = (f"; Generated by convgen {__version__} -- do not edit.\n"
               f"; spec:     {json.dumps(plan.spec.to_dict(), sort_keys=True)}\n"
               f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"

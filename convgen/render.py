@@ -79,16 +79,19 @@ def function_pointer_type(plan: Plan) -> str:
     return f"int (*)({parameters(plan)})"
 
 
-def render_c(plan: Plan) -> str:
-    """The complete C source of the kernel described by ``plan``."""
+def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
+    """The flat template context of one convolution (templates/c/conv_function.j2)."""
     spec = plan.spec
-    context = {
-        "version": __version__,
+    params = parameters(plan, "restrict")
+    if residual:
+        params = params.replace(f"{plan.c_type} *restrict y",
+                                f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
+    return {
+        "title": "Transposed convolution" if spec.transposed else "Convolution",
         "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
         "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
-        "prototype": prototype(plan),
-        "params": parameters(plan, "restrict"),
-        "symbol": plan.symbol,
+        "params": params,
+        "symbol": symbol or plan.symbol,
         "c_type": plan.c_type,
         "batch": plan.batch,
         "groups": plan.groups,
@@ -103,10 +106,22 @@ def render_c(plan: Plan) -> str:
         "n_tiles": plan.n_tiles,
         "weight_strides": plan.weight_strides,
         "threads": plan.threads,
-        "transposed": spec.transposed,
         "bias": spec.bias,
+        "residual": residual,
         "activation": spec.activation,
         "activation_args": spec.activation_args,
-        "math_fn": (lambda name: name + "f") if plan.c_type == "float" else (lambda name: name),
+        "math_fn": math_function(plan.c_type),
     }
-    return environment().get_template("c/conv.c.j2").render(**context)
+
+
+def math_function(c_type: str):
+    """C math function names per type: exp -> expf for float."""
+    if c_type == "float":
+        return lambda name: name + "f"
+    return lambda name: name
+
+
+def render_c(plan: Plan) -> str:
+    """The complete C source of the kernel described by ``plan``."""
+    return environment().get_template("c/conv.c.j2").render(
+        version=__version__, prototype=prototype(plan), k=conv_context(plan))

@@ -1,0 +1,84 @@
+"""The graph IR: what a traced network is, as plain data.
+
+A :class:`Graph` is a list of :class:`Node` in topological order. Every node
+has a unique name, an op (one of :data:`OPS`), the names of its inputs (other
+nodes or graph inputs), attributes (plain data), parameters (NumPy arrays,
+float64 as loaded) and its inferred output shape. Passes (BatchNorm folding,
+epilogue fusion) rewrite graphs; code generators and the oracle read them.
+
+Ops and their attributes (tuples are per spatial dim):
+
+- ``conv``: ``spec`` (a ConvSpec dict; its input_shape is the node input's
+  shape, its bias/activation fields say what the epilogue does),
+  ``residual`` (bool: a second input is added before the activation).
+  params: ``weight``, and ``bias`` when spec.bias.
+- ``max_pool``: kernel_size, stride, padding, dilation, ceil_mode.
+- ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad.
+- ``adaptive_avg_pool``: output_size (per spatial dim; each must divide the input).
+- ``linear``: params ``weight`` (out, in) and optional ``bias``; attr ``activation``
+  (None or a name from convgen.spec.ACTIVATIONS) and ``activation_args``.
+- ``flatten``: start_dim, end_dim.
+- ``activation``: name, args (as ConvSpec.activation / activation_args).
+- ``softmax``, ``log_softmax``: dim (non-negative).
+- ``batch_norm``: eps; params running_mean, running_var, weight, bias.
+- ``add``: two inputs of the same shape.
+- ``cat``: dim (non-negative), two or more inputs.
+- ``identity``: one input (Dropout at inference, Identity); removed by passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConvgenError
+
+OPS = ("conv", "max_pool", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
+       "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity")
+
+
+class GraphError(ConvgenError, ValueError):
+    """An invalid network: names the layer (node) and what is wrong, e.g. the shapes."""
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    shape: tuple[int, ...] = ()
+    module: str = ""  # the module class (for summaries), e.g. "Conv2d"
+    fused: list[str] = field(default_factory=list)  # names of nodes folded/fused into it
+
+    def copy(self) -> Node:
+        return dataclasses.replace(self, inputs=list(self.inputs), attrs=dict(self.attrs),
+                                   params=dict(self.params), fused=list(self.fused))
+
+
+@dataclass
+class Graph:
+    inputs: list[tuple[str, tuple[int, ...]]]  # (name, shape) per graph input
+    nodes: list[Node]
+    outputs: list[str]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        for input_name, shape in self.inputs:
+            if input_name == name:
+                return shape
+        return self.node(name).shape
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def copy(self) -> Graph:
+        return Graph(list(self.inputs), [n.copy() for n in self.nodes], list(self.outputs))
