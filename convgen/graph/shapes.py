@@ -7,13 +7,17 @@ the node (``name (Module)``), the offending shapes or attribute and the rule.
 
 Conventions chosen where ``ir.py`` is silent (documented here, relied on by the oracle):
 
-- pooling attributes may be an int (every spatial dim) or a per-dim tuple; ``stride``
-  None (or missing, or empty) means ``kernel_size``, as ``torch.nn.MaxPool2d``; inputs
-  are batched, ``(N, C, *spatial)`` with 1 to 3 spatial dims;
-- ``adaptive_avg_pool`` accepts any positive output size (PyTorch's overlapping bins),
-  an int for every dim, and None for "keep the input size", as ``nn.AdaptiveAvgPool2d``;
-- ``softmax``/``log_softmax``/``cat`` accept a negative ``dim`` in range (torch's
-  meaning); ``cat`` needs two or more inputs (``ir.py``);
+- pooling: ``kernel_size``, ``stride`` and ``padding`` are required per-spatial-dim
+  tuples (the tracer normalizes torch's ints and ``stride=None``; lowering reads them as
+  tuples), their length gives the rank of the batched input ``(N, C, *spatial)``;
+  ``dilation`` (max_pool) defaults to ones, ``ceil_mode`` to False,
+  ``count_include_pad`` to True. ``padding <= kernel_size // 2`` as PyTorch;
+- ``adaptive_avg_pool`` accepts any positive output size (PyTorch's overlapping bins,
+  not only divisors of the input), an int for every dim, and None for "keep the input
+  size", as ``nn.AdaptiveAvgPool2d``;
+- ``softmax``/``log_softmax``/``cat``: ``dim`` must be in [0, rank) (``ir.py`` says
+  non-negative; the tracer normalizes negative dims); ``flatten`` accepts negative
+  start_dim/end_dim as torch; ``cat`` needs two or more inputs (``ir.py``);
 - ``add`` does not broadcast.
 """
 
@@ -81,13 +85,15 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _per_dim(node: Node, name: str, value: object, ndim: int, minimum: int) -> tuple[int, ...]:
-    if _is_int(value):
+def _per_dim(node: Node, name: str, value: object, ndim: int, minimum: int,
+             allow_int: bool = False) -> tuple[int, ...]:
+    if allow_int and _is_int(value):
         values = (int(value),) * ndim
     elif isinstance(value, (tuple, list)) and len(value) == ndim and all(map(_is_int, value)):
         values = tuple(int(v) for v in value)
     else:
-        raise _fail(node, f"{name}={value!r} must be an int or a tuple of {ndim} ints "
+        what = "an int or a tuple" if allow_int else "a tuple"
+        raise _fail(node, f"{name}={value!r} must be {what} of {ndim} ints "
                           f"(one per spatial dim)")
     if any(v < minimum for v in values):
         raise _fail(node, f"{name}={value!r} must be >= {minimum}")
@@ -98,7 +104,10 @@ def _spatial_rank(node: Node, shape: Shape, per_dim_attr: object) -> int:
     """The number of spatial dims of a pooling input (N, C, *spatial), checked."""
     if isinstance(per_dim_attr, (tuple, list)):
         ndim = len(per_dim_attr)
-        if not 1 <= ndim <= 3 or len(shape) != ndim + 2:
+        if not 1 <= ndim <= 3:
+            raise _fail(node, f"{per_dim_attr!r} must have 1, 2 or 3 entries "
+                              "(one per spatial dim)")
+        if len(shape) != ndim + 2:
             raise _fail(node, f"expects a {ndim + 2}-d input (N, C and {ndim} spatial dims), "
                               f"got shape {shape}")
     else:
@@ -112,14 +121,13 @@ def _spatial_rank(node: Node, shape: Shape, per_dim_attr: object) -> int:
 def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
     """The normalized window of a ``max_pool``/``avg_pool`` node, checked against the input."""
     attrs = node.attrs
-    if "kernel_size" not in attrs:
-        raise _fail(node, "needs the attribute kernel_size")
+    for name in ("kernel_size", "stride", "padding"):
+        if name not in attrs:
+            raise _fail(node, f"needs the attribute {name} (a tuple per spatial dim)")
     ndim = _spatial_rank(node, input_shape, attrs["kernel_size"])
     kernel = _per_dim(node, "kernel_size", attrs["kernel_size"], ndim, 1)
-    stride = attrs.get("stride")
-    stride = kernel if stride is None or stride == () or stride == [] \
-        else _per_dim(node, "stride", stride, ndim, 1)
-    padding = _per_dim(node, "padding", attrs.get("padding", 0), ndim, 0)
+    stride = _per_dim(node, "stride", attrs["stride"], ndim, 1)
+    padding = _per_dim(node, "padding", attrs["padding"], ndim, 0)
     dilation = (1,) * ndim
     if node.op == "max_pool":
         dilation = _per_dim(node, "dilation", attrs.get("dilation", 1), ndim, 1)
@@ -152,7 +160,7 @@ def adaptive_output_size(node: Node, input_shape: Shape) -> tuple[int, ...]:
     ndim = _spatial_rank(node, input_shape, size)
     if isinstance(size, (tuple, list)):
         size = tuple(s if s is not None else input_shape[2 + i] for i, s in enumerate(size))
-    return _per_dim(node, "output_size", size, ndim, 1)
+    return _per_dim(node, "output_size", size, ndim, 1, allow_int=True)
 
 
 # -- one op at a time ---------------------------------------------------------------------
@@ -164,11 +172,13 @@ def _arity(node: Node, shapes: list[Shape], expected: int | None, minimum: int =
         raise _fail(node, f"{node.op} takes at least {minimum} inputs, got {len(shapes)}")
 
 
-def _dim(node: Node, dim: object, rank: int) -> int:
-    """A dim in [-rank, rank), as a non-negative index."""
-    if not _is_int(dim) or not -rank <= dim < rank:
-        raise _fail(node, f"dim={dim!r} is out of range for a {rank}-d input "
-                          f"(expected an int in [{-rank}, {rank - 1}])")
+def _dim(node: Node, dim: object, rank: int, name: str = "dim",
+         negative: bool = False) -> int:
+    """A dim in [0, rank) (also [-rank, 0) when ``negative``), as a non-negative index."""
+    low = -rank if negative else 0
+    if not _is_int(dim) or not low <= dim < rank:
+        raise _fail(node, f"{name}={dim!r} is out of range for a {rank}-d input "
+                          f"(expected an int in [{low}, {rank - 1}])")
     return int(dim) % rank
 
 
@@ -177,8 +187,10 @@ def _conv_shape(node: Node, shapes: list[Shape]) -> Shape:
     _arity(node, shapes, 2 if residual else 1)
     if "spec" not in node.attrs:
         raise _fail(node, "needs the attribute spec (a ConvSpec dict)")
+    spec = node.attrs["spec"]
+    if not isinstance(spec, (dict, ConvSpec)):
+        raise _fail(node, f"spec must be a ConvSpec dict, got {type(spec).__name__}")
     try:
-        spec = node.attrs["spec"]
         spec = spec if isinstance(spec, ConvSpec) else ConvSpec.from_dict(spec)
     except SpecError as error:
         raise _fail(node, f"invalid spec: {error}") from error
@@ -245,8 +257,8 @@ def _flatten_shape(node: Node, shapes: list[Shape]) -> Shape:
     shape = tuple(shapes[0])
     if not shape:
         return (1,)
-    start = _dim(node, node.attrs.get("start_dim", 1), len(shape))
-    end = _dim(node, node.attrs.get("end_dim", -1), len(shape))
+    start = _dim(node, node.attrs.get("start_dim", 1), len(shape), "start_dim", True)
+    end = _dim(node, node.attrs.get("end_dim", -1), len(shape), "end_dim", True)
     if start > end:
         raise _fail(node, f"start_dim={node.attrs.get('start_dim', 1)} comes after "
                           f"end_dim={node.attrs.get('end_dim', -1)} for input shape {shape}")

@@ -1,0 +1,238 @@
+"""Compile a traced graph into one library with one entry point, and run it.
+
+graph -> shape check -> passes (identities, BatchNorm folding, residual add and
+activation fusion) -> buffer planning -> lowering -> one C source (gcc, one
+shared library) or one LLVM module (JIT) -> :class:`CompiledModel`. One call
+from Python per inference: the entry point runs every layer, reading the packed
+parameters and writing intermediate values into a preallocated arena.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+
+import numpy as np
+
+from ..backends import resolve_backend
+from ..schedule import Schedule, default_schedule
+from ..spec import ConvSpec
+from .codegen_c import entry_prototype, render_network
+from .ir import Graph, GraphError
+from .lower import lower
+from .memory import plan_memory
+from .passes import optimize
+from .shapes import infer_graph
+
+DTYPES = ("float32", "float64")
+
+
+def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
+    parts = [graph.inputs, graph.outputs, dtype, sorted((k, v.key()) for k, v in schedules.items())]
+    for node in graph.nodes:
+        parts.append([node.name, node.op, node.inputs, node.shape,
+                      json.dumps(node.attrs, sort_keys=True, default=str)])
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+
+def _conv_schedules(graph: Graph, threads: int) -> dict[str, Schedule]:
+    out = {}
+    for node in graph.nodes:
+        if node.op == "conv":
+            spec = ConvSpec.from_dict(node.attrs["spec"])
+            base = default_schedule(spec)
+            out[node.name] = Schedule(tile_co=base.tile_co, tile_spatial=base.tile_spatial,
+                                      threads=threads)
+    return out
+
+
+def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
+                  threads: int = 1) -> CompiledModel:
+    """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    backend = resolve_backend(backend)
+    original = graph.copy()
+    infer_graph(original)
+    optimized = optimize(original)
+    infer_graph(optimized)
+    itemsize = np.dtype(dtype).itemsize
+    memory = plan_memory(optimized, itemsize)
+    schedules = _conv_schedules(optimized, threads)
+    lowered = lower(optimized, memory, dtype, schedules)
+    symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules)}"
+    title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
+    if backend == "c":
+        from ..builder import build_c
+        from ..kernel import load_function
+
+        source = render_network(lowered, symbol, title)
+        entry = build_c(source, symbol, openmp=threads > 1)
+        ffi, lib, function = load_function(entry.file("library"), symbol,
+                                           entry_prototype(symbol, _c_type(dtype)))
+        keepalive: tuple = (lib,)
+    else:
+        from .codegen_llvm import build_network_llvm
+
+        source, ffi, function, keepalive = build_network_llvm(lowered, symbol, title)
+    return CompiledModel(original, optimized, lowered, memory, backend, symbol, source, ffi,
+                         function, keepalive, dtype, threads)
+
+
+def _c_type(dtype: str) -> str:
+    return "float" if dtype == "float32" else "double"
+
+
+class CompiledModel:
+    """A compiled network: ``model(x)`` (or ``model(x1, x2, ...)``) -> NumPy output(s).
+
+    One model owns one arena for its intermediate values, so calls on the same
+    model are serialized by a lock; compile the network twice to run two
+    inferences at once.
+    """
+
+    def __init__(self, graph, optimized, lowered, memory, backend, symbol, source, ffi,
+                 function, keepalive, dtype, threads):
+        self.graph = graph
+        self.optimized = optimized
+        self.backend = backend
+        self.symbol = symbol
+        self.source = source
+        self.dtype = dtype
+        self.threads = threads
+        self.memory = memory
+        self.input_shapes = [tuple(shape) for _, shape in graph.inputs]
+        self.output_shapes = [tuple(graph.shape_of(name)) for name in graph.outputs]
+        self._lowered = lowered
+        self._ffi = ffi
+        self._function = function
+        self._keepalive = keepalive
+        self._params = lowered.params
+        self._arena = np.zeros(max(lowered.arena_elements, 1), dtype=dtype)
+        self._lock = threading.Lock()
+        ctype = _c_type(dtype)
+        self._ctype = ctype + "[]"
+        self._params_ptr = ffi.from_buffer(self._ctype, self._params)
+        self._arena_ptr = ffi.from_buffer(self._ctype, self._arena, require_writable=True)
+        self._input_array_type = f"const {ctype} *[]"
+        self._output_array_type = f"{ctype} *[]"
+
+    @property
+    def peak_bytes(self) -> int:
+        """Bytes of the arena that holds every intermediate value."""
+        return self.memory.peak_bytes
+
+    def _check_input(self, index: int, array) -> np.ndarray:
+        shape = self.input_shapes[index]
+        label = f"input {index}" if len(self.input_shapes) > 1 else "input"
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{label}: expected a numpy.ndarray of dtype {self.dtype}, "
+                            f"got {type(array).__name__}")
+        if array.dtype != np.dtype(self.dtype):
+            raise TypeError(f"{label}: expected dtype {self.dtype}, got {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"{label}: expected shape {shape}, got {array.shape}")
+        return np.ascontiguousarray(array)
+
+    def __call__(self, *inputs: np.ndarray):
+        if len(inputs) != len(self.input_shapes):
+            raise TypeError(f"expected {len(self.input_shapes)} input array(s), "
+                            f"got {len(inputs)}")
+        arrays = [self._check_input(i, x) for i, x in enumerate(inputs)]
+        outputs = [np.empty(shape, dtype=self.dtype) for shape in self.output_shapes]
+        ffi = self._ffi
+        in_ptrs = ffi.new(self._input_array_type,
+                          [ffi.from_buffer(self._ctype, a) for a in arrays])
+        out_ptrs = ffi.new(self._output_array_type,
+                           [ffi.from_buffer(self._ctype, o, require_writable=True)
+                            for o in outputs])
+        with self._lock:
+            status = self._function(in_ptrs, out_ptrs, self._params_ptr, self._arena_ptr)
+        if status != 0:
+            raise RuntimeError(f"{self.symbol} returned status {status}")
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def reference(self, *inputs: np.ndarray):
+        """The NumPy oracle of the original (unfused) graph, in float64."""
+        from .reference import evaluate
+
+        outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def summary(self, file=None) -> str:
+        """Each layer with output shape, parameters, FLOPs and what it was fused into."""
+        text = summarize(self.graph, self.optimized, self.memory, self.backend, self.dtype)
+        print(text, file=file)
+        return text
+
+
+def layer_flops(node, graph: Graph) -> int:
+    if node.op == "conv":
+        return ConvSpec.from_dict(node.attrs["spec"]).flops
+    if node.op == "linear":
+        out_features, in_features = node.params["weight"].shape
+        return 2 * math.prod(node.shape[:-1]) * in_features * out_features
+    if node.op in ("max_pool", "avg_pool"):
+        return math.prod(node.shape) * math.prod(node.attrs["kernel_size"])
+    if node.op in ("adaptive_avg_pool",):
+        return math.prod(graph.shape_of(node.inputs[0]))
+    if node.op in ("flatten", "identity"):
+        return 0
+    return math.prod(node.shape) * (5 if node.op in ("softmax", "log_softmax") else 1)
+
+
+def layer_parameters(node) -> int:
+    """Trainable parameters, as torch counts them (BatchNorm's running stats excluded)."""
+    names = ("weight", "bias")
+    return sum(int(np.asarray(v).size) for k, v in node.params.items() if k in names)
+
+
+def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str) -> str:
+    where = {}
+    for node in optimized.nodes:
+        for name in node.fused:
+            where[name] = node.name
+    rows = [("layer", "type", "output shape", "params", "FLOPs", "notes")]
+    total_params = total_flops = 0
+    for node in graph.nodes:
+        params, flops = layer_parameters(node), layer_flops(node, graph)
+        total_params += params
+        total_flops += flops
+        if node.name in where:
+            verb = "folded into" if node.op == "batch_norm" else "fused into"
+            note = f"{verb} {where[node.name]}"
+        elif node.op == "identity":
+            note = "removed (identity at inference)"
+        elif node.op == "flatten":
+            note = "view (no copy)"
+        else:
+            fused = [n for n in optimized.node(node.name).fused] if _has(optimized, node.name) \
+                else []
+            note = ("absorbs " + ", ".join(fused)) if fused else ""
+        rows.append((node.name, node.module or node.op, "x".join(map(str, node.shape)),
+                     f"{params:,}", f"{flops:,}", note))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) if j in (0, 1, 2, 5) else cell.rjust(w)
+                               for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"{len(graph.nodes)} layers -> {len(optimized.nodes)} steps after fusion; "
+                 f"{total_params:,} parameters; {total_flops / 1e9:.3f} GFLOP; backend {backend}, "
+                 f"{dtype}")
+    lines.append(f"activation memory: {memory.peak_bytes:,} bytes peak (one arena), "
+                 f"{memory.unplanned_bytes:,} bytes with one buffer per value")
+    return "\n".join(lines)
+
+
+def _has(graph: Graph, name: str) -> bool:
+    return any(n.name == name for n in graph.nodes)
+
+
+__all__ = ["CompiledModel", "GraphError", "compile_graph"]

@@ -1,0 +1,176 @@
+"""Lowering: an optimized graph becomes a list of steps with every constant resolved.
+
+Each :class:`Step` is one function call in the generated entry point: its kind
+(the template/IR builder to use), the values it reads and writes (as buffer
+references), the parameter offsets, and a flat dict of constants. Spatial ops
+are lowered to 3 spatial dims like convolutions. Parameters are packed into one
+flat array in the model's dtype: folded conv weights and biases, linear weights,
+and BatchNorm as per-channel scale and shift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..plan import Plan, make_plan
+from ..schedule import Schedule
+from ..spec import ConvSpec
+from .ir import Graph, GraphError, Node
+from .memory import MemoryPlan, alias_source
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """Where a value lives: graph input k, or the arena at an element offset."""
+
+    kind: str  # "input" | "arena"
+    index: int  # input number or arena offset
+
+
+@dataclass
+class Step:
+    kind: str  # conv | max_pool | avg_pool | adaptive_avg_pool | linear | activation |
+    # softmax | batch_norm | add | cat
+    name: str  # the node's name
+    function: str  # C/IR function name
+    inputs: list[Buffer]
+    output: Buffer
+    params: dict[str, int] = field(default_factory=dict)  # param name -> element offset
+    consts: dict = field(default_factory=dict)
+    plan: Plan | None = None  # conv steps
+
+
+@dataclass
+class Lowered:
+    steps: list[Step]
+    params: np.ndarray  # packed, in the model dtype
+    outputs: list[tuple[Buffer, int]]  # (where, elements) per graph output
+    arena_elements: int
+    dtype: str
+
+
+def _pad3(values, fill: int) -> tuple[int, int, int]:
+    values = tuple(values)
+    return (fill,) * (3 - len(values)) + values  # type: ignore[return-value]
+
+
+class _Packer:
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.chunks: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> int:
+        offset = self.size
+        flat = np.ascontiguousarray(array, dtype=np.float64).ravel()
+        self.chunks.append(flat)
+        pad = (-flat.size) % 16  # keep every parameter 64-byte aligned for float32
+        if pad:
+            self.chunks.append(np.zeros(pad))
+        self.size += flat.size + pad
+        return offset
+
+    def array(self) -> np.ndarray:
+        if not self.chunks:
+            return np.zeros(1, dtype=self.dtype)
+        return np.concatenate(self.chunks).astype(self.dtype)
+
+
+def _spatial_consts(in_shape, out_shape) -> dict:
+    return {"nc": in_shape[0] * in_shape[1], "in_size": _pad3(in_shape[2:], 1),
+            "out_size": _pad3(out_shape[2:], 1)}
+
+
+def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def lower(graph: Graph, memory: MemoryPlan, dtype: str,
+          schedules: dict[str, Schedule] | None = None) -> Lowered:
+    """Steps for every node of an optimized graph (no identity nodes left)."""
+    schedules = schedules or {}
+    inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
+
+    def buffer(name: str) -> Buffer:
+        source = alias_source(graph, name)
+        if source in inputs:
+            return Buffer("input", inputs[source])
+        return Buffer("arena", memory.offsets[source])
+
+    packer = _Packer(dtype)
+    steps: list[Step] = []
+    for i, node in enumerate(graph.nodes):
+        function = f"layer{i}_{node.op}"
+        shapes = [graph.shape_of(name) for name in node.inputs]
+        step = Step(node.op, node.name, function, [buffer(n) for n in node.inputs],
+                    buffer(node.name))
+        if node.op == "flatten":
+            continue  # a view: no code
+        if node.op == "identity":
+            raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
+        _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name))
+        steps.append(step)
+    outputs = [(buffer(name), math.prod(graph.shape_of(name))) for name in graph.outputs]
+    return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype)
+
+
+def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
+                schedule: Schedule | None) -> None:
+    a = node.attrs
+    if node.op == "conv":
+        spec = ConvSpec.from_dict(a["spec"]).replace(dtype=dtype)
+        step.plan = make_plan(spec, schedule)
+        step.params["weight"] = packer.add(node.params["weight"])
+        if spec.bias:
+            step.params["bias"] = packer.add(node.params["bias"])
+        step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs}
+    elif node.op in ("max_pool", "avg_pool"):
+        nd = len(shapes[0]) - 2
+        step.consts = {
+            **_spatial_consts(shapes[0], node.shape),
+            "kernel": _pad3(a["kernel_size"], 1), "stride": _pad3(a["stride"], 1),
+            "padding": _pad3(a["padding"], 0),
+            "dilation": _pad3(a.get("dilation", (1,) * nd), 1),
+            "count_include_pad": bool(a.get("count_include_pad", True)),
+        }
+    elif node.op == "adaptive_avg_pool":
+        step.consts = _spatial_consts(shapes[0], node.shape)
+    elif node.op == "linear":
+        out_features, in_features = node.params["weight"].shape
+        step.params["weight"] = packer.add(node.params["weight"])
+        if node.params.get("bias") is not None:
+            step.params["bias"] = packer.add(node.params["bias"])
+        step.consts = {"rows": math.prod(shapes[0][:-1]), "in_features": in_features,
+                       "out_features": out_features, "activation": a.get("activation"),
+                       "activation_args": tuple(a.get("activation_args", ()))}
+    elif node.op == "activation":
+        step.consts = {"elements": math.prod(node.shape), "activation": a["name"],
+                       "activation_args": tuple(a.get("args", ()))}
+    elif node.op in ("softmax", "log_softmax"):
+        outer, size, inner = _outer_inner(node.shape, a["dim"])
+        step.consts = {"outer": outer, "size": size, "inner": inner,
+                       "log": node.op == "log_softmax"}
+        step.kind = "softmax"
+    elif node.op == "batch_norm":
+        p = node.params
+        scale = p["weight"] / np.sqrt(p["running_var"] + a["eps"])
+        step.params["scale"] = packer.add(scale)
+        step.params["shift"] = packer.add(p["bias"] - p["running_mean"] * scale)
+        shape = node.shape
+        step.consts = {"batch": shape[0], "channels": shape[1],
+                       "inner": math.prod(shape[2:])}
+    elif node.op == "add":
+        step.consts = {"elements": math.prod(node.shape)}
+    elif node.op == "cat":
+        dim = a["dim"]
+        outer, total, inner = _outer_inner(node.shape, dim)
+        copies, start = [], 0
+        for shape in shapes:  # input k fills columns [start, start + its size) of each row
+            copies.append({"start": start * inner, "chunk": shape[dim] * inner})
+            start += shape[dim]
+        step.consts = {"outer": outer, "out_row": total * inner, "copies": copies}
+    else:
+        raise GraphError(f"{node.name}: no lowering for op {node.op!r}")

@@ -1,0 +1,143 @@
+"""Graph rewrites: drop identities, fold BatchNorm, fuse epilogues.
+
+Every pass takes a Graph and returns a new one (the input is not modified), and
+records in ``Node.fused`` the names of the nodes it absorbed, so summaries can
+say what went where. The composed NumPy oracle of the *original* graph checks
+the result of every pass in the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..spec import ConvSpec
+from .ir import Graph, Node
+
+
+def _rewire(graph: Graph, old: str, new: str) -> None:
+    """Point every use of value ``old`` (node inputs and graph outputs) at ``new``."""
+    for node in graph.nodes:
+        node.inputs = [new if name == old else name for name in node.inputs]
+    graph.outputs = [new if name == old else name for name in graph.outputs]
+
+
+def _single_consumer(graph: Graph, name: str) -> bool:
+    """True when ``name`` feeds exactly one node input and is not a graph output."""
+    uses = sum(node.inputs.count(name) for node in graph.nodes)
+    return uses == 1 and name not in graph.outputs
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Dropout (at inference) and Identity compute nothing: bypass them."""
+    graph = graph.copy()
+    for node in [n for n in graph.nodes if n.op == "identity"]:
+        graph.nodes.remove(node)
+        _rewire(graph, node.name, node.inputs[0])
+    return graph
+
+
+def _producer(graph: Graph, name: str) -> Node | None:
+    for node in graph.nodes:
+        if node.name == name:
+            return node
+    return None
+
+
+def fold_batch_norm(graph: Graph) -> Graph:
+    """conv -> batch_norm becomes one conv with scaled weights and a shifted bias.
+
+    scale = gamma / sqrt(var + eps); w' = w * scale (per output channel);
+    b' = (b - mean) * scale + beta. Applies when the conv has no activation or
+    residual yet and the BatchNorm is its only consumer.
+    """
+    graph = graph.copy()
+    for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
+        conv = _producer(graph, bn.inputs[0])
+        if conv is None or conv.op != "conv" or not _single_consumer(graph, conv.name):
+            continue
+        spec = ConvSpec.from_dict(conv.attrs["spec"])
+        if spec.activation is not None or conv.attrs.get("residual"):
+            continue
+        scale = bn.params["weight"] / np.sqrt(bn.params["running_var"] + bn.attrs["eps"])
+        weight = np.asarray(conv.params["weight"], dtype=np.float64)
+        if spec.transposed:  # (C_in, C_out/groups, *k): output channel c = g*Cog + j
+            groups, cin, cout_g = spec.groups, spec.in_channels, spec.out_channels // spec.groups
+            w = weight.reshape(groups, cin // groups, cout_g, -1)
+            w = w * scale.reshape(groups, 1, cout_g, 1)
+            weight = w.reshape(weight.shape)
+        else:
+            weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+        bias = conv.params.get("bias")
+        bias = np.zeros(spec.out_channels) if bias is None else np.asarray(bias, np.float64)
+        conv.params = {"weight": weight,
+                       "bias": (bias - bn.params["running_mean"]) * scale + bn.params["bias"]}
+        conv.attrs = dict(conv.attrs, spec=spec.replace(bias=True).to_dict())
+        conv.fused.append(bn.name)
+        graph.nodes.remove(bn)
+        _rewire(graph, bn.name, conv.name)
+    return graph
+
+
+def fuse_residual_add(graph: Graph) -> Graph:
+    """add(conv(x), r) becomes conv(x) with ``r`` summed in its epilogue.
+
+    The conv must have no activation or residual yet and feed only the add; ``r``
+    must be computed before the conv (graph inputs always are), so the conv can
+    read it where it runs.
+    """
+    graph = graph.copy()
+    for add in [n for n in graph.nodes if n.op == "add"]:
+        order = {n.name: i for i, n in enumerate(graph.nodes)}
+        for mine, other in ((0, 1), (1, 0)):
+            conv = _producer(graph, add.inputs[mine])
+            residual = add.inputs[other]
+            if conv is None or conv.op != "conv" or conv.attrs.get("residual"):
+                continue
+            if ConvSpec.from_dict(conv.attrs["spec"]).activation is not None:
+                continue
+            if not _single_consumer(graph, conv.name) or residual == conv.name:
+                continue
+            if residual in order and order[residual] > order[conv.name]:
+                continue
+            conv.attrs = dict(conv.attrs, residual=True)
+            conv.inputs = conv.inputs + [residual]
+            conv.fused.append(add.name)
+            graph.nodes.remove(add)
+            _rewire(graph, add.name, conv.name)
+            break
+    return graph
+
+
+def fuse_activation(graph: Graph) -> Graph:
+    """conv/linear -> activation becomes one node with the activation in its epilogue."""
+    graph = graph.copy()
+    for act in [n for n in graph.nodes if n.op == "activation"]:
+        producer = _producer(graph, act.inputs[0])
+        if producer is None or not _single_consumer(graph, producer.name):
+            continue
+        if producer.op == "conv":
+            spec = ConvSpec.from_dict(producer.attrs["spec"])
+            if spec.activation is not None:
+                continue
+            new_spec = spec.replace(activation=act.attrs["name"],
+                                    activation_args=tuple(act.attrs.get("args", ())))
+            producer.attrs = dict(producer.attrs, spec=new_spec.to_dict())
+        elif producer.op == "linear":
+            if producer.attrs.get("activation") is not None:
+                continue
+            producer.attrs = dict(producer.attrs, activation=act.attrs["name"],
+                                  activation_args=tuple(act.attrs.get("args", ())))
+        else:
+            continue
+        producer.fused.append(act.name)
+        graph.nodes.remove(act)
+        _rewire(graph, act.name, producer.name)
+    return graph
+
+
+def optimize(graph: Graph) -> Graph:
+    """The standard pipeline: identities, BatchNorm folding, residual add, activation."""
+    graph = remove_identities(graph)
+    graph = fold_batch_norm(graph)
+    graph = fuse_residual_add(graph)
+    return fuse_activation(graph)

@@ -1,0 +1,221 @@
+"""The NumPy oracle for graphs: every op of :data:`convgen.graph.ir.OPS`, from the definitions.
+
+The graph counterpart of :mod:`convgen.reference` (which it reuses for convolution):
+plain NumPy, float64 throughout, PyTorch's semantics (inference mode). Generated graph
+libraries and passes (BatchNorm folding, fusion) are checked against :func:`evaluate`.
+Each op's shape rules and attribute conventions are :mod:`convgen.graph.shapes`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..reference import apply_activation, reference
+from ..spec import ConvSpec
+from .ir import OPS, Graph, GraphError, Node
+from .shapes import PoolWindow, adaptive_bins, adaptive_output_size, describe, infer_shape, \
+    pool_window
+
+
+def op_reference(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The output of ``node`` on ``inputs`` (float64), after checking shapes (GraphError)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in inputs]
+    expected = infer_shape(node, [a.shape for a in arrays])
+    y = _OPS[node.op](node, *arrays)
+    assert y.shape == expected, (node.name, y.shape, expected)
+    return np.ascontiguousarray(y, dtype=np.float64)
+
+
+def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Run every node in order on ``inputs`` (one array per graph input); the outputs, float64."""
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if len(inputs) != len(graph.inputs):
+        raise GraphError(f"graph takes {len(graph.inputs)} input(s) "
+                         f"{[name for name, _ in graph.inputs]}, got {len(inputs)}")
+    values: dict[str, np.ndarray] = {}
+    for (name, shape), array in zip(graph.inputs, inputs):
+        array = np.asarray(array)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"graph input {name}: expected a real array, got dtype {array.dtype}")
+        if array.shape != tuple(shape):
+            raise GraphError(f"graph input {name}: expected shape {tuple(shape)}, "
+                             f"got {array.shape}")
+        values[name] = array.astype(np.float64)
+    for node in graph.nodes:
+        missing = [name for name in node.inputs if name not in values]
+        if missing:
+            raise GraphError(f"{describe(node)}: input(s) {missing} are neither graph inputs "
+                             "nor earlier nodes")
+        values[node.name] = op_reference(node, [values[name] for name in node.inputs])
+    missing = [name for name in graph.outputs if name not in values]
+    if missing:
+        raise GraphError(f"graph output(s) {missing} are neither graph inputs nor nodes")
+    return [values[name] for name in graph.outputs]
+
+
+# -- ops ------------------------------------------------------------------------------------
+
+def _param(node: Node, name: str) -> np.ndarray | None:
+    value = node.params.get(name)
+    return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+def _conv(node: Node, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    """reference() in float64; with a residual: act(conv + bias + residual)."""
+    spec = node.attrs["spec"]
+    spec = spec if isinstance(spec, ConvSpec) else ConvSpec.from_dict(spec)
+    spec = spec.replace(dtype="float64")
+    w, b = _param(node, "weight"), _param(node, "bias")
+    if w is None:
+        raise GraphError(f"{describe(node)}: needs the parameter weight")
+    if spec.bias and b is None:
+        raise GraphError(f"{describe(node)}: needs the parameter bias (spec.bias is True)")
+    if residual is None:
+        return reference(spec, x, w, b)
+    y = reference(spec.replace(activation=None), x, w, b) + residual
+    return apply_activation(spec.activation, spec.activation_args, y)
+
+
+def _windows(window: PoolWindow, out: tuple[int, ...]):
+    """Per kernel tap: the strided slices of the padded input that the tap reads."""
+    for tap in itertools.product(*(range(k) for k in window.kernel_size)):
+        yield tuple(slice(t * d, t * d + s * (o - 1) + 1, s)
+                    for t, s, d, o in zip(tap, window.stride, window.dilation, out))
+
+
+def _pad_for(window: PoolWindow, spatial: tuple[int, ...], out: tuple[int, ...]):
+    """(lo, hi) per spatial dim: the padding plus any ceil_mode overhang past it."""
+    pads = []
+    for size, k, s, p, d, o in zip(spatial, window.kernel_size, window.stride,
+                                   window.padding, window.dilation, out):
+        needed = (o - 1) * s + d * (k - 1) + 1
+        pads.append((p, max(p, needed - size - p)))
+    return ((0, 0), (0, 0)) + tuple(pads)
+
+
+def _max_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """max over each window; padding and overhang are -inf, so only real elements count."""
+    window = pool_window(node, x.shape)
+    out = infer_shape(node, [x.shape])[2:]
+    xp = np.pad(x, _pad_for(window, x.shape[2:], out), constant_values=-np.inf)
+    y = np.full(x.shape[:2] + out, -np.inf)
+    lead = (slice(None), slice(None))
+    for taps in _windows(window, out):
+        y = np.maximum(y, xp[lead + taps])  # np.maximum propagates NaN, as torch
+    return y
+
+
+def _avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """sum over each window / divisor (PyTorch's, including its ceil_mode rule)."""
+    window = pool_window(node, x.shape)
+    out = infer_shape(node, [x.shape])[2:]
+    xp = np.pad(x, _pad_for(window, x.shape[2:], out))
+    total = np.zeros(x.shape[:2] + out)
+    lead = (slice(None), slice(None))
+    for taps in _windows(window, out):
+        total += xp[lead + taps]
+    # Windows are boxes, so the divisor is a product of per-dim counts. PyTorch counts the
+    # padding (count_include_pad) but never the ceil_mode overhang past the padded input.
+    divisor = np.ones(out)
+    for i, (size, k, s, p, o) in enumerate(zip(x.shape[2:], window.kernel_size,
+                                               window.stride, window.padding, out)):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, size + p)
+        if window.count_include_pad:
+            count = end - start
+        else:
+            count = np.minimum(end, size) - np.maximum(start, 0)
+        shape = [1] * len(out)
+        shape[i] = o
+        divisor = divisor * count.reshape(shape)
+    return total / divisor
+
+
+def _adaptive_avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """Mean over PyTorch's bins; a box mean is the per-dim means in turn."""
+    out = adaptive_output_size(node, x.shape)
+    y = x
+    for i, o in enumerate(out):
+        axis = 2 + i
+        parts = [np.take(y, range(start, end), axis=axis).mean(axis=axis, keepdims=True)
+                 for start, end in adaptive_bins(x.shape[axis], o)]
+        y = np.concatenate(parts, axis=axis)
+    return y
+
+
+def _linear(node: Node, x: np.ndarray) -> np.ndarray:
+    y = x @ _param(node, "weight").T
+    b = _param(node, "bias")
+    if b is not None:
+        y = y + b
+    return apply_activation(node.attrs.get("activation"),
+                            tuple(node.attrs.get("activation_args") or ()), y)
+
+
+def _flatten(node: Node, x: np.ndarray) -> np.ndarray:
+    return x.reshape(infer_shape(node, [x.shape]))
+
+
+def _activation(node: Node, x: np.ndarray) -> np.ndarray:
+    return apply_activation(node.attrs.get("name"), tuple(node.attrs.get("args") or ()), x)
+
+
+def _softmax(node: Node, x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=node.attrs["dim"], keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=node.attrs["dim"], keepdims=True)
+
+
+def _log_softmax(node: Node, x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=node.attrs["dim"], keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=node.attrs["dim"], keepdims=True))
+
+
+def _batch_norm(node: Node, x: np.ndarray) -> np.ndarray:
+    """Inference: (x - mean) / sqrt(var + eps) * weight + bias over channel dim 1."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = _param(node, "running_mean").reshape(shape)
+    var = _param(node, "running_var").reshape(shape)
+    weight, bias = _param(node, "weight"), _param(node, "bias")
+    y = (x - mean) / np.sqrt(var + float(node.attrs.get("eps", 1e-5)))
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _add(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+def _cat(node: Node, *arrays: np.ndarray) -> np.ndarray:
+    return np.concatenate(arrays, axis=node.attrs.get("dim", 0))
+
+
+def _identity(node: Node, x: np.ndarray) -> np.ndarray:
+    return x.copy()
+
+
+_OPS = {
+    "conv": _conv,
+    "max_pool": _max_pool,
+    "avg_pool": _avg_pool,
+    "adaptive_avg_pool": _adaptive_avg_pool,
+    "linear": _linear,
+    "flatten": _flatten,
+    "activation": _activation,
+    "softmax": _softmax,
+    "log_softmax": _log_softmax,
+    "batch_norm": _batch_norm,
+    "add": _add,
+    "cat": _cat,
+    "identity": _identity,
+}
+
+assert set(_OPS) == set(OPS), "every op needs an oracle"

@@ -1,0 +1,183 @@
+"""Shared llvmlite.ir helpers: one IRFunction per generated function.
+
+Loops use counters in allocas placed in the entry block; the optimizer's
+SROA/mem2reg turns them into registers. Vector values have ``lanes`` lanes of
+the element type (``lanes == 1`` gives one-lane vectors for scalar code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from llvmlite import ir
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+def i32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value)
+
+
+class IRFunction:
+    """A function being built: typed pointer and i64 arguments, entry block, builder."""
+
+    def __init__(self, module: ir.Module, name: str, c_type: str, lanes: int,
+                 pointer_args: tuple[str, ...], int_args: tuple[str, ...] = (),
+                 internal: bool = False, pointer_to_pointer_args: tuple[str, ...] = ()):
+        self.module = module
+        self.name = name
+        self.lanes = lanes
+        self.scalar = ir.FloatType() if c_type == "float" else ir.DoubleType()
+        self.suffix = "f32" if c_type == "float" else "f64"
+        self.itemsize = 4 if c_type == "float" else 8
+        self.vec = ir.VectorType(self.scalar, lanes)
+        self.ivec = ir.VectorType(I32, lanes)
+        self.mask_type = ir.VectorType(I1, lanes)
+        ptr = self.scalar.as_pointer()
+        types = ([ptr.as_pointer()] * len(pointer_to_pointer_args) + [ptr] * len(pointer_args)
+                 + [I64] * len(int_args))
+        names = pointer_to_pointer_args + pointer_args + int_args
+        self.function = ir.Function(module, ir.FunctionType(I32, types), name=name)
+        if internal:
+            self.function.linkage = "internal"
+        self.args = {}
+        for arg, arg_name in zip(self.function.args, names):
+            arg.name = arg_name
+            self.args[arg_name] = arg
+        for arg_name in pointer_args:
+            self.args[arg_name].add_attribute("noalias")
+        entry = self.function.append_basic_block("entry")
+        body = self.function.append_basic_block("body")
+        self.alloca_builder = ir.IRBuilder(entry)
+        self.alloca_builder.branch(body)
+        self.alloca_builder.position_at_start(entry)
+        self.b = ir.IRBuilder(body)
+
+    # -- small helpers ---------------------------------------------------------------
+    def alloca(self, typ: ir.Type, name: str) -> ir.AllocaInstr:
+        """An alloca in the entry block (so mem2reg/SROA can promote it)."""
+        return self.alloca_builder.alloca(typ, name=name)
+
+    @contextlib.contextmanager
+    def loop(self, start, stop, name: str):
+        """for (i = start; i < stop; ++i): yields i (i64)."""
+        b = self.b
+        start = i64(start) if isinstance(start, int) else start
+        stop = i64(stop) if isinstance(stop, int) else stop
+        counter = self.alloca(I64, name + ".addr")
+        b.store(start, counter)
+        cond = self.function.append_basic_block(name + ".cond")
+        body = self.function.append_basic_block(name + ".body")
+        end = self.function.append_basic_block(name + ".end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        index = b.load(counter, name=name)
+        b.cbranch(b.icmp_signed("<", index, stop), body, end)
+        b.position_at_end(body)
+        yield index
+        b.store(b.add(b.load(counter), i64(1)), counter)
+        b.branch(cond)
+        b.position_at_end(end)
+
+    def constant_table(self, name: str, values: list[int], typ: ir.IntType) -> ir.GlobalVariable:
+        array_type = ir.ArrayType(typ, len(values))
+        table = ir.GlobalVariable(self.module, array_type, name=f"{self.name}.{name}")
+        table.global_constant = True
+        table.linkage = "internal"
+        table.initializer = ir.Constant(array_type, [int(v) for v in values])
+        return table
+
+    def table_load(self, table: ir.GlobalVariable, index, name: str):
+        return self.b.load(self.b.gep(table, [i64(0), index], inbounds=True), name=name)
+
+    def element(self, base, offset, name: str = ""):
+        """&base[offset] for a scalar pointer."""
+        return self.b.gep(base, [offset], inbounds=True, name=name)
+
+    def splat(self, scalar, vec_type=None):
+        vec_type = vec_type or self.vec
+        undef = ir.Constant(vec_type, ir.Undefined)
+        one = self.b.insert_element(undef, scalar, i32(0))
+        zeros = ir.Constant(ir.VectorType(I32, vec_type.count), [0] * vec_type.count)
+        return self.b.shuffle_vector(one, undef, zeros)
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+
+    def vector_intrinsic(self, name: str, arity: int) -> ir.Function:
+        """llvm.<name>.v<VL><f32|f64> taking ``arity`` vectors, returning a vector."""
+        return self.intrinsic(f"llvm.{name}.v{self.lanes}{self.suffix}", self.vec,
+                              [self.vec] * arity)
+
+    def lane_mask_below(self, first_lane, limit):
+        """<i1 x VL>: (first_lane + lane) < limit, both i64."""
+        lanes = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
+        vec64 = ir.VectorType(I64, self.lanes)
+        index = self.b.add(self.splat(first_lane, vec64), lanes)
+        return self.b.icmp_signed("<", index, self.splat(limit, vec64))
+
+    def zero(self):
+        return ir.Constant(self.vec, [0.0] * self.lanes)
+
+    def vconst(self, value: float):
+        return ir.Constant(self.vec, [float(value)] * self.lanes)
+
+    def load_vec(self, pointer):
+        return self.b.load(self.b.bitcast(pointer, self.vec.as_pointer()), align=self.itemsize)
+
+    def store_vec(self, value, pointer):
+        self.b.store(value, self.b.bitcast(pointer, self.vec.as_pointer()), align=self.itemsize)
+
+    def scalar_intrinsic(self, name: str, arity: int = 1) -> ir.Function:
+        return self.intrinsic(f"llvm.{name}.{self.suffix}", self.scalar, [self.scalar] * arity)
+
+    def activation(self, v, name: str | None, args: tuple[float, ...]):
+        """``name`` (with ``args``) applied to vector ``v`` in this function's dtype."""
+        b = self.b
+
+        def const(value: float):
+            return ir.Constant(self.vec, [float(value)] * self.lanes)
+
+        def clamp(low, high, value):
+            value = b.select(b.fcmp_ordered("<", value, const(low)), const(low), value)
+            return b.select(b.fcmp_ordered(">", value, const(high)), const(high), value)
+
+        def vector_call(function: str, value):
+            return b.call(self.vector_intrinsic(function, 1), [value])
+
+        if name is None:
+            return v
+        if name == "relu":
+            return b.select(b.fcmp_ordered("<", v, const(0.0)), const(0.0), v)
+        if name == "leaky_relu":
+            return b.select(b.fcmp_ordered("<", v, const(0.0)), b.fmul(v, const(args[0])), v)
+        if name == "relu6":
+            return clamp(0.0, 6.0, v)
+        if name == "clip":
+            return clamp(args[0], args[1], v)
+        if name == "sigmoid":
+            return b.fdiv(const(1.0), b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
+        if name == "tanh":
+            return vector_call("tanh", v)
+        if name == "elu":
+            negative = b.fmul(const(args[0]), b.fsub(vector_call("exp", v), const(1.0)))
+            return b.select(b.fcmp_ordered(">", v, const(0.0)), v, negative)
+        if name == "silu":
+            return b.fdiv(v, b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
+        if name == "gelu":  # exact form; erf from the C math library, lane by lane
+            erf_name = "erff" if self.suffix == "f32" else "erf"
+            erf = self.intrinsic(erf_name, self.scalar, [self.scalar])
+            scaled = b.fmul(v, const(0.7071067811865476))
+            result = ir.Constant(self.vec, ir.Undefined)
+            for lane in range(self.lanes):
+                lane_value = b.call(erf, [b.extract_element(scaled, i32(lane))])
+                result = b.insert_element(result, lane_value, i32(lane))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), result))
+        raise AssertionError(name)
