@@ -12,9 +12,10 @@ Ops and their attributes (tuples are per spatial dim):
   shape, its bias/activation fields say what the epilogue does),
   ``residual`` (bool: a second input is added before the activation).
   params: ``weight``, and ``bias`` when spec.bias.
-- ``max_pool``: kernel_size, stride, padding, dilation, ceil_mode.
+- ``max_pool``: kernel_size, stride, padding, dilation, ceil_mode (per-dim tuples).
 - ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad.
-- ``adaptive_avg_pool``: output_size (per spatial dim; each must divide the input).
+- ``adaptive_avg_pool``: output_size (per spatial dim, any positive size; torch's
+  overlapping bins: start = floor(i*in/out), end = ceil((i+1)*in/out)).
 - ``linear``: params ``weight`` (out, in) and optional ``bias``; attr ``activation``
   (None or a name from convgen.spec.ACTIVATIONS) and ``activation_args``.
 - ``flatten``: start_dim, end_dim.

@@ -130,7 +130,7 @@ def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
     padding = _per_dim(node, "padding", attrs["padding"], ndim, 0)
     dilation = (1,) * ndim
     if node.op == "max_pool":
-        dilation = _per_dim(node, "dilation", attrs.get("dilation", 1), ndim, 1)
+        dilation = _per_dim(node, "dilation", attrs.get("dilation", (1,) * ndim), ndim, 1)
     elif attrs.get("dilation", 1) not in (1, (1,) * ndim, [1] * ndim):
         raise _fail(node, f"dilation={attrs['dilation']!r}: avg_pool has no dilation")
     window = PoolWindow(kernel, stride, padding, dilation, bool(attrs.get("ceil_mode", False)),

@@ -1,0 +1,290 @@
+"""Build a lowered network as one LLVM module with one entry point, and JIT it.
+
+Convolutions reuse the single-kernel IR builder (explicit vectors and FMAs) as
+internal functions; the other ops are scalar loops built here (one-lane
+vectors, so the activation code is shared). The entry point has the C
+backend's signature:
+``i32 SYMBOL(T** inputs, T** outputs, T* params, T* arena)``.
+"""
+
+from __future__ import annotations
+
+import cffi
+from llvmlite import ir
+
+from ..llvm_builder import build_llvm, data_layout, load_object, target_triple
+from ..llvm_ir import I64, IRFunction, i32, i64
+from ..llvm_render import add_conv_function, new_module
+from ..plan import C_TYPES
+from ..version import __version__
+from .codegen_c import entry_parameters
+from .lower import Buffer, Lowered, Step
+
+
+class _OpIR(IRFunction):
+    """One non-convolution step as an internal function of one-lane vector code."""
+
+    def __init__(self, module: ir.Module, step: Step, c_type: str, pointer_args: tuple):
+        super().__init__(module, step.function, c_type, 1, pointer_args, internal=True)
+        self.step = step
+        self.c = step.consts
+
+    def at(self, pointer, index):
+        """Load element ``index`` of ``pointer`` as a one-lane vector."""
+        return self.load_vec(self.element(pointer, index))
+
+    def put(self, value, pointer, index) -> None:
+        self.store_vec(value, self.element(pointer, index))
+
+    def to_float(self, integer):
+        """An i64 as a one-lane vector of the element type."""
+        return self.splat(self.b.sitofp(integer, self.scalar))
+
+    def finish(self) -> ir.Function:
+        self.b.ret(i32(0))
+        return self.function
+
+    # -- ops ---------------------------------------------------------------------------
+    def elementwise(self, combine) -> ir.Function:
+        names = list(self.args)
+        *ins, out = [self.args[n] for n in names]
+        with self.loop(0, self.c["elements"], "i") as i:
+            self.put(combine(*[self.at(p, i) for p in ins]), out, i)
+        return self.finish()
+
+    def pool(self, kind: str) -> ir.Function:
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
+        kernel, stride, pad, dil = c["kernel"], c["stride"], c["padding"], c["dilation"]
+        in_volume, out_volume = in_d * in_h * in_w, out_d * out_h * out_w
+        best = self.alloca(self.vec, "best")
+        count = self.alloca(I64, "count")
+        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
+                self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
+            xc = self.element(x, b.mul(nc, i64(in_volume)))
+            out_index = b.add(b.mul(nc, i64(out_volume)),
+                              b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow))
+            starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in
+                      zip((od, oh, ow), stride, pad)]
+            if kind == "max":
+                b.store(self.vconst(float("-inf")), best)
+            else:
+                b.store(self.zero(), best)
+                b.store(i64(0), count)
+            sizes = (in_d, in_h, in_w)
+            with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
+                    self.loop(0, kernel[2], "kw") as kw:
+                coords = [b.add(s, b.mul(k, i64(d))) for s, k, d in zip(starts, (kd, kh, kw), dil)]
+                inside = None
+                for coord, size in zip(coords, sizes):
+                    ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
+                                b.icmp_signed("<", coord, i64(size)))
+                    inside = ok if inside is None else b.and_(inside, ok)
+                with b.if_then(inside):
+                    index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
+                                        i64(in_w)), coords[2])
+                    value = self.at(xc, index)
+                    current = b.load(best)
+                    if kind == "max":  # NaN propagates, as in PyTorch
+                        take = b.or_(b.fcmp_ordered(">", value, current),
+                                     b.fcmp_unordered("uno", value, value))
+                        b.store(b.select(take, value, current), best)
+                    else:
+                        b.store(b.fadd(current, value), best)
+                        b.store(b.add(b.load(count), i64(1)), count)
+            if kind == "max":
+                result = b.load(best)
+            else:
+                if c["count_include_pad"]:  # the window clipped to the padded input
+                    divisor = i64(1)
+                    for start, k, size, p in zip(starts, kernel, sizes, pad):
+                        end = b.add(start, i64(k))
+                        limit = i64(size + p)
+                        end = b.select(b.icmp_signed("<", end, limit), end, limit)
+                        divisor = b.mul(divisor, b.sub(end, start))
+                else:
+                    divisor = b.load(count)
+                result = b.fdiv(b.load(best), self.to_float(divisor))
+            self.put(result, y, out_index)
+        return self.finish()
+
+    def adaptive_avg_pool(self) -> ir.Function:
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
+        total = self.alloca(self.vec, "total")
+        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
+                self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
+            xc = self.element(x, b.mul(nc, i64(in_d * in_h * in_w)))
+            bins = []
+            for o, size, out in zip((od, oh, ow), (in_d, in_h, in_w), (out_d, out_h, out_w)):
+                start = b.sdiv(b.mul(o, i64(size)), i64(out))
+                end = b.sdiv(b.add(b.mul(b.add(o, i64(1)), i64(size)), i64(out - 1)), i64(out))
+                bins.append((start, end))
+            b.store(self.zero(), total)
+            with self.loop(bins[0][0], bins[0][1], "id") as id_, \
+                    self.loop(bins[1][0], bins[1][1], "ih") as ih, \
+                    self.loop(bins[2][0], bins[2][1], "iw") as iw:
+                index = b.add(b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w)), iw)
+                b.store(b.fadd(b.load(total), self.at(xc, index)), total)
+            count = i64(1)
+            for start, end in bins:
+                count = b.mul(count, b.sub(end, start))
+            out_index = b.add(b.mul(nc, i64(out_d * out_h * out_w)),
+                              b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow))
+            self.put(b.fdiv(b.load(total), self.to_float(count)), y, out_index)
+        return self.finish()
+
+    def linear(self) -> ir.Function:
+        b, c = self.b, self.c
+        x, w, bias, y = (self.args[n] for n in ("x", "w", "b", "y"))
+        n_in, n_out = c["in_features"], c["out_features"]
+        total = self.alloca(self.vec, "total")
+        with self.loop(0, c["rows"], "r") as r, self.loop(0, n_out, "j") as j:
+            b.store(self.at(bias, j) if "bias" in self.step.params else self.zero(), total)
+            with self.loop(0, n_in, "i") as i:
+                product = b.fmul(self.at(x, b.add(b.mul(r, i64(n_in)), i)),
+                                 self.at(w, b.add(b.mul(j, i64(n_in)), i)))
+                b.store(b.fadd(b.load(total), product), total)
+            value = self.activation(b.load(total), c["activation"], c["activation_args"])
+            self.put(value, y, b.add(b.mul(r, i64(n_out)), j))
+        return self.finish()
+
+    def softmax(self) -> ir.Function:
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        size, inner = c["size"], c["inner"]
+        peak, total = self.alloca(self.vec, "peak"), self.alloca(self.vec, "total")
+        exp = self.vector_intrinsic("exp", 1)
+        with self.loop(0, c["outer"], "a") as a, self.loop(0, inner, "c") as col:
+            base = b.add(b.mul(a, i64(size * inner)), col)
+
+            def index(k):
+                return b.add(base, b.mul(k, i64(inner)))
+
+            b.store(self.at(x, base), peak)
+            with self.loop(1, size, "k") as k:
+                value, current = self.at(x, index(k)), b.load(peak)
+                b.store(b.select(b.fcmp_ordered(">", value, current), value, current), peak)
+            b.store(self.zero(), total)
+            with self.loop(0, size, "k") as k:
+                term = b.call(exp, [b.fsub(self.at(x, index(k)), b.load(peak))])
+                b.store(b.fadd(b.load(total), term), total)
+            if c["log"]:
+                log = self.vector_intrinsic("log", 1)
+                shift = b.fadd(b.load(peak), b.call(log, [b.load(total)]))
+                with self.loop(0, size, "k") as k:
+                    self.put(b.fsub(self.at(x, index(k)), shift), y, index(k))
+            else:
+                with self.loop(0, size, "k") as k:
+                    term = b.call(exp, [b.fsub(self.at(x, index(k)), b.load(peak))])
+                    self.put(b.fdiv(term, b.load(total)), y, index(k))
+        return self.finish()
+
+    def batch_norm(self) -> ir.Function:
+        b, c = self.b, self.c
+        x, scale, shift, y = (self.args[n] for n in ("x", "scale", "shift", "y"))
+        inner = c["inner"]
+        with self.loop(0, c["batch"], "n") as n, self.loop(0, c["channels"], "c") as ch:
+            base = b.mul(b.add(b.mul(n, i64(c["channels"])), ch), i64(inner))
+            s, t = self.at(scale, ch), self.at(shift, ch)
+            with self.loop(0, inner, "i") as i:
+                index = b.add(base, i)
+                self.put(b.fadd(b.fmul(self.at(x, index), s), t), y, index)
+        return self.finish()
+
+    def cat(self) -> ir.Function:
+        b, c = self.b, self.c
+        y = self.args["y"]
+        with self.loop(0, c["outer"], "a") as a:
+            for k, copy in enumerate(c["copies"]):
+                source = self.element(self.args[f"x{k}"], b.mul(a, i64(copy["chunk"])))
+                target = self.element(y, b.add(b.mul(a, i64(c["out_row"])), i64(copy["start"])))
+                with self.loop(0, copy["chunk"], f"i{k}") as i:
+                    self.put(self.at(source, i), target, i)
+        return self.finish()
+
+
+def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
+    kind = step.kind
+    if kind in ("max_pool", "avg_pool"):
+        return _OpIR(module, step, c_type, ("x", "y")).pool(kind.split("_")[0])
+    if kind == "adaptive_avg_pool":
+        return _OpIR(module, step, c_type, ("x", "y")).adaptive_avg_pool()
+    if kind == "linear":
+        return _OpIR(module, step, c_type, ("x", "w", "b", "y")).linear()
+    if kind == "softmax":
+        return _OpIR(module, step, c_type, ("x", "y")).softmax()
+    if kind == "batch_norm":
+        return _OpIR(module, step, c_type, ("x", "scale", "shift", "y")).batch_norm()
+    if kind == "cat":
+        names = tuple(f"x{k}" for k in range(len(step.consts["copies"]))) + ("y",)
+        return _OpIR(module, step, c_type, names).cat()
+    if kind == "add":
+        op = _OpIR(module, step, c_type, ("a", "b2", "y"))
+        return op.elementwise(lambda u, v: op.b.fadd(u, v))
+    if kind == "activation":
+        op = _OpIR(module, step, c_type, ("x", "y"))
+        return op.elementwise(lambda u: op.activation(u, step.consts["activation"],
+                                                      step.consts["activation_args"]))
+    raise AssertionError(kind)
+
+
+def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
+    c_type = C_TYPES[lowered.dtype]
+    module = new_module(symbol, target_triple(), data_layout())
+    functions = []
+    for step in lowered.steps:
+        if step.kind == "conv":
+            functions.append(add_conv_function(module, step.plan, step.function,
+                                               residual=step.consts["residual"], internal=True))
+        else:
+            functions.append(_op_function(module, step, c_type))
+    entry = IRFunction(module, symbol, c_type, 1, ("params", "arena"),
+                       pointer_to_pointer_args=("inputs", "outputs"))
+    b = entry.b
+    params, arena = entry.args["params"], entry.args["arena"]
+
+    def pointer(buffer: Buffer):
+        if buffer.kind == "input":
+            return b.load(b.gep(entry.args["inputs"], [i64(buffer.index)]))
+        return entry.element(arena, i64(buffer.index))
+
+    for step, function in zip(lowered.steps, functions):
+        b.comment(f"{step.name} ({step.kind})")
+        ins = [pointer(buf) for buf in step.inputs]
+        out = pointer(step.output)
+        param = {name: entry.element(params, i64(offset)) for name, offset in step.params.items()}
+        null = ir.Constant(entry.scalar.as_pointer(), None)
+        if step.kind == "conv":
+            args = [ins[0], param["weight"], param.get("bias", null)]
+            if step.consts["residual"]:
+                args.append(ins[1])
+            args += [out, i64(0), i64(step.consts["jobs"])]
+        elif step.kind == "linear":
+            args = [ins[0], param["weight"], param.get("bias", null), out]
+        elif step.kind == "batch_norm":
+            args = [ins[0], param["scale"], param["shift"], out]
+        else:
+            args = ins + [out]
+        b.call(function, args)
+    for k, (buffer, elements) in enumerate(lowered.outputs):
+        target = b.load(b.gep(entry.args["outputs"], [i64(k)]))
+        source = pointer(buffer)
+        with entry.loop(0, elements, f"copy{k}") as i:
+            b.store(b.load(entry.element(source, i)), entry.element(target, i))
+    b.ret(i32(0))
+    header = (f"; Generated by convgen {__version__} -- do not edit.\n"
+              f"; network: {title}\n")
+    return header + str(module)
+
+
+def build_network_llvm(lowered: Lowered, symbol: str, title: str):
+    """(IR text, ffi, entry function, keepalive) for the whole network."""
+    source = render_network_llvm(lowered, symbol, title)
+    entry = build_llvm(source, symbol)
+    address, engine = load_object(entry.file("object"), symbol)
+    ffi = cffi.FFI()
+    function = ffi.cast(f"int (*)({entry_parameters(C_TYPES[lowered.dtype])})", address)
+    return source, ffi, function, (engine,)
