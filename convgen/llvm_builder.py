@@ -40,6 +40,20 @@ def _initialize() -> None:
         llvm.load_library_permanently(libm)
 
 
+@functools.lru_cache(maxsize=None)
+def openmp_available() -> bool:
+    """Load the GNU OpenMP runtime for networks' parallel layers; False if it is absent."""
+    _initialize()
+    gomp = ctypes.util.find_library("gomp")
+    if not gomp:
+        return False
+    try:
+        llvm.load_library_permanently(gomp)
+    except RuntimeError:
+        return False
+    return True
+
+
 def host_features() -> str:
     """The host CPU's feature string, with 512-bit vectors preferred where present."""
     _initialize()

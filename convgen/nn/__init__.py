@@ -1,0 +1,24 @@
+"""convgen.nn: torch.nn's modules over NumPy, traced once into a graph and compiled.
+
+A PyTorch model ports by changing its import: the layers take torch's constructor
+arguments, and ``state_dict`` keys and shapes are torch's, so a torch model's
+state_dict loads unchanged. ``net.compile(input_shape=...)`` traces ``forward`` on
+symbolic values and compiles the graph; ``net(x)`` on a NumPy array runs the oracle.
+"""
+
+from . import functional
+from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
+                     AvgPool2d, AvgPool3d, BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv1d,
+                     Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout,
+                     Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
+                     MaxPool3d, ReLU, ReLU6, Sigmoid, Softmax, Tanh, manual_seed)
+from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
+
+__all__ = [
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AvgPool1d", "AvgPool2d",
+    "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d", "Conv3d",
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Dropout", "Flatten", "Identity",
+    "IncompatibleKeys", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool1d", "MaxPool2d",
+    "MaxPool3d", "Module", "ModuleList", "Parameter", "ReLU", "ReLU6", "Sequential", "Sigmoid",
+    "Softmax", "StateDictError", "Tanh", "functional", "manual_seed",
+]

@@ -1,0 +1,563 @@
+"""torch.nn's layers over NumPy: the same constructor arguments, defaults, attributes,
+parameter names and shapes, so a torch model's state_dict loads unchanged.
+
+Parameters are float32 and initialized as torch initializes them (kaiming-uniform bounds
+1/sqrt(fan_in)) from a seeded NumPy generator (:func:`manual_seed`), so a network built
+without loading weights is still deterministic. Each layer's ``forward`` records one
+graph node when traced and runs the oracle on NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ..spec import PADDING_MODES, ConvSpec
+from . import functional as F
+from .module import Module, Parameter
+
+DEFAULT_SEED = 0
+_RNG = np.random.default_rng(DEFAULT_SEED)
+
+
+def manual_seed(seed: int) -> None:
+    """Reseed the generator that initializes new layers' parameters."""
+    global _RNG
+    _RNG = np.random.default_rng(seed)
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int) -> Parameter:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's kaiming_uniform_(a=sqrt(5)) and bias init."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return Parameter(_RNG.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+def _f64(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else np.array(array, dtype=np.float64)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive(name: str, value: object, minimum: int = 1) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+# -- convolution --------------------------------------------------------------------------------
+
+class _ConvNd(Module):
+    _ndim = 2
+    transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                 transposed, output_padding, groups, bias, padding_mode):
+        super().__init__()
+        nd = self._ndim
+        in_channels = _positive("in_channels", in_channels)
+        out_channels = _positive("out_channels", out_channels)
+        groups = _positive("groups", groups)
+        if in_channels % groups:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups:
+            raise ValueError("out_channels must be divisible by groups")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = F.per_dim("kernel_size", kernel_size, nd, 1)
+        self.stride = F.per_dim("stride", stride, nd, 1)
+        self.dilation = F.per_dim("dilation", dilation, nd, 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Invalid padding string {padding!r}, should be one of "
+                                 "{'same', 'valid'}")
+            if transposed:
+                raise ValueError(f"{type(self).__name__}: padding must be an int or a tuple, "
+                                 f"got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = F.per_dim("padding", padding, nd, 0)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {set(PADDING_MODES)}, but got "
+                             f"padding_mode={padding_mode!r}")
+        if transposed and padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        self.padding_mode = padding_mode
+        self.transposed = transposed
+        self.output_padding = F.per_dim("output_padding", output_padding, nd, 0)
+        self.groups = groups
+        if transposed:
+            shape = (in_channels, out_channels // groups, *self.kernel_size)
+        else:
+            shape = (out_channels, in_channels // groups, *self.kernel_size)
+        fan_in = shape[1] * math.prod(self.kernel_size)  # torch's fan_in, from weight dim 1
+        self.weight = _uniform(shape, fan_in)
+        if bias:
+            self.bias = _uniform((out_channels,), fan_in)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+        if isinstance(self.padding, str) or any(self.padding):
+            padding = self.padding if isinstance(self.padding, str) else self.padding
+            text += f", padding={padding}"
+        if any(d != 1 for d in self.dilation):
+            text += f", dilation={self.dilation}"
+        if any(self.output_padding):
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+    def _build(self, shapes, output_padding=None):
+        (shape,) = shapes
+        F.check_rank(shape, self._ndim)
+        if shape[1] != self.in_channels:
+            raise ValueError(f"expects {self.in_channels} input channels (in_channels), "
+                             f"got input of shape {tuple(shape)}")
+        spec = ConvSpec(
+            input_shape=tuple(shape), out_channels=self.out_channels,
+            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+            padding_mode=self.padding_mode, dilation=self.dilation, groups=self.groups,
+            transposed=self.transposed,
+            output_padding=self.output_padding if output_padding is None else output_padding,
+            bias=self.bias is not None, activation=None, dtype="float32")
+        params = {"weight": _f64(self.weight)}
+        if self.bias is not None:
+            params["bias"] = _f64(self.bias)
+        return "conv", {"spec": spec.to_dict(), "residual": False}, params
+
+    def forward(self, input):
+        return F.apply(self._build, [input], module=self)
+
+
+class Conv1d(_ConvNd):
+    _ndim = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         False, 0, groups, bias, padding_mode)
+
+
+class Conv2d(_ConvNd):
+    _ndim = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         False, 0, groups, bias, padding_mode)
+
+
+class Conv3d(_ConvNd):
+    _ndim = 3
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         False, 0, groups, bias, padding_mode)
+
+
+class _ConvTransposeNd(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         True, output_padding, groups, bias, padding_mode)
+
+    def _output_padding(self, shape, output_size) -> tuple[int, ...]:
+        """output_padding that makes the output spatial size ``output_size`` (torch's rule)."""
+        nd = self._ndim
+        size = list(output_size)
+        if len(size) == nd + 2:
+            size = size[2:]
+        if len(size) != nd:
+            raise ValueError(f"output_size must have {nd} or {nd + 2} elements, got {size}")
+        result = []
+        for i in range(nd):
+            low = ((shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+                   + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            high = low + self.stride[i] - 1
+            if not low <= size[i] <= high:
+                raise ValueError(f"requested an output size of {tuple(size)}, but valid sizes "
+                                 f"in dim {i} range from {low} to {high}")
+            result.append(size[i] - low)
+        return tuple(result)
+
+    def forward(self, input, output_size=None):
+        if output_size is None:
+            return F.apply(self._build, [input], module=self)
+
+        def build(shapes):
+            F.check_rank(shapes[0], self._ndim)
+            return self._build(shapes, self._output_padding(shapes[0], output_size))
+
+        return F.apply(build, [input], module=self)
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    _ndim = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    _ndim = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    _ndim = 3
+
+
+# -- pooling ----------------------------------------------------------------------------------
+
+class _MaxPoolNd(Module):
+    _ndim = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        super().__init__()
+        if return_indices:
+            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported "
+                             "(graphs carry values only)")
+        nd = self._ndim
+        F.per_dim("kernel_size", kernel_size, nd, 1)
+        if stride is not None:
+            F.per_dim("stride", stride, nd, 1)
+        F.per_dim("padding", padding, nd, 0)
+        F.per_dim("dilation", dilation, nd, 1)
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+    def forward(self, input):
+        return F._max_pool(self._ndim, input, self.kernel_size, self.stride, self.padding,
+                           self.dilation, self.ceil_mode, False, module=self)
+
+
+class MaxPool1d(_MaxPoolNd):
+    _ndim = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    _ndim = 2
+
+
+class MaxPool3d(_MaxPoolNd):
+    _ndim = 3
+
+
+class _AvgPoolNd(Module):
+    _ndim = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__()
+        if divisor_override is not None:
+            raise ValueError(f"{type(self).__name__}: divisor_override={divisor_override!r} "
+                             "is not supported")
+        nd = self._ndim
+        F.per_dim("kernel_size", kernel_size, nd, 1)
+        if stride is not None:
+            F.per_dim("stride", stride, nd, 1)
+        F.per_dim("padding", padding, nd, 0)
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+        if nd > 1:
+            self.divisor_override = divisor_override
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def forward(self, input):
+        return F._avg_pool(self._ndim, input, self.kernel_size, self.stride, self.padding,
+                           self.ceil_mode, self.count_include_pad, None, module=self)
+
+
+class AvgPool1d(_AvgPoolNd):
+    _ndim = 1
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+class AvgPool2d(_AvgPoolNd):
+    _ndim = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    _ndim = 3
+
+
+class _AdaptiveAvgPoolNd(Module):
+    _ndim = 2
+
+    def __init__(self, output_size):
+        super().__init__()
+        F.adaptive_output_size(output_size, self._ndim)
+        self.output_size = output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def forward(self, input):
+        return F._adaptive_avg_pool(self._ndim, input, self.output_size, module=self)
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    _ndim = 1
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    _ndim = 2
+
+
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    _ndim = 3
+
+
+# -- dense and shape layers ---------------------------------------------------------------------
+
+class Linear(Module):
+    """y = x @ weight.T + bias over the last dim; weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = _positive("in_features", in_features)
+        self.out_features = _positive("out_features", out_features)
+        self.weight = _uniform((self.out_features, self.in_features), self.in_features)
+        if bias:
+            self.bias = _uniform((self.out_features,), self.in_features)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+    def _build(self, shapes):
+        (shape,) = shapes
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"expects in_features={self.in_features} in the last dim, got "
+                             f"input of shape {tuple(shape)}")
+        params = {"weight": _f64(self.weight)}
+        if self.bias is not None:
+            params["bias"] = _f64(self.bias)
+        return "linear", {"activation": None, "activation_args": ()}, params
+
+    def forward(self, input):
+        return F.apply(self._build, [input], module=self)
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def forward(self, input):
+        return F._flatten(input, self.start_dim, self.end_dim, module=self)
+
+
+class Identity(Module):
+    """Returns its input (an ``identity`` node, removed when compiling)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, input):
+        return F._identity(input, module=self)
+
+
+class Dropout(Module):
+    """The identity at inference (an ``identity`` node)."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+    def forward(self, input):
+        return F._identity(input, module=self)
+
+
+# -- activations --------------------------------------------------------------------------------
+
+class _Activation(Module):
+    _name = "relu"
+
+    def _args(self) -> tuple:
+        return ()
+
+    def forward(self, input):
+        return F._activation(input, self._name, self._args(), module=self)
+
+
+class ReLU(_Activation):
+    _name = "relu"
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class ReLU6(ReLU):
+    _name = "relu6"
+
+
+class LeakyReLU(_Activation):
+    _name = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = negative_slope
+        self.inplace = inplace
+
+    def _args(self) -> tuple:
+        return (self.negative_slope,)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
+class Sigmoid(_Activation):
+    _name = "sigmoid"
+
+
+class Tanh(_Activation):
+    _name = "tanh"
+
+
+class _SoftmaxBase(Module):
+    _op = "softmax"
+
+    def __init__(self, dim=None):
+        super().__init__()
+        if dim is None:
+            name = type(self).__name__
+            raise ValueError(f"{name} needs dim, e.g. nn.{name}(dim=1) for (N, classes) "
+                             "scores; convgen does not guess it as PyTorch's deprecated "
+                             "implicit choice would")
+        if not _is_int(dim):
+            raise TypeError(f"dim must be an integer, got {dim!r}")
+        self.dim = dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+    def forward(self, input):
+        return F._softmax(self._op, input, self.dim, None, module=self)
+
+
+class Softmax(_SoftmaxBase):
+    _op = "softmax"
+
+
+class LogSoftmax(_SoftmaxBase):
+    _op = "log_softmax"
+
+
+# -- normalization ------------------------------------------------------------------------------
+
+class _BatchNorm(Module):
+    _ranks = (4,)
+    _optional_state = ("num_batches_tracked",)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True):
+        super().__init__()
+        self.num_features = _positive("num_features", num_features)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        n = self.num_features
+        if affine:
+            self.weight = Parameter(np.ones(n, dtype=np.float32))
+            if bias:
+                self.bias = Parameter(np.zeros(n, dtype=np.float32))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(n, dtype=np.float32))
+            self.register_buffer("running_var", np.ones(n, dtype=np.float32))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def _build(self, shapes):
+        (shape,) = shapes
+        if len(shape) not in self._ranks:
+            ranks = " or ".join(f"{r}-d" for r in self._ranks)
+            raise ValueError(f"expects a {ranks} input, got shape {tuple(shape)}")
+        if shape[1] != self.num_features:
+            raise ValueError(f"expects {self.num_features} channels (num_features), "
+                             f"got input of shape {tuple(shape)}")
+        if self.running_mean is None or self.running_var is None:
+            raise ValueError("track_running_stats=False normalizes with the batch's own "
+                             "statistics, which an inference graph cannot do")
+        n = self.num_features
+        params = {
+            "running_mean": _f64(self.running_mean),
+            "running_var": _f64(self.running_var),
+            "weight": _f64(self.weight) if self.weight is not None else np.ones(n),
+            "bias": _f64(self.bias) if self.bias is not None else np.zeros(n),
+        }
+        return "batch_norm", {"eps": float(self.eps)}, params
+
+    def forward(self, input):
+        return F.apply(self._build, [input], module=self)
+
+
+class BatchNorm1d(_BatchNorm):
+    _ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    _ranks = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    _ranks = (5,)
