@@ -18,8 +18,8 @@ from . import config
 from .cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
 from .errors import CompileError, CompilerNotFoundError
 
-BASE_CFLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno",
-               "-march=native", "-mprefer-vector-width=512")
+BASE_CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno",
+               "-ffp-contract=fast", "-march=native", "-mprefer-vector-width=512")
 OPENMP_FLAGS = ("-fopenmp",)
 SOURCE_NAME = "kernel.c"
 LIBRARY_NAME = "kernel.so"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from .plan import Plan
+from .plan import Plan, vector_tables
 from .version import __version__
 
 
@@ -42,6 +42,11 @@ def c_table(rows: list[list[int]]) -> str:
     return "{\n    " + inner + "\n}"
 
 
+def c_table3(blocks: list[list[list[int]]]) -> str:
+    """A 3D int table as a C initializer."""
+    return "{" + ",\n    ".join(c_table(block).replace("\n", "") for block in blocks) + "}"
+
+
 @functools.lru_cache(maxsize=None)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -54,6 +59,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["c_float"] = c_float
     env.filters["c_table"] = c_table
+    env.filters["c_table3"] = c_table3
     return env
 
 
@@ -82,6 +88,7 @@ def function_pointer_type(plan: Plan) -> str:
 def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2)."""
     spec = plan.spec
+    vectors = vector_tables(plan)
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
@@ -100,8 +107,16 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "in_size": plan.in_size,
         "out_size": plan.out_size,
         "kernel": plan.kernel,
-        "tables": plan.tables,
         "tile_co": plan.tile_co,
+        "lanes": plan.vector_lanes,
+        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+        "n_vectors": vectors.n_vectors,
+        "row_length": vectors.row_length,
+        "d_table": vectors.d_table,
+        "h_table": vectors.h_table,
+        "w_table": vectors.w_table,
+        "modes": vectors.modes,
+        "bases": vectors.bases,
         "tile": plan.tile,
         "n_tiles": plan.n_tiles,
         "weight_strides": plan.weight_strides,
