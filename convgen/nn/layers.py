@@ -300,6 +300,10 @@ class AvgPool1d(_AvgPoolNd):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+        single = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,)  # noqa: E731
+        self.kernel_size = single(self.kernel_size)  # torch keeps 1-tuples here
+        self.stride = single(self.stride)
+        self.padding = single(self.padding)
 
 
 class AvgPool2d(_AvgPoolNd):
