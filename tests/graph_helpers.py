@@ -141,7 +141,7 @@ def lifetimes(g: Graph) -> dict[str, tuple[int, int]]:
     """
     inputs = {name for name, _ in g.inputs}
     owner = {}
-    for i, n in enumerate(g.nodes):
+    for n in g.nodes:
         owner[n.name] = owner.get(n.inputs[0], n.inputs[0]) if n.op == "flatten" else n.name
     spans: dict[str, list[int]] = {}
     for i, n in enumerate(g.nodes):

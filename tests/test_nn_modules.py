@@ -138,7 +138,8 @@ def test_parameters_are_float32_with_torch_init_bounds():
     assert bn.num_batches_tracked == 0
 
 
-def test_initialization_is_seeded_and_deterministic():
+def test_initialization_is_seeded_and_deterministic(monkeypatch):
+    monkeypatch.setattr(nn.layers, "_RNG", nn.layers._RNG)  # restored afterwards
     nn.manual_seed(123)
     a = nn.Conv2d(3, 4, 3).state_dict()
     nn.manual_seed(123)

@@ -108,8 +108,7 @@ class _ConvNd(Module):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}")
         if isinstance(self.padding, str) or any(self.padding):
-            padding = self.padding if isinstance(self.padding, str) else self.padding
-            text += f", padding={padding}"
+            text += f", padding={self.padding}"
         if any(d != 1 for d in self.dilation):
             text += f", dilation={self.dilation}"
         if any(self.output_padding):
