@@ -36,6 +36,17 @@ ACTIVATIONS: dict[str, tuple[int, tuple[float, ...] | None]] = {
 }
 
 
+def activation_arguments(name: str | None, args) -> tuple[float, ...]:
+    """``args`` for activation ``name`` with the defaults filled in (as ConvSpec does)."""
+    args = tuple(args or ())
+    if name is None or args:
+        return args
+    nargs, defaults = ACTIVATIONS[name]
+    if defaults is None:
+        raise SpecError("activation_args", args, f"{name} needs {nargs} arguments")
+    return defaults
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..plan import Plan, make_plan
 from ..schedule import Schedule
-from ..spec import ConvSpec
+from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
 from .memory import MemoryPlan, alias_source
 
@@ -145,10 +145,11 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
             step.params["bias"] = packer.add(node.params["bias"])
         step.consts = {"rows": math.prod(shapes[0][:-1]), "in_features": in_features,
                        "out_features": out_features, "activation": a.get("activation"),
-                       "activation_args": tuple(a.get("activation_args", ()))}
+                       "activation_args": activation_arguments(a.get("activation"),
+                                                               a.get("activation_args"))}
     elif node.op == "activation":
         step.consts = {"elements": math.prod(node.shape), "activation": a["name"],
-                       "activation_args": tuple(a.get("args", ()))}
+                       "activation_args": activation_arguments(a["name"], a.get("args"))}
     elif node.op in ("softmax", "log_softmax"):
         outer, size, inner = _outer_inner(node.shape, a["dim"])
         step.consts = {"outer": outer, "size": size, "inner": inner,
@@ -156,7 +157,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
         step.kind = "softmax"
     elif node.op == "batch_norm":
         p = node.params
-        scale = p["weight"] / np.sqrt(p["running_var"] + a["eps"])
+        scale = p["weight"] / np.sqrt(p["running_var"] + float(a.get("eps", 1e-5)))
         step.params["scale"] = packer.add(scale)
         step.params["shift"] = packer.add(p["bias"] - p["running_mean"] * scale)
         shape = node.shape

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec import ConvSpec
+from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, Node
 
 
@@ -58,7 +58,8 @@ def fold_batch_norm(graph: Graph) -> Graph:
         spec = ConvSpec.from_dict(conv.attrs["spec"])
         if spec.activation is not None or conv.attrs.get("residual"):
             continue
-        scale = bn.params["weight"] / np.sqrt(bn.params["running_var"] + bn.attrs["eps"])
+        eps = float(bn.attrs.get("eps", 1e-5))  # PyTorch's default, as the oracle
+        scale = bn.params["weight"] / np.sqrt(bn.params["running_var"] + eps)
         weight = np.asarray(conv.params["weight"], dtype=np.float64)
         if spec.transposed:  # (C_in, C_out/groups, *k): output channel c = g*Cog + j
             groups, cin, cout_g = spec.groups, spec.in_channels, spec.out_channels // spec.groups
@@ -126,7 +127,8 @@ def fuse_activation(graph: Graph) -> Graph:
             if producer.attrs.get("activation") is not None:
                 continue
             producer.attrs = dict(producer.attrs, activation=act.attrs["name"],
-                                  activation_args=tuple(act.attrs.get("args", ())))
+                                  activation_args=activation_arguments(
+                                      act.attrs["name"], act.attrs.get("args")))
         else:
             continue
         producer.fused.append(act.name)
