@@ -1,0 +1,150 @@
+"""ResNet-18, batch 1: convgen (c, llvm) next to PyTorch and ONNX Runtime, same run.
+
+    python bench/resnet18.py [--size 224] [--repeats 10] [--threads 1 2]
+
+The same architecture is written once and instantiated with torch.nn and with
+convgen.nn; convgen loads torch's state_dict (BatchNorm statistics randomized,
+so folding is exercised) and every result is checked against torch's output.
+Latency is the median of --repeats calls after one warm-up, per thread count.
+ONNX Runtime runs the model exported by torch.onnx (skipped, and said so, when
+onnx/onnxruntime are not installed: pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import convgen as cg  # noqa: E402
+from convgen import nn as cnn  # noqa: E402
+
+
+def resnet18(nn, flatten):
+    """torchvision's ResNet-18, written against either nn namespace."""
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+            self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
+            self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
+            self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512, 1000)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(flatten(self.avgpool(x), 1))
+
+    return ResNet18()
+
+
+def median_ms(call, repeats: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    tnet = resnet18(torch.nn, torch.flatten).eval()
+    with torch.no_grad():
+        for m in tnet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    net = resnet18(cnn, cnn.functional.flatten)
+    net.load_state_dict(tnet.state_dict())
+    shape = (1, 3, args.size, args.size)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        want = tnet(torch.from_numpy(x)).numpy()
+
+    try:
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        torch.onnx.export(tnet, torch.from_numpy(x), buffer, dynamo=False)
+        onnx_bytes = buffer.getvalue()
+    except Exception as exc:  # noqa: BLE001 - report and go on without the peer
+        ort, onnx_bytes = None, None
+        print(f"onnxruntime: not measured ({type(exc).__name__}: {exc})")
+
+    print(f"ResNet-18 {shape}, batch 1; median of {args.repeats} calls (ms)")
+    print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
+    for threads in args.threads:
+        rows = []
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            rows.append(("torch (oneDNN)", median_ms(lambda: tnet(torch.from_numpy(x)),
+                                                     args.repeats), 0.0))
+        if ort is not None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(onnx_bytes, options,
+                                           providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            got = session.run(None, {name: x})[0]
+            rows.append(("onnxruntime", median_ms(lambda: session.run(None, {name: x}),
+                                                  args.repeats),
+                         float(np.abs(got - want).max() / np.abs(want).max())))
+        peers = min(ms for _, ms, _ in rows)
+        for backend in cg.BACKENDS:
+            model = net.compile(shape, backend=backend, threads=threads)
+            got = model(x)
+            rows.append((f"convgen {backend}", median_ms(lambda: model(x), args.repeats),
+                         float(np.abs(got - want).max() / np.abs(want).max())))
+        for name, ms, err in rows:
+            print(f"{name:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
