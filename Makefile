@@ -15,9 +15,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,torch]'
 	touch $@
 
-# The main job: compile every example spec, check it against the oracle, print a table.
+# The main job: compile every example spec, check it against the oracle, print a table;
+# then compile ResNet-18 from specs/nets/ as one library, run it on a seeded random input,
+# check it against the composed oracle, print the per-layer summary and the end-to-end time.
 run: $(VENV)/.installed
 	$(VENV)/bin/convgen check specs/*.toml
+	$(VENV)/bin/convgen run specs/nets/resnet18.toml --check --summary
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 tests

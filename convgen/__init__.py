@@ -12,6 +12,7 @@ from .errors import (CompileError, CompilerNotFoundError, ConvgenError, Schedule
                      SpecError, SpecFileError)
 from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
                          conv_transpose3d)
+from .graph.netspec import load_network
 from .kernel import Kernel
 from .reference import reference
 from .schedule import Schedule, default_schedule
@@ -22,5 +23,6 @@ __all__ = [
     "ACTIVATIONS", "BACKENDS", "CompileError", "CompilerNotFoundError", "ConvSpec",
     "ConvgenError", "Kernel", "Schedule", "ScheduleError", "SpecError", "SpecFileError",
     "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "default_schedule", "load", "reference",
+    "conv_transpose2d", "conv_transpose3d", "default_schedule", "load", "load_network",
+    "reference",
 ]

@@ -36,15 +36,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def code_files(templates: Path) -> list[Path]:
+    """Every module of convgen (subpackages included) and every template."""
+    package = Path(__file__).resolve().parent
+    return sorted(package.rglob("*.py")) + sorted(templates.rglob("*.j2"))
+
+
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """convgen's version plus a hash of its own Python sources and templates."""
+    """convgen's version plus a hash of all its Python sources and templates."""
     from .render import templates_dir
 
     digest = hashlib.sha256(__version__.encode())
-    package = Path(__file__).resolve().parent
-    files = sorted(package.glob("*.py")) + sorted(templates_dir().rglob("*.j2"))
-    for path in files:
+    for path in code_files(templates_dir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:16]}"

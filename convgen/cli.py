@@ -1,6 +1,7 @@
-"""The ``convgen`` command line: compile, show, check and explain spec files.
+"""The ``convgen`` command line: compile, show, check and explain spec files; run networks.
 
-Every command takes one or more TOML spec files (see :mod:`convgen.specfile`).
+Every command takes one or more TOML spec files (see :mod:`convgen.specfile`), except
+``run``, which takes a network file (see :mod:`convgen.graph.netspec`).
 Exit codes: 0 success, 1 a ``check`` outside tolerance, 2 a usage, spec or
 compile error (printed as ``convgen: error: ...``, never a traceback).
 """
@@ -29,6 +30,9 @@ from .tolerance import max_error, tolerance
 
 PROG = "convgen"
 TIMING_REPEATS = 5
+RUN_TOLERANCE = 1e-3  # `run --check`: max |got - ref| / max |ref| for a float32 network
+TOP_ROWS = 4          # `run`: rows of a 2D output whose top classes are printed
+TOP_K = 5
 
 
 class UsageError(ConvgenError):
@@ -130,7 +134,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specfile", metavar="SPECFILE", help="TOML spec file")
     p.add_argument("--name", help="only this convolution")
     p.set_defaults(run=run_explain)
+
+    p = commands.add_parser(
+        "run", parents=[backend], help="compile a whole network (specs/nets/*.toml) and run it",
+        description="Load a network file (see convgen.graph.netspec), compile it into one "
+                    "library, run it on --input (default: a seeded standard-normal input of "
+                    "the file's input_shape), print the output's shape and top values, the "
+                    "compile time and the end-to-end latency. With --check, compare with the "
+                    "composed NumPy oracle and exit 1 beyond the float32 tolerance. An --input "
+                    "of another shape (batch, image size) compiles the network for that shape.")
+    p.add_argument("netspec", metavar="NETSPEC", help="TOML network file")
+    p.add_argument("--input", metavar="X.npy", help="input array (.npy; cast to float32)")
+    p.add_argument("--weights", metavar="W.npz",
+                   help="parameters keyed like state_dict() (numpy.savez); default: "
+                        "the seeded default initialization")
+    p.add_argument("-o", "--output", metavar="Y.npy", help="write the output with numpy.save")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="threads per convolution layer (default: %(default)s)")
+    p.add_argument("--check", action="store_true",
+                   help=f"compare with model.reference(x); fail beyond {RUN_TOLERANCE:g} "
+                        "(max |error| / max |reference|)")
+    p.add_argument("--summary", action="store_true",
+                   help="print each layer: output shape, parameters, FLOPs, fusion")
+    p.add_argument("--repeat", type=_positive_int, default=TIMING_REPEATS, metavar="N",
+                   help="calls timed for the latency median (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the random input and of the default parameters "
+                        "(default: %(default)s)")
+    p.set_defaults(run=run_network)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -237,6 +279,100 @@ def run_explain(args: argparse.Namespace) -> int:
         plan = make_plan(entry.spec, entry.schedule)
         print(explain_entry(entry, plan))
     return 0
+
+
+# -- run ---------------------------------------------------------------------------------
+
+def run_network(args: argparse.Namespace) -> int:
+    from .graph.ir import GraphError
+    from .graph.netspec import load_network
+
+    network = load_network(args.netspec, weights=args.weights, seed=args.seed)
+    x = _network_input(args, network.input_shape)
+    weights = args.weights or f"default initialization (seed {args.seed})"
+    print(f"network  {network.name} ({args.netspec}): input {_shape(x.shape)}, "
+          f"weights {weights}")
+    start = time.perf_counter()
+    try:
+        model = network.compile(x.shape, backend=args.backend, threads=args.threads)
+    except GraphError as exc:  # only an --input of another shape can get here
+        raise UsageError(f"{args.input}: the network of {args.netspec} does not accept an "
+                         f"input of shape {x.shape}: {exc}") from None
+    compile_ms = (time.perf_counter() - start) * 1e3
+    threads = f"{args.threads} thread{'s' if args.threads != 1 else ''}"
+    print(f"compile  {compile_ms:.1f} ms (backend {model.backend}, {model.dtype}, {threads}; "
+          f"{len(model.graph.nodes)} layers -> {len(model.optimized.nodes)} steps)")
+    if args.summary:
+        print()
+        model.summary()
+        print()
+
+    y = model(x)
+    print(f"output   {_shape(y.shape)} {y.dtype}: min {y.min():.6g}, max {y.max():.6g}, "
+          f"mean {y.mean():.6g}")
+    for line in _top_lines(y):
+        print(line)
+    if args.output:
+        target = args.output if args.output.endswith(".npy") else args.output + ".npy"
+        np.save(target, y)
+        print(f"wrote    {target}")
+
+    ok = True
+    if args.check:
+        ref = model.reference(x)
+        error = relative_error(y, ref)
+        ok = error <= RUN_TOLERANCE  # False for NaN
+        print(f"check    max |y - reference| / max |reference| = {error:.2e} "
+              f"(tolerance {RUN_TOLERANCE:.0e}): {'ok' if ok else 'FAIL'}")
+
+    times = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    print(f"latency  {np.median(times) * 1e3:.3f} ms end to end (median of {args.repeat} "
+          f"call{'s' if args.repeat != 1 else ''}; min {min(times) * 1e3:.3f} ms)")
+    return 0 if ok else 1
+
+
+def _network_input(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarray:
+    """--input as float32, or a seeded standard-normal array of the network's input shape."""
+    if args.input is None:
+        return np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except ValueError as exc:
+        raise UsageError(f"{args.input}: cannot read a .npy array: {exc}") from None
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise UsageError(f"{args.input}: expected one array (.npy), got an .npz archive")
+    if x.dtype.kind not in "biuf":
+        raise UsageError(f"{args.input}: expected a real numeric array, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (the absolute error when want is all zeros)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    error = float(np.max(np.abs(got - want))) if want.size else 0.0
+    return error / scale if scale > 0 else error
+
+
+def _top_lines(y: np.ndarray) -> list[str]:
+    """Per row of a 2D output (N, classes): argmax and the top values."""
+    if y.ndim != 2:
+        return []
+    k = min(TOP_K, y.shape[1])
+    lines = []
+    for row in range(min(TOP_ROWS, y.shape[0])):
+        order = np.argsort(-y[row], kind="stable")[:k]
+        top = ", ".join(f"{i}: {y[row, i]:.4g}" for i in order)
+        lines.append(f"  row {row}: argmax {int(order[0])}; top {k} {{{top}}}")
+    if y.shape[0] > TOP_ROWS:
+        lines.append(f"  ... {y.shape[0] - TOP_ROWS} more rows")
+    return lines
 
 
 # -- explain -----------------------------------------------------------------------------

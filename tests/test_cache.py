@@ -22,7 +22,7 @@ from convgen.builder import c_cache_key, c_flags, find_c_compiler
 from convgen.cache import Cache, make_key
 from convgen.plan import make_plan
 from convgen.render import render_c
-from helpers import arrays_for, assert_matches_oracle, check_spec_code, run_python, \
+from helpers import REPO, arrays_for, assert_matches_oracle, check_spec_code, run_python, \
     subprocess_env
 
 SPEC = cg.ConvSpec(input_shape=(1, 3, 7, 6), out_channels=4, kernel_size=3, padding=1,
@@ -393,3 +393,13 @@ def test_cc_with_arguments_is_split_like_a_shell(fresh_cache, monkeypatch):
     np.testing.assert_allclose(kernel(x, w, b), cg.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
     entry = json.loads(next(fresh_cache.rglob("meta.json")).read_text())
     assert entry["symbol"] == kernel.symbol
+
+
+def test_code_version_covers_subpackages_and_templates():
+    """Generated code comes from convgen/graph and templates too: all are in the key."""
+    from convgen.cache import code_files
+    from convgen.render import templates_dir
+
+    names = {path.relative_to(REPO).as_posix() for path in code_files(templates_dir())}
+    assert {"convgen/graph/codegen_c.py", "convgen/graph/lower.py", "convgen/nn/layers.py",
+            "convgen/render.py", "templates/c/conv_function.j2", "templates/c/ops.j2"} <= names
