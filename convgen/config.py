@@ -25,3 +25,25 @@ def c_compiler() -> list[str]:
 def extra_cflags() -> list[str]:
     """Extra flags appended to every C compile: $CONVGEN_CFLAGS (shell-split)."""
     return shlex.split(os.environ.get("CONVGEN_CFLAGS", ""))
+
+
+def num_threads() -> int:
+    """Default thread count for tuning: $CONVGEN_NUM_THREADS, else os.cpu_count()."""
+    explicit = os.environ.get("CONVGEN_NUM_THREADS", "").strip()
+    if explicit:
+        try:
+            value = int(explicit)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"CONVGEN_NUM_THREADS: expected an integer >= 1, got {explicit!r}")
+        return value
+    return os.cpu_count() or 1
+
+
+def tuning_db() -> Path:
+    """The tuning database (JSON lines): $CONVGEN_TUNING_DB, else <cache_dir>/tuning.jsonl."""
+    explicit = os.environ.get("CONVGEN_TUNING_DB")
+    if explicit:
+        return Path(explicit).expanduser()
+    return cache_dir() / "tuning.jsonl"

@@ -179,6 +179,7 @@ class VectorTables:
     w_table: list[list[int]]  # [KW][row_length]
     modes: list[list[list[int]]]  # [NT_W][KW][n_vectors]
     bases: list[list[list[int]]]  # [NT_W][KW][n_vectors]
+    lane_masks: list[list[list[int]]]  # [NT_W][KW][n_vectors]: bit l set when lane l is valid
 
 
 def vector_tables(plan: Plan) -> VectorTables:
@@ -198,11 +199,11 @@ def vector_tables(plan: Plan) -> VectorTables:
     out_w = plan.out_size[2]
     w_table = [[plan.tables[2][o][k] if o < out_w else -1 for o in range(row_length)]
                for k in range(kw_count)]
-    modes, bases = [], []
+    modes, bases, masks = [], [], []
     for t in range(nt_w):
-        tile_modes, tile_bases = [], []
+        tile_modes, tile_bases, tile_masks = [], [], []
         for k in range(kw_count):
-            row_modes, row_bases = [], []
+            row_modes, row_bases, row_masks = [], [], []
             for v in range(n_vectors):
                 first = t * tw + v * lanes
                 idx = w_table[k][first:first + lanes]
@@ -217,8 +218,11 @@ def vector_tables(plan: Plan) -> VectorTables:
                     mode, base = VEC_GATHER, 0
                 row_modes.append(mode)
                 row_bases.append(base)
+                row_masks.append(sum(1 << lane for lane, _ in valid))
             tile_modes.append(row_modes)
             tile_bases.append(row_bases)
+            tile_masks.append(row_masks)
         modes.append(tile_modes)
         bases.append(tile_bases)
-    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases)
+        masks.append(tile_masks)
+    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jinja2
 
+from .cpu import cpu_flags
 from .plan import Plan, vector_tables
 from .version import __version__
 
@@ -117,6 +118,9 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "w_table": vectors.w_table,
         "modes": vectors.modes,
         "bases": vectors.bases,
+        "avx512": avx512_suffix(plan),
+        "index_bits": 512 if plan.vector_lanes == 16 else 256,
+        "lane_masks": vectors.lane_masks,
         "tile": plan.tile,
         "n_tiles": plan.n_tiles,
         "weight_strides": plan.weight_strides,
@@ -127,6 +131,18 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "activation_args": spec.activation_args,
         "math_fn": math_function(plan.c_type),
     }
+
+
+def avx512_suffix(plan: Plan) -> str:
+    """"ps"/"pd" when the vectors are exactly one AVX-512 register on an AVX-512 host.
+
+    Masked loads and gathers then use the AVX-512 intrinsics (the generated code
+    is built for the host, -march=native); otherwise they are lane-by-lane C.
+    """
+    lanes = {"float": 16, "double": 8}[plan.c_type]
+    if plan.vector_lanes == lanes and "avx512f" in cpu_flags():
+        return "ps" if plan.c_type == "float" else "pd"
+    return ""
 
 
 def math_function(c_type: str):

@@ -298,14 +298,24 @@ def test_weights_that_do_not_fit_name_the_weights_file(tmp_path):
     assert "fc3.bias" in message and "fc2.weight" in message
 
 
-@pytest.mark.parametrize("content", [b"not a zip archive", None])
-def test_unreadable_weights_name_the_weights_file(tmp_path, content):
+@pytest.mark.parametrize("content,fragment", [
+    (b"not a zip archive", "cannot read the weights"),
+    (None, "no such weights file"),
+    ("npy", "one array, not an .npz archive"),
+    ("pickle", "cannot read the weights"),
+])
+def test_unreadable_weights_name_the_weights_file(tmp_path, content, fragment):
     path = tmp_path / "w.npz"
-    if content is not None:
+    if content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "pickle":
+        np.savez(path, **{"conv1.weight": np.array([{"a": 1}], dtype=object)})
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(cg.SpecFileError) as info:
         cg.load_network(NETS / "lenet5.toml", weights=path)
-    assert str(path) in str(info.value)
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value)
 
 
 def test_weights_helper_loads_into_any_module():
@@ -334,7 +344,10 @@ ERRORS = [
     ("no attribute lookup", HEAD + '[[layer]]\ntype = "functional"\n', "layer[0].type",
      "unknown"),
     ("no dotted lookup", HEAD + '[[layer]]\ntype = "os.system"\n', "layer[0].type", "unknown"),
-    ("bad keyword value", HEAD + CONV + "kernel_size = 0\n", "layer[0].kernel_size", ">= 1"),
+    ("bad keyword value", HEAD + '[[layer]]\ntype = "Conv2d"\nargs = [1, 2]\nkernel_size = 0\n',
+     "layer[0].kernel_size", ">= 1"),
+    ("argument given twice", HEAD + CONV + "kernel_size = 3\n", "layer[0].kernel_size",
+     "both in args (args[2]) and as a keyword"),
     ("bad positional value", HEAD + '[[layer]]\ntype = "Conv2d"\nargs = [1, 2, 0]\n',
      "layer[0].args[2]", "kernel_size"),
     ("bad string value", HEAD + CONV + 'padding_mode = "mirror"\n', "layer[0].padding_mode",

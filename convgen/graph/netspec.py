@@ -53,7 +53,7 @@ import numpy as np
 from .. import nn
 from ..errors import SpecFileError
 from ..nn import layers as nn_layers
-from ..nn.module import Module, Sequential
+from ..nn.module import Module, Sequential, StateDictError
 from .ir import GraphError
 
 TOP_LEVEL_KEYS = ("name", "description", "input_shape", "layer")
@@ -210,8 +210,6 @@ def parse_network(text: str, path: str = "<string>", seed: int = 0) -> Network:
 
 def load_weights(network: Module, weights: str | os.PathLike | Mapping) -> None:
     """Load an .npz file (or a mapping) keyed like ``network.state_dict()``."""
-    from ..nn.module import StateDictError
-
     where = getattr(network, "path", None) or type(network).__name__
     if isinstance(weights, Mapping):
         source, arrays = "<weights>", weights
@@ -227,17 +225,20 @@ def load_weights(network: Module, weights: str | os.PathLike | Mapping) -> None:
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, Mapping) and not hasattr(npz, "files"):
-                raise ValueError("a single array, not an .npz archive of named arrays")
-            return {key: npz[key] for key in npz.files}
+        archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise SpecFileError(path, "", None, "no such weights file") from None
-    except AttributeError:
-        raise SpecFileError(path, "", None, "not an .npz archive of named arrays "
-                            "(save one with numpy.savez(path, **state_dict))") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise SpecFileError(path, "", None, f"cannot read the weights (.npz): {exc}") from None
+    if not hasattr(archive, "files"):
+        raise SpecFileError(path, "", None, "one array, not an .npz archive of named arrays "
+                            "(save one with numpy.savez(path, **state_dict))")
+    with archive:
+        try:
+            return {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise SpecFileError(path, "", None,
+                                f"cannot read the weights (.npz): {exc}") from None
 
 
 @contextlib.contextmanager
@@ -342,6 +343,12 @@ class _Builder:
         try:
             bound = signature.bind(None, *args, **kwargs)
         except TypeError as exc:
+            positional = [p for p in signature.parameters][1:len(args) + 1]
+            twice = next((k for k in kwargs if k in positional), None)
+            if twice is not None:
+                raise self.error(f"{key}.{twice}", kwargs[twice],
+                                 f"{kind}: given both in args (args[{positional.index(twice)}]) "
+                                 "and as a keyword") from None
             field = next((k for k in kwargs if k not in signature.parameters), None)
             if field is not None and not _takes_var_keyword(signature):
                 accepted = [p for p in signature.parameters if p != "self"]
