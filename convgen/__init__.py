@@ -17,6 +17,7 @@ from .kernel import Kernel
 from .reference import reference
 from .schedule import Schedule, default_schedule
 from .spec import ACTIVATIONS, ConvSpec
+from .tune import TuneResult, tune
 from .version import __version__
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "ConvgenError", "Kernel", "Schedule", "ScheduleError", "SpecError", "SpecFileError",
     "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
     "conv_transpose2d", "conv_transpose3d", "default_schedule", "load", "load_network",
-    "reference",
+    "reference", "tune", "TuneResult",
 ]

@@ -149,7 +149,13 @@ def compile(spec: ConvSpec, backend: str | None = None, schedule: Schedule | Non
     """Compile ``spec`` (cached) and return a callable Kernel.
 
     ``backend`` is "c" or "llvm"; None means "c", or "llvm" (with a warning, once)
-    when no C compiler is installed.
+    when no C compiler is installed. ``schedule`` None means the best tuning record
+    for (spec, backend) if there is one (see convgen.tune), else the default.
     """
+    if schedule is None and isinstance(spec, ConvSpec):
+        from .tune import best_record  # the tuner sits above this layer: import on use
+
+        backend = resolve_backend(backend)
+        schedule = best_record(spec, backend)
     plan, artifact, name = build_artifact(spec, backend, schedule, cache)
     return kernel_from_artifact(spec, plan, name, artifact)

@@ -36,14 +36,14 @@ class _KernelIR(IRFunction):
         self.tables: VectorTables = vector_tables(plan)
 
     # -- the kernel ------------------------------------------------------------------
-    def build(self) -> ir.Module:
+    def build(self) -> ir.Function:
         p, t, b = self.plan, self.tables, self.b
         td, th, tw = p.tile
         nv = t.n_vectors
         kd_n, kh_n, kw_n = p.kernel
         id_, ih, iw = p.in_size
         od, oh, ow = p.out_size
-        in_volume, out_volume = id_ * ih * iw, od * oh * ow
+        in_volume = id_ * ih * iw
         w_g, w_co, w_ci, w_kd, w_kh, _ = p.weight_strides
         if self.residual:
             x, w, bias, residual, y, job_begin, job_end = self.function.args
@@ -55,9 +55,9 @@ class _KernelIR(IRFunction):
         w_table = self.constant_table("tab_w", sum(t.w_table, []), I32)
         modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
         bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
-        n_acc = p.tile_co * td * th * nv
-        acc = self.alloca(ir.ArrayType(self.vec, n_acc), "acc")
-        zero_vec = ir.Constant(self.vec, [0.0] * self.lanes)
+        # the register tile: one alloca per (channel, vector), promoted to registers
+        acc = [[self.alloca(self.vec, f"acc.{co}.{v}") for v in range(nv)]
+               for co in range(p.tile_co)]
 
         b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
         with self.loop(job_begin, job_end, "job") as job:
@@ -73,68 +73,72 @@ class _KernelIR(IRFunction):
             od0 = b.mul(index["td"], i64(td), name="od0")
             oh0 = b.mul(index["th"], i64(th), name="oh0")
             ow0 = b.mul(index["tw"], i64(tw), name="ow0")
-
-            b.comment("zero the accumulator tile")
-            with self.loop(0, n_acc, "zero") as slot:
-                b.store(zero_vec, b.gep(acc, [i64(0), slot], inbounds=True))
+            bounds = [self._bounded(start, tile, size, name) for start, tile, size, name in
+                      ((od0, td, od, "nd"), (oh0, th, oh, "nh"), (ow0, tw, ow, "nw"))]
 
             channel0 = b.add(b.mul(n, i64(p.groups * p.cin_g)), b.mul(g, i64(p.cin_g)))
             x_group = self.element(x, b.mul(channel0, i64(in_volume)), "x.group")
             w_tile = self.element(w, b.add(b.mul(g, i64(w_g)), b.mul(co0, i64(w_co))), "w.tile")
-            # channels of this tile that exist (the last tile may be partial)
+            # channels past the last real one reuse channel 0; their values are never stored
             co_valid = b.sub(i64(p.cout_g), co0, name="co.valid")
+            w_offsets = [b.select(b.icmp_signed("<", i64(co), co_valid), i64(co * w_co), i64(0))
+                         for co in range(p.tile_co)]
 
-            b.comment("reduction over the group's input channels and the kernel taps")
-            with self.loop(0, p.cin_g, "ci") as ci:
-                xc = self.element(x_group, b.mul(ci, i64(in_volume)), "xc")
-                wc = self.element(w_tile, b.mul(ci, i64(w_ci)), "wc")
-                with self.loop(0, kd_n, "kd") as kd, self.loop(0, kh_n, "kh") as kh, \
-                        self.loop(0, kw_n, "kw") as kw:
-                    w_tap = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
-                                                   b.add(b.mul(kh, i64(w_kh)), kw)), "w.tap")
-                    mode_row = b.mul(b.add(b.mul(index["tw"], i64(kw_n)), kw), i64(nv))
-                    with self.loop(0, td, "od") as od_:
+            with self.loop(0, bounds[0], "od") as od_, self.loop(0, bounds[1], "oh") as oh_:
+                for row in acc:
+                    for slot in row:
+                        b.store(self.zero(), slot)
+                b.comment("reduction over the group's input channels and the kernel taps")
+                with self.loop(0, p.cin_g, "ci") as ci:
+                    xc = self.element(x_group, b.mul(ci, i64(in_volume)), "xc")
+                    wc = self.element(w_tile, b.mul(ci, i64(w_ci)), "wc")
+                    with self.loop(0, kd_n, "kd") as kd:
                         in_d = self.table_load(d_table, b.add(b.mul(b.add(od0, od_), i64(kd_n)),
                                                               kd), "in.d")
                         with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
-                            with self.loop(0, th, "oh") as oh_:
-                                row = b.add(b.mul(b.add(oh0, oh_), i64(kh_n)), kh)
-                                in_h = self.table_load(h_table, row, "in.h")
+                            with self.loop(0, kh_n, "kh") as kh:
+                                h_row = b.add(b.mul(b.add(oh0, oh_), i64(kh_n)), kh)
+                                in_h = self.table_load(h_table, h_row, "in.h")
                                 with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
-                                    row_offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
-                                                             b.sext(in_h, I64)), i64(iw))
-                                    xrow = self.element(xc, row_offset, "xrow")
-                                    self._vectors(od_, oh_, kw, ow0, mode_row, xrow, w_tap,
-                                                  co_valid, acc, w_table, modes, bases, w_co)
-
-            self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, ow0)
+                                    offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
+                                                         b.sext(in_h, I64)), i64(iw))
+                                    xrow = self.element(xc, offset, "xrow")
+                                    w_row = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
+                                                                   b.mul(kh, i64(w_kh))), "w.row")
+                                    for kw in range(kw_n):
+                                        self._tap(kw, index["tw"], ow0, xrow, w_row, w_offsets,
+                                                  acc, w_table, modes, bases)
+                self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
+                               bounds[2])
         b.ret(i32(0))
         return self.function
 
-    def _vectors(self, od_, oh_, kw, ow0, mode_row, xrow, w_tap, co_valid, acc,
-                 w_table, modes, bases, w_co) -> None:
-        """For each vector of the W tile: read VL input columns, FMA into every channel."""
-        p, b = self.plan, self.b
-        td, th, tw = p.tile
-        nv = self.tables.n_vectors
-        with self.loop(0, nv, "v") as v:
-            slot = b.add(mode_row, v)
+    def _bounded(self, start, tile: int, size: int, name: str):
+        """min(tile, size - start): the extent of a possibly partial last tile."""
+        b = self.b
+        remaining = b.sub(i64(size), start)
+        return b.select(b.icmp_signed("<", remaining, i64(tile)), remaining, i64(tile),
+                        name=name)
+
+    def _tap(self, kw: int, tile_w, ow0, xrow, w_row, w_offsets, acc, w_table, modes,
+             bases) -> None:
+        """One kernel column: read the tile's input vectors, FMA them into every channel."""
+        b, t = self.b, self.tables
+        nv = t.n_vectors
+        columns = []
+        for v in range(nv):
+            slot = b.add(b.mul(b.add(b.mul(tile_w, i64(self.plan.kernel[2])), i64(kw)),
+                               i64(nv)), i64(v))
             mode = self.table_load(modes, slot, "mode")
             base = b.sext(self.table_load(bases, slot, "base"), I64)
-            first = b.add(b.add(b.mul(kw, i64(self.tables.row_length)), ow0),
-                          b.mul(v, i64(self.lanes)))
-            with b.if_then(b.icmp_unsigned("!=", mode, ir.Constant(I8, VEC_SKIP))):
-                xv = self._read_columns(mode, base, first, xrow, w_table)
-                b.comment("multiply-add the columns into every output channel of the tile")
-                with self.loop(0, p.tile_co, "co") as co:
-                    # channels past the last real one compute garbage that is never stored
-                    co_safe = b.select(b.icmp_signed("<", co, co_valid), co, i64(0))
-                    wv = b.load(self.element(w_tap, b.mul(co_safe, i64(w_co))), name="wv")
-                    slot_acc = b.add(b.mul(b.add(b.mul(b.add(b.mul(co, i64(td)), od_),
-                                                       i64(th)), oh_), i64(nv)), v)
-                    acc_ptr = b.gep(acc, [i64(0), slot_acc], inbounds=True)
-                    fma = self.vector_intrinsic("fma", 3)
-                    b.store(b.call(fma, [self.splat(wv), xv, b.load(acc_ptr)]), acc_ptr)
+            first = b.add(i64(kw * t.row_length + v * self.lanes), ow0)
+            columns.append(self._read_columns(mode, base, first, xrow, w_table))
+        fma = self.vector_intrinsic("fma", 3)
+        for co, row in enumerate(acc):
+            wv = self.splat(b.load(self.element(w_row, b.add(w_offsets[co], i64(kw))),
+                                   name="wv"))
+            for slot, xv in zip(row, columns):
+                b.store(b.call(fma, [wv, xv, b.load(slot)]), slot)
 
     def _read_columns(self, mode, base, first, xrow, w_table):
         """The VL input columns of one vector, by the mode the planner chose."""
@@ -154,6 +158,7 @@ class _KernelIR(IRFunction):
         switch.add_case(ir.Constant(I8, VEC_LOAD), load_bb)
         switch.add_case(ir.Constant(I8, VEC_MASKED_LOAD), masked_bb)
         switch.add_case(ir.Constant(I8, VEC_GATHER), gather_bb)
+        switch.add_case(ir.Constant(I8, VEC_SKIP), done)
 
         b.position_at_end(load_bb)
         b.comment("consecutive columns: one vector load")
@@ -187,60 +192,46 @@ class _KernelIR(IRFunction):
 
         b.position_at_end(done)
         phi = b.phi(self.vec, name="xv")
+        phi.add_incoming(zero_vec, start)
         phi.add_incoming(loaded, load_bb)
         phi.add_incoming(masked, masked_bb)
         phi.add_incoming(gathered, gather_bb)
         return phi
 
-    def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, ow0) -> None:
+    def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
+                  nw) -> None:
+        """Bias, residual, activation and a masked store of one output row of the tile."""
         p, b = self.plan, self.b
-        td, th, tw = p.tile
-        nv = self.tables.n_vectors
         od_n, oh_n, ow_n = p.out_size
         out_volume = od_n * oh_n * ow_n
-
-        def bounded(start, tile, size, name):
-            remaining = b.sub(i64(size), start)
-            return b.select(b.icmp_signed("<", remaining, i64(tile)), remaining, i64(tile),
-                            name=name)
-
-        nco = bounded(co0, p.tile_co, p.cout_g, "nco")
-        nd = bounded(od0, td, od_n, "nd")
-        nh = bounded(oh0, th, oh_n, "nh")
-        nw = bounded(ow0, tw, ow_n, "nw")
         store = self.intrinsic(f"llvm.masked.store.v{self.lanes}{self.suffix}.p0",
                                ir.VoidType(), [self.vec, self.vec.as_pointer(), I32,
                                                self.mask_type])
+        load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
+                              self.vec, [self.vec.as_pointer(), I32, self.mask_type, self.vec])
         b.comment(f"epilogue: bias, {p.spec.activation or 'no activation'}, masked store")
-        with self.loop(0, nco, "eco") as co:
-            channel = b.add(b.mul(g, i64(p.cout_g)), b.add(co0, co), name="c")
-            if p.spec.bias:
-                bv = self.splat(b.load(self.element(bias, channel)))
-            else:
-                bv = ir.Constant(self.vec, [0.0] * self.lanes)
-            channel_offset = b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel),
-                                   i64(out_volume))
-            y_channel = self.element(y, channel_offset)
-            r_channel = self.element(residual, channel_offset) if residual is not None else None
-            with self.loop(0, nd, "eod") as od_, self.loop(0, nh, "eoh") as oh_, \
-                    self.loop(0, nv, "ev") as v:
-                slot = b.add(b.mul(b.add(b.mul(b.add(b.mul(co, i64(td)), od_), i64(th)), oh_),
-                                   i64(nv)), v)
-                value = b.fadd(b.load(b.gep(acc, [i64(0), slot], inbounds=True)), bv)
-                first_lane = b.mul(v, i64(self.lanes))
-                mask = self.lane_mask_below(first_lane, nw)
-                offset = b.add(b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)),
-                                     i64(ow_n)), b.add(ow0, first_lane))
-                if r_channel is not None:
-                    load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
-                                          self.vec, [self.vec.as_pointer(), I32,
-                                                     self.mask_type, self.vec])
-                    source = b.bitcast(self.element(r_channel, offset), self.vec.as_pointer())
-                    value = b.fadd(value, b.call(load, [source, i32(self.itemsize), mask,
-                                                        ir.Constant(self.vec, [0.0] * self.lanes)]))
-                value = self.activation(value, p.spec.activation, p.spec.activation_args)
-                target = b.bitcast(self.element(y_channel, offset), self.vec.as_pointer())
-                b.call(store, [value, target, i32(self.itemsize), mask])
+        row_offset = b.add(b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)),
+                                 i64(ow_n)), ow0)
+        for co, row in enumerate(acc):
+            with b.if_then(b.icmp_signed("<", b.add(co0, i64(co)), i64(p.cout_g))):
+                channel = b.add(b.mul(g, i64(p.cout_g)), b.add(co0, i64(co)), name="c")
+                if p.spec.bias:
+                    bv = self.splat(b.load(self.element(bias, channel)))
+                else:
+                    bv = self.zero()
+                start = b.add(b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel),
+                                    i64(out_volume)), row_offset)
+                for v, slot in enumerate(row):
+                    value = b.fadd(b.load(slot), bv)
+                    mask = self.lane_mask_below(i64(v * self.lanes), nw)
+                    offset = b.add(start, i64(v * self.lanes))
+                    if residual is not None:
+                        source = b.bitcast(self.element(residual, offset), self.vec.as_pointer())
+                        value = b.fadd(value, b.call(load, [source, i32(self.itemsize), mask,
+                                                            self.zero()]))
+                    value = self.activation(value, p.spec.activation, p.spec.activation_args)
+                    target = b.bitcast(self.element(y, offset), self.vec.as_pointer())
+                    b.call(store, [value, target, i32(self.itemsize), mask])
 
 
 def new_module(name: str, triple: str, data_layout: str) -> ir.Module:

@@ -37,14 +37,25 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
-def _conv_schedules(graph: Graph, threads: int) -> dict[str, Schedule]:
+def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
+                    dtype: str | None = None) -> dict[str, Schedule]:
+    """Per conv: the best tuning record for its spec (one tuned at ``threads`` first), else
+    the default; ``threads``, when given, overrides the schedule's thread count."""
+    from ..tune import best_record  # the tuner sits above the graph: import on use
+
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
             spec = ConvSpec.from_dict(node.attrs["spec"])
-            base = default_schedule(spec)
+            if dtype is not None:
+                spec = spec.replace(dtype=dtype)
+            base = None
+            if backend is not None:
+                base = best_record(spec, backend, threads) or best_record(spec, backend)
+            base = base or default_schedule(spec)
             out[node.name] = Schedule(tile_co=base.tile_co, tile_spatial=base.tile_spatial,
-                                      threads=threads)
+                                      threads=base.threads if threads is None else threads,
+                                      vector_width=base.vector_width)
     return out
 
 
@@ -62,7 +73,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     infer_graph(optimized)
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
-    schedules = _conv_schedules(optimized, threads)
+    schedules = _conv_schedules(optimized, threads, backend, dtype)
     lowered = lower(optimized, memory, dtype, schedules)
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"

@@ -1,0 +1,633 @@
+"""Tune: search schedules for one spec, time them, keep every measurement.
+
+The tuner stays thin. It enumerates the schedules of a spec and prunes the illegal,
+the oversized and the duplicates; orders them by a cheap cost model; compiles as
+many as the budget allows in worker processes (which only fill the kernel cache);
+times them one at a time in this process (warm-up, then repetitions, the median);
+re-checks the winner against the oracle; and appends every measurement to the
+tuning database, a JSON-lines file. :func:`best_record` reads it back, and
+``convgen.compile`` uses the fastest checked record for the same spec, backend,
+CPU, compiler and convgen version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backends, config
+from .cache import Cache, code_version, cpu_identity
+from .cpu import vector_bits, vector_lanes
+from .errors import ConvgenError, ScheduleError
+from .reference import reference
+from .schedule import MAX_THREADS, Schedule, default_schedule
+from .spec import ConvSpec
+from .tolerance import close
+
+MAX_ACCUMULATOR_BYTES = 32 * 1024  # accumulator tile: registers spill to L1 beyond this
+MAX_TILE_CO = 64
+ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
+WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
+TARGET_SECONDS = 0.2  # time each candidate for about this long ...
+MIN_REPEATS, MAX_REPEATS = 3, 50  # ... with at least / at most this many calls
+LOSER_FACTOR = 3.0  # a first call this much slower than the best so far ends the timing
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate: its median seconds per call (inf: failed to compile or run)."""
+
+    schedule: Schedule
+    seconds: float
+    checked: bool = False  # verified against the oracle
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a ``progress`` callback receives while one spec is tuned."""
+
+    name: str
+    phase: str  # "compile", "measure" or "check"
+    done: int
+    total: int
+    best_seconds: float  # inf until a candidate ran
+
+
+@dataclass
+class TuneResult:
+    """The winner of one spec's search, the untuned default, and every measurement."""
+
+    spec: ConvSpec
+    backend: str
+    name: str
+    best: Schedule
+    best_seconds: float
+    default: Schedule
+    default_seconds: float
+    measurements: list[Measurement] = field(default_factory=list)
+    candidates: int = 0  # legal, distinct candidates before the budget cut
+
+    @property
+    def speedup(self) -> float:
+        """Default seconds / best seconds (the default is always measured)."""
+        return self.default_seconds / self.best_seconds
+
+    @property
+    def table(self) -> list[tuple[Schedule, float]]:
+        """(schedule, seconds) for every measured candidate, fastest first."""
+        rows = sorted(self.measurements, key=lambda m: m.seconds)
+        return [(m.schedule, m.seconds) for m in rows]
+
+    def __str__(self) -> str:
+        lines = [f"{self.name} ({self.backend}): {len(self.measurements)} of {self.candidates} "
+                 f"candidates measured; best {_ms(self.best_seconds)}, default "
+                 f"{_ms(self.default_seconds)}, speedup {self.speedup:.2f}x",
+                 f"  {'ms':>9}  {'GFLOP/s':>8}  schedule"]
+        for m in sorted(self.measurements, key=lambda m: m.seconds):
+            flops = f"{self.spec.flops / m.seconds / 1e9:8.1f}" if math.isfinite(m.seconds) \
+                else f"{'-':>8}"
+            marks = (" best" if m.schedule == self.best else "") + \
+                (" default" if m.schedule == self.default else "") + \
+                (f" failed: {m.error}" if m.error else "")
+            lines.append(f"  {_ms(m.seconds):>9}  {flops}  {describe(m.schedule)}{marks}")
+        return "\n".join(lines)
+
+
+def describe(schedule: Schedule) -> str:
+    """A one-line schedule: co=16 sp=2x32 vw=0 t=2."""
+    spatial = "x".join(map(str, schedule.tile_spatial)) if schedule.tile_spatial else "auto"
+    return (f"co={schedule.tile_co} sp={spatial} vw={schedule.vector_width} "
+            f"t={schedule.threads}")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}" if math.isfinite(seconds) else "failed"
+
+
+# -- the search space ---------------------------------------------------------------------
+
+def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
+    """What a schedule really does for ``spec``: tiles after clamping, lanes, threads."""
+    tile_co, tiles = schedule.resolve(spec)
+    return tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype), schedule.threads
+
+
+def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
+    """Bytes of the accumulator tile: output channels x rows x whole vectors of columns."""
+    tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    columns = -(-tiles[-1] // lanes) * lanes
+    return tile_co * math.prod(tiles[:-1]) * columns * np.dtype(spec.dtype).itemsize
+
+
+def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
+    """A cheap relative cost (lower is better), only to order candidates before timing.
+
+    Work including padded edge tiles and unused lanes, divided by the FMAs per load of
+    the reduction's inner step, with penalties for accumulators beyond the register
+    file, half-width vectors and threads left without a tile.
+    """
+    tile_co, tiles, lanes, threads = _resolved(spec, schedule)
+    out = spec.output_spatial
+    cog = spec.out_channels // spec.groups
+    n_vectors = -(-tiles[-1] // lanes)
+    rows = math.prod(tiles[:-1])
+    n_tiles = -(-cog // tile_co) * math.prod(-(-o // t) for o, t in zip(out, tiles))
+    padded = (-(-cog // tile_co) * tile_co
+              * math.prod(-(-o // t) * t for o, t in zip(out[:-1], tiles[:-1]))
+              * -(-out[-1] // tiles[-1]) * n_vectors * lanes)
+    waste = padded / (cog * math.prod(out))
+    accumulators = tile_co * rows * n_vectors
+    per_load = accumulators / (rows * n_vectors + tile_co)
+    registers = 32 if vector_bits() == 512 else 16
+    spill = 1.0 + max(0, accumulators - registers) / (4 * registers)
+    narrow = vector_lanes(spec.dtype) / lanes
+    jobs = spec.batch * spec.groups * n_tiles
+    imbalance = -(-jobs // threads) * threads / jobs
+    return waste * (1.0 + 1.0 / per_load) * spill * narrow * imbalance
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
+                        max_accumulator_bytes: int = MAX_ACCUMULATOR_BYTES) -> list[Schedule]:
+    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first, then the
+    rest ordered by :func:`estimated_cost`.
+
+    Pruned before anything compiles: illegal tiles (ScheduleError), accumulator tiles
+    over ``max_accumulator_bytes``, and schedules that clamp to one already listed.
+    """
+    backend = backends.resolve_backend(backend)
+    threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
+    cog = spec.out_channels // spec.groups
+    out = spec.output_spatial
+    host = vector_lanes(spec.dtype)
+    widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
+    tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
+                      | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
+    rows = sorted({min(r, out[-2]) for r in ROW_TILES}
+                  | ({out[-2]} if len(out) >= 2 and out[-2] <= ROW_TILES[-1] else set())) \
+        if len(out) >= 2 else []
+    planes = sorted({min(p, out[0]) for p in (1, 2)}) if len(out) == 3 else []
+
+    default = default_schedule(spec)
+    seen = {_resolved(spec, default)}
+    found: list[Schedule] = []
+    for vw in widths:
+        lanes = vw or host
+        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)}
+                         | ({out[-1]} if out[-1] <= lanes * WIDTH_VECTORS else set()))
+        outer = [(p, r) for p in planes for r in rows] if planes else [(r,) for r in rows] \
+            if rows else [()]
+        for tile_co in tile_cos:
+            for lead in outer:
+                for w in columns:
+                    schedule = Schedule(tile_co=tile_co, tile_spatial=(*lead, w),
+                                        threads=threads, vector_width=vw)
+                    try:
+                        key = _resolved(spec, schedule)
+                    except ScheduleError:
+                        continue
+                    if key in seen or accumulator_bytes(spec, schedule) > max_accumulator_bytes:
+                        continue
+                    seen.add(key)
+                    found.append(schedule)
+    found.sort(key=lambda s: (estimated_cost(spec, s), s.key()))
+    return [default, *found]
+
+
+# -- compiling and timing -----------------------------------------------------------------
+
+def _build(spec_data: dict, backend: str, schedule_data: dict,
+           cache_root: str) -> tuple[str | None, float]:
+    """Worker: build one candidate into the cache; (None or the error, seconds taken)."""
+    start = time.perf_counter()
+    try:
+        backends.build_artifact(ConvSpec.from_dict(spec_data), backend,
+                                Schedule.from_dict(schedule_data), Cache(cache_root))
+    except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
+        return _first_line(exc), time.perf_counter() - start
+    return None, time.perf_counter() - start
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _compile_candidates(spec: ConvSpec, backend: str, schedules: list[Schedule],
+                        room: Callable[[int, float], bool], workers: int,
+                        report: Callable[[int], None]) -> dict[Schedule, str | None]:
+    """Build candidates in order while ``room(started, seconds per build)`` says they
+    can still be built and timed in time.
+
+    Returns {schedule: None or error} for those built. ``workers`` 0 builds here.
+    """
+    results: dict[Schedule, str | None] = {}
+    durations: list[float] = []
+    cache_root = str(config.cache_dir())
+    build_seconds = lambda: statistics.mean(durations) if durations else 0.0  # noqa: E731
+    if workers == 0:
+        for schedule in schedules:
+            if not room(len(results), build_seconds()):
+                break
+            results[schedule], seconds = _build(spec.to_dict(), backend, schedule.to_dict(),
+                                                cache_root)
+            durations.append(seconds)
+            report(len(results))
+        return results
+    pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: dict[futures.Future, Schedule] = {}
+    queue = list(schedules)
+    with _main_hidden():  # workers start on submit
+      try:
+        while queue or pending:
+            while queue and len(pending) < workers \
+                    and room(len(results) + len(pending), build_seconds()):
+                schedule = queue.pop(0)
+                pending[pool.submit(_build, spec.to_dict(), backend, schedule.to_dict(),
+                                    cache_root)] = schedule
+            if not pending:
+                break
+            done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                schedule = pending.pop(future)
+                try:
+                    results[schedule], seconds = future.result()
+                    durations.append(seconds)
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker died
+                    results[schedule] = _first_line(exc)
+                report(len(results))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def random_arrays(spec: ConvSpec, seed: int = 0):
+    """Seeded (x, w, b) in [-1, 1] in the spec's dtype; b is None without bias."""
+    rng = np.random.default_rng(seed)
+    draw = lambda shape: rng.uniform(-1, 1, shape).astype(spec.dtype)  # noqa: E731
+    return draw(spec.input_shape), draw(spec.weight_shape), \
+        draw(spec.bias_shape) if spec.bias else None
+
+
+def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+            best_seconds: float = math.inf) -> Measurement:
+    """Median seconds per call with a preallocated output: a warm-up call, then repeats
+    until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
+    x, w, b = arrays
+    try:
+        kernel = backends.compile(spec, backend, schedule)
+        out = np.empty(spec.output_shape, spec.dtype)
+        kernel(x, w, b, out=out)
+        times: list[float] = []
+        while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS
+                                            or sum(times) < TARGET_SECONDS):
+            start = time.perf_counter()
+            kernel(x, w, b, out=out)
+            times.append(time.perf_counter() - start)
+            if len(times) == 1 and times[0] > LOSER_FACTOR * best_seconds:
+                break
+    except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
+        return Measurement(schedule, math.inf, error=_first_line(exc))
+    return Measurement(schedule, statistics.median(times))
+
+
+def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want) -> bool:
+    """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
+    try:
+        kernel = backends.compile(spec, backend, schedule)
+        out = np.full(spec.output_shape, np.nan, spec.dtype)
+        kernel(*arrays, out=out)
+    except Exception:  # noqa: BLE001
+        return False
+    return close(spec, out, want)
+
+
+def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
+         threads: int | None = None, max_candidates: int | None = None,
+         progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
+         workers: int | None = None) -> TuneResult:
+    """Search schedules for ``spec`` for about ``budget`` seconds; record every measurement.
+
+    ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
+    caps the candidates (the default is always one, and always timed); ``workers`` is
+    the number of compile processes (default: the CPU count; 0 compiles in this process).
+    """
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
+    backend = backends.resolve_backend(backend)
+    name = name or spec.name
+    deadline = time.monotonic() + budget
+    candidates = candidate_schedules(spec, backend, threads)
+    chosen = candidates[:max_candidates] if max_candidates else candidates
+    default, rest = chosen[0], chosen[1:]
+    notify = progress or (lambda p: None)
+    arrays = random_arrays(spec)
+
+    first = measure(spec, backend, default, arrays)
+    measured = [first]
+    best = first.seconds
+    per_candidate = _timing_estimate(first.seconds)
+
+    def room(started: int, build_seconds: float) -> bool:
+        """Whether one more candidate can be built, and all built so far timed, in time."""
+        return time.monotonic() + build_seconds + per_candidate * (started + 1) < deadline
+
+    total = len(chosen)
+    notify(Progress(name, "compile", 1, total, best))
+    if workers is None:
+        workers = os.cpu_count() or 1
+    built = _compile_candidates(
+        spec, backend, rest, room, min(workers, len(rest)),
+        lambda n: notify(Progress(name, "compile", n + 1, total, best)))
+
+    for schedule in rest:
+        if schedule not in built:
+            continue
+        if built[schedule] is not None:
+            measured.append(Measurement(schedule, math.inf, error=built[schedule]))
+            continue
+        if time.monotonic() >= deadline:
+            break
+        m = measure(spec, backend, schedule, arrays, best)
+        measured.append(m)
+        best = min(best, m.seconds)
+        notify(Progress(name, "measure", len(measured), total, best))
+
+    measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total)
+    record(spec, backend, measured)
+    if winner is None:
+        raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
+                           f"({measured[0].error or 'wrong results'})")
+    return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
+                      first.seconds, measured, len(candidates))
+
+
+def _timing_estimate(seconds: float) -> float:
+    """Seconds one candidate's timing takes, from the default's time per call."""
+    if not math.isfinite(seconds):
+        return TARGET_SECONDS
+    return seconds + max(TARGET_SECONDS, MIN_REPEATS * seconds)
+
+
+def _check_winner(spec, backend, measured, arrays, name, notify, total):
+    """Verify candidates fastest first until one matches the oracle; mark them."""
+    want = None
+    out = list(measured)
+    for i in sorted(range(len(out)), key=lambda i: out[i].seconds):
+        if not math.isfinite(out[i].seconds):
+            break
+        notify(Progress(name, "check", len(out), total, out[i].seconds))
+        if want is None:
+            want = reference(spec, *arrays)
+        ok = verify(spec, backend, out[i].schedule, arrays, want)
+        out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok,
+                             error=None if ok else "wrong results (oracle check failed)")
+        if ok:
+            return out, out[i]
+    return out, None
+
+
+# -- the tuning database ------------------------------------------------------------------
+
+def compiler_identity(backend: str) -> str:
+    """What compiled the code: the C compiler's identity, or llvmlite and LLVM versions."""
+    if backend == "llvm":
+        import llvmlite
+        import llvmlite.binding as llvm
+
+        return f"llvmlite {llvmlite.__version__} LLVM " + \
+            ".".join(map(str, llvm.llvm_version_info))
+    from .builder import compiler_identity as c_identity, find_c_compiler
+
+    return c_identity(find_c_compiler())
+
+
+def record(spec: ConvSpec, backend: str, measured: list[Measurement],
+           path: Path | None = None) -> None:
+    """Append one JSON line per measurement, each with a single write (O_APPEND)."""
+    path = Path(path) if path is not None else config.tuning_db()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
+              "cpu": cpu_identity(), "compiler": compiler_identity(backend),
+              "convgen": code_version(),
+              "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for m in measured:
+            finite = math.isfinite(m.seconds)
+            line = {**common, "schedule": m.schedule.to_dict(),
+                    "seconds": m.seconds if finite else None,
+                    "gflops": spec.flops / m.seconds / 1e9 if finite else None,
+                    "checked": m.checked}
+            if m.error:
+                line["error"] = m.error
+            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+_PARSED: dict[str, list[dict]] = {}  # sha256 of the database's bytes -> its valid lines
+
+
+def read_records(path: Path | None = None) -> list[dict]:
+    """Every well-formed line of the database (others are skipped); [] when it is absent."""
+    path = Path(path) if path is not None else config.tuning_db()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _PARSED:
+        records = []
+        for line in data.splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and isinstance(item.get("schedule"), dict):
+                records.append(item)
+        _PARSED.clear()
+        _PARSED[digest] = records
+    return _PARSED[digest]
+
+
+def best_record(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
+                path: Path | None = None) -> Schedule | None:
+    """The fastest checked schedule recorded for ``spec`` and ``backend`` on this CPU,
+    compiler and convgen version (and ``threads``, when given); None if there is none."""
+    records = read_records(path)
+    if not records:
+        return None
+    backend = backends.resolve_backend(backend)
+    try:
+        want = {"spec_key": spec.key(), "backend": backend, "cpu": cpu_identity(),
+                "compiler": compiler_identity(backend), "convgen": code_version()}
+    except ConvgenError:  # no compiler: compiling will say so
+        return None
+    best, best_seconds = None, math.inf
+    for item in records:
+        seconds = item.get("seconds")
+        if item.get("checked") is not True or any(item.get(k) != v for k, v in want.items()) \
+                or not isinstance(seconds, (int, float)) or not 0 < seconds < best_seconds:
+            continue
+        try:
+            schedule = Schedule.from_dict(item["schedule"])
+            schedule.resolve(spec)
+        except (ScheduleError, TypeError):
+            continue
+        if threads is None or schedule.threads == threads:
+            best, best_seconds = schedule, seconds
+    return best
+
+
+# -- networks -----------------------------------------------------------------------------
+
+def network_convs(network: Any, input_shape=None, dtype: str = "float32") -> dict[str, tuple]:
+    """{spec key: (first node name, spec)} of the convs a compiled network runs (after
+    fusion, as ``compile_graph`` sees them), in order."""
+    from .graph.ir import Graph
+    from .graph.passes import optimize
+    from .graph.shapes import infer_graph
+
+    if isinstance(network, Graph):
+        graph = network.copy()
+    else:
+        shape = input_shape if input_shape is not None \
+            else getattr(network, "input_shape", None)
+        if shape is None:
+            raise ValueError("input_shape: required for a module without an input_shape")
+        graph = network.trace(shape)
+    infer_graph(graph)
+    graph = optimize(graph)
+    infer_graph(graph)
+    convs: dict[str, tuple] = {}
+    for node in graph.nodes:
+        if node.op == "conv":
+            spec = ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype)
+            convs.setdefault(spec.key(), (node.name, spec))
+    return convs
+
+
+def tune_network(network: Any, input_shape=None, backend: str | None = None,
+                 budget: float = 30.0, threads: int | None = None,
+                 max_candidates: int | None = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 dtype: str = "float32", **options: Any) -> list[TuneResult]:
+    """Tune each distinct conv of a network (a convgen.nn module or a traced Graph) once,
+    splitting ``budget`` among them (time one leaves unused goes to the next)."""
+    convs = list(network_convs(network, input_shape, dtype).values())
+    deadline = time.monotonic() + budget
+    results = []
+    for i, (node, spec) in enumerate(convs):
+        share = max(deadline - time.monotonic(), 0.0) / (len(convs) - i)
+        results.append(tune(spec, backend, share, threads, max_candidates, progress,
+                            name=node, **options))
+    return results
+
+
+# -- command line (wired into convgen.cli) ------------------------------------------------
+
+def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``tune SPECFILE|NETSPEC --budget S [--backend B] [--threads N]``."""
+    p = subparsers.add_parser(
+        "tune", parents=parents, help="search schedules and record the fastest",
+        description="Time candidate schedules of each convolution in a spec file (or of each "
+                    "distinct convolution of a network file), check the winner against the "
+                    "oracle and append every measurement to the tuning database "
+                    "($CONVGEN_TUNING_DB, default <cache dir>/tuning.jsonl); compile then "
+                    "uses the best record.")
+    p.add_argument("specfile", metavar="SPECFILE|NETSPEC", help="TOML spec or network file")
+    p.add_argument("--budget", type=float, default=30.0, metavar="S",
+                   help="seconds in all, split among the convolutions (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads per kernel (default: $CONVGEN_NUM_THREADS or the CPU count)")
+    p.set_defaults(run=run_tune)
+
+
+def is_network_file(path: str | os.PathLike) -> bool:
+    """A network file has a top-level input_shape or [[layer]]; a spec file has [[conv]]."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, ValueError):
+        return False  # the spec-file loader reports the problem
+    return "input_shape" in data or "layer" in data
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    if args.budget <= 0:
+        raise ValueError(f"--budget: expected seconds > 0, got {args.budget}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads: expected 1..{MAX_THREADS}, got {args.threads}")
+    backend = backends.resolve_backend(getattr(args, "backend", None))
+    bar = ProgressBar(sys.stderr)
+    if is_network_file(args.specfile):
+        from .graph.netspec import load_network
+
+        results = tune_network(load_network(args.specfile), backend=backend,
+                               budget=args.budget, threads=args.threads, progress=bar)
+    else:
+        from .specfile import load_specfile
+
+        entries = load_specfile(args.specfile)
+        deadline = time.monotonic() + args.budget
+        results = []
+        for i, entry in enumerate(entries):
+            share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
+            results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
+                                name=entry.name))
+    bar.finish()
+    print(summary_table(results))
+    return 0
+
+
+class ProgressBar:
+    """One line on ``stream``, rewritten with \\r: phase, candidates done/total, best so far."""
+
+    def __init__(self, stream, width: int = 24):
+        self.stream, self.width, self.used = stream, width, False
+
+    def __call__(self, p: Progress) -> None:
+        filled = self.width * p.done // max(p.total, 1)
+        best = _ms(p.best_seconds) + " ms" if math.isfinite(p.best_seconds) else "-"
+        self.stream.write(f"\r{p.name[:32]:<32} {p.phase:<7} [{'#' * filled:<{self.width}}] "
+                          f"{p.done}/{p.total} best {best}   ")
+        self.stream.flush()
+        self.used = True
+
+    def finish(self) -> None:
+        if self.used:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def summary_table(results: list[TuneResult]) -> str:
+    """name, default ms, best ms, speedup, best schedule: one row per tuned spec."""
+    rows = [("name", "default ms", "best ms", "speedup", "best schedule")]
+    for r in results:
+        rows.append((r.name, _ms(r.default_seconds), _ms(r.best_seconds),
+                     f"{r.speedup:.2f}x", describe(r.best)))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
