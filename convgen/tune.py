@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import contextlib
 import datetime
 import hashlib
 import json
@@ -253,11 +254,10 @@ def _compile_candidates(spec: ConvSpec, backend: str, schedules: list[Schedule],
             durations.append(seconds)
             report(len(results))
         return results
-    pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     pending: dict[futures.Future, Schedule] = {}
     queue = list(schedules)
-    with _main_hidden():  # workers start on submit
-      try:
+    context = multiprocessing.get_context("spawn")
+    with _main_hidden(), futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         while queue or pending:
             while queue and len(pending) < workers \
                     and room(len(results) + len(pending), build_seconds()):
@@ -275,9 +275,29 @@ def _compile_candidates(spec: ConvSpec, backend: str, schedules: list[Schedule],
                 except Exception as exc:  # noqa: BLE001 - e.g. a worker died
                     results[schedule] = _first_line(exc)
                 report(len(results))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Keep spawned workers from re-running the caller's script as their __main__.
+
+    The workers need only convgen; without this, a script that calls tune() outside an
+    ``if __name__ == "__main__"`` guard would run again in every worker.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__")
+             if hasattr(main, name)}
+    try:
+        for name in saved:
+            if name == "__spec__":
+                main.__spec__ = None
+            else:
+                delattr(main, name)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
 
 
 def random_arrays(spec: ConvSpec, seed: int = 0):
