@@ -89,13 +89,7 @@ def build_c(source: str, symbol: str, openmp: bool = False,
         try:
             compile_c(source, tmp / LIBRARY_NAME, flags, compiler, tmp / SOURCE_NAME)
         except CompileError as exc:
-            # Keep the failing source where the user can read it.
-            failed = cache.root / "failed" / f"{symbol}.c"
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            failed.write_text(source)
-            exc.source_path = str(failed)
-            exc.args = (exc.message, exc.command, exc.returncode, exc.stderr, str(failed))
-            raise
+            raise cache.keep_failed(exc, f"{symbol}.c", source) from None
         return {"source": SOURCE_NAME, "library": LIBRARY_NAME}
 
     return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "c",

@@ -168,6 +168,16 @@ class Cache:
             return  # someone else already moved or replaced it
         shutil.rmtree(trash, ignore_errors=True)
 
+    def keep_failed(self, error, file_name: str, source: str):
+        """Save the source a failed build was given under <root>/failed and point
+        ``error`` (a CompileError) at it, so the user can read what did not compile."""
+        failed = self.root / "failed" / file_name
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(source)
+        error.source_path = str(failed)
+        error.args = (error.message, error.command, error.returncode, error.stderr, str(failed))
+        return error
+
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 

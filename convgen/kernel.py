@@ -92,14 +92,7 @@ class Kernel:
 
     # -- argument checks -------------------------------------------------------------
     def _input(self, name: str, array: object, shape: tuple[int, ...]) -> np.ndarray:
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self._dtype}, "
-                            f"got {type(array).__name__}")
-        if array.dtype != self._dtype:
-            raise TypeError(f"{name}: expected dtype {self._dtype}, got {array.dtype}")
-        if array.shape != tuple(shape):
-            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {array.shape}")
-        return np.ascontiguousarray(array)  # copies only when not C-contiguous
+        return check_input(name, array, self._dtype, shape)
 
     def _output(self, out: object, inputs: list[np.ndarray]) -> np.ndarray:
         shape = self.spec.output_shape
@@ -157,6 +150,19 @@ class Kernel:
                 self._pool = ThreadPoolExecutor(max_workers=len(self._ranges) - 1,
                                                 thread_name_prefix="convgen")
             return self._pool
+
+
+def check_input(name: str, array: object, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` as a C-contiguous array (copied only if needed), or TypeError/ValueError
+    naming the argument, what was expected and what was given."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of dtype {dtype}, "
+                        f"got {type(array).__name__}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {array.dtype}")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {array.shape}")
+    return np.ascontiguousarray(array)
 
 
 def _split(jobs: int, parts: int) -> list[tuple[int, int]]:

@@ -113,12 +113,7 @@ def build_llvm(ir_text: str, symbol: str, cache: Cache | None = None) -> CacheEn
         try:
             obj = optimize_to_object(ir_text)
         except CompileError as exc:
-            failed = cache.root / "failed" / f"{symbol}.ll"
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            failed.write_text(ir_text)
-            exc.source_path = str(failed)
-            exc.args = (exc.message, exc.command, exc.returncode, exc.stderr, str(failed))
-            raise
+            raise cache.keep_failed(exc, f"{symbol}.ll", ir_text) from None
         (tmp / OBJECT_NAME).write_bytes(obj)
         return {"source": SOURCE_NAME, "object": OBJECT_NAME}
 

@@ -53,22 +53,26 @@ class SpecEntry:
     path: str
 
 
-def load_specfile(path: str | os.PathLike) -> list[SpecEntry]:
-    """Read and validate one spec file; raises SpecFileError naming the file and key."""
-    path = os.fspath(path)
+def read_text_file(path: str, kind: str) -> str:
+    """The UTF-8 text of a spec or network file; SpecFileError naming it otherwise."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise SpecFileError(path, "", None, "no such spec file") from None
+        raise SpecFileError(path, "", None, f"no such {kind} file") from None
     except OSError as exc:
         raise SpecFileError(path, "", None,
-                                f"cannot read the spec file: {exc.strerror or exc}") from None
+                            f"cannot read the {kind} file: {exc.strerror or exc}") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecFileError(path, "", None, f"not UTF-8 text: {exc}") from None
-    return parse_specfile(text, path)
+
+
+def load_specfile(path: str | os.PathLike) -> list[SpecEntry]:
+    """Read and validate one spec file; raises SpecFileError naming the file and key."""
+    path = os.fspath(path)
+    return parse_specfile(read_text_file(path, "spec"), path)
 
 
 def load_specfiles(paths: Iterable[str | os.PathLike], unique: bool = True) -> list[SpecEntry]:

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from ..backends import resolve_backend
+from ..kernel import check_input
 from ..schedule import Schedule, default_schedule
 from ..spec import ConvSpec
 from .codegen_c import entry_prototype, render_network
@@ -138,16 +139,8 @@ class CompiledModel:
         return self.memory.peak_bytes
 
     def _check_input(self, index: int, array) -> np.ndarray:
-        shape = self.input_shapes[index]
         label = f"input {index}" if len(self.input_shapes) > 1 else "input"
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"{label}: expected a numpy.ndarray of dtype {self.dtype}, "
-                            f"got {type(array).__name__}")
-        if array.dtype != np.dtype(self.dtype):
-            raise TypeError(f"{label}: expected dtype {self.dtype}, got {array.dtype}")
-        if array.shape != shape:
-            raise ValueError(f"{label}: expected shape {shape}, got {array.shape}")
-        return np.ascontiguousarray(array)
+        return check_input(label, array, np.dtype(self.dtype), self.input_shapes[index])
 
     def __call__(self, *inputs: np.ndarray):
         if len(inputs) != len(self.input_shapes):

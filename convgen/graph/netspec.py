@@ -52,6 +52,7 @@ import numpy as np
 
 from .. import nn
 from ..errors import SpecFileError
+from ..specfile import read_text_file
 from ..nn import layers as nn_layers
 from ..nn.module import Module, Sequential, StateDictError
 from .ir import GraphError
@@ -161,19 +162,7 @@ def load_network(path: str | os.PathLike, weights: str | os.PathLike | Mapping |
     the parameters are convgen.nn's default initialization seeded with ``seed``.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise SpecFileError(path, "", None, "no such network file") from None
-    except OSError as exc:
-        raise SpecFileError(path, "", None,
-                            f"cannot read the network file: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecFileError(path, "", None, f"not UTF-8 text: {exc}") from None
-    network = parse_network(text, path, seed=seed)
+    network = parse_network(read_text_file(path, "network"), path, seed=seed)
     if weights is not None:
         load_weights(network, weights)
     return network
