@@ -72,7 +72,9 @@ def main() -> int:
     ratios = {"build": [], "speed": []}
     for name in args.layers:
         spec = LAYERS[name]
-        schedule = cg.default_schedule(spec)
+        default = cg.default_schedule(spec)
+        schedule = cg.Schedule(tile_co=default.tile_co, tile_spatial=default.tile_spatial,
+                               threads=1)
         rng = np.random.default_rng(0)
         arrays = (rng.uniform(-1, 1, spec.input_shape).astype(np.float32),
                   rng.uniform(-1, 1, spec.weight_shape).astype(np.float32), None)

@@ -17,6 +17,7 @@ from .builder import build_c
 from .cache import Cache
 from .kernel import Kernel, load_function
 from .plan import Plan, make_plan
+from .records import best_record
 from .render import function_pointer_type, prototype, render_c
 from .schedule import Schedule
 from .spec import ConvSpec
@@ -150,11 +151,9 @@ def compile(spec: ConvSpec, backend: str | None = None, schedule: Schedule | Non
 
     ``backend`` is "c" or "llvm"; None means "c", or "llvm" (with a warning, once)
     when no C compiler is installed. ``schedule`` None means the best tuning record
-    for (spec, backend) if there is one (see convgen.tune), else the default.
+    for (spec, backend) if there is one (see convgen.records), else the default.
     """
     if schedule is None and isinstance(spec, ConvSpec):
-        from .tune import best_record  # the tuner sits above this layer: import on use
-
         backend = resolve_backend(backend)
         schedule = best_record(spec, backend)
     plan, artifact, name = build_artifact(spec, backend, schedule, cache)

@@ -23,6 +23,7 @@ import numpy as np
 import convgen as cg
 
 from .backends import resolve_backend
+from .tune import add_tune_command
 from .errors import ConvgenError
 from .spec import ConvSpec
 from .specfile import SpecEntry, load_specfile, load_specfiles
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `convgen show ... | head`: stop quietly
         _silence_stdout()
         return 0
-    except (ConvgenError, OSError) as exc:
+    except (ConvgenError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -149,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameters keyed like state_dict() (numpy.savez); default: "
                         "the seeded default initialization")
     p.add_argument("-o", "--output", metavar="Y.npy", help="write the output with numpy.save")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
-                   help="threads per convolution layer (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads per convolution layer (default: $CONVGEN_NUM_THREADS or "
+                        "every core, for layers large enough)")
     p.add_argument("--check", action="store_true",
                    help=f"compare with model.reference(x); fail beyond {RUN_TOLERANCE:g} "
                         "(max |error| / max |reference|)")
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the random input and of the default parameters "
                         "(default: %(default)s)")
     p.set_defaults(run=run_network)
+
+    add_tune_command(commands, [backend])
     return parser
 
 
@@ -299,7 +303,8 @@ def run_network(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.input}: the network of {args.netspec} does not accept an "
                          f"input of shape {x.shape}: {exc}") from None
     compile_ms = (time.perf_counter() - start) * 1e3
-    threads = f"{args.threads} thread{'s' if args.threads != 1 else ''}"
+    used = max(model.layer_threads().values(), default=1)
+    threads = f"up to {used} thread{'s' if used != 1 else ''} per layer"
     print(f"compile  {compile_ms:.1f} ms (backend {model.backend}, {model.dtype}, {threads}; "
           f"{len(model.graph.nodes)} layers -> {len(model.optimized.nodes)} steps)")
     if args.summary:

@@ -3,8 +3,9 @@
 The tuner stays thin. It enumerates the schedules of a spec and prunes the illegal,
 the oversized and the duplicates; orders them by a cheap cost model; compiles as
 many as the budget allows in worker processes (which only fill the kernel cache);
-times them one at a time in this process (warm-up, then repetitions, the median);
-re-checks the winner against the oracle; and appends every measurement to the
+times them one at a time in this process (warm-up, then repetitions, the median),
+then the fastest few again beside the default, calls interleaved; re-checks the
+winner against the oracle; and appends every measurement to the
 tuning database, a JSON-lines file. :func:`best_record` reads it back, and
 ``convgen.compile`` uses the fastest checked record for the same spec, backend,
 CPU, compiler and convgen version.
@@ -33,6 +34,7 @@ import numpy as np
 
 from . import backends, config
 from .cache import Cache, code_version, cpu_identity
+from .records import best_record, compiler_identity, read_records, record  # noqa: F401
 from .cpu import vector_bits, vector_lanes
 from .errors import ConvgenError, ScheduleError
 from .reference import reference
@@ -40,13 +42,13 @@ from .schedule import MAX_THREADS, Schedule, default_schedule
 from .spec import ConvSpec
 from .tolerance import close
 
-MAX_ACCUMULATOR_BYTES = 32 * 1024  # accumulator tile: registers spill to L1 beyond this
 MAX_TILE_CO = 64
 ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
 WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
 TARGET_SECONDS = 0.2  # time each candidate for about this long ...
 MIN_REPEATS, MAX_REPEATS = 3, 100  # ... with at least / at most this many calls
-LOAD_SECONDS = 0.01  # loading one cached kernel, roughly
+FIRST_BUILD_SECONDS = 0.5  # a guess until a batch is built: starting workers, compiling
+BATCH = 2  # candidates per worker built before the batch is timed
 LOSER_FACTOR = 3.0  # a first call this much slower than the best so far ends the timing
 FINALISTS = 3  # the fastest few are timed again with the default, calls interleaved
 
@@ -131,38 +133,44 @@ def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
     return tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype), schedule.threads
 
 
+def registers() -> int:
+    """Vector registers of the host: 32 with AVX-512, else 16."""
+    return 32 if vector_bits() == 512 else 16
+
+
+def accumulator_limit() -> int:
+    """The largest register tile worth timing: twice the vector register file."""
+    return 2 * registers() * vector_bits() // 8
+
+
 def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
-    """Bytes of the accumulator tile: output channels x rows x whole vectors of columns."""
+    """Bytes of the register tile the kernels keep per output row: output channels x
+    whole vectors of output columns (rows of a tile are computed one after another)."""
     tile_co, tiles, lanes, _ = _resolved(spec, schedule)
-    columns = -(-tiles[-1] // lanes) * lanes
-    return tile_co * math.prod(tiles[:-1]) * columns * np.dtype(spec.dtype).itemsize
+    return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
 
 
 def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
     """A cheap relative cost (lower is better), only to order candidates before timing.
 
-    Work including padded edge tiles and unused lanes, divided by the FMAs per load of
-    the reduction's inner step, with penalties for accumulators beyond the register
-    file, half-width vectors and threads left without a tile.
+    Work computed and thrown away (channels past the last, lanes past the last column),
+    too few independent accumulators to hide FMA latency, accumulators beyond the
+    register file, half-width vectors, and threads left without a tile.
     """
     tile_co, tiles, lanes, threads = _resolved(spec, schedule)
     out = spec.output_spatial
     cog = spec.out_channels // spec.groups
     n_vectors = -(-tiles[-1] // lanes)
-    rows = math.prod(tiles[:-1])
-    n_tiles = -(-cog // tile_co) * math.prod(-(-o // t) for o, t in zip(out, tiles))
-    padded = (-(-cog // tile_co) * tile_co
-              * math.prod(-(-o // t) * t for o, t in zip(out[:-1], tiles[:-1]))
-              * -(-out[-1] // tiles[-1]) * n_vectors * lanes)
-    waste = padded / (cog * math.prod(out))
-    accumulators = tile_co * rows * n_vectors
-    per_load = accumulators / (rows * n_vectors + tile_co)
-    registers = 32 if vector_bits() == 512 else 16
-    spill = 1.0 + max(0, accumulators - registers) / (4 * registers)
+    waste = (-(-cog // tile_co) * tile_co / cog) \
+        * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
+    accumulators = tile_co * n_vectors
+    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / registers()))
     narrow = vector_lanes(spec.dtype) / lanes
-    jobs = spec.batch * spec.groups * n_tiles
+    jobs = spec.batch * spec.groups * -(-cog // tile_co) \
+        * math.prod(-(-o // t) for o, t in zip(out, tiles))
     imbalance = -(-jobs // threads) * threads / jobs
-    return waste * (1.0 + 1.0 / per_load) * spill * narrow * imbalance
+    return waste * latency * spill * narrow * imbalance
 
 
 def _divisors(n: int) -> list[int]:
@@ -170,35 +178,34 @@ def _divisors(n: int) -> list[int]:
 
 
 def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
-                        max_accumulator_bytes: int = MAX_ACCUMULATOR_BYTES) -> list[Schedule]:
+                        max_accumulator_bytes: int | None = None) -> list[Schedule]:
     """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first, then the
-    rest ordered by :func:`estimated_cost`.
+    rest, most promising first (see :func:`_ranked`).
 
-    Pruned before anything compiles: illegal tiles (ScheduleError), accumulator tiles
-    over ``max_accumulator_bytes``, and schedules that clamp to one already listed.
+    Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
+    ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
+    that clamp to one already listed.
     """
     backend = backends.resolve_backend(backend)
     threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
+    limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
     cog = spec.out_channels // spec.groups
     out = spec.output_spatial
     host = vector_lanes(spec.dtype)
     widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
     tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
                       | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
-    rows = sorted({min(r, out[-2]) for r in ROW_TILES}
-                  | ({out[-2]} if len(out) >= 2 and out[-2] <= ROW_TILES[-1] else set())) \
-        if len(out) >= 2 else []
+    rows = sorted({min(r, out[-2]) for r in ROW_TILES}) if len(out) >= 2 else []
     planes = sorted({min(p, out[0]) for p in (1, 2)}) if len(out) == 3 else []
+    outer = [(p, r) for p in planes for r in rows] if planes else \
+        [(r,) for r in rows] if rows else [()]
 
     default = default_schedule(spec)
     seen = {_resolved(spec, default)}
     found: list[Schedule] = []
     for vw in widths:
         lanes = vw or host
-        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)}
-                         | ({out[-1]} if out[-1] <= lanes * WIDTH_VECTORS else set()))
-        outer = [(p, r) for p in planes for r in rows] if planes else [(r,) for r in rows] \
-            if rows else [()]
+        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)})
         for tile_co in tile_cos:
             for lead in outer:
                 for w in columns:
@@ -208,26 +215,35 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
                         key = _resolved(spec, schedule)
                     except ScheduleError:
                         continue
-                    if key in seen or accumulator_bytes(spec, schedule) > max_accumulator_bytes:
+                    if key in seen or accumulator_bytes(spec, schedule) > limit:
                         continue
                     seen.add(key)
                     found.append(schedule)
-    found.sort(key=lambda s: (estimated_cost(spec, s), s.key()))
-    return [default, *found]
+    return [default, *_ranked(spec, found)]
+
+
+def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
+    """By estimated cost, but the outer tiles (rows, planes), which matter least, take
+    turns: each (channels, columns, vector width) first with its best outer tile, then
+    every one with its second best, ... so a budget cut keeps the variety that matters."""
+    cost = {s: (estimated_cost(spec, s), s.key()) for s in schedules}
+    groups: dict[tuple, list[Schedule]] = {}
+    for s in sorted(schedules, key=cost.__getitem__):
+        groups.setdefault((s.tile_co, s.tile_spatial[-1], s.vector_width), []).append(s)
+    turn = {s: i for members in groups.values() for i, s in enumerate(members)}
+    return sorted(schedules, key=lambda s: (turn[s], cost[s]))
 
 
 # -- compiling and timing -----------------------------------------------------------------
 
-def _build(spec_data: dict, backend: str, schedule_data: dict,
-           cache_root: str) -> tuple[str | None, float]:
-    """Worker: build one candidate into the cache; (None or the error, seconds taken)."""
-    start = time.perf_counter()
+def _build(spec_data: dict, backend: str, schedule_data: dict, cache_root: str) -> str | None:
+    """Worker: build one candidate into the kernel cache; None, or the error's first line."""
     try:
         backends.build_artifact(ConvSpec.from_dict(spec_data), backend,
                                 Schedule.from_dict(schedule_data), Cache(cache_root))
     except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
-        return _first_line(exc), time.perf_counter() - start
-    return None, time.perf_counter() - start
+        return _first_line(exc)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -235,49 +251,40 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _compile_candidates(spec: ConvSpec, backend: str, schedules: list[Schedule],
-                        room: Callable[[int, float], bool], workers: int,
-                        report: Callable[[int], None]) -> dict[Schedule, str | None]:
-    """Build candidates in order while ``room(started, seconds per build)`` says they
-    can still be built and timed in time.
+class CandidateBuilder:
+    """Builds batches of candidates into the kernel cache in spawned worker processes
+    (``workers`` 0: in this process). Workers sit idle while candidates are timed."""
 
-    Returns {schedule: None or error} for those built. ``workers`` 0 builds here.
-    """
-    results: dict[Schedule, str | None] = {}
-    durations: list[float] = []
-    cache_root = str(config.cache_dir())
-    build_seconds = lambda: statistics.mean(durations) if durations else 0.0  # noqa: E731
-    if workers == 0:
-        for schedule in schedules:
-            if not room(len(results), build_seconds()):
-                break
-            results[schedule], seconds = _build(spec.to_dict(), backend, schedule.to_dict(),
-                                                cache_root)
-            durations.append(seconds)
-            report(len(results))
+    def __init__(self, spec: ConvSpec, backend: str, workers: int):
+        self.spec, self.backend, self.workers = spec, backend, workers
+        self.cache_root = str(config.cache_dir())
+        self.pool: futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> CandidateBuilder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def build(self, schedules: list[Schedule]) -> dict[Schedule, str | None]:
+        """{schedule: None, or why it failed} once every one of ``schedules`` is built."""
+        args = [(self.spec.to_dict(), self.backend, s.to_dict(), self.cache_root)
+                for s in schedules]
+        if self.workers == 0:
+            return {s: _build(*a) for s, a in zip(schedules, args)}
+        if self.pool is None:
+            context = multiprocessing.get_context("spawn")
+            self.pool = futures.ProcessPoolExecutor(self.workers, mp_context=context)
+        with _main_hidden():  # workers are started by submit
+            jobs = {s: self.pool.submit(_build, *a) for s, a in zip(schedules, args)}
+        results = {}
+        for schedule, job in jobs.items():
+            try:
+                results[schedule] = job.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died
+                results[schedule] = _first_line(exc)
         return results
-    pending: dict[futures.Future, Schedule] = {}
-    queue = list(schedules)
-    context = multiprocessing.get_context("spawn")
-    with _main_hidden(), futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        while queue or pending:
-            while queue and len(pending) < workers \
-                    and room(len(results) + len(pending), build_seconds()):
-                schedule = queue.pop(0)
-                pending[pool.submit(_build, spec.to_dict(), backend, schedule.to_dict(),
-                                    cache_root)] = schedule
-            if not pending:
-                break
-            done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-            for future in done:
-                schedule = pending.pop(future)
-                try:
-                    results[schedule], seconds = future.result()
-                    durations.append(seconds)
-                except Exception as exc:  # noqa: BLE001 - e.g. a worker died
-                    results[schedule] = _first_line(exc)
-                report(len(results))
-    return results
 
 
 @contextlib.contextmanager
@@ -352,9 +359,15 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
     caps the candidates (the default is always one, and always timed); ``workers`` is
     the number of compile processes (default: the CPU count; 0 compiles in this process).
+    The fastest few are timed again beside the default before the winner is checked.
     """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
+    for label, value, low in (("budget", budget, 0), ("max_candidates", max_candidates, 1),
+                              ("threads", threads, 1), ("workers", workers, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value < math.inf):
+            raise ValueError(f"{label}: expected a number >= {low}, got {value!r}")
     backend = backends.resolve_backend(backend)
     name = name or spec.name
     deadline = time.monotonic() + budget
@@ -367,33 +380,38 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     first = measure(spec, backend, default, arrays)
     measured = [first]
     best = first.seconds
-    per_candidate = _timing_estimate(first.seconds)
+    per_candidate = _timing_estimate(first.seconds, _load_seconds(spec, backend, default))
     deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
-
-    def room(started: int, build_seconds: float) -> bool:
-        """Whether one more candidate can be built, and all built so far timed, in time."""
-        return time.monotonic() + build_seconds + per_candidate * (started + 1) < deadline
-
     total = len(chosen)
-    notify(Progress(name, "compile", 1, total, best))
     if workers is None:
         workers = os.cpu_count() or 1
-    built = _compile_candidates(
-        spec, backend, rest, room, min(workers, len(rest)),
-        lambda n: notify(Progress(name, "compile", n + 1, total, best)))
-
-    for schedule in rest:
-        if schedule not in built:
-            continue
-        if built[schedule] is not None:
-            measured.append(Measurement(schedule, math.inf, error=built[schedule]))
-            continue
-        if time.monotonic() >= deadline:
-            break
-        m = measure(spec, backend, schedule, arrays, best)
-        measured.append(m)
-        best = min(best, m.seconds)
-        notify(Progress(name, "measure", len(measured), total, best))
+    workers = min(workers, len(rest))
+    queue = list(rest)
+    build_each = FIRST_BUILD_SECONDS  # wall seconds per candidate in the last batch
+    with CandidateBuilder(spec, backend, workers) as builder:
+        while queue:  # batches: build in parallel, then time one at a time
+            fits = int((deadline - time.monotonic()) / (build_each + per_candidate))
+            size = min(fits, BATCH * max(workers, 1))
+            if size < 1:
+                break
+            batch, queue = queue[:size], queue[size:]
+            notify(Progress(name, "compile", len(measured), total, best))
+            start = time.monotonic()
+            built = builder.build(batch)
+            build_each = (time.monotonic() - start) / len(batch)
+            for schedule in batch:
+                if built[schedule] is not None:
+                    measured.append(Measurement(schedule, math.inf, error=built[schedule]))
+                    continue
+                if time.monotonic() >= deadline:
+                    queue = []
+                    break
+                start = time.monotonic()
+                m = measure(spec, backend, schedule, arrays, best)
+                per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
+                measured.append(m)
+                best = min(best, m.seconds)
+                notify(Progress(name, "measure", len(measured), total, best))
 
     notify(Progress(name, "confirm", len(measured), total, best))
     measured = confirm(spec, backend, measured, arrays)
@@ -406,12 +424,22 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
                       measured[0].seconds, measured, len(candidates))
 
 
-def _timing_estimate(seconds: float) -> float:
+def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule) -> float:
+    """Seconds to load a kernel from the cache (MCJIT takes longer than dlopen)."""
+    start = time.perf_counter()
+    try:
+        backends.compile(spec, backend, schedule)
+    except Exception:  # noqa: BLE001 - the default failed: measure() said so
+        pass
+    return 2 * (time.perf_counter() - start)
+
+
+def _timing_estimate(seconds: float, load_seconds: float) -> float:
     """Seconds one candidate's load and timing take, from the default's time per call."""
     if not math.isfinite(seconds):
-        return TARGET_SECONDS
+        return TARGET_SECONDS + load_seconds
     calls = 1 + min(MAX_REPEATS, max(MIN_REPEATS, TARGET_SECONDS / max(seconds, 1e-9)))
-    return LOAD_SECONDS + calls * seconds
+    return load_seconds + calls * seconds
 
 
 def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
@@ -463,98 +491,6 @@ def _check_winner(spec, backend, measured, arrays, name, notify, total):
 
 
 # -- the tuning database ------------------------------------------------------------------
-
-def compiler_identity(backend: str) -> str:
-    """What compiled the code: the C compiler's identity, or llvmlite and LLVM versions."""
-    if backend == "llvm":
-        import llvmlite
-        import llvmlite.binding as llvm
-
-        return f"llvmlite {llvmlite.__version__} LLVM " + \
-            ".".join(map(str, llvm.llvm_version_info))
-    from .builder import compiler_identity as c_identity, find_c_compiler
-
-    return c_identity(find_c_compiler())
-
-
-def record(spec: ConvSpec, backend: str, measured: list[Measurement],
-           path: Path | None = None) -> None:
-    """Append one JSON line per measurement, each with a single write (O_APPEND)."""
-    path = Path(path) if path is not None else config.tuning_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
-              "cpu": cpu_identity(), "compiler": compiler_identity(backend),
-              "convgen": code_version(),
-              "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        for m in measured:
-            finite = math.isfinite(m.seconds)
-            line = {**common, "schedule": m.schedule.to_dict(),
-                    "seconds": m.seconds if finite else None,
-                    "gflops": spec.flops / m.seconds / 1e9 if finite else None,
-                    "checked": m.checked}
-            if m.error:
-                line["error"] = m.error
-            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-_PARSED: dict[str, list[dict]] = {}  # sha256 of the database's bytes -> its valid lines
-
-
-def read_records(path: Path | None = None) -> list[dict]:
-    """Every well-formed line of the database (others are skipped); [] when it is absent."""
-    path = Path(path) if path is not None else config.tuning_db()
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    digest = hashlib.sha256(data).hexdigest()
-    if digest not in _PARSED:
-        records = []
-        for line in data.splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict) and isinstance(item.get("schedule"), dict):
-                records.append(item)
-        _PARSED.clear()
-        _PARSED[digest] = records
-    return _PARSED[digest]
-
-
-def best_record(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
-                path: Path | None = None) -> Schedule | None:
-    """The fastest checked schedule recorded for ``spec`` and ``backend`` on this CPU,
-    compiler and convgen version (and ``threads``, when given); None if there is none."""
-    records = read_records(path)
-    if not records:
-        return None
-    backend = backends.resolve_backend(backend)
-    try:
-        want = {"spec_key": spec.key(), "backend": backend, "cpu": cpu_identity(),
-                "compiler": compiler_identity(backend), "convgen": code_version()}
-    except ConvgenError:  # no compiler: compiling will say so
-        return None
-    best, best_seconds = None, math.inf
-    for item in records:
-        seconds = item.get("seconds")
-        if item.get("checked") is not True or any(item.get(k) != v for k, v in want.items()) \
-                or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                or not 0 < seconds < best_seconds:
-            continue
-        try:
-            schedule = Schedule.from_dict(item["schedule"])
-            schedule.resolve(spec)
-        except (ScheduleError, TypeError):
-            continue
-        if threads is None or schedule.threads == threads:
-            best, best_seconds = schedule, seconds
-    return best
-
 
 # -- networks -----------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Compiled kernels are cached across tests, xdist workers and runs (content-addressed,
 # so a stale entry is never used). Tests of the cache itself use their own directories.
 os.environ.setdefault("CONVGEN_CACHE_DIR", str(REPO / ".cache" / "test-kernels"))
+# pytest-xdist runs one worker per core and kernels use every core too: OpenMP threads
+# that spin while waiting would steal the other worker's core, so they sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 settings.register_profile(
     "convgen", deadline=None, max_examples=40, derandomize=True,

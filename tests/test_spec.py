@@ -163,7 +163,11 @@ def test_errors_pickle():
 def test_schedule_validation_and_default():
     spec = cg.ConvSpec((1, 16, 20, 40), 32, kernel_size=3, padding=1)
     sched = default_schedule(spec)
-    assert sched.tile_co == 8 and sched.tile_spatial == (4, 32)
+    assert sched.tile_co == 16 and sched.tile_spatial == (4, 32)
+    # large enough to use every core ($CONVGEN_NUM_THREADS); tiny kernels stay on one
+    assert spec.flops < 20_000_000 and sched.threads == 1  # too small to split
+    big = cg.ConvSpec((1, 64, 56, 56), 64, kernel_size=3, padding=1)
+    assert default_schedule(big).threads == cg.config.num_threads()  # every core
     with pytest.raises(ScheduleError):
         cg.Schedule(tile_co=0)
     with pytest.raises(ScheduleError):
@@ -173,7 +177,7 @@ def test_schedule_validation_and_default():
     with pytest.raises(ScheduleError, match="entries"):
         cg.Schedule(tile_spatial=(4,)).resolve(spec)
     with pytest.raises(ScheduleError, match="accumulators"):
-        cg.Schedule(tile_co=32, tile_spatial=(20, 40)).resolve(spec)
+        cg.Schedule(tile_co=32, tile_spatial=(20, 40)).resolve(spec)  # 25600 accumulators
     # tiles larger than the dims are clamped
     assert cg.Schedule(tile_co=99, tile_spatial=(99, 4)).resolve(spec) == (32, (20, 4))
     assert cg.Schedule.from_dict(sched.to_dict()) == sched

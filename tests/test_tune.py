@@ -20,9 +20,9 @@ from convgen import backends, nn
 from convgen.errors import CompileError
 from convgen.graph.compile import compile_graph
 from convgen.tolerance import close
-from convgen.tune import (MAX_ACCUMULATOR_BYTES, Measurement, accumulator_bytes, add_tune_command,
-                          best_record, candidate_schedules, is_network_file, network_convs,
-                          read_records, record, run_tune, tune_network)
+from convgen.tune import (Measurement, accumulator_bytes, accumulator_limit, add_tune_command,
+                          best_record, candidate_schedules, confirm, is_network_file,
+                          network_convs, read_records, record, run_tune, tune_network)
 
 tune_module = importlib.import_module("convgen.tune")  # cg.tune is the function
 
@@ -37,6 +37,7 @@ SPACE = {
     "transposed": cg.ConvSpec((1, 4, 5, 5), 6, kernel_size=4, stride=2, padding=1,
                               transposed=True),
     "wide-float64": cg.ConvSpec((1, 16, 20, 70), 64, kernel_size=1, dtype="float64"),
+    "channels-not-a-power-of-two": cg.ConvSpec((1, 3, 9, 23), 24, kernel_size=3),
 }
 
 
@@ -69,7 +70,7 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
     assert len(found) > 1
     for schedule in found:
         schedule.resolve(spec)  # raises ScheduleError if illegal
-        assert accumulator_bytes(spec, schedule) <= MAX_ACCUMULATOR_BYTES \
+        assert accumulator_bytes(spec, schedule) <= accumulator_limit() \
             or schedule == found[0]
     assert len({tune_module._resolved(spec, s) for s in found}) == len(found)
     assert all(s.threads == 3 for s in found[1:])
@@ -86,10 +87,11 @@ def test_half_width_vectors_only_for_llvm():
 def test_footprint_pruning():
     spec = SPACE["wide-float64"]
     everything = candidate_schedules(spec, "c", 1, max_accumulator_bytes=1 << 30)
-    pruned = candidate_schedules(spec, "c", 1, max_accumulator_bytes=4096)
+    pruned = candidate_schedules(spec, "c", 1, max_accumulator_bytes=1024)
     assert len(pruned) < len(everything)
-    assert all(accumulator_bytes(spec, s) <= 4096 for s in pruned[1:])
-    assert any(accumulator_bytes(spec, s) > 4096 for s in everything)
+    assert all(accumulator_bytes(spec, s) <= 1024 for s in pruned[1:])
+    assert any(accumulator_bytes(spec, s) > 1024 for s in everything)
+    assert set(pruned) <= set(everything)
     assert pruned[0] == everything[0] == cg.default_schedule(spec)
 
 
@@ -267,9 +269,12 @@ def test_graph_compile_uses_tuned_schedules(db):
         want = tuned[plan.spec.key()]
         assert (plan.schedule.tile_co, plan.schedule.tile_spatial) == \
             (want.tile_co, want.tile_spatial)
-        assert plan.schedule.threads == 1  # compile_graph's threads still decide
+        assert plan.schedule.threads == want.threads  # no threads given: the record's
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(model(x), model.reference(x), rtol=1e-4, atol=1e-4)
+    pinned = compile_graph(net.trace((1, 3, 8, 8)), "c", threads=1)  # an explicit count wins
+    assert {s.plan.schedule.threads for s in pinned._lowered.steps if s.kind == "conv"} == {1}
+    np.testing.assert_allclose(pinned(x), model.reference(x), rtol=1e-4, atol=1e-4)
 
 
 def test_tune_network_tunes_each_distinct_conv_once(db, monkeypatch):
@@ -358,3 +363,45 @@ def test_cli_tunes_a_network_file(db, tmp_path, capsys):
     assert run_tune(args) == 0
     out, _ = capsys.readouterr()
     assert len(out.strip().splitlines()) == 3  # header, rule, one conv
+
+
+def test_confirm_retimes_the_fastest_and_the_default(db):
+    found = candidate_schedules(SMALL, "c", 1)[:6]
+    arrays = tune_module.random_arrays(SMALL)
+    first = [Measurement(s, 1.0 + i) for i, s in enumerate(found)]
+    first[0] = Measurement(found[0], 10.0)  # the default, slowest
+    first[4] = Measurement(found[4], math.inf, error="failed")
+    again = confirm(SMALL, "c", first, arrays)
+    changed = [i for i, (a, b) in enumerate(zip(first, again)) if a != b]
+    assert changed == [0, 1, 2, 3]  # the three fastest, and the default
+    assert all(again[i].seconds < 1.0 and again[i].schedule == found[i] for i in changed)
+    assert again[4:] == first[4:]
+
+
+@pytest.mark.parametrize("bad", [dict(budget=-1), dict(max_candidates=0), dict(threads=0),
+                                 dict(budget="30")])
+def test_bad_arguments_are_rejected_before_any_work(db, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        cg.tune(SMALL, "c", **bad)
+    assert not db.exists()
+
+
+def test_a_script_without_a_main_guard_is_not_rerun_by_the_workers(db, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("import convgen as cg\n"
+                      "print('script ran')\n"
+                      "spec = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)\n"
+                      "result = cg.tune(spec, 'c', budget=4, threads=1, max_candidates=3,\n"
+                      "                 workers=2)\n"
+                      "print(len(result.measurements), 'measured')\n")
+    env = subprocess_env(CONVGEN_TUNING_DB=str(db))  # CONVGEN_CACHE_DIR: the module's
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("script ran") == 1
+    assert done.stdout.strip().endswith("measured") and lines(db)

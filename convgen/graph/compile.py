@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from ..backends import resolve_backend
+from ..records import best_record
 from ..kernel import check_input
 from ..schedule import Schedule, default_schedule
 from ..spec import ConvSpec
@@ -42,8 +43,6 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
                     dtype: str | None = None) -> dict[str, Schedule]:
     """Per conv: the best tuning record for its spec (one tuned at ``threads`` first), else
     the default; ``threads``, when given, overrides the schedule's thread count."""
-    from ..tune import best_record  # the tuner sits above the graph: import on use
-
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
@@ -61,12 +60,17 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
 
 
 def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
-                  threads: int = 1) -> CompiledModel:
-    """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`."""
+                  threads: int | None = None) -> CompiledModel:
+    """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
+
+    ``threads`` per convolution layer; None: each layer's tuned or default schedule
+    (every core, $CONVGEN_NUM_THREADS, for layers large enough to profit).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 1):
+        raise ValueError(f"threads: expected None or an integer >= 1, got {threads!r}")
     backend = resolve_backend(backend)
     original = graph.copy()
     infer_graph(original)
@@ -83,7 +87,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
         from ..kernel import load_function
 
         source = render_network(lowered, symbol, title)
-        entry = build_c(source, symbol, openmp=threads > 1)
+        entry = build_c(source, symbol, openmp=any(s.threads > 1 for s in schedules.values()))
         ffi, lib, function = load_function(entry.file("library"), symbol,
                                            entry_prototype(symbol, _c_type(dtype)))
         keepalive: tuple = (lib,)
@@ -132,6 +136,11 @@ class CompiledModel:
         self._arena_ptr = ffi.from_buffer(self._ctype, self._arena, require_writable=True)
         self._input_array_type = f"const {ctype} *[]"
         self._output_array_type = f"{ctype} *[]"
+
+    def layer_threads(self) -> dict[str, int]:
+        """Threads each convolution layer runs on (from its schedule)."""
+        return {step.name: step.plan.threads for step in self._lowered.steps
+                if step.plan is not None}
 
     @property
     def peak_bytes(self) -> int:
