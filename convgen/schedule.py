@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import config
+from .cpu import vector_lanes
 from .errors import ScheduleError
 from .spec import ConvSpec, _is_int
 
@@ -118,11 +119,17 @@ PARALLEL_FLOPS = 20_000_000
 def default_schedule(spec: ConvSpec) -> Schedule:
     """The untuned fallback.
 
-    Up to 16 output channels per register tile (measured best or close on ResNet-18's
-    layers with the default spatial tiles), rows of up to 32 columns, and every core
-    ($CONVGEN_NUM_THREADS) for kernels of at least PARALLEL_FLOPS.
+    Rows of up to 32 output columns. The register tile (output channels x vectors of
+    columns) is kept at 16 vectors, half the AVX-512 register file: 8 channels when a
+    row takes 2 vectors, 16 when it takes one; strided convolutions gather their
+    inputs, so 16 channels share each gather (measured on ResNet-18's layers). Every
+    core ($CONVGEN_NUM_THREADS) for kernels of at least PARALLEL_FLOPS.
     """
     cog = spec.out_channels // spec.groups
+    tiles = default_tile_spatial(spec.output_spatial)
+    vectors = -(-tiles[-1] // vector_lanes(spec.dtype))
+    strided = spec.stride[-1] > 1 and not spec.transposed
+    tile_co = 16 if vectors == 1 or strided else 8
     threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
-    return Schedule(tile_co=min(cog, 16), tile_spatial=default_tile_spatial(spec.output_spatial),
+    return Schedule(tile_co=min(cog, tile_co), tile_spatial=tiles,
                     threads=min(threads, MAX_THREADS))
