@@ -17,11 +17,12 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact
+from .backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact, resolve_backend
 from .cache import file_sha256
 from .errors import ConvgenError
 from .kernel import Kernel
 from .plan import make_plan
+from .records import best_record
 from .schedule import Schedule
 from .spec import ConvSpec
 from .version import __version__
@@ -69,6 +70,8 @@ def compile_to(specs, out_dir: str | os.PathLike, backend: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for name, spec, schedule in _entries(specs):
+        if schedule is None:  # as cg.compile: the best tuning record, else the default
+            schedule = best_record(spec, resolve_backend(backend))
         plan, artifact, backend_name = build_artifact(spec, backend, schedule)
         library = name + REGISTRY[backend_name].suffix
         source = name + (".ll" if backend_name == "llvm" else ".c")
