@@ -55,6 +55,8 @@ class _KernelIR(IRFunction):
         w_table = self.constant_table("tab_w", sum(t.w_table, []), I32)
         modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
         bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
+        self.out_columns = (self.constant_table("out_col", t.out_columns, I32)
+                            if t.out_columns else None)
         # the register tile: one alloca per (channel, vector), promoted to registers
         acc = [[self.alloca(self.vec, f"acc.{co}.{v}") for v in range(nv)]
                for co in range(p.tile_co)]
@@ -210,8 +212,7 @@ class _KernelIR(IRFunction):
         load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
                               self.vec, [self.vec.as_pointer(), I32, self.mask_type, self.vec])
         b.comment(f"epilogue: bias, {p.spec.activation or 'no activation'}, masked store")
-        row_offset = b.add(b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)),
-                                 i64(ow_n)), ow0)
+        row_offset = b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)), i64(ow_n))
         for co, row in enumerate(acc):
             with b.if_then(b.icmp_signed("<", b.add(co0, i64(co)), i64(p.cout_g))):
                 channel = b.add(b.mul(g, i64(p.cout_g)), b.add(co0, i64(co)), name="c")
@@ -224,14 +225,54 @@ class _KernelIR(IRFunction):
                 for v, slot in enumerate(row):
                     value = b.fadd(b.load(slot), bv)
                     mask = self.lane_mask_below(i64(v * self.lanes), nw)
-                    offset = b.add(start, i64(v * self.lanes))
-                    if residual is not None:
-                        source = b.bitcast(self.element(residual, offset), self.vec.as_pointer())
-                        value = b.fadd(value, b.call(load, [source, i32(self.itemsize), mask,
-                                                            self.zero()]))
-                    value = self.activation(value, p.spec.activation, p.spec.activation_args)
-                    target = b.bitcast(self.element(y, offset), self.vec.as_pointer())
-                    b.call(store, [value, target, i32(self.itemsize), mask])
+                    first = b.add(ow0, i64(v * self.lanes))
+                    if self.out_columns is None:  # consecutive columns: masked vector access
+                        offset = b.add(start, first)
+                        if residual is not None:
+                            value = b.fadd(value, b.call(load, [
+                                self.vector_pointer(residual, offset), i32(self.itemsize),
+                                mask, self.zero()]))
+                        value = self.activation(value, p.spec.activation,
+                                                p.spec.activation_args)
+                        b.call(store, [value, self.vector_pointer(y, offset),
+                                       i32(self.itemsize), mask])
+                    else:  # stride phases: the columns come from the out_col table
+                        if residual is not None:
+                            value = b.fadd(value, self.gather_row(residual, start, first, mask))
+                        value = self.activation(value, p.spec.activation,
+                                                p.spec.activation_args)
+                        self.scatter_row(value, y, start, first, mask)
+
+    def vector_pointer(self, base, offset):
+        return self.b.bitcast(self.element(base, offset), self.vec.as_pointer())
+
+    def _column_pointers(self, base, start, first):
+        """<VL x T*>: &base[start + out_col[first + lane]] (lanes past the row: column 0)."""
+        b = self.b
+        vec64 = ir.VectorType(I64, self.lanes)
+        idx_ptr = b.bitcast(b.gep(self.out_columns, [i64(0), first], inbounds=True),
+                            self.ivec.as_pointer())
+        cols = b.load(idx_ptr, align=4)
+        valid = b.icmp_signed(">=", cols, ir.Constant(self.ivec, [0] * self.lanes))
+        cols = b.select(valid, b.sext(cols, vec64), ir.Constant(vec64, [0] * self.lanes))
+        row = b.ptrtoint(self.element(base, start), I64)
+        address = b.add(self.splat(row, vec64),
+                        b.mul(cols, ir.Constant(vec64, [self.itemsize] * self.lanes)))
+        return b.inttoptr(address, ir.VectorType(self.scalar.as_pointer(), self.lanes))
+
+    def gather_row(self, base, start, first, mask):
+        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
+        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
+                                self.vec, [ptr_vec, I32, self.mask_type, self.vec])
+        return self.b.call(gather, [self._column_pointers(base, start, first),
+                                    i32(self.itemsize), mask, self.zero()])
+
+    def scatter_row(self, value, base, start, first, mask) -> None:
+        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
+        scatter = self.intrinsic(f"llvm.masked.scatter.v{self.lanes}{self.suffix}.v{self.lanes}p0",
+                                 ir.VoidType(), [self.vec, ptr_vec, I32, self.mask_type])
+        self.b.call(scatter, [value, self._column_pointers(base, start, first),
+                              i32(self.itemsize), mask])
 
 
 def new_module(name: str, triple: str, data_layout: str) -> ir.Module:

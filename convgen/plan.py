@@ -180,6 +180,11 @@ class VectorTables:
     modes: list[list[list[int]]]  # [NT_W][KW][n_vectors]
     bases: list[list[list[int]]]  # [NT_W][KW][n_vectors]
     lane_masks: list[list[list[int]]]  # [NT_W][KW][n_vectors]: bit l set when lane l is valid
+    # Transposed convolutions with a W stride visit output columns phase by phase
+    # (0, s, 2s, ..., then 1, 1+s, ...): within a phase a tap reads consecutive input
+    # columns, so vectors load instead of gathering. out_columns[v] is the output column of
+    # virtual column v (-1 past the end); None when columns are in order.
+    out_columns: list[int] | None = None
 
 
 def vector_tables(plan: Plan) -> VectorTables:
@@ -197,7 +202,13 @@ def vector_tables(plan: Plan) -> VectorTables:
     h_table = padded_rows(plan.tables[1], plan.n_tiles[2] * plan.tile[1])
     kw_count = plan.kernel[2]
     out_w = plan.out_size[2]
-    w_table = [[plan.tables[2][o][k] if o < out_w else -1 for o in range(row_length)]
+    stride_w = plan.spec.stride[-1]
+    out_columns = None
+    order = list(range(out_w))
+    if plan.spec.transposed and stride_w > 1:
+        order = [o for phase in range(stride_w) for o in range(phase, out_w, stride_w)]
+        out_columns = order + [-1] * (row_length - out_w)
+    w_table = [[plan.tables[2][order[v]][k] if v < out_w else -1 for v in range(row_length)]
                for k in range(kw_count)]
     modes, bases, masks = [], [], []
     for t in range(nt_w):
@@ -225,4 +236,5 @@ def vector_tables(plan: Plan) -> VectorTables:
         modes.append(tile_modes)
         bases.append(tile_bases)
         masks.append(tile_masks)
-    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks)
+    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks,
+                        out_columns)

@@ -43,6 +43,11 @@ def c_table(rows: list[list[int]]) -> str:
     return "{\n    " + inner + "\n}"
 
 
+def c_list(values: list[int]) -> str:
+    """A 1D int table as a C initializer."""
+    return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+
 def c_table3(blocks: list[list[list[int]]]) -> str:
     """A 3D int table as a C initializer."""
     return "{" + ",\n    ".join(c_table(block).replace("\n", "") for block in blocks) + "}"
@@ -60,6 +65,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["c_float"] = c_float
     env.filters["c_table"] = c_table
+    env.filters["c_list"] = c_list
     env.filters["c_table3"] = c_table3
     return env
 
@@ -121,6 +127,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "avx512": avx512_suffix(plan),
         "index_bits": 512 if plan.vector_lanes == 16 else 256,
         "lane_masks": vectors.lane_masks,
+        "out_columns": vectors.out_columns,
         "tile": plan.tile,
         "n_tiles": plan.n_tiles,
         "weight_strides": plan.weight_strides,

@@ -70,3 +70,16 @@ def test_symbol_depends_on_spec_and_schedule():
     b = make_plan(spec, cg.Schedule(tile_co=3)).symbol
     c = make_plan(spec.replace(stride=2), cg.Schedule(tile_co=2)).symbol
     assert len({a, b, c}) == 3
+
+
+def test_transposed_stride_visits_columns_phase_by_phase():
+    """Within a stride phase a transposed tap reads consecutive inputs: vector loads."""
+    from convgen.plan import VEC_GATHER, vector_tables
+
+    spec = cg.ConvSpec((1, 4, 16, 16), 4, kernel_size=4, stride=2, padding=1, transposed=True)
+    tables = vector_tables(make_plan(spec, cg.Schedule(tile_spatial=(1, 32), vector_width=16)))
+    assert tables.out_columns[:32] == list(range(0, 32, 2)) + list(range(1, 32, 2))
+    modes = {m for tile in tables.modes for row in tile for m in row}
+    assert VEC_GATHER not in modes  # loads, masked loads or nothing to add
+    plain = vector_tables(make_plan(spec.replace(transposed=False, stride=1, padding=1)))
+    assert plain.out_columns is None
