@@ -13,7 +13,7 @@ import pytest
 import convgen as cg
 from convgen import nn
 from convgen.graph.netspec import Concat, Network, Residual, load_weights
-from convgen.nn import layers as nn_layers
+from convgen.nn import init as nn_init
 
 NETS = Path(__file__).resolve().parent.parent / "specs" / "nets"
 OUTPUT_SHAPES = {
@@ -69,11 +69,11 @@ def test_small_network_compiles_and_matches_oracle(backend, name):
 
 
 def test_default_initialization_is_seeded_and_leaves_the_global_generator_alone():
-    generator = nn_layers._RNG
+    generator = nn_init._RNG
     a = cg.load_network(NETS / "lenet5.toml")
     b = cg.load_network(NETS / "lenet5.toml")
     c = cg.load_network(NETS / "lenet5.toml", seed=1)
-    assert nn_layers._RNG is generator
+    assert nn_init._RNG is generator
     for key, value in a.state_dict().items():
         np.testing.assert_array_equal(value, b.state_dict()[key])
     assert not np.array_equal(a.conv1.weight, c.conv1.weight)

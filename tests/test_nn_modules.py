@@ -120,7 +120,7 @@ def test_layer_repr_and_attributes_match_torch(name, args, kwargs):
 
 
 def test_parameters_are_float32_with_torch_init_bounds(monkeypatch):
-    monkeypatch.setattr(nn.layers, "_RNG", nn.layers._RNG)  # restored afterwards
+    monkeypatch.setattr(nn.init, "_RNG", nn.init._RNG)  # restored afterwards
     nn.manual_seed(7)  # the draws below must not depend on which tests ran before
     conv = nn.Conv2d(8, 32, 3)
     convt = nn.ConvTranspose2d(8, 32, 3, groups=2)
@@ -142,7 +142,7 @@ def test_parameters_are_float32_with_torch_init_bounds(monkeypatch):
 
 
 def test_initialization_is_seeded_and_deterministic(monkeypatch):
-    monkeypatch.setattr(nn.layers, "_RNG", nn.layers._RNG)  # restored afterwards
+    monkeypatch.setattr(nn.init, "_RNG", nn.init._RNG)  # restored afterwards
     nn.manual_seed(123)
     a = nn.Conv2d(3, 4, 3).state_dict()
     nn.manual_seed(123)

@@ -53,7 +53,7 @@ import numpy as np
 from .. import nn
 from ..errors import SpecFileError
 from ..specfile import read_text_file
-from ..nn import layers as nn_layers
+from ..nn import init as nn_init
 from ..nn.module import Module, Sequential, StateDictError
 from .ir import GraphError
 
@@ -233,12 +233,12 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Layers built inside are initialized from ``seed``; the previous generator returns."""
-    previous = nn_layers._RNG
+    previous = nn_init._RNG
     nn.manual_seed(seed)
     try:
         yield
     finally:
-        nn_layers._RNG = previous
+        nn_init._RNG = previous
 
 
 def _is_int(value: object) -> bool:

@@ -7,11 +7,13 @@ symbolic values and compiles the graph; ``net(x)`` on a NumPy array runs the ora
 """
 
 from . import functional
+from .conv import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
+                   ConvTranspose3d)
+from .init import manual_seed
 from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
-                     AvgPool2d, AvgPool3d, BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv1d,
-                     Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout,
+                     AvgPool2d, AvgPool3d, BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout,
                      Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
-                     MaxPool3d, ReLU, ReLU6, Sigmoid, Softmax, Tanh, manual_seed)
+                     MaxPool3d, ReLU, ReLU6, Sigmoid, Softmax, Tanh)
 from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
 
 __all__ = [

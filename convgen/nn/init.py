@@ -1,0 +1,46 @@
+"""Parameter initialization shared by convgen.nn's layers: torch's bounds, seeded.
+
+Parameters are float32 and drawn as torch initializes them (kaiming-uniform bounds
+1/sqrt(fan_in)) from one seeded NumPy generator (:func:`manual_seed`), so a network
+built without loading weights is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .module import Parameter
+
+DEFAULT_SEED = 0
+_RNG = np.random.default_rng(DEFAULT_SEED)
+
+
+def manual_seed(seed: int) -> None:
+    """Reseed the generator that initializes new layers' parameters."""
+    global _RNG
+    _RNG = np.random.default_rng(seed)
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int) -> Parameter:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's kaiming_uniform_(a=sqrt(5)) and bias init."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return Parameter(_RNG.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+def _f64(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else np.array(array, dtype=np.float64)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive(name: str, value: object, minimum: int = 1) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
