@@ -23,7 +23,7 @@ import numpy as np
 import convgen as cg
 
 from .backends import resolve_backend
-from .tune import add_tune_command
+from .tune_cli import add_tune_command
 from .errors import ConvgenError
 from .spec import ConvSpec
 from .specfile import SpecEntry, load_specfile, load_specfiles

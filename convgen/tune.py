@@ -13,38 +13,29 @@ CPU, compiler and convgen version.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as futures
 import contextlib
-import datetime
-import hashlib
-import json
 import math
 import multiprocessing
 import os
 import statistics
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import backends, config
-from .cache import Cache, code_version, cpu_identity
-from .records import best_record, compiler_identity, read_records, record  # noqa: F401
-from .cpu import vector_bits, vector_lanes
-from .errors import ConvgenError, ScheduleError
+from .cache import Cache
+from .errors import ConvgenError
+from .records import record
 from .reference import reference
-from .schedule import MAX_THREADS, Schedule, default_schedule
+from .schedule import Schedule
 from .spec import ConvSpec
 from .tolerance import close
+from .tune_space import candidate_schedules
 
-MAX_TILE_CO = 64
-ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
-WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
 TARGET_SECONDS = 0.2  # time each candidate for about this long ...
 MIN_REPEATS, MAX_REPEATS = 3, 100  # ... with at least / at most this many calls
 FIRST_BUILD_SECONDS = 0.5  # a guess until a batch is built: starting workers, compiling
@@ -123,115 +114,6 @@ def describe(schedule: Schedule) -> str:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if math.isfinite(seconds) else "failed"
-
-
-# -- the search space ---------------------------------------------------------------------
-
-def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
-    """What a schedule really does for ``spec``: tiles after clamping, lanes, threads."""
-    tile_co, tiles = schedule.resolve(spec)
-    return tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype), schedule.threads
-
-
-def registers() -> int:
-    """Vector registers of the host: 32 with AVX-512, else 16."""
-    return 32 if vector_bits() == 512 else 16
-
-
-def accumulator_limit() -> int:
-    """The largest register tile worth timing: twice the vector register file."""
-    return 2 * registers() * vector_bits() // 8
-
-
-def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
-    """Bytes of the register tile the kernels keep per output row: output channels x
-    whole vectors of output columns (rows of a tile are computed one after another)."""
-    tile_co, tiles, lanes, _ = _resolved(spec, schedule)
-    return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
-
-
-def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
-    """A cheap relative cost (lower is better), only to order candidates before timing.
-
-    Work computed and thrown away (channels past the last, lanes past the last column),
-    too few independent accumulators to hide FMA latency, accumulators beyond the
-    register file, half-width vectors, and threads left without a tile.
-    """
-    tile_co, tiles, lanes, threads = _resolved(spec, schedule)
-    out = spec.output_spatial
-    cog = spec.out_channels // spec.groups
-    n_vectors = -(-tiles[-1] // lanes)
-    waste = (-(-cog // tile_co) * tile_co / cog) \
-        * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
-    accumulators = tile_co * n_vectors
-    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
-    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / registers()))
-    narrow = vector_lanes(spec.dtype) / lanes
-    jobs = spec.batch * spec.groups * -(-cog // tile_co) \
-        * math.prod(-(-o // t) for o, t in zip(out, tiles))
-    imbalance = -(-jobs // threads) * threads / jobs
-    return waste * latency * spill * narrow * imbalance
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
-                        max_accumulator_bytes: int | None = None) -> list[Schedule]:
-    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first, then the
-    rest, most promising first (see :func:`_ranked`).
-
-    Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
-    ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
-    that clamp to one already listed.
-    """
-    backend = backends.resolve_backend(backend)
-    threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
-    limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
-    cog = spec.out_channels // spec.groups
-    out = spec.output_spatial
-    host = vector_lanes(spec.dtype)
-    widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
-    tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
-                      | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
-    rows = sorted({min(r, out[-2]) for r in ROW_TILES}) if len(out) >= 2 else []
-    planes = sorted({min(p, out[0]) for p in (1, 2)}) if len(out) == 3 else []
-    outer = [(p, r) for p in planes for r in rows] if planes else \
-        [(r,) for r in rows] if rows else [()]
-
-    default = default_schedule(spec)
-    seen = {_resolved(spec, default)}
-    found: list[Schedule] = []
-    for vw in widths:
-        lanes = vw or host
-        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)})
-        for tile_co in tile_cos:
-            for lead in outer:
-                for w in columns:
-                    schedule = Schedule(tile_co=tile_co, tile_spatial=(*lead, w),
-                                        threads=threads, vector_width=vw)
-                    try:
-                        key = _resolved(spec, schedule)
-                    except ScheduleError:
-                        continue
-                    if key in seen or accumulator_bytes(spec, schedule) > limit:
-                        continue
-                    seen.add(key)
-                    found.append(schedule)
-    return [default, *_ranked(spec, found)]
-
-
-def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
-    """By estimated cost, but the outer tiles (rows, planes), which matter least, take
-    turns: each (channels, columns, vector width) first with its best outer tile, then
-    every one with its second best, ... so a budget cut keeps the variety that matters."""
-    cost = {s: (estimated_cost(spec, s), s.key()) for s in schedules}
-    groups: dict[tuple, list[Schedule]] = {}
-    for s in sorted(schedules, key=cost.__getitem__):
-        groups.setdefault((s.tile_co, s.tile_spatial[-1], s.vector_width), []).append(s)
-    turn = {s: i for members in groups.values() for i, s in enumerate(members)}
-    return sorted(schedules, key=lambda s: (turn[s], cost[s]))
 
 
 # -- compiling and timing -----------------------------------------------------------------
@@ -537,100 +419,3 @@ def tune_network(network: Any, input_shape=None, backend: str | None = None,
     return results
 
 
-# -- command line (wired into convgen.cli) ------------------------------------------------
-
-def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None:
-    """Add ``tune SPECFILE|NETSPEC --budget S [--backend B] [--threads N]``."""
-    p = subparsers.add_parser(
-        "tune", parents=parents, help="search schedules and record the fastest",
-        description="Time candidate schedules of each convolution in a spec file (or of each "
-                    "distinct convolution of a network file), check the winner against the "
-                    "oracle and append every measurement to the tuning database "
-                    "($CONVGEN_TUNING_DB, default <cache dir>/tuning.jsonl); compile then "
-                    "uses the best record.")
-    p.add_argument("specfile", metavar="SPECFILE|NETSPEC", help="TOML spec or network file")
-    p.add_argument("--budget", type=_positive(float), default=30.0, metavar="S",
-                   help="seconds in all, split among the convolutions (default: %(default)s)")
-    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
-                   help="threads per kernel (default: $CONVGEN_NUM_THREADS or the CPU count)")
-    p.set_defaults(run=run_tune)
-
-
-def is_network_file(path: str | os.PathLike) -> bool:
-    """A network file has a top-level input_shape or [[layer]]; a spec file has [[conv]]."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, ValueError):
-        return False  # the spec-file loader reports the problem
-    return "input_shape" in data or "layer" in data
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, "
-                                             f"got {text!r}")
-        return value
-    return parse
-
-
-def run_tune(args: argparse.Namespace) -> int:
-    """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
-    backend = backends.resolve_backend(getattr(args, "backend", None))
-    bar = ProgressBar(sys.stderr)
-    if is_network_file(args.specfile):
-        from .graph.netspec import load_network
-
-        results = tune_network(load_network(args.specfile), backend=backend,
-                               budget=args.budget, threads=args.threads, progress=bar)
-    else:
-        from .specfile import load_specfile
-
-        entries = load_specfile(args.specfile)
-        deadline = time.monotonic() + args.budget
-        results = []
-        for i, entry in enumerate(entries):
-            share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
-            results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
-                                name=entry.name))
-    bar.finish()
-    print(summary_table(results))
-    return 0
-
-
-class ProgressBar:
-    """One line on ``stream``, rewritten with \\r: phase, candidates done/total, best so far."""
-
-    def __init__(self, stream, width: int = 24):
-        self.stream, self.width, self.used = stream, width, False
-
-    def __call__(self, p: Progress) -> None:
-        filled = self.width * p.done // max(p.total, 1)
-        best = _ms(p.best_seconds) + " ms" if math.isfinite(p.best_seconds) else "-"
-        self.stream.write(f"\r{p.name[:32]:<32} {p.phase:<7} [{'#' * filled:<{self.width}}] "
-                          f"{p.done}/{p.total} best {best}   ")
-        self.stream.flush()
-        self.used = True
-
-    def finish(self) -> None:
-        if self.used:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def summary_table(results: list[TuneResult]) -> str:
-    """name, default ms, best ms, speedup, best schedule: one row per tuned spec."""
-    rows = [("name", "default ms", "best ms", "speedup", "best schedule")]
-    for r in results:
-        rows.append((r.name, _ms(r.default_seconds), _ms(r.best_seconds),
-                     f"{r.speedup:.2f}x", describe(r.best)))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

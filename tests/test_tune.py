@@ -20,9 +20,10 @@ from convgen import backends, nn
 from convgen.errors import CompileError
 from convgen.graph.compile import compile_graph
 from convgen.tolerance import close
-from convgen.tune import (Measurement, accumulator_bytes, accumulator_limit, add_tune_command,
-                          best_record, candidate_schedules, confirm, is_network_file,
-                          network_convs, read_records, record, run_tune, tune_network)
+from convgen.records import best_record, read_records, record
+from convgen.tune import Measurement, confirm, network_convs, tune_network
+from convgen.tune_cli import add_tune_command, is_network_file, run_tune
+from convgen.tune_space import _resolved, accumulator_bytes, accumulator_limit, candidate_schedules
 
 tune_module = importlib.import_module("convgen.tune")  # cg.tune is the function
 
@@ -72,7 +73,7 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
         schedule.resolve(spec)  # raises ScheduleError if illegal
         assert accumulator_bytes(spec, schedule) <= accumulator_limit() \
             or schedule == found[0]
-    assert len({tune_module._resolved(spec, s) for s in found}) == len(found)
+    assert len({_resolved(spec, s) for s in found}) == len(found)
     assert all(s.threads == 3 for s in found[1:])
 
 

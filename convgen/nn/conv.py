@@ -10,8 +10,8 @@ import math
 
 from ..spec import PADDING_MODES, ConvSpec
 from . import functional as F
-from .init import _f64, _is_int, _positive, _uniform
-from .module import Module, Parameter
+from .init import _f64, _positive, _uniform
+from .module import Module
 
 
 class _ConvNd(Module):

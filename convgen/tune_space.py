@@ -1,0 +1,130 @@
+"""The tuner's search space: legal, distinct, register-sized schedules for a spec.
+
+Candidates vary the output-channel tile, the vectors of columns per row, the rows per
+tile, the vector width (LLVM only: C measured 2-3x slower at half width) and threads.
+Pruned before anything compiles: illegal tiles (ScheduleError), duplicates after
+clamping, and register tiles larger than twice the register file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backends, config
+from .cpu import vector_bits, vector_lanes
+from .errors import ScheduleError
+from .schedule import MAX_THREADS, Schedule, default_schedule
+from .spec import ConvSpec
+
+MAX_TILE_CO = 64
+ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
+WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
+
+
+def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
+    """What a schedule really does for ``spec``: tiles after clamping, lanes, threads."""
+    tile_co, tiles = schedule.resolve(spec)
+    return tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype), schedule.threads
+
+
+def registers() -> int:
+    """Vector registers of the host: 32 with AVX-512, else 16."""
+    return 32 if vector_bits() == 512 else 16
+
+
+def accumulator_limit() -> int:
+    """The largest register tile worth timing: twice the vector register file."""
+    return 2 * registers() * vector_bits() // 8
+
+
+def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
+    """Bytes of the register tile the kernels keep per output row: output channels x
+    whole vectors of output columns (rows of a tile are computed one after another)."""
+    tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
+
+
+def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
+    """A cheap relative cost (lower is better), only to order candidates before timing.
+
+    Work computed and thrown away (channels past the last, lanes past the last column),
+    too few independent accumulators to hide FMA latency, accumulators beyond the
+    register file, half-width vectors, and threads left without a tile.
+    """
+    tile_co, tiles, lanes, threads = _resolved(spec, schedule)
+    out = spec.output_spatial
+    cog = spec.out_channels // spec.groups
+    n_vectors = -(-tiles[-1] // lanes)
+    waste = (-(-cog // tile_co) * tile_co / cog) \
+        * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
+    accumulators = tile_co * n_vectors
+    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / registers()))
+    narrow = vector_lanes(spec.dtype) / lanes
+    jobs = spec.batch * spec.groups * -(-cog // tile_co) \
+        * math.prod(-(-o // t) for o, t in zip(out, tiles))
+    imbalance = -(-jobs // threads) * threads / jobs
+    return waste * latency * spill * narrow * imbalance
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
+                        max_accumulator_bytes: int | None = None) -> list[Schedule]:
+    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first, then the
+    rest, most promising first (see :func:`_ranked`).
+
+    Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
+    ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
+    that clamp to one already listed.
+    """
+    backend = backends.resolve_backend(backend)
+    threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
+    limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
+    cog = spec.out_channels // spec.groups
+    out = spec.output_spatial
+    host = vector_lanes(spec.dtype)
+    widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
+    tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
+                      | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
+    rows = sorted({min(r, out[-2]) for r in ROW_TILES}) if len(out) >= 2 else []
+    planes = sorted({min(p, out[0]) for p in (1, 2)}) if len(out) == 3 else []
+    outer = [(p, r) for p in planes for r in rows] if planes else \
+        [(r,) for r in rows] if rows else [()]
+
+    default = default_schedule(spec)
+    seen = {_resolved(spec, default)}
+    found: list[Schedule] = []
+    for vw in widths:
+        lanes = vw or host
+        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)})
+        for tile_co in tile_cos:
+            for lead in outer:
+                for w in columns:
+                    schedule = Schedule(tile_co=tile_co, tile_spatial=(*lead, w),
+                                        threads=threads, vector_width=vw)
+                    try:
+                        key = _resolved(spec, schedule)
+                    except ScheduleError:
+                        continue
+                    if key in seen or accumulator_bytes(spec, schedule) > limit:
+                        continue
+                    seen.add(key)
+                    found.append(schedule)
+    return [default, *_ranked(spec, found)]
+
+
+def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
+    """By estimated cost, but the outer tiles (rows, planes), which matter least, take
+    turns: each (channels, columns, vector width) first with its best outer tile, then
+    every one with its second best, ... so a budget cut keeps the variety that matters."""
+    cost = {s: (estimated_cost(spec, s), s.key()) for s in schedules}
+    groups: dict[tuple, list[Schedule]] = {}
+    for s in sorted(schedules, key=cost.__getitem__):
+        groups.setdefault((s.tile_co, s.tile_spatial[-1], s.vector_width), []).append(s)
+    turn = {s: i for members in groups.values() for i, s in enumerate(members)}
+    return sorted(schedules, key=lambda s: (turn[s], cost[s]))
