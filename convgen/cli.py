@@ -23,6 +23,7 @@ import numpy as np
 import convgen as cg
 
 from .backends import resolve_backend
+from .plan import describe_plan
 from .tune_cli import add_tune_command
 from .errors import ConvgenError
 from .spec import ConvSpec
@@ -275,13 +276,18 @@ def random_inputs(spec: ConvSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np
 
 def run_explain(args: argparse.Namespace) -> int:
     from .plan import make_plan  # the planner only: explain must not need a compiler
+    from .records import best_record
 
     entries = _select(load_specfile(args.specfile), args.name, args.specfile)
     for i, entry in enumerate(entries):
         if i:
             print()
-        plan = make_plan(entry.spec, entry.schedule)
-        print(explain_entry(entry, plan))
+        schedule, source = entry.schedule, "from the spec file"
+        if schedule is None:  # as compile: the best tuning record, else the default
+            schedule = best_record(entry.spec, args.backend or "c")
+            source = "tuning record" if schedule is not None else "default"
+        plan = make_plan(entry.spec, schedule)
+        print(explain_entry(entry, plan, source))
     return 0
 
 
@@ -382,7 +388,7 @@ def _top_lines(y: np.ndarray) -> list[str]:
 
 # -- explain -----------------------------------------------------------------------------
 
-def explain_entry(entry: SpecEntry, plan: Any) -> str:
+def explain_entry(entry: SpecEntry, plan: Any, source: str = "default") -> str:
     """The text ``convgen explain`` prints for one entry, given its plan."""
     spec = entry.spec
     lines = [f"{entry.name}  ({entry.path})", "", "  spec"]
@@ -410,11 +416,12 @@ def explain_entry(entry: SpecEntry, plan: Any) -> str:
                  "written once)")
     lines.append(f"    intensity {flops / nbytes:.3g} FLOP/byte")
 
-    source = "from the spec file" if entry.schedule is not None else "default"
     lines += ["", f"  schedule ({source})"]
     lines.append(f"    tile_co      {plan.tile_co}")
     lines.append(f"    tile_spatial {_tuple(tuple(plan.tile_spatial))}")
     lines.append(f"    threads      {plan.threads}")
+    lines.append(f"    vector_width {plan.vector_lanes} lanes")
+    lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan)]
     return "\n".join(lines)
 
 

@@ -238,3 +238,32 @@ def vector_tables(plan: Plan) -> VectorTables:
         masks.append(tile_masks)
     return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks,
                         out_columns)
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """How the kernel runs, in a few lines (``convgen explain`` prints them)."""
+    spec, tables = plan.spec, vector_tables(plan)
+    kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
+        else "direct convolution"
+    counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_GATHER: 0, VEC_SKIP: 0}
+    for tile in tables.modes:
+        for row in tile:
+            for mode in row:
+                counts[mode] += 1
+    lines = [
+        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs",
+        f"jobs: batch {plan.batch} x groups {plan.groups} x channel tiles {plan.n_tiles[0]}"
+        f" x D/H/W tiles {plan.n_tiles[1]}x{plan.n_tiles[2]}x{plan.n_tiles[3]}"
+        f" = {plan.jobs}, on {plan.threads} thread(s)",
+        f"register tile per output row: {plan.tile_co} output channels x {tables.n_vectors}"
+        f" vector(s) of {plan.vector_lanes} {plan.c_type} lanes"
+        f" = {plan.tile_co * tables.n_vectors} vector accumulators",
+        f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps",
+        f"input reads per (W tile, tap, vector): {counts[VEC_LOAD]} vector loads, "
+        f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_GATHER]} gathers, "
+        f"{counts[VEC_SKIP]} skipped (all padding)",
+    ]
+    if tables.out_columns is not None:
+        lines.append(f"output columns visited phase by phase (W stride {spec.stride[-1]}), "
+                     "so taps read consecutive inputs")
+    return lines

@@ -83,3 +83,19 @@ def test_transposed_stride_visits_columns_phase_by_phase():
     assert VEC_GATHER not in modes  # loads, masked loads or nothing to add
     plain = vector_tables(make_plan(spec.replace(transposed=False, stride=1, padding=1)))
     assert plain.out_columns is None
+
+
+def test_describe_plan_counts_reads_and_names_the_tiles():
+    from convgen.plan import describe_plan
+
+    spec = cg.ConvSpec((1, 8, 12, 40), 12, kernel_size=3, padding=1)
+    lines = describe_plan(make_plan(spec, cg.Schedule(tile_co=4, tile_spatial=(2, 32),
+                                                      vector_width=16)))
+    text = "\n".join(lines)
+    assert "direct convolution" in text
+    assert "4 output channels x 2 vector(s) of 16 float lanes = 8 vector accumulators" in text
+    assert "jobs: batch 1 x groups 1 x channel tiles 3 x D/H/W tiles 1x6x2 = 36" in text
+    # 2 W tiles x 3 taps x 2 vectors = 12 reads: interior loads, masked borders, skips
+    assert "0 gathers" in text and "vector loads" in text and "masked loads" in text
+    strided = describe_plan(make_plan(spec.replace(stride=2)))
+    assert "gathers" in strided[-1] and " 0 gathers" not in strided[-1]
