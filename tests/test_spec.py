@@ -185,3 +185,11 @@ def test_schedule_validation_and_default():
     # tiles larger than the dims are clamped
     assert cg.Schedule(tile_co=99, tile_spatial=(99, 4)).resolve(spec) == (32, (20, 4))
     assert cg.Schedule.from_dict(sched.to_dict()) == sched
+
+
+def test_default_schedule_widens_tiles_for_depthwise():
+    lanes = cg.cpu.vector_lanes("float32")
+    dw = cg.ConvSpec((1, 144, 56, 56), 144, kernel_size=3, padding=1, groups=144)
+    sched = default_schedule(dw)
+    assert sched.tile_co == 1 and sched.tile_spatial == (8, min(56, 4 * lanes))
+    assert sched.resolve(dw)[1] == sched.tile_spatial
