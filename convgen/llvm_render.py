@@ -18,8 +18,8 @@ import json
 from llvmlite import ir
 
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
-from .plan import (VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan, VectorTables,
-                   vector_tables)
+from .plan import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan,
+                   VectorTables, vector_tables)
 from .version import __version__
 
 
@@ -155,12 +155,14 @@ class _KernelIR(IRFunction):
         load_bb = self.function.append_basic_block("read.load")
         masked_bb = self.function.append_basic_block("read.masked")
         gather_bb = self.function.append_basic_block("read.gather")
+        even_bb = self.function.append_basic_block("read.even")
         done = self.function.append_basic_block("read.done")
         switch = b.switch(mode, gather_bb)
         switch.add_case(ir.Constant(I8, VEC_LOAD), load_bb)
         switch.add_case(ir.Constant(I8, VEC_MASKED_LOAD), masked_bb)
         switch.add_case(ir.Constant(I8, VEC_GATHER), gather_bb)
         switch.add_case(ir.Constant(I8, VEC_SKIP), done)
+        switch.add_case(ir.Constant(I8, VEC_EVEN), even_bb)
 
         b.position_at_end(load_bb)
         b.comment("consecutive columns: one vector load")
@@ -192,12 +194,22 @@ class _KernelIR(IRFunction):
                                    zero_vec])
         b.branch(done)
 
+        b.position_at_end(even_bb)
+        b.comment("stride 2 inside the row: two vector loads, keep the even lanes")
+        first_half = b.load(b.bitcast(self.element(xrow, base), vec_ptr), align=self.itemsize)
+        second_half = b.load(b.bitcast(self.element(xrow, b.add(base, i64(self.lanes))),
+                                       vec_ptr), align=self.itemsize)
+        even = ir.Constant(ir.VectorType(I32, self.lanes), [2 * l for l in range(self.lanes)])
+        evens = b.shuffle_vector(first_half, second_half, even)
+        b.branch(done)
+
         b.position_at_end(done)
         phi = b.phi(self.vec, name="xv")
         phi.add_incoming(zero_vec, start)
         phi.add_incoming(loaded, load_bb)
         phi.add_incoming(masked, masked_bb)
         phi.add_incoming(gathered, gather_bb)
+        phi.add_incoming(evens, even_bb)
         return phi
 
     def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,

@@ -21,7 +21,7 @@ from .spec import ConvSpec
 
 # How one vector of VL output columns reads its VL input columns at one tap
 # (the LLVM backend's vector tables; see vector_tables()).
-VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER = 0, 1, 2, 3
+VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER, VEC_EVEN = 0, 1, 2, 3, 4
 
 C_TYPES = {"float32": "float", "float64": "double"}
 
@@ -202,6 +202,7 @@ def vector_tables(plan: Plan) -> VectorTables:
     h_table = padded_rows(plan.tables[1], plan.n_tiles[2] * plan.tile[1])
     kw_count = plan.kernel[2]
     out_w = plan.out_size[2]
+    in_w = plan.in_size[2]
     stride_w = plan.spec.stride[-1]
     out_columns = None
     order = list(range(out_w))
@@ -225,6 +226,10 @@ def vector_tables(plan: Plan) -> VectorTables:
                 elif len(offsets) == 1:
                     base = offsets.pop()
                     mode = VEC_LOAD if len(valid) == lanes else VEC_MASKED_LOAD
+                elif len(valid) == lanes and all(i == idx[0] + 2 * lane for lane, i in valid) \
+                        and idx[0] + 2 * lanes <= in_w:
+                    # stride 2 inside the row: two vector loads, keep the even lanes
+                    mode, base = VEC_EVEN, idx[0]
                 else:
                     mode, base = VEC_GATHER, 0
                 row_modes.append(mode)
@@ -245,7 +250,7 @@ def describe_plan(plan: Plan) -> list[str]:
     spec, tables = plan.spec, vector_tables(plan)
     kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
         else "direct convolution"
-    counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_GATHER: 0, VEC_SKIP: 0}
+    counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_EVEN: 0, VEC_GATHER: 0, VEC_SKIP: 0}
     for tile in tables.modes:
         for row in tile:
             for mode in row:
@@ -260,7 +265,8 @@ def describe_plan(plan: Plan) -> list[str]:
         f" = {plan.tile_co * tables.n_vectors} vector accumulators",
         f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps",
         f"input reads per (W tile, tap, vector): {counts[VEC_LOAD]} vector loads, "
-        f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_GATHER]} gathers, "
+        f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_EVEN]} stride-2 shuffles, "
+        f"{counts[VEC_GATHER]} gathers, "
         f"{counts[VEC_SKIP]} skipped (all padding)",
     ]
     if tables.out_columns is not None:

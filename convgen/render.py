@@ -126,6 +126,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "bases": vectors.bases,
         "avx512": avx512_suffix(plan),
         "index_bits": 512 if plan.vector_lanes == 16 else 256,
+        "even_index": even_lanes_index(plan.vector_lanes),
         "lane_masks": vectors.lane_masks,
         "out_columns": vectors.out_columns,
         "tile": plan.tile,
@@ -150,6 +151,13 @@ def avx512_suffix(plan: Plan) -> str:
     if plan.vector_lanes == lanes and "avx512f" in cpu_flags():
         return "ps" if plan.c_type == "float" else "pd"
     return ""
+
+
+def even_lanes_index(lanes: int) -> str:
+    """The AVX-512 permute index that takes lanes 0, 2, 4, ... of two concatenated vectors."""
+    if lanes == 16:
+        return "_mm512_set_epi32(" + ", ".join(str(2 * l) for l in reversed(range(16))) + ")"
+    return "_mm512_set_epi64(" + ", ".join(str(2 * l) for l in reversed(range(8))) + ")"
 
 
 def math_function(c_type: str):

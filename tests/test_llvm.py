@@ -229,3 +229,17 @@ def test_kernels_outlive_each_other():
     x, w, b = arrays_for(survivor.spec, 9)
     assert_matches_oracle(survivor.spec, survivor(x, w, b), x, w, b)
     assert np.isfinite(survivor(x, w, b)).all()
+
+
+def test_stride_two_rows_use_two_loads_and_a_shuffle():
+    """Inside a row, stride-2 columns are read as two vectors keeping the even lanes."""
+    from convgen.plan import VEC_EVEN, make_plan, vector_tables
+
+    spec = cg.ConvSpec((1, 4, 9, 80), 6, kernel_size=3, stride=2, padding=1, bias=True)
+    schedule = cg.Schedule(tile_co=2, tile_spatial=(2, 32), vector_width=16)
+    tables = vector_tables(make_plan(spec, schedule))
+    assert VEC_EVEN in {m for tile in tables.modes for row in tile for m in row}
+    for backend in cg.BACKENDS:
+        kernel = cg.compile(spec, backend=backend, schedule=schedule)
+        x, w, b = arrays_for(spec, 11)
+        assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
