@@ -90,17 +90,22 @@ def load_specfiles(paths: Iterable[str | os.PathLike], unique: bool = True) -> l
     return entries
 
 
-def parse_specfile(text: str, path: str = "<string>") -> list[SpecEntry]:
-    """Parse spec-file text; ``path`` is only used in error messages and SpecEntry.path."""
+def parse_toml(text: str, path: str, top_level_keys: tuple[str, ...]) -> dict:
+    """TOML text as a dict whose top-level keys are all allowed; SpecFileError otherwise."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecFileError(path, "", None, f"invalid TOML: {exc}") from None
-
     for key in data:
-        if key not in TOP_LEVEL_KEYS:
+        if key not in top_level_keys:
             raise SpecFileError(path, key, data[key],
-                                f"unknown top-level key; expected one of {list(TOP_LEVEL_KEYS)}")
+                                f"unknown top-level key; expected one of {list(top_level_keys)}")
+    return data
+
+
+def parse_specfile(text: str, path: str = "<string>") -> list[SpecEntry]:
+    """Parse spec-file text; ``path`` is only used in error messages and SpecEntry.path."""
+    data = parse_toml(text, path, TOP_LEVEL_KEYS)
 
     default = None
     if "schedule" in data:

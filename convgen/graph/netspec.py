@@ -42,7 +42,6 @@ import inspect
 import numbers
 import os
 import re
-import tomllib
 import traceback
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -52,7 +51,7 @@ import numpy as np
 
 from .. import nn
 from ..errors import SpecFileError
-from ..specfile import read_text_file
+from ..specfile import parse_toml, read_text_file
 from ..nn import init as nn_init
 from ..nn.module import Module, Sequential, StateDictError
 from .ir import GraphError
@@ -170,14 +169,7 @@ def load_network(path: str | os.PathLike, weights: str | os.PathLike | Mapping |
 
 def parse_network(text: str, path: str = "<string>", seed: int = 0) -> Network:
     """Parse network-file text; ``path`` is only used in error messages."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecFileError(path, "", None, f"invalid TOML: {exc}") from None
-    for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            raise SpecFileError(path, key, data[key],
-                                f"unknown top-level key; expected one of {list(TOP_LEVEL_KEYS)}")
+    data = parse_toml(text, path, TOP_LEVEL_KEYS)
     name = data.get("name", os.path.splitext(os.path.basename(path))[0])
     if not isinstance(name, str) or not name:
         raise SpecFileError(path, "name", name, "must be a non-empty string")
