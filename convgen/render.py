@@ -29,6 +29,16 @@ def templates_dir() -> Path:
     raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")
 
 
+def comment_text(text: object) -> str:
+    """``text`` made safe inside a C block comment or an LLVM ``;`` comment.
+
+    Layer names come from user code and network files: printable ASCII only, no line
+    breaks, and no ``*/`` that would end the comment.
+    """
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in str(text))
+    return cleaned.replace("*/", "*?")
+
+
 def c_float(value: float) -> str:
     """A finite float as a C double literal that round-trips."""
     text = repr(float(value))

@@ -872,3 +872,27 @@ def test_random_chains(backend, steps, channels, size):
     _assert_same_function(g, optimized)
     _check_plan(optimized, plan_memory(optimized, 4))
     check(g, backend)
+
+
+def test_layer_names_cannot_escape_generated_comments(backend):
+    """Names come from user code: a name that closes a comment or breaks a line stays text."""
+    import convgen as cg
+    from convgen.graph.compile import compile_graph
+    from convgen.graph.ir import Graph, Node
+
+    evil = "x */ int oops = 1; /*\n!bad ; define"
+    spec = cg.ConvSpec((1, 2, 5, 5), 3, kernel_size=3, padding=1, bias=False)
+    rng = np.random.default_rng(0)
+    conv = Node(evil, "conv", ["input"], {"spec": spec.to_dict(), "residual": False},
+                {"weight": rng.standard_normal(spec.weight_shape)})
+    relu = Node(evil + "2", "activation", [evil], {"name": "sigmoid", "args": ()})
+    pool = Node("pool", "max_pool", [evil + "2"], {"kernel_size": (2, 2), "stride": (2, 2),
+                                                    "padding": (0, 0)})
+    soft = Node(evil + "3", "activation", ["pool"], {"name": "tanh", "args": ()})
+    graph = Graph([("input", (1, 2, 5, 5))], [conv, relu, pool, soft], [evil + "3"])
+    model = compile_graph(graph, backend=backend)
+    # the text survives inside the comment, but can neither end it nor start a new line
+    assert "x *? int oops" in model.source
+    assert "*/ int oops" not in model.source and "\n!bad" not in model.source
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(model(x), model.reference(x), rtol=1e-5, atol=1e-5)

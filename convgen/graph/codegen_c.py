@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..plan import C_TYPES
-from ..render import conv_context, environment, math_function
+from ..render import comment_text, conv_context, environment, math_function
 from ..version import __version__
 from .lower import Buffer, Lowered
 
@@ -44,12 +44,13 @@ def render_network(lowered: Lowered, symbol: str, title: str) -> str:
     c_type = C_TYPES[lowered.dtype]
     steps = []
     for step in lowered.steps:
-        entry = {"kind": step.kind, "name": step.name, "call": _call(step)}
+        name = comment_text(step.name)  # from user code or a network file: into comments only
+        entry = {"kind": step.kind, "name": name, "call": _call(step)}
         if step.kind == "conv":
             entry["k"] = conv_context(step.plan, symbol=step.function,
                                       residual=step.consts["residual"])
         else:
-            entry["o"] = {**step.consts, "name": step.name, "function": step.function,
+            entry["o"] = {**step.consts, "name": name, "function": step.function,
                           "has_bias": "bias" in step.params,
                           "math_fn": math_function(c_type)}
         steps.append(entry)

@@ -16,6 +16,7 @@ from ..llvm_builder import (build_llvm, data_layout, load_object, openmp_availab
                             target_triple)
 from ..llvm_ir import I64, IRFunction, i32, i64
 from ..llvm_render import add_conv_function, new_module
+from ..render import comment_text
 from ..plan import C_TYPES
 from ..version import __version__
 from .codegen_c import entry_parameters
@@ -283,7 +284,7 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
         return entry.element(arena, i64(buffer.index))
 
     for step, function in zip(lowered.steps, functions):
-        b.comment(f"{step.name} ({step.kind})")
+        b.comment(f"{comment_text(step.name)} ({step.kind})")
         ins = [pointer(buf) for buf in step.inputs]
         out = pointer(step.output)
         param = {name: entry.element(params, i64(offset)) for name, offset in step.params.items()}
