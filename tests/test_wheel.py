@@ -37,6 +37,13 @@ b = rng.standard_normal(spec.bias_shape).astype(np.float32)
 kernel = cg.compile(spec)
 assert kernel.library_path.startswith(sys.argv[2]), kernel.library_path
 assert close(spec, kernel(x, w, b), cg.reference(spec, x, w, b))
+# a whole network: the network templates and convgen.nn / convgen.graph ship too
+from convgen import nn
+net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                    nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.Softmax(dim=1))
+model = net.compile((1, 3, 9, 8))
+y = model(x)
+assert y.shape == (1, 5) and np.allclose(y, model.reference(x), rtol=1e-4, atol=1e-5)
 print("OK", cg.__file__)
 """
 
