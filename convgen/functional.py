@@ -84,42 +84,42 @@ def _conv_transpose(ndim: int, x, w, b, stride, padding, output_padding, groups,
 
 
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """1D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(1, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """2D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(2, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None):
+           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """3D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(3, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
                  backend, schedule, out)
 
 
 def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """1D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(1, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """2D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(2, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)
 
 
 def conv_transpose3d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None):
+                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
     """3D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(3, x, w, b, stride, padding, output_padding, groups, dilation,
                            activation, backend, schedule, out)

@@ -1,0 +1,1 @@
+"""Networks as graphs: IR, shape inference, oracle, passes, memory planning, codegen."""
