@@ -59,8 +59,12 @@ def c_list(values: list[int]) -> str:
 
 
 def c_table3(blocks: list[list[list[int]]]) -> str:
-    """A 3D int table as a C initializer."""
-    return "{" + ",\n    ".join(c_table(block).replace("\n", "") for block in blocks) + "}"
+    """A 3D int table as a C initializer, one innermost row per line."""
+    def row(values: list[int]) -> str:
+        return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+    inner = ",\n    ".join("{" + ", ".join(row(r) for r in block) + "}" for block in blocks)
+    return "{\n    " + inner + "\n}"
 
 
 @functools.lru_cache(maxsize=None)
