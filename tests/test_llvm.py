@@ -243,3 +243,23 @@ def test_stride_two_rows_use_two_loads_and_a_shuffle():
         kernel = cg.compile(spec, backend=backend, schedule=schedule)
         x, w, b = arrays_for(spec, 11)
         assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
+
+
+NETWORK_FALLBACK_CODE = """
+import json, warnings
+import numpy as np
+from convgen import nn
+warnings.simplefilter("ignore")
+net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3), nn.Softmax(dim=1))
+model = net.compile((1, 2, 6, 6))
+x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+ok = bool(np.allclose(model(x), model.reference(x), rtol=1e-4, atol=1e-6))
+print(json.dumps({"backend": model.backend, "ok": ok}))
+"""
+
+
+def test_networks_fall_back_to_llvm_without_a_c_compiler(tmp_path):
+    env = subprocess_env(tmp_path / "cache", CC="convgen-no-such-cc")
+    result = json.loads(run_python(NETWORK_FALLBACK_CODE, env).stdout.splitlines()[-1])
+    assert result == {"backend": "llvm", "ok": True}
