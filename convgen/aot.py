@@ -128,7 +128,7 @@ def load(directory: str | os.PathLike) -> dict[str, Kernel]:
         source_path = root / record["source"]
         source = source_path.read_text() if source_path.is_file() else ""
         artifact = Artifact(library.resolve(), record["symbol"], record["cdef"],
-                            record["pointer_type"], source)
+                            record["pointer_type"], source, record["sha256"])  # verified above
         plan = make_plan(spec, schedule)  # constants only: no compiler, no templates
         kernels[record["name"]] = kernel_from_artifact(spec, plan, record["backend"], artifact)
     return kernels

@@ -32,6 +32,7 @@ class Artifact:
     cdef: str  # the C prototype
     pointer_type: str  # the same signature as a C function pointer type
     source: str
+    sha256: str | None = None  # of the file at ``path``, when already verified
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,12 @@ class Backend:
 def _build_c(plan: Plan, source: str, cache: Cache | None) -> Artifact:
     entry = build_c(source, plan.symbol, openmp=plan.threads > 1, cache=cache)
     return Artifact(entry.file("library"), plan.symbol, prototype(plan),
-                    function_pointer_type(plan), source)
+                    function_pointer_type(plan), source, entry.sha256("library"))
 
 
 def _load_c(artifact: Artifact, plan: Plan) -> Loaded:
-    ffi, lib, function = load_function(artifact.path, artifact.symbol, artifact.cdef)
+    ffi, lib, function = load_function(artifact.path, artifact.symbol, artifact.cdef,
+                                       artifact.sha256)
     return Loaded(ffi, function, (lib,), 1)  # OpenMP inside the call
 
 

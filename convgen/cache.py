@@ -87,6 +87,10 @@ class CacheEntry:
         """The file recorded under ``role`` ("source", "library", ...)."""
         return self.path / self.meta["files"][role]["name"]
 
+    def sha256(self, role: str) -> str:
+        """The recorded (and, by lookup, verified) sha256 of the file under ``role``."""
+        return self.meta["files"][role]["sha256"]
+
 
 class Cache:
     """The kernel cache rooted at ``root`` (default: config.cache_dir())."""

@@ -31,15 +31,16 @@ _PATH_HASH: dict[str, str] = {}
 _LOADED_LOCK = threading.Lock()
 
 
-def load_function(library: Path | str, symbol: str, cdef: str):
+def load_function(library: Path | str, symbol: str, cdef: str, digest: str | None = None):
     """(ffi, lib, function) for ``symbol`` in the shared library at ``library``.
 
     The dynamic loader hands back the already-loaded library for a path it has
     seen, so a library rewritten in place (an AOT directory compiled again) is
-    loaded from a private copy named by its content hash.
+    loaded from a private copy named by its content hash. ``digest`` is that hash
+    when the caller has already verified it (cache entries, AOT manifests).
     """
     path = str(library)
-    digest = file_sha256(Path(path))
+    digest = digest or file_sha256(Path(path))
     key = (path, symbol, cdef, digest)
     with _LOADED_LOCK:
         loaded = _LOADED.get(key)

@@ -89,7 +89,8 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
         source = render_network(lowered, symbol, title)
         entry = build_c(source, symbol, openmp=any(s.threads > 1 for s in schedules.values()))
         ffi, lib, function = load_function(entry.file("library"), symbol,
-                                           entry_prototype(symbol, _c_type(dtype)))
+                                           entry_prototype(symbol, _c_type(dtype)),
+                                           entry.sha256("library"))
         keepalive: tuple = (lib,)
     else:
         from .codegen_llvm import build_network_llvm
