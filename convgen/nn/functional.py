@@ -207,17 +207,24 @@ def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False)
 
 # -- pooling ------------------------------------------------------------------------------------
 
+def _window(ndim: int, kernel_size, stride, padding) -> dict:
+    """Per-dim kernel_size, stride (default: the kernel, as torch) and padding."""
+    kernel = per_dim("kernel_size", kernel_size, ndim, 1)
+    return {
+        "kernel_size": kernel,
+        "stride": kernel if stride is None or stride == [] or stride == ()
+        else per_dim("stride", stride, ndim, 1),
+        "padding": per_dim("padding", padding, ndim, 0),
+    }
+
+
 def _max_pool(ndim: int, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
               *, module: object = None, name: str | None = None):
     if return_indices:
         raise ValueError(f"max_pool{ndim}d: return_indices=True is not supported "
                          "(graphs carry values only)")
-    kernel = per_dim("kernel_size", kernel_size, ndim, 1)
     attrs = {
-        "kernel_size": kernel,
-        "stride": kernel if stride is None or stride == [] or stride == ()
-        else per_dim("stride", stride, ndim, 1),
-        "padding": per_dim("padding", padding, ndim, 0),
+        **_window(ndim, kernel_size, stride, padding),
         "dilation": per_dim("dilation", dilation, ndim, 1),
         "ceil_mode": bool(ceil_mode),
     }
@@ -234,12 +241,8 @@ def _avg_pool(ndim: int, x, kernel_size, stride, padding, ceil_mode, count_inclu
     if divisor_override is not None:
         raise ValueError(f"avg_pool{ndim}d: divisor_override={divisor_override!r} is not "
                          "supported")
-    kernel = per_dim("kernel_size", kernel_size, ndim, 1)
     attrs = {
-        "kernel_size": kernel,
-        "stride": kernel if stride is None or stride == [] or stride == ()
-        else per_dim("stride", stride, ndim, 1),
-        "padding": per_dim("padding", padding, ndim, 0),
+        **_window(ndim, kernel_size, stride, padding),
         "ceil_mode": bool(ceil_mode),
         "count_include_pad": bool(count_include_pad),
     }
