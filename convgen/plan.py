@@ -112,10 +112,6 @@ class Plan:
         """Independent tiles: batch x groups x channel tiles x spatial tiles."""
         return self.batch * self.groups * math.prod(self.n_tiles)
 
-    @property
-    def accumulators(self) -> int:
-        return self.tile_co * math.prod(self.tile)
-
 
 def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     """Derive every constant for ``spec`` under ``schedule`` (default: the fallback)."""
