@@ -12,8 +12,13 @@ Ops and their attributes (tuples are per spatial dim):
   shape, its bias/activation fields say what the epilogue does),
   ``residual`` (bool: a second input is added before the activation).
   params: ``weight``, and ``bias`` when spec.bias.
-- ``max_pool``: kernel_size, stride, padding, dilation, ceil_mode (per-dim tuples).
-- ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad.
+- ``max_pool``: kernel_size, stride, padding, dilation, ceil_mode (per-dim tuples);
+  optional ``padding_end`` (per-dim tuple): the padding after each spatial dim when it
+  differs from the padding before it (ONNX pads, auto_pad SAME_*); absent: symmetric,
+  with PyTorch's rule padding <= kernel_size // 2; present: each side < the dilated kernel.
+- ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad; optional
+  ``padding_end`` as max_pool (the divisor with count_include_pad counts the window
+  clipped to the padded input, both sides).
 - ``adaptive_avg_pool``: output_size (per spatial dim, any positive size; torch's
   overlapping bins: start = floor(i*in/out), end = ceil((i+1)*in/out)).
 - ``linear``: params ``weight`` (out, in) and optional ``bias``; attr ``activation``
@@ -25,6 +30,22 @@ Ops and their attributes (tuples are per spatial dim):
 - ``add``: two inputs of the same shape.
 - ``cat``: dim (non-negative), two or more inputs.
 - ``identity``: one input (Dropout at inference, Identity); removed by passes.
+
+Ops that imported (ONNX) graphs need; any rank unless said:
+
+- ``reshape``: shape (the full static output shape, no -1 or 0); a view like flatten.
+- ``transpose``: perm (a permutation of range(rank)), numpy.transpose.
+- ``pad``: pads (2*rank ints: the begins of every dim, then the ends, as ONNX Pad;
+  a negative pad crops), value (float; constant mode only).
+- ``expand``: shape (numpy broadcasting of the input to ``shape``; the input's rank may
+  be smaller, its dims are then aligned to the right).
+- ``lrn``: size, alpha, beta, bias (ONNX LRN over dim 1: y = x / (bias + alpha / size *
+  sum of x^2 over channels [c - (size-1)//2, c + ceil((size-1)/2)]) ** beta).
+- ``binary``: kind (one of "add", "sub", "mul", "div"), two inputs of the same shape.
+- ``matmul``: two inputs (..., M, K) and (..., K, N) with the same leading dims
+  (numpy.matmul without broadcasting); output (..., M, N). Rank >= 2.
+- ``constant``: no inputs; params ``value`` (its output, any shape); lives with the
+  parameters, computed by nobody.
 """
 
 from __future__ import annotations
@@ -37,7 +58,8 @@ import numpy as np
 from ..errors import ConvgenError
 
 OPS = ("conv", "max_pool", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
-       "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity")
+       "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity",
+       "reshape", "transpose", "pad", "expand", "lrn", "binary", "matmul", "constant")
 
 
 class GraphError(ConvgenError, ValueError):
