@@ -47,6 +47,16 @@ def c_float(value: float) -> str:
     return text
 
 
+def c_number(value: float) -> str:
+    """A float as a C expression, infinities included (math.h's INFINITY)."""
+    value = float(value)
+    if value == float("inf"):
+        return "INFINITY"
+    if value == float("-inf"):
+        return "(-INFINITY)"
+    return c_float(value)
+
+
 def c_table(rows: list[list[int]]) -> str:
     """A 2D int table as a C initializer, one row per line."""
     inner = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in rows)
@@ -78,6 +88,7 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["c_float"] = c_float
+    env.filters["c_number"] = c_number
     env.filters["c_table"] = c_table
     env.filters["c_list"] = c_list
     env.filters["c_table3"] = c_table3

@@ -19,7 +19,9 @@ def entry_prototype(symbol: str, c_type: str) -> str:
 
 
 def pointer(buffer: Buffer) -> str:
-    return f"inputs[{buffer.index}]" if buffer.kind == "input" else f"arena + {buffer.index}L"
+    if buffer.kind == "input":
+        return f"inputs[{buffer.index}]"
+    return f"{'params' if buffer.kind == 'param' else 'arena'} + {buffer.index}L"
 
 
 def _call(step) -> str:

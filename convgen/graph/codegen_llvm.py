@@ -9,6 +9,8 @@ backend's signature:
 
 from __future__ import annotations
 
+import contextlib
+
 import cffi
 from llvmlite import ir
 
@@ -59,6 +61,7 @@ class _OpIR(IRFunction):
         x, y = self.args["x"], self.args["y"]
         (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
         kernel, stride, pad, dil = c["kernel"], c["stride"], c["padding"], c["dilation"]
+        pad_end = c["padding_end"]
         in_volume, out_volume = in_d * in_h * in_w, out_d * out_h * out_w
         best = self.alloca(self.vec, "best")
         count = self.alloca(I64, "count")
@@ -100,7 +103,7 @@ class _OpIR(IRFunction):
             else:
                 if c["count_include_pad"]:  # the window clipped to the padded input
                     divisor = i64(1)
-                    for start, k, size, p in zip(starts, kernel, sizes, pad):
+                    for start, k, size, p in zip(starts, kernel, sizes, pad_end):
                         end = b.add(start, i64(k))
                         limit = i64(size + p)
                         end = b.select(b.icmp_signed("<", end, limit), end, limit)
@@ -196,6 +199,67 @@ class _OpIR(IRFunction):
                 self.put(b.fadd(b.fmul(self.at(x, index), s), t), y, index)
         return self.finish()
 
+    def remap(self) -> ir.Function:
+        """y[i] = x[sum((i_d - begin_d) * stride_d)], or the fill value outside the input."""
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        fill = self.vconst(c["value"])
+        with contextlib.ExitStack() as stack:
+            source, valid, at = i64(0), None, i64(0)
+            for d in range(c["rank"]):
+                i = stack.enter_context(self.loop(0, c["out_shape"][d], f"i{d}"))
+                at = b.add(b.mul(at, i64(c["out_shape"][d])), i)
+                coord = b.sub(i, i64(c["begin"][d])) if c["checked"] else i
+                source = b.add(source, b.mul(coord, i64(c["stride"][d])))
+                if c["checked"]:
+                    ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
+                                b.icmp_signed("<", coord, i64(c["extent"][d])))
+                    valid = ok if valid is None else b.and_(valid, ok)
+            if valid is None:
+                self.put(self.at(x, source), y, at)
+            else:  # read element 0 outside the input (always there), then fill
+                value = self.at(x, b.select(valid, source, i64(0)))
+                self.put(b.select(valid, value, fill), y, at)
+        return self.finish()
+
+    def lrn(self) -> ir.Function:
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        channels, inner = c["channels"], c["inner"]
+        total = self.alloca(self.vec, "total")
+        log, exp = self.vector_intrinsic("log", 1), self.vector_intrinsic("exp", 1)
+        with self.loop(0, c["batch"], "n") as n, self.loop(0, channels, "c") as ch, \
+                self.loop(0, inner, "i") as i:
+            low = b.sub(ch, i64(c["lo"]))
+            low = b.select(b.icmp_signed("<", low, i64(0)), i64(0), low)
+            high = b.add(ch, i64(c["hi"] + 1))
+            high = b.select(b.icmp_signed(">", high, i64(channels)), i64(channels), high)
+            b.store(self.zero(), total)
+            with self.loop(low, high, "k") as k:
+                v = self.at(x, b.add(b.mul(b.add(b.mul(n, i64(channels)), k), i64(inner)), i))
+                b.store(b.fadd(b.load(total), b.fmul(v, v)), total)
+            at = b.add(b.mul(b.add(b.mul(n, i64(channels)), ch), i64(inner)), i)
+            base = b.fadd(self.vconst(c["bias"]), b.fmul(self.vconst(c["scale"]), b.load(total)))
+            power = b.call(exp, [b.fmul(self.vconst(c["beta"]), b.call(log, [base]))])
+            self.put(b.fdiv(self.at(x, at), power), y, at)
+        return self.finish()
+
+    def matmul(self) -> ir.Function:
+        b, c = self.b, self.c
+        a, bb, y = self.args["a"], self.args["b2"], self.args["y"]
+        m, k_size, n = c["m"], c["k"], c["n"]
+        total = self.alloca(self.vec, "total")
+        with self.loop(0, c["batch"], "p") as p, self.loop(0, m, "i") as i, \
+                self.loop(0, n, "j") as j:
+            b.store(self.zero(), total)
+            with self.loop(0, k_size, "k") as k:
+                left = self.at(a, b.add(b.mul(p, i64(m * k_size)),
+                                        b.add(b.mul(i, i64(k_size)), k)))
+                right = self.at(bb, b.add(b.mul(p, i64(k_size * n)), b.add(b.mul(k, i64(n)), j)))
+                b.store(b.fadd(b.load(total), b.fmul(left, right)), total)
+            self.put(b.load(total), y, b.add(b.mul(p, i64(m * n)), b.add(b.mul(i, i64(n)), j)))
+        return self.finish()
+
     def cat(self) -> ir.Function:
         b, c = self.b, self.c
         y = self.args["y"]
@@ -223,9 +287,17 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     if kind == "cat":
         names = tuple(f"x{k}" for k in range(len(step.consts["copies"]))) + ("y",)
         return _OpIR(module, step, c_type, names).cat()
-    if kind == "add":
+    if kind == "remap":
+        return _OpIR(module, step, c_type, ("x", "y")).remap()
+    if kind == "lrn":
+        return _OpIR(module, step, c_type, ("x", "y")).lrn()
+    if kind == "matmul":
+        return _OpIR(module, step, c_type, ("a", "b2", "y")).matmul()
+    if kind in ("add", "binary"):
         op = _OpIR(module, step, c_type, ("a", "b2", "y"))
-        return op.elementwise(lambda u, v: op.b.fadd(u, v))
+        combine = {"add": op.b.fadd, "sub": op.b.fsub, "mul": op.b.fmul,
+                   "div": op.b.fdiv}[step.consts.get("op", "add")]
+        return op.elementwise(lambda u, v: combine(u, v))
     if kind == "activation":
         op = _OpIR(module, step, c_type, ("x", "y"))
         return op.elementwise(lambda u: op.activation(u, step.consts["activation"],
@@ -281,7 +353,7 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
     def pointer(buffer: Buffer):
         if buffer.kind == "input":
             return b.load(b.gep(entry.args["inputs"], [i64(buffer.index)]))
-        return entry.element(arena, i64(buffer.index))
+        return entry.element(params if buffer.kind == "param" else arena, i64(buffer.index))
 
     for step, function in zip(lowered.steps, functions):
         b.comment(f"{comment_text(step.name)} ({step.kind})")

@@ -194,7 +194,12 @@ def layer_flops(node, graph: Graph) -> int:
         return math.prod(node.shape) * math.prod(node.attrs["kernel_size"])
     if node.op in ("adaptive_avg_pool",):
         return math.prod(graph.shape_of(node.inputs[0]))
-    if node.op in ("flatten", "identity"):
+    if node.op == "matmul":
+        return 2 * math.prod(node.shape) * graph.shape_of(node.inputs[0])[-1]
+    if node.op == "lrn":
+        return math.prod(node.shape) * (3 + 2 * int(node.attrs["size"]))
+    if node.op in ("flatten", "identity", "reshape", "constant", "transpose", "pad",
+                   "expand"):
         return 0
     return math.prod(node.shape) * (5 if node.op in ("softmax", "log_softmax") else 1)
 
@@ -221,8 +226,10 @@ def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str) 
             note = f"{verb} {where[node.name]}"
         elif node.op == "identity":
             note = "removed (identity at inference)"
-        elif node.op == "flatten":
+        elif node.op in ("flatten", "reshape"):
             note = "view (no copy)"
+        elif node.op == "constant":
+            note = "constant (stored with the parameters)"
         else:
             fused = [n for n in optimized.node(node.name).fused] if _has(optimized, node.name) \
                 else []

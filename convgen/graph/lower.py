@@ -19,21 +19,22 @@ from ..plan import Plan, make_plan
 from ..schedule import Schedule
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
-from .memory import MemoryPlan, alias_source
+from .memory import VIEW_OPS, MemoryPlan, alias_source
+from .tensor_ops import lrn_consts, matmul_consts, remap_consts
 
 
 @dataclass(frozen=True)
 class Buffer:
-    """Where a value lives: graph input k, or the arena at an element offset."""
+    """Where a value lives: graph input k, the arena or the parameters at an element offset."""
 
-    kind: str  # "input" | "arena"
-    index: int  # input number or arena offset
+    kind: str  # "input" | "arena" | "param" (a constant)
+    index: int  # input number, arena offset or parameter offset
 
 
 @dataclass
 class Step:
     kind: str  # conv | max_pool | avg_pool | adaptive_avg_pool | linear | activation |
-    # softmax | batch_norm | add | cat
+    # softmax | batch_norm | add | cat | remap (transpose, pad, expand) | lrn | binary | matmul
     name: str  # the node's name
     function: str  # C/IR function name
     inputs: list[Buffer]
@@ -94,21 +95,28 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     schedules = schedules or {}
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
+    packer = _Packer(dtype)
+    constants: dict[str, int] = {}  # constant node -> parameter offset
+
     def buffer(name: str) -> Buffer:
         source = alias_source(graph, name)
         if source in inputs:
             return Buffer("input", inputs[source])
+        if source in constants:
+            return Buffer("param", constants[source])
         return Buffer("arena", memory.offsets[source])
 
-    packer = _Packer(dtype)
     steps: list[Step] = []
     for i, node in enumerate(graph.nodes):
+        if node.op == "constant":  # lives with the parameters: no code
+            constants[node.name] = packer.add(node.params["value"])
+            continue
+        if node.op in VIEW_OPS:
+            continue  # a view: no code
         function = f"layer{i}_{node.op}"
         shapes = [graph.shape_of(name) for name in node.inputs]
         step = Step(node.op, node.name, function, [buffer(n) for n in node.inputs],
                     buffer(node.name))
-        if node.op == "flatten":
-            continue  # a view: no code
         if node.op == "identity":
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
         _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name))
@@ -133,6 +141,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
             **_spatial_consts(shapes[0], node.shape),
             "kernel": _pad3(a["kernel_size"], 1), "stride": _pad3(a["stride"], 1),
             "padding": _pad3(a["padding"], 0),
+            "padding_end": _pad3(a.get("padding_end", a["padding"]), 0),
             "dilation": _pad3(a.get("dilation", (1,) * nd), 1),
             "count_include_pad": bool(a.get("count_include_pad", True)),
         }
@@ -173,5 +182,14 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
             copies.append({"start": start * inner, "chunk": shape[dim] * inner})
             start += shape[dim]
         step.consts = {"outer": outer, "out_row": total * inner, "copies": copies}
+    elif node.op in ("transpose", "pad", "expand"):
+        step.kind = "remap"
+        step.consts = remap_consts(node, shapes[0], node.shape)
+    elif node.op == "lrn":
+        step.consts = lrn_consts(node, node.shape)
+    elif node.op == "binary":
+        step.consts = {"elements": math.prod(node.shape), "op": node.attrs["kind"]}
+    elif node.op == "matmul":
+        step.consts = matmul_consts(shapes[0], shapes[1])
     else:
         raise GraphError(f"{node.name}: no lowering for op {node.op!r}")

@@ -3,8 +3,8 @@
 Two values share memory only when their lifetimes do not overlap: a value
 lives from the step that computes it to the last step that reads it (graph
 outputs to the end). A node never writes over one of its own inputs, since both
-are live at that step. Flatten is a view: it aliases its input's buffer and
-keeps it alive. Placement is greedy, largest first, at the lowest offset that
+are live at that step. Flatten and reshape are views: they alias their input's
+buffer and keep it alive. Constants live with the parameters, not in the arena. Placement is greedy, largest first, at the lowest offset that
 fits (the TFLite arena planner's strategy). Offsets are in elements, aligned
 to 64 bytes.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .ir import Graph
 
 ALIGN_BYTES = 64
+VIEW_OPS = ("flatten", "reshape")
 
 
 @dataclass(frozen=True)
@@ -37,25 +38,28 @@ class MemoryPlan:
 
 
 def alias_source(graph: Graph, name: str) -> str:
-    """The value whose buffer ``name`` lives in (itself unless it is a flatten view)."""
+    """The value whose buffer ``name`` lives in (itself unless it is a view)."""
     while True:
         try:
             node = graph.node(name)
         except KeyError:
             return name
-        if node.op != "flatten":
+        if node.op not in VIEW_OPS:
             return name
         name = node.inputs[0]
 
 
 def plan_memory(graph: Graph, itemsize: int) -> MemoryPlan:
-    inputs = {name for name, _ in graph.inputs}
+    inputs = {name for name, _ in graph.inputs}  # and constants: not in the arena
+    inputs |= {node.name for node in graph.nodes if node.op == "constant"}
     end = len(graph.nodes)
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     sizes: dict[str, int] = {}
     for i, node in enumerate(graph.nodes):
         owner = alias_source(graph, node.name)
+        if owner in inputs:
+            continue
         if owner == node.name:
             first[owner] = i
             last.setdefault(owner, i)

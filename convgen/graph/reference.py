@@ -16,6 +16,7 @@ import numpy as np
 from ..reference import apply_activation, reference
 from ..spec import ConvSpec
 from .ir import OPS, Graph, GraphError, Node
+from .tensor_ops import REFERENCES
 from .shapes import PoolWindow, adaptive_bins, adaptive_output_size, describe, infer_shape, \
     pool_window
 
@@ -91,10 +92,10 @@ def _windows(window: PoolWindow, out: tuple[int, ...]):
 def _pad_for(window: PoolWindow, spatial: tuple[int, ...], out: tuple[int, ...]):
     """(lo, hi) per spatial dim: the padding plus any ceil_mode overhang past it."""
     pads = []
-    for size, k, s, p, d, o in zip(spatial, window.kernel_size, window.stride,
-                                   window.padding, window.dilation, out):
+    for size, k, s, p, e, d, o in zip(spatial, window.kernel_size, window.stride,
+                                      window.padding, window.padding_end, window.dilation, out):
         needed = (o - 1) * s + d * (k - 1) + 1
-        pads.append((p, max(p, needed - size - p)))
+        pads.append((p, max(e, needed - size - p)))
     return ((0, 0), (0, 0)) + tuple(pads)
 
 
@@ -122,10 +123,11 @@ def _avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     # Windows are boxes, so the divisor is a product of per-dim counts. PyTorch counts the
     # padding (count_include_pad) but never the ceil_mode overhang past the padded input.
     divisor = np.ones(out)
-    for i, (size, k, s, p, o) in enumerate(zip(x.shape[2:], window.kernel_size,
-                                               window.stride, window.padding, out)):
+    for i, (size, k, s, p, e, o) in enumerate(zip(x.shape[2:], window.kernel_size,
+                                                  window.stride, window.padding,
+                                                  window.padding_end, out)):
         start = np.arange(o) * s - p
-        end = np.minimum(start + k, size + p)
+        end = np.minimum(start + k, size + e)
         if window.count_include_pad:
             count = end - start
         else:
@@ -216,6 +218,7 @@ _OPS = {
     "add": _add,
     "cat": _cat,
     "identity": _identity,
+    **REFERENCES,
 }
 
 assert set(_OPS) == set(OPS), "every op needs an oracle"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ..errors import SpecError
 from ..spec import ACTIVATIONS, ConvSpec
 from .ir import OPS, Graph, GraphError, Node
+from .tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
 
@@ -56,6 +57,11 @@ class PoolWindow:
     dilation: tuple[int, ...]
     ceil_mode: bool
     count_include_pad: bool
+    padding_end: tuple[int, ...] = ()  # after each dim; () means the same as ``padding``
+
+    def __post_init__(self) -> None:
+        if not self.padding_end:
+            object.__setattr__(self, "padding_end", self.padding)
 
     @property
     def ndim(self) -> int:
@@ -63,13 +69,15 @@ class PoolWindow:
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
-                     ceil_mode: bool) -> int:
+                     ceil_mode: bool, padding_end: int | None = None) -> int:
     """PyTorch's pooling output size (may be < 1; callers reject that).
 
-    floor-or-ceil((in + 2p - d*(k-1) - 1) / s) + 1; with ceil_mode the last window must
-    start inside the input or the left padding, else it is dropped.
+    floor-or-ceil((in + p + p_end - d*(k-1) - 1) / s) + 1 (p_end defaults to p); with
+    ceil_mode the last window must start inside the input or the left padding, else it
+    is dropped (ONNX Runtime's rule too).
     """
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    padding_end = padding if padding_end is None else padding_end
+    span = size + padding + padding_end - dilation * (kernel - 1) - 1
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
@@ -135,6 +143,14 @@ def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
         raise _fail(node, f"dilation={attrs['dilation']!r}: avg_pool has no dilation")
     window = PoolWindow(kernel, stride, padding, dilation, bool(attrs.get("ceil_mode", False)),
                         bool(attrs.get("count_include_pad", True)))
+    if "padding_end" in attrs:  # asymmetric (ONNX): each side short of the dilated kernel
+        end = _per_dim(node, "padding_end", attrs["padding_end"], ndim, 0)
+        for i, (k, d, p, e) in enumerate(zip(kernel, dilation, padding, end)):
+            if max(p, e) > d * (k - 1):
+                raise _fail(node, f"padding={padding}, padding_end={end}: each must be "
+                                  f"smaller than the dilated kernel in spatial dim {i}")
+        return PoolWindow(kernel, stride, padding, dilation, window.ceil_mode,
+                          window.count_include_pad, end)
     for i, (k, p) in enumerate(zip(kernel, padding)):
         if p > k // 2:
             raise _fail(node, f"padding={padding} must be at most half of kernel_size={kernel} "
@@ -144,9 +160,9 @@ def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
 
 def _pool_shape(node: Node, shape: Shape) -> Shape:
     w = pool_window(node, shape)
-    out = tuple(pool_output_size(size, *params, w.ceil_mode)
-                for size, *params in zip(shape[2:], w.kernel_size, w.stride, w.padding,
-                                         w.dilation))
+    out = tuple(pool_output_size(size, k, s, p, d, w.ceil_mode, e)
+                for size, k, s, p, d, e in zip(shape[2:], w.kernel_size, w.stride, w.padding,
+                                               w.dilation, w.padding_end))
     if any(o < 1 for o in out):
         raise _fail(node, f"input shape {shape} is too small for kernel_size={w.kernel_size}, "
                           f"stride={w.stride}, padding={w.padding}, dilation={w.dilation}: "
@@ -341,6 +357,7 @@ _RULES = {
     "add": _add_shape,
     "cat": _cat_shape,
     "identity": _same_shape,
+    **SHAPE_RULES,
 }
 assert set(_RULES) == set(OPS), "every op needs a shape rule"
 
