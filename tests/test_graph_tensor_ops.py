@@ -213,3 +213,36 @@ def test_pad_then_conv_with_a_constant_residual(backend):
              node("add", "add", ["conv", "k"]),
              node("mul", "binary", ["add", "add"], kind="mul")]
     check(graph([("x", (1, 2, 5, 5))], nodes, ["mul"]), backend)
+
+
+@pytest.mark.parametrize("pads, folded", [
+    ((0, 0, 1, 2, 0, 0, 0, 1), True),
+    ((0, 0, 0, 0, 0, 0, 2, 0), True),
+    ((0, 1, 1, 0, 0, 0, 0, 0), False),  # pads a channel: a real pad node
+    ((0, 0, -1, 0, 0, 0, 0, 0), False),  # crops
+])
+def test_zero_pad_folds_into_the_next_conv(backend, pads, folded):
+    from convgen.graph.compile import compile_graph
+
+    shape = (1, 2, 5, 6)
+    padded = tuple(s + b + e for s, b, e in zip(shape, pads[:4], pads[4:]))
+    nodes = [node("p", "pad", ["x"], pads=pads, value=0.0),
+             conv("conv", "p", padded, 3, 3, padding=1)]
+    g = graph([("x", shape)], nodes, ["conv"])
+    check(g, backend)
+    optimized = compile_graph(g, backend).optimized
+    assert [n.op for n in optimized.nodes] == (["conv"] if folded else ["pad", "conv"])
+    if folded:
+        assert optimized.nodes[0].fused == ["p"]
+
+
+def test_pad_with_another_reader_stays(backend):
+    from convgen.graph.compile import compile_graph
+
+    nodes = [node("p", "pad", ["x"], pads=(0, 0, 1, 1, 0, 0, 1, 1), value=0.0),
+             conv("conv", "p", (1, 2, 7, 7), 2, 3), node("sum", "add", ["conv", "p2"]),
+             node("p2", "pad", ["p"], pads=(0, 0, -1, -1, 0, 0, -1, -1), value=0.0)]
+    nodes = [nodes[0], nodes[1], nodes[3], nodes[2]]
+    g = graph([("x", (1, 2, 5, 5))], nodes, ["sum"])
+    check(g, backend)
+    assert "p" in [n.name for n in compile_graph(g, backend).optimized.nodes]

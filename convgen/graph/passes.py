@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import SpecError
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, Node
 
@@ -137,9 +138,46 @@ def fuse_activation(graph: Graph) -> Graph:
     return graph
 
 
+def fold_pad_into_conv(graph: Graph) -> Graph:
+    """pad (zeros, spatial dims only, no cropping) -> conv becomes one conv that pads more.
+
+    Exporters write explicit Pad nodes before convolutions (TensorFlow's SAME padding);
+    the conv's own zero padding does the same work without a copy. The pad node stays
+    when something else reads it.
+    """
+    graph = graph.copy()
+    for conv in [n for n in graph.nodes if n.op == "conv"]:
+        pad = _producer(graph, conv.inputs[0])
+        if pad is None or pad.op != "pad" or float(pad.attrs.get("value", 0.0)) != 0.0:
+            continue
+        spec = ConvSpec.from_dict(conv.attrs["spec"])
+        rank = len(spec.input_shape)
+        pads = tuple(pad.attrs["pads"])
+        begins, ends = pads[:rank], pads[rank:]
+        if (spec.transposed or spec.padding_mode != "zeros" or min(pads) < 0
+                or any(begins[:2]) or any(ends[:2])):
+            continue
+        padding = [(lo + b, hi + e) for (lo, hi), b, e in
+                   zip(spec.padding, begins[2:], ends[2:])]
+        try:
+            new_spec = spec.replace(input_shape=graph.shape_of(pad.inputs[0]), padding=padding)
+        except SpecError:
+            continue
+        if new_spec.output_shape != spec.output_shape:
+            continue
+        conv.attrs = dict(conv.attrs, spec=new_spec.to_dict())
+        conv.inputs = [pad.inputs[0]] + conv.inputs[1:]
+        conv.fused.append(pad.name)
+        if not graph.consumers(pad.name) and pad.name not in graph.outputs:
+            graph.nodes.remove(pad)
+    return graph
+
+
 def optimize(graph: Graph) -> Graph:
-    """The standard pipeline: identities, BatchNorm folding, residual add, activation."""
+    """The standard pipeline: identities, zero padding and BatchNorm folded into convs,
+    residual add, activation."""
     graph = remove_identities(graph)
+    graph = fold_pad_into_conv(graph)
     graph = fold_batch_norm(graph)
     graph = fuse_residual_add(graph)
     return fuse_activation(graph)
