@@ -2,6 +2,8 @@
 
     python bench/layers.py [--threads 1 2] [--repeats 10] [--layers NAME ...] [--quick]
 
+The peers live in convgen.bench_peers (shared with `convgen bench`, which counts
+torch_cl's layout conversions; this script keeps them outside the timed call).
 Every runtime is measured in this process, on the same arrays (batch 1, float32,
 uniform in [-1, 1]), and checked against cg.reference: the worst error of a row is
 printed and the row is marked FAIL when a runtime exceeds convgen.tolerance. Each
@@ -29,23 +31,20 @@ printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
+from convgen.bench import measure  # noqa: E402
+from convgen.bench_peers import (Runner, Skip, numpy_runner, openblas_setters,  # noqa: E402
+                                 ort_runner, torch_runner)
 from convgen.tolerance import max_error, tolerance  # noqa: E402
 
 LAYERS = {
@@ -70,20 +69,7 @@ LAYERS = {
 
 # Nominal single-core fp32 peak of the reference machine (2 AVX-512 FMA ports), for scale.
 PEAK_GFLOPS_PER_CORE = 214.0
-PAUSE_S = 0.02  # between timing blocks, so spinning pool threads go to sleep
 QUICK_REPEATS = 3
-
-
-class Skip(Exception):
-    """This runtime does not handle this layer; the message says why."""
-
-
-@dataclass
-class Runner:
-    """One timed call, and how to turn what it returns into an NC(D)(H)W NumPy array."""
-
-    call: Callable[[], Any]
-    to_numpy: Callable[[Any], np.ndarray] = np.asarray
 
 
 @dataclass
@@ -103,170 +89,6 @@ class Row:
     cells: dict[str, Cell] = field(default_factory=dict)
 
 
-# -- NumPy peer -------------------------------------------------------------------------
-
-def _openblas_setters() -> list[Callable[[int], None]]:
-    """openblas_set_num_threads of every OpenBLAS loaded in this process (NumPy's own)."""
-    setters = []
-    try:
-        paths = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                 if "openblas" in line.lower() and line.split()[-1].startswith("/")}
-    except OSError:
-        return setters
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                       "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            function = getattr(lib, symbol, None)
-            if function is not None:
-                function.argtypes = [ctypes.c_int]
-                setters.append(function)
-                break
-    return setters
-
-
-def numpy_runner(spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray) -> Runner:
-    if spec.padding_mode != "zeros":
-        raise Skip("zero padding only")
-    if spec.transposed:
-        return _numpy_col2im(spec, x, w)
-    nd, groups = spec.ndim, spec.groups
-    n, c = spec.batch, spec.in_channels
-    pads = ((0, 0), (0, 0), *spec.padding)
-    padded = any(lo or hi for lo, hi in spec.padding)
-    window = tuple(d * (k - 1) + 1 for k, d in zip(spec.kernel_size, spec.dilation))
-    axes = tuple(range(2, 2 + nd))
-    # (N, C, *out_positions, *window) -> strided outputs, dilated taps.
-    pick = ((slice(None), slice(None))
-            + tuple(slice(None, None, s) for s in spec.stride)
-            + tuple(slice(None, None, d) for d in spec.dilation))
-    order = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
-    taps = math.prod(spec.kernel_size)
-    positions = math.prod(spec.output_spatial)
-    out_shape = spec.output_shape
-
-    if groups == 1 and n == 1:
-        wmat = w.reshape(spec.out_channels, -1)
-
-        def call() -> np.ndarray:
-            xp = np.pad(x, pads) if padded else x
-            cols = sliding_window_view(xp, window, axis=axes)[pick].transpose(order)
-            cols = cols.reshape(c * taps, positions)  # the im2col copy
-            return (wmat @ cols).reshape(out_shape)
-        return Runner(call)
-
-    wmat = w.reshape(groups, spec.out_channels // groups, -1)
-
-    def call_grouped() -> np.ndarray:
-        xp = np.pad(x, pads) if padded else x
-        cols = sliding_window_view(xp, window, axis=axes)[pick].transpose(order)
-        cols = cols.reshape(n, groups, (c // groups) * taps, positions)
-        return np.matmul(wmat, cols).reshape(out_shape)
-    return Runner(call_grouped)
-
-
-def _numpy_col2im(spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray) -> Runner:
-    """Transposed convolution: columns = W^T X (one matmul per group), then scatter-add."""
-    groups = spec.groups
-    n, cin = spec.batch, spec.in_channels
-    k, s, d = spec.kernel_size, spec.stride, spec.dilation
-    ins, outs = spec.in_spatial, spec.output_spatial
-    wmat = w.reshape(groups, cin // groups, -1).transpose(0, 2, 1)  # (G, cout_g*K, cin_g)
-    full = tuple(max((i - 1) * st + dl * (kk - 1) + 1, lo + o)
-                 for i, st, dl, kk, (lo, _), o in zip(ins, s, d, k, spec.padding, outs))
-    crop = tuple(slice(lo, lo + o) for (lo, _), o in zip(spec.padding, outs))
-    tap_slices = [tuple(slice(t * dl, t * dl + (i - 1) * st + 1, st)
-                        for t, dl, i, st in zip(tap, d, ins, s))
-                  for tap in np.ndindex(*k)]
-
-    def call() -> np.ndarray:
-        xmat = x.reshape(n, groups, cin // groups, -1)
-        cols = np.matmul(wmat, xmat).reshape(n, spec.out_channels, -1, *ins)
-        buf = np.zeros((n, spec.out_channels, *full), x.dtype)
-        for t, where in enumerate(tap_slices):
-            buf[(slice(None), slice(None)) + where] += cols[:, :, t]
-        return np.ascontiguousarray(buf[(slice(None), slice(None)) + crop])
-
-    return Runner(call)
-
-
-# -- PyTorch peer -----------------------------------------------------------------------
-
-def torch_runner(torch, spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray,
-                 channels_last: bool) -> Runner:
-    functional = torch.nn.functional
-    nd = spec.ndim
-    if spec.padding_mode != "zeros":
-        raise Skip("zero padding only")
-    if channels_last and nd != 2:
-        raise Skip("channels_last is measured for 2D layers only")
-    symmetric = all(lo == hi for lo, hi in spec.padding)
-    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-        wt = wt.contiguous(memory_format=torch.channels_last)
-    if spec.transposed:
-        if not symmetric:
-            raise Skip("asymmetric transposed padding")
-        op = getattr(functional, f"conv_transpose{nd}d")
-        kwargs = dict(stride=spec.stride, padding=tuple(lo for lo, _ in spec.padding),
-                      output_padding=spec.output_padding, groups=spec.groups,
-                      dilation=spec.dilation)
-
-        def call_t():
-            with torch.no_grad():
-                return op(xt, wt, None, **kwargs)
-        return Runner(call_t, lambda y: y.contiguous().numpy())
-
-    op = getattr(functional, f"conv{nd}d")
-    padding = tuple(lo for lo, _ in spec.padding) if symmetric else 0
-    pre_pad = None if symmetric else \
-        tuple(p for lo, hi in reversed(spec.padding) for p in (lo, hi))
-    kwargs = dict(stride=spec.stride, padding=padding, dilation=spec.dilation,
-                  groups=spec.groups)
-
-    def call():
-        with torch.no_grad():
-            inp = xt if pre_pad is None else functional.pad(xt, pre_pad)
-            return op(inp, wt, None, **kwargs)
-    return Runner(call, lambda y: y.contiguous().numpy())
-
-
-# -- ONNX Runtime peer ------------------------------------------------------------------
-
-def ort_runner(onnx, ort, spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray,
-               threads: int) -> Runner:
-    from onnx import TensorProto, helper, numpy_helper
-
-    if spec.padding_mode != "zeros":
-        raise Skip("zero padding only")
-    attrs = dict(kernel_shape=list(spec.kernel_size), strides=list(spec.stride),
-                 dilations=list(spec.dilation), group=spec.groups,
-                 pads=[lo for lo, _ in spec.padding] + [hi for _, hi in spec.padding])
-    if spec.transposed:
-        attrs["output_padding"] = list(spec.output_padding)
-    node = helper.make_node("ConvTranspose" if spec.transposed else "Conv", ["x", "w"], ["y"],
-                            **attrs)
-    graph = helper.make_graph(
-        [node], spec.name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(spec.input_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(spec.output_shape))],
-        initializer=[numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by any recent onnxruntime
-    onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    feeds = {"x": x}
-    return Runner(lambda: session.run(["y"], feeds)[0])
-
-
 # -- convgen ----------------------------------------------------------------------------
 
 def convgen_runner(spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray, backend: str,
@@ -280,19 +102,6 @@ def convgen_runner(spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray, backend: str
 
 
 # -- measuring and printing -------------------------------------------------------------
-
-def measure(runner: Runner, repeats: int) -> tuple[float, np.ndarray]:
-    """(median seconds, first output): one checked call, one warm-up, then the timed calls."""
-    first = runner.to_numpy(runner.call())
-    runner.call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.call()
-        times.append(time.perf_counter() - start)
-    time.sleep(PAUSE_S)
-    return statistics.median(times), first
-
 
 def describe(spec: cg.ConvSpec) -> str:
     def dims(values) -> str:
@@ -407,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         onnx = ort = None
         print("onnx/onnxruntime: not installed, peer skipped (pip install -e '.[bench]')")
-    blas_setters = _openblas_setters()
+    blas_setters = openblas_setters()
     if not blas_setters:
         print("numpy: OpenBLAS not found; its thread count is left as configured")
 
@@ -449,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 "numpy": partial(numpy_runner, spec, x, w)}
             if torch is not None:
                 makers["torch"] = partial(torch_runner, torch, spec, x, w, False)
-                makers["torch_cl"] = partial(torch_runner, torch, spec, x, w, True)
+                makers["torch_cl"] = partial(torch_runner, torch, spec, x, w, True,
+                                             count_conversion=False)
             if ort is not None:
                 makers["ort"] = partial(ort_runner, onnx, ort, spec, x, w, threads)
             for backend in cg.BACKENDS:

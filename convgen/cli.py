@@ -25,6 +25,7 @@ import convgen as cg
 from .backends import resolve_backend
 from .plan import describe_plan
 from .tune_cli import add_tune_command
+from .bench_cli import add_bench_command
 from .errors import ConvgenError
 from .spec import ConvSpec
 from .specfile import SpecEntry, load_specfile, load_specfiles
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_network)
 
     add_tune_command(commands, [backend])
+    add_bench_command(commands, [backend])
     return parser
 
 

@@ -1,0 +1,394 @@
+"""Bench: convgen against its peers, measured in the same process, and the machine's peak.
+
+:func:`bench_layers` times each convolution with convgen (``cg.compile`` with the tuned
+or default schedule, threads set, a preallocated ``out=``) and with every installed peer
+(:mod:`convgen.bench_peers`), layer by layer: for each layer, each runtime in turn gets
+one checked call, one warm-up call and ``repeat`` timed calls (median), then a short
+pause so one runtime's spinning pool threads do not eat into the next one's time. Every
+output is compared with :func:`convgen.reference`. :func:`measure_peak` times a
+generated microkernel of independent FMA chains; :func:`measure_bandwidth` a large copy.
+The command line and the printing live in :mod:`convgen.bench_cli`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import compile as compile_kernel
+from .bench_peers import Runner, Skip, numpy_runner, openblas_setters, ort_runner, \
+    torch_runner
+from .cpu import cpu_flags, vector_bits
+from .records import best_record
+from .reference import reference
+from .schedule import PARALLEL_FLOPS, Schedule, default_schedule
+from .spec import ConvSpec
+from .tolerance import max_error, tolerance
+
+PAUSE_S = 0.02          # between timing blocks, so spinning pool threads go to sleep
+SLOW_RATIO = 0.8        # layers whose ratio to the fastest peer is below this are counted
+CONVGEN = "convgen"
+PEAK_SECONDS = 0.2      # per peak measurement
+
+
+@dataclass
+class Cell:
+    """One runtime on one layer at one thread count: median seconds and max error vs the
+    oracle, or why there is none."""
+
+    seconds: float | None = None
+    error: float | None = None
+    passed: bool = True
+    note: str = ""
+
+
+@dataclass
+class LayerResult:
+    name: str
+    spec: ConvSpec
+    threads: int
+    cells: dict[str, Cell] = field(default_factory=dict)
+    schedule: str = ""  # convgen's schedule and where it came from
+
+    def best_peer(self) -> tuple[str, float] | None:
+        """(name, seconds) of the fastest peer whose output passed, or None."""
+        passing = [(c.seconds, name) for name, c in self.cells.items()
+                   if name != CONVGEN and c.seconds is not None and c.passed]
+        if not passing:
+            return None
+        seconds, name = min(passing)
+        return name, seconds
+
+    def ratio(self) -> float | None:
+        """Fastest passing peer's time / convgen's time (> 1: convgen is faster)."""
+        mine, peer = self.cells.get(CONVGEN), self.best_peer()
+        if mine is None or mine.seconds is None or not mine.passed or peer is None:
+            return None
+        return peer[1] / mine.seconds
+
+
+@dataclass
+class Peers:
+    """The peer libraries found in this process (None where not installed)."""
+
+    torch: Any = None
+    onnx: Any = None
+    ort: Any = None
+    blas_setters: list = field(default_factory=list)
+
+    @classmethod
+    def find(cls) -> Peers:
+        peers = cls(blas_setters=openblas_setters())
+        try:
+            import torch
+            peers.torch = torch
+        except ImportError:
+            pass
+        try:
+            import onnx
+            import onnxruntime
+            peers.onnx, peers.ort = onnx, onnxruntime
+        except ImportError:
+            pass
+        return peers
+
+    def names(self) -> list[str]:
+        names = ["numpy"]
+        if self.torch is not None:
+            names += ["torch", "torch_cl"]
+        if self.ort is not None:
+            names.append("ort")
+        return names
+
+    def versions(self) -> dict[str, str]:
+        out = {"numpy": np.__version__}
+        if self.torch is not None:
+            out["torch"] = self.torch.__version__
+        if self.ort is not None:
+            out["onnxruntime"] = self.ort.__version__
+        return out
+
+    def set_threads(self, threads: int) -> None:
+        if self.torch is not None:
+            self.torch.set_num_threads(threads)
+        for setter in self.blas_setters:
+            setter(threads)
+
+
+# -- timing -----------------------------------------------------------------------------
+
+def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
+    """(median seconds, first output): one checked call, one warm-up, then the timed calls."""
+    first = runner.to_numpy(runner.call())
+    runner.call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        runner.call()
+        times.append(time.perf_counter() - start)
+    time.sleep(PAUSE_S)
+    return statistics.median(times), first
+
+
+def bench_schedule(spec: ConvSpec, backend: str, threads: int,
+                   given: Schedule | None = None) -> tuple[Schedule, str]:
+    """The schedule convgen runs at ``threads`` and where it comes from: the spec file's,
+    else the best tuning record (one tuned at ``threads`` first), else the default. Kernels
+    under the default's parallel threshold stay on one thread unless tuned otherwise."""
+    if given is not None:
+        return dataclasses.replace(given, threads=threads), "spec file"
+    tuned = best_record(spec, backend, threads)
+    if tuned is not None:
+        return tuned, "tuned"
+    tuned = best_record(spec, backend)
+    if tuned is not None:
+        return dataclasses.replace(tuned, threads=threads), f"tuned at {tuned.threads}t"
+    base = default_schedule(spec)
+    used = threads if spec.flops >= PARALLEL_FLOPS else 1
+    return dataclasses.replace(base, threads=used), "default"
+
+
+def convgen_runner(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                   backend: str, schedule: Schedule) -> Runner:
+    kernel = compile_kernel(spec, backend=backend, schedule=schedule)
+    out = np.empty(spec.output_shape, spec.dtype)
+    return Runner(lambda: kernel(x, w, b, out=out), lambda y: y.copy())
+
+
+def random_arrays(spec: ConvSpec, seed: int = 0):
+    """x, w, b (None without bias) uniform in [-1, 1] in the spec's dtype."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, spec.input_shape).astype(spec.dtype)
+    w = rng.uniform(-1.0, 1.0, spec.weight_shape).astype(spec.dtype)
+    b = rng.uniform(-1.0, 1.0, spec.bias_shape).astype(spec.dtype) if spec.bias else None
+    return x, w, b
+
+
+def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: int,
+                backend: str, peers: Peers, repeat: int,
+                schedule: Schedule | None = None) -> LayerResult:
+    """Every runtime on one layer, one after the other; outputs checked against ``want``."""
+    x, w, b = arrays
+    chosen, source = bench_schedule(spec, backend, threads, schedule)
+    result = LayerResult(name, spec, threads,
+                         schedule=f"{source}: tile_co={chosen.tile_co} "
+                                  f"tile_spatial={list(chosen.tile_spatial or [])} "
+                                  f"threads={chosen.threads}")
+    makers: dict[str, Callable[[], Runner]] = {
+        CONVGEN: lambda: convgen_runner(spec, x, w, b, backend, chosen),
+        "numpy": lambda: numpy_runner(spec, x, w, b)}
+    if peers.torch is not None:
+        makers["torch"] = lambda: torch_runner(peers.torch, spec, x, w, False, b)
+        makers["torch_cl"] = lambda: torch_runner(peers.torch, spec, x, w, True, b)
+    if peers.ort is not None:
+        makers["ort"] = lambda: ort_runner(peers.onnx, peers.ort, spec, x, w, threads, b)
+    limit = tolerance(spec)
+    for runtime, make in makers.items():
+        try:
+            seconds, got = measure(make(), repeat)
+        except Skip as skip:
+            result.cells[runtime] = Cell(note=str(skip))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a runtime's failure is reported, not fatal
+            result.cells[runtime] = Cell(note=f"{type(exc).__name__}: {exc}"[:200],
+                                         passed=False)
+            continue
+        error = max_error(got, want)
+        result.cells[runtime] = Cell(seconds, error, passed=error <= limit)  # NaN fails
+    return result
+
+
+def bench_layers(entries: Sequence[tuple[str, ConvSpec, Schedule | None]],
+                 threads_list: Sequence[int], backend: str, repeat: int,
+                 peers: Peers | None = None,
+                 report: Callable[[LayerResult], None] | None = None) -> list[LayerResult]:
+    """Each (name, spec, schedule-or-None) at each thread count, against every peer.
+
+    ``report`` is called with each result as soon as it is measured.
+    """
+    peers = peers or Peers.find()
+    inputs = {}
+    for name, spec, _ in entries:
+        arrays = random_arrays(spec)
+        inputs[name] = (arrays, reference(spec, *arrays))
+    saved = peers.torch.get_num_threads() if peers.torch is not None else None
+    results = []
+    try:
+        for threads in threads_list:
+            peers.set_threads(threads)
+            for name, spec, schedule in entries:
+                arrays, want = inputs[name]
+                result = bench_layer(name, spec, arrays, want, threads, backend, peers,
+                                     repeat, schedule)
+                results.append(result)
+                if report is not None:
+                    report(result)
+    finally:
+        if saved is not None:
+            peers.torch.set_num_threads(saved)
+    return results
+
+
+def geometric_mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+# -- peak FMA throughput ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FmaProbe:
+    """How the microkernel is written for this CPU: vector type, lanes, accumulators."""
+
+    isa: str
+    lanes: int
+    accumulators: int
+    vector_type: str
+    set1: str
+    fma: str  # a C expression template with {acc}, {a}, {b}
+    flops_per_fma: int  # per lane
+
+    @property
+    def flops_per_iteration(self) -> int:
+        return self.accumulators * self.lanes * self.flops_per_fma
+
+
+def fma_probe() -> FmaProbe:
+    """AVX-512: 16 zmm chains; AVX2+FMA: 12 ymm chains; else 8 chains of a*b+c in GCC
+    vector types (counted as 2 FLOPs per lane, fused or not)."""
+    flags = cpu_flags()
+    if vector_bits() == 512:
+        return FmaProbe("avx512f", 16, 16, "__m512", "_mm512_set1_ps",
+                        "_mm512_fmadd_ps({acc}, {a}, {b})", 2)
+    if "fma" in flags and "avx2" in flags:
+        return FmaProbe("avx2+fma", 8, 12, "__m256", "_mm256_set1_ps",
+                        "_mm256_fmadd_ps({acc}, {a}, {b})", 2)
+    return FmaProbe("generic", 4, 8, "vec4", "VEC4_SET1", "{acc} * {a} + {b}", 2)
+
+
+def peak_source(probe: FmaProbe, symbol: str) -> str:
+    """C for ``double symbol(int64_t iterations, int threads)``: every thread runs
+    ``iterations`` rounds of one FMA on each of the independent accumulator chains."""
+    n = probe.accumulators
+    init = "\n".join(f"        {probe.vector_type} acc{i} = {probe.set1}({i + 1}.0f);"
+                     for i in range(n))
+    body = "\n".join("            acc{0} = {1};".format(
+        i, probe.fma.format(acc=f"acc{i}", a="a", b="b")) for i in range(n))
+    total = " + ".join(f"acc{i}" for i in range(n))
+    if probe.isa == "generic":
+        prelude = ("typedef float vec4 __attribute__((vector_size(16)));\n"
+                   "#define VEC4_SET1(v) ((vec4){(v), (v), (v), (v)})\n")
+        reduce = "s[0] + s[1] + s[2] + s[3]"
+    else:
+        prelude = "#include <immintrin.h>\n"
+        lanes = " + ".join(f"s[{i}]" for i in range(probe.lanes))
+        reduce = lanes
+    return f"""\
+/* convgen peak probe ({probe.isa}): {n} independent chains of {probe.lanes}-lane FMAs per
+   thread, so the FMA units never wait on a result. Each thread stores the CPU time its
+   loop took in seconds[thread] (time the OS gave to other processes is not counted).
+   The returned sum keeps the loop alive. */
+#include <stdint.h>
+#include <time.h>
+#include <omp.h>
+{prelude}
+static double thread_seconds(void)
+{{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}}
+
+double {symbol}(int64_t iterations, int threads, double *seconds)
+{{
+    double total = 0.0;
+#pragma omp parallel num_threads(threads) reduction(+:total)
+    {{
+        double start = thread_seconds();
+        {probe.vector_type} a = {probe.set1}(0.999999f);
+        {probe.vector_type} b = {probe.set1}(1e-6f);
+{init}
+        for (int64_t i = 0; i < iterations; ++i) {{
+{body}
+        }}
+        {probe.vector_type} sum = {total};
+        seconds[omp_get_thread_num()] = thread_seconds() - start;
+        float s[{probe.lanes}];
+        __builtin_memcpy(s, &sum, sizeof s);
+        total += {reduce};
+    }}
+    return total;
+}}
+"""
+
+
+_PEAK_FUNCTIONS: dict[str, Any] = {}
+
+
+def _peak_function(probe: FmaProbe):
+    from .builder import build_c
+    from .kernel import load_function
+
+    symbol = f"convgen_peak_fma_{probe.isa.replace('+', '_')}_{probe.accumulators}"
+    if symbol not in _PEAK_FUNCTIONS:
+        entry = build_c(peak_source(probe, symbol), symbol, openmp=True)
+        _, _, function = load_function(entry.file("library"), symbol,
+                                       f"double {symbol}(int64_t iterations, int threads, "
+                                       "double *seconds);",
+                                       entry.sha256("library"))
+        _PEAK_FUNCTIONS[symbol] = function
+    return _PEAK_FUNCTIONS[symbol]
+
+
+def measure_peak(threads: int, seconds: float = PEAK_SECONDS, tries: int = 3) -> float:
+    """Peak fp32 FLOP/s (not GFLOP/s) at ``threads``: the sum over threads of each one's
+    FLOPs per second of its own CPU time, best of ``tries`` runs of about ``seconds`` each
+    after a calibration. CPU time rather than wall time, so that other processes sharing
+    the cores do not lower the machine's figure."""
+    import cffi
+
+    probe = fma_probe()
+    function = _peak_function(probe)
+    ffi = cffi.FFI()
+    spent = ffi.new("double[]", threads)
+    iterations = 20_000
+    function(iterations, threads, spent)  # warm-up: threads started, clocks up
+    while True:
+        start = time.perf_counter()
+        function(iterations, threads, spent)
+        elapsed = time.perf_counter() - start
+        if elapsed >= 0.01 or iterations > 1 << 40:
+            break
+        iterations *= 4
+    iterations = max(int(iterations * seconds / elapsed), 1)
+    flops = iterations * probe.flops_per_iteration  # per thread
+    best = 0.0
+    for _ in range(tries):
+        function(iterations, threads, spent)
+        best = max(best, sum(flops / max(spent[i], 1e-9) for i in range(threads)))
+    return best
+
+
+def measure_bandwidth(megabytes: int = 64, tries: int = 3) -> float:
+    """Memory bandwidth in bytes/s: a copy of ``megabytes`` MB (read + write counted), best
+    of ``tries``; an estimate of the streaming bandwidth for the roofline."""
+    n = megabytes * (1 << 20) // 4
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        elapsed = time.perf_counter() - start
+        best = max(best, 2 * src.nbytes / elapsed)
+    return best
