@@ -8,12 +8,13 @@ through cffi and returns a callable checked against a NumPy oracle
 
 from .aot import compile_to, load
 from .backends import BACKENDS, compile
-from .errors import (CompileError, CompilerNotFoundError, ConvgenError, ScheduleError,
-                     SpecError, SpecFileError)
+from .errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
+                     ScheduleError, SpecError, SpecFileError)
 from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
                          conv_transpose3d)
 from .graph.netspec import load_network
 from .kernel import Kernel
+from .onnx_import import from_onnx  # imports onnx only when called
 from .reference import reference
 from .schedule import Schedule, default_schedule
 from .spec import ACTIVATIONS, ConvSpec
@@ -22,8 +23,8 @@ from .version import __version__
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "CompileError", "CompilerNotFoundError", "ConvSpec",
-    "ConvgenError", "Kernel", "Schedule", "ScheduleError", "SpecError", "SpecFileError",
-    "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "default_schedule", "load", "load_network",
-    "reference", "tune", "TuneResult",
+    "ConvgenError", "Kernel", "OnnxImportError", "Schedule", "ScheduleError", "SpecError",
+    "SpecFileError", "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "default_schedule",
+    "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",
 ]

@@ -81,3 +81,7 @@ class SpecFileError(SpecError):
         if not self.field:
             return f"{self.path}: {self.rule}"
         return f"{self.path}: {self.field}={self.value!r}: {self.rule}"
+
+
+class OnnxImportError(ConvgenError, ValueError):
+    """An ONNX model convgen cannot import: names the model or node and the reason."""
