@@ -45,6 +45,7 @@ class Cell:
 
     seconds: float | None = None
     error: float | None = None
+    min_seconds: float | None = None
     passed: bool = True
     note: str = ""
 
@@ -126,6 +127,12 @@ class Peers:
 
 def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
     """(median seconds, first output): one checked call, one warm-up, then the timed calls."""
+    times, first = measure_times(runner, repeat)
+    return statistics.median(times), first
+
+
+def measure_times(runner: Runner, repeat: int) -> tuple[list[float], np.ndarray]:
+    """(seconds of each timed call, first output), as :func:`measure`."""
     first = runner.to_numpy(runner.call())
     runner.call()
     times = []
@@ -134,7 +141,7 @@ def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
         runner.call()
         times.append(time.perf_counter() - start)
     time.sleep(PAUSE_S)
-    return statistics.median(times), first
+    return times, first
 
 
 def bench_schedule(spec: ConvSpec, backend: str, threads: int,
@@ -192,7 +199,7 @@ def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: in
     limit = tolerance(spec)
     for runtime, make in makers.items():
         try:
-            seconds, got = measure(make(), repeat)
+            times, got = measure_times(make(), repeat)
         except Skip as skip:
             result.cells[runtime] = Cell(note=str(skip))
             continue
@@ -201,7 +208,8 @@ def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: in
                                          passed=False)
             continue
         error = max_error(got, want)
-        result.cells[runtime] = Cell(seconds, error, passed=error <= limit)  # NaN fails
+        result.cells[runtime] = Cell(statistics.median(times), error, min(times),
+                                     passed=error <= limit)  # NaN fails
     return result
 
 

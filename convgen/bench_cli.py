@@ -63,6 +63,9 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", metavar="OUT.json", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"draw a roofline plot (needs matplotlib: {PLOT_HINT})")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="1,3,224,224",
+                   help="network or ONNX model only: compile for this input shape (fixes an "
+                        "ONNX model's symbolic dims; default: the file's)")
     p.add_argument("--peak", action="store_true",
                    help="only measure the peak FMA throughput per thread count")
     p.add_argument("--peak-seconds", type=float, default=PEAK_SECONDS, metavar="S",
@@ -78,6 +81,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") \
+            from None
 
 
 def _thread_list(text: str) -> list[int]:
@@ -117,6 +128,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if missing:
         print(f"not installed, peer skipped: {', '.join(missing)} "
               "(pip install 'convgen[bench]')")
+    load = _load_average()
+    if load is not None:
+        print(f"load average {load:.2f} before the run (cpu count {os.cpu_count()}); other "
+              "processes on the cores make timings noisy")
     peaks = print_peaks(threads, args.peak_seconds)
 
     networks: list[dict] = []
@@ -130,6 +145,7 @@ def run_bench(args: argparse.Namespace) -> int:
     bandwidth = measure_bandwidth() if args.plot or args.json else None
     if args.json:
         data = {**machine_info(args.backend), "path": args.path, "repeat": args.repeat,
+                "load_average_before": load,
                 "versions": {"convgen": __version__, **peers.versions()},
                 "peak_gflops": peaks,
                 "bandwidth_gbs": None if bandwidth is None else bandwidth / 1e9,
@@ -154,7 +170,7 @@ def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict])
 
     path = args.path
     if str(path).lower().endswith(".onnx"):
-        model_for = _onnx_models(path, args.backend)
+        model_for = _onnx_models(path, args.backend, args.input_shape)
         graph = bench_network(path, model_for, threads, args.repeat, networks,
                               ort_model=path, peers=peers)
         return _graph_convs(graph), f"distinct convolutions of {path}"
@@ -164,16 +180,19 @@ def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict])
         network = load_network(path)
 
         def model_for(t: int):
-            return network.compile(backend=args.backend, threads=t)
+            return network.compile(args.input_shape, backend=args.backend, threads=t)
         graph = bench_network(path, model_for, threads, args.repeat, networks, peers=peers)
         return _graph_convs(graph), f"distinct convolutions of {path}"
     from .specfile import load_specfile
 
+    if args.input_shape is not None:
+        raise BenchError("--input-shape applies to a network file or an ONNX model, "
+                         f"not to the spec file {path}")
     entries = load_specfile(path)
     return [(e.name, e.spec, e.schedule) for e in entries], path
 
 
-def _onnx_models(path: str, backend: str):
+def _onnx_models(path: str, backend: str, input_shape: tuple[int, ...] | None):
     import convgen
 
     from_onnx = getattr(convgen, "from_onnx", None)
@@ -183,7 +202,7 @@ def _onnx_models(path: str, backend: str):
         except ImportError:
             raise BenchError(f"{path}: ONNX import (convgen.from_onnx) is not available in "
                              "this convgen") from None
-    imported = from_onnx(path, input_shape=None)
+    imported = from_onnx(path, input_shape=input_shape)
 
     def model_for(t: int):
         return imported.compile(backend=backend, threads=t)
@@ -274,6 +293,13 @@ def print_peaks(threads: Sequence[int], seconds: float) -> dict[str, float]:
           f"{probe.accumulators} independent chains of {probe.lanes}-lane FMAs "
           f"({probe.isa}), best of 3 x {seconds:g} s]")
     return peaks
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def machine_info(backend: str) -> dict[str, Any]:
@@ -410,6 +436,7 @@ def measurements(results: list[LayerResult], peaks: dict[str, float]) -> list[di
             out.append({
                 "layer": r.name, "threads": r.threads, "runtime": name,
                 "median_ms": cell.seconds * 1e3 if cell.seconds is not None else None,
+                "min_ms": cell.min_seconds * 1e3 if cell.min_seconds is not None else None,
                 "gflops": gflops,
                 "percent_of_peak": 100 * gflops / peak if gflops and peak else None,
                 "ratio": ratio, "max_error": cell.error, "ok": cell.passed,

@@ -163,11 +163,34 @@ def test_bench_network_file(capsys):
     assert all(row.split()[-1] == "ok" for row in rows(out, "conv1") + rows(out, "conv2"))
 
 
+def test_bench_onnx_model_against_onnxruntime(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("convgen.onnx_import")
+    import convgen as cg
+    from convgen.bench_peers import onnx_conv_model
+
+    spec = cg.ConvSpec((1, 3, 8, 8), 4, kernel_size=3, padding=1, activation="relu")
+    rng = np.random.default_rng(0)
+    model = onnx_conv_model(spec, rng.standard_normal(spec.weight_shape).astype(np.float32),
+                            rng.standard_normal(4).astype(np.float32))
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, str(path))
+    out_json = tmp_path / "out.json"
+    assert main(["bench", str(path), *FAST, "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "end-to-end latency" in out and "ort ms" in out
+    (network,) = json.loads(out_json.read_text())["networks"]
+    assert network["ok"] and network["ort_ms"] > 0 and network["convgen_ms"] > 0
+    assert network["convgen_error"] <= 1e-3 and network["ort_error"] <= 1e-3
+
+
 def test_bench_usage_errors(capsys):
     assert main(["bench", *FAST]) == 2
     assert "SPECFILE|NETSPEC|MODEL.onnx" in capsys.readouterr().err
     assert main(["bench", "--threads", "0", "x.toml"]) == 2
     assert main(["bench", "--peak", "x.toml"]) == 2
+    assert main(["bench", "--input-shape", "1,x", "x.toml"]) == 2
 
 
 def test_layers_toml_is_the_issue_list():
