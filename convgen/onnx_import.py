@@ -303,7 +303,8 @@ class OnnxModel:
                     args.append(values[name])
             if (not args or args[0] is None) and node.op_type != "Constant":
                 raise ctx.error("has no first input")
-            outputs = handlers[node.op_type](ctx, args)
+            outputs = [np.asarray(v) if isinstance(v, (np.generic, np.ndarray)) else v
+                       for v in handlers[node.op_type](ctx, args)]
             for k, name in enumerate(node.output):
                 if not name:
                     continue
