@@ -1,7 +1,7 @@
 """The ``convgen`` command line: compile, show, check and explain spec files; run networks.
 
 Every command takes one or more TOML spec files (see :mod:`convgen.specfile`), except
-``run``, which takes a network file (see :mod:`convgen.graph.netspec`).
+``run``, which takes a network file (see :mod:`convgen.graph.netspec`) or an ONNX model.
 Exit codes: 0 success, 1 a ``check`` outside tolerance, 2 a usage, spec or
 compile error (printed as ``convgen: error: ...``, never a traceback).
 """
@@ -139,15 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_explain)
 
     p = commands.add_parser(
-        "run", parents=[backend], help="compile a whole network (specs/nets/*.toml) and run it",
-        description="Load a network file (see convgen.graph.netspec), compile it into one "
+        "run", parents=[backend],
+        help="compile a whole network (specs/nets/*.toml or an .onnx model) and run it",
+        description="Load a network file (see convgen.graph.netspec) or an ONNX model "
+                    "(.onnx; see convgen.onnx_import), compile it into one "
                     "library, run it on --input (default: a seeded standard-normal input of "
                     "the file's input_shape), print the output's shape and top values, the "
                     "compile time and the end-to-end latency. With --check, compare with the "
                     "composed NumPy oracle and exit 1 beyond the float32 tolerance. An --input "
                     "of another shape (batch, image size) compiles the network for that shape.")
-    p.add_argument("netspec", metavar="NETSPEC", help="TOML network file")
+    p.add_argument("netspec", metavar="NETSPEC|MODEL.onnx",
+                   help="TOML network file, or an ONNX model (.onnx)")
     p.add_argument("--input", metavar="X.npy", help="input array (.npy; cast to float32)")
+    p.add_argument("--input-shape", type=_shape_arg, default=None, metavar="N,C,H,W",
+                   help="shape of the seeded random input (fixes an ONNX model's symbolic "
+                        "dims; default: the file's or the model's input shape)")
     p.add_argument("--weights", metavar="W.npz",
                    help="parameters keyed like state_dict() (numpy.savez); default: "
                         "the seeded default initialization")
@@ -170,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_command(commands, [backend])
     add_bench_command(commands, [backend])
     return parser
+
+
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") \
+            from None
 
 
 def _positive_int(text: str) -> int:
@@ -296,21 +310,10 @@ def run_explain(args: argparse.Namespace) -> int:
 # -- run ---------------------------------------------------------------------------------
 
 def run_network(args: argparse.Namespace) -> int:
-    from .graph.ir import GraphError
-    from .graph.netspec import load_network
-
-    network = load_network(args.netspec, weights=args.weights, seed=args.seed)
-    x = _network_input(args, network.input_shape)
-    weights = args.weights or f"default initialization (seed {args.seed})"
-    print(f"network  {network.name} ({args.netspec}): input {_shape(x.shape)}, "
-          f"weights {weights}")
-    start = time.perf_counter()
-    try:
-        model = network.compile(x.shape, backend=args.backend, threads=args.threads)
-    except GraphError as exc:  # only an --input of another shape can get here
-        raise UsageError(f"{args.input}: the network of {args.netspec} does not accept an "
-                         f"input of shape {x.shape}: {exc}") from None
-    compile_ms = (time.perf_counter() - start) * 1e3
+    if args.netspec.lower().endswith(".onnx"):
+        model, inputs, compile_ms = _compile_onnx(args)
+    else:
+        model, inputs, compile_ms = _compile_netspec(args)
     used = max(model.layer_threads().values(), default=1)
     threads = f"up to {used} thread{'s' if used != 1 else ''} per layer"
     print(f"compile  {compile_ms:.1f} ms (backend {model.backend}, {model.dtype}, {threads}; "
@@ -320,20 +323,28 @@ def run_network(args: argparse.Namespace) -> int:
         model.summary()
         print()
 
-    y = model(x)
-    print(f"output   {_shape(y.shape)} {y.dtype}: min {y.min():.6g}, max {y.max():.6g}, "
-          f"mean {y.mean():.6g}")
-    for line in _top_lines(y):
-        print(line)
+    y = model(*inputs)
+    outputs = y if isinstance(y, list) else [y]
+    for i, out in enumerate(outputs):
+        label = "output  " if len(outputs) == 1 else f"output {i}"
+        print(f"{label} {_shape(out.shape)} {out.dtype}: min {out.min():.6g}, "
+              f"max {out.max():.6g}, mean {out.mean():.6g}")
+        for line in _top_lines(out):
+            print(line)
     if args.output:
-        target = args.output if args.output.endswith(".npy") else args.output + ".npy"
-        np.save(target, y)
+        if len(outputs) == 1:
+            target = args.output if args.output.endswith(".npy") else args.output + ".npy"
+            np.save(target, y)
+        else:  # one array per output, in graph order: output0, output1, ...
+            target = args.output if args.output.endswith(".npz") else args.output + ".npz"
+            np.savez(target, **{f"output{i}": out for i, out in enumerate(outputs)})
         print(f"wrote    {target}")
 
     ok = True
     if args.check:
-        ref = model.reference(x)
-        error = relative_error(y, ref)
+        ref = model.reference(*inputs)
+        refs = ref if isinstance(ref, list) else [ref]
+        error = max(relative_error(got, want) for got, want in zip(outputs, refs))
         ok = error <= RUN_TOLERANCE  # False for NaN
         print(f"check    max |y - reference| / max |reference| = {error:.2e} "
               f"(tolerance {RUN_TOLERANCE:.0e}): {'ok' if ok else 'FAIL'}")
@@ -341,11 +352,65 @@ def run_network(args: argparse.Namespace) -> int:
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()
-        model(x)
+        model(*inputs)
         times.append(time.perf_counter() - start)
     print(f"latency  {np.median(times) * 1e3:.3f} ms end to end (median of {args.repeat} "
           f"call{'s' if args.repeat != 1 else ''}; min {min(times) * 1e3:.3f} ms)")
     return 0 if ok else 1
+
+
+def _compile_netspec(args: argparse.Namespace):
+    """(model, inputs, compile ms) for a TOML network file."""
+    from .graph.ir import GraphError
+    from .graph.netspec import load_network
+
+    network = load_network(args.netspec, weights=args.weights, seed=args.seed)
+    x = _network_input(args, args.input_shape or network.input_shape)
+    weights = args.weights or f"default initialization (seed {args.seed})"
+    print(f"network  {network.name} ({args.netspec}): input {_shape(x.shape)}, "
+          f"weights {weights}")
+    start = time.perf_counter()
+    try:
+        model = network.compile(x.shape, backend=args.backend, threads=args.threads)
+    except GraphError as exc:  # only an --input of another shape can get here
+        source = args.input or f"--input-shape {_shape(x.shape)}"
+        raise UsageError(f"{source}: the network of {args.netspec} does not accept an "
+                         f"input of shape {x.shape}: {exc}") from None
+    return model, [x], (time.perf_counter() - start) * 1e3
+
+
+def _compile_onnx(args: argparse.Namespace):
+    """(model, inputs, compile ms) for an ONNX model: --input, or seeded random inputs of
+    the model's input shapes (--input-shape fixes symbolic dims)."""
+    from .onnx_import import from_onnx
+
+    path = args.netspec
+    if args.weights is not None:
+        raise UsageError(f"--weights: {path} carries its own weights (its initializers)")
+    imported = from_onnx(path)
+    names = imported.input_names
+    if (args.input is not None or args.input_shape is not None) and len(names) != 1:
+        raise UsageError(f"{path} has {len(names)} inputs {names}: --input and --input-shape "
+                         "take one; run without them for seeded random inputs")
+    if args.input is not None:
+        inputs = [_network_input(args, ())]
+    else:
+        shapes = [args.input_shape] if args.input_shape is not None else imported.input_shapes
+        for name, shape in zip(names, shapes):
+            if shape is None or None in shape:
+                dims = "unknown" if shape is None else \
+                    "x".join("?" if d is None else str(d) for d in shape)
+                raise UsageError(f"{path}: input {name!r} has the shape {dims} with symbolic "
+                                 "dims; give --input X.npy or --input-shape N,C,H,W")
+        rng = np.random.default_rng(args.seed)
+        inputs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    shown = ", ".join(f"{name} {_shape(x.shape)}" for name, x in zip(names, inputs))
+    print(f"model    {path} (ONNX, opset {imported.opset}): input {shown}, "
+          "weights from the model")
+    start = time.perf_counter()
+    model = imported.compile([x.shape for x in inputs], backend=args.backend,
+                             threads=args.threads)
+    return model, inputs, (time.perf_counter() - start) * 1e3
 
 
 def _network_input(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarray:
