@@ -193,6 +193,7 @@ class OnnxModel:
         self.proto = model
         self.label = label
         graph = model.graph
+        _check_structure(model, label)
         self.opset = opset_of(model)
         if self.opset < MIN_OPSET:
             raise OnnxImportError(f"{label}: opset {self.opset} is older than {MIN_OPSET}; "
