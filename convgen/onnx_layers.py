@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import SpecError
-from .onnx_ops import (Context, Tensor, Value, affine, arith, is_const, legacy_broadcast,
+from .onnx_ops import (Context, Tensor, Value, arith, is_const, legacy_broadcast,
                        matmul, shape_of)
 from .spec import ConvSpec
 

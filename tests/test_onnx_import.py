@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from onnx import TensorProto
 
-from onnx_helpers import check_model, make_model, node, rand, run_ort
+from onnx_helpers import TensorProto, check_model, make_model, node, rand, run_ort
 
 import convgen as cg
 from convgen.errors import ConvgenError

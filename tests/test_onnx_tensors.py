@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
-from onnx_helpers import check_model, make_model, node, rand
+from onnx_helpers import TensorProto, check_model, helper, make_model, node, rand
 
 import convgen as cg
 
