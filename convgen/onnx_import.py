@@ -99,6 +99,20 @@ def _check_structure(model, label: str) -> None:
                               "(no opset_import for the default domain)")
 
 
+def _check_text(model, label: str) -> None:
+    """Names must be text: protobuf hands back bytes for invalid UTF-8 (a damaged file)."""
+    graph = model.graph
+    names = [v.name for v in (*graph.input, *graph.output)]
+    names += [t.name for t in graph.initializer]
+    for node in graph.node:
+        names += [node.op_type, node.domain, node.name, *node.input, *node.output]
+        names += [a.name for a in node.attribute]
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise OnnxImportError(f"{label}: a damaged ONNX model: the name {bad!r} is not "
+                              "valid UTF-8 text")
+
+
 def opset_of(model) -> int:
     return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
@@ -194,6 +208,7 @@ class OnnxModel:
         self.label = label
         graph = model.graph
         _check_structure(model, label)
+        _check_text(model, label)
         self.opset = opset_of(model)
         if self.opset < MIN_OPSET:
             raise OnnxImportError(f"{label}: opset {self.opset} is older than {MIN_OPSET}; "
@@ -302,10 +317,16 @@ class OnnxModel:
                                     "initializer or earlier node output has that name")
                 else:
                     args.append(values[name])
-            if (not args or args[0] is None) and node.op_type != "Constant":
-                raise ctx.error("has no first input")
+            _check_arity(ctx, node, self.opset)
+            try:
+                results = handlers[node.op_type](ctx, args)
+            except OnnxImportError:
+                raise
+            except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+                # a model that breaks a rule no handler checks: name the node, not the line
+                raise ctx.error(f"cannot import it: {exc}") from exc
             outputs = [np.asarray(v) if isinstance(v, (np.generic, np.ndarray)) else v
-                       for v in handlers[node.op_type](ctx, args)]
+                       for v in results]
             for k, name in enumerate(node.output):
                 if not name:
                     continue
@@ -329,6 +350,25 @@ class OnnxModel:
                 value = ctx.tensor(value, role="output")
             outputs.append(value.name)
         return builder.graph(outputs)
+
+
+def _check_arity(ctx: Context, node, opset: int) -> None:
+    """Input counts and required inputs as the operator's schema for ``opset`` says."""
+    from onnx import defs
+
+    try:
+        schema = defs.get_schema(node.op_type, opset, "")
+    except Exception:  # no schema for this opset: the handler checks what it needs
+        return
+    given = list(node.input)
+    if not schema.min_input <= len(given) <= schema.max_input:
+        expected = (str(schema.min_input) if schema.min_input == schema.max_input
+                    else f"{schema.min_input} to {schema.max_input}")
+        raise ctx.error(f"takes {expected} input(s) at opset {opset}, got {len(given)}")
+    single = defs.OpSchema.FormalParameterOption.Single
+    for i, formal in enumerate(schema.inputs[:len(given)]):
+        if formal.option == single and not given[i]:
+            raise ctx.error(f"input {i} ({formal.name}) is required but empty")
 
 
 class _FakeNode:

@@ -253,3 +253,41 @@ def test_errors_are_raised_by_from_onnx_not_by_compile():
     (want,) = run_ort(valid, [rand(1, 3, 6, 6)])
     np.testing.assert_allclose(cg.from_onnx(valid).compile(backend="c")(rand(1, 3, 6, 6)),
                                want, rtol=1e-4, atol=1e-5)
+
+
+def test_damaged_models_import_or_raise_onnx_import_errors():
+    # bytes flipped, deleted and inserted anywhere in a whole network: from_onnx either
+    # imports what is left (a changed weight, a changed attribute) or says what is wrong
+    from test_onnx_resnet import resnet_model
+
+    data = resnet_model(batch=1).SerializeToString()
+    rng = np.random.default_rng(0)
+    outcomes = {"imported": 0, "rejected": 0}
+    for trial in range(300):
+        damaged = bytearray(data)
+        at = int(rng.integers(0, len(damaged)))
+        if trial % 3 == 0:
+            del damaged[at:at + int(rng.integers(1, 20))]
+        elif trial % 3 == 1:
+            damaged[at:at] = rng.integers(0, 256, int(rng.integers(1, 6)), dtype=np.uint8).tobytes()
+        else:
+            for at in rng.integers(0, len(damaged), int(rng.integers(1, 8))):
+                damaged[at] = int(rng.integers(0, 256))
+        with np.errstate(all="ignore"):
+            try:
+                cg.from_onnx(bytes(damaged)).graph
+                outcomes["imported"] += 1
+            except cg.OnnxImportError:
+                outcomes["rejected"] += 1
+    assert outcomes["imported"] > 0 and outcomes["rejected"] > 0
+
+
+@pytest.mark.parametrize("op,inputs,match", [
+    ("Gemm", ["x"], "takes 2 to 3 input\\(s\\) at opset 15, got 1"),
+    ("Add", ["x", ""], "input 1 \\(B\\) is required but empty"),
+    ("Relu", ["x", "x"], "takes 1 input\\(s\\) at opset 15, got 2"),
+])
+def test_input_counts_follow_the_operator_schema(op, inputs, match):
+    model = make_model([node(op, inputs, ["y"], name="n")], {"x": (2, 3)}, ["y"], opset=15)
+    with pytest.raises(cg.OnnxImportError, match="node 'n' \\(" + op + "\\): " + match):
+        cg.from_onnx(model)

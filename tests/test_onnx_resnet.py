@@ -165,3 +165,14 @@ def test_cli_run_onnx_errors(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("convgen: error: ") and "not an ONNX model" in err
     assert "Traceback" not in err
+
+
+def test_resnet_in_float64(model):
+    compiled = cg.from_onnx(model, input_shape=(1, 3, 16, 16)).compile(backend="c",
+                                                                       dtype="float64")
+    x = rand(1, 3, 16, 16).astype(np.float64)
+    y = compiled(x)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, compiled.reference(x), rtol=1e-10, atol=1e-12)
+    (want,) = run_ort(model, [x.astype(np.float32)])
+    assert_close(y, want, 1e-4, 1e-5, "float64 vs onnxruntime (float32)")
