@@ -166,7 +166,6 @@ def test_bench_network_file(capsys):
 def test_bench_onnx_model_against_onnxruntime(tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("convgen.onnx_import")
     import convgen as cg
     from convgen.bench_peers import onnx_conv_model
 
