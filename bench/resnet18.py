@@ -7,7 +7,8 @@ convgen.nn; convgen loads torch's state_dict (BatchNorm statistics randomized,
 so folding is exercised) and every result is checked against torch's output.
 Latency is the median of --repeats calls after one warm-up, per thread count.
 ONNX Runtime runs the model exported by torch.onnx (skipped, and said so, when
-onnx/onnxruntime are not installed: pip install -e '.[bench]').
+onnx/onnxruntime are not installed: pip install -e '.[bench]'); convgen also imports
+that ONNX file with cg.from_onnx ("convgen c (from ONNX)").
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def main() -> int:
             model = net.compile(shape, backend=backend, threads=threads)
             got = model(x)
             rows.append((f"convgen {backend}", median_ms(lambda: model(x), args.repeats),
+                         float(np.abs(got - want).max() / np.abs(want).max())))
+        if onnx_bytes is not None:  # the same network through cg.from_onnx
+            model = cg.from_onnx(onnx_bytes).compile(shape, backend="c", threads=threads)
+            got = model(x)
+            rows.append(("convgen c (from ONNX)", median_ms(lambda: model(x), args.repeats),
                          float(np.abs(got - want).max() / np.abs(want).max())))
         for name, ms, err in rows:
             print(f"{name:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
