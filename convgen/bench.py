@@ -27,7 +27,7 @@ from .bench_peers import Runner, Skip, numpy_runner, openblas_setters, ort_runne
     torch_runner
 from .cpu import cpu_flags, vector_bits
 from .records import best_record
-from .reference import reference
+from .reference import random_arrays, reference
 from .schedule import PARALLEL_FLOPS, Schedule, default_schedule
 from .spec import ConvSpec
 from .tolerance import max_error, tolerance
@@ -167,15 +167,6 @@ def convgen_runner(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray |
     kernel = compile_kernel(spec, backend=backend, schedule=schedule)
     out = np.empty(spec.output_shape, spec.dtype)
     return Runner(lambda: kernel(x, w, b, out=out), lambda y: y.copy())
-
-
-def random_arrays(spec: ConvSpec, seed: int = 0):
-    """x, w, b (None without bias) uniform in [-1, 1] in the spec's dtype."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1.0, 1.0, spec.input_shape).astype(spec.dtype)
-    w = rng.uniform(-1.0, 1.0, spec.weight_shape).astype(spec.dtype)
-    b = rng.uniform(-1.0, 1.0, spec.bias_shape).astype(spec.dtype) if spec.bias else None
-    return x, w, b
 
 
 def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: int,

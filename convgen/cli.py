@@ -27,6 +27,7 @@ from .plan import describe_plan
 from .tune_cli import add_tune_command
 from .bench_cli import add_bench_command
 from .errors import ConvgenError
+from .reference import random_arrays
 from .spec import ConvSpec
 from .specfile import SpecEntry, load_specfile, load_specfiles
 from .tolerance import max_error, tolerance
@@ -267,7 +268,7 @@ def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float
     """(max error vs the oracle, tolerance, median seconds per call) for one entry."""
     spec = entry.spec
     kernel = cg.compile(spec, backend=backend, schedule=entry.schedule)
-    x, w, b = random_inputs(spec, seed)
+    x, w, b = random_arrays(spec, seed)
     got = kernel(x, w, b)
     want = cg.reference(spec, x, w, b)
     error = max_error(got, want)
@@ -279,15 +280,6 @@ def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float
         kernel(x, w, b, out=out)
         times.append(time.perf_counter() - start)
     return error, tolerance(spec), float(np.median(times))
-
-
-def random_inputs(spec: ConvSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """x, w and b (None without bias), uniform in [-1, 1] in the spec's dtype."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1.0, 1.0, spec.input_shape).astype(spec.dtype)
-    w = rng.uniform(-1.0, 1.0, spec.weight_shape).astype(spec.dtype)
-    b = rng.uniform(-1.0, 1.0, spec.bias_shape).astype(spec.dtype) if spec.bias else None
-    return x, w, b
 
 
 def run_explain(args: argparse.Namespace) -> int:

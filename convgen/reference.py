@@ -187,3 +187,12 @@ def _conv_transposed(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray
     y = y_full[(slice(None), slice(None), slice(None)) + crop]
     y = y.transpose((2, 0, 1) + tuple(range(3, 3 + nd)))
     return y.reshape((batch, spec.out_channels) + spec.output_spatial)
+
+
+def random_arrays(spec: ConvSpec, seed: int = 0):
+    """Seeded (x, w, b) uniform in [-1, 1] in the spec's dtype; b is None without bias."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, spec.input_shape).astype(spec.dtype)
+    w = rng.uniform(-1.0, 1.0, spec.weight_shape).astype(spec.dtype)
+    b = rng.uniform(-1.0, 1.0, spec.bias_shape).astype(spec.dtype) if spec.bias else None
+    return x, w, b

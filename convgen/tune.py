@@ -30,7 +30,7 @@ from . import backends, config
 from .cache import Cache
 from .errors import ConvgenError
 from .records import record
-from .reference import reference
+from .reference import random_arrays, reference
 from .schedule import Schedule
 from .spec import ConvSpec
 from .tolerance import close
@@ -189,14 +189,6 @@ def _main_hidden():
     finally:
         for name, value in saved.items():
             setattr(main, name, value)
-
-
-def random_arrays(spec: ConvSpec, seed: int = 0):
-    """Seeded (x, w, b) in [-1, 1] in the spec's dtype; b is None without bias."""
-    rng = np.random.default_rng(seed)
-    draw = lambda shape: rng.uniform(-1, 1, shape).astype(spec.dtype)  # noqa: E731
-    return draw(spec.input_shape), draw(spec.weight_shape), \
-        draw(spec.bias_shape) if spec.bias else None
 
 
 def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
 from convgen import ConvSpec, Schedule, SpecError
+from convgen.reference import random_arrays
 from convgen.schedule import MAX_TILE_ELEMENTS
 
 MAX_SPATIAL = {1: 12, 2: 7, 3: 5}
@@ -88,13 +88,7 @@ def schedules(draw, spec: ConvSpec):
                     threads=draw(st.sampled_from([1, 1, 2])))
 
 
-def arrays_for(spec: ConvSpec, seed: int = 0):
-    """Seeded uniform(-1, 1) x, w, b (b None without bias) in the spec's dtype."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, spec.input_shape).astype(spec.dtype)
-    w = rng.uniform(-1, 1, spec.weight_shape).astype(spec.dtype)
-    b = rng.uniform(-1, 1, spec.bias_shape).astype(spec.dtype) if spec.bias else None
-    return x, w, b
+arrays_for = random_arrays  # seeded uniform(-1, 1) x, w, b in the spec's dtype
 
 
 BASE = dict(input_shape=(1, 4, 6, 6), out_channels=4, kernel_size=3, stride=1, padding=1,
