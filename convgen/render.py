@@ -163,7 +163,18 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2)."""
     spec, co = plan.spec, plan.co_tiles
     assert co is not None
+    lanes = plan.vector_lanes
+
+    def blocks(size: int) -> list[dict]:
+        """VL x VL blocks of the register tile (channels x columns) to transpose; columns
+        past ``size`` are zero vectors."""
+        return [{"channel": v * lanes, "column": c0,
+                 "rows": [(f"r{i}", f"a{c0 + i}_{v}" if c0 + i < size else "(V){0}")
+                          for i in range(lanes)]}
+                for v in range(co.co_vectors) for c0 in range(0, size, lanes)]
+
     classes = [{"size": c.size,
+                "blocks": blocks(c.size),
                 "accumulators": [[f"a{p}_{v}" for v in range(co.co_vectors)]
                                  for p in range(c.size)],
                 "taps": [{"kw": t.kw,
@@ -198,6 +209,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "transpose_rows": [f"r{i}" for i in range(plan.vector_lanes)],
         "transpose_stages": transpose_stages(plan.vector_lanes),
         "max_pixels": co.max_pixels,
+        "tile_columns": -(-co.max_pixels // plan.vector_lanes) * plan.vector_lanes,
         "n_tiles": plan.n_tiles,
         "pieces": len(co.pieces),
         "piece_ow0": [piece.ow0 for piece in co.pieces],
