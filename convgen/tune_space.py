@@ -87,7 +87,7 @@ def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lan
                        threads: int) -> float:
     """estimated_cost for vectorize="co": lanes past the last channel, too few
     accumulators, spills, and loads per FMA ((vectors + pixels) / (vectors x pixels),
-    1 at the default 2 x 14 tile); no gathers at any stride."""
+    1 at the default 2 x 12 tile); no gathers at any stride."""
     out = spec.output_spatial
     cog = spec.out_channels // spec.groups
     pixels = tiles[-1]
@@ -95,8 +95,11 @@ def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lan
     waste = blocks * vectors * lanes / cog
     accumulators = vectors * pixels
     latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
-    spill = 1.0 + 0.7 * max(0.0, math.log2((accumulators + vectors + 1) / registers()))
-    loads = ((vectors + pixels) / accumulators) / ((2 + 14) / 28)
+    # gcc keeps 24 accumulators in the 32 AVX-512 registers next to shared broadcasts,
+    # 28 when each broadcast feeds one FMA (1 vector), and spills beyond
+    fits = registers() * (7 if vectors == 1 else 6) // 8
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / fits))
+    loads = ((vectors + pixels) / accumulators) / ((2 + 12) / 24)
     pieces = -(-out[-1] // pixels)
     jobs = spec.batch * spec.groups * blocks * pieces \
         * math.prod(-(-o // t) for o, t in zip(out[:-1], tiles[:-1]))

@@ -168,10 +168,10 @@ def test_schedule_validation_and_default():
     lanes = cg.cpu.vector_lanes("float32")
     assert sched.tile_co == (8 if 32 // lanes == 2 else 16)
     assert default_schedule(spec.replace(stride=2), "llvm").tile_co == 16  # gathers shared
-    # C: vectorized over output channels, 2 vectors of channels x 14 columns of a row
+    # C: vectorized over output channels, 2 vectors of channels x 12 columns of a row
     co = default_schedule(spec)
     assert co == default_schedule(spec, "c")
-    assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 14)
+    assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
     # few channels per group, or transposed: columns
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"
     assert default_schedule(spec.replace(transposed=True)).vectorize == "w"
