@@ -19,8 +19,8 @@ eat into the next one's time. Peers:
   is done once, outside the timed call, as a channels_last model would keep it).
 - ort: a one-node Conv/ConvTranspose ONNX model (opset 17, weight as an initializer),
   CPUExecutionProvider with intra_op_num_threads = the thread count.
-- cg_<backend>: cg.compile with the untuned default schedule (tile sizes of
-  cg.default_schedule, threads set to the thread count; the tuning database is not
+- cg_<backend>: cg.compile with the untuned default schedule (plan and tile sizes of
+  cg.default_schedule(spec, backend), threads set to the thread count; the tuning database is not
   consulted), called with a preallocated out= buffer.
 
 "cg/peer" is the best passing convgen time over the best passing peer time as a
@@ -31,6 +31,7 @@ printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,9 +94,7 @@ class Row:
 
 def convgen_runner(spec: cg.ConvSpec, x: np.ndarray, w: np.ndarray, backend: str,
                    threads: int) -> Runner:
-    default = cg.default_schedule(spec)
-    schedule = cg.Schedule(tile_co=default.tile_co, tile_spatial=default.tile_spatial,
-                           threads=threads)
+    schedule = dataclasses.replace(cg.default_schedule(spec, backend), threads=threads)
     kernel = cg.compile(spec, backend=backend, schedule=schedule)
     out = np.empty(spec.output_shape, spec.dtype)
     return Runner(lambda: kernel(x, w, None, out=out), lambda y: y.copy())

@@ -11,6 +11,7 @@ The tuner's own table for each layer is printed too (--verbose).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -73,9 +74,8 @@ def main() -> int:
                          name=name)
         if args.verbose:
             print(result, end="\n\n")
-        default = cg.default_schedule(spec)
-        same_threads = cg.Schedule(tile_co=default.tile_co, tile_spatial=default.tile_spatial,
-                                   threads=result.best.threads)
+        default = cg.default_schedule(spec, args.backend)
+        same_threads = dataclasses.replace(default, threads=result.best.threads)
         t_default, t_threads, t_best = side_by_side(
             spec, args.backend, [default, same_threads, result.best], args.repeats)
         rows.append((name, len(result.measurements), result.candidates, t_default, t_threads,

@@ -19,7 +19,7 @@ from .kernel import Kernel, load_function
 from .plan import Plan, make_plan
 from .records import best_record
 from .render import function_pointer_type, prototype, render_c
-from .schedule import Schedule
+from .schedule import Schedule, default_schedule
 from .spec import ConvSpec
 
 
@@ -142,7 +142,7 @@ def build_artifact(spec: ConvSpec, backend: str | None = None,
                         f"got {type(schedule).__name__}")
     name = resolve_backend(backend)
     chosen = REGISTRY[name]
-    plan = make_plan(spec, schedule)
+    plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name))
     source = chosen.render(plan)
     return plan, chosen.build(plan, source, cache), name
 

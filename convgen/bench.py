@@ -157,7 +157,7 @@ def bench_schedule(spec: ConvSpec, backend: str, threads: int,
     tuned = best_record(spec, backend)
     if tuned is not None:
         return dataclasses.replace(tuned, threads=threads), f"tuned at {tuned.threads}t"
-    base = default_schedule(spec)
+    base = default_schedule(spec, backend)
     used = threads if spec.flops >= PARALLEL_FLOPS else 1
     return dataclasses.replace(base, threads=used), "default"
 

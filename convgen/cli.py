@@ -285,6 +285,7 @@ def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float
 def run_explain(args: argparse.Namespace) -> int:
     from .plan import make_plan  # the planner only: explain must not need a compiler
     from .records import best_record
+    from .schedule import default_schedule
 
     entries = _select(load_specfile(args.specfile), args.name, args.specfile)
     for i, entry in enumerate(entries):
@@ -294,6 +295,8 @@ def run_explain(args: argparse.Namespace) -> int:
         if schedule is None:  # as compile: the best tuning record, else the default
             schedule = best_record(entry.spec, args.backend or "c")
             source = "tuning record" if schedule is not None else "default"
+        if schedule is None:
+            schedule = default_schedule(entry.spec, args.backend or "c")
         plan = make_plan(entry.spec, schedule)
         print(explain_entry(entry, plan, source))
     return 0
@@ -480,6 +483,8 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default") -> str:
     lines.append(f"    tile_spatial {_tuple(tuple(plan.tile_spatial))}")
     lines.append(f"    threads      {plan.threads}")
     lines.append(f"    vector_width {plan.vector_lanes} lanes")
+    lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
+                 f"{'output channels' if plan.vectorize == 'co' else 'output columns'})")
     lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan)]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import json
 
 from llvmlite import ir
 
+from .errors import ScheduleError
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .plan import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan,
                    VectorTables, vector_tables)
@@ -28,6 +29,10 @@ class _KernelIR(IRFunction):
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
                  residual: bool = False, internal: bool = False):
+        if plan.vectorize != "w":
+            raise ScheduleError("vectorize", plan.vectorize,
+                                "the llvm backend implements 'w' only (default_schedule(spec, "
+                                "'llvm') picks it)")
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
                          ("job_begin", "job_end"), internal)

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .cpu import vector_lanes
-from .schedule import Schedule, default_schedule
+from .schedule import Schedule, co_vectors, default_schedule
 from .spec import ConvSpec
 
 # How one vector of VL output columns reads its VL input columns at one tap
@@ -101,6 +101,8 @@ class Plan:
     weight_strides: tuple[int, int, int, int, int, int]  # group, co, ci, kd, kh, kw
     threads: int
     vector_lanes: int  # SIMD lanes over output columns (explicit in the LLVM backend)
+    vectorize: str = "w"  # what the lanes hold: "w" output columns, "co" output channels
+    co_tiles: CoTiles | None = None  # vectorize="co" only
 
     @property
     def tile_spatial(self) -> tuple[int, ...]:
@@ -132,7 +134,16 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     tile = _pad3(tile_spatial)
     tables = tuple(index_table(spec, d) for d in range(ndim))
     tables = ([[0]],) * (3 - ndim) + tables
-    n_tiles = (-(-cout_g // tile_co), *(-(-o // t) for o, t in zip(out_size, tile)))
+    lanes = schedule.vector_width or vector_lanes(spec.dtype)
+    co_tiles = None
+    if schedule.vectorize == "co":
+        co_tiles = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
+                                cin_g * taps)
+        tile_co = co_tiles.co_vectors * lanes
+        n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
+                   -(-out_size[1] // tile[1]), len(co_tiles.pieces))
+    else:
+        n_tiles = (-(-cout_g // tile_co), *(-(-o // t) for o, t in zip(out_size, tile)))
     return Plan(
         spec=spec,
         schedule=schedule,
@@ -151,8 +162,85 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
         n_tiles=n_tiles,  # type: ignore[arg-type]
         weight_strides=strides,  # type: ignore[arg-type]
         threads=schedule.threads,
-        vector_lanes=schedule.vector_width or vector_lanes(spec.dtype),
+        vector_lanes=lanes,
+        vectorize=schedule.vectorize,
+        co_tiles=co_tiles,
     )
+
+
+@dataclass(frozen=True)
+class CoPiece:
+    """One register tile of a row (vectorize="co"): ``size`` output columns from ``ow0``.
+
+    Its input columns at tap kw are ``base + offset`` with the offsets of class ``cls``.
+    """
+
+    ow0: int
+    size: int
+    base: int
+    cls: int
+
+
+@dataclass(frozen=True)
+class CoTap:
+    """One kernel column of a piece class: the weight vectors' offsets in the packed
+    tap (one per channel vector) and, per pixel that reads something, (pixel, offset)."""
+
+    kw: int
+    weight_offsets: tuple[int, ...]
+    pixels: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class CoClass:
+    """Pieces that read the same input columns relative to their base share one unrolled
+    body: same size, same (pixel, offset) pairs per tap (interior pieces of a row)."""
+
+    size: int
+    taps: tuple[CoTap, ...]
+
+
+@dataclass(frozen=True)
+class CoTiles:
+    """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
+    vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
+    last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
+    each piece a register tile of co_vectors x size accumulators."""
+
+    co_vectors: int
+    max_pixels: int
+    pieces: tuple[CoPiece, ...]
+    classes: tuple[CoClass, ...]
+    pack_elements: int  # packed weights of one channel block
+
+
+def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
+                 max_pixels: int, reduction: int) -> CoTiles:
+    """Split a row of ``len(w_table)`` output columns into pieces and group them by the
+    input columns they read (``w_table[ow][kw]``, -1 for nothing) relative to a base."""
+    out_w = len(w_table)
+    count = -(-out_w // max_pixels)
+    sizes = [out_w // count + (1 if i < out_w % count else 0) for i in range(count)]
+    kw_count = len(w_table[0])
+    pieces, classes, index = [], [], {}
+    ow0 = 0
+    for size in sizes:
+        columns = [c for row in w_table[ow0:ow0 + size] for c in row if c >= 0]
+        base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
+        taps = []
+        for kw in range(kw_count):
+            pixels = tuple((p, w_table[ow0 + p][kw] - base) for p in range(size)
+                           if w_table[ow0 + p][kw] >= 0)
+            taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
+                                        for v in range(vectors)), pixels))
+        cls = CoClass(size, tuple(taps))
+        if cls not in index:
+            index[cls] = len(classes)
+            classes.append(cls)
+        pieces.append(CoPiece(ow0, size, base, index[cls]))
+        ow0 += size
+    return CoTiles(vectors, max(sizes), tuple(pieces), tuple(classes),
+                   reduction * vectors * lanes)
 
 
 @dataclass(frozen=True)
@@ -243,6 +331,8 @@ def vector_tables(plan: Plan) -> VectorTables:
 
 def describe_plan(plan: Plan) -> list[str]:
     """How the kernel runs, in a few lines (``convgen explain`` prints them)."""
+    if plan.co_tiles is not None:
+        return describe_co_plan(plan)
     spec, tables = plan.spec, vector_tables(plan)
     kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
         else "direct convolution"
@@ -252,7 +342,8 @@ def describe_plan(plan: Plan) -> list[str]:
             for mode in row:
                 counts[mode] += 1
     lines = [
-        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs",
+        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
+        " vectorized over output columns (vectorize='w')",
         f"jobs: batch {plan.batch} x groups {plan.groups} x channel tiles {plan.n_tiles[0]}"
         f" x D/H/W tiles {plan.n_tiles[1]}x{plan.n_tiles[2]}x{plan.n_tiles[3]}"
         f" = {plan.jobs}, on {plan.threads} thread(s)",
@@ -269,3 +360,30 @@ def describe_plan(plan: Plan) -> list[str]:
         lines.append(f"output columns visited phase by phase (W stride {spec.stride[-1]}), "
                      "so taps read consecutive inputs")
     return lines
+
+
+def describe_co_plan(plan: Plan) -> list[str]:
+    """describe_plan for vectorize="co"."""
+    co = plan.co_tiles
+    assert co is not None
+    sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
+    border = sum(1 for c in co.classes
+                 if any(len(t.pixels) < c.size for t in c.taps))
+    return [
+        f"direct convolution, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
+        " vectorized over output channels (vectorize='co')",
+        f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}"
+        f" x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces {plan.n_tiles[3]}"
+        f" = {plan.jobs}, on {plan.threads} thread(s)",
+        f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
+        f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
+        f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
+        f" {'/'.join(map(str, sizes))}",
+        f"weights packed per channel block as [ci][kd][kh][kw][{plan.tile_co}] in each call"
+        f" ({co.pack_elements} elements, zeros past the last channel)",
+        f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps; per tap"
+        f" {co.co_vectors} weight vector load(s), one broadcast input per column (any stride"
+        f" or dilation, no gathers)",
+        f"{len(co.classes)} unrolled piece bodies ({border} with border columns that skip"
+        f" padding taps); output stored channel by channel after the reduction",
+    ]

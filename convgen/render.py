@@ -118,14 +118,18 @@ def function_pointer_type(plan: Plan) -> str:
 
 
 def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
-    """The flat template context of one convolution (templates/c/conv_function.j2)."""
+    """The flat template context of one convolution (templates/c/conv_function.j2, or
+    conv_co_function.j2 for vectorize="co")."""
     spec = plan.spec
-    vectors = vector_tables(plan)
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
                                 f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
+    if plan.vectorize == "co":
+        return co_context(plan, symbol or plan.symbol, params, residual)
+    vectors = vector_tables(plan)
     return {
+        "vectorize": "w",
         "title": "Transposed convolution" if spec.transposed else "Convolution",
         "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
         "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
@@ -164,6 +168,101 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "activation_args": spec.activation_args,
         "math_fn": math_function(plan.c_type),
     }
+
+
+def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2)."""
+    spec, co = plan.spec, plan.co_tiles
+    assert co is not None
+    lanes = plan.vector_lanes
+
+    def blocks(size: int) -> list[dict]:
+        """VL x VL blocks of the register tile (channels x columns) to transpose; columns
+        past ``size`` are zero vectors."""
+        return [{"channel": v * lanes, "column": c0,
+                 "rows": [(f"r{i}", f"a{c0 + i}_{v}" if c0 + i < size else "(V){0}")
+                          for i in range(lanes)]}
+                for v in range(co.co_vectors) for c0 in range(0, size, lanes)]
+
+    classes = [{"size": c.size,
+                "blocks": blocks(c.size),
+                "accumulators": [[f"a{p}_{v}" for v in range(co.co_vectors)]
+                                 for p in range(c.size)],
+                "taps": [{"kw": t.kw,
+                          "weights": [(f"w{v}", off) for v, off in enumerate(t.weight_offsets)],
+                          "pixels": [{"offset": off,
+                                      "fma": [(f"a{p}_{v}", f"w{v}")
+                                              for v in range(co.co_vectors)]}
+                                     for p, off in t.pixels]}
+                         for t in c.taps]}
+               for c in co.classes]
+    return {
+        "vectorize": "co",
+        "title": "Convolution",
+        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
+        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
+        "params": params,
+        "symbol": symbol,
+        "c_type": plan.c_type,
+        "batch": plan.batch,
+        "groups": plan.groups,
+        "cin_g": plan.cin_g,
+        "cout_g": plan.cout_g,
+        "in_size": plan.in_size,
+        "out_size": plan.out_size,
+        "kernel": plan.kernel,
+        "tile": plan.tile,
+        "tile_co": plan.tile_co,
+        "co_vectors": co.co_vectors,
+        "lanes": plan.vector_lanes,
+        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+        "index_type": "int" if plan.c_type == "float" else "long long",
+        "transpose_rows": [f"r{i}" for i in range(plan.vector_lanes)],
+        "transpose_stages": transpose_stages(plan.vector_lanes),
+        "max_pixels": co.max_pixels,
+        "tile_columns": -(-co.max_pixels // plan.vector_lanes) * plan.vector_lanes,
+        "n_tiles": plan.n_tiles,
+        "pieces": len(co.pieces),
+        "piece_ow0": [piece.ow0 for piece in co.pieces],
+        "piece_size": [piece.size for piece in co.pieces],
+        "piece_base": [piece.base for piece in co.pieces],
+        "piece_class": [piece.cls for piece in co.pieces],
+        "classes": classes,
+        "pack_elements": co.pack_elements,
+        "d_table": plan.tables[0],
+        "h_table": plan.tables[1],
+        "weight_strides": plan.weight_strides,
+        "threads": plan.threads,
+        "bias": spec.bias,
+        "residual": residual,
+        "activation": spec.activation,
+        "activation_args": spec.activation_args,
+        "math_fn": math_function(plan.c_type),
+    }
+
+
+def transpose_stages(lanes: int) -> list[dict]:
+    """Two-source shuffles that transpose ``lanes`` vectors r0, r1, ... in place.
+
+    Stage b (lanes/2, ..., 2, 1) swaps the off-diagonal b x b blocks of every 2b x 2b
+    block: rows i and i + b (i & b == 0) exchange their elements e & b.
+    """
+    stages = []
+    block = lanes // 2
+    while block >= 1:
+        ops = []
+        for i in range(lanes):
+            if i & block:
+                continue
+            j = i + block
+            mask_a = [lanes + e - block if e & block else e for e in range(lanes)]
+            mask_b = [lanes + e if e & block else e + block for e in range(lanes)]
+            ops.append({"a": f"r{i}", "b": f"r{j}", "new_a": f"s{i}", "new_b": f"s{j}",
+                        "mask_a": "{" + ", ".join(map(str, mask_a)) + "}",
+                        "mask_b": "{" + ", ".join(map(str, mask_b)) + "}"})
+        stages.append({"block": block, "ops": ops})
+        block //= 2
+    return stages
 
 
 def avx512_suffix(plan: Plan) -> str:

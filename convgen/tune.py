@@ -106,9 +106,11 @@ class TuneResult:
 
 
 def describe(schedule: Schedule) -> str:
-    """A one-line schedule: co=16 sp=2x32 vw=0 t=2."""
+    """A one-line schedule: co=16 sp=2x32 vw=0 t=2 (co=32 sp=1x14 vw=0 vec=co t=2 for
+    vectorize="co")."""
     spatial = "x".join(map(str, schedule.tile_spatial)) if schedule.tile_spatial else "auto"
-    return (f"co={schedule.tile_co} sp={spatial} vw={schedule.vector_width} "
+    vec = " vec=co" if schedule.vectorize == "co" else ""
+    return (f"co={schedule.tile_co} sp={spatial} vw={schedule.vector_width}{vec} "
             f"t={schedule.threads}")
 
 

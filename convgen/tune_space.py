@@ -1,9 +1,12 @@
 """The tuner's search space: legal, distinct, register-sized schedules for a spec.
 
-Candidates vary the output-channel tile, the vectors of columns per row, the rows per
-tile, the vector width (LLVM only: C measured 2-3x slower at half width) and threads.
-Pruned before anything compiles: illegal tiles (ScheduleError), duplicates after
-clamping, and register tiles larger than twice the register file.
+Candidates vary the plan (C: vectorize="w" and, for convolutions that are not
+transposed with at least half a vector of output channels per group, "co"), the
+output-channel tile, the vectors of columns per row (or, for "co", the vectors of
+channels x the pixels per register tile), the rows per tile, the vector width (LLVM
+only: C measured 2-3x slower at half width) and threads. Pruned before anything
+compiles: illegal tiles (ScheduleError), duplicates after clamping, and register tiles
+larger than twice the register file.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ import numpy as np
 from . import backends, config
 from .cpu import vector_bits, vector_lanes
 from .errors import ScheduleError
-from .schedule import MAX_THREADS, Schedule, default_schedule
+from .schedule import MAX_THREADS, Schedule, co_vectors, default_schedule
 from .spec import ConvSpec
 
 MAX_TILE_CO = 64
 ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
 WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
+# vectorize="co": vectors of output channels, and output columns per register tile
+CO_VECTORS = (1, 2, 3, 4)
+CO_PIXELS = (4, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28)
 
 
 def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
-    """What a schedule really does for ``spec``: tiles after clamping, lanes, threads."""
+    """What a schedule really does for ``spec``: plan, tiles after clamping, lanes, threads
+    (for vectorize="co" the channel tile counts whole vectors)."""
     tile_co, tiles = schedule.resolve(spec)
-    return tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype), schedule.threads
+    if schedule.vectorize == "co":
+        tile_co = co_vectors(spec, tile_co) * vector_lanes(spec.dtype)
+    return (schedule.vectorize, tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype),
+            schedule.threads)
 
 
 def registers() -> int:
@@ -42,7 +52,9 @@ def accumulator_limit() -> int:
 def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
     """Bytes of the register tile the kernels keep per output row: output channels x
     whole vectors of output columns (rows of a tile are computed one after another)."""
-    tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    vectorize, tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    if vectorize == "co":  # channel vectors x pixels
+        return tile_co * tiles[-1] * np.dtype(spec.dtype).itemsize
     return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
 
 
@@ -53,9 +65,11 @@ def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
     too few independent accumulators to hide FMA latency, accumulators beyond the
     register file, half-width vectors, and threads left without a tile.
     """
-    tile_co, tiles, lanes, threads = _resolved(spec, schedule)
+    vectorize, tile_co, tiles, lanes, threads = _resolved(spec, schedule)
     out = spec.output_spatial
     cog = spec.out_channels // spec.groups
+    if vectorize == "co":
+        return _estimated_co_cost(spec, tile_co // lanes, tiles, lanes, threads)
     n_vectors = -(-tiles[-1] // lanes)
     waste = (-(-cog // tile_co) * tile_co / cog) \
         * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
@@ -67,6 +81,50 @@ def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
         * math.prod(-(-o // t) for o, t in zip(out, tiles))
     imbalance = -(-jobs // threads) * threads / jobs
     return waste * latency * spill * narrow * imbalance
+
+
+def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lanes: int,
+                       threads: int) -> float:
+    """estimated_cost for vectorize="co": lanes past the last channel, too few
+    accumulators, spills, and loads per FMA ((vectors + pixels) / (vectors x pixels),
+    1 at the default 2 x 12 tile); no gathers at any stride."""
+    out = spec.output_spatial
+    cog = spec.out_channels // spec.groups
+    pixels = tiles[-1]
+    blocks = -(-cog // (vectors * lanes))
+    waste = blocks * vectors * lanes / cog
+    accumulators = vectors * pixels
+    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
+    # gcc keeps 24 accumulators in the 32 AVX-512 registers next to shared broadcasts,
+    # 28 when each broadcast feeds one FMA (1 vector), and spills beyond
+    fits = registers() * (7 if vectors == 1 else 6) // 8
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / fits))
+    loads = ((vectors + pixels) / accumulators) / ((2 + 12) / 24)
+    pieces = -(-out[-1] // pixels)
+    jobs = spec.batch * spec.groups * blocks * pieces \
+        * math.prod(-(-o // t) for o, t in zip(out[:-1], tiles[:-1]))
+    imbalance = -(-jobs // threads) * threads / jobs
+    return waste * latency * spill * max(1.0, loads) * imbalance
+
+
+def _co_candidates(spec: ConvSpec, threads: int, outer: list[tuple]) -> list[Schedule]:
+    """vectorize="co" schedules (C only): channel vectors x pixels within the register
+    file, each with every outer tile (rows, planes)."""
+    cog = spec.out_channels // spec.groups
+    lanes = vector_lanes(spec.dtype)
+    if spec.transposed or 2 * cog < lanes:
+        return []
+    found = []
+    for vectors in CO_VECTORS:
+        if (vectors - 1) * lanes >= cog:
+            break
+        for pixels in CO_PIXELS:
+            if vectors * pixels > registers():
+                continue
+            for lead in outer:
+                found.append(Schedule(tile_co=vectors * lanes, tile_spatial=(*lead, pixels),
+                                      threads=threads, vectorize="co"))
+    return found
 
 
 def _divisors(n: int) -> list[int]:
@@ -96,7 +154,7 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     outer = [(p, r) for p in planes for r in rows] if planes else \
         [(r,) for r in rows] if rows else [()]
 
-    default = default_schedule(spec)
+    default = default_schedule(spec, backend)
     seen = {_resolved(spec, default)}
     found: list[Schedule] = []
     for vw in widths:
@@ -115,6 +173,16 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
                         continue
                     seen.add(key)
                     found.append(schedule)
+    if backend == "c":
+        for schedule in _co_candidates(spec, threads, outer):
+            try:
+                key = _resolved(spec, schedule)
+            except ScheduleError:
+                continue
+            if key in seen or accumulator_bytes(spec, schedule) > limit:
+                continue
+            seen.add(key)
+            found.append(schedule)
     return [default, *_ranked(spec, found)]
 
 
@@ -125,6 +193,7 @@ def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
     cost = {s: (estimated_cost(spec, s), s.key()) for s in schedules}
     groups: dict[tuple, list[Schedule]] = {}
     for s in sorted(schedules, key=cost.__getitem__):
-        groups.setdefault((s.tile_co, s.tile_spatial[-1], s.vector_width), []).append(s)
+        groups.setdefault((s.vectorize, s.tile_co, s.tile_spatial[-1], s.vector_width),
+                          []).append(s)
     turn = {s: i for members in groups.values() for i, s in enumerate(members)}
     return sorted(schedules, key=lambda s: (turn[s], cost[s]))

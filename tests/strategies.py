@@ -7,7 +7,8 @@ import math
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from convgen import ConvSpec, Schedule, SpecError
+from convgen import ConvSpec, Schedule, ScheduleError, SpecError
+from convgen.cpu import vector_lanes
 from convgen.reference import random_arrays
 from convgen.schedule import MAX_TILE_ELEMENTS
 
@@ -74,8 +75,11 @@ def conv_specs(draw, valid: bool = True, ndim: int | None = None):
 
 
 @st.composite
-def schedules(draw, spec: ConvSpec):
-    """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped)."""
+def schedules(draw, spec: ConvSpec, backend: str = "c"):
+    """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped); on C
+    either plan (vectorize "w" or, not transposed, "co")."""
+    if backend == "c" and not spec.transposed and draw(st.booleans()):
+        return draw(co_schedules(spec))
     cog = spec.out_channels // spec.groups
     tile_co = draw(st.integers(1, cog + 1))
     tiles = []
@@ -86,6 +90,32 @@ def schedules(draw, spec: ConvSpec):
     assume(clamped <= MAX_TILE_ELEMENTS)
     return Schedule(tile_co=tile_co, tile_spatial=tuple(tiles),
                     threads=draw(st.sampled_from([1, 1, 2])))
+
+
+@st.composite
+def co_schedules(draw, spec: ConvSpec):
+    """A legal vectorize="co" schedule for ``spec`` (not transposed): 1-3 vectors of
+    channels (any tile_co, rounded up to vectors), pieces of any width, any rows."""
+    lanes = vector_lanes(spec.dtype)
+    tile_co = draw(st.integers(1, 3 * lanes))
+    tiles = [draw(st.integers(1, out + 1)) for out in spec.output_spatial]
+    schedule = Schedule(tile_co=tile_co, tile_spatial=tuple(tiles),
+                        threads=draw(st.sampled_from([1, 1, 2])), vectorize="co")
+    try:
+        schedule.resolve(spec)
+    except ScheduleError:
+        assume(False)
+    return schedule
+
+
+@st.composite
+def wide_specs(draw, ndim: int | None = None):
+    """A valid, not transposed ConvSpec with 16-40 output channels per group: whole
+    vectors of channels and remainders (for vectorize="co")."""
+    spec = draw(conv_specs(ndim=ndim))
+    assume(not spec.transposed)
+    per_group = draw(st.sampled_from([16, 17, 24, 32, 40]))
+    return spec.replace(out_channels=spec.groups * per_group)
 
 
 arrays_for = random_arrays  # seeded uniform(-1, 1) x, w, b in the spec's dtype

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import convgen as cg
 from convgen.tolerance import max_error, tolerance
 
-from strategies import arrays_for, conv_specs, schedules
+from strategies import arrays_for, co_schedules, conv_specs, schedules, wide_specs
 
 
 def check(kernel, spec, seed=0):
@@ -33,8 +33,33 @@ def test_default_schedule_matches_oracle(backend, spec):
 @given(data=st.data())
 def test_any_schedule_matches_oracle(backend, data):
     spec = data.draw(conv_specs())
-    schedule = data.draw(schedules(spec))
+    schedule = data.draw(schedules(spec, backend))
     check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_co_plan_matches_oracle(data):
+    """vectorize="co" (C only) with whole vectors of output channels and remainders:
+    every rank, stride, dilation, padding mode, groups, flip, bias, activation."""
+    spec = data.draw(wide_specs())
+    schedule = data.draw(co_schedules(spec))
+    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=3)
+
+
+@settings(max_examples=20)
+@given(spec=wide_specs())
+def test_default_schedule_with_wide_channels(backend, spec):
+    """The default plan for 16+ channels per group: "co" on C, "w" on LLVM."""
+    kernel = cg.compile(spec, backend=backend)
+    assert kernel.schedule.vectorize == ("co" if backend == "c" else "w")
+    check(kernel, spec, seed=4)
+
+
+def test_llvm_rejects_co():
+    spec = cg.ConvSpec((1, 4, 6, 6), 16, kernel_size=3, padding=1)
+    with pytest.raises(cg.ScheduleError, match="vectorize"):
+        cg.compile(spec, backend="llvm", schedule=cg.Schedule(tile_co=16, vectorize="co"))
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])

@@ -99,3 +99,35 @@ def test_describe_plan_counts_reads_and_names_the_tiles():
     assert "0 gathers" in text and "vector loads" in text and "masked loads" in text
     strided = describe_plan(make_plan(spec.replace(stride=2)))
     assert "gathers" in strided[-1] and " 0 gathers" not in strided[-1]
+
+
+def test_co_plan_splits_rows_into_pieces_and_shares_bodies():
+    from convgen.plan import describe_plan
+
+    spec = cg.ConvSpec((1, 8, 12, 56), 40, kernel_size=3, padding=1)
+    plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 14), vectorize="co"))
+    co = plan.co_tiles
+    lanes = plan.vector_lanes
+    assert plan.vectorize == "co" and co.co_vectors == -(-32 // lanes)
+    assert plan.tile_co == co.co_vectors * lanes  # whole vectors of channels
+    assert [(p.ow0, p.size) for p in co.pieces] == [(0, 14), (14, 14), (28, 14), (42, 14)]
+    # left border, interior (shared by the two middle pieces), right border
+    assert [p.cls for p in co.pieces] == [0, 1, 1, 2] and len(co.classes) == 3
+    left, interior, right = co.classes
+    assert [px for px, _ in left.taps[0].pixels] == list(range(1, 14))  # column -1 skipped
+    assert [off for _, off in interior.taps[0].pixels] == list(range(14))
+    assert [px for px, _ in right.taps[2].pixels] == list(range(13))  # column 56 skipped
+    assert all(p.base >= 0 for p in co.pieces)
+    assert plan.n_tiles == (-(-40 // plan.tile_co), 1, 12, 4)
+    assert co.pack_elements == 8 * 9 * plan.tile_co
+    text = "\n".join(describe_plan(plan))
+    assert "vectorize='co'" in text and "4 piece(s) of 14" in text and "no gathers" in text
+
+
+def test_co_plan_balances_pieces_and_reads_strided_columns():
+    spec = cg.ConvSpec((1, 3, 9, 35), 16, kernel_size=3, stride=2, padding=1)  # 18 columns
+    plan = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(1, 14), vectorize="co"))
+    assert [p.size for p in plan.co_tiles.pieces] == [9, 9]
+    tap = plan.co_tiles.classes[plan.co_tiles.pieces[1].cls].taps[1]
+    offsets = [off for _, off in tap.pixels]
+    assert offsets == [offsets[0] + 2 * i for i in range(9)]  # stride 2: broadcasts, no gather

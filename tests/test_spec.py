@@ -162,12 +162,19 @@ def test_errors_pickle():
 
 def test_schedule_validation_and_default():
     spec = cg.ConvSpec((1, 16, 20, 40), 32, kernel_size=3, padding=1)
-    sched = default_schedule(spec)
-    assert sched.tile_spatial == (4, 32)
+    sched = default_schedule(spec, "llvm")  # vectorize="w", the LLVM backend's plan
+    assert sched.vectorize == "w" and sched.tile_spatial == (4, 32)
     # 16 vectors of accumulators: 8 channels x 2 vectors of 16 lanes (AVX-512)
     lanes = cg.cpu.vector_lanes("float32")
     assert sched.tile_co == (8 if 32 // lanes == 2 else 16)
-    assert default_schedule(spec.replace(stride=2)).tile_co == 16  # gathers shared by 16
+    assert default_schedule(spec.replace(stride=2), "llvm").tile_co == 16  # gathers shared
+    # C: vectorized over output channels, 2 vectors of channels x 12 columns of a row
+    co = default_schedule(spec)
+    assert co == default_schedule(spec, "c")
+    assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
+    # few channels per group, or transposed: columns
+    assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"
+    assert default_schedule(spec.replace(transposed=True)).vectorize == "w"
     # large enough to use every core ($CONVGEN_NUM_THREADS); tiny kernels stay on one
     assert spec.flops < 20_000_000 and sched.threads == 1  # too small to split
     big = cg.ConvSpec((1, 64, 56, 56), 64, kernel_size=3, padding=1)
@@ -185,6 +192,16 @@ def test_schedule_validation_and_default():
     # tiles larger than the dims are clamped
     assert cg.Schedule(tile_co=99, tile_spatial=(99, 4)).resolve(spec) == (32, (20, 4))
     assert cg.Schedule.from_dict(sched.to_dict()) == sched
+    assert cg.Schedule.from_dict(co.to_dict()) == co and co.key() != sched.key()
+    assert cg.Schedule.from_dict({"tile_co": 8}).vectorize == "w"  # records before "co"
+    with pytest.raises(ScheduleError, match="vectorize"):
+        cg.Schedule(vectorize="h")
+    with pytest.raises(ScheduleError, match="transposed"):
+        cg.Schedule(vectorize="co").resolve(spec.replace(transposed=True))
+    with pytest.raises(ScheduleError, match="vector accumulators"):
+        cg.Schedule(tile_co=64, tile_spatial=(1, 40), vectorize="co").resolve(spec)
+    with pytest.raises(ScheduleError, match="vector_width"):
+        cg.Schedule(vector_width=8, vectorize="co").resolve(spec)
 
 
 def test_default_schedule_widens_tiles_for_depthwise():

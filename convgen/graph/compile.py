@@ -9,6 +9,7 @@ parameters and writing intermediate values into a preallocated arena.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -52,10 +53,9 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             base = None
             if backend is not None:
                 base = best_record(spec, backend, threads) or best_record(spec, backend)
-            base = base or default_schedule(spec)
-            out[node.name] = Schedule(tile_co=base.tile_co, tile_spatial=base.tile_spatial,
-                                      threads=base.threads if threads is None else threads,
-                                      vector_width=base.vector_width)
+            base = base or default_schedule(spec, backend or "c")
+            out[node.name] = dataclasses.replace(
+                base, threads=base.threads if threads is None else threads)
     return out
 
 
