@@ -56,15 +56,15 @@ class _OpIR(IRFunction):
             self.put(combine(*[self.at(p, i) for p in ins]), out, i)
         return self.finish()
 
-    def pool(self, kind: str) -> ir.Function:
+    def avg_pool(self) -> ir.Function:
         b, c = self.b, self.c
         x, y = self.args["x"], self.args["y"]
         (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
-        kernel, stride, pad, dil = c["kernel"], c["stride"], c["padding"], c["dilation"]
-        pad_end = c["padding_end"]
+        kernel, stride, pad = c["kernel"], c["stride"], c["padding"]
         in_volume, out_volume = in_d * in_h * in_w, out_d * out_h * out_w
-        best = self.alloca(self.vec, "best")
+        total = self.alloca(self.vec, "total")
         count = self.alloca(I64, "count")
+        sizes = (in_d, in_h, in_w)
         with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
             xc = self.element(x, b.mul(nc, i64(in_volume)))
@@ -72,15 +72,11 @@ class _OpIR(IRFunction):
                               b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow))
             starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in
                       zip((od, oh, ow), stride, pad)]
-            if kind == "max":
-                b.store(self.vconst(float("-inf")), best)
-            else:
-                b.store(self.zero(), best)
-                b.store(i64(0), count)
-            sizes = (in_d, in_h, in_w)
+            b.store(self.zero(), total)
+            b.store(i64(0), count)
             with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
                     self.loop(0, kernel[2], "kw") as kw:
-                coords = [b.add(s, b.mul(k, i64(d))) for s, k, d in zip(starts, (kd, kh, kw), dil)]
+                coords = [b.add(s, k) for s, k in zip(starts, (kd, kh, kw))]
                 inside = None
                 for coord, size in zip(coords, sizes):
                     ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
@@ -89,29 +85,58 @@ class _OpIR(IRFunction):
                 with b.if_then(inside):
                     index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
                                         i64(in_w)), coords[2])
-                    value = self.at(xc, index)
-                    current = b.load(best)
-                    if kind == "max":  # NaN propagates, as in PyTorch
-                        take = b.or_(b.fcmp_ordered(">", value, current),
-                                     b.fcmp_unordered("uno", value, value))
-                        b.store(b.select(take, value, current), best)
-                    else:
-                        b.store(b.fadd(current, value), best)
-                        b.store(b.add(b.load(count), i64(1)), count)
-            if kind == "max":
-                result = b.load(best)
+                    b.store(b.fadd(b.load(total), self.at(xc, index)), total)
+                    b.store(b.add(b.load(count), i64(1)), count)
+            if c["count_include_pad"]:  # the window clipped to the padded input
+                divisor = i64(1)
+                for start, k, size, p in zip(starts, kernel, sizes, c["padding_end"]):
+                    end = b.add(start, i64(k))
+                    limit = i64(size + p)
+                    end = b.select(b.icmp_signed("<", end, limit), end, limit)
+                    divisor = b.mul(divisor, b.sub(end, start))
             else:
-                if c["count_include_pad"]:  # the window clipped to the padded input
-                    divisor = i64(1)
-                    for start, k, size, p in zip(starts, kernel, sizes, pad_end):
-                        end = b.add(start, i64(k))
-                        limit = i64(size + p)
-                        end = b.select(b.icmp_signed("<", end, limit), end, limit)
-                        divisor = b.mul(divisor, b.sub(end, start))
-                else:
-                    divisor = b.load(count)
-                result = b.fdiv(b.load(best), self.to_float(divisor))
-            self.put(result, y, out_index)
+                divisor = b.load(count)
+            self.put(b.fdiv(b.load(total), self.to_float(divisor)), y, out_index)
+        return self.finish()
+
+    def max_pool(self) -> ir.Function:
+        """One output row at a time: for each kernel tap, the run of output columns whose
+        input column lies inside the input (no per-element checks; LLVM vectorizes it)."""
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
+        (k_d, k_h, k_w), (s_d, s_h, s_w) = c["kernel"], c["stride"]
+        (p_d, p_h, p_w), (d_d, d_h, d_w) = c["padding"], c["dilation"]
+        runs = []  # (kw shift, first column, end column) computed here, once
+        for kw in range(k_w):
+            shift = kw * d_w - p_w
+            lo = min(0 if shift >= 0 else (-shift + s_w - 1) // s_w, out_w)
+            hi = 0 if in_w - 1 - shift < 0 else (in_w - 1 - shift) // s_w + 1
+            runs.append((shift, lo, max(min(hi, out_w), lo)))
+        lowest = self.vconst(float("-inf"))
+        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
+                self.loop(0, out_h, "oh") as oh:
+            xc = self.element(x, b.mul(nc, i64(in_d * in_h * in_w)))
+            row = self.element(y, b.mul(b.add(b.mul(b.add(b.mul(nc, i64(out_d)), od),
+                                                    i64(out_h)), oh), i64(out_w)))
+            with self.loop(0, out_w, "init") as ow:
+                self.put(lowest, row, ow)
+            with self.loop(0, k_d, "kd") as kd, self.loop(0, k_h, "kh") as kh:
+                id_ = b.add(b.sub(b.mul(od, i64(s_d)), i64(p_d)), b.mul(kd, i64(d_d)))
+                ih = b.add(b.sub(b.mul(oh, i64(s_h)), i64(p_h)), b.mul(kh, i64(d_h)))
+                inside = b.and_(b.and_(b.icmp_signed(">=", id_, i64(0)),
+                                       b.icmp_signed("<", id_, i64(in_d))),
+                                b.and_(b.icmp_signed(">=", ih, i64(0)),
+                                       b.icmp_signed("<", ih, i64(in_h))))
+                with b.if_then(inside):
+                    xr = self.element(xc, b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w)))
+                    for k, (shift, lo, hi) in enumerate(runs):
+                        with self.loop(lo, hi, f"ow{k}") as ow:
+                            value = self.at(xr, b.add(b.mul(ow, i64(s_w)), i64(shift)))
+                            current = self.at(row, ow)
+                            take = b.or_(b.fcmp_ordered(">", value, current),
+                                         b.fcmp_unordered("uno", value, value))
+                            self.put(b.select(take, value, current), row, ow)
         return self.finish()
 
     def adaptive_avg_pool(self) -> ir.Function:
@@ -274,8 +299,10 @@ class _OpIR(IRFunction):
 
 def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     kind = step.kind
-    if kind in ("max_pool", "avg_pool"):
-        return _OpIR(module, step, c_type, ("x", "y")).pool(kind.split("_")[0])
+    if kind == "max_pool":
+        return _OpIR(module, step, c_type, ("x", "y")).max_pool()
+    if kind == "avg_pool":
+        return _OpIR(module, step, c_type, ("x", "y")).avg_pool()
     if kind == "adaptive_avg_pool":
         return _OpIR(module, step, c_type, ("x", "y")).adaptive_avg_pool()
     if kind == "linear":
