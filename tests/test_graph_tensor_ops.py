@@ -246,3 +246,19 @@ def test_pad_with_another_reader_stays(backend):
     g = graph([("x", (1, 2, 5, 5))], nodes, ["sum"])
     check(g, backend)
     assert "p" in [n.name for n in compile_graph(g, backend).optimized.nodes]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_max_pool_splits_channels_over_the_network_threads(backend, threads):
+    from convgen.graph.compile import compile_graph
+    from graph_helpers import pool
+
+    nodes = [conv("conv", "x", (2, 3, 9, 8), 5, 3, padding=1),
+             pool("pool", "conv", "max_pool", 2, 3, stride=2, padding=1, dilation=(1, 2))]
+    g = graph([("x", (2, 3, 9, 8))], nodes, ["pool"])
+    model = check(g, backend, threads=threads)
+    step = [s for s in compile_graph(g, backend, threads=threads)._lowered.steps
+            if s.kind == "max_pool"][0]
+    assert step.consts["jobs"] == 10 and step.consts["threads"] == threads
+    if backend == "c":
+        assert ("omp parallel for num_threads" in model.source) == (threads > 1)

@@ -28,8 +28,10 @@ from .lower import Buffer, Lowered, Step
 class _OpIR(IRFunction):
     """One non-convolution step as an internal function of one-lane vector code."""
 
-    def __init__(self, module: ir.Module, step: Step, c_type: str, pointer_args: tuple):
-        super().__init__(module, step.function, c_type, 1, pointer_args, internal=True)
+    def __init__(self, module: ir.Module, step: Step, c_type: str, pointer_args: tuple,
+                 int_args: tuple = ()):
+        super().__init__(module, step.function, c_type, 1, pointer_args, int_args,
+                         internal=True)
         self.step = step
         self.c = step.consts
 
@@ -114,7 +116,8 @@ class _OpIR(IRFunction):
             hi = 0 if in_w - 1 - shift < 0 else (in_w - 1 - shift) // s_w + 1
             runs.append((shift, lo, max(min(hi, out_w), lo)))
         lowest = self.vconst(float("-inf"))
-        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
+        begin, end = self.args["job_begin"], self.args["job_end"]  # channels [begin, end)
+        with self.loop(begin, end, "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh:
             xc = self.element(x, b.mul(nc, i64(in_d * in_h * in_w)))
             row = self.element(y, b.mul(b.add(b.mul(b.add(b.mul(nc, i64(out_d)), od),
@@ -300,7 +303,7 @@ class _OpIR(IRFunction):
 def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     kind = step.kind
     if kind == "max_pool":
-        return _OpIR(module, step, c_type, ("x", "y")).max_pool()
+        return _OpIR(module, step, c_type, ("x", "y"), ("job_begin", "job_end")).max_pool()
     if kind == "avg_pool":
         return _OpIR(module, step, c_type, ("x", "y")).avg_pool()
     if kind == "adaptive_avg_pool":
@@ -397,6 +400,12 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
                 _call_parallel(entry, module, function, step, c_type, args)
                 continue
             args += [i64(0), i64(step.consts["jobs"])]
+        elif step.kind == "max_pool":
+            args = ins + [out]
+            if step.consts["threads"] > 1 and openmp_available():
+                _call_parallel(entry, module, function, step, c_type, args)
+                continue
+            args += [i64(0), i64(step.consts["jobs"])]
         elif step.kind == "linear":
             args = [ins[0], param["weight"], param.get("bias", null), out]
         elif step.kind == "batch_norm":
@@ -427,7 +436,8 @@ def _call_parallel(entry: IRFunction, module: ir.Module, conv: ir.Function, step
     void_ptr = ir.IntType(8).as_pointer()
     gomp = _declare(module, "GOMP_parallel", ir.FunctionType(
         ir.VoidType(), [outlined.type, void_ptr, ir.IntType(32), ir.IntType(32)]))
-    b.call(gomp, [outlined, b.bitcast(slots, void_ptr), i32(step.plan.threads), i32(0)])
+    threads = step.plan.threads if step.plan is not None else step.consts["threads"]
+    b.call(gomp, [outlined, b.bitcast(slots, void_ptr), i32(threads), i32(0)])
 
 
 def build_network_llvm(lowered: Lowered, symbol: str, title: str):

@@ -121,6 +121,10 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
         _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name))
         steps.append(step)
+    threads = max((step.plan.threads for step in steps if step.plan is not None), default=1)
+    for step in steps:  # max pooling splits its channels over the network's threads
+        if step.kind == "max_pool":
+            step.consts["threads"] = min(threads, step.consts["jobs"])
     outputs = [(buffer(name), math.prod(graph.shape_of(name))) for name in graph.outputs]
     return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype)
 
@@ -144,6 +148,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
             "padding_end": _pad3(a.get("padding_end", a["padding"]), 0),
             "dilation": _pad3(a.get("dilation", (1,) * nd), 1),
             "count_include_pad": bool(a.get("count_include_pad", True)),
+            "jobs": shapes[0][0] * shapes[0][1], "threads": 1,
         }
     elif node.op == "adaptive_avg_pool":
         step.consts = _spatial_consts(shapes[0], node.shape)
