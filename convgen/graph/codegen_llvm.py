@@ -173,15 +173,19 @@ class _OpIR(IRFunction):
         b, c = self.b, self.c
         x, w, bias, y = (self.args[n] for n in ("x", "w", "b", "y"))
         n_in, n_out = c["in_features"], c["out_features"]
-        total = self.alloca(self.vec, "total")
-        with self.loop(0, c["rows"], "r") as r, self.loop(0, n_out, "j") as j:
-            b.store(self.at(bias, j) if "bias" in self.step.params else self.zero(), total)
+        with self.loop(0, c["rows"], "r") as r:  # w is (in, out): outputs innermost
+            yr = self.element(y, b.mul(r, i64(n_out)))
+            with self.loop(0, n_out, "j0") as j:
+                self.put(self.at(bias, j) if "bias" in self.step.params else self.zero(), yr, j)
             with self.loop(0, n_in, "i") as i:
-                product = b.fmul(self.at(x, b.add(b.mul(r, i64(n_in)), i)),
-                                 self.at(w, b.add(b.mul(j, i64(n_in)), i)))
-                b.store(b.fadd(b.load(total), product), total)
-            value = self.activation(b.load(total), c["activation"], c["activation_args"])
-            self.put(value, y, b.add(b.mul(r, i64(n_out)), j))
+                xi = self.at(x, b.add(b.mul(r, i64(n_in)), i))
+                wi = self.element(w, b.mul(i, i64(n_out)))
+                with self.loop(0, n_out, "j") as j:
+                    self.put(b.fadd(self.at(yr, j), b.fmul(xi, self.at(wi, j))), yr, j)
+            if c["activation"] is not None:
+                with self.loop(0, n_out, "j1") as j:
+                    self.put(self.activation(self.at(yr, j), c["activation"],
+                                             c["activation_args"]), yr, j)
         return self.finish()
 
     def softmax(self) -> ir.Function:

@@ -154,7 +154,8 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
         step.consts = _spatial_consts(shapes[0], node.shape)
     elif node.op == "linear":
         out_features, in_features = node.params["weight"].shape
-        step.params["weight"] = packer.add(node.params["weight"])
+        # stored transposed, (in, out): the kernels' inner loop runs over contiguous outputs
+        step.params["weight"] = packer.add(np.asarray(node.params["weight"]).T)
         if node.params.get("bias") is not None:
             step.params["bias"] = packer.add(node.params["bias"])
         step.consts = {"rows": math.prod(shapes[0][:-1]), "in_features": in_features,
