@@ -28,6 +28,7 @@ from . import config
 from .bench import CONVGEN, PEAK_SECONDS, SLOW_RATIO, LayerResult, Peers, bench_layers, \
     fma_probe, geometric_mean, measure_bandwidth, measure_peak
 from .cache import cpu_identity
+from .cli_args import positive_int, shape_arg
 from .errors import ConvgenError
 from .version import __version__
 
@@ -57,13 +58,13 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
     p.add_argument("--threads", type=_thread_list, default=None, metavar="1,2",
                    help="comma-separated thread counts (default: 1 and "
                         "$CONVGEN_NUM_THREADS or the CPU count)")
-    p.add_argument("--repeat", type=_positive_int, default=10, metavar="N",
+    p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
                    help="timed calls per runtime and layer, after one warm-up; the median "
                         "is reported (default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"draw a roofline plot (needs matplotlib: {PLOT_HINT})")
-    p.add_argument("--input-shape", type=_shape, default=None, metavar="1,3,224,224",
+    p.add_argument("--input-shape", type=shape_arg, default=None, metavar="1,3,224,224",
                    help="network or ONNX model only: compile for this input shape (fixes an "
                         "ONNX model's symbolic dims; default: the file's)")
     p.add_argument("--peak", action="store_true",
@@ -73,26 +74,8 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
     p.set_defaults(run=run_bench)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive_int(part.strip()) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") \
-            from None
-
-
 def _thread_list(text: str) -> list[int]:
-    values = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected thread counts like 1,2, got {text!r}")
     return list(dict.fromkeys(values))
@@ -222,7 +205,7 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
                   peers: Peers | None = None):
     """Compile the network per thread count and time it (and ONNX Runtime on ``ort_model``);
     both outputs checked against the composed oracle. Returns the traced graph."""
-    from .cli import relative_error
+    from .run_cli import relative_error
 
     ort = peers.ort if peers is not None and ort_model is not None else None
     graph = x = want = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from convgen import cli
+from convgen import run_cli
 from convgen.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def test_run_an_input_of_another_batch_size(capsys, tmp_path):
 
 
 def test_run_check_fails_with_exit_code_1(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "RUN_TOLERANCE", -1.0)
+    monkeypatch.setattr(run_cli, "RUN_TOLERANCE", -1.0)
     assert main(["run", LENET, "--check", "--repeat", "1"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
