@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import jinja2
@@ -117,6 +118,17 @@ def function_pointer_type(plan: Plan) -> str:
     return f"int (*)({parameters(plan)})"
 
 
+# A group's input larger than this (bytes) is swept once with the output-channel tiles
+# innermost, instead of once per channel tile (long 1D signals, large 3D volumes).
+CACHE_BYTES = 1 << 20
+
+
+def channels_inner(plan: Plan) -> bool:
+    """True when jobs should vary the output-channel tile fastest (see CACHE_BYTES)."""
+    volume = plan.cin_g * math.prod(plan.in_size) * (4 if plan.spec.dtype == "float32" else 8)
+    return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
+
+
 def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co")."""
@@ -130,6 +142,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
     vectors = vector_tables(plan)
     return {
         "vectorize": "w",
+        "channels_inner": channels_inner(plan),
         "title": "Transposed convolution" if spec.transposed else "Convolution",
         "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
         "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
+from convgen.plan import make_plan
 from convgen.tolerance import max_error, tolerance
 
 from strategies import arrays_for, co_schedules, conv_specs, schedules, wide_specs
@@ -45,6 +46,35 @@ def test_co_plan_matches_oracle(data):
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
     check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=3)
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_channel_tiles_innermost_matches_oracle(data):
+    """Inputs larger than render.CACHE_BYTES visit the output-channel tiles innermost
+    ("w" plan, C); with the threshold at 0 every spec with several channel tiles does."""
+    from unittest import mock
+
+    from convgen import render
+
+    spec = data.draw(conv_specs())
+    schedule = data.draw(schedules(spec, "c"))
+    assume(schedule.vectorize == "w")
+    with mock.patch.object(render, "CACHE_BYTES", 0):
+        kernel = cg.compile(spec, backend="c", schedule=schedule)
+    plan = make_plan(spec, schedule)
+    assert ("innermost" in kernel.source) == (plan.n_tiles[0] > 1)
+    check(kernel, spec, seed=5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channel_tiles_innermost_on_a_large_input(threads):
+    """A 1D signal of 1.3 MB (over CACHE_BYTES): 3 channel tiles, the last one partial."""
+    spec = cg.ConvSpec((1, 16, 20500), 20, kernel_size=3, padding=2, dilation=2)
+    kernel = cg.compile(spec, backend="c", schedule=cg.Schedule(tile_co=8, tile_spatial=(32,),
+                                                                threads=threads))
+    assert "innermost" in kernel.source
+    check(kernel, spec, seed=6)
 
 
 @settings(max_examples=20)
