@@ -220,6 +220,11 @@ class CoKernelIR(IRFunction):
                                         slot = self.acc[px][v]
                                         b.store(b.call(fma, [weights[v], xv, b.load(slot)]),
                                                 slot)
+                                # taps share input columns: an empty asm hides that xr is
+                                # unchanged, so LLVM reloads them instead of holding them in
+                                # registers across taps (the accumulators need those)
+                                xr = b.asm(ir.FunctionType(xr.type, [xr.type]), "", "=r,0",
+                                           [xr], False, name="xr.next")
 
     def _store_tile(self, body: CoClass) -> None:
         """The tile transposed into res[channel][column], VL x VL blocks in registers."""
