@@ -44,9 +44,8 @@ class CoKernelIR(IRFunction):
     # -- the kernel ------------------------------------------------------------------
     def build(self) -> ir.Function:
         p, co, b = self.plan, self.co, self.b
-        lanes, tco = self.lanes, p.tile_co
+        tco = p.tile_co
         td, th, _ = p.tile
-        kd_n, kh_n, kw_n = p.kernel
         id_, ih, iw = p.in_size
         od, oh, _ = p.out_size
         if self.residual:
