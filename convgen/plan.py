@@ -243,6 +243,31 @@ def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: 
                    reduction * vectors * lanes)
 
 
+def transpose_shuffles(lanes: int) -> list[tuple[int, list[tuple[int, int, list[int],
+                                                                   list[int]]]]]:
+    """Two-source shuffles that transpose ``lanes`` vectors r0, r1, ... in place (the
+    "co" plans' weight packing and output tiles): stages (block, [(i, j, mask_a, mask_b)]).
+
+    Stage b (lanes/2, ..., 2, 1) swaps the off-diagonal b x b blocks of every 2b x 2b
+    block: rows i and i + b (i & b == 0) exchange their elements e & b; the new row i is
+    shuffle(r_i, r_j, mask_a), the new row j shuffle(r_i, r_j, mask_b) (indices >= lanes
+    pick from r_j).
+    """
+    stages = []
+    block = lanes // 2
+    while block >= 1:
+        ops = []
+        for i in range(lanes):
+            if i & block:
+                continue
+            mask_a = [lanes + e - block if e & block else e for e in range(lanes)]
+            mask_b = [lanes + e if e & block else e + block for e in range(lanes)]
+            ops.append((i, i + block, mask_a, mask_b))
+        stages.append((block, ops))
+        block //= 2
+    return stages
+
+
 @dataclass(frozen=True)
 class VectorTables:
     """Tables for code that holds VL output columns per vector (the LLVM backend).

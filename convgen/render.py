@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .cpu import cpu_flags
-from .plan import Plan, vector_tables
+from .plan import Plan, transpose_shuffles, vector_tables
 from .version import __version__
 
 
@@ -255,27 +255,16 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
 
 
 def transpose_stages(lanes: int) -> list[dict]:
-    """Two-source shuffles that transpose ``lanes`` vectors r0, r1, ... in place.
+    """plan.transpose_shuffles as template data: per stage, the shuffles of rows r<i>
+    and r<j> into s<i> and s<j> (C initializers for the masks)."""
+    def initializer(mask: list[int]) -> str:
+        return "{" + ", ".join(map(str, mask)) + "}"
 
-    Stage b (lanes/2, ..., 2, 1) swaps the off-diagonal b x b blocks of every 2b x 2b
-    block: rows i and i + b (i & b == 0) exchange their elements e & b.
-    """
-    stages = []
-    block = lanes // 2
-    while block >= 1:
-        ops = []
-        for i in range(lanes):
-            if i & block:
-                continue
-            j = i + block
-            mask_a = [lanes + e - block if e & block else e for e in range(lanes)]
-            mask_b = [lanes + e if e & block else e + block for e in range(lanes)]
-            ops.append({"a": f"r{i}", "b": f"r{j}", "new_a": f"s{i}", "new_b": f"s{j}",
-                        "mask_a": "{" + ", ".join(map(str, mask_a)) + "}",
-                        "mask_b": "{" + ", ".join(map(str, mask_b)) + "}"})
-        stages.append({"block": block, "ops": ops})
-        block //= 2
-    return stages
+    return [{"block": block,
+             "ops": [{"a": f"r{i}", "b": f"r{j}", "new_a": f"s{i}", "new_b": f"s{j}",
+                      "mask_a": initializer(mask_a), "mask_b": initializer(mask_b)}
+                     for i, j, mask_a, mask_b in ops]}
+            for block, ops in transpose_shuffles(lanes)]
 
 
 def avx512_suffix(plan: Plan) -> str:

@@ -36,12 +36,12 @@ class Schedule:
     backend emits explicitly (0: the host's widest registers; C leaves
     vectorization to gcc).
 
-    ``vectorize`` picks the plan. "w": lanes hold output columns, weights are
-    broadcast (every backend). "co" (C backend only, not transposed): lanes hold
-    output channels, weights are packed per channel block, input pixels broadcast;
-    ``tile_co`` then rounds up to whole vectors of channels, a job covers the
-    tile's rows and ``tile_spatial[-1]`` is the most pixels of a row per register
-    tile (a row is split into near-equal pieces).
+    ``vectorize`` picks the plan (both backends implement both). "w": lanes hold
+    output columns, weights are broadcast. "co" (not transposed): lanes hold output
+    channels, weights are packed per channel block, input pixels broadcast; ``tile_co``
+    then rounds up to whole vectors of channels, a job covers the tile's rows and
+    ``tile_spatial[-1]`` is the most pixels of a row per register tile (a row is split
+    into near-equal pieces).
     """
 
     tile_co: int = 8
@@ -150,26 +150,31 @@ PARALLEL_FLOPS = 20_000_000
 
 
 def default_schedule(spec: ConvSpec, backend: str = "c") -> Schedule:
-    """The untuned fallback for ``backend`` ("c" or "llvm").
+    """The untuned fallback for ``backend`` ("c" or "llvm"; both pick the same plan).
 
-    The C backend vectorizes over output channels (vectorize="co", see
-    :func:`default_co_schedule`) when a group has at least a vector of them and the
-    convolution is not transposed; otherwise, and always on LLVM, over output columns:
+    Vectorize over output channels (vectorize="co", see :func:`default_co_schedule`)
+    when :func:`prefers_co`, otherwise over output columns
+    (:func:`default_w_schedule`). Every core ($CONVGEN_NUM_THREADS) for kernels of at
+    least PARALLEL_FLOPS.
+    """
+    threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
+    threads = min(threads, MAX_THREADS)
+    if prefers_co(spec):
+        return default_co_schedule(spec, threads)
+    return default_w_schedule(spec, threads)
 
-    Rows of up to 32 output columns. The register tile (output channels x vectors of
-    columns) is kept at 16 vectors, half the AVX-512 register file: 8 channels when a
-    row takes 2 vectors, 16 when it takes one; strided convolutions gather their
-    inputs, so 16 channels share each gather (measured on ResNet-18's layers). With
-    fewer than 8 channels per group (depthwise) the tile grows in space instead: up to
-    4 vectors per row and 8 rows (3x faster on MobileNetV2's 3x3 depthwise). Every
-    core ($CONVGEN_NUM_THREADS) for kernels of at least PARALLEL_FLOPS.
+
+def default_w_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
+    """vectorize="w": rows of up to 32 output columns. The register tile (output
+    channels x vectors of columns) is kept at 16 vectors, half the AVX-512 register
+    file: 8 channels when a row takes 2 vectors, 16 when it takes one; strided
+    convolutions gather their inputs, so 16 channels share each gather (measured on
+    ResNet-18's layers). With fewer than 8 channels per group (depthwise) the tile grows
+    in space instead: up to 4 vectors per row and 8 rows (3x faster on MobileNetV2's 3x3
+    depthwise).
     """
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
-    threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
-    threads = min(threads, MAX_THREADS)
-    if backend == "c" and prefers_co(spec):
-        return default_co_schedule(spec, threads)
     tiles = default_tile_spatial(spec.output_spatial)
     vectors = -(-tiles[-1] // lanes)
     strided = spec.stride[-1] > 1 and not spec.transposed

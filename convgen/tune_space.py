@@ -1,7 +1,7 @@
 """The tuner's search space: legal, distinct, register-sized schedules for a spec.
 
-Candidates vary the plan (C: vectorize="w" and, for convolutions that are not
-transposed with at least half a vector of output channels per group, "co"), the
+Candidates vary the plan (vectorize="w" and, for convolutions that are not transposed
+with at least half a vector of output channels per group, "co"; both backends), the
 output-channel tile, the vectors of columns per row (or, for "co", the vectors of
 channels x the pixels per register tile), the rows per tile, the vector width (LLVM
 only: C measured 2-3x slower at half width) and threads. Pruned before anything
@@ -108,7 +108,7 @@ def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lan
 
 
 def _co_candidates(spec: ConvSpec, threads: int, outer: list[tuple]) -> list[Schedule]:
-    """vectorize="co" schedules (C only): channel vectors x pixels within the register
+    """vectorize="co" schedules: channel vectors x pixels within the register
     file, each with every outer tile (rows, planes)."""
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
@@ -173,16 +173,15 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
                         continue
                     seen.add(key)
                     found.append(schedule)
-    if backend == "c":
-        for schedule in _co_candidates(spec, threads, outer):
-            try:
-                key = _resolved(spec, schedule)
-            except ScheduleError:
-                continue
-            if key in seen or accumulator_bytes(spec, schedule) > limit:
-                continue
-            seen.add(key)
-            found.append(schedule)
+    for schedule in _co_candidates(spec, threads, outer):
+        try:
+            key = _resolved(spec, schedule)
+        except ScheduleError:
+            continue
+        if key in seen or accumulator_bytes(spec, schedule) > limit:
+            continue
+        seen.add(key)
+        found.append(schedule)
     return [default, *_ranked(spec, found)]
 
 

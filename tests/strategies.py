@@ -76,9 +76,9 @@ def conv_specs(draw, valid: bool = True, ndim: int | None = None):
 
 @st.composite
 def schedules(draw, spec: ConvSpec, backend: str = "c"):
-    """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped); on C
-    either plan (vectorize "w" or, not transposed, "co")."""
-    if backend == "c" and not spec.transposed and draw(st.booleans()):
+    """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped): either
+    plan (vectorize "w" or, not transposed, "co"); every backend implements both."""
+    if not spec.transposed and draw(st.booleans()):
         return draw(co_schedules(spec))
     cog = spec.out_channels // spec.groups
     tile_co = draw(st.integers(1, cog + 1))

@@ -40,12 +40,12 @@ def test_any_schedule_matches_oracle(backend, data):
 
 @settings(max_examples=40)
 @given(data=st.data())
-def test_co_plan_matches_oracle(data):
-    """vectorize="co" (C only) with whole vectors of output channels and remainders:
-    every rank, stride, dilation, padding mode, groups, flip, bias, activation."""
+def test_co_plan_matches_oracle(backend, data):
+    """vectorize="co" with whole vectors of output channels and remainders: every rank,
+    stride, dilation, padding mode, groups, flip, bias, activation."""
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
-    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=3)
+    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
 
 
 @settings(max_examples=30)
@@ -80,18 +80,38 @@ def test_channel_tiles_innermost_on_a_large_input(threads):
 @settings(max_examples=20)
 @given(spec=wide_specs())
 def test_default_schedule_with_wide_channels(backend, spec):
-    """The default plan for 16+ channels per group: "co" on C, "w" on LLVM."""
+    """The default plan for 16+ channels per group and short rows: "co" on every backend."""
     kernel = cg.compile(spec, backend=backend)
-    assert kernel.schedule.vectorize == ("co" if backend == "c" else "w")
+    assert kernel.schedule.vectorize == "co"
     check(kernel, spec, seed=4)
 
 
-def test_llvm_rejects_co():
-    spec = cg.ConvSpec((1, 4, 6, 6), 16, kernel_size=3, padding=1)
-    with pytest.raises(cg.ScheduleError, match="vectorize"):
-        cg.compile(spec, backend="llvm", schedule=cg.Schedule(tile_co=16, vectorize="co"))
+@settings(max_examples=100)
+@given(spec=conv_specs())
+def test_backends_pick_the_same_default_plan(spec):
+    assert cg.default_schedule(spec, "llvm") == cg.default_schedule(spec, "c")
 
 
+@pytest.mark.parametrize("schedule", [
+    cg.Schedule(tile_co=16, tile_spatial=(2, 3), vectorize="co"),
+    cg.Schedule(tile_co=48, tile_spatial=(1, 4), vectorize="co"),
+    cg.Schedule(tile_co=4, tile_spatial=(2, 4)),
+], ids=["co-1-vector", "co-3-vectors", "w"])
+def test_any_job_range_matches_oracle(backend, schedule):
+    """The job-range ABI: ranges that start and end anywhere (mid channel block, mid row)
+    compute exactly their jobs, so threads may split the jobs at any point."""
+    spec = cg.ConvSpec((2, 5, 6, 9), 40, kernel_size=3, padding=1, groups=1, bias=True,
+                       activation="relu")
+    kernel = cg.compile(spec, backend=backend, schedule=schedule)
+    x, w, b = arrays_for(spec, 6)
+    want = cg.reference(spec, x, w, b)
+    jobs = kernel.jobs
+    cuts = sorted({0, jobs, 1, jobs // 3, jobs // 2 + 1, jobs - 2})
+    out = np.full(spec.output_shape, np.nan, spec.dtype)
+    for begin, end in zip(cuts, cuts[1:]):
+        kernel._ranges = [(begin, end)]  # one call per range, each on its own
+        kernel(x, w, b, out=out)
+    assert max_error(out, want) <= tolerance(spec)
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @settings(max_examples=15)
 @given(data=st.data())

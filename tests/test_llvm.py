@@ -45,6 +45,27 @@ def test_avx512_host_gets_16_float_lanes():
         assert vector_lanes("float32") in (4, 8)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_co_plan_broadcasts_inputs_into_channel_vectors(dtype):
+    """vectorize="co": packed weights in an aligned_alloc scratch freed on return, FMAs
+    on vectors of output channels, broadcast inputs (no gathers even at stride 2 with
+    reflect padding), masked stores in the epilogue."""
+    spec = cg.ConvSpec((2, 6, 9, 13), 40, kernel_size=3, stride=2, padding=1,
+                       padding_mode="reflect", activation="silu", dtype=dtype)
+    schedule = cg.Schedule(tile_co=32, tile_spatial=(2, 5), threads=3, vectorize="co")
+    kernel = cg.compile(spec, backend="llvm", schedule=schedule)
+    lanes, suffix = vector_lanes(dtype), dtype.replace("float", "f")
+    source = kernel.source
+    assert "over output channels" in source.splitlines()[3]
+    assert f"@\"llvm.fma.v{lanes}{suffix}\"" in source
+    assert "@\"aligned_alloc\"" in source and "@\"free\"" in source
+    assert "gather" not in source and f"llvm.masked.store.v{lanes}{suffix}" in source
+    assert len(kernel._ranges) == 3  # python threads, each call packs its own blocks
+    x, w, b = arrays_for(spec, 12)
+    for _ in range(2):
+        assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
+
+
 @pytest.mark.parametrize("vector_width", [1, 2, 4, 8, 16, 32])
 def test_every_vector_width_matches_the_oracle(vector_width):
     spec = cg.ConvSpec((1, 3, 9, 21), 5, kernel_size=(3, 4), stride=(1, 2), padding=(1, 2),

@@ -9,7 +9,7 @@ from hypothesis import given
 
 import convgen as cg
 from convgen.errors import CompileError, ScheduleError, SpecError
-from convgen.schedule import default_schedule
+from convgen.schedule import default_schedule, default_w_schedule
 
 from strategies import BASE, INVALID_CHANGES, conv_specs
 
@@ -162,15 +162,15 @@ def test_errors_pickle():
 
 def test_schedule_validation_and_default():
     spec = cg.ConvSpec((1, 16, 20, 40), 32, kernel_size=3, padding=1)
-    sched = default_schedule(spec, "llvm")  # vectorize="w", the LLVM backend's plan
+    sched = default_w_schedule(spec)  # vectorize="w", output columns in the lanes
     assert sched.vectorize == "w" and sched.tile_spatial == (4, 32)
     # 16 vectors of accumulators: 8 channels x 2 vectors of 16 lanes (AVX-512)
     lanes = cg.cpu.vector_lanes("float32")
     assert sched.tile_co == (8 if 32 // lanes == 2 else 16)
-    assert default_schedule(spec.replace(stride=2), "llvm").tile_co == 16  # gathers shared
-    # C: vectorized over output channels, 2 vectors of channels x 12 columns of a row
+    assert default_w_schedule(spec.replace(stride=2)).tile_co == 16  # gathers shared
+    # every backend: vectorized over output channels, 2 vectors of channels x 12 columns
     co = default_schedule(spec)
-    assert co == default_schedule(spec, "c")
+    assert co == default_schedule(spec, "c") == default_schedule(spec, "llvm")
     assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
     # few channels per group, or transposed: columns
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"

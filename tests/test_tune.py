@@ -69,11 +69,11 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
     found = candidate_schedules(spec, backend, threads=3)
     assert found[0] == cg.default_schedule(spec, backend)
     assert len(found) > 1
-    # C searches both plans where "co" applies; LLVM implements "w" only
+    # every backend searches both plans where "co" applies
     plans = {s.vectorize for s in found}
     co_applies = not spec.transposed and 2 * (spec.out_channels // spec.groups) >= \
         cg.cpu.vector_lanes(spec.dtype)
-    assert plans == ({"w", "co"} if backend == "c" and co_applies else {"w"})
+    assert plans == ({"w", "co"} if co_applies else {"w"})
     for schedule in found:
         schedule.resolve(spec)  # raises ScheduleError if illegal
         assert accumulator_bytes(spec, schedule) <= accumulator_limit() \
