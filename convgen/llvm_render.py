@@ -19,6 +19,7 @@ from llvmlite import ir
 
 from .llvm_co import CoKernelIR
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
+from .render import channels_inner
 from .plan import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan,
                    VectorTables, vector_tables)
 from .version import __version__
@@ -63,12 +64,17 @@ class _KernelIR(IRFunction):
         acc = [[self.alloca(self.vec, f"acc.{co}.{v}") for v in range(nv)]
                for co in range(p.tile_co)]
 
-        b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
+        order = [("tw", p.n_tiles[3]), ("th", p.n_tiles[2]), ("td", p.n_tiles[1]),
+                 ("tc", p.n_tiles[0]), ("g", p.groups)]
+        if channels_inner(p):  # a large input: channel tiles innermost, as the C template
+            order = [order[3]] + order[:3] + order[4:]
+            b.comment("one job = one tile: batch x group x D/H/W tiles x channel tile")
+        else:
+            b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
         with self.loop(job_begin, job_end, "job") as job:
             rest = job
             index = {}
-            for name, count in (("tw", p.n_tiles[3]), ("th", p.n_tiles[2]),
-                                ("td", p.n_tiles[1]), ("tc", p.n_tiles[0]), ("g", p.groups)):
+            for name, count in order:
                 index[name] = b.urem(rest, i64(count), name=name)
                 rest = b.udiv(rest, i64(count))
             n = rest

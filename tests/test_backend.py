@@ -50,30 +50,31 @@ def test_co_plan_matches_oracle(backend, data):
 
 @settings(max_examples=30)
 @given(data=st.data())
-def test_channel_tiles_innermost_matches_oracle(data):
+def test_channel_tiles_innermost_matches_oracle(backend, data):
     """Inputs larger than render.CACHE_BYTES visit the output-channel tiles innermost
-    ("w" plan, C); with the threshold at 0 every spec with several channel tiles does."""
+    ("w" plan); with the threshold at 0 every spec with several channel tiles does."""
     from unittest import mock
 
     from convgen import render
 
     spec = data.draw(conv_specs())
-    schedule = data.draw(schedules(spec, "c"))
+    schedule = data.draw(schedules(spec, backend))
     assume(schedule.vectorize == "w")
     with mock.patch.object(render, "CACHE_BYTES", 0):
-        kernel = cg.compile(spec, backend="c", schedule=schedule)
+        kernel = cg.compile(spec, backend=backend, schedule=schedule)
     plan = make_plan(spec, schedule)
-    assert ("innermost" in kernel.source) == (plan.n_tiles[0] > 1)
+    marker = "innermost" if backend == "c" else "x D/H/W tiles x channel tile"
+    assert (marker in kernel.source) == (plan.n_tiles[0] > 1)
     check(kernel, spec, seed=5)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_channel_tiles_innermost_on_a_large_input(threads):
+def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     """A 1D signal of 1.3 MB (over CACHE_BYTES): 3 channel tiles, the last one partial."""
     spec = cg.ConvSpec((1, 16, 20500), 20, kernel_size=3, padding=2, dilation=2)
-    kernel = cg.compile(spec, backend="c", schedule=cg.Schedule(tile_co=8, tile_spatial=(32,),
-                                                                threads=threads))
-    assert "innermost" in kernel.source
+    kernel = cg.compile(spec, backend=backend,
+                        schedule=cg.Schedule(tile_co=8, tile_spatial=(32,), threads=threads))
+    assert ("innermost" if backend == "c" else "x D/H/W tiles x channel tile") in kernel.source
     check(kernel, spec, seed=6)
 
 
