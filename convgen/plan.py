@@ -137,8 +137,9 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     lanes = schedule.vector_width or vector_lanes(spec.dtype)
     co_tiles = None
     if schedule.vectorize == "co":
+        step = spec.stride[-1] if spec.transposed else 1
         co_tiles = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
-                                cin_g * taps)
+                                cin_g * taps, step)
         tile_co = co_tiles.co_vectors * lanes
         n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
                    -(-out_size[1] // tile[1]), len(co_tiles.pieces))
@@ -170,7 +171,8 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
 
 @dataclass(frozen=True)
 class CoPiece:
-    """One register tile of a row (vectorize="co"): ``size`` output columns from ``ow0``.
+    """One register tile of a row (vectorize="co"): ``size`` output columns
+    ``ow0 + p * step`` (p < size, ``step`` of :class:`CoTiles`).
 
     Its input columns at tap kw are ``base + offset`` with the offsets of class ``cls``.
     """
@@ -205,42 +207,68 @@ class CoTiles:
     """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
     vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
     last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
-    each piece a register tile of co_vectors x size accumulators."""
+    each piece a register tile of co_vectors x size accumulators.
+
+    ``step`` is the distance between a piece's output columns: 1, or a transposed
+    convolution's W stride, whose row is first split into its stride phases (columns
+    p, p+s, p+2s, ...): at one tap either every column of a phase reads an input column
+    (consecutive ones) or none does, so no multiply-add of a piece is wasted.
+
+    Packing reads the weight as ``pack_segments`` runs of ``pack_run`` consecutive
+    reduction steps, ``pack_segment_stride`` apart (one run per input channel when
+    transposed: weight (C_in, C_out/groups, *k)).
+    """
 
     co_vectors: int
     max_pixels: int
     pieces: tuple[CoPiece, ...]
     classes: tuple[CoClass, ...]
     pack_elements: int  # packed weights of one channel block
+    step: int = 1
+    pack_segments: int = 1
+    pack_run: int = 0
+    pack_segment_stride: int = 0
+
+
+def _near_equal(count: int, most: int) -> list[int]:
+    """``count`` split into the fewest near-equal parts of at most ``most``."""
+    parts = -(-count // most)
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
 def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
-                 max_pixels: int, reduction: int) -> CoTiles:
-    """Split a row of ``len(w_table)`` output columns into pieces and group them by the
-    input columns they read (``w_table[ow][kw]``, -1 for nothing) relative to a base."""
+                 max_pixels: int, reduction: int, step: int = 1) -> CoTiles:
+    """Split a row of ``len(w_table)`` output columns into pieces (per stride phase when
+    ``step`` > 1) and group them by the input columns they read (``w_table[ow][kw]``, -1
+    for nothing) relative to a base."""
     out_w = len(w_table)
-    count = -(-out_w // max_pixels)
-    sizes = [out_w // count + (1 if i < out_w % count else 0) for i in range(count)]
     kw_count = len(w_table[0])
     pieces, classes, index = [], [], {}
-    ow0 = 0
-    for size in sizes:
-        columns = [c for row in w_table[ow0:ow0 + size] for c in row if c >= 0]
-        base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
-        taps = []
-        for kw in range(kw_count):
-            pixels = tuple((p, w_table[ow0 + p][kw] - base) for p in range(size)
-                           if w_table[ow0 + p][kw] >= 0)
-            taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
-                                        for v in range(vectors)), pixels))
-        cls = CoClass(size, tuple(taps))
-        if cls not in index:
-            index[cls] = len(classes)
-            classes.append(cls)
-        pieces.append(CoPiece(ow0, size, base, index[cls]))
-        ow0 += size
-    return CoTiles(vectors, max(sizes), tuple(pieces), tuple(classes),
-                   reduction * vectors * lanes)
+    for phase in range(min(step, out_w)):
+        ow0 = phase
+        for size in _near_equal(len(range(phase, out_w, step)), max_pixels):
+            cols = [w_table[ow0 + p * step] for p in range(size)]
+            columns = [c for row in cols for c in row if c >= 0]
+            base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
+            taps = []
+            for kw in range(kw_count):
+                pixels = tuple((p, cols[p][kw] - base) for p in range(size)
+                               if cols[p][kw] >= 0)
+                taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
+                                            for v in range(vectors)), pixels))
+            cls = CoClass(size, tuple(taps))
+            if cls not in index:
+                index[cls] = len(classes)
+                classes.append(cls)
+            pieces.append(CoPiece(ow0, size, base, index[cls]))
+            ow0 += size * step
+    taps = reduction // (spec.in_channels // spec.groups)
+    if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
+        segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
+    else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
+        segments, run, stride = 1, reduction, 0
+    return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
+                   reduction * vectors * lanes, step, segments, run, stride)
 
 
 @dataclass(frozen=True)

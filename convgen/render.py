@@ -198,7 +198,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
                for c in co.classes]
     return {
         "vectorize": "co",
-        "title": "Convolution",
+        "title": "Transposed convolution" if spec.transposed else "Convolution",
         "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
         "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
         "params": params,
@@ -229,6 +229,10 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "piece_class": [piece.cls for piece in co.pieces],
         "classes": classes,
         "pack_elements": co.pack_elements,
+        "pack_segments": co.pack_segments,
+        "pack_run": co.pack_run,
+        "pack_segment_stride": co.pack_segment_stride,
+        "column_step": co.step,
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
         "weight_strides": plan.weight_strides,

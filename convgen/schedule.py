@@ -37,11 +37,12 @@ class Schedule:
     vectorization to gcc).
 
     ``vectorize`` picks the plan. "w": lanes hold output columns, weights are
-    broadcast (every backend). "co" (C backend only, not transposed): lanes hold
-    output channels, weights are packed per channel block, input pixels broadcast;
-    ``tile_co`` then rounds up to whole vectors of channels, a job covers the
-    tile's rows and ``tile_spatial[-1]`` is the most pixels of a row per register
-    tile (a row is split into near-equal pieces).
+    broadcast (every backend). "co" (C backend only): lanes hold output channels,
+    weights are packed per channel block, input pixels broadcast; ``tile_co`` then
+    rounds up to whole vectors of channels, a job covers the tile's rows and
+    ``tile_spatial[-1]`` is the most pixels of a row per register tile (a row is split
+    into near-equal pieces; a transposed row with a W stride s first into its s stride
+    phases, columns p, p+s, p+2s, ..., so that every tap of a piece is useful).
     """
 
     tile_co: int = 8
@@ -116,8 +117,6 @@ class Schedule:
                                 f"tile_co x tile_spatial = {elements} accumulators; "
                                 f"at most {MAX_TILE_ELEMENTS} fit the stack tile")
         if self.vectorize == "co":
-            if spec.transposed:
-                raise ScheduleError("vectorize", "co", "transposed convolutions use 'w'")
             if self.vector_width:
                 raise ScheduleError("vector_width", self.vector_width,
                                     "must be 0 with vectorize='co' (the host's vectors)")
