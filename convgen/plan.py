@@ -11,6 +11,7 @@ hold no arithmetic: they loop over tiles and look coordinates up.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
         co_tiles = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
                                 cin_g * taps, step)
         tile_co = co_tiles.co_vectors * lanes
+        if spec.transposed:
+            co_tiles = dataclasses.replace(co_tiles, row_taps=co_row_taps(
+                tables, _pad3(spec.in_spatial), kernel, tile_co))
         n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
                    -(-out_size[1] // tile[1]), len(co_tiles.pieces))
     else:
@@ -216,7 +220,9 @@ class CoTiles:
 
     Packing reads the weight as ``pack_segments`` runs of ``pack_run`` consecutive
     reduction steps, ``pack_segment_stride`` apart (one run per input channel when
-    transposed: weight (C_in, C_out/groups, *k)).
+    transposed: weight (C_in, C_out/groups, *k)). With ``block_outer`` the channel block
+    is the outermost part of the job index (group, block, batch, rows, piece), so a
+    thread packs each block once per call rather than once per batch element.
     """
 
     co_vectors: int
@@ -228,6 +234,24 @@ class CoTiles:
     pack_segments: int = 1
     pack_run: int = 0
     pack_segment_stride: int = 0
+    block_outer: bool = False
+    # transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
+    # the input row in an input channel, offset of the tap in a packed input channel)
+    row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
+
+
+def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
+                tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as
+    (input row offset, packed weight offset); a transposed row skips the taps of the
+    other stride phases without a branch."""
+    _, in_h, in_w = in_size
+    _, kh_count, kw_count = kernel
+    return tuple(
+        tuple(((i_d * in_h + i_h) * in_w, (kd * kh_count + kh) * kw_count * tile_co)
+              for kd, i_d in enumerate(d_row) if i_d >= 0
+              for kh, i_h in enumerate(h_row) if i_h >= 0)
+        for d_row in tables[0] for h_row in tables[1])
 
 
 def _near_equal(count: int, most: int) -> list[int]:
@@ -268,7 +292,8 @@ def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: 
     else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
         segments, run, stride = 1, reduction, 0
     return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
-                   reduction * vectors * lanes, step, segments, run, stride)
+                   reduction * vectors * lanes, step, segments, run, stride,
+                   block_outer=spec.transposed)
 
 
 @dataclass(frozen=True)

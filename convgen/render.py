@@ -233,6 +233,8 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "pack_run": co.pack_run,
         "pack_segment_stride": co.pack_segment_stride,
         "column_step": co.step,
+        "block_outer": co.block_outer,
+        **row_tap_lists(co),
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
         "weight_strides": plan.weight_strides,
@@ -243,6 +245,16 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "activation_args": spec.activation_args,
         "math_fn": math_function(plan.c_type),
     }
+
+
+def row_tap_lists(co) -> dict:
+    """The template's per-row tap tables (vectorize="co", transposed), padded to a width."""
+    if co.row_taps is None:
+        return {"tap_lists": False}
+    width = max(1, max(len(r) for r in co.row_taps))
+    return {"tap_lists": True, "row_taps": [len(r) for r in co.row_taps], "max_row_taps": width,
+            "tap_x": [[x for x, _ in r] + [0] * (width - len(r)) for r in co.row_taps],
+            "tap_w": [[w for _, w in r] + [0] * (width - len(r)) for r in co.row_taps]}
 
 
 def transpose_stages(lanes: int) -> list[dict]:
