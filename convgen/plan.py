@@ -422,12 +422,17 @@ def describe_co_plan(plan: Plan) -> list[str]:
     sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
     border = sum(1 for c in co.classes
                  if any(len(t.pixels) < c.size for t in c.taps))
-    return [
-        f"direct convolution, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
+    spec = plan.spec
+    kind = "transposed convolution (split by stride phase: no scatter, no zero taps)" \
+        if spec.transposed else "direct convolution"
+    jobs = (f"jobs: groups {plan.groups} x channel blocks {plan.n_tiles[0]} x batch {plan.batch}"
+            if co.block_outer else
+            f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}")
+    lines = [
+        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
         " vectorized over output channels (vectorize='co')",
-        f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}"
-        f" x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces {plan.n_tiles[3]}"
-        f" = {plan.jobs}, on {plan.threads} thread(s)",
+        f"{jobs} x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces"
+        f" {plan.n_tiles[3]} = {plan.jobs}, on {plan.threads} thread(s)",
         f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
         f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
         f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
@@ -440,3 +445,13 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f"{len(co.classes)} unrolled piece bodies ({border} with border columns that skip"
         f" padding taps); output stored channel by channel after the reduction",
     ]
+    if spec.transposed:
+        taps = math.prod(plan.kernel)
+        useful = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps) \
+            * sum(len(r) for r in co.row_taps or ()) // max(1, plan.out_size[0] * plan.out_size[1])
+        lines.append(
+            f"stride phases: a row's {plan.out_size[2]} columns in {co.step} phase(s) of"
+            f" columns {co.step} apart; each row runs only its useful (kd, kh) taps (listed"
+            f" per row) and each piece only the kw taps of its phase: about {useful} of"
+            f" {plan.out_size[2] * taps} multiply-adds per row and channel vector")
+    return lines

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import convgen as cg
 from convgen.tolerance import max_error, tolerance
 
-from strategies import arrays_for, co_schedules, conv_specs, schedules, wide_specs
+from strategies import (arrays_for, co_schedules, conv_specs, schedules, transposed_specs,
+                        wide_specs)
 
 
 def check(kernel, spec, seed=0):
@@ -45,6 +46,29 @@ def test_co_plan_matches_oracle(data):
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
     check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=3)
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_transposed_co_plan_matches_oracle(data):
+    """vectorize="co" on transposed convolutions (C only): stride-phase pieces, per-row
+    tap lists, strides 1-3, dilation, output_padding, pads, groups, flip, every rank,
+    channel remainders, 1 or 2 threads."""
+    spec = data.draw(transposed_specs())
+    schedule = data.draw(co_schedules(spec))
+    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=5)
+
+
+def test_transposed_co_plan_with_residual_and_threads():
+    """The bench layer's shape, smaller: 4x4 stride 2 pad 1, whole pieces of a phase,
+    a remainder channel block, two threads, fused bias and activation."""
+    spec = cg.ConvSpec((3, 8, 6, 7), 40, kernel_size=4, stride=2, padding=1, transposed=True,
+                       activation="relu")
+    kernel = cg.compile(spec, backend="c")
+    assert kernel.schedule.vectorize == "co"
+    check(kernel, spec, seed=6)
+    two = cg.Schedule(tile_co=32, tile_spatial=(2, 5), threads=2, vectorize="co")
+    check(cg.compile(spec, backend="c", schedule=two), spec, seed=7)
 
 
 @settings(max_examples=20)
