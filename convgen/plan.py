@@ -446,12 +446,15 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f" padding taps); output stored channel by channel after the reduction",
     ]
     if spec.transposed:
-        taps = math.prod(plan.kernel)
-        useful = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps) \
-            * sum(len(r) for r in co.row_taps or ()) // max(1, plan.out_size[0] * plan.out_size[1])
+        per_row = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps)
+        computed = per_row * sum(len(r) for r in co.row_taps or ())
+        dense = math.prod(plan.out_size) * math.prod(plan.kernel)
+        scatter = math.prod(plan.in_size) * math.prod(plan.kernel)
         lines.append(
             f"stride phases: a row's {plan.out_size[2]} columns in {co.step} phase(s) of"
-            f" columns {co.step} apart; each row runs only its useful (kd, kh) taps (listed"
-            f" per row) and each piece only the kw taps of its phase: about {useful} of"
-            f" {plan.out_size[2] * taps} multiply-adds per row and channel vector")
+            f" columns {co.step} apart; each row runs only the (kd, kh) taps that reach it"
+            f" (listed per row), each piece only the kw taps of its phase: {computed}"
+            f" (output pixel, tap) products per channel, none on a zero (every output"
+            f" pixel x every tap: {dense}; the scatter definition: {scatter}, its cropped"
+            f" border included)")
     return lines
