@@ -1,6 +1,6 @@
 """Transposed convolutions: the C backend's two plans next to PyTorch and ONNX Runtime.
 
-    python bench/transposed.py [--threads 1 2] [--rounds 15] [--cpu-time]
+    python bench/transposed.py [--threads 1 2] [--rounds 15] [--layers NAME ...] [--cpu-time]
 
 Layers: the bench list's 4x4/2 256->128 layer at batch 16 (specs/bench/layers.toml) and
 the ConvTranspose2d layers of the DCGAN generator (specs/nets/dcgan_generator.toml, batch
@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS))
     parser.add_argument("--cpu-time", action="store_true",
                         help="process CPU time instead of wall time (1 thread only)")
     args = parser.parse_args()
@@ -103,7 +104,8 @@ def main() -> None:
         print(f"{'layer':<26}" + "".join(f"{n:>16}" for n in
                                         ("cg_w", "cg_co", "torch", "torch_cl", "ort"))
               + f"{'peer/co':>9}{'co/w':>7}")
-        for name, spec in LAYERS.items():
+        for name in args.layers:
+            spec = LAYERS[name]
             x, w, _ = random_arrays(spec)
             want = cg.reference(spec, x, w, None)
             calls = runners(spec, x, w, threads)
