@@ -17,6 +17,7 @@ import json
 
 from llvmlite import ir
 
+from .errors import ScheduleError
 from .llvm_co import CoKernelIR
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .render import channels_inner
@@ -305,7 +306,13 @@ def new_module(name: str, triple: str, data_layout: str) -> ir.Module:
 def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
                       residual: bool = False, internal: bool = False) -> ir.Function:
     """Add one convolution as function ``name`` to ``module`` (networks use this), in the
-    plan's layout: vectorize="w" here, "co" in convgen.llvm_co."""
+    plan's layout: vectorize="w" here, "co" in convgen.llvm_co (not transposed: the
+    stride-phase plan of transposed convolutions is in the C backend only)."""
+    if plan.vectorize == "co" and plan.spec.transposed:
+        raise ScheduleError("vectorize", "co", "the llvm backend runs transposed "
+                            "convolutions with vectorize='w' (the stride-phase 'co' plan "
+                            "is in the C backend only; default_schedule(spec, 'llvm') "
+                            "picks 'w')")
     builder = CoKernelIR if plan.vectorize == "co" else _KernelIR
     return builder(plan, module, name, residual, internal).build()
 

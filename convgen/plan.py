@@ -11,6 +11,7 @@ hold no arithmetic: they loop over tiles and look coordinates up.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -137,9 +138,13 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     lanes = schedule.vector_width or vector_lanes(spec.dtype)
     co_tiles = None
     if schedule.vectorize == "co":
+        step = spec.stride[-1] if spec.transposed else 1
         co_tiles = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
-                                cin_g * taps)
+                                cin_g * taps, step)
         tile_co = co_tiles.co_vectors * lanes
+        if spec.transposed:
+            co_tiles = dataclasses.replace(co_tiles, row_taps=co_row_taps(
+                tables, _pad3(spec.in_spatial), kernel, tile_co))
         n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
                    -(-out_size[1] // tile[1]), len(co_tiles.pieces))
     else:
@@ -170,7 +175,8 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
 
 @dataclass(frozen=True)
 class CoPiece:
-    """One register tile of a row (vectorize="co"): ``size`` output columns from ``ow0``.
+    """One register tile of a row (vectorize="co"): ``size`` output columns
+    ``ow0 + p * step`` (p < size, ``step`` of :class:`CoTiles`).
 
     Its input columns at tap kw are ``base + offset`` with the offsets of class ``cls``.
     """
@@ -205,42 +211,89 @@ class CoTiles:
     """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
     vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
     last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
-    each piece a register tile of co_vectors x size accumulators."""
+    each piece a register tile of co_vectors x size accumulators.
+
+    ``step`` is the distance between a piece's output columns: 1, or a transposed
+    convolution's W stride, whose row is first split into its stride phases (columns
+    p, p+s, p+2s, ...): at one tap either every column of a phase reads an input column
+    (consecutive ones) or none does, so no multiply-add of a piece is wasted.
+
+    Packing reads the weight as ``pack_segments`` runs of ``pack_run`` consecutive
+    reduction steps, ``pack_segment_stride`` apart (one run per input channel when
+    transposed: weight (C_in, C_out/groups, *k)). With ``block_outer`` the channel block
+    is the outermost part of the job index (group, block, batch, rows, piece), so a
+    thread packs each block once per call rather than once per batch element.
+    """
 
     co_vectors: int
     max_pixels: int
     pieces: tuple[CoPiece, ...]
     classes: tuple[CoClass, ...]
     pack_elements: int  # packed weights of one channel block
+    step: int = 1
+    pack_segments: int = 1
+    pack_run: int = 0
+    pack_segment_stride: int = 0
+    block_outer: bool = False
+    # transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
+    # the input row in an input channel, offset of the tap in a packed input channel)
+    row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
+
+
+def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
+                tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as
+    (input row offset, packed weight offset); a transposed row skips the taps of the
+    other stride phases without a branch."""
+    _, in_h, in_w = in_size
+    _, kh_count, kw_count = kernel
+    return tuple(
+        tuple(((i_d * in_h + i_h) * in_w, (kd * kh_count + kh) * kw_count * tile_co)
+              for kd, i_d in enumerate(d_row) if i_d >= 0
+              for kh, i_h in enumerate(h_row) if i_h >= 0)
+        for d_row in tables[0] for h_row in tables[1])
+
+
+def _near_equal(count: int, most: int) -> list[int]:
+    """``count`` split into the fewest near-equal parts of at most ``most``."""
+    parts = -(-count // most)
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
 def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
-                 max_pixels: int, reduction: int) -> CoTiles:
-    """Split a row of ``len(w_table)`` output columns into pieces and group them by the
-    input columns they read (``w_table[ow][kw]``, -1 for nothing) relative to a base."""
+                 max_pixels: int, reduction: int, step: int = 1) -> CoTiles:
+    """Split a row of ``len(w_table)`` output columns into pieces (per stride phase when
+    ``step`` > 1) and group them by the input columns they read (``w_table[ow][kw]``, -1
+    for nothing) relative to a base."""
     out_w = len(w_table)
-    count = -(-out_w // max_pixels)
-    sizes = [out_w // count + (1 if i < out_w % count else 0) for i in range(count)]
     kw_count = len(w_table[0])
     pieces, classes, index = [], [], {}
-    ow0 = 0
-    for size in sizes:
-        columns = [c for row in w_table[ow0:ow0 + size] for c in row if c >= 0]
-        base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
-        taps = []
-        for kw in range(kw_count):
-            pixels = tuple((p, w_table[ow0 + p][kw] - base) for p in range(size)
-                           if w_table[ow0 + p][kw] >= 0)
-            taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
-                                        for v in range(vectors)), pixels))
-        cls = CoClass(size, tuple(taps))
-        if cls not in index:
-            index[cls] = len(classes)
-            classes.append(cls)
-        pieces.append(CoPiece(ow0, size, base, index[cls]))
-        ow0 += size
-    return CoTiles(vectors, max(sizes), tuple(pieces), tuple(classes),
-                   reduction * vectors * lanes)
+    for phase in range(min(step, out_w)):
+        ow0 = phase
+        for size in _near_equal(len(range(phase, out_w, step)), max_pixels):
+            cols = [w_table[ow0 + p * step] for p in range(size)]
+            columns = [c for row in cols for c in row if c >= 0]
+            base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
+            taps = []
+            for kw in range(kw_count):
+                pixels = tuple((p, cols[p][kw] - base) for p in range(size)
+                               if cols[p][kw] >= 0)
+                taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
+                                            for v in range(vectors)), pixels))
+            cls = CoClass(size, tuple(taps))
+            if cls not in index:
+                index[cls] = len(classes)
+                classes.append(cls)
+            pieces.append(CoPiece(ow0, size, base, index[cls]))
+            ow0 += size * step
+    taps = reduction // (spec.in_channels // spec.groups)
+    if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
+        segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
+    else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
+        segments, run, stride = 1, reduction, 0
+    return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
+                   reduction * vectors * lanes, step, segments, run, stride,
+                   block_outer=spec.transposed)
 
 
 def transpose_shuffles(lanes: int) -> list[tuple[int, list[tuple[int, int, list[int],
@@ -394,12 +447,17 @@ def describe_co_plan(plan: Plan) -> list[str]:
     sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
     border = sum(1 for c in co.classes
                  if any(len(t.pixels) < c.size for t in c.taps))
-    return [
-        f"direct convolution, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
+    spec = plan.spec
+    kind = "transposed convolution (split by stride phase: no scatter, no zero taps)" \
+        if spec.transposed else "direct convolution"
+    jobs = (f"jobs: groups {plan.groups} x channel blocks {plan.n_tiles[0]} x batch {plan.batch}"
+            if co.block_outer else
+            f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}")
+    lines = [
+        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
         " vectorized over output channels (vectorize='co')",
-        f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}"
-        f" x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces {plan.n_tiles[3]}"
-        f" = {plan.jobs}, on {plan.threads} thread(s)",
+        f"{jobs} x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces"
+        f" {plan.n_tiles[3]} = {plan.jobs}, on {plan.threads} thread(s)",
         f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
         f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
         f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
@@ -412,3 +470,16 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f"{len(co.classes)} unrolled piece bodies ({border} with border columns that skip"
         f" padding taps); output stored channel by channel after the reduction",
     ]
+    if spec.transposed:
+        per_row = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps)
+        computed = per_row * sum(len(r) for r in co.row_taps or ())
+        dense = math.prod(plan.out_size) * math.prod(plan.kernel)
+        scatter = math.prod(plan.in_size) * math.prod(plan.kernel)
+        lines.append(
+            f"stride phases: a row's {plan.out_size[2]} columns in {co.step} phase(s) of"
+            f" columns {co.step} apart; each row runs only the (kd, kh) taps that reach it"
+            f" (listed per row), each piece only the kw taps of its phase: {computed}"
+            f" (output pixel, tap) products per channel, none on a zero (every output"
+            f" pixel x every tap: {dense}; the scatter definition: {scatter}, its cropped"
+            f" border included)")
+    return lines

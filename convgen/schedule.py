@@ -36,12 +36,14 @@ class Schedule:
     backend emits explicitly (0: the host's widest registers; C leaves
     vectorization to gcc).
 
-    ``vectorize`` picks the plan (both backends implement both). "w": lanes hold
-    output columns, weights are broadcast. "co" (not transposed): lanes hold output
-    channels, weights are packed per channel block, input pixels broadcast; ``tile_co``
-    then rounds up to whole vectors of channels, a job covers the tile's rows and
-    ``tile_spatial[-1]`` is the most pixels of a row per register tile (a row is split
-    into near-equal pieces).
+    ``vectorize`` picks the plan. "w": lanes hold output columns, weights are
+    broadcast (every backend). "co": lanes hold output channels, weights are packed per
+    channel block, input pixels broadcast (every backend; transposed convolutions on C
+    only); ``tile_co`` then rounds up to whole vectors of channels, a job covers the
+    tile's rows and ``tile_spatial[-1]`` is the most pixels of a row per register tile
+    (a row is split into near-equal pieces; a transposed row with a W stride s first
+    into its s stride phases, columns p, p+s, p+2s, ..., so that every tap of a piece is
+    useful).
     """
 
     tile_co: int = 8
@@ -116,8 +118,6 @@ class Schedule:
                                 f"tile_co x tile_spatial = {elements} accumulators; "
                                 f"at most {MAX_TILE_ELEMENTS} fit the stack tile")
         if self.vectorize == "co":
-            if spec.transposed:
-                raise ScheduleError("vectorize", "co", "transposed convolutions use 'w'")
             if self.vector_width:
                 raise ScheduleError("vector_width", self.vector_width,
                                     "must be 0 with vectorize='co' (the host's vectors)")
@@ -153,13 +153,14 @@ def default_schedule(spec: ConvSpec, backend: str = "c") -> Schedule:
     """The untuned fallback for ``backend`` ("c" or "llvm"; both pick the same plan).
 
     Vectorize over output channels (vectorize="co", see :func:`default_co_schedule`)
-    when :func:`prefers_co`, otherwise over output columns
+    when :func:`prefers_co` (transposed convolutions: on C only, the stride-phase plan
+    is not in the LLVM backend), otherwise over output columns
     (:func:`default_w_schedule`). Every core ($CONVGEN_NUM_THREADS) for kernels of at
     least PARALLEL_FLOPS.
     """
     threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
     threads = min(threads, MAX_THREADS)
-    if prefers_co(spec):
+    if prefers_co(spec) and (backend == "c" or not spec.transposed):
         return default_co_schedule(spec, threads)
     return default_w_schedule(spec, threads)
 
@@ -194,18 +195,21 @@ LONG_ROW = 128
 
 
 def prefers_co(spec: ConvSpec) -> bool:
-    """Whether vectorize="co" is the default: a vector of output channels per group or
-    more, not transposed, and rows that are short (< LONG_ROW output columns) or strided.
+    """Whether vectorize="co" is the default (C backend): a vector of output channels per
+    group or more, and transposed, or rows that are short (< LONG_ROW output columns) or
+    strided.
 
     Measured at 1 thread on bench/layers.py (2 cores, AVX-512): "co" 1.3-2x faster than
     "w" on ResNet-18's 3x3 (56/28/14/7, stride 1 and 2), 1x1/2 and 7x7/2 layers, on the
     odd 96-channel 17x17 layer and the 3D layer; "w" 1.3x faster on the 1D layer of
-    4096 columns, where whole rows are vector loads.
+    4096 columns, where whole rows are vector loads. Transposed: "co" (stride phases,
+    no wasted multiply-adds) 2-2.7x faster than "w" on the 4x4/2 256->128 bench layer
+    and the DCGAN generator's layers with 16+ output channels.
     """
     cog = spec.out_channels // spec.groups
-    if spec.transposed or cog < vector_lanes(spec.dtype):
+    if cog < vector_lanes(spec.dtype):
         return False
-    return spec.output_spatial[-1] < LONG_ROW or spec.stride[-1] > 1
+    return spec.transposed or spec.output_spatial[-1] < LONG_ROW or spec.stride[-1] > 1
 
 
 def default_co_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:

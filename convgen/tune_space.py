@@ -1,7 +1,7 @@
 """The tuner's search space: legal, distinct, register-sized schedules for a spec.
 
-Candidates vary the plan (vectorize="w" and, for convolutions that are not transposed
-with at least half a vector of output channels per group, "co"; both backends), the
+Candidates vary the plan (vectorize="w" and, for convolutions with at least half a
+vector of output channels per group, "co"; transposed convolutions take "co" on C only), the
 output-channel tile, the vectors of columns per row (or, for "co", the vectors of
 channels x the pixels per register tile), the rows per tile, the vector width (LLVM
 only: C measured 2-3x slower at half width) and threads. Pruned before anything
@@ -31,12 +31,21 @@ CO_PIXELS = (4, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28)
 
 def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
     """What a schedule really does for ``spec``: plan, tiles after clamping, lanes, threads
-    (for vectorize="co" the channel tile counts whole vectors)."""
+    (for vectorize="co" the channel tile counts whole vectors, and a transposed row's
+    pieces are at most one stride phase long)."""
     tile_co, tiles = schedule.resolve(spec)
     if schedule.vectorize == "co":
         tile_co = co_vectors(spec, tile_co) * vector_lanes(spec.dtype)
+        tiles = (*tiles[:-1], min(tiles[-1], _phase_columns(spec)))
     return (schedule.vectorize, tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype),
             schedule.threads)
+
+
+def _phase_columns(spec: ConvSpec) -> int:
+    """Output columns of a row that one "co" piece can hold: the row, or for a transposed
+    convolution its longest stride phase."""
+    step = spec.stride[-1] if spec.transposed else 1
+    return -(-spec.output_spatial[-1] // step)
 
 
 def registers() -> int:
@@ -100,7 +109,8 @@ def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lan
     fits = registers() * (7 if vectors == 1 else 6) // 8
     spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / fits))
     loads = ((vectors + pixels) / accumulators) / ((2 + 12) / 24)
-    pieces = -(-out[-1] // pixels)
+    step = spec.stride[-1] if spec.transposed else 1
+    pieces = step * -(-_phase_columns(spec) // pixels)
     jobs = spec.batch * spec.groups * blocks * pieces \
         * math.prod(-(-o // t) for o, t in zip(out[:-1], tiles[:-1]))
     imbalance = -(-jobs // threads) * threads / jobs
@@ -112,7 +122,7 @@ def _co_candidates(spec: ConvSpec, threads: int, outer: list[tuple]) -> list[Sch
     file, each with every outer tile (rows, planes)."""
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
-    if spec.transposed or 2 * cog < lanes:
+    if 2 * cog < lanes:
         return []
     found = []
     for vectors in CO_VECTORS:
@@ -173,7 +183,8 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
                         continue
                     seen.add(key)
                     found.append(schedule)
-    for schedule in _co_candidates(spec, threads, outer):
+    co = _co_candidates(spec, threads, outer) if backend == "c" or not spec.transposed else []
+    for schedule in co:
         try:
             key = _resolved(spec, schedule)
         except ScheduleError:

@@ -77,8 +77,8 @@ def conv_specs(draw, valid: bool = True, ndim: int | None = None):
 @st.composite
 def schedules(draw, spec: ConvSpec, backend: str = "c"):
     """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped): either
-    plan (vectorize "w" or, not transposed, "co"); every backend implements both."""
-    if not spec.transposed and draw(st.booleans()):
+    plan (vectorize "w" or "co"; transposed specs take "co" on C only)."""
+    if (backend == "c" or not spec.transposed) and draw(st.booleans()):
         return draw(co_schedules(spec))
     cog = spec.out_channels // spec.groups
     tile_co = draw(st.integers(1, cog + 1))
@@ -94,7 +94,7 @@ def schedules(draw, spec: ConvSpec, backend: str = "c"):
 
 @st.composite
 def co_schedules(draw, spec: ConvSpec):
-    """A legal vectorize="co" schedule for ``spec`` (not transposed): 1-3 vectors of
+    """A legal vectorize="co" schedule for ``spec`` (transposed or not): 1-3 vectors of
     channels (any tile_co, rounded up to vectors), pieces of any width, any rows."""
     lanes = vector_lanes(spec.dtype)
     tile_co = draw(st.integers(1, 3 * lanes))
@@ -109,13 +109,40 @@ def co_schedules(draw, spec: ConvSpec):
 
 
 @st.composite
-def wide_specs(draw, ndim: int | None = None):
-    """A valid, not transposed ConvSpec with 16-40 output channels per group: whole
-    vectors of channels and remainders (for vectorize="co")."""
+def wide_specs(draw, ndim: int | None = None, transposed: bool | None = None):
+    """A valid ConvSpec with 16-40 output channels per group: whole vectors of channels
+    and remainders (for vectorize="co"); ``transposed`` True/False to require either."""
     spec = draw(conv_specs(ndim=ndim))
-    assume(not spec.transposed)
+    if transposed is not None:
+        assume(spec.transposed == transposed)
     per_group = draw(st.sampled_from([16, 17, 24, 32, 40]))
     return spec.replace(out_channels=spec.groups * per_group)
+
+
+@st.composite
+def transposed_specs(draw, ndim: int | None = None):
+    """A valid transposed ConvSpec for the stride-phase "co" plan: strides 1-3 (mostly
+    > 1), dilation, output_padding, (lo, hi) pairs, groups, flip, odd sizes, every rank,
+    and 16-40 output channels per group (whole vectors and remainders)."""
+    nd = ndim if ndim is not None else draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    spatial = tuple(draw(st.integers(1, MAX_SPATIAL[nd])) for _ in range(nd))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.sampled_from([1, 2, 2, 3])) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(nd))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1))
+                           for s, d in zip(stride, dilation))
+    try:
+        return ConvSpec(
+            input_shape=(draw(st.integers(1, 2)), groups * draw(st.integers(1, 3)), *spatial),
+            out_channels=groups * draw(st.sampled_from([16, 17, 24, 32, 40])),
+            kernel_size=kernel, stride=stride, dilation=dilation, padding=padding,
+            output_padding=output_padding, groups=groups, transposed=True,
+            bias=draw(st.booleans()), activation=draw(st.sampled_from(ACTIVATION_CHOICES)),
+            flip=draw(st.booleans()), dtype=draw(st.sampled_from(["float32", "float64"])))
+    except SpecError:
+        assume(False)  # an empty output (padding wider than the transposed extent)
 
 
 arrays_for = random_arrays  # seeded uniform(-1, 1) x, w, b in the spec's dtype

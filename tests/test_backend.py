@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 import convgen as cg
 from convgen.plan import make_plan
+from convgen.tune_space import candidate_schedules
 from convgen.tolerance import max_error, tolerance
 
-from strategies import arrays_for, co_schedules, conv_specs, schedules, wide_specs
+from strategies import (arrays_for, co_schedules, conv_specs, schedules, transposed_specs,
+                        wide_specs)
 
 
 def check(kernel, spec, seed=0):
@@ -43,7 +45,7 @@ def test_any_schedule_matches_oracle(backend, data):
 def test_co_plan_matches_oracle(backend, data):
     """vectorize="co" with whole vectors of output channels and remainders: every rank,
     stride, dilation, padding mode, groups, flip, bias, activation."""
-    spec = data.draw(wide_specs())
+    spec = data.draw(wide_specs(transposed=False if backend == "llvm" else None))
     schedule = data.draw(co_schedules(spec))
     check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
 
@@ -78,19 +80,57 @@ def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     check(kernel, spec, seed=6)
 
 
+@settings(max_examples=40)
+@given(data=st.data())
+def test_transposed_co_plan_matches_oracle(data):
+    """vectorize="co" on transposed convolutions (C only): stride-phase pieces, per-row
+    tap lists, strides 1-3, dilation, output_padding, pads, groups, flip, every rank,
+    channel remainders, 1 or 2 threads."""
+    spec = data.draw(transposed_specs())
+    schedule = data.draw(co_schedules(spec))
+    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=5)
+
+
+def test_transposed_co_plan_with_residual_and_threads():
+    """The bench layer's shape, smaller: 4x4 stride 2 pad 1, whole pieces of a phase,
+    a remainder channel block, two threads, fused bias and activation."""
+    spec = cg.ConvSpec((3, 8, 6, 7), 40, kernel_size=4, stride=2, padding=1, transposed=True,
+                       activation="relu")
+    kernel = cg.compile(spec, backend="c")
+    assert kernel.schedule.vectorize == "co"
+    check(kernel, spec, seed=6)
+    two = cg.Schedule(tile_co=32, tile_spatial=(2, 5), threads=2, vectorize="co")
+    check(cg.compile(spec, backend="c", schedule=two), spec, seed=7)
+
+
 @settings(max_examples=20)
 @given(spec=wide_specs())
 def test_default_schedule_with_wide_channels(backend, spec):
-    """The default plan for 16+ channels per group and short rows: "co" on every backend."""
+    """The default plan for 16+ channels per group and short rows: "co" on every backend
+    (transposed: C only)."""
     kernel = cg.compile(spec, backend=backend)
-    assert kernel.schedule.vectorize == "co"
+    assert kernel.schedule.vectorize == ("w" if backend == "llvm" and spec.transposed
+                                         else "co")
     check(kernel, spec, seed=4)
 
 
 @settings(max_examples=100)
 @given(spec=conv_specs())
 def test_backends_pick_the_same_default_plan(spec):
-    assert cg.default_schedule(spec, "llvm") == cg.default_schedule(spec, "c")
+    """The same default on both backends, but transposed "co" (the stride-phase plan) is C's."""
+    c, llvm = cg.default_schedule(spec, "c"), cg.default_schedule(spec, "llvm")
+    if spec.transposed and c.vectorize == "co":
+        assert llvm.vectorize == "w"
+    else:
+        assert llvm == c
+
+
+def test_llvm_rejects_a_transposed_co_schedule():
+    spec = cg.ConvSpec((1, 4, 5, 5), 16, kernel_size=4, stride=2, padding=1, transposed=True)
+    with pytest.raises(cg.ScheduleError, match="transposed"):
+        cg.compile(spec, backend="llvm", schedule=cg.Schedule(tile_co=16, vectorize="co"))
+    assert all(s.vectorize == "w" for s in candidate_schedules(spec, "llvm"))
+    assert any(s.vectorize == "co" for s in candidate_schedules(spec, "c"))
 
 
 @pytest.mark.parametrize("schedule", [

@@ -131,3 +131,37 @@ def test_co_plan_balances_pieces_and_reads_strided_columns():
     tap = plan.co_tiles.classes[plan.co_tiles.pieces[1].cls].taps[1]
     offsets = [off for _, off in tap.pixels]
     assert offsets == [offsets[0] + 2 * i for i in range(9)]  # stride 2: broadcasts, no gather
+
+
+def test_transposed_co_plan_splits_rows_by_stride_phase():
+    """vectorize="co" on a transposed convolution: a row's pieces hold the columns of one
+    stride phase, every tap a piece runs reads an input for all its interior columns, the
+    taps of the other phase are absent, and each output row lists only its useful taps."""
+    from convgen.plan import describe_plan
+
+    spec = cg.ConvSpec((2, 8, 16, 16), 40, kernel_size=4, stride=2, padding=1, transposed=True)
+    plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 12), vectorize="co"))
+    co = plan.co_tiles
+    assert co.step == 2 and co.block_outer
+    # 32 columns: phase 0 (0, 2, ..., 30) and phase 1, 16 columns each, in pieces of 8
+    assert [(p.ow0, p.size) for p in co.pieces] == [(0, 8), (16, 8), (1, 8), (17, 8)]
+    for piece in co.pieces:
+        used = {t.kw for t in co.classes[piece.cls].taps if t.pixels}
+        assert used == ({1, 3} if piece.ow0 % 2 == 0 else {0, 2})  # (o + 1 - kw) even
+        for tap in co.classes[piece.cls].taps:
+            offsets = [off for _, off in tap.pixels]
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets))) \
+                if offsets else tap.kw not in used  # consecutive inputs, or a skipped tap
+    # interior rows: 2 of the 4 kh taps; the first and last rows: 1
+    assert [len(r) for r in co.row_taps] == [1] + [2] * 30 + [1]
+    # transposed weight (C_in, C_out/groups, kh, kw): one packed run of 16 taps per ci
+    assert (co.pack_segments, co.pack_run, co.pack_segment_stride) == (8, 16, 40 * 16)
+    text = "\n".join(describe_plan(plan))
+    assert "split by stride phase" in text and "2 phase(s)" in text
+    assert "channel blocks 2 x batch 2" in text  # the block outermost: packed once
+
+
+def test_transposed_co_plan_with_unit_stride_is_contiguous():
+    spec = cg.ConvSpec((1, 3, 9), 16, kernel_size=3, padding=1, transposed=True)
+    co = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(5,), vectorize="co")).co_tiles
+    assert co.step == 1 and [(p.ow0, p.size) for p in co.pieces] == [(0, 5), (5, 4)]

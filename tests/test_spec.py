@@ -172,9 +172,11 @@ def test_schedule_validation_and_default():
     co = default_schedule(spec)
     assert co == default_schedule(spec, "c") == default_schedule(spec, "llvm")
     assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
-    # few channels per group, or transposed: columns
+    # few channels per group: columns; transposed: channels, by stride phase (C only)
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"
-    assert default_schedule(spec.replace(transposed=True)).vectorize == "w"
+    assert default_schedule(spec.replace(transposed=True)).vectorize == "co"
+    assert default_schedule(spec.replace(transposed=True), "llvm").vectorize == "w"
+    assert default_schedule(spec.replace(transposed=True, out_channels=4)).vectorize == "w"
     # large enough to use every core ($CONVGEN_NUM_THREADS); tiny kernels stay on one
     assert spec.flops < 20_000_000 and sched.threads == 1  # too small to split
     big = cg.ConvSpec((1, 64, 56, 56), 64, kernel_size=3, padding=1)
@@ -196,8 +198,7 @@ def test_schedule_validation_and_default():
     assert cg.Schedule.from_dict({"tile_co": 8}).vectorize == "w"  # records before "co"
     with pytest.raises(ScheduleError, match="vectorize"):
         cg.Schedule(vectorize="h")
-    with pytest.raises(ScheduleError, match="transposed"):
-        cg.Schedule(vectorize="co").resolve(spec.replace(transposed=True))
+    cg.Schedule(vectorize="co").resolve(spec.replace(transposed=True))  # stride phases
     with pytest.raises(ScheduleError, match="vector accumulators"):
         cg.Schedule(tile_co=64, tile_spatial=(1, 40), vectorize="co").resolve(spec)
     with pytest.raises(ScheduleError, match="vector_width"):

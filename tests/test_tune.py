@@ -37,6 +37,8 @@ SPACE = {
     "depthwise": cg.ConvSpec((1, 8, 9, 9), 8, kernel_size=3, groups=8, padding=1),
     "transposed": cg.ConvSpec((1, 4, 5, 5), 6, kernel_size=4, stride=2, padding=1,
                               transposed=True),
+    "transposed-wide": cg.ConvSpec((1, 8, 6, 6), 24, kernel_size=4, stride=2, padding=1,
+                                   transposed=True),
     "wide-float64": cg.ConvSpec((1, 16, 20, 70), 64, kernel_size=1, dtype="float64"),
     "channels-not-a-power-of-two": cg.ConvSpec((1, 3, 9, 23), 24, kernel_size=3),
 }
@@ -69,10 +71,10 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
     found = candidate_schedules(spec, backend, threads=3)
     assert found[0] == cg.default_schedule(spec, backend)
     assert len(found) > 1
-    # every backend searches both plans where "co" applies
+    # every backend searches both plans where "co" applies (transposed: C only)
     plans = {s.vectorize for s in found}
-    co_applies = not spec.transposed and 2 * (spec.out_channels // spec.groups) >= \
-        cg.cpu.vector_lanes(spec.dtype)
+    co_applies = 2 * (spec.out_channels // spec.groups) >= \
+        cg.cpu.vector_lanes(spec.dtype) and (backend == "c" or not spec.transposed)
     assert plans == ({"w", "co"} if co_applies else {"w"})
     for schedule in found:
         schedule.resolve(spec)  # raises ScheduleError if illegal
