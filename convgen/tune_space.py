@@ -11,6 +11,8 @@ larger than twice the register file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -164,7 +166,8 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     outer = [(p, r) for p in planes for r in rows] if planes else \
         [(r,) for r in rows] if rows else [()]
 
-    default = default_schedule(spec, backend)
+    # the default's tiles and plan at the thread count being tuned, like every candidate
+    default = dataclasses.replace(default_schedule(spec, backend), threads=threads)
     seen = {_resolved(spec, default)}
     found: list[Schedule] = []
     for vw in widths:

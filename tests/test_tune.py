@@ -8,6 +8,7 @@ kernels go to one cache shared by this module's tests.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -23,6 +24,7 @@ from convgen.tolerance import close
 from convgen.records import best_record, read_records, record
 from convgen.tune import Measurement, confirm, network_convs, tune_network
 from convgen.tune_cli import add_tune_command, is_network_file, run_tune
+from convgen.schedule import MAX_THREADS
 from convgen.tune_space import _resolved, accumulator_bytes, accumulator_limit, candidate_schedules
 
 tune_module = importlib.import_module("convgen.tune")  # cg.tune is the function
@@ -69,7 +71,9 @@ def lines(path) -> list[dict]:
 def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend):
     spec = SPACE[name]
     found = candidate_schedules(spec, backend, threads=3)
-    assert found[0] == cg.default_schedule(spec, backend)
+    # the default's plan and tiles, at the thread count being tuned
+    assert found[0] == dataclasses.replace(cg.default_schedule(spec, backend),
+                                           threads=min(3, MAX_THREADS))
     assert len(found) > 1
     # every backend searches both plans where "co" applies (transposed: C only)
     plans = {s.vectorize for s in found}
@@ -100,7 +104,8 @@ def test_footprint_pruning():
     assert all(accumulator_bytes(spec, s) <= 1024 for s in pruned[1:])
     assert any(accumulator_bytes(spec, s) > 1024 for s in everything)
     assert set(pruned) <= set(everything)
-    assert pruned[0] == everything[0] == cg.default_schedule(spec)
+    assert pruned[0] == everything[0] == dataclasses.replace(cg.default_schedule(spec),
+                                                             threads=1)
 
 
 def test_default_threads_come_from_config(monkeypatch):
@@ -124,7 +129,7 @@ def test_tuning_db_defaults_to_the_cache_dir(monkeypatch, tmp_path):
 def test_tune_records_measurements_and_compile_uses_the_best(db):
     seen = []
     result = cg.tune(SMALL, "c", budget=5, threads=2, max_candidates=4, progress=seen.append)
-    assert result.default == cg.default_schedule(SMALL)
+    assert result.default == dataclasses.replace(cg.default_schedule(SMALL), threads=2)
     assert result.best in candidate_schedules(SMALL, "c", 2)[:4]
     assert math.isfinite(result.best_seconds) and math.isfinite(result.default_seconds)
     assert result.speedup == result.default_seconds / result.best_seconds
