@@ -129,6 +129,29 @@ def channels_inner(plan: Plan) -> bool:
     return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
 
 
+def _shared_context(plan: Plan, symbol: str, params: str) -> dict:
+    """The fields both plans' templates read: names, shapes, types, the spec as a comment."""
+    spec = plan.spec
+    return {
+        "title": "Transposed convolution" if spec.transposed else "Convolution",
+        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
+        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
+        "params": params,
+        "symbol": symbol,
+        "c_type": plan.c_type,
+        "batch": plan.batch,
+        "groups": plan.groups,
+        "cin_g": plan.cin_g,
+        "cout_g": plan.cout_g,
+        "in_size": plan.in_size,
+        "out_size": plan.out_size,
+        "kernel": plan.kernel,
+        "tile_co": plan.tile_co,
+        "lanes": plan.vector_lanes,
+        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+    }
+
+
 def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co")."""
@@ -141,24 +164,9 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         return co_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
     return {
+        **_shared_context(plan, symbol or plan.symbol, params),
         "vectorize": "w",
         "channels_inner": channels_inner(plan),
-        "title": "Transposed convolution" if spec.transposed else "Convolution",
-        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
-        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
-        "params": params,
-        "symbol": symbol or plan.symbol,
-        "c_type": plan.c_type,
-        "batch": plan.batch,
-        "groups": plan.groups,
-        "cin_g": plan.cin_g,
-        "cout_g": plan.cout_g,
-        "in_size": plan.in_size,
-        "out_size": plan.out_size,
-        "kernel": plan.kernel,
-        "tile_co": plan.tile_co,
-        "lanes": plan.vector_lanes,
-        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
         "n_vectors": vectors.n_vectors,
         "row_length": vectors.row_length,
         "d_table": vectors.d_table,
@@ -225,25 +233,10 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
                          for t in c.taps]}
                for c in co.classes]
     return {
+        **_shared_context(plan, symbol, params),
         "vectorize": "co",
-        "title": "Transposed convolution" if spec.transposed else "Convolution",
-        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
-        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
-        "params": params,
-        "symbol": symbol,
-        "c_type": plan.c_type,
-        "batch": plan.batch,
-        "groups": plan.groups,
-        "cin_g": plan.cin_g,
-        "cout_g": plan.cout_g,
-        "in_size": plan.in_size,
-        "out_size": plan.out_size,
-        "kernel": plan.kernel,
         "tile": plan.tile,
-        "tile_co": plan.tile_co,
         "co_vectors": co.co_vectors,
-        "lanes": plan.vector_lanes,
-        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
         "index_type": "int" if plan.c_type == "float" else "long long",
         "transpose_rows": [f"r{i}" for i in range(plan.vector_lanes)],
         "transpose_stages": transpose_stages(plan.vector_lanes),

@@ -170,24 +170,16 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     default = dataclasses.replace(default_schedule(spec, backend), threads=threads)
     seen = {_resolved(spec, default)}
     found: list[Schedule] = []
-    for vw in widths:
-        lanes = vw or host
-        columns = sorted({min(lanes * i, out[-1]) for i in range(1, WIDTH_VECTORS + 1)})
-        for tile_co in tile_cos:
-            for lead in outer:
-                for w in columns:
-                    schedule = Schedule(tile_co=tile_co, tile_spatial=(*lead, w),
-                                        threads=threads, vector_width=vw)
-                    try:
-                        key = _resolved(spec, schedule)
-                    except ScheduleError:
-                        continue
-                    if key in seen or accumulator_bytes(spec, schedule) > limit:
-                        continue
-                    seen.add(key)
-                    found.append(schedule)
-    co = _co_candidates(spec, threads, outer) if backend == "c" or not spec.transposed else []
-    for schedule in co:
+    w_plan = [Schedule(tile_co=tile_co, tile_spatial=(*lead, w), threads=threads,
+                       vector_width=vw)
+              for vw in widths
+              for tile_co in tile_cos
+              for lead in outer
+              for w in sorted({min((vw or host) * i, out[-1])
+                               for i in range(1, WIDTH_VECTORS + 1)})]
+    co_plan = _co_candidates(spec, threads, outer) \
+        if backend == "c" or not spec.transposed else []
+    for schedule in w_plan + co_plan:
         try:
             key = _resolved(spec, schedule)
         except ScheduleError:
