@@ -129,8 +129,9 @@ def channels_inner(plan: Plan) -> bool:
     return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
 
 
-def _shared_context(plan: Plan, symbol: str, params: str) -> dict:
-    """The fields both plans' templates read: names, shapes, types, the spec as a comment."""
+def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The fields both plans' templates read: names, shapes, types, the spec as a comment,
+    threads and the epilogue."""
     spec = plan.spec
     return {
         "title": "Transposed convolution" if spec.transposed else "Convolution",
@@ -149,13 +150,19 @@ def _shared_context(plan: Plan, symbol: str, params: str) -> dict:
         "tile_co": plan.tile_co,
         "lanes": plan.vector_lanes,
         "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+        "weight_strides": plan.weight_strides,
+        "threads": plan.threads,
+        "bias": spec.bias,
+        "residual": residual,
+        "activation": spec.activation,
+        "activation_args": spec.activation_args,
+        "math_fn": math_function(plan.c_type),
     }
 
 
 def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co")."""
-    spec = plan.spec
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
@@ -164,7 +171,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         return co_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
     return {
-        **_shared_context(plan, symbol or plan.symbol, params),
+        **_shared_context(plan, symbol or plan.symbol, params, residual),
         "vectorize": "w",
         "channels_inner": channels_inner(plan),
         "n_vectors": vectors.n_vectors,
@@ -181,13 +188,6 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "out_columns": vectors.out_columns,
         "tile": plan.tile,
         "n_tiles": plan.n_tiles,
-        "weight_strides": plan.weight_strides,
-        "threads": plan.threads,
-        "bias": spec.bias,
-        "residual": residual,
-        "activation": spec.activation,
-        "activation_args": spec.activation_args,
-        "math_fn": math_function(plan.c_type),
     }
 
 
@@ -198,7 +198,7 @@ CO_PREFETCH_CHANNELS = 4
 
 def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2)."""
-    spec, co = plan.spec, plan.co_tiles
+    co = plan.co_tiles
     assert co is not None
     lanes = plan.vector_lanes
 
@@ -233,7 +233,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
                          for t in c.taps]}
                for c in co.classes]
     return {
-        **_shared_context(plan, symbol, params),
+        **_shared_context(plan, symbol, params, residual),
         "vectorize": "co",
         "tile": plan.tile,
         "co_vectors": co.co_vectors,
@@ -259,13 +259,6 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         **row_tap_lists(co),
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
-        "weight_strides": plan.weight_strides,
-        "threads": plan.threads,
-        "bias": spec.bias,
-        "residual": residual,
-        "activation": spec.activation,
-        "activation_args": spec.activation_args,
-        "math_fn": math_function(plan.c_type),
     }
 
 
