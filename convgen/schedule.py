@@ -146,7 +146,12 @@ def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
 
 
 # Below this much work a kernel runs on one thread: starting threads would cost more.
-PARALLEL_FLOPS = 20_000_000
+# Measured at 1 vs 2 threads (2 vCPUs, interleaved medians): 2 threads were faster
+# from about 2 MFLOP up (MobileNetV2's 8 MFLOP depthwise 0.35 -> 0.20 ms, ResNet-18's
+# 13 MFLOP 1x1/2 shortcut 0.22 -> 0.15 ms, a 4 MFLOP 4x4/2 transposed layer 0.074 ->
+# 0.054 ms); 4 MFLOP keeps the tiniest layers off a second core, which costs a whole
+# time slice when another process holds it.
+PARALLEL_FLOPS = 4_000_000
 
 
 def default_schedule(spec: ConvSpec, backend: str = "c") -> Schedule:
