@@ -66,6 +66,16 @@ class GraphError(ConvgenError, ValueError):
     """An invalid network: names the layer (node) and what is wrong, e.g. the shapes."""
 
 
+def describe(node: Node) -> str:
+    """How errors name a node: ``layer1.0.conv1 (Conv2d)``, or just the name."""
+    return f"{node.name} ({node.module})" if node.module else node.name
+
+
+def node_error(node: Node, message: str) -> GraphError:
+    """A GraphError naming ``node``: ``features.3 (Conv2d): message``."""
+    return GraphError(f"{describe(node)}: {message}")
+
+
 @dataclass
 class Node:
     name: str

@@ -15,10 +15,9 @@ import numpy as np
 
 from ..reference import apply_activation, reference
 from ..spec import ConvSpec
-from .ir import OPS, Graph, GraphError, Node
+from .ir import OPS, Graph, GraphError, Node, describe
+from .shapes import PoolWindow, adaptive_bins, adaptive_output_size, infer_shape, pool_window
 from .tensor_ops import REFERENCES
-from .shapes import PoolWindow, adaptive_bins, adaptive_output_size, describe, infer_shape, \
-    pool_window
 
 
 def op_reference(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:

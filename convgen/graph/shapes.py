@@ -30,19 +30,13 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..spec import ACTIVATIONS, ConvSpec
-from .ir import OPS, Graph, GraphError, Node
+from .ir import OPS, Graph, GraphError, Node, node_error
 from .tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
 
 
-def describe(node: Node) -> str:
-    """How errors name a node: ``layer1.0.conv1 (Conv2d)``, or just the name."""
-    return f"{node.name} ({node.module})" if node.module else node.name
-
-
-def _fail(node: Node, message: str) -> GraphError:
-    return GraphError(f"{describe(node)}: {message}")
+_fail = node_error
 
 
 # -- pooling windows ----------------------------------------------------------------------

@@ -15,19 +15,12 @@ import numbers
 
 import numpy as np
 
-from .ir import GraphError, Node
+from .ir import Node
+from .ir import node_error as _fail
 
 Shape = tuple[int, ...]
 
 BINARY_KINDS = ("add", "sub", "mul", "div")
-
-
-def _describe(node: Node) -> str:
-    return f"{node.name} ({node.module})" if node.module else node.name
-
-
-def _fail(node: Node, message: str) -> GraphError:
-    return GraphError(f"{_describe(node)}: {message}")
 
 
 def _is_int(value: object) -> bool:

@@ -22,8 +22,8 @@ import numbers
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from .ir import Graph, GraphError, Node
-from .shapes import describe, infer_shape
+from .ir import Graph, GraphError, Node, describe
+from .shapes import infer_shape
 
 Shape = tuple[int, ...]
 # A node builder: input shapes -> (op, attrs, params). It may raise ValueError/TypeError
