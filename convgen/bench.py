@@ -2,9 +2,11 @@
 
 :func:`bench_layers` times each convolution with convgen (``cg.compile`` with the tuned
 or default schedule, threads set, a preallocated ``out=``) and with every installed peer
-(:mod:`convgen.bench_peers`), layer by layer: for each layer, each runtime in turn gets
-one checked call, one warm-up call and ``repeat`` timed calls (median), then a short
-pause so one runtime's spinning pool threads do not eat into the next one's time. Every
+(:mod:`convgen.bench_peers`), layer by layer, interleaved (:func:`measure_interleaved`):
+one checked call per runtime, then ``repeat`` rounds in which each runtime in turn gets a
+warm-up call and two timed calls (the median of all is reported) and, with several
+threads, a short pause so its spinning pool threads do not eat into the next one's time.
+On a shared machine a slow spell then falls on every runtime alike. Every
 output is compared with :func:`convgen.reference`. :func:`measure_peak` times a
 generated microkernel of independent FMA chains; :func:`measure_bandwidth` a large copy.
 The command line and the printing live in :mod:`convgen.bench_cli`.
@@ -33,6 +35,7 @@ from .spec import ConvSpec
 from .tolerance import max_error, tolerance
 
 PAUSE_S = 0.02          # between timing blocks, so spinning pool threads go to sleep
+ROUND_CALLS = 2         # timed calls per runtime and round (after one warm-up call)
 SLOW_RATIO = 0.8        # layers whose ratio to the fastest peer is below this are counted
 CONVGEN = "convgen"
 PEAK_SECONDS = 0.2      # per peak measurement
@@ -144,6 +147,42 @@ def measure_times(runner: Runner, repeat: int) -> tuple[list[float], np.ndarray]
     return times, first
 
 
+def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = PAUSE_S,
+                        calls: int = ROUND_CALLS) -> dict[str, tuple[list[float], Any]]:
+    """Time several runtimes on one job, interleaved: ``repeat`` rounds, each giving every
+    runtime in turn (the order rotates every round) one warm-up call and ``calls`` timed
+    calls, then ``pause`` seconds so its spinning pool threads go to sleep.
+
+    Returns, per runtime, the timed calls' seconds and the first call's output; a runtime
+    that raises gives the exception instead. A shared machine's slow spells then fall on
+    every runtime alike instead of on whichever ran during them.
+    """
+    results: dict[str, tuple[list[float], Any]] = {}
+    live: list[str] = []
+    for name, runner in runners.items():
+        try:
+            results[name] = ([], runner.to_numpy(runner.call()))
+            live.append(name)
+        except Exception as exc:  # noqa: BLE001 - reported per runtime by the caller
+            results[name] = ([], exc)
+    for round_ in range(repeat):
+        order = live[round_ % len(live):] + live[:round_ % len(live)] if live else []
+        for name in order:
+            runner = runners[name]
+            try:
+                runner.call()
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    runner.call()
+                    results[name][0].append(time.perf_counter() - start)
+            except Exception as exc:  # noqa: BLE001
+                results[name] = ([], exc)
+                live.remove(name)
+            if pause:
+                time.sleep(pause)
+    return results
+
+
 def bench_schedule(spec: ConvSpec, backend: str, threads: int,
                    given: Schedule | None = None) -> tuple[Schedule, str]:
     """The schedule convgen runs at ``threads`` and where it comes from: the spec file's,
@@ -188,20 +227,29 @@ def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: in
     if peers.ort is not None:
         makers["ort"] = lambda: ort_runner(peers.onnx, peers.ort, spec, x, w, threads, b)
     limit = tolerance(spec)
+    runners: dict[str, Runner] = {}
     for runtime, make in makers.items():
         try:
-            times, got = measure_times(make(), repeat)
+            runners[runtime] = make()
         except Skip as skip:
             result.cells[runtime] = Cell(note=str(skip))
-            continue
         except Exception as exc:  # noqa: BLE001 - a runtime's failure is reported, not fatal
-            result.cells[runtime] = Cell(note=f"{type(exc).__name__}: {exc}"[:200],
-                                         passed=False)
-            continue
-        error = max_error(got, want)
-        result.cells[runtime] = Cell(statistics.median(times), error, min(times),
-                                     passed=error <= limit)  # NaN fails
+            result.cells[runtime] = _failed(exc)
+    pause = PAUSE_S if threads > 1 else 0.0  # one thread: no pool threads to wait out
+    for runtime, (times, got) in measure_interleaved(runners, repeat, pause).items():
+        if isinstance(got, Skip):
+            result.cells[runtime] = Cell(note=str(got))
+        elif isinstance(got, Exception):
+            result.cells[runtime] = _failed(got)
+        else:
+            error = max_error(got, want)
+            result.cells[runtime] = Cell(statistics.median(times), error, min(times),
+                                         passed=error <= limit)  # NaN fails
     return result
+
+
+def _failed(exc: Exception) -> Cell:
+    return Cell(note=f"{type(exc).__name__}: {exc}"[:200], passed=False)
 
 
 def bench_layers(entries: Sequence[tuple[str, ConvSpec, Schedule | None]],

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from . import config
-from .bench import CONVGEN, PEAK_SECONDS, SLOW_RATIO, LayerResult, Peers, bench_layers, \
-    fma_probe, geometric_mean, measure_bandwidth, measure_peak
+from .bench import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, SLOW_RATIO, LayerResult, \
+    Peers, bench_layers, fma_probe, geometric_mean, measure_bandwidth, measure_interleaved, \
+    measure_peak
+from .bench_peers import Runner
 from .cache import cpu_identity
 from .cli_args import positive_int, shape_arg
 from .errors import ConvgenError
@@ -59,8 +61,9 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
                    help="comma-separated thread counts (default: 1 and "
                         "$CONVGEN_NUM_THREADS or the CPU count)")
     p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
-                   help="timed calls per runtime and layer, after one warm-up; the median "
-                        "is reported (default: %(default)s)")
+                   help="interleaved rounds per layer; each runtime gets one warm-up and "
+                        f"{ROUND_CALLS} timed calls per round; the median is reported "
+                        "(default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"draw a roofline plot (needs matplotlib: {PLOT_HINT})")
@@ -120,8 +123,9 @@ def run_bench(args: argparse.Namespace) -> int:
     networks: list[dict] = []
     entries, title = _layer_entries(args, threads, peers, networks)
     print(f"\n{title}: {len(entries)} convolution{'s' if len(entries) != 1 else ''}; "
-          f"median of {args.repeat} call{'s' if args.repeat != 1 else ''} after one "
-          "warm-up, runtimes one after the other per layer; inputs and outputs NC(D)(H)W "
+          f"runtimes interleaved per layer: {args.repeat} round{'s' if args.repeat != 1 else ''}"
+          f" of one warm-up + {ROUND_CALLS} timed calls each, the median; inputs and outputs "
+          "NC(D)(H)W "
           "for all (torch_cl counts its layout conversions)")
     results = run_tables(entries, threads, args.backend, args.repeat, peers, peaks)
 
@@ -209,7 +213,8 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
 
     ort = peers.ort if peers is not None and ort_model is not None else None
     graph = x = want = None
-    print(f"\nnetwork {path}: end-to-end latency, median of {repeat} after one warm-up; "
+    print(f"\nnetwork {path}: end-to-end latency, {repeat} interleaved rounds (convgen, ort) of one warm-up + "
+          f"{ROUND_CALLS} timed calls, the median; "
           f"check: max |y - oracle| / max |oracle| <= {NETWORK_TOLERANCE:g}")
     if ort_model is not None and ort is None:
         print("  onnxruntime not installed: no end-to-end peer")
@@ -229,7 +234,7 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
         row: dict[str, Any] = {"network": path, "threads": t, "compile_s": compile_s}
         got = model(*x)
         row["convgen_error"] = relative_error(got, want)
-        row["convgen_ms"] = _median_ms(lambda: model(*x), repeat)
+        runners = {"convgen": Runner(lambda: model(*x))}
         row["ort_ms"] = row["ort_error"] = None
         if ort is not None:
             from .bench_peers import ort_session
@@ -237,7 +242,10 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
             session = ort_session(ort, ort_model, t)
             feeds = {i.name: a for i, a in zip(session.get_inputs(), x)}
             row["ort_error"] = relative_error(session.run(None, feeds)[0], want)
-            row["ort_ms"] = _median_ms(lambda: session.run(None, feeds), repeat)
+            runners["ort"] = Runner(lambda: session.run(None, feeds), lambda y: y[0])
+        timed = measure_interleaved(runners, repeat, PAUSE_S if t > 1 else 0.0)
+        for name, (times, _) in timed.items():
+            row[f"{name}_ms"] = float(np.median(times)) * 1e3
         errors = [row[k] for k in ("convgen_error", "ort_error") if row[k] is not None]
         row["ok"] = all(e <= NETWORK_TOLERANCE for e in errors)
         row["ratio"] = row["ort_ms"] / row["convgen_ms"] if row["ort_ms"] else None
@@ -252,14 +260,6 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
     return graph
 
 
-def _median_ms(call, repeat: int) -> float:
-    call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 # -- peak -------------------------------------------------------------------------------
