@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .cpu import vector_lanes
 from .schedule import Schedule, co_vectors, default_schedule
 from .spec import ConvSpec
+from .winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
 
 # How one vector of VL output columns reads its VL input columns at one tap
 # (the LLVM backend's vector tables; see vector_tables()).
@@ -104,6 +105,7 @@ class Plan:
     vector_lanes: int  # SIMD lanes over output columns (explicit in the LLVM backend)
     vectorize: str = "w"  # what the lanes hold: "w" output columns, "co" output channels
     co_tiles: CoTiles | None = None  # vectorize="co" only
+    winograd: WinogradPlan | None = None  # method "winograd" / "gemm" only
 
     @property
     def tile_spatial(self) -> tuple[int, ...]:
@@ -136,8 +138,11 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     tables = tuple(index_table(spec, d) for d in range(ndim))
     tables = ([[0]],) * (3 - ndim) + tables
     lanes = schedule.vector_width or vector_lanes(spec.dtype)
-    co_tiles = None
-    if schedule.vectorize == "co":
+    co_tiles = winograd = None
+    if schedule.method != "direct":
+        winograd = make_winograd_plan(spec, schedule.method, tile_co, tile_spatial, lanes)
+        n_tiles = (1, 1, 1, 1)  # a job is one (image, group); its tile blocks are threaded
+    elif schedule.vectorize == "co":
         step = spec.stride[-1] if spec.transposed else 1
         co_tiles = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
                                 cin_g * taps, step)
@@ -170,6 +175,7 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
         vector_lanes=lanes,
         vectorize=schedule.vectorize,
         co_tiles=co_tiles,
+        winograd=winograd,
     )
 
 
@@ -409,6 +415,8 @@ def vector_tables(plan: Plan) -> VectorTables:
 
 def describe_plan(plan: Plan) -> list[str]:
     """How the kernel runs, in a few lines (``convgen explain`` prints them)."""
+    if plan.winograd is not None:
+        return describe_winograd_plan(plan)
     if plan.co_tiles is not None:
         return describe_co_plan(plan)
     spec, tables = plan.spec, vector_tables(plan)

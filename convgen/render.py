@@ -17,6 +17,7 @@ import jinja2
 
 from .cpu import cpu_flags, vector_bits
 from .plan import Plan, transpose_shuffles, vector_tables
+from .winograd import transform_lines
 from .version import __version__
 
 
@@ -167,6 +168,8 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
                                 f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
+    if plan.winograd is not None:
+        return wino_context(plan, symbol or plan.symbol, params, residual)
     if plan.vectorize == "co":
         return co_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
@@ -259,6 +262,92 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         **row_tap_lists(co),
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
+    }
+
+
+def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of a method "winograd" / "gemm" kernel
+    (templates/c/conv_wino_function.j2): the plan's tables and the transforms as
+    straight-line statements (convgen.winograd.transform_lines)."""
+    wp = plan.winograd
+    assert wp is not None
+    spec = plan.spec
+    (m_h, m_w), (a_h, a_w) = wp.tile, wp.alpha
+    k_h, k_w = plan.kernel[1], plan.kernel[2]
+    at_h, g_h, bt_h = wp.matrices_h
+    at_w, g_w, bt_w = wp.matrices_w
+    cols = wp.staged_in[1] if wp.staged_in != (0, 0) else plan.in_size[2]
+
+    def two_pass(first, second, src, mid, dst, rows_in, rows_out, cols_in, cols_out,
+                 declare):
+        """dst[a][b] = sum_j second[b][j] * (sum_i first[a][i] * src[i][j])."""
+        out = []
+        for j in range(cols_in):
+            out += transform_lines(first, [f"{src}{i}_{j}" for i in range(rows_in)],
+                                   [f"{mid}{a}_{j}" for a in range(rows_out)], declare)
+        for a in range(rows_out):
+            out += transform_lines(second, [f"{mid}{a}_{j}" for j in range(cols_in)],
+                                   [f"{dst}{a}_{b}" for b in range(cols_out)], declare)
+        return out
+
+    def weight_lines(declare):
+        return two_pass(g_h, g_w, "g", "t", "u", k_h, a_h, k_w, a_w, declare)
+
+    rows = min(wp.co_rows, plan.cout_g)
+    classes = []
+    for count in [rows] + ([plan.cout_g % rows] if plan.cout_g % rows else []):
+        classes.append({
+            "rows": count,
+            "accumulators": [f"a{r}_{t}" for r in range(count) for t in range(wp.vectors)],
+            "fma": [{"row": r, "terms": [(f"a{r}_{t}", f"x{t}") for t in range(wp.vectors)]}
+                    for r in range(count)],
+            "stores": [{"row": r, "column": t * wp.lanes, "acc": f"a{r}_{t}"}
+                       for r in range(count) for t in range(wp.vectors)]})
+    flip = spec.flip
+    taps = [{"name": f"g{i}_{j}",
+             "offset": ((k_h - 1 - i) * k_w + (k_w - 1 - j)) if flip else i * k_w + j}
+            for i in range(k_h) for j in range(k_w)]
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "method": wp.method,
+        "method_text": ("1x1 convolution as a GEMM" if wp.method == "gemm" else
+                        f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})"),
+        "gemm": wp.method == "gemm",
+        "avx512": avx512_suffix(plan),
+        "in_hw": plan.in_size[1:],
+        "out_hw": plan.out_size[1:],
+        "kernel_hw": plan.kernel[1:],
+        "tile": wp.tile,
+        "alpha": wp.alpha,
+        "tiles": wp.tiles,
+        "tile_vectors": wp.vectors,
+        "block_tiles": wp.block_tiles,
+        "blocks": wp.blocks,
+        "staged_in": wp.staged_in,
+        "stage_in": wp.staged_in != (0, 0),
+        "stage_out": wp.stage_out,
+        "src_rows": wp.src_rows,
+        "src_cols": wp.src_cols,
+        "in_offsets": wp.in_offsets,
+        "epilogue": bool(spec.bias or residual or spec.activation),
+        "gemm_classes": classes,
+        "weight_lanes": [lane * k_h * k_w for lane in range(wp.lanes)],
+        "taps": taps,
+        "weight_vector_lines": weight_lines("const V "),
+        "weight_scalar_lines": weight_lines("const T "),
+        "weight_stores": [{"name": f"u{a}_{b}", "xi": a * a_w + b}
+                          for a in range(a_h) for b in range(a_w)],
+        "patch": [{"name": f"d{i}_{j}", "offset": i * cols + j}
+                  for i in range(a_h) for j in range(a_w)],
+        "input_lines": two_pass(bt_h, bt_w, "d", "e", "v", a_h, a_h, a_w, a_w, "const V "),
+        "input_stores": [{"name": f"v{a}_{b}", "xi": a * a_w + b}
+                         for a in range(a_h) for b in range(a_w)],
+        "products": [{"name": f"m{i}_{j}", "xi": i * a_w + j}
+                     for i in range(a_h) for j in range(a_w)],
+        "output_lines": two_pass(at_h, at_w, "m", "f", "o", a_h, m_h, a_w, m_w, "const V "),
+        "outputs": [{"name": f"o{a}_{b}", "index": a * m_w + b}
+                    for a in range(m_h) for b in range(m_w)],
+        "grid": wp.grid,
     }
 
 

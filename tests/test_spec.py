@@ -168,9 +168,14 @@ def test_schedule_validation_and_default():
     lanes = cg.cpu.vector_lanes("float32")
     assert sched.tile_co == (8 if 32 // lanes == 2 else 16)
     assert default_w_schedule(spec.replace(stride=2)).tile_co == 16  # gathers shared
-    # every backend: vectorized over output channels, 2 vectors of channels x 12 columns
-    co = default_schedule(spec)
-    assert co == default_schedule(spec, "c") == default_schedule(spec, "llvm")
+    # C: Winograd F(4x4, 3x3), 28 channels x 1 vector of tiles (see test_winograd.py)
+    wino = default_schedule(spec)
+    assert wino == default_schedule(spec, "c")
+    assert (wino.method, wino.tile_co, wino.tile_spatial) == ("winograd", 28, (4, 4))
+    # llvm, and C with stride 2: vectorized over output channels, 2 vectors x 12 columns
+    co = default_schedule(spec, "llvm")
+    strided = default_schedule(spec.replace(stride=2), "c")
+    assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", 2 * lanes, (1, 12))
     assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
     # few channels per group: columns; transposed: channels, by stride phase (C only)
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"

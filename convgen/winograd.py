@@ -1,0 +1,312 @@
+"""The transform-GEMM plans: Winograd F(m, r) convolution and 1x1 convolution as a GEMM.
+
+Winograd's minimal filtering computes ``m`` outputs of an ``r``-tap correlation from
+``alpha = m + r - 1`` inputs with ``alpha`` multiplications: ``y = AT [(G g) * (BT d)]``.
+Nested over H and W, a tile of ``mh x mw`` outputs takes ``alpha_h x alpha_w`` products,
+and over channels the products are ``alpha_h * alpha_w`` independent GEMMs:
+``M[xi] = U[xi] V[xi]`` with ``U = G g G^T`` (per output x input channel) and ``V = BT d B``
+(per input channel x tile). F(4x4, 3x3) does 36 multiplications where direct convolution
+does 144 for the same 16 outputs.
+
+The matrices come from the Cook-Toom construction over the points 0, 1, -1, 2, -2, 1/2,
+-1/2, ... and infinity, in exact rational arithmetic (:func:`winograd_matrices`). Each
+row of BT is scaled to small integers (the inverse scale moves into G), and the
+transforms are rendered as straight-line code with the zero terms left out.
+
+A 1x1 convolution is the same plan with identity transforms (``m = alpha = 1``): a GEMM
+over the output pixels (method "gemm").
+
+Only the C backend has these plans; the planner's tables say where each tile's input
+patch starts in a zero-padded staged copy of the input and where its outputs go.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .spec import ConvSpec
+
+METHODS = ("direct", "winograd", "gemm")
+MAX_ALPHA = 8  # m + r - 1 per dim: beyond this fp32 rounding grows too fast
+MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors + 1 <= 32)
+
+
+def _points(count: int) -> list[Fraction]:
+    """The first ``count`` finite interpolation points: 0, 1, -1, 2, -2, 1/2, -1/2, 3, ..."""
+    pts = [Fraction(0)]
+    k = 1
+    while len(pts) < count:
+        for p in (Fraction(k), Fraction(-k), Fraction(1, k) if k > 1 else None,
+                  Fraction(-1, k) if k > 1 else None):
+            if p is not None and p not in pts:
+                pts.append(p)
+        k += 1
+    return pts[:count]
+
+
+def _inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact Gauss-Jordan inverse of a square rational matrix."""
+    n = len(matrix)
+    a = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[pivot] = a[pivot], a[col]
+        scale = a[col][col]
+        a[col] = [v / scale for v in a[col]]
+        for r in range(n):
+            if r != col and a[r][col] != 0:
+                factor = a[r][col]
+                a[r] = [v - factor * p for v, p in zip(a[r], a[col])]
+    return [row[n:] for row in a]
+
+
+Matrix = list[list[Fraction]]
+
+
+def winograd_matrices(m: int, r: int) -> tuple[Matrix, Matrix, Matrix]:
+    """(AT, G, BT) of F(m, r): AT is m x alpha, G alpha x r, BT alpha x alpha, with
+    ``y = AT @ ((G @ g) * (BT @ d))`` the correlation ``y[i] = sum_k g[k] d[i + k]``.
+
+    Cook-Toom: evaluate at alpha - 1 finite points and infinity. With Vm, Vr, Vn the
+    evaluation matrices of polynomials with m, r and alpha coefficients, linear
+    convolution is ``c = Vn^-1 ((Vm u) * (Vr g))``; correlation is its transpose in u,
+    so AT = Vm^T, G = Vr and BT = Vn^-T. Row j of BT is then scaled to coprime integers
+    and row j of G divided by the same factor.
+    """
+    if m < 1 or r < 1:
+        raise ValueError(f"F({m}, {r}): m and r must be >= 1")
+    alpha = m + r - 1
+    if alpha == 1:
+        one = [[Fraction(1)]]
+        return one, one, one
+    pts = _points(alpha - 1)
+
+    def evaluation(cols: int) -> Matrix:
+        rows = [[p ** k for k in range(cols)] for p in pts]
+        rows.append([Fraction(int(k == cols - 1)) for k in range(cols)])
+        return rows
+
+    vm, vr, vn = evaluation(m), evaluation(r), evaluation(alpha)
+    at = [[vm[j][i] for j in range(alpha)] for i in range(m)]
+    inv = _inverse(vn)
+    bt = [[inv[k][j] for k in range(alpha)] for j in range(alpha)]
+    g = [list(row) for row in vr]
+    for j in range(alpha):
+        dens = math.lcm(*(v.denominator for v in bt[j]))
+        nums = math.gcd(*(int(v * dens) for v in bt[j]))
+        scale = Fraction(dens, nums)
+        bt[j] = [v * scale for v in bt[j]]
+        g[j] = [v / scale for v in g[j]]
+    return at, g, bt
+
+
+def transform_lines(matrix: Matrix, sources: list[str], targets: list[str],
+                    declare: str = "") -> list[str]:
+    """C statements ``target_i = sum_j matrix[i][j] * source_j``, zeros left out, +-1
+    as additions; ``declare`` prefixes each (a type for new variables)."""
+    lines = []
+    for target, row in zip(targets, matrix):
+        terms = []
+        for coef, source in zip(row, sources):
+            if coef == 0:
+                continue
+            value = float(coef)
+            if abs(value) == 1.0:
+                terms.append(("-" if value < 0 else "+", source))
+            else:
+                terms.append(("-" if value < 0 else "+", f"(T){abs(value)!r} * {source}"))
+        if not terms:
+            expr = "(T)0 * " + sources[0]
+        else:
+            expr = " ".join(f"{sign} {text}" for sign, text in terms)
+            expr = expr[2:] if expr.startswith("+ ") else "-" + expr[2:]
+        lines.append(f"{declare}{target} = {expr};")
+    return lines
+
+
+def amplification(matrices: tuple[Matrix, Matrix, Matrix]) -> float:
+    """How much larger than direct convolution the rounding error can grow in one dim: the
+    product of the transforms' infinity norms (row sums of |coefficients|)."""
+    return math.prod(max(sum(abs(float(v)) for v in row) for row in mat) for mat in matrices)
+
+
+def unsupported(spec: ConvSpec, method: str) -> str | None:
+    """Why ``spec`` cannot run with ``method`` ("winograd" or "gemm"), or None."""
+    if spec.transposed:
+        return "transposed convolutions run with method='direct'"
+    if spec.ndim > 2:
+        return "3D convolutions run with method='direct'"
+    if method == "gemm":
+        if any(k != 1 for k in spec.kernel_size):
+            return "method='gemm' needs a 1x1 kernel"
+        return None
+    if any(s != 1 for s in spec.stride):
+        return "method='winograd' needs stride 1"
+    if any(d != 1 for d in spec.dilation):
+        return "method='winograd' needs dilation 1"
+    if all(k == 1 for k in spec.kernel_size):
+        return "a 1x1 kernel has nothing to transform: use method='gemm'"
+    return None
+
+
+def check_tiles(spec: ConvSpec, method: str, tiles: tuple[int, ...]) -> str | None:
+    """Why ``tiles`` (output tile per spatial dim) is illegal for ``method``, or None."""
+    for k, m in zip(spec.kernel_size, tiles):
+        if method == "gemm" or k == 1:
+            if m != 1:
+                return "must be 1 in a dim whose kernel size is 1 (nothing to transform)"
+        elif m < 2 or m + k - 1 > MAX_ALPHA:
+            return (f"Winograd tiles must be >= 2 with tile + kernel - 1 <= {MAX_ALPHA} "
+                    f"(kernel {k})")
+    return None
+
+
+def default_tiles(spec: ConvSpec, method: str) -> tuple[int, ...]:
+    """F(4, 3)-sized tiles: the largest m <= 4 with alpha <= MAX_ALPHA and m <= the output
+    (6 for long 1D rows); 1 where the kernel is 1."""
+    tiles = []
+    for k, out in zip(spec.kernel_size, spec.output_spatial):
+        if method == "gemm" or k == 1:
+            tiles.append(1)
+            continue
+        want = 6 if spec.ndim == 1 else 4
+        m = max(2, min(want, MAX_ALPHA + 1 - k, out))
+        tiles.append(m)
+    return tuple(tiles)
+
+
+def tile_vectors(co_rows: int) -> int:
+    """Vectors of tiles in a GEMM register tile: 2 when co_rows x 2 accumulators and the
+    two tile vectors fit 32 registers, else 1."""
+    return 2 if 2 * co_rows + 2 <= 32 else 1
+
+
+@dataclass(frozen=True)
+class WinogradPlan:
+    """The constants of a transform-GEMM kernel (2D; a 1D convolution has H = 1).
+
+    Tiles of ``tile = (mh, mw)`` outputs are numbered row-major over a ``grid`` of
+    (TH, TW) tiles; a block is ``vectors x lanes`` consecutive tiles, one lane each.
+    ``in_offsets[block][lane]`` is where the tile's ``alpha`` patch starts in a staged
+    input channel (``staged_in`` rows x cols, zero padded, or the input itself for a
+    GEMM that reads it in place); ``out_offsets[block][lane]`` where its outputs go in a
+    staged output channel (grid rows x cols of whole tiles plus one spare tile row for
+    lanes past the last tile), or for a GEMM the output pixel.
+    """
+
+    method: str
+    tile: tuple[int, int]
+    alpha: tuple[int, int]
+    grid: tuple[int, int]
+    co_rows: int
+    vectors: int
+    lanes: int
+    blocks: int
+    in_offsets: tuple[tuple[int, ...], ...]
+    staged_in: tuple[int, int]  # rows, cols of a staged input channel ((0, 0): read x)
+    src_rows: tuple[int, ...]  # staged row -> input row (-1: zero)
+    src_cols: tuple[int, ...]  # staged col -> input col (-1: zero)
+    stage_out: bool  # outputs stored tile-major, then copied out (else written in place)
+    matrices_h: tuple[Matrix, Matrix, Matrix]
+    matrices_w: tuple[Matrix, Matrix, Matrix]
+    flip: bool
+
+    @property
+    def tiles(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def block_tiles(self) -> int:
+        return self.vectors * self.lanes
+
+    @property
+    def products(self) -> int:
+        return self.alpha[0] * self.alpha[1]
+
+
+def _source(p: int, size: int, mode: str) -> int:
+    from .plan import _source_coordinate
+
+    return _source_coordinate(p, size, mode)
+
+
+def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[int, ...],
+                       lanes: int) -> WinogradPlan:
+    """The tables of ``method`` ("winograd" or "gemm") for ``spec``; the schedule was
+    validated (:meth:`convgen.schedule.Schedule.resolve`)."""
+    pad1 = (lambda v, fill: (fill,) * (2 - len(v)) + tuple(v))
+    in_h, in_w = pad1(spec.in_spatial, 1)
+    out_h, out_w = pad1(spec.output_spatial, 1)
+    k_h, k_w = pad1(spec.kernel_size, 1)
+    m_h, m_w = pad1(tiles, 1)
+    stride_h, stride_w = pad1(spec.stride, 1)
+    pad_h = spec.padding[0][0] if spec.ndim == 2 else 0
+    pad_w = spec.padding[-1][0]
+    a_h, a_w = m_h + k_h - 1, m_w + k_w - 1
+    grid = (-(-out_h // m_h), -(-out_w // m_w))
+    vectors = tile_vectors(co_rows)
+    block = vectors * lanes
+    count = grid[0] * grid[1]
+    blocks = -(-count // block)
+    if method == "gemm":
+        in_place = stride_h == stride_w == 1 and pad_h == pad_w == 0
+        staged_in = (0, 0) if in_place else (out_h, out_w)
+        src_rows = tuple(_source(o * stride_h - pad_h, in_h, spec.padding_mode)
+                         for o in range(out_h))
+        src_cols = tuple(_source(o * stride_w - pad_w, in_w, spec.padding_mode)
+                         for o in range(out_w))
+        # tile = pixel; lanes past the last pixel read pixel 0 and are never stored
+        in_offsets = tuple(tuple(t if t < count else 0
+                                 for t in range(b * block, (b + 1) * block))
+                           for b in range(blocks))
+    else:
+        rows, cols = grid[0] * m_h + k_h - 1, grid[1] * m_w + k_w - 1
+        staged_in = (rows, cols)
+        src_rows = tuple(_source(i - pad_h, in_h, spec.padding_mode) for i in range(rows))
+        src_cols = tuple(_source(j - pad_w, in_w, spec.padding_mode) for j in range(cols))
+        in_offsets = tuple(tuple((t // grid[1]) * m_h * cols + (t % grid[1]) * m_w
+                                 if t < count else 0
+                                 for t in range(b * block, (b + 1) * block))
+                           for b in range(blocks))
+    return WinogradPlan(
+        method=method, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid, co_rows=co_rows,
+        vectors=vectors, lanes=lanes, blocks=blocks, in_offsets=in_offsets,
+        staged_in=staged_in, src_rows=src_rows, src_cols=src_cols,
+        stage_out=method != "gemm", matrices_h=winograd_matrices(m_h, k_h),
+        matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip)
+
+
+def describe_winograd_plan(plan) -> list[str]:
+    """describe_plan for method "winograd" / "gemm"."""
+    wp: WinogradPlan = plan.winograd
+    spec = plan.spec
+    dims = f"{wp.tile[0]}x{wp.tile[1]}" if spec.ndim == 2 else f"{wp.tile[1]}"
+    taps = "x".join(map(str, spec.kernel_size))
+    direct = math.prod(wp.tile) * math.prod(spec.kernel_size)
+    lines = []
+    if wp.method == "gemm":
+        lines.append("1x1 convolution as a GEMM (method='gemm'): output pixels x input "
+                     "channels x output channels, vectors over output pixels")
+        lines.append("input read in place" if wp.staged_in == (0, 0) else
+                     f"input staged per channel as the {wp.staged_in[0]}x{wp.staged_in[1]}"
+                     " pixels the output reads (stride/padding applied once)")
+    else:
+        lines.append(f"Winograd F({dims}, {taps}) (method='winograd'): {wp.products} "
+                     f"multiplications per tile of {math.prod(wp.tile)} outputs where direct "
+                     f"convolution does {direct} ({direct / wp.products:.2f}x fewer)")
+        lines.append(f"input staged per channel, zero padded, as {wp.staged_in[0]}x"
+                     f"{wp.staged_in[1]}; tiles read their {wp.alpha[0]}x{wp.alpha[1]} patch "
+                     "with one gather per element; outputs stored tile-major in whole vectors, "
+                     "then copied out row by row with the epilogue")
+        lines.append(f"weights transformed in each call: U = G g G^T, {wp.products} x "
+                     f"{plan.cin_g} x {plan.cout_g} per group")
+    lines.append(f"tiles: {wp.grid[0]}x{wp.grid[1]} = {wp.tiles}, in {wp.blocks} block(s) of "
+                 f"{wp.vectors} vector(s) x {wp.lanes} lanes; jobs: batch {plan.batch} x "
+                 f"groups {plan.groups} = {plan.jobs}, blocks split over {plan.threads} "
+                 "thread(s)")
+    lines.append(f"GEMM register tile: {wp.co_rows} output channels x {wp.vectors} vector(s) "
+                 f"of tiles = {wp.co_rows * wp.vectors} accumulators; per input channel "
+                 f"{wp.vectors} vector load(s) and {wp.co_rows} broadcast weights")
+    return lines
