@@ -1,6 +1,7 @@
 """The tuner's search space: legal, distinct, register-sized schedules for a spec.
 
-Candidates vary the plan (vectorize="w" and, for convolutions with at least half a
+Candidates vary the plan (on C the transform-GEMM methods where legal, see
+:func:`_transform_candidates`; vectorize="w" and, for convolutions with at least half a
 vector of output channels per group, "co"; transposed convolutions take "co" on C only), the
 output-channel tile, the vectors of columns per row (or, for "co", the vectors of
 channels x the pixels per register tile), the rows per tile, the vector width (LLVM
@@ -21,6 +22,7 @@ from . import backends, config
 from .cpu import vector_bits, vector_lanes
 from .errors import ScheduleError
 from .schedule import MAX_THREADS, Schedule, co_vectors, default_schedule
+from .winograd import tile_vectors
 from .spec import ConvSpec
 
 MAX_TILE_CO = 64
@@ -36,6 +38,8 @@ def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
     (for vectorize="co" the channel tile counts whole vectors, and a transposed row's
     pieces are at most one stride phase long)."""
     tile_co, tiles = schedule.resolve(spec)
+    if schedule.method != "direct":
+        return (schedule.method, tile_co, tiles, vector_lanes(spec.dtype), schedule.threads)
     if schedule.vectorize == "co":
         tile_co = co_vectors(spec, tile_co) * vector_lanes(spec.dtype)
         tiles = (*tiles[:-1], min(tiles[-1], _phase_columns(spec)))
@@ -64,6 +68,8 @@ def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
     """Bytes of the register tile the kernels keep per output row: output channels x
     whole vectors of output columns (rows of a tile are computed one after another)."""
     vectorize, tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    if schedule.method != "direct":  # channels x vectors of tiles
+        return tile_co * tile_vectors(tile_co) * lanes * np.dtype(spec.dtype).itemsize
     if vectorize == "co":  # channel vectors x pixels
         return tile_co * tiles[-1] * np.dtype(spec.dtype).itemsize
     return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
@@ -169,6 +175,12 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     # the default's tiles and plan at the thread count being tuned, like every candidate
     default = dataclasses.replace(default_schedule(spec, backend), threads=threads)
     seen = {_resolved(spec, default)}
+    transforms = []
+    for schedule in _transform_candidates(spec, threads) if backend == "c" else []:
+        key = _resolved(spec, schedule)
+        if key not in seen and accumulator_bytes(spec, schedule) <= limit:
+            seen.add(key)
+            transforms.append(schedule)
     found: list[Schedule] = []
     w_plan = [Schedule(tile_co=tile_co, tile_spatial=(*lead, w), threads=threads,
                        vector_width=vw)
@@ -188,7 +200,37 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
             continue
         seen.add(key)
         found.append(schedule)
-    return [default, *_ranked(spec, found)]
+    return [default, *transforms, *_ranked(spec, found)]
+
+
+# method "winograd" / "gemm" candidates (C only): output tiles per dim and register tiles
+WINOGRAD_TILES = (2, 4, 6)
+TRANSFORM_CO_ROWS = (28, 16, 14, 12, 8)
+
+
+def _transform_candidates(spec: ConvSpec, threads: int) -> list[Schedule]:
+    """The transform-GEMM schedules legal for ``spec``: for "winograd" square tiles of
+    WINOGRAD_TILES (1 where the kernel is 1) x TRANSFORM_CO_ROWS, for "gemm" (1x1)
+    TRANSFORM_CO_ROWS; register tiles clamped to the group's channels, each listed once."""
+    cog, cin_g = spec.out_channels // spec.groups, spec.in_channels // spec.groups
+    if cog < 4 or cin_g < 4:  # depthwise and the like: a GEMM over a few channels
+        return []
+    method = "gemm" if all(k == 1 for k in spec.kernel_size) else "winograd"
+    tilings = [None] if method == "gemm" else \
+        [tuple(1 if k == 1 else m for k in spec.kernel_size) for m in WINOGRAD_TILES]
+    found, seen = [], set()
+    for tiles in tilings:
+        for rows in TRANSFORM_CO_ROWS:
+            schedule = Schedule(tile_co=min(rows, cog), tile_spatial=tiles, threads=threads,
+                                method=method)
+            try:
+                key = _resolved(spec, schedule)
+            except ScheduleError:
+                continue
+            if key not in seen:
+                seen.add(key)
+                found.append(schedule)
+    return found
 
 
 def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:

@@ -25,7 +25,8 @@ from convgen.records import best_record, read_records, record
 from convgen.tune import Measurement, confirm, network_convs, tune_network
 from convgen.tune_cli import add_tune_command, is_network_file, run_tune
 from convgen.schedule import MAX_THREADS
-from convgen.tune_space import _resolved, accumulator_bytes, accumulator_limit, candidate_schedules
+from convgen.tune_space import _resolved, _transform_candidates, accumulator_bytes, \
+    accumulator_limit, candidate_schedules
 
 tune_module = importlib.import_module("convgen.tune")  # cg.tune is the function
 
@@ -76,10 +77,14 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
                                            threads=min(3, MAX_THREADS))
     assert len(found) > 1
     # every backend searches both plans where "co" applies (transposed: C only)
-    plans = {s.vectorize for s in found}
+    plans = {s.vectorize for s in found if s.method == "direct"}
     co_applies = 2 * (spec.out_channels // spec.groups) >= \
         cg.cpu.vector_lanes(spec.dtype) and (backend == "c" or not spec.transposed)
     assert plans == ({"w", "co"} if co_applies else {"w"})
+    # C also searches the transform-GEMM plan where it is legal (see test_winograd.py)
+    methods = {s.method for s in found} - {"direct"}
+    legal = {s.method for s in _transform_candidates(spec, 3)}
+    assert methods == (legal if backend == "c" else set())
     for schedule in found:
         schedule.resolve(spec)  # raises ScheduleError if illegal
         assert accumulator_bytes(spec, schedule) <= accumulator_limit() \
