@@ -5,7 +5,8 @@
 The same architecture is written once and instantiated with torch.nn and with
 convgen.nn; convgen loads torch's state_dict (BatchNorm statistics randomized,
 so folding is exercised) and every result is checked against torch's output.
-Latency is the median of --repeats calls after one warm-up, per thread count.
+Runtimes are timed interleaved (convgen.bench.measure_interleaved: --repeats rounds, each
+giving every runtime a warm-up and two timed calls), the median per thread count.
 ONNX Runtime runs the model exported by torch.onnx (skipped, and said so, when
 onnx/onnxruntime are not installed: pip install -e '.[bench]'); convgen also imports
 that ONNX file with cg.from_onnx ("convgen c (from ONNX)").
@@ -17,7 +18,6 @@ import argparse
 import io
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
 from convgen import nn as cnn  # noqa: E402
+from convgen.bench import PAUSE_S, ROUND_CALLS, measure_interleaved  # noqa: E402
+from convgen.bench_peers import Runner  # noqa: E402
 
 
 def resnet18(nn, flatten):
@@ -71,16 +73,6 @@ def resnet18(nn, flatten):
     return ResNet18()
 
 
-def median_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main() -> int:
     import torch
 
@@ -116,14 +108,18 @@ def main() -> int:
         ort, onnx_bytes = None, None
         print(f"onnxruntime: not measured ({type(exc).__name__}: {exc})")
 
-    print(f"ResNet-18 {shape}, batch 1; median of {args.repeats} calls (ms)")
+    print(f"ResNet-18 {shape}, batch 1; runtimes interleaved: {args.repeats} rounds of one "
+          f"warm-up + {ROUND_CALLS} timed calls each, the median (ms)")
     print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
     for threads in args.threads:
-        rows = []
         torch.set_num_threads(threads)
-        with torch.no_grad():
-            rows.append(("torch (oneDNN)", median_ms(lambda: tnet(torch.from_numpy(x)),
-                                                     args.repeats), 0.0))
+        calls = {}
+
+        def torch_call():
+            with torch.no_grad():
+                return tnet(torch.from_numpy(x)).numpy()
+
+        calls["torch (oneDNN)"] = torch_call
         if ort is not None:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
@@ -131,23 +127,29 @@ def main() -> int:
             session = ort.InferenceSession(onnx_bytes, options,
                                            providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
-            got = session.run(None, {name: x})[0]
-            rows.append(("onnxruntime", median_ms(lambda: session.run(None, {name: x}),
-                                                  args.repeats),
-                         float(np.abs(got - want).max() / np.abs(want).max())))
-        peers = min(ms for _, ms, _ in rows)
+            calls["onnxruntime"] = (lambda s=session, n=name: s.run(None, {n: x})[0])
         for backend in cg.BACKENDS:
-            model = net.compile(shape, backend=backend, threads=threads)
-            got = model(x)
-            rows.append((f"convgen {backend}", median_ms(lambda: model(x), args.repeats),
-                         float(np.abs(got - want).max() / np.abs(want).max())))
+            calls[f"convgen {backend}"] = net.compile(shape, backend=backend, threads=threads)
         if onnx_bytes is not None:  # the same network through cg.from_onnx
-            model = cg.from_onnx(onnx_bytes).compile(shape, backend="c", threads=threads)
-            got = model(x)
-            rows.append(("convgen c (from ONNX)", median_ms(lambda: model(x), args.repeats),
-                         float(np.abs(got - want).max() / np.abs(want).max())))
-        for name, ms, err in rows:
-            print(f"{name:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
+            calls["convgen c (from ONNX)"] = cg.from_onnx(onnx_bytes).compile(
+                shape, backend="c", threads=threads)
+        runners = {}
+        for label, call in calls.items():
+            if label.startswith("convgen"):
+                call = (lambda m=call: m(x))
+            runners[label] = Runner(call)
+        timed = measure_interleaved(runners, args.repeats, PAUSE_S if threads > 1 else 0.0)
+        rows = []
+        for label, (times, got) in timed.items():
+            if isinstance(got, Exception):
+                print(f"{label:<22} {threads:>7} failed: {type(got).__name__}: {got}")
+                continue
+            err = 0.0 if label.startswith("torch") else \
+                float(np.abs(got - want).max() / np.abs(want).max())
+            rows.append((label, 1e3 * statistics.median(times), err))
+        peers = min(ms for label, ms, _ in rows if not label.startswith("convgen"))
+        for label, ms, err in rows:
+            print(f"{label:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
                   flush=True)
     return 0
 

@@ -161,15 +161,18 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
     }
 
 
-def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
+def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
+                 pretransformed: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
-    conv_co_function.j2 for vectorize="co")."""
+    conv_co_function.j2 for vectorize="co", conv_wino_function.j2 for the transform-GEMM
+    methods; ``pretransformed``: the weight argument holds Winograd's U, see
+    convgen.winograd.transform_weights)."""
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
                                 f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
     if plan.winograd is not None:
-        return wino_context(plan, symbol or plan.symbol, params, residual)
+        return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
     if plan.vectorize == "co":
         return co_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
@@ -265,7 +268,8 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     }
 
 
-def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
+                 pretransformed: bool = False) -> dict:
     """The flat context of a method "winograd" / "gemm" kernel
     (templates/c/conv_wino_function.j2): the plan's tables and the transforms as
     straight-line statements (convgen.winograd.transform_lines)."""
@@ -313,6 +317,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "method_text": ("1x1 convolution as a GEMM" if wp.method == "gemm" else
                         f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})"),
         "gemm": wp.method == "gemm",
+        "pretransformed": pretransformed and wp.method == "winograd",
         "avx512": avx512_suffix(plan),
         "in_hw": plan.in_size[1:],
         "out_hw": plan.out_size[1:],

@@ -198,10 +198,12 @@ def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
 PARALLEL_FLOPS = 4_000_000
 
 
-def default_schedule(spec: ConvSpec, backend: str = "c") -> Schedule:
+def default_schedule(spec: ConvSpec, backend: str = "c",
+                     prepared_weights: bool = False) -> Schedule:
     """The untuned fallback for ``backend`` ("c" or "llvm").
 
-    On C, a transform-GEMM plan where :func:`default_transform_schedule` finds one.
+    On C, a transform-GEMM plan where :func:`default_transform_schedule` finds one
+    (``prepared_weights``: the weights are constants transformed once, as in networks).
     Otherwise vectorize over output channels (vectorize="co", see :func:`default_co_schedule`)
     when :func:`prefers_co` (transposed convolutions: on C only, the stride-phase plan
     is not in the LLVM backend), otherwise over output columns
@@ -211,7 +213,7 @@ def default_schedule(spec: ConvSpec, backend: str = "c") -> Schedule:
     threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
     threads = min(threads, MAX_THREADS)
     if backend == "c":
-        transform = default_transform_schedule(spec, threads)
+        transform = default_transform_schedule(spec, threads, prepared_weights)
         if transform is not None:
             return transform
     if prefers_co(spec) and (backend == "c" or not spec.transposed):
@@ -290,10 +292,13 @@ GEMM_MIN_PIXELS = 256
 # group, rebuilt in every call) fit this many bytes, and at least this share of the lanes of
 # the tile blocks hold a tile.
 WINOGRAD_WEIGHT_BYTES = 1 << 20
+# ... and when the network transforms them once at load (convgen.graph): any size
+PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
 WINOGRAD_MIN_LANE_USE = 0.75
 
 
-def default_transform_schedule(spec: ConvSpec, threads: int = 1) -> Schedule | None:
+def default_transform_schedule(spec: ConvSpec, threads: int = 1,
+                               prepared_weights: bool = False) -> Schedule | None:
     """The C backend's transform-GEMM default, or None for the direct plans.
 
     "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
@@ -331,7 +336,8 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1) -> Schedule | N
         tiles = grid[0] * grid[1]
         lane_use = tiles / (-(-tiles // block) * block)
         weight_bytes = (m + 2) ** 2 * cin_g * cog * spec.groups * itemsize
-        if weight_bytes <= WINOGRAD_WEIGHT_BYTES and lane_use >= WINOGRAD_MIN_LANE_USE:
+        limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
+        if weight_bytes <= limit and lane_use >= WINOGRAD_MIN_LANE_USE:
             return Schedule(tile_co=rows, tile_spatial=(m, m), threads=threads,
                             method="winograd")
     return None

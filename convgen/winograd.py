@@ -278,6 +278,28 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
         matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip)
 
 
+def transform_weights(plan, weight):
+    """Winograd's U for ``plan`` (method "winograd"): (groups, alpha_h * alpha_w, C_out per
+    group, C_in per group) in the plan's dtype, as the kernel computes it in each call
+    (flip applied). Networks store this instead of the weight (transformed once, at load)."""
+    import numpy as np
+
+    wp: WinogradPlan = plan.winograd
+    spec = plan.spec
+    k_h, k_w = plan.kernel[1], plan.kernel[2]
+    g = np.asarray(weight, dtype=np.float64).reshape(
+        plan.groups, plan.cout_g, plan.cin_g, k_h, k_w)
+    if spec.flip:
+        g = g[..., ::-1, ::-1]
+    g_h = np.array(wp.matrices_h[1], dtype=np.float64)  # alpha_h x k_h
+    g_w = np.array(wp.matrices_w[1], dtype=np.float64)
+    u = np.tensordot(g, g_w, axes=([4], [1]))  # g, o, c, i, b
+    u = np.tensordot(u, g_h, axes=([3], [1]))  # g, o, c, b, a
+    u = u.transpose(0, 4, 3, 1, 2)  # g, a, b, o, c
+    u = u.reshape(plan.groups, wp.products, plan.cout_g, plan.cin_g)
+    return np.ascontiguousarray(u, dtype=spec.dtype)
+
+
 def describe_winograd_plan(plan) -> list[str]:
     """describe_plan for method "winograd" / "gemm"."""
     wp: WinogradPlan = plan.winograd

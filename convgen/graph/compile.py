@@ -53,7 +53,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             base = None
             if backend is not None:
                 base = best_record(spec, backend, threads) or best_record(spec, backend)
-            base = base or default_schedule(spec, backend or "c")
+            # networks transform Winograd weights once, at load (graph.lower)
+            base = base or default_schedule(spec, backend or "c", prepared_weights=True)
             out[node.name] = dataclasses.replace(
                 base, threads=base.threads if threads is None else threads)
     return out

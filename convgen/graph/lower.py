@@ -17,6 +17,7 @@ import numpy as np
 
 from ..plan import Plan, make_plan
 from ..schedule import Schedule
+from ..winograd import transform_weights
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
 from .memory import VIEW_OPS, MemoryPlan, alias_source
@@ -135,10 +136,16 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
     if node.op == "conv":
         spec = ConvSpec.from_dict(a["spec"]).replace(dtype=dtype)
         step.plan = make_plan(spec, schedule)
-        step.params["weight"] = packer.add(node.params["weight"])
+        # Winograd: the weight transformed once, here (U = G g G^T), not in every call
+        pretransformed = step.plan.winograd is not None and \
+            step.plan.winograd.method == "winograd"
+        weight = transform_weights(step.plan, node.params["weight"]) if pretransformed \
+            else node.params["weight"]
+        step.params["weight"] = packer.add(weight)
         if spec.bias:
             step.params["bias"] = packer.add(node.params["bias"])
-        step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs}
+        step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs,
+                       "pretransformed": pretransformed}
     elif node.op in ("max_pool", "avg_pool"):
         nd = len(shapes[0]) - 2
         step.consts = {
