@@ -342,8 +342,14 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "weight_scalar_lines": weight_lines("const T "),
         "weight_stores": [{"name": f"u{a}_{b}", "xi": a * a_w + b}
                           for a in range(a_h) for b in range(a_w)],
-        "patch": [{"name": f"d{i}_{j}", "offset": i * cols + j}
+        "patch": [{"name": f"d{i}_{j}", "offset": i * cols + j, "i": i, "j": j}
                   for i in range(a_h) for j in range(a_w)],
+        "chunk_end": [end for end, _ in wp.chunks],
+        "chunk_rows": [rows for _, rows in wp.chunks],
+        "masked": wp.row_masks is not None,
+        "prefetch": [list(p) for p in wp.prefetch] if wp.prefetch and wp.prefetch[0] else [],
+        "row_masks": wp.row_masks or [],
+        "col_masks": wp.col_masks or [],
         "input_lines": two_pass(bt_h, bt_w, "d", "e", "v", a_h, a_h, a_w, a_w, "const V "),
         "input_stores": [{"name": f"v{a}_{b}", "xi": a * a_w + b}
                          for a in range(a_h) for b in range(a_w)],
