@@ -280,8 +280,14 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default") -> str:
     lines.append(f"    tile_spatial {_tuple(tuple(plan.tile_spatial))}")
     lines.append(f"    threads      {plan.threads}")
     lines.append(f"    vector_width {plan.vector_lanes} lanes")
-    lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
-                 f"{'output channels' if plan.vectorize == 'co' else 'output columns'})")
+    if plan.winograd is not None:
+        lines.append(f"    method       {plan.schedule.method} (lanes hold "
+                     f"{'output pixels' if plan.schedule.method == 'gemm' else 'tiles'}; "
+                     "tile_co: channels per GEMM register tile"
+                     f"{'' if plan.schedule.method == 'gemm' else ', tile_spatial: outputs per tile'})")
+    else:
+        lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
+                     f"{'output channels' if plan.vectorize == 'co' else 'output columns'})")
     lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan)]
     return "\n".join(lines)
 
