@@ -35,6 +35,7 @@ MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors +
 # quarter of a 2 MiB L2): 64 channels x 16000 samples, F(6, 3), 5.8 -> ... ms at 1 thread
 CHUNK_BYTES = 512 << 10
 MAX_PREFETCH = 64  # cache lines prefetched per input channel and block
+MAX_PREFETCH_TABLE = 1 << 18  # larger inputs go without (the table would bloat the source)
 
 
 def _points(count: int) -> list[Fraction]:
@@ -313,7 +314,7 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
                                  for t in range(b * block, (b + 1) * block))
                            for b in range(blocks))
     prefetch = []
-    if row_masks is not None:
+    if row_masks is not None and blocks * MAX_PREFETCH <= MAX_PREFETCH_TABLE:
         line = 64 // (4 if spec.dtype == "float32" else 8)
         for b in range(blocks):
             nxt = b + 1 if b + 1 < blocks else b
