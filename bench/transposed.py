@@ -1,15 +1,16 @@
-"""Transposed convolutions: the C backend's two plans next to PyTorch and ONNX Runtime.
+"""Transposed convolutions: one backend's two plans next to PyTorch and ONNX Runtime.
 
-    python bench/transposed.py [--threads 1 2] [--rounds 15] [--layers NAME ...] [--cpu-time]
+    python bench/transposed.py [--backend c|llvm] [--threads 1 2] [--rounds 15]
+                               [--layers NAME ...] [--cpu-time]
 
 Layers: the bench list's 4x4/2 256->128 layer at batch 16 (specs/bench/layers.toml) and
 the ConvTranspose2d layers of the DCGAN generator (specs/nets/dcgan_generator.toml, batch
 1). Runtimes, all on the same arrays in this process:
 
 - cg_w: vectorize="w" (lanes hold output columns; columns visited phase by phase, but
-  about half the FMAs land on zero vectors), the C plan for transposed specs before "co";
+  about half the FMAs land on zero vectors), the plan for transposed specs before "co";
 - cg_co: vectorize="co" (lanes hold output channels, rows split by stride phase), the
-  default on C for 16+ output channels per group;
+  default on both backends for 16+ output channels per group;
 - torch / torch_cl (NCHW, channels_last with the layout change counted) and ort.
 
 Each round calls every runtime in turn (interleaved, so a noisy neighbour slows all of
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import convgen as cg  # noqa: E402
 from convgen.bench_peers import Skip, ort_runner, torch_runner  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
+from convgen.schedule import default_w_schedule  # noqa: E402
 from convgen.tolerance import max_error, tolerance  # noqa: E402
 
 
@@ -52,14 +54,14 @@ LAYERS = {
 }
 
 
-def runners(spec: cg.ConvSpec, x, w, threads: int) -> dict:
+def runners(spec: cg.ConvSpec, x, w, threads: int, backend: str = "c") -> dict:
     found = {}
-    base = cg.default_schedule(spec, "c")
-    plans = {"cg_w": dataclasses.replace(cg.default_schedule(spec, "llvm"), threads=threads)}
+    base = cg.default_schedule(spec, backend)
+    plans = {"cg_w": default_w_schedule(spec, threads)}
     if base.vectorize == "co":
         plans["cg_co"] = dataclasses.replace(base, threads=threads)
     for name, schedule in plans.items():
-        kernel = cg.compile(spec, backend="c", schedule=schedule)
+        kernel = cg.compile(spec, backend=backend, schedule=schedule)
         out = np.empty(spec.output_shape, spec.dtype)
         found[name] = (lambda k, o: lambda: k(x, w, None, out=o))(kernel, out)
     try:
@@ -92,6 +94,7 @@ def as_array(y) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["c", "llvm"], default="c")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS))
@@ -100,7 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     clock = time.process_time if args.cpu_time else time.perf_counter
     for threads in args.threads:
-        print(f"\n== {threads} thread(s); median of {args.rounds} interleaved rounds ==")
+        print(f"\n== {args.backend}, {threads} thread(s); median of {args.rounds}"
+              " interleaved rounds ==")
         print(f"{'layer':<26}" + "".join(f"{n:>16}" for n in
                                         ("cg_w", "cg_co", "torch", "torch_cl", "ort"))
               + f"{'peer/co':>9}{'co/w':>7}")
@@ -108,7 +112,7 @@ def main() -> None:
             spec = LAYERS[name]
             x, w, _ = random_arrays(spec)
             want = cg.reference(spec, x, w, None)
-            calls = runners(spec, x, w, threads)
+            calls = runners(spec, x, w, threads, args.backend)
             reps = {}
             for n, f in calls.items():
                 err = max_error(as_array(f()), want)

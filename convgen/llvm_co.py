@@ -1,7 +1,7 @@
 """The vectorize="co" plan as LLVM IR: lanes hold output channels.
 
 The C template's plan (templates/c/conv_co_function.j2) built with llvmlite.ir. Each
-call packs its current block of output channels from the OIHW weights into a scratch
+call packs its current block of output channels from the weights into a scratch
 buffer (``aligned_alloc``, one per call, so one per thread: the thread pool and
 GOMP_parallel both give each thread its own call) laid out [ci][kd][kh][kw][channels],
 VL x VL blocks transposed with shuffles, zeros past the last channel. A job is one
@@ -11,6 +11,12 @@ scalar per column into ``llvm.fma`` (any stride, dilation or padding mode: the p
 tables say which columns read what; no gathers). Then each VL x VL block of the tile is
 transposed in registers and the epilogue (bias, residual, activation) stores whole
 column vectors per channel with masks.
+
+Transposed convolutions (the stride-phase plan): the weight (C_in, C_out/groups, *k) is
+packed one run of taps per input channel, the channel block is the outermost part of the
+job index (one pack per block per call), a row runs only its useful (kd, kh) taps (the
+plan's row_taps tables), and a piece's columns are one stride phase, ``step`` apart,
+stored column by column.
 
 Entry point, shared with the other plan and the C backend:
 ``i32 SYMBOL(T* x, T* w, T* b, [T* r,] T* y, i64 job_begin, i64 job_end)``.
@@ -22,6 +28,7 @@ from llvmlite import ir
 
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .plan import CoClass, Plan, transpose_shuffles
+from .render import CO_PREFETCH_CHANNELS
 
 SCRATCH_ALIGN = 64  # bytes: the packed weights' alignment (one cache line)
 
@@ -53,8 +60,7 @@ class CoKernelIR(IRFunction):
         else:
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
-        d_table = self.constant_table("tab_d", sum(p.tables[0], []), I32)
-        h_table = self.constant_table("tab_h", sum(p.tables[1], []), I32)
+        tap_tables = self._tap_tables()
         piece_ow0 = self.constant_table("piece_ow0", [q.ow0 for q in co.pieces], I32)
         piece_base = self.constant_table("piece_base", [q.base for q in co.pieces], I32)
         piece_class = self.constant_table("piece_class", [q.cls for q in co.pieces], I32)
@@ -79,16 +85,25 @@ class CoKernelIR(IRFunction):
         wp = b.bitcast(raw, self.scalar.as_pointer(), name="wp")
         b.store(i64(-1), packed)
 
-        b.comment("one job = one piece of a row: batch x group x channel block x D/H tiles"
-                  " x pieces")
+        order = [("piece", len(co.pieces)), ("th", p.n_tiles[2]), ("td", p.n_tiles[1])]
+        if co.block_outer:  # each thread packs a channel block once per call
+            b.comment("one job = one piece of a row: group x channel block x batch x D/H"
+                      " tiles x pieces")
+            order += [("n", p.batch), ("tc", p.n_tiles[0])]
+            last = "g"
+        else:
+            b.comment("one job = one piece of a row: batch x group x channel block x D/H"
+                      " tiles x pieces")
+            order += [("tc", p.n_tiles[0]), ("g", p.groups)]
+            last = "n"
         with self.loop(job_begin, job_end, "job") as job:
             rest = job
             index = {}
-            for name, count in (("piece", len(co.pieces)), ("th", p.n_tiles[2]),
-                                ("td", p.n_tiles[1]), ("tc", p.n_tiles[0]), ("g", p.groups)):
+            for name, count in order:
                 index[name] = b.urem(rest, i64(count), name=name)
                 rest = b.udiv(rest, i64(count))
-            n, g, tc, piece = rest, index["g"], index["tc"], index["piece"]
+            index[last] = rest
+            n, g, tc, piece = index["n"], index["g"], index["tc"], index["piece"]
             co0 = b.mul(tc, i64(tco), name="co0")
             remaining = b.sub(i64(p.cout_g), co0)
             nco = b.select(b.icmp_signed("<", remaining, i64(tco)), remaining, i64(tco),
@@ -120,7 +135,7 @@ class CoKernelIR(IRFunction):
                 for k, (case, body) in enumerate(zip(cases, co.classes)):
                     b.position_at_end(case)
                     b.comment(f"piece body {k}: {body.size} columns")
-                    self._reduce(body, x_group, wp, od_, oh_, base, d_table, h_table)
+                    self._reduce(body, x_group, wp, od_, oh_, base, tap_tables)
                     self._store_tile(body)
                     self._epilogue(body, bias, residual, y, out)
                     b.branch(after)
@@ -137,19 +152,31 @@ class CoKernelIR(IRFunction):
 
     # -- packing -----------------------------------------------------------------------
     def _pack(self, w, g, co0, nco, wp) -> None:
-        """wp[j * TCO + c] = w[g, co0 + c, j] (j over ci, kd, kh, kw), 0 past nco."""
-        p, b, lanes = self.plan, self.b, self.lanes
-        tco = p.tile_co
+        """wp[j * TCO + c] = weight of channel co0 + c at reduction step j (j over ci, kd,
+        kh, kw), 0 past nco; read as SEGS runs of RUN steps, W_SEG apart (transposed: one
+        run of taps per input channel, weight (C_in, C_out/groups, *k))."""
+        p, co, b = self.plan, self.co, self.b
         w_g, w_co = p.weight_strides[:2]
-        reduction = p.cin_g * p.kernel[0] * p.kernel[1] * p.kernel[2]
-        full = reduction // lanes * lanes
         b.comment("pack the channel block: VL x VL blocks (channels x reduction steps)"
                   " transposed in registers")
         w_block = self.element(w, b.add(b.mul(g, i64(w_g)), b.mul(co0, i64(w_co))), "w.block")
+        if co.pack_segments == 1:
+            self._pack_run(w_block, nco, wp, co.pack_run)
+            return
+        with self.loop(0, co.pack_segments, "pack.seg") as seg:
+            self._pack_run(self.element(w_block, b.mul(seg, i64(co.pack_segment_stride))),
+                           nco, self.element(wp, b.mul(seg, i64(co.pack_run * p.tile_co))),
+                           co.pack_run)
+
+    def _pack_run(self, src, nco, dst, run: int) -> None:
+        """dst[j * TCO + c] = src[c * W_CO + j] for j < run, 0 for channels past nco."""
+        p, b, lanes = self.plan, self.b, self.lanes
+        tco, w_co = p.tile_co, p.weight_strides[1]
+        full = run // lanes * lanes
         for v in range(self.co.co_vectors):
             # channels past the last real one read channel 0 and are replaced by zeros
             valid = [b.icmp_signed("<", i64(v * lanes + i), nco) for i in range(lanes)]
-            rows = [self.element(w_block, b.select(ok, i64((v * lanes + i) * w_co), i64(0)))
+            rows = [self.element(src, b.select(ok, i64((v * lanes + i) * w_co), i64(0)))
                     for i, ok in enumerate(valid)]
             if full:
                 with self.loop(0, full // lanes, "pack.j") as step:
@@ -158,12 +185,12 @@ class CoKernelIR(IRFunction):
                                for ok, row in zip(valid, rows)]
                     for i, value in enumerate(self.transpose(vectors)):
                         target = b.add(b.mul(b.add(j, i64(i)), i64(tco)), i64(v * lanes))
-                        b.store(value, self._vector_at(wp, target), align=self.vector_align)
-            for j in range(full, reduction):  # fewer than VL steps left: element by element
+                        b.store(value, self._vector_at(dst, target), align=self.vector_align)
+            for j in range(full, run):  # fewer than VL steps left: element by element
                 for i, (ok, row) in enumerate(zip(valid, rows)):
                     value = b.select(ok, b.load(self.element(row, i64(j))),
                                      ir.Constant(self.scalar, 0.0))
-                    b.store(value, self.element(wp, i64(j * tco + v * lanes + i)))
+                    b.store(value, self.element(dst, i64(j * tco + v * lanes + i)))
 
     def transpose(self, rows: list) -> list:
         """The VL x VL matrix held in ``rows`` (vectors), transposed with shuffles."""
@@ -180,50 +207,107 @@ class CoKernelIR(IRFunction):
         return self.b.bitcast(self.element(base, offset), self.vec.as_pointer())
 
     # -- one piece ---------------------------------------------------------------------
-    def _reduce(self, body: CoClass, x_group, wp, od_, oh_, base, d_table, h_table) -> None:
+    def _tap_tables(self) -> dict:
+        """The tables that say which (kd, kh) taps an output row runs: the input
+        coordinate per (row, tap), or (transposed) the list of the row's useful taps."""
+        p, co = self.plan, self.co
+        if co.row_taps is None:
+            return {"d": self.constant_table("tab_d", sum(p.tables[0], []), I32),
+                    "h": self.constant_table("tab_h", sum(p.tables[1], []), I32)}
+        width = max(1, max(len(r) for r in co.row_taps))
+        padded = [list(r) + [(0, 0)] * (width - len(r)) for r in co.row_taps]
+        return {"count": self.constant_table("row_taps", [len(r) for r in co.row_taps], I32),
+                "width": width,
+                "x": self.constant_table("tap_x", [x for r in padded for x, _ in r], I32),
+                "w": self.constant_table("tap_w", [w for r in padded for _, w in r], I32)}
+
+    def _reduce(self, body: CoClass, x_group, wp, od_, oh_, base, tables: dict) -> None:
         """The register tile of one piece: over the group's input channels and the taps."""
         p, b = self.plan, self.b
         kd_n, kh_n, kw_n = p.kernel
         id_, ih, iw = p.in_size
+        plane = id_ * ih * iw
         tco = p.tile_co
-        fma = self.vector_intrinsic("fma", 3)
-        vectors = self.co.co_vectors
         for px in range(body.size):
             for slot in self.acc[px]:
                 b.store(self.zero(), slot)
         b.comment("reduction over the group's input channels and the kernel taps")
+        if "count" in tables:  # transposed: the row's useful (kd, kh) taps
+            row = b.add(b.mul(od_, i64(p.out_size[1])), oh_, name="row")
+            count = b.sext(self.table_load(tables["count"], row, "row.taps"), I64)
+            first = b.mul(row, i64(tables["width"]), name="tap.first")
         with self.loop(0, p.cin_g, "ci") as ci:
-            xc = self.element(x_group, b.mul(ci, i64(id_ * ih * iw)), "xc")
+            xc = self.element(x_group, b.mul(ci, i64(plane)), "xc")
             wc = self.element(wp, b.mul(ci, i64(kd_n * kh_n * kw_n * tco)), "wc")
-            with self.loop(0, kd_n, "kd") as kd:
-                in_d = self.table_load(d_table, b.add(b.mul(od_, i64(kd_n)), kd), "in.d")
-                with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
-                    with self.loop(0, kh_n, "kh") as kh:
-                        in_h = self.table_load(h_table, b.add(b.mul(oh_, i64(kh_n)), kh), "in.h")
-                        with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
-                            row = b.add(b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
-                                                    b.sext(in_h, I64)), i64(iw)), base)
-                            xr = self.element(xc, row, "xr")
-                            wt = self.element(wc, b.mul(b.add(b.mul(kd, i64(kh_n)), kh),
-                                                        i64(kw_n * tco)), "wt")
-                            for tap in body.taps:
-                                if not tap.pixels:
-                                    continue
-                                b.comment(f"kw = {tap.kw}: {len(tap.pixels)} columns")
-                                weights = [b.load(self._vector_at(wt, i64(off)),
-                                                  align=self.vector_align)
-                                           for off in tap.weight_offsets]
-                                for px, offset in tap.pixels:
-                                    xv = self.splat(b.load(self.element(xr, i64(offset))))
-                                    for v in range(vectors):
-                                        slot = self.acc[px][v]
-                                        b.store(b.call(fma, [weights[v], xv, b.load(slot)]),
-                                                slot)
-                                # taps share input columns: an empty asm hides that xr is
-                                # unchanged, so LLVM reloads them instead of holding them in
-                                # registers across taps (the accumulators need those)
-                                xr = b.asm(ir.FunctionType(xr.type, [xr.type]), "", "=r,0",
-                                           [xr], False, name="xr.next")
+            if "count" in tables:
+                with self.loop(0, count, "t") as t:
+                    index = b.add(first, t)
+                    x_offset = b.sext(self.table_load(tables["x"], index, "tap.x"), I64)
+                    xr = self.element(xc, b.add(x_offset, base), "xr")
+                    self._prefetch_row(xr, body)
+                    w_offset = b.sext(self.table_load(tables["w"], index, "tap.w"), I64)
+                    self._taps(body, xr, self.element(wc, w_offset, "wt"))
+            else:
+                with self.loop(0, kd_n, "kd") as kd:
+                    in_d = self.table_load(tables["d"], b.add(b.mul(od_, i64(kd_n)), kd),
+                                           "in.d")
+                    with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                        with self.loop(0, kh_n, "kh") as kh:
+                            in_h = self.table_load(tables["h"],
+                                                   b.add(b.mul(oh_, i64(kh_n)), kh), "in.h")
+                            with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
+                                row = b.add(b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
+                                                        b.sext(in_h, I64)), i64(iw)), base)
+                                wt = self.element(wc, b.mul(b.add(b.mul(kd, i64(kh_n)), kh),
+                                                            i64(kw_n * tco)), "wt")
+                                self._taps(body, self.element(xc, row, "xr"), wt)
+
+    def _prefetch_row(self, xr, body: CoClass) -> None:
+        """Prefetch the piece's input columns CO_PREFETCH_CHANNELS input channels ahead:
+        channels are planes apart, too far for the hardware prefetcher (the C template's
+        transposed plan does the same). A prefetch past the input does not fault."""
+        b = self.b
+        i8p = I8.as_pointer()
+        prefetch = self.intrinsic("llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
+        ahead = CO_PREFETCH_CHANNELS * self.plan.in_size[0] * self.plan.in_size[1] \
+            * self.plan.in_size[2]
+        span = 1 + max((off for t in body.taps for _, off in t.pixels), default=0)
+        for extra in (0, span - 1) if span > 1 else (0,):
+            address = b.gep(xr, [i64(ahead + extra)], inbounds=False)
+            b.call(prefetch, [b.bitcast(address, i8p), i32(0), i32(3), i32(1)])
+
+    def _shares_inputs(self, body: CoClass) -> bool:
+        """Transposed, strided: a phase's few taps read overlapping input columns, and
+        accumulators, broadcasts and weight vectors fit the register file, so the
+        broadcasts may stay in registers across taps (as the C template lets gcc do)."""
+        columns = {off for t in body.taps for _, off in t.pixels}
+        needed = self.co.co_vectors * (body.size + 1) + len(columns)
+        registers = 32 if self.lanes * self.itemsize == 64 else 16
+        return self.co.step > 1 and needed <= registers
+
+    def _taps(self, body: CoClass, xr, wt) -> None:
+        """The kw taps of one (kd, kh) tap: per tap the weight vectors, then one broadcast
+        input per column that reads something into an FMA per channel vector."""
+        b = self.b
+        fma = self.vector_intrinsic("fma", 3)
+        share = self._shares_inputs(body)
+        for tap in body.taps:
+            if not tap.pixels:
+                continue
+            b.comment(f"kw = {tap.kw}: {len(tap.pixels)} columns")
+            weights = [b.load(self._vector_at(wt, i64(off)), align=self.vector_align)
+                       for off in tap.weight_offsets]
+            for px, offset in tap.pixels:
+                xv = self.splat(b.load(self.element(xr, i64(offset))))
+                for v, weight in enumerate(weights):
+                    slot = self.acc[px][v]
+                    b.store(b.call(fma, [weight, xv, b.load(slot)]), slot)
+            if not share:
+                # taps share input columns: an empty asm hides that xr is unchanged, so
+                # LLVM reloads them instead of holding them in registers across taps
+                # (the accumulators need those)
+                xr = b.asm(ir.FunctionType(xr.type, [xr.type]), "", "=r,0", [xr], False,
+                           name="xr.next")
 
     def _store_tile(self, body: CoClass) -> None:
         """The tile transposed into res[channel][column], VL x VL blocks in registers."""
@@ -237,14 +321,18 @@ class CoKernelIR(IRFunction):
                     b.store(value, self._vector_at(self.res, target), align=self.vector_align)
 
     def _epilogue(self, body: CoClass, bias, residual, y, out: dict) -> None:
-        """Bias, residual, activation and a masked store of each channel's columns."""
+        """Bias, residual, activation and a masked store of each channel's columns (one
+        stride phase, columns STEP apart: stored column by column)."""
         p, b, lanes = self.plan, self.b, self.lanes
         od_n, oh_n, ow_n = p.out_size
         spec = p.spec
-        store = self.intrinsic(f"llvm.masked.store.v{lanes}{self.suffix}.p0", ir.VoidType(),
-                               [self.vec, self.vec.as_pointer(), I32, self.mask_type])
-        load = self.intrinsic(f"llvm.masked.load.v{lanes}{self.suffix}.p0", self.vec,
-                              [self.vec.as_pointer(), I32, self.mask_type, self.vec])
+        step = self.co.step
+        if step == 1:
+            store = self.intrinsic(f"llvm.masked.store.v{lanes}{self.suffix}.p0",
+                                   ir.VoidType(),
+                                   [self.vec, self.vec.as_pointer(), I32, self.mask_type])
+            load = self.intrinsic(f"llvm.masked.load.v{lanes}{self.suffix}.p0", self.vec,
+                                  [self.vec.as_pointer(), I32, self.mask_type, self.vec])
         b.comment(f"epilogue: bias, {'residual, ' if residual is not None else ''}"
                   f"{spec.activation or 'no activation'}, store")
         row_offset = b.add(b.mul(b.add(b.mul(out["od"], i64(oh_n)), out["oh"]), i64(ow_n)),
@@ -261,9 +349,25 @@ class CoKernelIR(IRFunction):
                 value = b.load(self._vector_at(self.res, b.add(tile_row, i64(c0))),
                                align=self.vector_align)
                 value = b.fadd(value, bv)
+                if step > 1:  # one stride phase: columns STEP apart, lane by lane
+                    offsets = [b.add(start, i64((c0 + lane) * step)) for lane in range(count)]
+                    if residual is not None:
+                        value = b.fadd(value, self._gather_lanes(residual, offsets))
+                    value = self.activation(value, spec.activation, spec.activation_args)
+                    for lane, offset in enumerate(offsets):
+                        b.store(b.extract_element(value, i32(lane)), self.element(y, offset))
+                    continue
                 offset = b.add(start, i64(c0))
                 if residual is not None:
                     value = b.fadd(value, b.call(load, [self._vector_at(residual, offset),
                                                         i32(self.itemsize), mask, self.zero()]))
                 value = self.activation(value, spec.activation, spec.activation_args)
                 b.call(store, [value, self._vector_at(y, offset), i32(self.itemsize), mask])
+
+    def _gather_lanes(self, base, offsets: list):
+        """A vector of base[offsets[lane]], zeros past the listed lanes."""
+        value = self.zero()
+        for lane, offset in enumerate(offsets):
+            value = self.b.insert_element(value, self.b.load(self.element(base, offset)),
+                                          i32(lane))
+        return value

@@ -306,17 +306,12 @@ def new_module(name: str, triple: str, data_layout: str) -> ir.Module:
 def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
                       residual: bool = False, internal: bool = False) -> ir.Function:
     """Add one convolution as function ``name`` to ``module`` (networks use this), in the
-    plan's layout: vectorize="w" here, "co" in convgen.llvm_co (not transposed: the
-    stride-phase plan of transposed convolutions is in the C backend only)."""
+    plan's layout: vectorize="w" here, "co" (transposed too: the stride-phase plan) in
+    convgen.llvm_co."""
     if plan.winograd is not None:
         raise ScheduleError("method", plan.schedule.method, "the llvm backend runs "
                             "method='direct' only (the transform-GEMM plans are in the C "
                             "backend; default_schedule(spec, 'llvm') picks 'direct')")
-    if plan.vectorize == "co" and plan.spec.transposed:
-        raise ScheduleError("vectorize", "co", "the llvm backend runs transposed "
-                            "convolutions with vectorize='w' (the stride-phase 'co' plan "
-                            "is in the C backend only; default_schedule(spec, 'llvm') "
-                            "picks 'w')")
     builder = CoKernelIR if plan.vectorize == "co" else _KernelIR
     return builder(plan, module, name, residual, internal).build()
 

@@ -41,8 +41,8 @@ class Schedule:
 
     ``vectorize`` picks the plan. "w": lanes hold output columns, weights are
     broadcast (every backend). "co": lanes hold output channels, weights are packed per
-    channel block, input pixels broadcast (every backend; transposed convolutions on C
-    only); ``tile_co`` then rounds up to whole vectors of channels, a job covers the
+    channel block, input pixels broadcast (every backend, transposed convolutions
+    too); ``tile_co`` then rounds up to whole vectors of channels, a job covers the
     tile's rows and ``tile_spatial[-1]`` is the most pixels of a row per register tile
     (a row is split into near-equal pieces; a transposed row with a W stride s first
     into its s stride phases, columns p, p+s, p+2s, ..., so that every tap of a piece is
@@ -204,11 +204,10 @@ def default_schedule(spec: ConvSpec, backend: str = "c",
 
     On C, a transform-GEMM plan where :func:`default_transform_schedule` finds one
     (``prepared_weights``: the weights are constants transformed once, as in networks).
-    Otherwise vectorize over output channels (vectorize="co", see :func:`default_co_schedule`)
-    when :func:`prefers_co` (transposed convolutions: on C only, the stride-phase plan
-    is not in the LLVM backend), otherwise over output columns
-    (:func:`default_w_schedule`). Every core ($CONVGEN_NUM_THREADS) for kernels of at
-    least PARALLEL_FLOPS.
+    Otherwise vectorize over output channels (vectorize="co", see
+    :func:`default_co_schedule`) when :func:`prefers_co` (on both backends, transposed
+    convolutions too), otherwise over output columns (:func:`default_w_schedule`). Every
+    core ($CONVGEN_NUM_THREADS) for kernels of at least PARALLEL_FLOPS.
     """
     threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
     threads = min(threads, MAX_THREADS)
@@ -216,7 +215,7 @@ def default_schedule(spec: ConvSpec, backend: str = "c",
         transform = default_transform_schedule(spec, threads, prepared_weights)
         if transform is not None:
             return transform
-    if prefers_co(spec) and (backend == "c" or not spec.transposed):
+    if prefers_co(spec):
         return default_co_schedule(spec, threads)
     return default_w_schedule(spec, threads)
 
@@ -251,16 +250,17 @@ LONG_ROW = 128
 
 
 def prefers_co(spec: ConvSpec) -> bool:
-    """Whether vectorize="co" is the default (C backend): a vector of output channels per
-    group or more, and transposed, or rows that are short (< LONG_ROW output columns) or
-    strided.
+    """Whether vectorize="co" is the default (both backends): a vector of output channels
+    per group or more, and transposed, or rows that are short (< LONG_ROW output columns)
+    or strided.
 
     Measured at 1 thread on bench/layers.py (2 cores, AVX-512): "co" 1.3-2x faster than
     "w" on ResNet-18's 3x3 (56/28/14/7, stride 1 and 2), 1x1/2 and 7x7/2 layers, on the
     odd 96-channel 17x17 layer and the 3D layer; "w" 1.3x faster on the 1D layer of
     4096 columns, where whole rows are vector loads. Transposed: "co" (stride phases,
     no wasted multiply-adds) 2-2.7x faster than "w" on the 4x4/2 256->128 bench layer
-    and the DCGAN generator's layers with 16+ output channels.
+    and the DCGAN generator's layers with 16+ output channels; on LLVM 1.6-3.2x
+    (bench/transposed.py --backend llvm).
     """
     cog = spec.out_channels // spec.groups
     if cog < vector_lanes(spec.dtype):

@@ -2,10 +2,10 @@
 
 Candidates vary the plan (on C the transform-GEMM methods where legal, see
 :func:`_transform_candidates`; vectorize="w" and, for convolutions with at least half a
-vector of output channels per group, "co"; transposed convolutions take "co" on C only), the
-output-channel tile, the vectors of columns per row (or, for "co", the vectors of
-channels x the pixels per register tile), the rows per tile, the vector width (LLVM
-only: C measured 2-3x slower at half width) and threads. Pruned before anything
+vector of output channels per group, "co", transposed ones included), the output-channel
+tile, the vectors of columns per row (or, for "co", the vectors of channels x the pixels
+per register tile), the rows per tile, the vector width (LLVM only: C measured 2-3x
+slower at half width) and threads. Pruned before anything
 compiles: illegal tiles (ScheduleError), duplicates after clamping, and register tiles
 larger than twice the register file.
 """
@@ -189,8 +189,7 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
               for lead in outer
               for w in sorted({min((vw or host) * i, out[-1])
                                for i in range(1, WIDTH_VECTORS + 1)})]
-    co_plan = _co_candidates(spec, threads, outer) \
-        if backend == "c" or not spec.transposed else []
+    co_plan = _co_candidates(spec, threads, outer)
     for schedule in w_plan + co_plan:
         try:
             key = _resolved(spec, schedule)

@@ -75,10 +75,10 @@ def conv_specs(draw, valid: bool = True, ndim: int | None = None):
 
 
 @st.composite
-def schedules(draw, spec: ConvSpec, backend: str = "c"):
+def schedules(draw, spec: ConvSpec):
     """A legal schedule for ``spec`` (tiles may exceed the dims: they are clamped): either
-    plan (vectorize "w" or "co"; transposed specs take "co" on C only)."""
-    if (backend == "c" or not spec.transposed) and draw(st.booleans()):
+    plan (vectorize "w" or "co", on every backend)."""
+    if draw(st.booleans()):
         return draw(co_schedules(spec))
     cog = spec.out_channels // spec.groups
     tile_co = draw(st.integers(1, cog + 1))

@@ -36,7 +36,7 @@ def test_default_schedule_matches_oracle(backend, spec):
 @given(data=st.data())
 def test_any_schedule_matches_oracle(backend, data):
     spec = data.draw(conv_specs())
-    schedule = data.draw(schedules(spec, backend))
+    schedule = data.draw(schedules(spec))
     check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
 
 
@@ -44,8 +44,8 @@ def test_any_schedule_matches_oracle(backend, data):
 @given(data=st.data())
 def test_co_plan_matches_oracle(backend, data):
     """vectorize="co" with whole vectors of output channels and remainders: every rank,
-    stride, dilation, padding mode, groups, flip, bias, activation."""
-    spec = data.draw(wide_specs(transposed=False if backend == "llvm" else None))
+    stride, dilation, padding mode, groups, flip, bias, activation, transposition."""
+    spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
     check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
 
@@ -60,7 +60,7 @@ def test_channel_tiles_innermost_matches_oracle(backend, data):
     from convgen import render
 
     spec = data.draw(conv_specs())
-    schedule = data.draw(schedules(spec, backend))
+    schedule = data.draw(schedules(spec))
     assume(schedule.vectorize == "w")
     with mock.patch.object(render, "CACHE_BYTES", 0):
         kernel = cg.compile(spec, backend=backend, schedule=schedule)
@@ -82,67 +82,85 @@ def test_channel_tiles_innermost_on_a_large_input(backend, threads):
 
 @settings(max_examples=40)
 @given(data=st.data())
-def test_transposed_co_plan_matches_oracle(data):
-    """vectorize="co" on transposed convolutions (C only): stride-phase pieces, per-row
-    tap lists, strides 1-3, dilation, output_padding, pads, groups, flip, every rank,
-    channel remainders, 1 or 2 threads."""
+def test_transposed_co_plan_matches_oracle(backend, data):
+    """vectorize="co" on transposed convolutions (every backend): stride-phase pieces,
+    per-row tap lists, strides 1-3, dilation, output_padding, pads, groups, flip, every
+    rank, channel remainders, float32/float64, bias, activation, 1 or 2 threads."""
     spec = data.draw(transposed_specs())
     schedule = data.draw(co_schedules(spec))
-    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=5)
+    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=5)
 
 
-def test_transposed_co_plan_with_residual_and_threads():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transposed_co_plan_with_threads(backend, dtype):
     """The bench layer's shape, smaller: 4x4 stride 2 pad 1, whole pieces of a phase,
     a remainder channel block, two threads, fused bias and activation."""
     spec = cg.ConvSpec((3, 8, 6, 7), 40, kernel_size=4, stride=2, padding=1, transposed=True,
-                       activation="relu")
-    kernel = cg.compile(spec, backend="c")
+                       activation="relu", dtype=dtype)
+    kernel = cg.compile(spec, backend=backend)
     assert kernel.schedule.vectorize == "co"
     check(kernel, spec, seed=6)
     two = cg.Schedule(tile_co=32, tile_spatial=(2, 5), threads=2, vectorize="co")
-    check(cg.compile(spec, backend="c", schedule=two), spec, seed=7)
+    check(cg.compile(spec, backend=backend, schedule=two), spec, seed=7)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_transposed_co_plan_stride_3_dilation_output_padding(backend, ndim):
+    """Stride 3 with dilation 2 and output_padding (some rows and phases read no tap),
+    groups, a remainder channel block of one channel, in each rank."""
+    spec = cg.ConvSpec((2, 4) + (4, 3, 5)[3 - ndim:], 34, kernel_size=3, stride=3,
+                       dilation=2, padding=1, output_padding=2, groups=2, transposed=True,
+                       activation="leaky_relu")
+    schedule = cg.Schedule(tile_co=17, tile_spatial=(2,) * (ndim - 1) + (4,),
+                           vectorize="co")
+    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=8)
 
 
 @settings(max_examples=20)
 @given(spec=wide_specs())
 def test_default_schedule_with_wide_channels(backend, spec):
     """The default plan for 16+ channels per group and short rows: "co" on every backend
-    (transposed: C only)."""
+    (transposed convolutions too: the stride-phase plan)."""
     kernel = cg.compile(spec, backend=backend)
-    assert kernel.schedule.vectorize == ("w" if backend == "llvm" and spec.transposed
-                                         else "co")
+    assert kernel.schedule.vectorize == "co"
     check(kernel, spec, seed=4)
 
 
 @settings(max_examples=100)
 @given(spec=conv_specs())
 def test_backends_pick_the_same_default_plan(spec):
-    """The same default on both backends, but transposed "co" (the stride-phase plan) is C's."""
+    """The same direct plan on both backends (transposed "co" too), unless C picks a
+    transform-GEMM method (C only)."""
     c, llvm = cg.default_schedule(spec, "c"), cg.default_schedule(spec, "llvm")
-    if spec.transposed and c.vectorize == "co":
-        assert llvm.vectorize == "w"
-    else:
+    if c.method == "direct":
         assert llvm == c
+    else:
+        assert llvm.method == "direct"
 
 
-def test_llvm_rejects_a_transposed_co_schedule():
+def test_every_backend_searches_the_transposed_co_plan(backend):
     spec = cg.ConvSpec((1, 4, 5, 5), 16, kernel_size=4, stride=2, padding=1, transposed=True)
-    with pytest.raises(cg.ScheduleError, match="transposed"):
-        cg.compile(spec, backend="llvm", schedule=cg.Schedule(tile_co=16, vectorize="co"))
-    assert all(s.vectorize == "w" for s in candidate_schedules(spec, "llvm"))
-    assert any(s.vectorize == "co" for s in candidate_schedules(spec, "c"))
+    found = candidate_schedules(spec, backend)
+    assert found[0].vectorize == "co"
+    assert {s.vectorize for s in found} == {"w", "co"}
 
 
-@pytest.mark.parametrize("schedule", [
-    cg.Schedule(tile_co=16, tile_spatial=(2, 3), vectorize="co"),
-    cg.Schedule(tile_co=48, tile_spatial=(1, 4), vectorize="co"),
-    cg.Schedule(tile_co=4, tile_spatial=(2, 4)),
-], ids=["co-1-vector", "co-3-vectors", "w"])
-def test_any_job_range_matches_oracle(backend, schedule):
+JOB_RANGE_SPEC = cg.ConvSpec((2, 5, 6, 9), 40, kernel_size=3, padding=1, bias=True,
+                             activation="relu")
+JOB_RANGE_TRANSPOSED = cg.ConvSpec((2, 5, 4, 5), 40, kernel_size=4, stride=2, padding=1,
+                                   transposed=True, bias=True, activation="relu")
+
+
+@pytest.mark.parametrize("spec, schedule", [
+    (JOB_RANGE_SPEC, cg.Schedule(tile_co=16, tile_spatial=(2, 3), vectorize="co")),
+    (JOB_RANGE_SPEC, cg.Schedule(tile_co=48, tile_spatial=(1, 4), vectorize="co")),
+    (JOB_RANGE_SPEC, cg.Schedule(tile_co=4, tile_spatial=(2, 4))),
+    (JOB_RANGE_TRANSPOSED, cg.Schedule(tile_co=16, tile_spatial=(2, 3), vectorize="co")),
+], ids=["co-1-vector", "co-3-vectors", "w", "co-transposed"])
+def test_any_job_range_matches_oracle(backend, spec, schedule):
     """The job-range ABI: ranges that start and end anywhere (mid channel block, mid row)
-    compute exactly their jobs, so threads may split the jobs at any point."""
-    spec = cg.ConvSpec((2, 5, 6, 9), 40, kernel_size=3, padding=1, groups=1, bias=True,
-                       activation="relu")
+    compute exactly their jobs, so threads may split the jobs at any point (transposed
+    "co": the channel block outermost, stride-phase pieces)."""
     kernel = cg.compile(spec, backend=backend, schedule=schedule)
     x, w, b = arrays_for(spec, 6)
     want = cg.reference(spec, x, w, b)
@@ -153,6 +171,8 @@ def test_any_job_range_matches_oracle(backend, schedule):
         kernel._ranges = [(begin, end)]  # one call per range, each on its own
         kernel(x, w, b, out=out)
     assert max_error(out, want) <= tolerance(spec)
+
+
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @settings(max_examples=15)
 @given(data=st.data())

@@ -422,6 +422,22 @@ def test_residual_that_is_the_graph_input(backend, conv_first):
     assert conv_spec(c).activation == "relu"
 
 
+@pytest.mark.parametrize("stride, threads", [(2, None), (3, 2)])
+def test_transposed_co_conv_with_residual_and_activation(backend, stride, threads):
+    """A transposed convolution with 16+ output channels runs the stride-phase "co" plan
+    (both backends) with a residual (a graph input) and an activation in its epilogue:
+    the phase's columns are stored, and the residual read, ``stride`` columns apart."""
+    shape = (2, 4, 3, 5)
+    c = conv("up", "x", shape, 20, 4, stride=stride, padding=1, transposed=True)
+    out = conv_spec(c).output_shape
+    nodes = [c, node("add", "add", ["up", "r"]), activation("act", "add", "leaky_relu", (0.1,))]
+    g = graph([("x", shape), ("r", out)], nodes, ["act"])
+    model = check(g, backend, threads=threads)
+    assert _ops(model.optimized) == ["conv"]
+    assert model.optimized.node("up").attrs["residual"]
+    assert "tap_x" in model.source.lower()  # the per-row tap lists of the stride-phase plan
+
+
 def test_fuse_activation_into_conv_and_linear(backend):
     shape = (1, 2, 4, 4)
     nodes = [conv("conv", "x", shape, 3, 3, padding=1),

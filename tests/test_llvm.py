@@ -66,6 +66,27 @@ def test_co_plan_broadcasts_inputs_into_channel_vectors(dtype):
         assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transposed_co_plan_runs_stride_phases(dtype):
+    """vectorize="co" on a transposed convolution (the default for 16+ output channels):
+    per-row tap lists instead of the D/H tables, input rows prefetched a few channels
+    ahead, no gathers or scatters, a phase's columns stored one by one (no masked
+    store), the same result on every call."""
+    spec = cg.ConvSpec((2, 6, 5, 7), 40, kernel_size=4, stride=2, padding=1,
+                       transposed=True, activation="silu", dtype=dtype)
+    kernel = cg.compile(spec, backend="llvm")
+    assert kernel.schedule.vectorize == "co"
+    source = kernel.source
+    lanes, suffix = vector_lanes(dtype), dtype.replace("float", "f")
+    assert ".tap_x\"" in source and ".row_taps\"" in source and ".tab_d\"" not in source
+    assert "@\"llvm.prefetch.p0\"" in source and f"@\"llvm.fma.v{lanes}{suffix}\"" in source
+    assert "gather" not in source and "scatter" not in source
+    assert "masked.store" not in source
+    x, w, b = arrays_for(spec, 13)
+    for _ in range(2):
+        assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
+
+
 @pytest.mark.parametrize("vector_width", [1, 2, 4, 8, 16, 32])
 def test_every_vector_width_matches_the_oracle(vector_width):
     spec = cg.ConvSpec((1, 3, 9, 21), 5, kernel_size=(3, 4), stride=(1, 2), padding=(1, 2),

@@ -177,10 +177,10 @@ def test_schedule_validation_and_default():
     strided = default_schedule(spec.replace(stride=2), "c")
     assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", 2 * lanes, (1, 12))
     assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
-    # few channels per group: columns; transposed: channels, by stride phase (C only)
+    # few channels per group: columns; transposed: channels, by stride phase (every backend)
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"
     assert default_schedule(spec.replace(transposed=True)).vectorize == "co"
-    assert default_schedule(spec.replace(transposed=True), "llvm").vectorize == "w"
+    assert default_schedule(spec.replace(transposed=True), "llvm").vectorize == "co"
     assert default_schedule(spec.replace(transposed=True, out_channels=4)).vectorize == "w"
     # large enough to use every core ($CONVGEN_NUM_THREADS); tiny kernels stay on one
     assert sched.threads == 1  # default_w_schedule's own default

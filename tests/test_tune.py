@@ -76,10 +76,9 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
     assert found[0] == dataclasses.replace(cg.default_schedule(spec, backend),
                                            threads=min(3, MAX_THREADS))
     assert len(found) > 1
-    # every backend searches both plans where "co" applies (transposed: C only)
+    # every backend searches both plans where "co" applies (transposed convolutions too)
     plans = {s.vectorize for s in found if s.method == "direct"}
-    co_applies = 2 * (spec.out_channels // spec.groups) >= \
-        cg.cpu.vector_lanes(spec.dtype) and (backend == "c" or not spec.transposed)
+    co_applies = 2 * (spec.out_channels // spec.groups) >= cg.cpu.vector_lanes(spec.dtype)
     assert plans == ({"w", "co"} if co_applies else {"w"})
     # C also searches the transform-GEMM plan where it is legal (see test_winograd.py)
     methods = {s.method for s in found} - {"direct"}
