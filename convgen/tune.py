@@ -107,9 +107,11 @@ class TuneResult:
 
 def describe(schedule: Schedule) -> str:
     """A one-line schedule: co=16 sp=2x32 vw=0 t=2 (co=32 sp=1x14 vw=0 vec=co t=2 for
-    vectorize="co")."""
+    vectorize="co", co=28 sp=4x4 vw=0 m=winograd t=2 for a transform-GEMM method)."""
     spatial = "x".join(map(str, schedule.tile_spatial)) if schedule.tile_spatial else "auto"
     vec = " vec=co" if schedule.vectorize == "co" else ""
+    if schedule.method != "direct":
+        vec = f" m={schedule.method}"
     return (f"co={schedule.tile_co} sp={spatial} vw={schedule.vector_width}{vec} "
             f"t={schedule.threads}")
 
