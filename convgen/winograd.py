@@ -30,6 +30,11 @@ from .spec import ConvSpec
 
 METHODS = ("direct", "winograd", "gemm")
 MAX_ALPHA = 8  # m + r - 1 per dim: beyond this fp32 rounding grows too fast
+# Tiles transformed in both dims: at most this many outputs per dim. The transforms'
+# rounding does not shrink with the reduction the tolerance scales with; with 1-2 input
+# channels F(5x5, 2x2) measured 1.2x, F(7x7, 2x2) 2.3x and F(7x6, 2x3) 1.7x the
+# tolerance of convgen.tolerance, F(4x4, 3x3) 0.5x (20 seeds, 32x32 inputs).
+MAX_TILE_2D = 4
 MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors + 1 <= 32)
 # Winograd's tile-major outputs of about this many bytes are copied out at a time (a
 # quarter of a 2 MiB L2): 64 channels x 16000 samples, F(6, 3), 5.8 -> ... ms at 1 thread
@@ -165,6 +170,10 @@ def check_tiles(spec: ConvSpec, method: str, tiles: tuple[int, ...]) -> str | No
         elif m < 2 or m + k - 1 > MAX_ALPHA:
             return (f"Winograd tiles must be >= 2 with tile + kernel - 1 <= {MAX_ALPHA} "
                     f"(kernel {k})")
+    both = method == "winograd" and len(tiles) == 2 and all(k > 1 for k in spec.kernel_size)
+    if both and max(tiles) > MAX_TILE_2D:
+        return (f"a tile transformed in two dims may hold at most {MAX_TILE_2D} outputs per "
+                "dim (larger ones round beyond the tolerance with few input channels)")
     return None
 
 
@@ -183,9 +192,9 @@ def default_tiles(spec: ConvSpec, method: str) -> tuple[int, ...]:
 
 
 def tile_vectors(co_rows: int) -> int:
-    """Vectors of tiles in a GEMM register tile: 2 when co_rows x 2 accumulators and the
-    two tile vectors fit 32 registers, else 1."""
-    return 2 if 2 * co_rows + 2 <= 32 else 1
+    """Vectors of tiles in a GEMM register tile: 2 when co_rows x 2 accumulators, the two
+    tile vectors and a broadcast weight fit 32 registers (14 rows or fewer), else 1."""
+    return 2 if 2 * co_rows + 3 <= 32 else 1
 
 
 @dataclass(frozen=True)
