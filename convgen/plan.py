@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .cpu import vector_lanes
 from .schedule import Schedule, co_vectors, default_schedule
-from .spec import ConvSpec
+from .spec import ConvSpec, source_coordinate
 from .winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
 
 # How one vector of VL output columns reads its VL input columns at one tap
@@ -26,25 +26,6 @@ from .winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
 VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER, VEC_EVEN = 0, 1, 2, 3, 4
 
 C_TYPES = {"float32": "float", "float64": "double"}
-
-
-def _source_coordinate(p: int, size: int, mode: str) -> int:
-    """Map a coordinate of the padded input to the input, or -1 for a zero."""
-    if 0 <= p < size:
-        return p
-    if mode == "zeros":
-        return -1
-    if mode == "replicate":
-        return min(max(p, 0), size - 1)
-    if mode == "circular":
-        return p % size
-    if mode == "reflect":  # mirror without repeating the edge (pad < size, checked by the spec)
-        if size == 1:
-            return 0
-        period = 2 * (size - 1)
-        p = p % period
-        return p if p < size else period - p
-    raise AssertionError(mode)
 
 
 def index_table(spec: ConvSpec, dim: int) -> list[list[int]]:
@@ -64,7 +45,7 @@ def index_table(spec: ConvSpec, dim: int) -> list[list[int]]:
                 row.append(t // stride if t >= 0 and t % stride == 0 and t // stride < size
                            else -1)
             else:
-                row.append(_source_coordinate(o * stride + tap * dilation - lo, size,
+                row.append(source_coordinate(o * stride + tap * dilation - lo, size,
                                               spec.padding_mode))
         table.append(row)
     return table

@@ -403,3 +403,23 @@ class ConvSpec:
         if "activation" in changes and "activation_args" not in changes:
             data["activation_args"] = ()
         return ConvSpec.from_dict(data)
+
+
+def source_coordinate(p: int, size: int, mode: str) -> int:
+    """Map a coordinate of the padded input to the input (per ``padding_mode``), or -1
+    for a zero."""
+    if 0 <= p < size:
+        return p
+    if mode == "zeros":
+        return -1
+    if mode == "replicate":
+        return min(max(p, 0), size - 1)
+    if mode == "circular":
+        return p % size
+    if mode == "reflect":  # mirror without repeating the edge (pad < size, checked by the spec)
+        if size == 1:
+            return 0
+        period = 2 * (size - 1)
+        p = p % period
+        return p if p < size else period - p
+    raise AssertionError(mode)

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .spec import ConvSpec
+from .spec import ConvSpec, source_coordinate
 
 METHODS = ("direct", "winograd", "gemm")
 MAX_ALPHA = 8  # m + r - 1 per dim: beyond this fp32 rounding grows too fast
@@ -251,12 +251,6 @@ class WinogradPlan:
         return self.alpha[0] * self.alpha[1]
 
 
-def _source(p: int, size: int, mode: str) -> int:
-    from .plan import _source_coordinate
-
-    return _source_coordinate(p, size, mode)
-
-
 def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[int, ...],
                        lanes: int) -> WinogradPlan:
     """The tables of ``method`` ("winograd" or "gemm") for ``spec``; the schedule was
@@ -279,9 +273,9 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     if method == "gemm":
         in_place = stride_h == stride_w == 1 and pad_h == pad_w == 0
         staged_in = (0, 0) if in_place else (out_h, out_w)
-        src_rows = tuple(_source(o * stride_h - pad_h, in_h, spec.padding_mode)
+        src_rows = tuple(source_coordinate(o * stride_h - pad_h, in_h, spec.padding_mode)
                          for o in range(out_h))
-        src_cols = tuple(_source(o * stride_w - pad_w, in_w, spec.padding_mode)
+        src_cols = tuple(source_coordinate(o * stride_w - pad_w, in_w, spec.padding_mode)
                          for o in range(out_w))
         # tile = pixel; lanes past the last pixel read pixel 0 and are never stored
         in_offsets = tuple(tuple(t if t < count else 0
@@ -316,8 +310,8 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     else:  # reflect, replicate, circular: a staged, padded copy of each input channel
         rows, cols = grid[0] * m_h + k_h - 1, grid[1] * m_w + k_w - 1
         staged_in = (rows, cols)
-        src_rows = tuple(_source(i - pad_h, in_h, spec.padding_mode) for i in range(rows))
-        src_cols = tuple(_source(j - pad_w, in_w, spec.padding_mode) for j in range(cols))
+        src_rows = tuple(source_coordinate(i - pad_h, in_h, spec.padding_mode) for i in range(rows))
+        src_cols = tuple(source_coordinate(j - pad_w, in_w, spec.padding_mode) for j in range(cols))
         in_offsets = tuple(tuple((t // grid[1]) * m_h * cols + (t % grid[1]) * m_w
                                  if t < count else 0
                                  for t in range(b * block, (b + 1) * block))
