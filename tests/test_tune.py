@@ -422,3 +422,26 @@ def test_a_script_without_a_main_guard_is_not_rerun_by_the_workers(db, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("script ran") == 1
     assert done.stdout.strip().endswith("measured") and lines(db)
+
+
+def test_networks_keep_winograd_over_a_direct_record_but_use_winograd_records(db):
+    """A record tuned alone paid Winograd's weight transform in every call; a network
+    transforms once at load, so its Winograd default wins over a direct record, while a
+    Winograd record (tile choice) and records for other layers are used."""
+    from convgen.graph.compile import _conv_schedules
+    from convgen.graph.trace import trace
+
+    net = cg.nn.Sequential(cg.nn.Conv2d(16, 16, 3, padding=1), cg.nn.ReLU(),
+                           cg.nn.Conv2d(16, 16, 3, stride=2, padding=1))
+    graph = trace(net, (1, 16, 16, 16))
+    convs = [n for n in graph.nodes if n.op == "conv"]
+    specs = [cg.ConvSpec.from_dict(n.attrs["spec"]) for n in convs]
+    assert cg.default_schedule(specs[0], prepared_weights=True).method == "winograd"
+    direct = cg.Schedule(tile_co=16, tile_spatial=(1, 6), threads=1, vectorize="co")
+    write(db, fake(direct, 1e-6, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]))
+    chosen = _conv_schedules(graph, threads=1, backend="c")
+    assert chosen[convs[0].name].method == "winograd"  # the direct record does not carry over
+    assert chosen[convs[1].name] == direct  # stride 2: no Winograd, the record is used
+    tuned = cg.Schedule(tile_co=8, tile_spatial=(2, 2), threads=1, method="winograd")
+    write(db, fake(tuned, 1e-7, spec=specs[0]))
+    assert _conv_schedules(graph, threads=1, backend="c")[convs[0].name] == tuned

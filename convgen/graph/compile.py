@@ -43,18 +43,25 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
 def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
                     dtype: str | None = None) -> dict[str, Schedule]:
     """Per conv: the best tuning record for its spec (one tuned at ``threads`` first), else
-    the default; ``threads``, when given, overrides the schedule's thread count."""
+    the default with weights prepared at load (a Winograd default also overrides a record of
+    another method: the record was timed with the weight transform in every call);
+    ``threads``, when given, overrides the schedule's thread count."""
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
             spec = ConvSpec.from_dict(node.attrs["spec"])
             if dtype is not None:
                 spec = spec.replace(dtype=dtype)
+            # networks transform Winograd weights once, at load (graph.lower)
+            default = default_schedule(spec, backend or "c", prepared_weights=True)
             base = None
             if backend is not None:
                 base = best_record(spec, backend, threads) or best_record(spec, backend)
-            # networks transform Winograd weights once, at load (graph.lower)
-            base = base or default_schedule(spec, backend or "c", prepared_weights=True)
+            if base is not None and default.method == "winograd" != base.method:
+                # tuned alone, Winograd paid for its weight transform in every call; here
+                # it does not, so a direct winner does not carry over
+                base = None
+            base = base or default
             out[node.name] = dataclasses.replace(
                 base, threads=base.threads if threads is None else threads)
     return out
