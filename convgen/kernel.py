@@ -55,7 +55,10 @@ def load_function(library: Path | str, symbol: str, cdef: str, digest: str | Non
                 path = str(copy)
             ffi = cffi.FFI()
             ffi.cdef(cdef)
-            lib = ffi.dlopen(path)
+            # RTLD_NODELETE: never unmapped, not even when cffi closes the handle at
+            # interpreter exit, so the OpenMP runtime it pulled in stays mapped under pool
+            # threads that may still be spinning (OMP_WAIT_POLICY=active crashed at exit)
+            lib = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_NODELETE)
             loaded = (ffi, lib, getattr(lib, symbol))
             _LOADED[key] = loaded
     return loaded

@@ -36,6 +36,21 @@ def assert_matches_oracle(spec: cg.ConvSpec, got: np.ndarray, x, w, b) -> None:
     assert error <= tolerance(spec), f"max error {error:.3g} > {tolerance(spec):.3g}"
 
 
+def check_kernel(kernel: cg.Kernel, spec: cg.ConvSpec, seed: int = 0) -> None:
+    """Call ``kernel`` on seeded uniform(-1, 1) arrays (convgen.reference.random_arrays) and
+    compare with the oracle: dtype, shape and max error within tolerance(spec)."""
+    from convgen.reference import random_arrays
+
+    x, w, b = random_arrays(spec, seed)
+    got = kernel(x, w, b)
+    want = cg.reference(spec, x, w, b)
+    assert got.dtype == np.dtype(spec.dtype)
+    assert got.shape == spec.output_shape
+    error = max_error(got, want)
+    assert error <= tolerance(spec), (
+        f"{spec} {kernel.schedule}: max error {error:.3g} > {tolerance(spec):.3g}")
+
+
 _COMPILED: dict = {}
 
 

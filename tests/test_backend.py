@@ -12,24 +12,15 @@ from convgen.plan import make_plan
 from convgen.tune_space import candidate_schedules
 from convgen.tolerance import max_error, tolerance
 
+from helpers import check_kernel
 from strategies import (arrays_for, co_schedules, conv_specs, schedules, transposed_specs,
                         wide_specs)
-
-
-def check(kernel, spec, seed=0):
-    x, w, b = arrays_for(spec, seed)
-    got = kernel(x, w, b)
-    want = cg.reference(spec, x, w, b)
-    assert got.dtype == np.dtype(spec.dtype)
-    assert got.shape == spec.output_shape
-    err = max_error(got, want)
-    assert err <= tolerance(spec), f"{spec}: max error {err} > {tolerance(spec)}"
 
 
 @settings(max_examples=60)
 @given(spec=conv_specs())
 def test_default_schedule_matches_oracle(backend, spec):
-    check(cg.compile(spec, backend=backend), spec)
+    check_kernel(cg.compile(spec, backend=backend), spec)
 
 
 @settings(max_examples=40)
@@ -37,7 +28,7 @@ def test_default_schedule_matches_oracle(backend, spec):
 def test_any_schedule_matches_oracle(backend, data):
     spec = data.draw(conv_specs())
     schedule = data.draw(schedules(spec))
-    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
+    check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
 
 
 @settings(max_examples=40)
@@ -47,7 +38,7 @@ def test_co_plan_matches_oracle(backend, data):
     stride, dilation, padding mode, groups, flip, bias, activation, transposition."""
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
-    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
+    check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
 
 
 @settings(max_examples=30)
@@ -67,7 +58,7 @@ def test_channel_tiles_innermost_matches_oracle(backend, data):
     plan = make_plan(spec, schedule)
     marker = "innermost" if backend == "c" else "x D/H/W tiles x channel tile"
     assert (marker in kernel.source) == (plan.n_tiles[0] > 1)
-    check(kernel, spec, seed=5)
+    check_kernel(kernel, spec, seed=5)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -77,7 +68,7 @@ def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     kernel = cg.compile(spec, backend=backend,
                         schedule=cg.Schedule(tile_co=8, tile_spatial=(32,), threads=threads))
     assert ("innermost" if backend == "c" else "x D/H/W tiles x channel tile") in kernel.source
-    check(kernel, spec, seed=6)
+    check_kernel(kernel, spec, seed=6)
 
 
 @settings(max_examples=40)
@@ -88,7 +79,7 @@ def test_transposed_co_plan_matches_oracle(backend, data):
     rank, channel remainders, float32/float64, bias, activation, 1 or 2 threads."""
     spec = data.draw(transposed_specs())
     schedule = data.draw(co_schedules(spec))
-    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=5)
+    check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -99,9 +90,9 @@ def test_transposed_co_plan_with_threads(backend, dtype):
                        activation="relu", dtype=dtype)
     kernel = cg.compile(spec, backend=backend)
     assert kernel.schedule.vectorize == "co"
-    check(kernel, spec, seed=6)
+    check_kernel(kernel, spec, seed=6)
     two = cg.Schedule(tile_co=32, tile_spatial=(2, 5), threads=2, vectorize="co")
-    check(cg.compile(spec, backend=backend, schedule=two), spec, seed=7)
+    check_kernel(cg.compile(spec, backend=backend, schedule=two), spec, seed=7)
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
@@ -113,7 +104,7 @@ def test_transposed_co_plan_stride_3_dilation_output_padding(backend, ndim):
                        activation="leaky_relu")
     schedule = cg.Schedule(tile_co=17, tile_spatial=(2,) * (ndim - 1) + (4,),
                            vectorize="co")
-    check(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=8)
+    check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=8)
 
 
 @settings(max_examples=20)
@@ -123,7 +114,7 @@ def test_default_schedule_with_wide_channels(backend, spec):
     (transposed convolutions too: the stride-phase plan)."""
     kernel = cg.compile(spec, backend=backend)
     assert kernel.schedule.vectorize == "co"
-    check(kernel, spec, seed=4)
+    check_kernel(kernel, spec, seed=4)
 
 
 @settings(max_examples=100)
@@ -178,7 +169,7 @@ def test_any_job_range_matches_oracle(backend, spec, schedule):
 @given(data=st.data())
 def test_each_rank_matches_oracle(backend, ndim, data):
     spec = data.draw(conv_specs(ndim=ndim))
-    check(cg.compile(spec, backend=backend), spec, seed=2)
+    check_kernel(cg.compile(spec, backend=backend), spec, seed=2)
 
 
 @pytest.mark.parametrize("spec", [
@@ -197,7 +188,7 @@ def test_each_rank_matches_oracle(backend, ndim, data):
     cg.ConvSpec((1, 16, 29, 29), 24, kernel_size=3, padding=1, activation="silu"),
 ])
 def test_named_cases(backend, spec):
-    check(cg.compile(spec, backend=backend), spec)
+    check_kernel(cg.compile(spec, backend=backend), spec)
 
 
 def test_bad_backend_name():

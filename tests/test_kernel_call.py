@@ -284,3 +284,20 @@ def test_oversized_tiles(backend):
 def test_illegal_schedules(kwargs):
     with pytest.raises(cg.ScheduleError):
         cg.Schedule(**kwargs)
+
+
+def test_exit_with_spinning_openmp_threads(tmp_path):
+    """OMP_WAIT_POLICY=active keeps OpenMP's pool threads spinning in the runtime until the
+    process ends; the kernel libraries (and the runtime they pulled in) must stay mapped
+    through interpreter exit (it crashed with SIGSEGV when cffi closed them)."""
+    from helpers import run_python, subprocess_env
+
+    code = ("import convgen as cg\n"
+            "from convgen.reference import random_arrays\n"
+            "spec = cg.ConvSpec((1, 16, 12, 12), 16, kernel_size=3, padding=1)\n"
+            "for s in (cg.Schedule(tile_co=16, tile_spatial=(1, 6), threads=2, vectorize='co'),\n"
+            "          cg.Schedule(tile_co=8, tile_spatial=(2, 2), threads=2, method='winograd')):\n"
+            "    cg.compile(spec, backend='c', schedule=s)(*random_arrays(spec))\n"
+            "print('done')\n")
+    result = run_python(code, subprocess_env(OMP_WAIT_POLICY="active"))
+    assert result.returncode == 0 and "done" in result.stdout

@@ -30,25 +30,13 @@ from convgen import nn
 from convgen.cli import main
 from convgen.plan import describe_plan, make_plan
 from convgen.schedule import default_schedule
-from convgen.tolerance import max_error, tolerance
 from convgen.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, tile_vectors, \
     winograd_matrices
 
-from helpers import compiled
+from helpers import check_kernel, compiled
 from strategies import ACTIVATION_CHOICES, arrays_for
 
 PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
-
-
-def check(kernel: cg.Kernel, spec: cg.ConvSpec, seed: int = 0) -> None:
-    x, w, b = arrays_for(spec, seed)
-    got = kernel(x, w, b)
-    want = cg.reference(spec, x, w, b)
-    assert got.dtype == np.dtype(spec.dtype)
-    assert got.shape == spec.output_shape
-    error = max_error(got, want)
-    assert error <= tolerance(spec), (
-        f"{spec} {kernel.schedule}: max error {error:.3g} > {tolerance(spec):.3g}")
 
 
 def run(spec: cg.ConvSpec, schedule: cg.Schedule, seed: int = 0) -> cg.Kernel:
@@ -57,7 +45,7 @@ def run(spec: cg.ConvSpec, schedule: cg.Schedule, seed: int = 0) -> cg.Kernel:
     kernel = compiled(spec, "c", schedule)
     plan = make_plan(spec, schedule)
     assert plan.winograd is not None and plan.winograd.method == schedule.method
-    check(kernel, spec, seed)
+    check_kernel(kernel, spec, seed)
     return kernel
 
 
@@ -292,7 +280,7 @@ def test_portable_gathers_match_oracle(monkeypatch, spec, schedule):
     monkeypatch.setattr(render, "cpu_flags", lambda: frozenset())
     kernel = cg.compile(spec, backend="c", schedule=schedule)
     assert "_mm512" not in kernel.source
-    check(kernel, spec, seed=7)
+    check_kernel(kernel, spec, seed=7)
 
 
 @pytest.mark.parametrize("spec, schedule", PLAN_VARIANTS)
@@ -304,7 +292,7 @@ def test_outputs_copied_out_per_block_match_oracle(monkeypatch, spec, schedule):
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     plan = make_plan(spec, schedule)
     assert len(plan.winograd.chunks) == plan.winograd.blocks > 1
-    check(cg.compile(spec, backend="c", schedule=schedule), spec, seed=8)
+    check_kernel(cg.compile(spec, backend="c", schedule=schedule), spec, seed=8)
 
 
 def test_winograd_default_tiles_when_none_given():
