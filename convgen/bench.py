@@ -34,7 +34,11 @@ from .schedule import PARALLEL_FLOPS, Schedule, default_schedule
 from .spec import ConvSpec
 from .tolerance import max_error, tolerance
 
-PAUSE_S = 0.02          # between timing blocks, so spinning pool threads go to sleep
+# Between runtimes at 2+ threads, so the last one's spinning pool threads (OpenMP's,
+# ONNX Runtime's) go to sleep: with 20 ms, convgen's 2-thread kernels measured 2-6x
+# slower inside the bench than alone (6.7 vs 1.1 ms on the 3x3/2 layer), sharing the
+# second vCPU with a spinner; with 200 ms, 1.1 ms.
+PAUSE_S = 0.2
 ROUND_CALLS = 2         # timed calls per runtime and round (after one warm-up call)
 SLOW_RATIO = 0.8        # layers whose ratio to the fastest peer is below this are counted
 CONVGEN = "convgen"
