@@ -97,12 +97,7 @@ class CoKernelIR(IRFunction):
             order += [("tc", p.n_tiles[0]), ("g", p.groups)]
             last = "n"
         with self.loop(job_begin, job_end, "job") as job:
-            rest = job
-            index = {}
-            for name, count in order:
-                index[name] = b.urem(rest, i64(count), name=name)
-                rest = b.udiv(rest, i64(count))
-            index[last] = rest
+            index = self.split_index(job, order, last)
             n, g, tc, piece = index["n"], index["g"], index["tc"], index["piece"]
             co0 = b.mul(tc, i64(tco), name="co0")
             remaining = b.sub(i64(p.cout_g), co0)

@@ -62,6 +62,17 @@ class IRFunction:
         """An alloca in the entry block (so mem2reg/SROA can promote it)."""
         return self.alloca_builder.alloca(typ, name=name)
 
+    def split_index(self, value, order: list[tuple[str, int]], last: str) -> dict:
+        """Mixed-radix digits of ``value`` (i64): {name: value % count} for each (name,
+        count) of ``order``, innermost first, dividing as it goes; the quotient left is
+        ``last``."""
+        b, digits = self.b, {}
+        for name, count in order:
+            digits[name] = b.urem(value, i64(count), name=name)
+            value = b.udiv(value, i64(count))
+        digits[last] = value
+        return digits
+
     @contextlib.contextmanager
     def loop(self, start, stop, name: str):
         """for (i = start; i < stop; ++i): yields i (i64)."""

@@ -73,13 +73,8 @@ class _KernelIR(IRFunction):
         else:
             b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
         with self.loop(job_begin, job_end, "job") as job:
-            rest = job
-            index = {}
-            for name, count in order:
-                index[name] = b.urem(rest, i64(count), name=name)
-                rest = b.udiv(rest, i64(count))
-            n = rest
-            g = index["g"]
+            index = self.split_index(job, order, "n")
+            n, g = index["n"], index["g"]
             co0 = b.mul(index["tc"], i64(p.tile_co), name="co0")
             od0 = b.mul(index["td"], i64(td), name="od0")
             oh0 = b.mul(index["th"], i64(th), name="oh0")
