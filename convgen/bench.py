@@ -133,13 +133,8 @@ class Peers:
 # -- timing -----------------------------------------------------------------------------
 
 def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
-    """(median seconds, first output): one checked call, one warm-up, then the timed calls."""
-    times, first = measure_times(runner, repeat)
-    return statistics.median(times), first
-
-
-def measure_times(runner: Runner, repeat: int) -> tuple[list[float], np.ndarray]:
-    """(seconds of each timed call, first output), as :func:`measure`."""
+    """(median seconds, first output): one checked call, one warm-up, then the timed calls
+    and a pause (PAUSE_S) so the runtime's spinning pool threads go to sleep."""
     first = runner.to_numpy(runner.call())
     runner.call()
     times = []
@@ -148,7 +143,7 @@ def measure_times(runner: Runner, repeat: int) -> tuple[list[float], np.ndarray]
         runner.call()
         times.append(time.perf_counter() - start)
     time.sleep(PAUSE_S)
-    return times, first
+    return statistics.median(times), first
 
 
 def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = PAUSE_S,

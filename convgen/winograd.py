@@ -138,12 +138,6 @@ def transform_lines(matrix: Matrix, sources: list[str], targets: list[str],
     return lines
 
 
-def amplification(matrices: tuple[Matrix, Matrix, Matrix]) -> float:
-    """How much larger than direct convolution the rounding error can grow in one dim: the
-    product of the transforms' infinity norms (row sums of |coefficients|)."""
-    return math.prod(max(sum(abs(float(v)) for v in row) for row in mat) for mat in matrices)
-
-
 def unsupported(spec: ConvSpec, method: str) -> str | None:
     """Why ``spec`` cannot run with ``method`` ("winograd" or "gemm"), or None."""
     if spec.transposed:
