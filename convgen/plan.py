@@ -121,7 +121,8 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     lanes = schedule.vector_width or vector_lanes(spec.dtype)
     co_tiles = winograd = None
     if schedule.method != "direct":
-        winograd = make_winograd_plan(spec, schedule.method, tile_co, tile_spatial, lanes)
+        winograd = make_winograd_plan(spec, schedule.method, tile_co, tile_spatial, lanes,
+                                      schedule.threads)
         n_tiles = (1, 1, 1, 1)  # a job is one (image, group); its tile blocks are threaded
     elif schedule.vectorize == "co":
         step = spec.stride[-1] if spec.transposed else 1

@@ -43,6 +43,10 @@ MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors +
 CHUNK_BYTES = 512 << 10
 MAX_PREFETCH = 64  # cache lines prefetched per input channel and block
 MAX_PREFETCH_TABLE = 1 << 18  # larger inputs go without (the table would bloat the source)
+# threads: the output channels are split into parts (jobs = blocks x parts) until no
+# thread gets more than this times the mean share of a chunk's jobs (a block's input
+# transform is then done once per part: ~1/8 of its GEMM at 64 channels, less above)
+MAX_IMBALANCE = 1.2
 
 
 def _points(count: int) -> list[Fraction]:
@@ -207,6 +211,7 @@ class WinogradPlan:
     """
 
     method: str
+    cout_g: int
     tile: tuple[int, int]
     alpha: tuple[int, int]
     grid: tuple[int, int]
@@ -233,6 +238,14 @@ class WinogradPlan:
     # per block: the cache lines (offsets from an input channel, 64 bytes apart) of the
     # NEXT block's patches, prefetched while this block is transformed (masked plans)
     prefetch: tuple[tuple[int, ...], ...] = ()
+    # a job is one block of tiles x one part of co_part output channels (a multiple of
+    # co_rows; the last part takes the rest): with few blocks per chunk, the threads share
+    # a block's GEMM by output channels, each transforming the block's input itself
+    co_part: int = 0
+
+    @property
+    def co_parts(self) -> int:
+        return -(-self.cout_g // self.co_part)
 
     @property
     def tiles(self) -> int:
@@ -247,10 +260,23 @@ class WinogradPlan:
         return self.alpha[0] * self.alpha[1]
 
 
+def split_output_channels(cout_g: int, co_rows: int, chunk_blocks: list[int],
+                          threads: int) -> int:
+    """The channels per part (see WinogradPlan.co_part): the fewest parts whose jobs
+    (blocks x parts, per chunk) leave no thread more than MAX_IMBALANCE over the mean."""
+    rows = min(co_rows, cout_g)
+    most = -(-cout_g // rows)
+    for parts in range(1, most + 1):
+        worst = max(-(-b * parts // threads) * threads / (b * parts) for b in chunk_blocks)
+        if threads == 1 or worst <= MAX_IMBALANCE:
+            break
+    return -(-cout_g // parts // rows) * rows if parts > 1 else cout_g
+
+
 def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[int, ...],
-                       lanes: int) -> WinogradPlan:
-    """The tables of ``method`` ("winograd" or "gemm") for ``spec``; the schedule was
-    validated (:meth:`convgen.schedule.Schedule.resolve`)."""
+                       lanes: int, threads: int = 1) -> WinogradPlan:
+    """The tables of ``method`` ("winograd" or "gemm") for ``spec`` run on ``threads``;
+    the schedule was validated (:meth:`convgen.schedule.Schedule.resolve`)."""
     pad1 = (lambda v, fill: (fill,) * (2 - len(v)) + tuple(v))
     in_h, in_w = pad1(spec.in_spatial, 1)
     row_masks = col_masks = None
@@ -336,22 +362,28 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     while end < blocks:
         end = min(blocks, end + chunk_blocks)
         chunks.append((end, grid[0] if end == blocks else (end * block) // grid[1]))
+    if method != "winograd":
+        chunks = [(blocks, grid[0])]
+    sizes = [end - (chunks[i - 1][0] if i else 0) for i, (end, _) in enumerate(chunks)]
+    cout_g = spec.out_channels // spec.groups
     return WinogradPlan(
-        method=method, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid, co_rows=co_rows,
+        method=method, cout_g=cout_g, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid, co_rows=co_rows,
         vectors=vectors, lanes=lanes, blocks=blocks, in_offsets=in_offsets,
         staged_in=staged_in, src_rows=src_rows, src_cols=src_cols,
         stage_out=method != "gemm", matrices_h=winograd_matrices(m_h, k_h),
         matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip,
         row_masks=tuple(row_masks) if row_masks is not None else None,
         col_masks=tuple(col_masks) if col_masks is not None else None,
-        chunks=tuple(chunks) if method == "winograd" else ((blocks, grid[0]),),
-        prefetch=tuple(prefetch))
+        chunks=tuple(chunks), prefetch=tuple(prefetch),
+        co_part=split_output_channels(cout_g, co_rows, sizes, threads))
 
 
 def transform_weights(plan, weight):
-    """Winograd's U for ``plan`` (method "winograd"): (groups, alpha_h * alpha_w, C_out per
-    group, C_in per group) in the plan's dtype, as the kernel computes it in each call
-    (flip applied). Networks store this instead of the weight (transformed once, at load)."""
+    """Winograd's U for ``plan`` (method "winograd") in the plan's dtype (flip applied),
+    packed for the GEMM: per group and product, the register tiles of ``co_rows`` output
+    channels (the remainder last) each as (C_in per group, rows). Networks store this
+    instead of the weight (transformed once, at load); a kernel that transforms the weight
+    in each call keeps U unpacked, (C_out per group, C_in per group)."""
     import numpy as np
 
     wp: WinogradPlan = plan.winograd
@@ -367,7 +399,13 @@ def transform_weights(plan, weight):
     u = np.tensordot(u, g_h, axes=([3], [1]))  # g, o, c, b, a
     u = u.transpose(0, 4, 3, 1, 2)  # g, a, b, o, c
     u = u.reshape(plan.groups, wp.products, plan.cout_g, plan.cin_g)
-    return np.ascontiguousarray(u, dtype=spec.dtype)
+    # packed: each register tile of R output channels as (C_in per group, R), read by the
+    # GEMM as one stream; a tile starting at channel c0 still starts at c0 * C_in
+    rows = min(wp.co_rows, plan.cout_g)
+    tiles = [(c0, min(rows, plan.cout_g - c0)) for c0 in range(0, plan.cout_g, rows)]
+    packed = np.concatenate([u[:, :, c0:c0 + r, :].transpose(0, 1, 3, 2).reshape(
+        plan.groups, wp.products, -1) for c0, r in tiles], axis=2)
+    return np.ascontiguousarray(packed.reshape(u.shape), dtype=spec.dtype)
 
 
 def describe_winograd_plan(plan) -> list[str]:
@@ -399,7 +437,9 @@ def describe_winograd_plan(plan) -> list[str]:
     lines.append(f"tiles: {wp.grid[0]}x{wp.grid[1]} = {wp.tiles}, in {wp.blocks} block(s) of "
                  f"{wp.vectors} vector(s) x {wp.lanes} lanes; jobs: batch {plan.batch} x "
                  f"groups {plan.groups} = {plan.jobs}, blocks split over {plan.threads} "
-                 "thread(s)")
+                 "thread(s)" + (f", each block's output channels in {wp.co_parts} parts of "
+                                f"{wp.co_part} (a thread transforms the block's input for "
+                                "each part it takes)" if wp.co_parts > 1 else ""))
     lines.append(f"GEMM register tile: {wp.co_rows} output channels x {wp.vectors} vector(s) "
                  f"of tiles = {wp.co_rows * wp.vectors} accumulators; per input channel "
                  f"{wp.vectors} vector load(s) and {wp.co_rows} broadcast weights")

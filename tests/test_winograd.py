@@ -17,6 +17,7 @@ dtypes), 1D tiles at most 0.42x. The property tests draw every legal tile.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -30,8 +31,8 @@ from convgen import nn
 from convgen.cli import main
 from convgen.plan import describe_plan, make_plan
 from convgen.schedule import default_schedule
-from convgen.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, tile_vectors, \
-    winograd_matrices
+from convgen.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
+    tile_vectors, winograd_matrices
 
 from helpers import check_kernel, compiled
 from strategies import ACTIVATION_CHOICES, arrays_for
@@ -293,6 +294,44 @@ def test_outputs_copied_out_per_block_match_oracle(monkeypatch, spec, schedule):
     plan = make_plan(spec, schedule)
     assert len(plan.winograd.chunks) == plan.winograd.blocks > 1
     check_kernel(cg.compile(spec, backend="c", schedule=schedule), spec, seed=8)
+
+
+# (spec, schedule): few blocks, 2 threads: each block's output channels split in parts
+CO_SPLIT_CASES = [
+    # one block; 40 channels in register tiles of 8: parts of 24 and 16
+    (cg.ConvSpec((1, 7, 6, 6), 40, 3, padding=1, activation="relu"),
+     cg.Schedule(tile_co=8, tile_spatial=(2, 2), threads=2, method="winograd")),
+    # two images, 3 blocks per image, a remainder register tile in the last part
+    (cg.ConvSpec((2, 5, 9, 18), 31, 3, padding=1, padding_mode="reflect", dtype="float64"),
+     cg.Schedule(tile_co=6, tile_spatial=(2, 2), threads=2, method="winograd")),
+    # GEMM: one partial block, bias and activation
+    (cg.ConvSpec((1, 9, 3, 5), 26, 1, activation="tanh"),
+     cg.Schedule(tile_co=4, threads=2, method="gemm")),
+    # GEMM in place, 3 whole blocks of 16 pixels
+    (cg.ConvSpec((1, 6, 6, 8), 20, 1), cg.Schedule(tile_co=16, threads=2, method="gemm")),
+]
+
+
+@pytest.mark.parametrize("spec, schedule", CO_SPLIT_CASES)
+def test_output_channels_split_between_threads_match_oracle(spec, schedule):
+    """With fewer blocks than the threads can share evenly, a job is a block x a part of
+    the output channels (parts are whole register tiles but the last)."""
+    wp = make_plan(spec, schedule).winograd
+    assert wp.co_parts > 1 and wp.co_part % schedule.tile_co == 0
+    assert make_plan(spec, dataclasses.replace(schedule, threads=1)).winograd.co_parts == 1
+    run(spec, schedule, seed=9)
+    assert f"{wp.co_parts} parts of {wp.co_part}" in "\n".join(
+        describe_plan(make_plan(spec, schedule)))
+
+
+def test_split_output_channels():
+    """Parts only as needed: the fewest whose jobs split evenly enough over the threads."""
+    assert split_output_channels(64, 28, [13], 1) == 64
+    assert split_output_channels(64, 28, [8, 5], 2) == 64  # 5 blocks: 3 + 2, within 1.2x
+    assert split_output_channels(512, 28, [1], 2) == 280  # 280 + 232
+    assert split_output_channels(256, 28, [1], 2) == 140
+    assert split_output_channels(20, 28, [1], 2) == 20  # one register tile: nothing to split
+    assert split_output_channels(40, 8, [3], 4) == 16  # 3 blocks x 3 parts over 4 threads
 
 
 def test_winograd_default_tiles_when_none_given():
@@ -654,3 +693,20 @@ def test_network_runs_winograd_and_gemm_by_default(dtype, threads):
     rtol = 1e-4 if dtype == "float32" else 1e-10
     scale = 1.0 + float(np.max(np.abs(want)))
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_network_packs_winograd_weights_in_register_tiles(threads):
+    """A network's U is packed per register tile (28 channels, then the remainder); at 2
+    threads the single block's output channels are split between them."""
+    nn.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(16, 40, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(40, 61, 3, padding=1, bias=False))
+    model = net.compile(input_shape=(1, 16, 8, 8), backend="c", threads=threads)
+    plans = [step.plan for step in model._lowered.steps if step.plan is not None]
+    assert [p.winograd.method for p in plans] == ["winograd", "winograd"]
+    assert [p.winograd.co_rows for p in plans] == [28, 28]  # 40 = 28 + 12, 61 = 2 x 28 + 5
+    assert all((p.winograd.co_parts > 1) == (threads > 1) for p in plans)
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 16, 8, 8)).astype(np.float32)
+    got, want = model(x), model.reference(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
