@@ -130,6 +130,18 @@ def channels_inner(plan: Plan) -> bool:
     return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
 
 
+# direct plans deal their jobs out in about this many chunks per thread, first come first
+# served (the second vCPU here is shared, and a static split waits for the slower thread)
+DYNAMIC_CHUNKS = 4
+
+
+def omp_schedule(jobs: int, threads: int) -> str:
+    """The OpenMP schedule clause of a direct plan's job loop."""
+    if DYNAMIC_CHUNKS <= 0:
+        return "static"
+    return f"dynamic, {max(1, jobs // (threads * DYNAMIC_CHUNKS))}"
+
+
 def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The fields both plans' templates read: names, shapes, types, the spec as a comment,
     threads and the epilogue."""
@@ -153,6 +165,7 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
         "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
         "weight_strides": plan.weight_strides,
         "threads": plan.threads,
+        "omp_schedule": omp_schedule(plan.jobs, plan.threads),
         "bias": spec.bias,
         "residual": residual,
         "activation": spec.activation,
@@ -165,8 +178,9 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
                  pretransformed: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co", conv_wino_function.j2 for the transform-GEMM
-    methods; ``pretransformed``: the weight argument holds Winograd's U, see
-    convgen.winograd.transform_weights)."""
+    methods; ``pretransformed``: the weight argument holds the weights prepared at load,
+    Winograd's U (convgen.winograd.transform_weights) or the "co" plan's packed channel
+    blocks (convgen.plan.pack_co_weights))."""
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
@@ -174,7 +188,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
     if plan.winograd is not None:
         return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
     if plan.vectorize == "co":
-        return co_context(plan, symbol or plan.symbol, params, residual)
+        return co_context(plan, symbol or plan.symbol, params, residual, pretransformed)
     vectors = vector_tables(plan)
     return {
         **_shared_context(plan, symbol or plan.symbol, params, residual),
@@ -202,8 +216,10 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
 CO_PREFETCH_CHANNELS = 4
 
 
-def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
-    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2)."""
+def co_context(plan: Plan, symbol: str, params: str, residual: bool,
+               prepacked: bool = False) -> dict:
+    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2);
+    ``prepacked``: the weight argument holds every channel block packed (pack_co_weights)."""
     co = plan.co_tiles
     assert co is not None
     lanes = plan.vector_lanes
@@ -241,6 +257,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "co",
+        "prepacked": prepacked,
         "tile": plan.tile,
         "co_vectors": co.co_vectors,
         "index_type": "int" if plan.c_type == "float" else "long long",

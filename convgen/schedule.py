@@ -309,9 +309,10 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     WINOGRAD_WEIGHT_BYTES with WINOGRAD_MIN_LANE_USE of the block lanes used. Measured at 1
     thread: ResNet-18's 3x3 64->64 at 56x56 3.1 -> 1.5 ms (F4), 128->128 at 28x28 2.0 ->
     1.3 ms (F2); the 256- and 512-channel layers stay direct (their transformed weights
-    alone cost more than the direct convolution). 1D Winograd is left to the tuner (it is
-    in the search space): it was measured only on the bench's 64-channel 16000-sample
-    layer, where tuning picked F(6, 3), 1.4x faster than this default at 1 thread.
+    alone cost more than the direct convolution). 1D: F(6, 3) with 14-channel register
+    tiles for kernel 3 (the same channel, weight and lane-use limits): on the bench's
+    64-channel 16000-sample layer 8.1 -> 5.3 ms at 1 thread and 5.2 -> 2.9 ms at 2 (F(4, 3)
+    6.2 ms, 28 channels 5.4 ms at 1 thread). Other 1D kernels stay direct (not measured).
 
     The register tile: 28 output channels x 1 vector of tiles (measured best on the
     64->64 layer; 16 and 14 x 2 were 5-25% slower), fewer when the group has fewer.
@@ -325,8 +326,18 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
             return None
         rows = next((r for r in (12, 14, 16, 8, 10, 28, 24, 20) if cog % r == 0), 14)
         return Schedule(tile_co=min(rows, cog), threads=threads, method="gemm")
-    if unsupported(spec, "winograd") is not None or spec.ndim != 2 \
-            or spec.kernel_size != (3, 3) or cin_g < 16 or cog < 16:
+    if unsupported(spec, "winograd") is not None or cin_g < 16 or cog < 16:
+        return None
+    if spec.ndim == 1 and spec.kernel_size == (3,):
+        rows = min(cog, 14)
+        tiles = -(-spec.output_spatial[0] // 6)
+        block = tile_vectors(rows) * lanes
+        weight_bytes = 8 * cin_g * cog * spec.groups * (4 if spec.dtype == "float32" else 8)
+        limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
+        if weight_bytes <= limit and tiles / (-(-tiles // block) * block) >= WINOGRAD_MIN_LANE_USE:
+            return Schedule(tile_co=rows, tile_spatial=(6,), threads=threads, method="winograd")
+        return None
+    if spec.ndim != 2 or spec.kernel_size != (3, 3):
         return None
     rows = 28 if cog >= 28 else min(cog, 14)
     block = tile_vectors(rows) * lanes

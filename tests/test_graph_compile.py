@@ -912,3 +912,44 @@ def test_layer_names_cannot_escape_generated_comments(backend):
     assert "*/ int oops" not in model.source and "\n!bad" not in model.source
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(model(x), model.reference(x), rtol=1e-5, atol=1e-5)
+
+
+# -- weights prepared at load --------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_co_layers_take_their_weights_packed_at_load(threads):
+    """On C, a network's vectorize="co" convolutions get every channel block packed once,
+    at load (plan.pack_co_weights), and skip packing in each call: groups with a partial
+    channel block (20 of 32), a transposed layer (one packing run per input channel), a
+    strided one; LLVM keeps the plain weight."""
+    from convgen import nn
+
+    nn.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(6, 40, 3, padding=1, groups=2), nn.ReLU(),
+                        nn.ConvTranspose2d(40, 18, 4, stride=2, padding=1),
+                        nn.Conv2d(18, 33, 3, stride=2, bias=False), nn.Tanh())
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 6, 9, 9)).astype(np.float32)
+    for backend in ("c", "llvm"):
+        model = net.compile(input_shape=x.shape, backend=backend, threads=threads)
+        steps = [s for s in model._lowered.steps if s.plan is not None]
+        assert [s.plan.vectorize for s in steps] == ["co"] * 3
+        assert [s.consts["pretransformed"] for s in steps] == [backend == "c"] * 3
+        if backend == "c":
+            assert model.source.count("w holds every block packed (at load)") == 3
+        assert_close(model(x), model.reference(x), "float32", f"{backend} {threads}")
+
+
+def test_pack_co_weights_layout():
+    """Block (g, tc) holds channel tc * tile_co + c of group g at [g, tc, step, c]: its
+    reduction steps (ci, kd, kh, kw) in order, zeros past the group's channels."""
+    from convgen import ConvSpec, Schedule
+    from convgen.plan import make_plan, pack_co_weights
+
+    spec = ConvSpec((1, 6, 7, 7), 40, 3, groups=2)
+    plan = make_plan(spec, Schedule(tile_co=32, tile_spatial=(1, 5), vectorize="co"))
+    w = np.random.default_rng(0).standard_normal(spec.weight_shape).astype(np.float32)
+    packed = pack_co_weights(plan, w)
+    assert packed.shape == (2, 1, 3 * 9, 32)
+    for g in range(2):
+        np.testing.assert_array_equal(packed[g, 0, :, :20].T, w[g * 20:(g + 1) * 20].reshape(20, -1))
+        assert not packed[g, 0, :, 20:].any()

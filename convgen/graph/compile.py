@@ -87,7 +87,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
     schedules = _conv_schedules(optimized, threads, backend, dtype)
-    lowered = lower(optimized, memory, dtype, schedules)
+    lowered = lower(optimized, memory, dtype, schedules, prepack=backend == "c")
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":
