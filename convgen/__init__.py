@@ -8,6 +8,7 @@ through cffi and returns a callable checked against a NumPy oracle
 
 from .aot import compile_to, load
 from .backends import BACKENDS, compile
+from .bound import BoundKernel, bind
 from .errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
                      ScheduleError, SpecError, SpecFileError)
 from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
@@ -22,9 +23,9 @@ from .tune import TuneResult, tune
 from .version import __version__
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "CompileError", "CompilerNotFoundError", "ConvSpec",
+    "ACTIVATIONS", "BACKENDS", "BoundKernel", "CompileError", "CompilerNotFoundError", "ConvSpec",
     "ConvgenError", "Kernel", "OnnxImportError", "Schedule", "ScheduleError", "SpecError",
-    "SpecFileError", "__version__", "compile", "compile_to", "conv1d", "conv2d", "conv3d",
+    "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d", "conv2d", "conv3d",
     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "default_schedule",
     "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",
 ]

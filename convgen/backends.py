@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import config
+from .bound import bound_plan, prepares
 from .builder import build_c
 from .cache import Cache
 from .kernel import Kernel, load_function
@@ -121,17 +122,20 @@ def get_backend(name: str) -> Backend:
     return REGISTRY[resolve_backend(name)]
 
 
-def kernel_from_artifact(spec: ConvSpec, plan: Plan, backend: str, artifact: Artifact) -> Kernel:
+def kernel_from_artifact(spec: ConvSpec, plan: Plan, backend: str, artifact: Artifact,
+                         weight_shape: tuple[int, ...] | None = None) -> Kernel:
     loaded = get_backend(backend).load(artifact, plan)
     return Kernel(spec, plan.schedule, backend, artifact.symbol, artifact.source, loaded.ffi,
                   loaded.function, jobs=plan.jobs, python_threads=loaded.python_threads,
-                  keepalive=loaded.keepalive, library_path=str(artifact.path))
+                  keepalive=loaded.keepalive, library_path=str(artifact.path),
+                  weight_shape=weight_shape)
 
 
 def build_artifact(spec: ConvSpec, backend: str | None = None,
-                   schedule: Schedule | None = None,
-                   cache: Cache | None = None) -> tuple[Plan, Artifact, str]:
-    """Plan, render and build (or fetch from the cache) without loading.
+                   schedule: Schedule | None = None, cache: Cache | None = None,
+                   bound: bool = False) -> tuple[Plan, Artifact, str]:
+    """Plan, render and build (or fetch from the cache) without loading; ``bound``: the
+    variant that reads prepared weights (convgen.bound), where the plan has one.
 
     Returns the plan, the artifact and the backend's name (resolved from None).
     """
@@ -143,6 +147,9 @@ def build_artifact(spec: ConvSpec, backend: str | None = None,
     name = resolve_backend(backend)
     chosen = REGISTRY[name]
     plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name))
+    if bound and prepares(plan, name):
+        plan = bound_plan(plan)
+        return plan, chosen.build(plan, render_c(plan, pretransformed=True), cache), name
     source = chosen.render(plan)
     return plan, chosen.build(plan, source, cache), name
 

@@ -1,7 +1,8 @@
 """Bench: convgen against its peers, measured in the same process, and the machine's peak.
 
-:func:`bench_layers` times each convolution with convgen (``cg.compile`` with the tuned
-or default schedule, threads set, a preallocated ``out=``) and with every installed peer
+:func:`bench_layers` times each convolution with convgen (``cg.bind``: the weights bound
+and prepared once, as ONNX Runtime has its initializers; the schedule tuned bound, else the
+default for prepared weights; threads set, a preallocated ``out=``) and with every installed peer
 (:mod:`convgen.bench_peers`), layer by layer, interleaved (:func:`measure_interleaved`):
 one checked call per runtime, then ``repeat`` rounds in which each runtime in turn gets a
 warm-up call and two timed calls (the median of all is reported) and, with several
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import compile as compile_kernel
+from .bound import bind
 from .bench_peers import Runner, Skip, numpy_runner, openblas_setters, ort_runner, \
     torch_runner
 from .cpu import cpu_flags, vector_bits
@@ -185,26 +186,29 @@ def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = 
 def bench_schedule(spec: ConvSpec, backend: str, threads: int,
                    given: Schedule | None = None) -> tuple[Schedule, str]:
     """The schedule convgen runs at ``threads`` and where it comes from: the spec file's,
-    else the best tuning record (one tuned at ``threads`` first), else the default. Kernels
-    under the default's parallel threshold stay on one thread unless tuned otherwise."""
+    else the best tuning record measured bound (one tuned at ``threads`` first: ``convgen
+    tune --bound``), else the default for prepared weights. Kernels under the default's
+    parallel threshold stay on one thread unless tuned otherwise."""
     if given is not None:
         return dataclasses.replace(given, threads=threads), "spec file"
-    tuned = best_record(spec, backend, threads)
+    tuned = best_record(spec, backend, threads, bound=True)
     if tuned is not None:
         return tuned, "tuned"
-    tuned = best_record(spec, backend)
+    tuned = best_record(spec, backend, bound=True)
     if tuned is not None:
         return dataclasses.replace(tuned, threads=threads), f"tuned at {tuned.threads}t"
-    base = default_schedule(spec, backend)
+    base = default_schedule(spec, backend, prepared_weights=True)
     used = threads if spec.flops >= PARALLEL_FLOPS else 1
     return dataclasses.replace(base, threads=used), "default"
 
 
 def convgen_runner(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                    backend: str, schedule: Schedule) -> Runner:
-    kernel = compile_kernel(spec, backend=backend, schedule=schedule)
+    """convgen with the weights bound (prepared once, see convgen.bound), as ONNX Runtime
+    has them as initializers and as convgen's networks run their layers."""
+    kernel = bind(spec, w, b, backend, schedule)
     out = np.empty(spec.output_shape, spec.dtype)
-    return Runner(lambda: kernel(x, w, b, out=out), lambda y: y.copy())
+    return Runner(lambda: kernel(x, out=out), lambda y: y.copy())
 
 
 def bench_layer(name: str, spec: ConvSpec, arrays, want: np.ndarray, threads: int,

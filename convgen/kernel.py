@@ -74,7 +74,8 @@ class Kernel:
 
     def __init__(self, spec: ConvSpec, schedule: Schedule, backend: str, symbol: str,
                  source: str, ffi, function, jobs: int, python_threads: int = 1,
-                 keepalive=(), library_path: str | None = None):
+                 keepalive=(), library_path: str | None = None,
+                 weight_shape: tuple[int, ...] | None = None):
         self.spec = spec
         self.schedule = schedule
         self.backend = backend
@@ -82,6 +83,9 @@ class Kernel:
         self.source = source
         self.library_path = library_path
         self.jobs = jobs
+        # the w argument's shape: the spec's, or a bound kernel's prepared layout
+        self.weight_shape = tuple(weight_shape) if weight_shape is not None \
+            else spec.weight_shape
         self._ffi = ffi
         self._function = function
         self._keepalive = keepalive  # objects that must outlive the function pointer
@@ -121,7 +125,7 @@ class Kernel:
                  out: np.ndarray | None = None) -> np.ndarray:
         spec = self.spec
         x = self._input("x", x, spec.input_shape)
-        w = self._input("w", w, spec.weight_shape)
+        w = self._input("w", w, self.weight_shape)
         inputs = [x, w]
         if spec.bias:
             if b is None:

@@ -228,27 +228,6 @@ class CoTiles:
     row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
 
 
-def pack_co_weights(plan: Plan, weight):
-    """Every channel block of a vectorize="co" plan packed as its kernel packs one block in
-    each call: (groups, channel blocks, reduction steps, tile_co), zeros past the group's
-    last channel. Networks store this in place of the weight (packed once, at load)."""
-    import numpy as np
-
-    co = plan.co_tiles
-    assert co is not None
-    flat = np.asarray(weight, dtype=plan.spec.dtype).reshape(-1)
-    w_group, w_channel = plan.weight_strides[0], plan.weight_strides[1]
-    steps = (np.arange(co.pack_segments)[:, None] * co.pack_segment_stride
-             + np.arange(co.pack_run)[None, :]).reshape(-1)
-    base = (np.arange(plan.groups)[:, None] * w_group
-            + np.arange(plan.cout_g)[None, :] * w_channel)
-    blocks = plan.n_tiles[0]
-    packed = np.zeros((plan.groups, blocks * plan.tile_co, steps.size), dtype=flat.dtype)
-    packed[:, :plan.cout_g] = flat[base[..., None] + steps]
-    packed = packed.reshape(plan.groups, blocks, plan.tile_co, steps.size).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(packed)
-
-
 def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
                 tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as

@@ -178,9 +178,8 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
                  pretransformed: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co", conv_wino_function.j2 for the transform-GEMM
-    methods; ``pretransformed``: the weight argument holds the weights prepared at load,
-    Winograd's U (convgen.winograd.transform_weights) or the "co" plan's packed channel
-    blocks (convgen.plan.pack_co_weights))."""
+    methods; ``pretransformed``: the weight argument holds Winograd's U, prepared once,
+    see convgen.winograd.transform_weights and convgen.bound)."""
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
@@ -188,7 +187,7 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
     if plan.winograd is not None:
         return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
     if plan.vectorize == "co":
-        return co_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+        return co_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
     return {
         **_shared_context(plan, symbol or plan.symbol, params, residual),
@@ -216,10 +215,8 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
 CO_PREFETCH_CHANNELS = 4
 
 
-def co_context(plan: Plan, symbol: str, params: str, residual: bool,
-               prepacked: bool = False) -> dict:
-    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2);
-    ``prepacked``: the weight argument holds every channel block packed (pack_co_weights)."""
+def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2)."""
     co = plan.co_tiles
     assert co is not None
     lanes = plan.vector_lanes
@@ -257,7 +254,6 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool,
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "co",
-        "prepacked": prepacked,
         "tile": plan.tile,
         "co_vectors": co.co_vectors,
         "index_type": "int" if plan.c_type == "float" else "long long",
@@ -431,7 +427,9 @@ def math_function(c_type: str):
     return lambda name: name
 
 
-def render_c(plan: Plan) -> str:
-    """The complete C source of the kernel described by ``plan``."""
+def render_c(plan: Plan, pretransformed: bool = False) -> str:
+    """The complete C source of the kernel described by ``plan`` (``pretransformed``: its
+    weight argument holds the prepared weights, see convgen.bound)."""
     return environment().get_template("c/conv.c.j2").render(
-        version=__version__, prototype=prototype(plan), k=conv_context(plan))
+        version=__version__, prototype=prototype(plan),
+        k=conv_context(plan, pretransformed=pretransformed))

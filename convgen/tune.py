@@ -122,11 +122,12 @@ def _ms(seconds: float) -> str:
 
 # -- compiling and timing -----------------------------------------------------------------
 
-def _build(spec_data: dict, backend: str, schedule_data: dict, cache_root: str) -> str | None:
+def _build(spec_data: dict, backend: str, schedule_data: dict, cache_root: str,
+           bound: bool = False) -> str | None:
     """Worker: build one candidate into the kernel cache; None, or the error's first line."""
     try:
         backends.build_artifact(ConvSpec.from_dict(spec_data), backend,
-                                Schedule.from_dict(schedule_data), Cache(cache_root))
+                                Schedule.from_dict(schedule_data), Cache(cache_root), bound)
     except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
         return _first_line(exc)
     return None
@@ -141,8 +142,8 @@ class CandidateBuilder:
     """Builds batches of candidates into the kernel cache in spawned worker processes
     (``workers`` 0: in this process). Workers sit idle while candidates are timed."""
 
-    def __init__(self, spec: ConvSpec, backend: str, workers: int):
-        self.spec, self.backend, self.workers = spec, backend, workers
+    def __init__(self, spec: ConvSpec, backend: str, workers: int, bound: bool = False):
+        self.spec, self.backend, self.workers, self.bound = spec, backend, workers, bound
         self.cache_root = str(config.cache_dir())
         self.pool: futures.ProcessPoolExecutor | None = None
 
@@ -155,7 +156,7 @@ class CandidateBuilder:
 
     def build(self, schedules: list[Schedule]) -> dict[Schedule, str | None]:
         """{schedule: None, or why it failed} once every one of ``schedules`` is built."""
-        args = [(self.spec.to_dict(), self.backend, s.to_dict(), self.cache_root)
+        args = [(self.spec.to_dict(), self.backend, s.to_dict(), self.cache_root, self.bound)
                 for s in schedules]
         if self.workers == 0:
             return {s: _build(*a) for s, a in zip(schedules, args)}
@@ -195,20 +196,33 @@ def _main_hidden():
             setattr(main, name, value)
 
 
+def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+           bound: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """``call(out)``: ``schedule``'s kernel on ``arrays`` (x, w, b), the weights passed in
+    each call, or with ``bound`` bound once (convgen.bind) as networks have them."""
+    x, w, b = arrays
+    if bound:
+        from .bound import bind
+
+        kernel = bind(spec, w, b, backend, schedule)
+        return lambda out: kernel(x, out=out)
+    plain = backends.compile(spec, backend, schedule)
+    return lambda out: plain(x, w, b, out=out)
+
+
 def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-            best_seconds: float = math.inf) -> Measurement:
+            best_seconds: float = math.inf, bound: bool = False) -> Measurement:
     """Median seconds per call with a preallocated output: a warm-up call, then repeats
     until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
-    x, w, b = arrays
     try:
-        kernel = backends.compile(spec, backend, schedule)
+        call = runner(spec, backend, schedule, arrays, bound)
         out = np.empty(spec.output_shape, spec.dtype)
-        kernel(x, w, b, out=out)
+        call(out)
         times: list[float] = []
         while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS
                                             or sum(times) < TARGET_SECONDS):
             start = time.perf_counter()
-            kernel(x, w, b, out=out)
+            call(out)
             times.append(time.perf_counter() - start)
             if len(times) == 1 and times[0] > LOSER_FACTOR * best_seconds:
                 break
@@ -217,12 +231,13 @@ def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
     return Measurement(schedule, statistics.median(times))
 
 
-def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want) -> bool:
+def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
+           bound: bool = False) -> bool:
     """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
     try:
-        kernel = backends.compile(spec, backend, schedule)
+        call = runner(spec, backend, schedule, arrays, bound)
         out = np.full(spec.output_shape, np.nan, spec.dtype)
-        kernel(*arrays, out=out)
+        call(out)
     except Exception:  # noqa: BLE001
         return False
     return close(spec, out, want)
@@ -231,13 +246,16 @@ def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want) -> bo
 def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
          threads: int | None = None, max_candidates: int | None = None,
          progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
-         workers: int | None = None) -> TuneResult:
+         workers: int | None = None, bound: bool = False) -> TuneResult:
     """Search schedules for ``spec`` for about ``budget`` seconds; record every measurement.
 
     ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
     caps the candidates (the default is always one, and always timed); ``workers`` is
     the number of compile processes (default: the CPU count; 0 compiles in this process).
     The fastest few are timed again beside the default before the winner is checked.
+    ``bound``: time the kernels with their weights bound and prepared once
+    (:func:`convgen.bind`), as networks run them; records are kept apart, networks and
+    bind() read these, compile() the others.
     """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
@@ -249,16 +267,17 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     backend = backends.resolve_backend(backend)
     name = name or spec.name
     deadline = time.monotonic() + budget
-    candidates = candidate_schedules(spec, backend, threads)
+    candidates = candidate_schedules(spec, backend, threads, bound=bound)
     chosen = candidates[:max_candidates] if max_candidates else candidates
     default, rest = chosen[0], chosen[1:]
     notify = progress or (lambda p: None)
     arrays = random_arrays(spec)
 
-    first = measure(spec, backend, default, arrays)
+    first = measure(spec, backend, default, arrays, bound=bound)
     measured = [first]
     best = first.seconds
-    per_candidate = _timing_estimate(first.seconds, _load_seconds(spec, backend, default))
+    per_candidate = _timing_estimate(first.seconds,
+                                     _load_seconds(spec, backend, default, arrays, bound))
     deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
     total = len(chosen)
     if workers is None:
@@ -266,7 +285,7 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     workers = min(workers, len(rest))
     queue = list(rest)
     build_each = FIRST_BUILD_SECONDS  # wall seconds per candidate in the last batch
-    with CandidateBuilder(spec, backend, workers) as builder:
+    with CandidateBuilder(spec, backend, workers, bound) as builder:
         while queue:  # batches: build in parallel, then time one at a time
             fits = int((deadline - time.monotonic()) / (build_each + per_candidate))
             size = min(fits, BATCH * max(workers, 1))
@@ -285,16 +304,17 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
                     queue = []
                     break
                 start = time.monotonic()
-                m = measure(spec, backend, schedule, arrays, best)
+                m = measure(spec, backend, schedule, arrays, best, bound)
                 per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
                 measured.append(m)
                 best = min(best, m.seconds)
                 notify(Progress(name, "measure", len(measured), total, best))
 
     notify(Progress(name, "confirm", len(measured), total, best))
-    measured = confirm(spec, backend, measured, arrays)
-    measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total)
-    record(spec, backend, measured)
+    measured = confirm(spec, backend, measured, arrays, bound)
+    measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total,
+                                     bound)
+    record(spec, backend, measured, bound=bound)
     if winner is None:
         raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
                            f"({measured[0].error or 'wrong results'})")
@@ -302,11 +322,12 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
                       measured[0].seconds, measured, len(candidates))
 
 
-def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule) -> float:
+def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+                  bound: bool = False) -> float:
     """Seconds to load a kernel from the cache (MCJIT takes longer than dlopen)."""
     start = time.perf_counter()
     try:
-        backends.compile(spec, backend, schedule)
+        runner(spec, backend, schedule, arrays, bound)
     except Exception:  # noqa: BLE001 - the default failed: measure() said so
         pass
     return 2 * (time.perf_counter() - start)
@@ -321,7 +342,7 @@ def _timing_estimate(seconds: float, load_seconds: float) -> float:
 
 
 def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
-            arrays) -> list[Measurement]:
+            arrays, bound: bool = False) -> list[Measurement]:
     """Time the FINALISTS fastest and the default (``measured[0]``) again, their calls
     interleaved so that noise and drift hit them alike; new medians replace the old."""
     ranked = sorted((i for i, m in enumerate(measured) if math.isfinite(m.seconds)),
@@ -329,17 +350,16 @@ def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
     picks = ranked[:FINALISTS] + ([0] if 0 in ranked[FINALISTS:] else [])
     if len(picks) < 2:
         return measured
-    x, w, b = arrays
     try:
-        kernels = [backends.compile(spec, backend, measured[i].schedule) for i in picks]
+        calls = [runner(spec, backend, measured[i].schedule, arrays, bound) for i in picks]
         outs = [np.empty(spec.output_shape, spec.dtype) for _ in picks]
         times: list[list[float]] = [[] for _ in picks]
         spent = 0.0
         while len(times[0]) < MAX_REPEATS and (len(times[0]) < MIN_REPEATS
                                                or spent < TARGET_SECONDS * len(picks)):
-            for kernel, out, samples in zip(kernels, outs, times):
+            for call, out, samples in zip(calls, outs, times):
                 start = time.perf_counter()
-                kernel(x, w, b, out=out)
+                call(out)
                 samples.append(time.perf_counter() - start)
                 spent += samples[-1]
     except Exception:  # noqa: BLE001 - they all ran before: keep the first timings
@@ -350,7 +370,7 @@ def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
     return out
 
 
-def _check_winner(spec, backend, measured, arrays, name, notify, total):
+def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=False):
     """Verify candidates fastest first until one matches the oracle; mark them."""
     want = None
     out = list(measured)
@@ -360,7 +380,7 @@ def _check_winner(spec, backend, measured, arrays, name, notify, total):
         notify(Progress(name, "check", len(out), total, out[i].seconds))
         if want is None:
             want = reference(spec, *arrays)
-        ok = verify(spec, backend, out[i].schedule, arrays, want)
+        ok = verify(spec, backend, out[i].schedule, arrays, want, bound)
         out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok,
                              error=None if ok else "wrong results (oracle check failed)")
         if ok:
@@ -404,14 +424,15 @@ def tune_network(network: Any, input_shape=None, backend: str | None = None,
                  progress: Callable[[Progress], None] | None = None,
                  dtype: str = "float32", **options: Any) -> list[TuneResult]:
     """Tune each distinct conv of a network (a convgen.nn module or a traced Graph) once,
-    splitting ``budget`` among them (time one leaves unused goes to the next)."""
+    splitting ``budget`` among them (time one leaves unused goes to the next), with the
+    weights bound as the network binds them."""
     convs = list(network_convs(network, input_shape, dtype).values())
     deadline = time.monotonic() + budget
     results = []
     for i, (node, spec) in enumerate(convs):
         share = max(deadline - time.monotonic(), 0.0) / (len(convs) - i)
         results.append(tune(spec, backend, share, threads, max_candidates, progress,
-                            name=node, **options))
+                            name=node, bound=True, **options))
     return results
 
 

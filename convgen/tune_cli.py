@@ -28,6 +28,10 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
                    help="seconds in all, split among the convolutions (default: %(default)s)")
     p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
                    help="threads per kernel (default: $CONVGEN_NUM_THREADS or the CPU count)")
+    p.add_argument("--bound", action="store_true",
+                   help="spec files: time kernels with their weights bound and prepared once "
+                        "(convgen.bind), as `convgen bench` and networks run them; their "
+                        "records are kept apart (network files are always tuned bound)")
     p.set_defaults(run=run_tune)
 
 
@@ -72,7 +76,7 @@ def run_tune(args: argparse.Namespace) -> int:
         for i, entry in enumerate(entries):
             share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
             results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
-                                name=entry.name))
+                                name=entry.name, bound=args.bound))
     bar.finish()
     print(summary_table(results))
     return 0

@@ -150,9 +150,11 @@ def _divisors(n: int) -> list[int]:
 
 
 def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
-                        max_accumulator_bytes: int | None = None) -> list[Schedule]:
-    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first, then the
-    rest, most promising first (see :func:`_ranked`).
+                        max_accumulator_bytes: int | None = None,
+                        bound: bool = False) -> list[Schedule]:
+    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first (the one
+    for prepared weights when ``bound``), then the rest, most promising first (see
+    :func:`_ranked`).
 
     Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
     ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
@@ -173,7 +175,8 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
         [(r,) for r in rows] if rows else [()]
 
     # the default's tiles and plan at the thread count being tuned, like every candidate
-    default = dataclasses.replace(default_schedule(spec, backend), threads=threads)
+    default = dataclasses.replace(default_schedule(spec, backend, prepared_weights=bound),
+                                  threads=threads)
     seen = {_resolved(spec, default)}
     transforms = []
     for schedule in _transform_candidates(spec, threads) if backend == "c" else []:

@@ -157,10 +157,10 @@ def test_a_failing_candidate_costs_infinity(db, monkeypatch):
     victim = candidate_schedules(SMALL, "c", 1)[1]
     real = backends.build_artifact
 
-    def build(spec, backend=None, schedule=None, cache=None):
+    def build(spec, backend=None, schedule=None, cache=None, bound=False):
         if schedule == victim:
             raise CompileError("injected failure", stderr="boom")
-        return real(spec, backend, schedule, cache)
+        return real(spec, backend, schedule, cache, bound)
 
     monkeypatch.setattr(backends, "build_artifact", build)
     result = cg.tune(SMALL, "c", budget=5, threads=1, max_candidates=3, workers=0)
@@ -213,9 +213,9 @@ def fake(schedule, seconds, checked=True, spec=SMALL, backend="c"):
     return Measurement(schedule, seconds, checked=checked), spec, backend
 
 
-def write(db, *entries):
+def write(db, *entries, bound=False):
     for m, spec, backend in entries:
-        record(spec, backend, [m], db)
+        record(spec, backend, [m], db, bound=bound)
 
 
 def test_best_record_picks_the_fastest_checked_matching_record(db):
@@ -278,7 +278,7 @@ def test_graph_compile_uses_tuned_schedules(db):
     tuned = {}
     for i, (_, spec) in enumerate(convs.values()):
         tuned[spec.key()] = cg.Schedule(tile_co=2 + 2 * i, tile_spatial=(1 + i, 8), threads=2)
-        write(db, fake(tuned[spec.key()], 1e-4, spec=spec))
+        write(db, fake(tuned[spec.key()], 1e-4, spec=spec), bound=True)  # as networks run
     model = compile_graph(net.trace((1, 3, 8, 8)), "c")
     plans = [s.plan for s in model._lowered.steps if s.kind == "conv"]
     assert len(plans) == 3
@@ -313,8 +313,10 @@ def test_tune_network_for_real(db):
     results = tune_network(tiny_network(), (1, 3, 8, 8), "c", budget=4, threads=1,
                            max_candidates=2)
     assert len(results) == 2
-    for result in results:
-        assert best_record(result.spec, "c") == result.best
+    for result in results:  # timed bound, as the network runs them: kept apart
+        assert best_record(result.spec, "c", bound=True) == result.best
+        assert best_record(result.spec, "c") is None
+    assert all(r["bound"] is True for r in lines(db))
 
 
 # -- command line -------------------------------------------------------------------------
@@ -369,6 +371,20 @@ def test_cli_tunes_a_spec_file_and_prints_the_table(db, tmp_path, capsys):
     assert "\r" in err and "best" in err
     assert {r["spec_name"] for r in lines(db)} == {"conv2d_n1c4h6w6_k8r3x3",
                                                    "conv1d_n1c2l16_k4r3"}
+    assert not any("bound" in r for r in lines(db))
+
+
+def test_cli_tunes_bound_kernels_with_bound(db, tmp_path, capsys):
+    """--bound: every measurement is taken with the weights bound (what bench runs)."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SPEC_FILE)
+    args = parser().parse_args(["tune", str(path), "--budget", "4", "--threads", "1",
+                                "--bound", "--backend", "c"])
+    assert args.run(args) == 0
+    records = lines(db)
+    assert records and all(r["bound"] is True for r in records)
+    spec = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)
+    assert best_record(spec, "c", bound=True) is not None and best_record(spec, "c") is None
 
 
 def test_cli_tunes_a_network_file(db, tmp_path, capsys):
@@ -424,10 +440,10 @@ def test_a_script_without_a_main_guard_is_not_rerun_by_the_workers(db, tmp_path)
     assert done.stdout.strip().endswith("measured") and lines(db)
 
 
-def test_networks_keep_winograd_over_a_direct_record_but_use_winograd_records(db):
-    """A record tuned alone paid Winograd's weight transform in every call; a network
-    transforms once at load, so its Winograd default wins over a direct record, while a
-    Winograd record (tile choice) and records for other layers are used."""
+def test_networks_use_only_records_measured_bound(db):
+    """A record measured with the weights passed in each call paid Winograd's transform
+    (and the "co" packing) in every call; a network prepares them once at load, so it
+    keeps its default over such a record and uses the records measured bound."""
     from convgen.graph.compile import _conv_schedules
     from convgen.graph.trace import trace
 
@@ -440,8 +456,9 @@ def test_networks_keep_winograd_over_a_direct_record_but_use_winograd_records(db
     direct = cg.Schedule(tile_co=16, tile_spatial=(1, 6), threads=1, vectorize="co")
     write(db, fake(direct, 1e-6, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]))
     chosen = _conv_schedules(graph, threads=1, backend="c")
-    assert chosen[convs[0].name].method == "winograd"  # the direct record does not carry over
-    assert chosen[convs[1].name] == direct  # stride 2: no Winograd, the record is used
+    assert chosen[convs[0].name] == cg.default_schedule(specs[0], prepared_weights=True)
+    assert chosen[convs[1].name] == cg.default_schedule(specs[1], prepared_weights=True)
     tuned = cg.Schedule(tile_co=8, tile_spatial=(2, 2), threads=1, method="winograd")
-    write(db, fake(tuned, 1e-7, spec=specs[0]))
-    assert _conv_schedules(graph, threads=1, backend="c")[convs[0].name] == tuned
+    write(db, fake(tuned, 1e-7, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]), bound=True)
+    chosen = _conv_schedules(graph, threads=1, backend="c")
+    assert chosen[convs[0].name] == tuned and chosen[convs[1].name] == direct

@@ -42,10 +42,9 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
 
 def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
                     dtype: str | None = None) -> dict[str, Schedule]:
-    """Per conv: the best tuning record for its spec (one tuned at ``threads`` first), else
-    the default with weights prepared at load (a Winograd default also overrides a record of
-    another method: the record was timed with the weight transform in every call);
-    ``threads``, when given, overrides the schedule's thread count."""
+    """Per conv: the best tuning record for its spec measured with bound weights, as a
+    network's are (one tuned at ``threads`` first), else the default with weights prepared
+    at load; ``threads``, when given, overrides the schedule's thread count."""
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
@@ -56,11 +55,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             default = default_schedule(spec, backend or "c", prepared_weights=True)
             base = None
             if backend is not None:
-                base = best_record(spec, backend, threads) or best_record(spec, backend)
-            if base is not None and default.method == "winograd" != base.method:
-                # tuned alone, Winograd paid for its weight transform in every call; here
-                # it does not, so a direct winner does not carry over
-                base = None
+                base = best_record(spec, backend, threads, bound=True) or \
+                    best_record(spec, backend, bound=True)
             base = base or default
             out[node.name] = dataclasses.replace(
                 base, threads=base.threads if threads is None else threads)
@@ -87,7 +83,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
     schedules = _conv_schedules(optimized, threads, backend, dtype)
-    lowered = lower(optimized, memory, dtype, schedules, prepack=backend == "c")
+    lowered = lower(optimized, memory, dtype, schedules, backend)
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..plan import Plan, make_plan, pack_co_weights
+from ..bound import prepare_weight, prepares
+from ..plan import Plan, make_plan
 from ..schedule import Schedule
-from ..winograd import transform_weights
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
 from .memory import VIEW_OPS, MemoryPlan, alias_source
@@ -91,9 +91,9 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
-          schedules: dict[str, Schedule] | None = None, prepack: bool = False) -> Lowered:
-    """Steps for every node of an optimized graph (no identity nodes left); ``prepack``
-    (the C backend): "co" convolutions get their weights packed here, once."""
+          schedules: dict[str, Schedule] | None = None, backend: str = "c") -> Lowered:
+    """Steps for every node of an optimized graph (no identity nodes left); convolutions
+    get their weights prepared for ``backend``'s kernels here, once (convgen.bound)."""
     schedules = schedules or {}
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
@@ -121,7 +121,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                     buffer(node.name))
         if node.op == "identity":
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
-        _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name), prepack)
+        _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name), backend)
         steps.append(step)
     threads = max((step.plan.threads for step in steps if step.plan is not None), default=1)
     for step in steps:  # max pooling splits its channels over the network's threads
@@ -132,22 +132,16 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
 
 
 def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
-                schedule: Schedule | None, prepack: bool = False) -> None:
+                schedule: Schedule | None, backend: str = "c") -> None:
     a = node.attrs
     if node.op == "conv":
         spec = ConvSpec.from_dict(a["spec"]).replace(dtype=dtype)
         step.plan = make_plan(spec, schedule)
-        # the weight prepared once, here, not in every call: Winograd's U = G g G^T, and on
-        # C the "co" plan's packed channel blocks
-        weight = node.params["weight"]
-        pretransformed = True
-        if step.plan.winograd is not None and step.plan.winograd.method == "winograd":
-            weight = transform_weights(step.plan, weight)
-        elif step.plan.co_tiles is not None and prepack:
-            weight = pack_co_weights(step.plan, weight)
-        else:
-            pretransformed = False
-        step.params["weight"] = packer.add(weight)
+        # the weight prepared once, here, not in every call (Winograd's U = G g G^T, the
+        # "co" plan's packed channel blocks), as a bound kernel's
+        pretransformed = prepares(step.plan, backend)
+        step.params["weight"] = packer.add(prepare_weight(step.plan, backend,
+                                                          node.params["weight"]))
         if spec.bias:
             step.params["bias"] = packer.add(node.params["bias"])
         step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs,
