@@ -7,7 +7,8 @@ takes only the input. It is what ONNX Runtime does with a model's initializers a
 a compiled network does with its layers. The direct plans read the weight as given: the
 "co" plan packs each channel block in the call, into a per-thread buffer that stays in
 L2 while the block's rows run; packing every block once at load measured no faster
-(ResNet-18 at 1 thread 44.7 ms either way; its 512@7 layer alone 3.96 ms against 3.49). The schedule comes from the tuning records measured with bound weights
+(ResNet-18 at 1 thread 44.7 ms either way; its 512@7 layer alone 3.96 ms against 3.49).
+The schedule comes from the tuning records measured with bound weights
 (``cg.tune(spec, bound=True)``, ``convgen tune --bound``), else from
 ``default_schedule(spec, prepared_weights=True)`` (Winograd for 3x3 layers of any size).
 """

@@ -1,7 +1,8 @@
 """Kernels with their weights bound (convgen.bind): prepared once, checked against the oracle.
 
 On C a bound Winograd kernel reads U, transformed and packed once by
-convgen.bound.prepare_weight; every other plan, and LLVM, reads the weight as given. Each is compared with the oracle over random specs and schedules.
+convgen.bound.prepare_weight; every other plan, and LLVM, reads the weight as given.
+Each is compared with the oracle over random specs and schedules.
 """
 
 from __future__ import annotations

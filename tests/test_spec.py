@@ -172,11 +172,15 @@ def test_schedule_validation_and_default():
     wino = default_schedule(spec)
     assert wino == default_schedule(spec, "c")
     assert (wino.method, wino.tile_co, wino.tile_spatial) == ("winograd", 28, (4, 4))
-    # llvm, and C with stride 2: vectorized over output channels, 2 vectors x 12 columns
+    # llvm, and C with stride 2: vectorized over output channels, 1 vector x 28 columns
+    # (clamped to the 20 of a strided row)
+    # (transposed: 2 vectors x 12)
     co = default_schedule(spec, "llvm")
     strided = default_schedule(spec.replace(stride=2), "c")
-    assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", 2 * lanes, (1, 12))
-    assert co.vectorize == "co" and co.tile_co == 2 * lanes and co.tile_spatial == (1, 12)
+    assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", lanes, (1, 20))
+    assert co.vectorize == "co" and co.tile_co == lanes and co.tile_spatial == (1, 28)
+    up = default_schedule(spec.replace(transposed=True, stride=2), "c")
+    assert (up.vectorize, up.tile_co, up.tile_spatial) == ("co", 2 * lanes, (1, 12))
     # few channels per group: columns; transposed: channels, by stride phase (every backend)
     assert default_schedule(spec.replace(out_channels=4)).vectorize == "w"
     assert default_schedule(spec.replace(transposed=True)).vectorize == "co"
