@@ -70,6 +70,8 @@ POOL_CASES = [
     ("max_pool", (1, 2, 7, 7), (3, 2), (2, 1), (1, 0), (2, 1), False, True),
     ("max_pool", (1, 2, 5, 5, 5), 2, 2, 0, 1, True, True),
     ("max_pool", (1, 1, 4, 5, 6), 3, 2, 1, 1, False, True),
+    # rows over 8192 padded elements: the per-tap path (the padded row would not fit the stack)
+    ("max_pool", (1, 2, 8300), 3, 2, 1, 2, True, True),
     ("avg_pool", (1, 2, 9), 3, 2, 1, None, False, True),
     ("avg_pool", (1, 2, 9), 3, 2, 1, None, False, False),
     ("avg_pool", (1, 2, 6), 3, 2, 1, None, True, True),       # ceil: overhang not counted
