@@ -344,6 +344,11 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "blocks": wp.blocks,
         "co_part": wp.co_part,
         "co_parts": wp.co_parts,
+        # jobs (block x part) dealt out in chunks, as the direct plans' (adjacent blocks
+        # write adjacent output columns: one block at a time, threads share cache lines)
+        "block_schedule": omp_schedule(wp.co_parts * min(
+            end - (wp.chunks[i - 1][0] if i else 0) for i, (end, _) in enumerate(wp.chunks)),
+            plan.threads),
         "staged_in": wp.staged_in,
         "stage_in": wp.staged_in != (0, 0),
         "stage_out": wp.stage_out,

@@ -165,3 +165,18 @@ def test_transposed_co_plan_with_unit_stride_is_contiguous():
     spec = cg.ConvSpec((1, 3, 9), 16, kernel_size=3, padding=1, transposed=True)
     co = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(5,), vectorize="co")).co_tiles
     assert co.step == 1 and [(p.ow0, p.size) for p in co.pieces] == [(0, 5), (5, 4)]
+
+
+def test_omp_schedule_deals_jobs_in_chunks(monkeypatch):
+    """Jobs go out first come first served, about DYNAMIC_CHUNKS chunks per thread."""
+    from convgen import render
+
+    assert render.omp_schedule(49, 2) == "dynamic, 6"
+    assert render.omp_schedule(13, 2) == "dynamic, 1"
+    assert render.omp_schedule(1, 4) == "dynamic, 1"
+    monkeypatch.setattr(render, "DYNAMIC_CHUNKS", 0)
+    assert render.omp_schedule(49, 2) == "static"
+    spec = cg.ConvSpec((1, 8, 10, 10), 16, 1, stride=2)  # 25 pixels: 2 blocks of 16
+    source = cg.compile(spec, backend="c", schedule=cg.Schedule(tile_co=16, threads=2,
+                                                                 method="gemm")).source
+    assert "schedule(static)" in source
