@@ -7,6 +7,8 @@ import pytest
 import convgen as cg
 from convgen.plan import index_table, make_plan
 
+from helpers import check_kernel
+
 
 def table(**kwargs):
     return index_table(cg.ConvSpec(**kwargs), 0)
@@ -174,9 +176,11 @@ def test_omp_schedule_deals_jobs_in_chunks(monkeypatch):
     assert render.omp_schedule(49, 2) == "dynamic, 6"
     assert render.omp_schedule(13, 2) == "dynamic, 1"
     assert render.omp_schedule(1, 4) == "dynamic, 1"
+    spec = cg.ConvSpec((1, 8, 24, 24), 16, 1, stride=2)  # 144 pixels: 9 blocks of 16
+    schedule = cg.Schedule(tile_co=16, threads=2, method="gemm")
+    assert "schedule(dynamic, 1)" in cg.compile(spec, backend="c", schedule=schedule).source
     monkeypatch.setattr(render, "DYNAMIC_CHUNKS", 0)
     assert render.omp_schedule(49, 2) == "static"
-    spec = cg.ConvSpec((1, 8, 10, 10), 16, 1, stride=2)  # 25 pixels: 2 blocks of 16
-    source = cg.compile(spec, backend="c", schedule=cg.Schedule(tile_co=16, threads=2,
-                                                                 method="gemm")).source
-    assert "schedule(static)" in source
+    kernel = cg.compile(spec, backend="c", schedule=schedule)
+    assert "schedule(dynamic" not in kernel.source
+    check_kernel(kernel, spec)
