@@ -23,9 +23,9 @@ from .tune import TuneResult, tune
 from .version import __version__
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "BoundKernel", "CompileError", "CompilerNotFoundError", "ConvSpec",
-    "ConvgenError", "Kernel", "OnnxImportError", "Schedule", "ScheduleError", "SpecError",
-    "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d", "conv2d", "conv3d",
-    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "default_schedule",
-    "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",
+    "ACTIVATIONS", "BACKENDS", "BoundKernel", "CompileError", "CompilerNotFoundError",
+    "ConvSpec", "ConvgenError", "Kernel", "OnnxImportError", "Schedule", "ScheduleError",
+    "SpecError", "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d",
+    "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "default_schedule", "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",
 ]

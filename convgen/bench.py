@@ -2,7 +2,8 @@
 
 :func:`bench_layers` times each convolution with convgen (``cg.bind``: the weights bound
 and prepared once, as ONNX Runtime has its initializers; the schedule tuned bound, else the
-default for prepared weights; threads set, a preallocated ``out=``) and with every installed peer
+default for prepared weights; threads set, a preallocated ``out=``) and with every
+installed peer
 (:mod:`convgen.bench_peers`), layer by layer, interleaved (:func:`measure_interleaved`):
 one checked call per runtime, then ``repeat`` rounds in which each runtime in turn gets a
 warm-up call and two timed calls (the median of all is reported) and, with several

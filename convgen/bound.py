@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from .kernel import Kernel, check_input
+from .kernel import Kernel, check_bias, check_input
 from .plan import Plan
 from .schedule import Schedule
 from .spec import ConvSpec
@@ -84,14 +84,9 @@ def bind(spec: ConvSpec, w: np.ndarray, b: np.ndarray | None = None,
         raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
     dtype = np.dtype(spec.dtype)
     w = check_input("w", w, dtype, spec.weight_shape)
-    if spec.bias:
-        if b is None:
-            raise ValueError(f"b: the spec has bias=True; expected shape {spec.bias_shape}, "
-                             "got None")
-        b = np.array(check_input("b", b, dtype, spec.bias_shape))
-    elif b is not None:
-        raise ValueError("b: the spec has bias=False; expected None, got an array of shape "
-                         f"{getattr(b, 'shape', '?')}")
+    b = check_bias(spec, b, dtype, "the spec has")
+    if b is not None:
+        b = b.copy()
     name = resolve_backend(backend)
     if schedule is None:
         schedule = best_record(spec, name, bound=True) or \

@@ -127,15 +127,9 @@ class Kernel:
         x = self._input("x", x, spec.input_shape)
         w = self._input("w", w, self.weight_shape)
         inputs = [x, w]
-        if spec.bias:
-            if b is None:
-                raise ValueError(f"b: this kernel was compiled with bias=True; "
-                                 f"expected shape {spec.bias_shape}, got None")
-            b = self._input("b", b, spec.bias_shape)
+        b = check_bias(spec, b, self._dtype, "this kernel was compiled with")
+        if b is not None:
             inputs.append(b)
-        elif b is not None:
-            raise ValueError("b: this kernel was compiled with bias=False; expected None, "
-                             f"got an array of shape {getattr(b, 'shape', '?')}")
         y = self._output(out, inputs)
         ffi = self._ffi
         args = (ffi.from_buffer(self._ctype, x), ffi.from_buffer(self._ctype, w),
@@ -171,6 +165,20 @@ def check_input(name: str, array: object, dtype: np.dtype, shape: tuple[int, ...
     if array.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {array.shape}")
     return np.ascontiguousarray(array)
+
+
+def check_bias(spec: ConvSpec, b: object, dtype: np.dtype, whose: str) -> np.ndarray | None:
+    """``b`` checked against ``spec.bias`` (``whose``: what has bias=..., for the message):
+    None without bias, else as :func:`check_input`."""
+    if spec.bias:
+        if b is None:
+            raise ValueError(f"b: {whose} bias=True; expected shape {spec.bias_shape}, "
+                             "got None")
+        return check_input("b", b, dtype, spec.bias_shape)
+    if b is not None:
+        raise ValueError(f"b: {whose} bias=False; expected None, got an array of shape "
+                         f"{getattr(b, 'shape', '?')}")
+    return None
 
 
 def _split(jobs: int, parts: int) -> list[tuple[int, int]]:

@@ -337,7 +337,6 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
                         f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})"),
         "gemm": wp.method == "gemm",
         "pretransformed": pretransformed and wp.method == "winograd",
-        "packed_u": pretransformed and wp.method == "winograd",
         "avx512": avx512_suffix(plan),
         "in_hw": plan.in_size[1:],
         "out_hw": plan.out_size[1:],
@@ -353,9 +352,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "co_parts": wp.co_parts,
         # jobs (block x part) dealt out in chunks, as the direct plans' (adjacent blocks
         # write adjacent output columns: one block at a time, threads share cache lines)
-        "block_schedule": omp_schedule(wp.co_parts * min(
-            end - (wp.chunks[i - 1][0] if i else 0) for i, (end, _) in enumerate(wp.chunks)),
-            plan.threads),
+        "block_schedule": omp_schedule(wp.co_parts * min(wp.chunk_blocks), plan.threads),
         "staged_in": wp.staged_in,
         "stage_in": wp.staged_in != (0, 0),
         "stage_out": wp.stage_out,

@@ -331,27 +331,20 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
         return Schedule(tile_co=min(rows, cog), threads=threads, method="gemm")
     if unsupported(spec, "winograd") is not None or cin_g < 16 or cog < 16:
         return None
-    if spec.ndim == 1 and spec.kernel_size == (3,):
-        rows = min(cog, 14)
-        tiles = -(-spec.output_spatial[0] // 6)
-        block = tile_vectors(rows) * lanes
-        weight_bytes = 8 * cin_g * cog * spec.groups * (4 if spec.dtype == "float32" else 8)
-        limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
-        if weight_bytes <= limit and tiles / (-(-tiles // block) * block) >= WINOGRAD_MIN_LANE_USE:
-            return Schedule(tile_co=rows, tile_spatial=(6,), threads=threads, method="winograd")
+    if spec.kernel_size == (3,):  # 1D
+        rows, sizes = min(cog, 14), (6,)
+    elif spec.kernel_size == (3, 3):
+        rows, sizes = (28 if cog >= 28 else min(cog, 14)), (4, 2)
+    else:
         return None
-    if spec.ndim != 2 or spec.kernel_size != (3, 3):
-        return None
-    rows = 28 if cog >= 28 else min(cog, 14)
     block = tile_vectors(rows) * lanes
     itemsize = 4 if spec.dtype == "float32" else 8
-    for m in (4, 2):
-        grid = [-(-o // m) for o in spec.output_spatial]
-        tiles = grid[0] * grid[1]
+    limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
+    for m in sizes:  # outputs per tile and dim, the largest that fits first
+        tiles = math.prod(-(-o // m) for o in spec.output_spatial)
         lane_use = tiles / (-(-tiles // block) * block)
-        weight_bytes = (m + 2) ** 2 * cin_g * cog * spec.groups * itemsize
-        limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
+        weight_bytes = (m + 2) ** spec.ndim * cin_g * cog * spec.groups * itemsize
         if weight_bytes <= limit and lane_use >= WINOGRAD_MIN_LANE_USE:
-            return Schedule(tile_co=rows, tile_spatial=(m, m), threads=threads,
+            return Schedule(tile_co=rows, tile_spatial=(m,) * spec.ndim, threads=threads,
                             method="winograd")
     return None

@@ -249,6 +249,11 @@ class WinogradPlan:
         return -(-self.cout_g // self.co_part)
 
     @property
+    def chunk_blocks(self) -> list[int]:
+        """Blocks per chunk."""
+        return chunk_sizes(self.chunks)
+
+    @property
     def tiles(self) -> int:
         return self.grid[0] * self.grid[1]
 
@@ -259,6 +264,11 @@ class WinogradPlan:
     @property
     def products(self) -> int:
         return self.alpha[0] * self.alpha[1]
+
+
+def chunk_sizes(chunks) -> list[int]:
+    """The blocks of each chunk, from the (block end, tile rows) of WinogradPlan.chunks."""
+    return [end - (chunks[i - 1][0] if i else 0) for i, (end, _) in enumerate(chunks)]
 
 
 def split_output_channels(cout_g: int, co_rows: int, chunk_blocks: list[int],
@@ -365,18 +375,17 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
         chunks.append((end, grid[0] if end == blocks else (end * block) // grid[1]))
     if method != "winograd":
         chunks = [(blocks, grid[0])]
-    sizes = [end - (chunks[i - 1][0] if i else 0) for i, (end, _) in enumerate(chunks)]
     cout_g = spec.out_channels // spec.groups
     return WinogradPlan(
-        method=method, cout_g=cout_g, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid, co_rows=co_rows,
-        vectors=vectors, lanes=lanes, blocks=blocks, in_offsets=in_offsets,
+        method=method, cout_g=cout_g, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid,
+        co_rows=co_rows, vectors=vectors, lanes=lanes, blocks=blocks, in_offsets=in_offsets,
         staged_in=staged_in, src_rows=src_rows, src_cols=src_cols,
         stage_out=method != "gemm", matrices_h=winograd_matrices(m_h, k_h),
         matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip,
         row_masks=tuple(row_masks) if row_masks is not None else None,
         col_masks=tuple(col_masks) if col_masks is not None else None,
         chunks=tuple(chunks), prefetch=tuple(prefetch),
-        co_part=split_output_channels(cout_g, co_rows, sizes, threads))
+        co_part=split_output_channels(cout_g, co_rows, chunk_sizes(chunks), threads))
 
 
 def transform_weights(plan, weight):

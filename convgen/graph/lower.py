@@ -137,8 +137,8 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
     if node.op == "conv":
         spec = ConvSpec.from_dict(a["spec"]).replace(dtype=dtype)
         step.plan = make_plan(spec, schedule)
-        # the weight prepared once, here, not in every call (Winograd's U = G g G^T, the
-        # "co" plan's packed channel blocks), as a bound kernel's
+        # the weight prepared once, here, not in every call (Winograd's U = G g G^T,
+        # packed), as a bound kernel's
         pretransformed = prepares(step.plan, backend)
         step.params["weight"] = packer.add(prepare_weight(step.plan, backend,
                                                           node.params["weight"]))
