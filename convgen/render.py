@@ -367,7 +367,9 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "weight_scalar_lines": weight_lines("const T "),
         "weight_stores": [{"name": f"u{a}_{b}", "xi": a * a_w + b}
                           for a in range(a_h) for b in range(a_w)],
-        "patch": [{"name": f"d{i}_{j}", "offset": i * cols + j, "i": i, "j": j}
+        "dilation": wp.dilation,
+        "patch": [{"name": f"d{i}_{j}", "offset": (i * cols) * wp.dilation[0] + j * wp.dilation[1],
+                   "i": i, "j": j}
                   for i in range(a_h) for j in range(a_w)],
         "chunk_end": [end for end, _ in wp.chunks],
         "chunk_rows": [rows for _, rows in wp.chunks],

@@ -13,6 +13,11 @@ The matrices come from the Cook-Toom construction over the points 0, 1, -1, 2, -
 row of BT is scaled to small integers (the inverse scale moves into G), and the
 transforms are rendered as straight-line code with the zero terms left out.
 
+A dilated convolution (taps d apart) is d interleaved undilated ones per dim: the outputs
+o = p + d*q of phase p read only the inputs of that phase. Tiles are made per phase (their
+outputs and patch elements d apart) and numbered phase-minor, so that d adjacent tiles
+hold d adjacent outputs; only zero padding is supported (the patches are masked gathers).
+
 A 1x1 convolution is the same plan with identity transforms (``m = alpha = 1``): a GEMM
 over the output pixels (method "gemm").
 
@@ -155,8 +160,8 @@ def unsupported(spec: ConvSpec, method: str) -> str | None:
         return None
     if any(s != 1 for s in spec.stride):
         return "method='winograd' needs stride 1"
-    if any(d != 1 for d in spec.dilation):
-        return "method='winograd' needs dilation 1"
+    if any(d != 1 for d in spec.dilation) and spec.padding_mode != "zeros":
+        return "method='winograd' with dilation needs padding_mode='zeros'"
     if all(k == 1 for k in spec.kernel_size):
         return "a 1x1 kernel has nothing to transform: use method='gemm'"
     return None
@@ -182,14 +187,21 @@ def default_tiles(spec: ConvSpec, method: str) -> tuple[int, ...]:
     """F(4, 3)-sized tiles: the largest m <= 4 with alpha <= MAX_ALPHA and m <= the output
     (6 for long 1D rows); 1 where the kernel is 1."""
     tiles = []
-    for k, out in zip(spec.kernel_size, spec.output_spatial):
+    for k, out, d in zip(spec.kernel_size, spec.output_spatial, spec.dilation):
         if method == "gemm" or k == 1:
             tiles.append(1)
             continue
         want = 6 if spec.ndim == 1 else 4
-        m = max(2, min(want, MAX_ALPHA + 1 - k, out))
+        m = max(2, min(want, MAX_ALPHA + 1 - k, -(-out // d)))
         tiles.append(m)
     return tuple(tiles)
+
+
+def grid_size(outputs: int, dilation: int, tile: int) -> int:
+    """Tiles along a dim of ``outputs`` with taps ``dilation`` apart and ``tile`` outputs
+    per tile: each of the ``dilation`` phases (outputs o % dilation) tiled on its own."""
+    per_phase = -(-outputs // dilation)
+    return dilation * -(-per_phase // tile)
 
 
 def tile_vectors(co_rows: int) -> int:
@@ -243,6 +255,7 @@ class WinogradPlan:
     # co_rows; the last part takes the rest): with few blocks per chunk, the threads share
     # a block's GEMM by output channels, each transforming the block's input itself
     co_part: int = 0
+    dilation: tuple[int, int] = (1, 1)  # taps (dh, dw) apart; see make_winograd_plan's grid
 
     @property
     def co_parts(self) -> int:
@@ -297,8 +310,13 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     stride_h, stride_w = pad1(spec.stride, 1)
     pad_h = spec.padding[0][0] if spec.ndim == 2 else 0
     pad_w = spec.padding[-1][0]
+    # (a 1x1 kernel's dilation changes nothing)
+    dil_h, dil_w = (d if k > 1 else 1 for d, k in zip(pad1(spec.dilation, 1), (k_h, k_w)))
     a_h, a_w = m_h + k_h - 1, m_w + k_w - 1
-    grid = (-(-out_h // m_h), -(-out_w // m_w))
+    # dilation d: the outputs of each of the d phases (o % d) form an undilated convolution
+    # of the inputs of that phase; tile rows (columns) are ordered phase-minor, tile row T
+    # holding outputs T % d + d * (T // d * m + a), a < m (d = 1: the plain grid)
+    grid = (grid_size(out_h, dil_h, m_h), grid_size(out_w, dil_w, m_w))
     vectors = tile_vectors(co_rows)
     block = vectors * lanes
     count = grid[0] * grid[1]
@@ -327,13 +345,14 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
                     if t >= count:
                         offsets.append(0)
                         continue
-                    r0 = (t // grid[1]) * m_h - pad_h
-                    c0 = (t % grid[1]) * m_w - pad_w
+                    row, col = t // grid[1], t % grid[1]
+                    r0 = row % dil_h + dil_h * (row // dil_h) * m_h - pad_h
+                    c0 = col % dil_w + dil_w * (col // dil_w) * m_w - pad_w
                     offsets.append(r0 * in_w + c0)
                     for i in range(a_h):
-                        row_bits[i] |= (0 <= r0 + i < in_h) << lane
+                        row_bits[i] |= (0 <= r0 + i * dil_h < in_h) << lane
                     for j in range(a_w):
-                        col_bits[j] |= (0 <= c0 + j < in_w) << lane
+                        col_bits[j] |= (0 <= c0 + j * dil_w < in_w) << lane
                 block_rows.append(tuple(row_bits))
                 block_cols.append(tuple(col_bits))
             in_offsets.append(tuple(offsets))
@@ -358,9 +377,9 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
             for t, off in enumerate(in_offsets[nxt]):
                 if nxt * block + t >= count:
                     continue
-                for i in range(a_h):
-                    for j in (0, a_w - 1):
-                        spot = off + i * in_w + j
+                for i in range(a_h):  # dilated: every column (its lanes are lines apart)
+                    for j in (range(a_w) if dil_w > 1 else (0, a_w - 1)):
+                        spot = off + i * dil_h * in_w + j * dil_w
                         if 0 <= spot < in_h * in_w:
                             spots.add(spot // line * line)
             prefetch.append(tuple(sorted(spots))[:MAX_PREFETCH])
@@ -384,7 +403,7 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
         matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip,
         row_masks=tuple(row_masks) if row_masks is not None else None,
         col_masks=tuple(col_masks) if col_masks is not None else None,
-        chunks=tuple(chunks), prefetch=tuple(prefetch),
+        chunks=tuple(chunks), prefetch=tuple(prefetch), dilation=(dil_h, dil_w),
         co_part=split_output_channels(cout_g, co_rows, chunk_sizes(chunks), threads))
 
 
@@ -436,6 +455,9 @@ def describe_winograd_plan(plan) -> list[str]:
         lines.append(f"Winograd F({dims}, {taps}) (method='winograd'): {wp.products} "
                      f"multiplications per tile of {math.prod(wp.tile)} outputs where direct "
                      f"convolution does {direct} ({direct / wp.products:.2f}x fewer)")
+        if wp.dilation != (1, 1):
+            lines.append(f"dilation {'x'.join(map(str, spec.dilation))}: tiles made per "
+                         "dilation phase, their outputs and patch elements taps apart")
         source = ("gathered from the input itself, masked to zero outside it" if wp.row_masks
                   is not None else f"gathered from a staged copy of each input channel, "
                   f"{wp.staged_in[0]}x{wp.staged_in[1]}, padded by {spec.padding_mode}")

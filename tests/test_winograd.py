@@ -117,7 +117,8 @@ def test_matrices_reject_empty_filters():
 def winograd_cases(draw, ndim: int, dtype: str | None = None):
     """(spec, schedule) for method "winograd": kernels 1-5 per dim (at least one > 1),
     every legal tile, register tiles 1-30, channel remainders, groups, batch, bias,
-    activations, every padding form and mode, flip, threads, tiny and ragged outputs."""
+    activations, every padding form and mode, dilation 1-3 (zero padding), flip, threads,
+    tiny and ragged outputs."""
     if ndim == 1:
         kernel = (draw(st.integers(2, 5)),)
     else:
@@ -137,11 +138,15 @@ def winograd_cases(draw, ndim: int, dtype: str | None = None):
         padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in kernel)
     else:
         padding = form
+    mode = draw(st.sampled_from(PADDING_MODES))
+    # dilated: only with zero padding (tiles per dilation phase)
+    dilation = (tuple(draw(st.sampled_from([1, 1, 2, 3])) for _ in kernel)
+                if mode == "zeros" else 1)
     try:
         spec = cg.ConvSpec(
             input_shape=(draw(st.integers(1, 2)), groups * cin_g, *spatial),
             out_channels=groups * cout_g, kernel_size=kernel, padding=padding,
-            padding_mode=draw(st.sampled_from(PADDING_MODES)), groups=groups,
+            padding_mode=mode, dilation=dilation, groups=groups,
             bias=draw(st.booleans()), activation=draw(st.sampled_from(ACTIVATION_CHOICES)),
             flip=draw(st.booleans()),
             dtype=dtype or draw(st.sampled_from(["float32", "float32", "float64"])))
@@ -236,6 +241,18 @@ WINOGRAD_CASES = {
                        dict(tile_co=4, tile_spatial=(3, 3), threads=2)),
     "depthwise": ((1, 6, 8, 8), 6, 3, dict(groups=6, padding=1, bias=False),
                   dict(tile_co=1, tile_spatial=(4, 4))),
+    # dilated: tiles per dilation phase, phases with fewer outputs than others, bias and
+    # a fused activation through the strided copy-out
+    "dilated-2x2": ((1, 16, 13, 14), 17, 3, dict(padding=2, dilation=2, activation="relu"),
+                    dict(tile_co=14, tile_spatial=(2, 2), threads=2)),
+    "dilated-2x3-f4": ((2, 5, 17, 11), 6, 3, dict(padding=(2, 3), dilation=(2, 3)),
+                       dict(tile_co=6, tile_spatial=(4, 3))),
+    "dilated-1d-d8": ((1, 16, 203), 20, 3, dict(padding=8, dilation=8, activation="relu"),
+                      dict(tile_co=14, tile_spatial=(6,), threads=2)),
+    "dilated-1d-valid": ((1, 3, 40), 4, 4, dict(dilation=5, flip=True),
+                         dict(tile_co=4, tile_spatial=(5,))),
+    "dilated-mixed-3x1": ((1, 4, 12, 7), 5, (3, 1), dict(padding=(3, 0), dilation=3),
+                          dict(tile_co=5, tile_spatial=(3, 1))),
 }
 
 
@@ -441,7 +458,8 @@ def spec_with(**changes) -> cg.ConvSpec:
 # (spec, schedule fields, the field the error names, words its rule must contain)
 RESOLVE_ERRORS = [
     (spec_with(stride=2), dict(method="winograd"), "method", "stride 1"),
-    (spec_with(dilation=2, padding=2), dict(method="winograd"), "method", "dilation 1"),
+    (spec_with(dilation=2, padding=2, padding_mode="reflect"), dict(method="winograd"),
+     "method", "padding_mode='zeros'"),
     (spec_with(transposed=True, padding=0), dict(method="winograd"), "method", "transposed"),
     (spec_with(transposed=True, padding=0, kernel_size=1), dict(method="gemm"), "method",
      "transposed"),
@@ -545,7 +563,8 @@ def test_direct_schedule_dict_and_names_have_no_method():
 def test_default_schedule_picks_winograd_for_3x3_layers_with_16_channels():
     for spec in [cg.ConvSpec((1, 16, 16, 16), 16, 3, padding=1),
                  cg.ConvSpec((1, 32, 32, 32), 32, 3, padding=1, bias=False),
-                 cg.ConvSpec((2, 64, 56, 56), 64, 3, padding=1, dtype="float64")]:
+                 cg.ConvSpec((2, 64, 56, 56), 64, 3, padding=1, dtype="float64"),
+                 cg.ConvSpec((1, 16, 16, 16), 16, 3, padding=2, dilation=2)]:
         schedule = default_schedule(spec, "c")
         assert schedule.method == "winograd", spec
         assert schedule.tile_spatial in ((4, 4), (2, 2))
@@ -569,9 +588,8 @@ def test_default_schedule_picks_gemm_for_1x1_layers_with_256_pixels():
 @pytest.mark.parametrize("spec", [
     cg.ConvSpec((1, 15, 16, 16), 16, 3, padding=1),          # 15 input channels
     cg.ConvSpec((1, 16, 16, 16), 16, 3, padding=1, stride=2),
-    cg.ConvSpec((1, 16, 16, 16), 16, 3, padding=2, dilation=2),
     cg.ConvSpec((1, 16, 16, 16), 16, 5, padding=2),           # only 3x3 by default
-    cg.ConvSpec((1, 16, 64), 16, 3, padding=1),               # 1D Winograd is opt-in
+    cg.ConvSpec((1, 16, 64), 16, 3, padding=1),               # 11 tiles in 16 lanes
     cg.ConvSpec((1, 16, 8, 8, 8), 16, 3, padding=1),
     cg.ConvSpec((1, 16, 8, 8), 16, 3, padding=1, transposed=True),
     cg.ConvSpec((1, 512, 14, 14), 512, 3, padding=1),         # transformed weights > 1 MiB
@@ -592,7 +610,10 @@ def test_describe_plan_names_the_methods():
             "outputs where direct convolution does 72 (3.00x fewer)") in text
     text = "\n".join(describe_plan(make_plan(cg.ConvSpec((1, 4, 20), 4, 5), cg.Schedule(
         tile_co=4, tile_spatial=(4,), method="winograd"))))
-    assert "Winograd F(4, 5)" in text
+    assert "Winograd F(4, 5)" in text and "dilation" not in text
+    text = "\n".join(describe_plan(make_plan(cg.ConvSpec((1, 4, 40), 4, 3, dilation=8),
+                                              cg.Schedule(tile_co=4, method="winograd"))))
+    assert "dilation 8: tiles made per dilation phase" in text
     gemm = cg.ConvSpec((1, 16, 9, 10), 8, 1, stride=2)
     text = "\n".join(describe_plan(make_plan(gemm, cg.Schedule(tile_co=8, method="gemm"))))
     assert "GEMM" in text and "staged" in text
