@@ -411,6 +411,21 @@ def test_confirm_retimes_the_fastest_and_the_default(db):
     assert again[4:] == first[4:]
 
 
+@pytest.mark.parametrize("gain, default_wins", [(0.01, True), (0.025, True), (0.05, False),
+                                                (0.2, False)])
+def test_the_default_wins_within_the_margin(db, gain, default_wins):
+    """A finalist faster than the default by DEFAULT_MARGIN or less loses to it."""
+    found = candidate_schedules(SMALL, "c", 1)[:3]
+    arrays = tune_module.random_arrays(SMALL)
+    measured = [Measurement(found[0], 1.0), Measurement(found[1], 1.0 / (1 + gain)),
+                Measurement(found[2], 2.0)]
+    out, winner = tune_module._check_winner(SMALL, "c", measured, arrays, "small",
+                                            lambda p: None, 3)
+    assert winner.schedule == (found[0] if default_wins else found[1])
+    assert winner.checked and [m.checked for m in out].count(True) == 1
+    assert [m.seconds for m in out] == [m.seconds for m in measured]  # times kept as measured
+
+
 @pytest.mark.parametrize("bad", [dict(budget=-1), dict(max_candidates=0), dict(threads=0),
                                  dict(budget="30")])
 def test_bad_arguments_are_rejected_before_any_work(db, bad):
