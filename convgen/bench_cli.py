@@ -51,7 +51,7 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
                     "schedule, preallocated output) and, in the same run, with NumPy "
                     "im2col+matmul and, when installed, PyTorch (NCHW and channels_last, "
                     "layout conversions counted) and ONNX Runtime; check every output "
-                    "against the oracle; print ms, GFLOP/s, %% of the measured peak and "
+                    "against the oracle; print ms, GFLOP/s, % of the measured peak and "
                     "ratio = fastest peer ms / convgen ms (> 1: convgen is faster). A "
                     "network file or an .onnx model is timed end to end first. --peak "
                     "measures the peak FMA throughput only.")

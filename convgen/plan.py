@@ -427,6 +427,10 @@ def describe_plan(plan: Plan) -> list[str]:
     if tables.out_columns is not None:
         lines.append(f"output columns visited phase by phase (W stride {spec.stride[-1]}), "
                      "so taps read consecutive inputs")
+    if spec.groups > 1 and plan.cin_g == 1 and not spec.transposed:
+        lines.append("depthwise: one input channel per output channel, so no reduction "
+                     "over channels; the register tile grows in space instead "
+                     "(bandwidth-bound: judge it by bytes moved, not FLOPs)")
     return lines
 
 

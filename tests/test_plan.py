@@ -101,6 +101,10 @@ def test_describe_plan_counts_reads_and_names_the_tiles():
     assert "0 gathers" in text and "vector loads" in text and "masked loads" in text
     strided = describe_plan(make_plan(spec.replace(stride=2)))
     assert "gathers" in strided[-1] and " 0 gathers" not in strided[-1]
+    assert "depthwise" not in text
+    depthwise = cg.ConvSpec((1, 8, 12, 40), 8, kernel_size=3, padding=1, groups=8)
+    assert "depthwise: one input channel per output channel" in describe_plan(
+        make_plan(depthwise))[-1]
 
 
 def test_co_plan_splits_rows_into_pieces_and_shares_bodies():
