@@ -22,7 +22,7 @@ from convgen.errors import CompileError
 from convgen.graph.compile import compile_graph
 from convgen.tolerance import close
 from convgen.records import best_record, read_records, record
-from convgen.tune import Measurement, confirm, network_convs, tune_network
+from convgen.tune import DEFAULT_MARGIN, Measurement, confirm, network_convs, tune_network
 from convgen.tune_cli import add_tune_command, is_network_file, run_tune
 from convgen.schedule import MAX_THREADS
 from convgen.tune_space import _resolved, _transform_candidates, accumulator_bytes, \
@@ -138,7 +138,10 @@ def test_tune_records_measurements_and_compile_uses_the_best(db):
     assert math.isfinite(result.best_seconds) and math.isfinite(result.default_seconds)
     assert result.speedup == result.default_seconds / result.best_seconds
     assert result.measurements[0].schedule == result.default  # always timed, first
-    assert [s for s, _ in result.table][0] == result.best
+    fastest, fastest_seconds = result.table[0]
+    if fastest != result.best:  # the default keeps winning within DEFAULT_MARGIN
+        assert result.best == result.default
+        assert result.best_seconds <= fastest_seconds * (1 + DEFAULT_MARGIN)
     assert {p.phase for p in seen} >= {"measure", "check"} or len(result.measurements) == 1
     assert "speedup" in str(result) and "best" in str(result)
 
