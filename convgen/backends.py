@@ -67,11 +67,11 @@ def _load_c(artifact: Artifact, plan: Plan) -> Loaded:
 
 
 # -- LLVM: llvmlite.ir, new pass manager, MCJIT --------------------------------------
-def _render_llvm(plan: Plan) -> str:
+def _render_llvm(plan: Plan, pretransformed: bool = False) -> str:
     from .llvm_builder import data_layout, target_triple
     from .llvm_render import render_llvm
 
-    return render_llvm(plan, target_triple(), data_layout())
+    return render_llvm(plan, target_triple(), data_layout(), pretransformed)
 
 
 def _build_llvm(plan: Plan, source: str, cache: Cache | None) -> Artifact:
@@ -86,11 +86,14 @@ def _load_llvm(artifact: Artifact, plan: Plan) -> Loaded:
     import cffi
 
     from .llvm_builder import load_object
+    from .llvm_wino import uses_openmp
 
     address, engine = load_object(artifact.path, artifact.symbol)
     ffi = cffi.FFI()
     function = ffi.cast(artifact.pointer_type, address)
-    return Loaded(ffi, function, (engine,), plan.threads)
+    # a transform-GEMM kernel shares its jobs over OpenMP threads itself where it can
+    inside = plan.winograd is not None and uses_openmp(plan)
+    return Loaded(ffi, function, (engine,), 1 if inside else plan.threads)
 
 
 REGISTRY: dict[str, Backend] = {
@@ -149,7 +152,8 @@ def build_artifact(spec: ConvSpec, backend: str | None = None,
     plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name))
     if bound and prepares(plan, name):
         plan = bound_plan(plan)
-        return plan, chosen.build(plan, render_c(plan, pretransformed=True), cache), name
+        render = render_c if name == "c" else _render_llvm
+        return plan, chosen.build(plan, render(plan, pretransformed=True), cache), name
     source = chosen.render(plan)
     return plan, chosen.build(plan, source, cache), name
 

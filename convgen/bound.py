@@ -28,7 +28,7 @@ from .winograd import transform_weights
 
 def prepares(plan: Plan, backend: str) -> bool:
     """Whether ``plan``'s kernel on ``backend`` reads prepared weights when bound."""
-    return backend == "c" and plan.winograd is not None and plan.winograd.method == "winograd"
+    return plan.winograd is not None and plan.winograd.method == "winograd"
 
 
 def bound_plan(plan: Plan) -> Plan:

@@ -241,13 +241,14 @@ def run_explain(args: argparse.Namespace) -> int:
         if schedule is None:
             schedule = default_schedule(entry.spec, args.backend or "c")
         plan = make_plan(entry.spec, schedule)
-        print(explain_entry(entry, plan, source))
+        print(explain_entry(entry, plan, source, args.backend or "c"))
     return 0
 
 
 # -- explain -----------------------------------------------------------------------------
 
-def explain_entry(entry: SpecEntry, plan: Any, source: str = "default") -> str:
+def explain_entry(entry: SpecEntry, plan: Any, source: str = "default",
+                  backend: str = "c") -> str:
     """The text ``convgen explain`` prints for one entry, given its plan."""
     spec = entry.spec
     lines = [f"{entry.name}  ({entry.path})", "", "  spec"]
@@ -288,7 +289,7 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default") -> str:
     else:
         lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
                      f"{'output channels' if plan.vectorize == 'co' else 'output columns'})")
-    lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan)]
+    lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan, backend)]
     return "\n".join(lines)
 
 

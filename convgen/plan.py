@@ -395,10 +395,11 @@ def vector_tables(plan: Plan) -> VectorTables:
                         out_columns)
 
 
-def describe_plan(plan: Plan) -> list[str]:
-    """How the kernel runs, in a few lines (``convgen explain`` prints them)."""
+def describe_plan(plan: Plan, backend: str = "c") -> list[str]:
+    """How the kernel runs on ``backend``, in a few lines (``convgen explain`` prints
+    them); only the transform-GEMM plans differ between the backends."""
     if plan.winograd is not None:
-        return describe_winograd_plan(plan)
+        return describe_winograd_plan(plan, backend)
     if plan.co_tiles is not None:
         return describe_co_plan(plan)
     spec, tables = plan.spec, vector_tables(plan)

@@ -48,10 +48,11 @@ class Schedule:
     into its s stride phases, columns p, p+s, p+2s, ..., so that every tap of a piece is
     useful).
 
-    ``method`` "direct" (the above) or, on the C backend only, a transform-GEMM plan
-    (:mod:`convgen.winograd`): "winograd" (stride 1, 1D/2D; dilated only with zero
-    padding) computes tiles of ``tile_spatial`` outputs per dim (of one dilation phase)
-    with Winograd F(m, r) and ``alpha`` GEMMs over channels; "gemm" runs a 1x1 convolution as one GEMM over output pixels. ``tile_co``
+    ``method`` "direct" (the above) or a transform-GEMM plan (:mod:`convgen.winograd`,
+    both backends): "winograd" (stride 1, 1D/2D; dilated only with zero padding)
+    computes tiles of ``tile_spatial`` outputs per dim (of one dilation phase) with
+    Winograd F(m, r) and ``alpha`` GEMMs over channels; "gemm" runs a 1x1 convolution as
+    one GEMM over output pixels. ``tile_co``
     is then the GEMM register tile's output channels (at most 30; with 14 or fewer it
     takes two vectors of tiles, else one) and ``vectorize`` stays "w".
     """
@@ -201,7 +202,7 @@ def default_schedule(spec: ConvSpec, backend: str = "c",
                      prepared_weights: bool = False) -> Schedule:
     """The untuned fallback for ``backend`` ("c" or "llvm").
 
-    On C, a transform-GEMM plan where :func:`default_transform_schedule` finds one
+    A transform-GEMM plan where :func:`default_transform_schedule` finds one
     (``prepared_weights``: the weights are constants transformed once, as in networks).
     Otherwise vectorize over output channels (vectorize="co", see
     :func:`default_co_schedule`) when :func:`prefers_co` (on both backends, transposed
@@ -210,10 +211,9 @@ def default_schedule(spec: ConvSpec, backend: str = "c",
     """
     threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
     threads = min(threads, MAX_THREADS)
-    if backend == "c":
-        transform = default_transform_schedule(spec, threads, prepared_weights)
-        if transform is not None:
-            return transform
+    transform = default_transform_schedule(spec, threads, prepared_weights)
+    if transform is not None:
+        return transform
     if prefers_co(spec):
         return default_co_schedule(spec, threads)
     return default_w_schedule(spec, threads)
@@ -301,7 +301,7 @@ WINOGRAD_MIN_LANE_USE = 0.75
 
 def default_transform_schedule(spec: ConvSpec, threads: int = 1,
                                prepared_weights: bool = False) -> Schedule | None:
-    """The C backend's transform-GEMM default, or None for the direct plans.
+    """The transform-GEMM default (both backends), or None for the direct plans.
 
     "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
     per group and GEMM_MIN_PIXELS+ output pixels: 1.2-1.5x faster than "co" on MobileNetV2's

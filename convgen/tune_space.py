@@ -179,7 +179,7 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
                                   threads=threads)
     seen = {_resolved(spec, default)}
     transforms = []
-    for schedule in _transform_candidates(spec, threads) if backend == "c" else []:
+    for schedule in _transform_candidates(spec, threads):
         key = _resolved(spec, schedule)
         if key not in seen and accumulator_bytes(spec, schedule) <= limit:
             seen.add(key)

@@ -437,8 +437,8 @@ def transform_weights(plan, weight):
     return np.ascontiguousarray(packed.reshape(u.shape), dtype=spec.dtype)
 
 
-def describe_winograd_plan(plan) -> list[str]:
-    """describe_plan for method "winograd" / "gemm"."""
+def describe_winograd_plan(plan, backend: str = "c") -> list[str]:
+    """describe_plan for method "winograd" / "gemm" on ``backend``."""
     wp: WinogradPlan = plan.winograd
     spec = plan.spec
     dims = f"{wp.tile[0]}x{wp.tile[1]}" if spec.ndim == 2 else f"{wp.tile[1]}"
@@ -448,9 +448,15 @@ def describe_winograd_plan(plan) -> list[str]:
     if wp.method == "gemm":
         lines.append("1x1 convolution as a GEMM (method='gemm'): output pixels x input "
                      "channels x output channels, vectors over output pixels")
-        lines.append("input read in place" if wp.staged_in == (0, 0) else
-                     f"input staged per channel as the {wp.staged_in[0]}x{wp.staged_in[1]}"
-                     " pixels the output reads (stride/padding applied once)")
+        if wp.staged_in == (0, 0):
+            lines.append("input read in place")
+        elif backend == "llvm":
+            lines.append("input gathered through a table of the pixels the output reads "
+                         "(stride/padding applied in the table)")
+        else:
+            lines.append(f"input staged per channel as the {wp.staged_in[0]}x"
+                         f"{wp.staged_in[1]} pixels the output reads (stride/padding "
+                         "applied once)")
     else:
         lines.append(f"Winograd F({dims}, {taps}) (method='winograd'): {wp.products} "
                      f"multiplications per tile of {math.prod(wp.tile)} outputs where direct "
@@ -458,12 +464,19 @@ def describe_winograd_plan(plan) -> list[str]:
         if wp.dilation != (1, 1):
             lines.append(f"dilation {'x'.join(map(str, spec.dilation))}: tiles made per "
                          "dilation phase, their outputs and patch elements taps apart")
-        source = ("gathered from the input itself, masked to zero outside it" if wp.row_masks
-                  is not None else f"gathered from a staged copy of each input channel, "
-                  f"{wp.staged_in[0]}x{wp.staged_in[1]}, padded by {spec.padding_mode}")
-        lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch {source}, one "
-                     "vector gather per patch element; outputs stored tile-major in whole "
-                     "vectors, then copied out row by row with the epilogue")
+        if backend == "llvm":
+            lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch gathered "
+                         "through a table of element offsets (padding and dilation applied "
+                         "in the table, -1 read as zero), one masked gather per patch "
+                         "element; outputs scattered to the output with the epilogue")
+        else:
+            source = ("gathered from the input itself, masked to zero outside it"
+                      if wp.row_masks is not None else
+                      f"gathered from a staged copy of each input channel, "
+                      f"{wp.staged_in[0]}x{wp.staged_in[1]}, padded by {spec.padding_mode}")
+            lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch {source}, one "
+                         "vector gather per patch element; outputs stored tile-major in "
+                         "whole vectors, then copied out row by row with the epilogue")
         lines.append(f"weights transformed in each call: U = G g G^T, {wp.products} x "
                      f"{plan.cin_g} x {plan.cout_g} per group")
     lines.append(f"tiles: {wp.grid[0]}x{wp.grid[1]} = {wp.tiles}, in {wp.blocks} block(s) of "

@@ -120,13 +120,11 @@ def test_default_schedule_with_wide_channels(backend, spec):
 @settings(max_examples=100)
 @given(spec=conv_specs())
 def test_backends_pick_the_same_default_plan(spec):
-    """The same direct plan on both backends (transposed "co" too), unless C picks a
-    transform-GEMM method (C only)."""
-    c, llvm = cg.default_schedule(spec, "c"), cg.default_schedule(spec, "llvm")
-    if c.method == "direct":
-        assert llvm == c
-    else:
-        assert llvm.method == "direct"
+    """The same plan on both backends: direct ("w" or "co", transposed too) or a
+    transform-GEMM method, for kernels and for prepared weights."""
+    assert cg.default_schedule(spec, "llvm") == cg.default_schedule(spec, "c")
+    assert cg.default_schedule(spec, "llvm", prepared_weights=True) == \
+        cg.default_schedule(spec, "c", prepared_weights=True)
 
 
 def test_every_backend_searches_the_transposed_co_plan(backend):

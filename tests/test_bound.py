@@ -1,7 +1,7 @@
 """Kernels with their weights bound (convgen.bind): prepared once, checked against the oracle.
 
-On C a bound Winograd kernel reads U, transformed and packed once by
-convgen.bound.prepare_weight; every other plan, and LLVM, reads the weight as given.
+A bound Winograd kernel (C or LLVM) reads U, transformed and packed once by
+convgen.bound.prepare_weight; every other plan reads the weight as given.
 Each is compared with the oracle over random specs and schedules.
 """
 
@@ -75,14 +75,16 @@ TRANSFORM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("spec, schedule", TRANSFORM_CASES)
-def test_bound_transform_plans_match_oracle(spec, schedule):
-    bound = check_bound(spec, "c", schedule, seed=3)
+def test_bound_transform_plans_match_oracle(spec, schedule, backend):
+    bound = check_bound(spec, backend, schedule, seed=3)
     plan = make_plan(spec, schedule)
     if schedule.method == "winograd":
         assert bound.weight.shape == (plan.groups, plan.winograd.products, plan.cout_g,
                                       plan.cin_g)
         assert "w holds U, transformed at load" in bound.source
+        assert prepares(plan, backend)
     else:
         assert bound.weight.shape == spec.weight_shape
 

@@ -1,4 +1,4 @@
-"""The transform-GEMM plans on the C backend: Winograd F(m, r) and 1x1 convolution as a GEMM.
+"""The transform-GEMM plans on both backends: Winograd F(m, r) and 1x1 convolution as a GEMM.
 
 The matrices are checked exactly (Fractions, no compiler); the kernels against the NumPy
 oracle over 1D/2D shapes, kernel sizes, tiles, register tiles, channels with remainders,
@@ -40,10 +40,11 @@ from strategies import ACTIVATION_CHOICES, arrays_for
 PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
 
 
-def run(spec: cg.ConvSpec, schedule: cg.Schedule, seed: int = 0) -> cg.Kernel:
-    """Compile ``spec`` with ``schedule`` on C, check that the plan is the transform-GEMM
-    one asked for, and compare with the oracle."""
-    kernel = compiled(spec, "c", schedule)
+def run(spec: cg.ConvSpec, schedule: cg.Schedule, seed: int = 0,
+        backend: str = "c") -> cg.Kernel:
+    """Compile ``spec`` with ``schedule`` on ``backend``, check that the plan is the
+    transform-GEMM one asked for, and compare with the oracle."""
+    kernel = compiled(spec, backend, schedule)
     plan = make_plan(spec, schedule)
     assert plan.winograd is not None and plan.winograd.method == schedule.method
     check_kernel(kernel, spec, seed)
@@ -206,6 +207,21 @@ def test_winograd_2d_float64_matches_oracle(case):
     run(*case, seed=2)
 
 
+# LLVM (convgen/llvm_wino.py): every patch element gathered through an offset table, so
+# every padding mode and dilation take one path; outputs scattered with the epilogue
+
+@settings(max_examples=12, deadline=None)
+@given(case=winograd_cases(ndim=1))
+def test_winograd_1d_llvm_matches_oracle(case):
+    run(*case, seed=11, backend="llvm")
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=winograd_cases(ndim=2))
+def test_winograd_2d_llvm_matches_oracle(case):
+    run(*case, seed=12, backend="llvm")
+
+
 # id: (input shape, out channels, kernel, spec fields, schedule fields)
 WINOGRAD_CASES = {
     # the default tiles of 3x3 layers; 2 vectors of tiles (tile_co 14) and 1 (tile_co 16)
@@ -256,12 +272,13 @@ WINOGRAD_CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("case", sorted(WINOGRAD_CASES))
-def test_winograd_cases_match_oracle(case):
+def test_winograd_cases_match_oracle(case, backend):
     shape, cout, kernel, fields, schedule_fields = WINOGRAD_CASES[case]
     spec = cg.ConvSpec(shape, cout, kernel, **fields)
     schedule = cg.Schedule(method="winograd", **schedule_fields)
-    source = run(spec, schedule).source
+    source = run(spec, schedule, backend=backend).source
     plan = make_plan(spec, schedule)
     (m_h, m_w), (k_h, k_w) = plan.winograd.tile, plan.kernel[1:]
     assert f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})" in source
@@ -401,6 +418,12 @@ def test_gemm_1d_matches_oracle(case):
     run(*case, seed=6)
 
 
+@settings(max_examples=15, deadline=None)
+@given(case=st.one_of(gemm_cases(ndim=1), gemm_cases(ndim=2)))
+def test_gemm_llvm_matches_oracle(case):
+    run(*case, seed=13, backend="llvm")
+
+
 # id: (input shape, out channels, spec fields, schedule fields)
 GEMM_CASES = {
     # in place: whole blocks only (64 pixels), whole + partial, one partial block only
@@ -423,12 +446,13 @@ GEMM_CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("case", sorted(GEMM_CASES))
-def test_gemm_cases_match_oracle(case):
+def test_gemm_cases_match_oracle(case, backend):
     shape, cout, fields, schedule_fields = GEMM_CASES[case]
     spec = cg.ConvSpec(shape, cout, 1, **fields)
     schedule = cg.Schedule(method="gemm", **schedule_fields)
-    kernel = run(spec, schedule)
+    kernel = run(spec, schedule, backend=backend)
     assert "1x1 convolution as a GEMM" in kernel.source
     in_place = math.prod(spec.stride) == 1 and all(p == (0, 0) for p in spec.padding)
     assert (make_plan(spec, schedule).winograd.staged_in == (0, 0)) == in_place
@@ -524,10 +548,11 @@ def test_winograd_largest_legal_tiles_resolve():
 
 @pytest.mark.parametrize("spec, method", [(spec_with(), "winograd"),
                                           (spec_with(kernel_size=1, padding=0), "gemm")])
-def test_llvm_backend_rejects_transform_methods(spec, method):
-    with pytest.raises(cg.ScheduleError) as info:
-        cg.compile(spec, backend="llvm", schedule=cg.Schedule(method=method))
-    assert info.value.field == "method" and "llvm" in info.value.rule
+def test_llvm_source_names_the_transform_methods(spec, method):
+    kernel = compiled(spec, "llvm", cg.Schedule(method=method))
+    assert ("Winograd F(" if method == "winograd" else "1x1 convolution as a GEMM") \
+        in kernel.source
+    check_kernel(kernel, spec, seed=14)
 
 
 # -- the schedule's serialization ------------------------------------------------------------
@@ -570,7 +595,7 @@ def test_default_schedule_picks_winograd_for_3x3_layers_with_16_channels():
         assert schedule.tile_spatial in ((4, 4), (2, 2))
         assert schedule.tile_co <= MAX_CO_ROWS
         schedule.resolve(spec)
-        assert default_schedule(spec, "llvm").method == "direct"
+        assert default_schedule(spec, "llvm") == schedule
         assert cg.Schedule.from_dict(schedule.to_dict()) == schedule
 
 
@@ -582,7 +607,7 @@ def test_default_schedule_picks_gemm_for_1x1_layers_with_256_pixels():
         schedule = default_schedule(spec, "c")
         assert schedule.method == "gemm", spec
         schedule.resolve(spec)
-        assert default_schedule(spec, "llvm").method == "direct"
+        assert default_schedule(spec, "llvm") == schedule
 
 
 @pytest.mark.parametrize("spec", [
@@ -659,8 +684,9 @@ def test_explain_describes_the_transform_plans(tmp_path, capsys, monkeypatch):
     assert "1x1 convolution as a GEMM" in pointwise
     assert "Winograd F(3, 5)" in from_file and "schedule (from the spec file)" in from_file
     assert main(["explain", str(path), "--backend", "llvm"]) == 0
-    out = capsys.readouterr().out
-    assert "Winograd F(4x4" not in out and "GEMM" not in out.split("wino_from_file")[0]
+    wino, pointwise, from_file = _entries(capsys.readouterr().out)
+    assert "Winograd F(4x4, 3x3)" in wino and "table of element offsets" in wino
+    assert "1x1 convolution as a GEMM" in pointwise and "Winograd F(3, 5)" in from_file
 
 
 def _entries(out: str) -> list[str]:
@@ -691,11 +717,12 @@ class ResidualNet(nn.Module):
         return self.project(h)
 
 
+@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("dtype, threads", [("float32", None), ("float64", 2)])
-def test_network_runs_winograd_and_gemm_by_default(dtype, threads):
+def test_network_runs_winograd_and_gemm_by_default(dtype, threads, backend):
     nn.manual_seed(0)
     net = ResidualNet()
-    model = net.compile(input_shape=(2, 16, 16, 16), backend="c", dtype=dtype,
+    model = net.compile(input_shape=(2, 16, 16, 16), backend=backend, dtype=dtype,
                         threads=threads)
     convs = {step.name: step for step in model._lowered.steps if step.plan is not None}
     methods = {name: step.plan.winograd.method if step.plan.winograd else "direct"
@@ -716,14 +743,15 @@ def test_network_runs_winograd_and_gemm_by_default(dtype, threads):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
 
+@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_network_packs_winograd_weights_in_register_tiles(threads):
+def test_network_packs_winograd_weights_in_register_tiles(threads, backend):
     """A network's U is packed per register tile (28 channels, then the remainder); at 2
     threads the single block's output channels are split between them."""
     nn.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(16, 40, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(40, 61, 3, padding=1, bias=False))
-    model = net.compile(input_shape=(1, 16, 8, 8), backend="c", threads=threads)
+    model = net.compile(input_shape=(1, 16, 8, 8), backend=backend, threads=threads)
     plans = [step.plan for step in model._lowered.steps if step.plan is not None]
     assert [p.winograd.method for p in plans] == ["winograd", "winograd"]
     assert [p.winograd.co_rows for p in plans] == [28, 28]  # 40 = 28 + 12, 61 = 2 x 28 + 5

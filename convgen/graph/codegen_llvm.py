@@ -375,8 +375,9 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
     functions = []
     for step in lowered.steps:
         if step.kind == "conv":
-            functions.append(add_conv_function(module, step.plan, step.function,
-                                               residual=step.consts["residual"], internal=True))
+            functions.append(add_conv_function(
+                module, step.plan, step.function, residual=step.consts["residual"],
+                internal=True, pretransformed=step.consts["pretransformed"]))
         else:
             functions.append(_op_function(module, step, c_type))
     entry = IRFunction(module, symbol, c_type, 1, ("params", "arena"),
@@ -400,7 +401,8 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
             if step.consts["residual"]:
                 args.append(ins[1])
             args.append(out)
-            if step.plan.threads > 1 and openmp_available():
+            # (a transform-GEMM conv opens its own parallel region)
+            if step.plan.threads > 1 and openmp_available() and step.plan.winograd is None:
                 _call_parallel(entry, module, function, step, c_type, args)
                 continue
             args += [i64(0), i64(step.consts["jobs"])]
