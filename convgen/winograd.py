@@ -21,7 +21,8 @@ hold d adjacent outputs; only zero padding is supported (the patches are masked 
 A 1x1 convolution is the same plan with identity transforms (``m = alpha = 1``): a GEMM
 over the output pixels (method "gemm").
 
-Only the C backend has these plans; the planner's tables say where each tile's input
+Both backends build these plans (templates/c/conv_wino_function.j2, convgen/llvm_wino.py);
+the planner's tables say where each tile's input
 patch starts in a zero-padded staged copy of the input and where its outputs go.
 """
 

@@ -168,14 +168,13 @@ def test_schedule_validation_and_default():
     lanes = cg.cpu.vector_lanes("float32")
     assert sched.tile_co == (8 if 32 // lanes == 2 else 16)
     assert default_w_schedule(spec.replace(stride=2)).tile_co == 16  # gathers shared
-    # C: Winograd F(4x4, 3x3), 28 channels x 1 vector of tiles (see test_winograd.py)
+    # Winograd F(4x4, 3x3), 28 channels x 1 vector of tiles (see test_winograd.py)
     wino = default_schedule(spec)
-    assert wino == default_schedule(spec, "c")
+    assert wino == default_schedule(spec, "c") == default_schedule(spec, "llvm")
     assert (wino.method, wino.tile_co, wino.tile_spatial) == ("winograd", 28, (4, 4))
-    # llvm, and C with stride 2: vectorized over output channels, 1 vector x 28 columns
-    # (clamped to the 20 of a strided row)
-    # (transposed: 2 vectors x 12)
-    co = default_schedule(spec, "llvm")
+    # 5x5 (no Winograd default), and stride 2: vectorized over output channels, 1 vector x
+    # 28 columns (clamped to the 20 of a strided row) (transposed: 2 vectors x 12)
+    co = default_schedule(spec.replace(kernel_size=5, padding=2), "llvm")
     strided = default_schedule(spec.replace(stride=2), "c")
     assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", lanes, (1, 20))
     assert co.vectorize == "co" and co.tile_co == lanes and co.tile_spatial == (1, 28)
