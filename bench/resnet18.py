@@ -6,7 +6,8 @@ The same architecture is written once and instantiated with torch.nn and with
 convgen.nn; convgen loads torch's state_dict (BatchNorm statistics randomized,
 so folding is exercised) and every result is checked against torch's output.
 Runtimes are timed interleaved (convgen.bench.measure_interleaved: --repeats rounds, each
-giving every runtime a warm-up and two timed calls), the median per thread count.
+giving every runtime a warm-up (50 ms of calls) and two timed calls), the
+median per thread count.
 ONNX Runtime runs the model exported by torch.onnx (skipped, and said so, when
 onnx/onnxruntime are not installed: pip install -e '.[bench]'); convgen also imports
 that ONNX file with cg.from_onnx ("convgen c (from ONNX)").

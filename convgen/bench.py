@@ -7,7 +7,8 @@ installed peer
 (:mod:`convgen.bench_peers`), layer by layer, interleaved (:func:`measure_interleaved`):
 one checked call per runtime, then ``repeat`` rounds in which each runtime in turn gets a
 warm-up call and two timed calls (the median of all is reported) and, with several
-threads, a short pause so its spinning pool threads do not eat into the next one's time.
+threads, a short pause so its spinning pool threads do not eat into the next one's time;
+the warm-up lasts WARMUP_S (calls repeated), so every runtime is timed in its steady state.
 On a shared machine a slow spell then falls on every runtime alike. Every
 output is compared with :func:`convgen.reference`. :func:`measure_peak` times a
 generated microkernel of independent FMA chains; :func:`measure_bandwidth` a large copy.
@@ -41,7 +42,15 @@ from .tolerance import max_error, tolerance
 # slower inside the bench than alone (6.7 vs 1.1 ms on the 3x3/2 layer), sharing the
 # second vCPU with a spinner; with 200 ms, 1.1 ms.
 PAUSE_S = 0.2
-ROUND_CALLS = 2         # timed calls per runtime and round (after one warm-up call)
+# Each runtime's warm-up in a round runs for at least this long (every runtime alike), so
+# that the timed calls see it in its steady state: on this 2-vCPU VM the first few 2-thread
+# calls after the pause ran 2-20x slower (the woken pool thread shares the caller's vCPU
+# until the scheduler moves it: the 3x3/2 layer 0.42 ms back to back, 0.9 ms median and up
+# to 8 ms in the 3 calls after a pause, 0.48 ms after 50 ms of warm-up calls); at 1 thread
+# one warm-up call left the 512@7 layer's transformed weights half out of cache (1.42 ms
+# against 1.04 after 50 ms; ONNX Runtime 1.73 against 1.65).
+WARMUP_S = 0.05
+ROUND_CALLS = 2         # timed calls per runtime and round (after the warm-up)
 SLOW_RATIO = 0.8        # layers whose ratio to the fastest peer is below this are counted
 CONVGEN = "convgen"
 PEAK_SECONDS = 0.2      # per peak measurement
@@ -149,15 +158,19 @@ def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
 
 
 def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = PAUSE_S,
-                        calls: int = ROUND_CALLS) -> dict[str, tuple[list[float], Any]]:
+                        calls: int = ROUND_CALLS, warmup: float | None = None
+                        ) -> dict[str, tuple[list[float], Any]]:
     """Time several runtimes on one job, interleaved: ``repeat`` rounds, each giving every
-    runtime in turn (the order rotates every round) one warm-up call and ``calls`` timed
-    calls, then ``pause`` seconds so its spinning pool threads go to sleep.
+    runtime in turn (the order rotates every round) warm-up calls (one, and more until
+    ``warmup`` seconds have passed; default WARMUP_S) and
+    ``calls`` timed calls, then ``pause`` seconds so its spinning pool threads go to sleep.
 
     Returns, per runtime, the timed calls' seconds and the first call's output; a runtime
     that raises gives the exception instead. A shared machine's slow spells then fall on
     every runtime alike instead of on whichever ran during them.
     """
+    if warmup is None:
+        warmup = WARMUP_S
     results: dict[str, tuple[list[float], Any]] = {}
     live: list[str] = []
     for name, runner in runners.items():
@@ -171,7 +184,10 @@ def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = 
         for name in order:
             runner = runners[name]
             try:
+                until = time.perf_counter() + warmup
                 runner.call()
+                while time.perf_counter() < until:
+                    runner.call()
                 for _ in range(calls):
                     start = time.perf_counter()
                     runner.call()

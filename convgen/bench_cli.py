@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from . import config
-from .bench import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, SLOW_RATIO, LayerResult, \
-    Peers, bench_layers, fma_probe, geometric_mean, measure_bandwidth, measure_interleaved, \
-    measure_peak
+from .bench import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, SLOW_RATIO, WARMUP_S, \
+    LayerResult, Peers, bench_layers, fma_probe, geometric_mean, measure_bandwidth, \
+    measure_interleaved, measure_peak
 from .bench_peers import Runner
 from .cache import cpu_identity
 from .cli_args import positive_int, shape_arg
@@ -61,7 +61,8 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
                    help="comma-separated thread counts (default: 1 and "
                         "$CONVGEN_NUM_THREADS or the CPU count)")
     p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
-                   help="interleaved rounds per layer; each runtime gets one warm-up and "
+                   help="interleaved rounds per layer; each runtime gets warm-up calls "
+                        f"({WARMUP_S * 1e3:g} ms of them) and "
                         f"{ROUND_CALLS} timed calls per round; the median is reported "
                         "(default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="write every measurement as JSON")
@@ -124,7 +125,8 @@ def run_bench(args: argparse.Namespace) -> int:
     entries, title = _layer_entries(args, threads, peers, networks)
     print(f"\n{title}: {len(entries)} convolution{'s' if len(entries) != 1 else ''}; "
           f"runtimes interleaved per layer: {args.repeat} round{'s' if args.repeat != 1 else ''}"
-          f" of one warm-up + {ROUND_CALLS} timed calls each, the median; inputs and outputs "
+          f" of warm-up ({WARMUP_S * 1e3:g} ms of calls) + {ROUND_CALLS}"
+          " timed calls each, the median; inputs and outputs "
           "NC(D)(H)W "
           "for all (torch_cl counts its layout conversions)")
     results = run_tables(entries, threads, args.backend, args.repeat, peers, peaks)
@@ -213,7 +215,8 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
 
     ort = peers.ort if peers is not None and ort_model is not None else None
     graph = x = want = None
-    print(f"\nnetwork {path}: end-to-end latency, {repeat} interleaved rounds (convgen, ort) of one warm-up + "
+    print(f"\nnetwork {path}: end-to-end latency, {repeat} interleaved rounds (convgen, ort) of "
+          f"warm-up ({WARMUP_S * 1e3:g} ms of calls) + "
           f"{ROUND_CALLS} timed calls, the median; "
           f"check: max |y - oracle| / max |oracle| <= {NETWORK_TOLERANCE:g}")
     if ort_model is not None and ort is None:

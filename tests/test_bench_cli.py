@@ -200,3 +200,37 @@ def test_layers_toml_is_the_issue_list():
     assert entries["c1d_k3d8_64_16000"].output_shape == (1, 64, 16000)
     assert entries["mbv2_dw3x3_144_56"].groups == 144
     assert entries["r18_3x3_64_56_n8"].batch == 8
+
+
+def test_interleaved_rounds_warm_up_for_the_given_time():
+    """Each runtime's round: warm-up calls (one, more until ``warmup`` seconds passed), then
+    the timed calls; the order rotates; a runtime that raises is dropped with its error."""
+    import time
+
+    log = []
+
+    def runner(name, seconds=0.0):
+        def call():
+            log.append(name)
+            time.sleep(seconds)
+            return np.zeros(1)
+        return Runner(call)
+
+    def broken():
+        if log.count("bad") > 0:
+            raise RuntimeError("boom")
+        log.append("bad")
+        return np.zeros(1)
+
+    timed = bench.measure_interleaved({"a": runner("a", 0.002), "b": runner("b"),
+                                       "bad": Runner(broken)},
+                                      repeat=3, pause=0.001, calls=2, warmup=0.02)
+    assert len(timed["a"][0]) == len(timed["b"][0]) == 6  # 3 rounds x 2 timed calls
+    assert isinstance(timed["bad"][1], RuntimeError) and timed["bad"][0] == []
+    # a: 1 checked call, then per round >= 0.02 s of 2 ms calls (>= 5) + 2 timed
+    assert log.count("a") >= 1 + 3 * (5 + 2)
+    assert log[:3] == ["a", "b", "bad"]  # the checked calls, in order
+    # no warm-up time: one warm-up call per round
+    log.clear()
+    bench.measure_interleaved({"a": runner("a")}, repeat=4, pause=0.0, calls=2, warmup=0.0)
+    assert log.count("a") == 1 + 4 * (1 + 2)
