@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
 from convgen import nn as cnn  # noqa: E402
-from convgen.bench import PAUSE_S, ROUND_CALLS, measure_interleaved  # noqa: E402
+from convgen.bench import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved  # noqa: E402
 from convgen.bench_peers import Runner  # noqa: E402
 
 
@@ -109,8 +109,9 @@ def main() -> int:
         ort, onnx_bytes = None, None
         print(f"onnxruntime: not measured ({type(exc).__name__}: {exc})")
 
-    print(f"ResNet-18 {shape}, batch 1; runtimes interleaved: {args.repeats} rounds of one "
-          f"warm-up + {ROUND_CALLS} timed calls each, the median (ms)")
+    print(f"ResNet-18 {shape}, batch 1; runtimes interleaved: {args.repeats} rounds of "
+          f"{WARMUP_S * 1e3:g} ms of warm-up calls + {ROUND_CALLS} timed calls each, the "
+          "median (ms)")
     print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
     for threads in args.threads:
         torch.set_num_threads(threads)
