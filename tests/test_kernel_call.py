@@ -166,15 +166,20 @@ SCRATCH = cg.ConvSpec(input_shape=(2, 16, 12, 12), out_channels=16, kernel_size=
                       padding=1)
 
 
-@pytest.mark.parametrize("spec, schedule", [
-    (SCRATCH, cg.Schedule(tile_co=14, tile_spatial=(4, 4), method="winograd", threads=2)),
-    (SCRATCH.replace(kernel_size=1, padding=1), cg.Schedule(tile_co=8, method="gemm")),
-    (SCRATCH, cg.Schedule(tile_co=16, tile_spatial=(1, 12), vectorize="co", threads=2)),
-], ids=["winograd", "gemm-staged", "co"])
-def test_kernels_with_scratch_from_four_threads(spec, schedule):
-    """Kernels whose scratch is kept per calling thread (templates/c/workspace.j2) give
-    each thread its own: calls from four threads at once all match the oracle."""
-    kernel = compiled(spec, "c", schedule)
+@pytest.mark.parametrize("spec, schedule, backend", [
+    (SCRATCH, cg.Schedule(tile_co=14, tile_spatial=(4, 4), method="winograd", threads=2), "c"),
+    (SCRATCH.replace(kernel_size=1, padding=1), cg.Schedule(tile_co=8, method="gemm"), "c"),
+    (SCRATCH, cg.Schedule(tile_co=16, tile_spatial=(1, 12), vectorize="co", threads=2), "c"),
+    (SCRATCH, cg.Schedule(tile_co=14, tile_spatial=(4, 4), method="winograd", threads=2),
+     "llvm"),
+    (SCRATCH.replace(kernel_size=1, padding=1), cg.Schedule(tile_co=8, method="gemm",
+                                                            threads=2), "llvm"),
+], ids=["winograd", "gemm-staged", "co", "llvm-winograd", "llvm-gemm-staged"])
+def test_kernels_with_scratch_from_four_threads(spec, schedule, backend):
+    """Kernels whose scratch is kept per calling thread (C: templates/c/workspace.j2) or
+    allocated per call (LLVM) give each thread its own: calls from four threads at once,
+    each opening its own OpenMP team where the kernel has one, all match the oracle."""
+    kernel = compiled(spec, backend, schedule)
     cases = [arrays_for(spec, seed) for seed in range(8)]
 
     def work(i: int) -> list[np.ndarray]:
@@ -185,7 +190,7 @@ def test_kernels_with_scratch_from_four_threads(spec, schedule):
     for case, ys in zip(cases, results):
         for y in ys:
             assert_matches_oracle(spec, y, *case)
-    assert "_workspace(" in kernel.source
+    assert ("_workspace(" if backend == "c" else "aligned_alloc") in kernel.source
 
 
 def _long_kernel(backend):
