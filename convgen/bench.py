@@ -214,9 +214,8 @@ def bench_schedule(spec: ConvSpec, backend: str, threads: int,
     tuned = best_record(spec, backend, bound=True)
     if tuned is not None:
         return dataclasses.replace(tuned, threads=threads), f"tuned at {tuned.threads}t"
-    base = default_schedule(spec, backend, prepared_weights=True)
     used = threads if spec.flops >= PARALLEL_FLOPS else 1
-    return dataclasses.replace(base, threads=used), "default"
+    return default_schedule(spec, backend, prepared_weights=True, threads=used), "default"
 
 
 def convgen_runner(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,

@@ -199,17 +199,22 @@ PARALLEL_FLOPS = 4_000_000
 
 
 def default_schedule(spec: ConvSpec, backend: str = "c",
-                     prepared_weights: bool = False) -> Schedule:
-    """The untuned fallback for ``backend`` ("c" or "llvm").
+                     prepared_weights: bool = False, threads: int | None = None) -> Schedule:
+    """The untuned fallback for ``backend`` ("c" or "llvm") on ``threads`` threads.
 
     A transform-GEMM plan where :func:`default_transform_schedule` finds one
     (``prepared_weights``: the weights are constants transformed once, as in networks).
     Otherwise vectorize over output channels (vectorize="co", see
     :func:`default_co_schedule`) when :func:`prefers_co` (on both backends, transposed
-    convolutions too), otherwise over output columns (:func:`default_w_schedule`). Every
-    core ($CONVGEN_NUM_THREADS) for kernels of at least PARALLEL_FLOPS.
+    convolutions too), otherwise over output columns (:func:`default_w_schedule`).
+    ``threads`` None: every core ($CONVGEN_NUM_THREADS) for kernels of at least
+    PARALLEL_FLOPS, else one (the thread count also picks between plans: see
+    PARALLEL_WINOGRAD_WEIGHT_BYTES).
     """
-    threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
+    if threads is None:
+        threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
     threads = min(threads, MAX_THREADS)
     transform = default_transform_schedule(spec, threads, prepared_weights)
     if transform is not None:
@@ -294,8 +299,16 @@ GEMM_MIN_PIXELS = 256
 # group, rebuilt in every call) fit this many bytes, and at least this share of the lanes of
 # the tile blocks hold a tile.
 WINOGRAD_WEIGHT_BYTES = 1 << 20
-# ... and when the network transforms them once at load (convgen.graph): any size
+# ... and when the network transforms them once at load (convgen.graph): any size at one
+# thread; at 2+ threads up to PARALLEL_WINOGRAD_WEIGHT_BYTES. A network reads each layer's
+# U once per call, from memory (ResNet-18's add up to ~96 MB, the last level cache holds
+# ~32 MB here), and threads share the memory bandwidth while they split the arithmetic
+# that Winograd saves: ResNet-18 at 2 threads (interleaved, 15 rounds) 13.15 ms with
+# layer4's 3x3 layers on Winograd F(2x2) (16.8 MB of U each), 12.35 ms with them direct
+# (9.4 MB of weights each), 12.24 ms with layer3's direct too; at 1 thread 21.17, 21.64
+# and 22.67 ms (so the 1-thread limit stays).
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
+PARALLEL_WINOGRAD_WEIGHT_BYTES = 10 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
 
 
@@ -342,7 +355,12 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
         return None
     block = tile_vectors(rows) * lanes
     itemsize = 4 if spec.dtype == "float32" else 8
-    limit = PREPARED_WINOGRAD_WEIGHT_BYTES if prepared_weights else WINOGRAD_WEIGHT_BYTES
+    if not prepared_weights:
+        limit = WINOGRAD_WEIGHT_BYTES
+    elif threads > 1:
+        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES
+    else:
+        limit = PREPARED_WINOGRAD_WEIGHT_BYTES
     for m in sizes:  # outputs per tile and dim, the largest that fits first
         tiles = math.prod(grid_size(o, d, m) for o, d in zip(spec.output_spatial, spec.dilation))
         lane_use = tiles / (-(-tiles // block) * block)

@@ -175,8 +175,7 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
         [(r,) for r in rows] if rows else [()]
 
     # the default's tiles and plan at the thread count being tuned, like every candidate
-    default = dataclasses.replace(default_schedule(spec, backend, prepared_weights=bound),
-                                  threads=threads)
+    default = default_schedule(spec, backend, prepared_weights=bound, threads=threads)
     seen = {_resolved(spec, default)}
     transforms = []
     for schedule in _transform_candidates(spec, threads):

@@ -599,6 +599,29 @@ def test_default_schedule_picks_winograd_for_3x3_layers_with_16_channels():
         assert cg.Schedule.from_dict(schedule.to_dict()) == schedule
 
 
+def test_prepared_weights_limit_winograd_at_two_threads():
+    """Weights prepared once (networks, bind): any U at 1 thread; at 2+ threads U up to
+    PARALLEL_WINOGRAD_WEIGHT_BYTES (ResNet-18's 512@7 layers go direct, 256@14 stay F4)."""
+    from convgen.graph.compile import _conv_schedules
+
+    deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
+    mid = cg.ConvSpec((1, 256, 14, 14), 256, 3, padding=1)
+    for backend in ("c", "llvm"):
+        one = default_schedule(deep, backend, prepared_weights=True, threads=1)
+        assert (one.method, one.tile_spatial, one.threads) == ("winograd", (2, 2), 1)
+        two = default_schedule(deep, backend, prepared_weights=True, threads=2)
+        assert (two.method, two.vectorize, two.threads) == ("direct", "co", 2)
+        assert default_schedule(mid, backend, prepared_weights=True, threads=2).tile_spatial \
+            == (4, 4)
+    assert default_schedule(deep, threads=1).method == "direct"  # U over 1 MiB, per call
+    with pytest.raises(ValueError, match="threads"):
+        default_schedule(deep, threads=0)
+    nn.manual_seed(0)
+    graph = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1)).trace((1, 512, 7, 7))
+    assert [s.method for s in _conv_schedules(graph, 1, "c").values()] == ["winograd"]
+    assert [s.method for s in _conv_schedules(graph, 2, "c").values()] == ["direct"]
+
+
 def test_default_schedule_picks_gemm_for_1x1_layers_with_256_pixels():
     for spec in [cg.ConvSpec((1, 8, 16, 16), 8, 1),
                  cg.ConvSpec((1, 144, 56, 56), 24, 1, bias=False),

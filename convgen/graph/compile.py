@@ -52,7 +52,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             if dtype is not None:
                 spec = spec.replace(dtype=dtype)
             # networks transform Winograd weights once, at load (graph.lower)
-            default = default_schedule(spec, backend or "c", prepared_weights=True)
+            default = default_schedule(spec, backend or "c", prepared_weights=True,
+                                       threads=threads)
             base = None
             if backend is not None:
                 base = best_record(spec, backend, threads, bound=True) or \
