@@ -88,11 +88,13 @@ def _load_llvm(artifact: Artifact, plan: Plan) -> Loaded:
     from .llvm_builder import load_object
     from .llvm_wino import uses_openmp
 
+    # a transform-GEMM kernel shares its jobs over OpenMP threads itself where it can; the
+    # OpenMP runtime is loaded first (an object loaded from a compile_to directory was
+    # rendered in another process)
+    inside = plan.winograd is not None and uses_openmp(plan)
     address, engine = load_object(artifact.path, artifact.symbol)
     ffi = cffi.FFI()
     function = ffi.cast(artifact.pointer_type, address)
-    # a transform-GEMM kernel shares its jobs over OpenMP threads itself where it can
-    inside = plan.winograd is not None and uses_openmp(plan)
     return Loaded(ffi, function, (engine,), 1 if inside else plan.threads)
 
 

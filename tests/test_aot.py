@@ -117,6 +117,26 @@ def test_load_without_a_compiler_in_a_new_process(aot_dir, tmp_path):
     assert not cache_dir.exists() or not any(cache_dir.rglob("*")), "load wrote to the cache"
 
 
+LLVM_ENTRIES = [
+    ("wino", cg.ConvSpec((1, 16, 12, 12), 16, 3, padding=1),
+     cg.Schedule(tile_co=14, tile_spatial=(4, 4), threads=2, method="winograd")),
+    ("gemm", cg.ConvSpec((1, 16, 9, 9), 8, 1, stride=2),
+     cg.Schedule(tile_co=8, threads=2, method="gemm")),
+]
+
+
+def test_llvm_transform_kernels_load_in_a_new_process(tmp_path):
+    """LLVM objects whose kernels open an OpenMP team (Winograd, GEMM at 2 threads) load in
+    a process that never rendered them (the OpenMP runtime is loaded first)."""
+    directory = tmp_path / "aot-llvm"
+    cg.compile_to(LLVM_ENTRIES, directory, backend="llvm")
+    assert "GOMP_parallel" in (directory / "wino.ll").read_text()
+    env = subprocess_env(tmp_path / "fresh-cache")
+    output = run_python(LOAD_CODE.format(directory=str(directory)), env, cwd=tmp_path)
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    assert {name: result[name] for name in ("wino", "gemm")} == {"wino": True, "gemm": True}
+
+
 def test_mapping_form(tmp_path):
     spec, _ = expected()["grouped_relu"]
     schedule = cg.Schedule(tile_co=1)
