@@ -146,6 +146,44 @@ class IRFunction:
     def store_vec(self, value, pointer):
         self.b.store(value, self.b.bitcast(pointer, self.vec.as_pointer()), align=self.itemsize)
 
+    # -- masked vector memory access (lanes off: not touched, read as zero) ----------
+    def offset_pointers(self, base, offsets):
+        """(<VL x T*> &base[offsets] with -1 offsets at base, <VL x i1> offsets >= 0) for
+        ``offsets`` a <VL x i32>: what a masked gather or scatter through a table takes."""
+        b = self.b
+        vec64 = ir.VectorType(I64, self.lanes)
+        valid = b.icmp_signed(">=", offsets, ir.Constant(self.ivec, [0] * self.lanes))
+        safe = b.select(valid, b.sext(offsets, vec64), ir.Constant(vec64, [0] * self.lanes))
+        address = b.add(self.splat(b.ptrtoint(base, I64), vec64),
+                        b.mul(safe, ir.Constant(vec64, [self.itemsize] * self.lanes)))
+        return b.inttoptr(address, ir.VectorType(self.scalar.as_pointer(), self.lanes)), valid
+
+    def masked_gather(self, pointers, mask):
+        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
+        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
+                                self.vec, [ptr_vec, I32, self.mask_type, self.vec])
+        return self.b.call(gather, [pointers, i32(self.itemsize), mask, self.zero()])
+
+    def masked_scatter(self, value, pointers, mask) -> None:
+        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
+        scatter = self.intrinsic(f"llvm.masked.scatter.v{self.lanes}{self.suffix}.v{self.lanes}p0",
+                                 ir.VoidType(), [self.vec, ptr_vec, I32, self.mask_type])
+        self.b.call(scatter, [value, pointers, i32(self.itemsize), mask])
+
+    def masked_load(self, pointer, mask):
+        """The lanes of ``mask`` from the vector at scalar pointer ``pointer``, else 0."""
+        vec_ptr = self.vec.as_pointer()
+        load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0", self.vec,
+                              [vec_ptr, I32, self.mask_type, self.vec])
+        return self.b.call(load, [self.b.bitcast(pointer, vec_ptr), i32(self.itemsize), mask,
+                                  self.zero()])
+
+    def masked_store(self, value, pointer, mask) -> None:
+        vec_ptr = self.vec.as_pointer()
+        store = self.intrinsic(f"llvm.masked.store.v{self.lanes}{self.suffix}.p0",
+                               ir.VoidType(), [self.vec, vec_ptr, I32, self.mask_type])
+        self.b.call(store, [value, self.b.bitcast(pointer, vec_ptr), i32(self.itemsize), mask])
+
     def scalar_intrinsic(self, name: str, arity: int = 1) -> ir.Function:
         return self.intrinsic(f"llvm.{name}.{self.suffix}", self.scalar, [self.scalar] * arity)
 

@@ -177,25 +177,12 @@ class _KernelIR(IRFunction):
         b.comment("consecutive where valid (padding lanes off): masked load")
         idx = b.load(idx_ptr, align=4)
         mask = b.icmp_signed(">=", idx, ir.Constant(self.ivec, [0] * self.lanes))
-        masked_load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
-                                     self.vec, [vec_ptr, I32, self.mask_type, self.vec])
-        masked = b.call(masked_load, [b.bitcast(self.element(xrow, base), vec_ptr),
-                                      i32(self.itemsize), mask, zero_vec])
+        masked = self.masked_load(self.element(xrow, base), mask)
         b.branch(done)
 
         b.position_at_end(gather_bb)
         b.comment("arbitrary columns (stride, reflect/circular border): masked gather")
-        idx = b.load(idx_ptr, align=4)
-        mask = b.icmp_signed(">=", idx, ir.Constant(self.ivec, [0] * self.lanes))
-        vec64 = ir.VectorType(I64, self.lanes)
-        safe = b.select(mask, b.sext(idx, vec64), ir.Constant(vec64, [0] * self.lanes))
-        address = b.add(self.splat(b.ptrtoint(xrow, I64), vec64),
-                        b.mul(safe, ir.Constant(vec64, [self.itemsize] * self.lanes)))
-        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
-        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
-                                self.vec, [ptr_vec, I32, self.mask_type, self.vec])
-        gathered = b.call(gather, [b.inttoptr(address, ptr_vec), i32(self.itemsize), mask,
-                                   zero_vec])
+        gathered = self.masked_gather(*self.offset_pointers(xrow, b.load(idx_ptr, align=4)))
         b.branch(done)
 
         b.position_at_end(even_bb)
@@ -222,11 +209,6 @@ class _KernelIR(IRFunction):
         p, b = self.plan, self.b
         od_n, oh_n, ow_n = p.out_size
         out_volume = od_n * oh_n * ow_n
-        store = self.intrinsic(f"llvm.masked.store.v{self.lanes}{self.suffix}.p0",
-                               ir.VoidType(), [self.vec, self.vec.as_pointer(), I32,
-                                               self.mask_type])
-        load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0",
-                              self.vec, [self.vec.as_pointer(), I32, self.mask_type, self.vec])
         b.comment(f"epilogue: bias, {p.spec.activation or 'no activation'}, masked store")
         row_offset = b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)), i64(ow_n))
         for co, row in enumerate(acc):
@@ -245,13 +227,11 @@ class _KernelIR(IRFunction):
                     if self.out_columns is None:  # consecutive columns: masked vector access
                         offset = b.add(start, first)
                         if residual is not None:
-                            value = b.fadd(value, b.call(load, [
-                                self.vector_pointer(residual, offset), i32(self.itemsize),
-                                mask, self.zero()]))
+                            value = b.fadd(value, self.masked_load(
+                                self.element(residual, offset), mask))
                         value = self.activation(value, p.spec.activation,
                                                 p.spec.activation_args)
-                        b.call(store, [value, self.vector_pointer(y, offset),
-                                       i32(self.itemsize), mask])
+                        self.masked_store(value, self.element(y, offset), mask)
                     else:  # stride phases: the columns come from the out_col table
                         if residual is not None:
                             value = b.fadd(value, self.gather_row(residual, start, first, mask))
@@ -259,36 +239,18 @@ class _KernelIR(IRFunction):
                                                 p.spec.activation_args)
                         self.scatter_row(value, y, start, first, mask)
 
-    def vector_pointer(self, base, offset):
-        return self.b.bitcast(self.element(base, offset), self.vec.as_pointer())
-
     def _column_pointers(self, base, start, first):
         """<VL x T*>: &base[start + out_col[first + lane]] (lanes past the row: column 0)."""
         b = self.b
-        vec64 = ir.VectorType(I64, self.lanes)
         idx_ptr = b.bitcast(b.gep(self.out_columns, [i64(0), first], inbounds=True),
                             self.ivec.as_pointer())
-        cols = b.load(idx_ptr, align=4)
-        valid = b.icmp_signed(">=", cols, ir.Constant(self.ivec, [0] * self.lanes))
-        cols = b.select(valid, b.sext(cols, vec64), ir.Constant(vec64, [0] * self.lanes))
-        row = b.ptrtoint(self.element(base, start), I64)
-        address = b.add(self.splat(row, vec64),
-                        b.mul(cols, ir.Constant(vec64, [self.itemsize] * self.lanes)))
-        return b.inttoptr(address, ir.VectorType(self.scalar.as_pointer(), self.lanes))
+        return self.offset_pointers(self.element(base, start), b.load(idx_ptr, align=4))[0]
 
     def gather_row(self, base, start, first, mask):
-        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
-        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
-                                self.vec, [ptr_vec, I32, self.mask_type, self.vec])
-        return self.b.call(gather, [self._column_pointers(base, start, first),
-                                    i32(self.itemsize), mask, self.zero()])
+        return self.masked_gather(self._column_pointers(base, start, first), mask)
 
     def scatter_row(self, value, base, start, first, mask) -> None:
-        ptr_vec = ir.VectorType(self.scalar.as_pointer(), self.lanes)
-        scatter = self.intrinsic(f"llvm.masked.scatter.v{self.lanes}{self.suffix}.v{self.lanes}p0",
-                                 ir.VoidType(), [self.vec, ptr_vec, I32, self.mask_type])
-        self.b.call(scatter, [value, self._column_pointers(base, start, first),
-                              i32(self.itemsize), mask])
+        self.masked_scatter(value, self._column_pointers(base, start, first), mask)
 
 
 def new_module(name: str, triple: str, data_layout: str) -> ir.Module:

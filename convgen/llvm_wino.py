@@ -34,7 +34,7 @@ from llvmlite import ir
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .plan import Plan
 from .spec import source_coordinate
-from .winograd import WinogradPlan
+from .winograd import WinogradPlan, tile_origin
 
 SCRATCH_ALIGN = 64  # bytes
 
@@ -46,10 +46,6 @@ def uses_openmp(plan: Plan) -> bool:
     from .llvm_builder import openmp_available
 
     return openmp_available()
-
-
-def _pad2(values, fill):
-    return (fill,) * (2 - len(values)) + tuple(values)
 
 
 def input_offsets(plan: Plan) -> list[int] | None:
@@ -67,7 +63,7 @@ def input_offsets(plan: Plan) -> list[int] | None:
     if wp.method == "gemm":
         if wp.staged_in == (0, 0):
             return None
-        s_h, s_w = _pad2(spec.stride, 1)
+        s_h, s_w = (1, *spec.stride)[-2:]
         for t in range(wp.blocks * block):
             if t >= count:
                 table.append(-1)
@@ -76,8 +72,7 @@ def input_offsets(plan: Plan) -> list[int] | None:
             c = source_coordinate(t % out_w * s_w - pad_w, in_w, mode)
             table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
         return table
-    (m_h, m_w), (a_h, a_w), (d_h, d_w) = wp.tile, wp.alpha, wp.dilation
-    grid_w = wp.grid[1]
+    (a_h, a_w), (d_h, d_w) = wp.alpha, wp.dilation
     for blk in range(wp.blocks):
         for v in range(wp.vectors):
             for i in range(a_h):
@@ -87,9 +82,7 @@ def input_offsets(plan: Plan) -> list[int] | None:
                         if t >= count:
                             table.append(-1)
                             continue
-                        row, col = t // grid_w, t % grid_w
-                        r0 = row % d_h + d_h * (row // d_h) * m_h
-                        c0 = col % d_w + d_w * (col // d_w) * m_w
+                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
                         r = source_coordinate(r0 - pad_h + i * d_h, in_h, mode)
                         c = source_coordinate(c0 - pad_w + j * d_w, in_w, mode)
                         table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
@@ -112,9 +105,8 @@ def output_offsets(plan: Plan) -> list[int]:
                         if t >= wp.tiles:
                             table.append(-1)
                             continue
-                        row, col = t // wp.grid[1], t % wp.grid[1]
-                        oh = row % d_h + d_h * ((row // d_h) * m_h + a)
-                        ow = col % d_w + d_w * ((col // d_w) * m_w + bb)
+                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
+                        oh, ow = r0 + a * d_h, c0 + bb * d_w
                         table.append(oh * out_w + ow if oh < out_h and ow < out_w else -1)
     return table
 
@@ -139,8 +131,6 @@ class WinoKernelIR(IRFunction):
         self.threads = plan.threads if self.omp else 1
         self.rows = min(wp.co_rows, plan.cout_g)
         self.ptr = self.scalar.as_pointer()
-        self.ptr_vec = ir.VectorType(self.ptr, self.lanes)
-        self.vec64 = ir.VectorType(I64, self.lanes)
         xi = wp.products
         cin, cout = plan.cin_g, plan.cout_g
         self.u_size = plan.groups * xi * cout * cin if self.transform else 0
@@ -221,15 +211,14 @@ class WinoKernelIR(IRFunction):
         if not self.residual:
             residual = None
         if self.omp:
-            query = ir.FunctionType(I32, [])
-            thread = b.sext(b.call(self._declare("omp_get_thread_num", query), []), I64)
-            threads = b.sext(b.call(self._declare("omp_get_num_threads", query), []), I64)
+            thread = b.sext(b.call(self.intrinsic("omp_get_thread_num", I32, []), []), I64)
+            threads = b.sext(b.call(self.intrinsic("omp_get_num_threads", I32, []), []), I64)
         else:
             thread, threads = i64(0), i64(1)
         if self.transform:
             self._transform_weights(w, u_all, thread, threads)
             if self.omp:
-                b.call(self._declare("GOMP_barrier", ir.FunctionType(ir.VoidType(), [])), [])
+                b.call(self.intrinsic("GOMP_barrier", ir.VoidType(), []), [])
         vb = self.element(per_thread, b.mul(thread, i64(self.thread_size)), "vb")
         mb = self.element(vb, i64(self.vb_size), "mb")
         per_image = self.wp.blocks * self.wp.co_parts
@@ -252,19 +241,14 @@ class WinoKernelIR(IRFunction):
         self.function, self.b, self.alloca_builder = outer_function, outer_b, saved_alloca
         return function
 
-    def _declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
-        existing = self.module.globals.get(name)
-        return existing if existing is not None else ir.Function(self.module, fnty, name=name)
-
     def _dynamic_loop(self, jobs, run) -> None:
         """Jobs [0, jobs) handed out one at a time (GOMP_loop_dynamic_start/next)."""
         b = self.b
         long_ptr = I64.as_pointer()
-        start_fn = self._declare("GOMP_loop_dynamic_start", ir.FunctionType(
-            I8, [I64, I64, I64, I64, long_ptr, long_ptr]))
-        next_fn = self._declare("GOMP_loop_dynamic_next", ir.FunctionType(
-            I8, [long_ptr, long_ptr]))
-        end_fn = self._declare("GOMP_loop_end_nowait", ir.FunctionType(ir.VoidType(), []))
+        start_fn = self.intrinsic("GOMP_loop_dynamic_start", I8,
+                                  [I64, I64, I64, I64, long_ptr, long_ptr])
+        next_fn = self.intrinsic("GOMP_loop_dynamic_next", I8, [long_ptr, long_ptr])
+        end_fn = self.intrinsic("GOMP_loop_end_nowait", ir.VoidType(), [])
         first = self.alloca(I64, "chunk.first")
         last = self.alloca(I64, "chunk.last")
         more = self.alloca(I8, "chunk.more")
@@ -288,39 +272,6 @@ class WinoKernelIR(IRFunction):
         """<VL x i32> at table[index ...] (index: i64 element offset)."""
         pointer = self.b.gep(table, [i64(0), index], inbounds=True)
         return self.b.load(self.b.bitcast(pointer, self.ivec.as_pointer()), align=4)
-
-    def _pointers(self, base, offsets):
-        """(<VL x T*> base + offsets (-1: base), <VL x i1> offsets >= 0)."""
-        b = self.b
-        valid = b.icmp_signed(">=", offsets, ir.Constant(self.ivec, [0] * self.lanes))
-        safe = b.select(valid, b.sext(offsets, self.vec64),
-                        ir.Constant(self.vec64, [0] * self.lanes))
-        address = b.add(self.splat(b.ptrtoint(base, I64), self.vec64),
-                        b.mul(safe, ir.Constant(self.vec64, [self.itemsize] * self.lanes)))
-        return b.inttoptr(address, self.ptr_vec), valid
-
-    def _gather(self, pointers, mask):
-        gather = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{self.suffix}.v{self.lanes}p0",
-                                self.vec, [self.ptr_vec, I32, self.mask_type, self.vec])
-        return self.b.call(gather, [pointers, i32(self.itemsize), mask, self.zero()])
-
-    def _scatter(self, value, pointers, mask) -> None:
-        scatter = self.intrinsic(f"llvm.masked.scatter.v{self.lanes}{self.suffix}.v{self.lanes}p0",
-                                 ir.VoidType(), [self.vec, self.ptr_vec, I32, self.mask_type])
-        self.b.call(scatter, [value, pointers, i32(self.itemsize), mask])
-
-    def _masked_load(self, pointer, mask):
-        load = self.intrinsic(f"llvm.masked.load.v{self.lanes}{self.suffix}.p0", self.vec,
-                              [self.vec.as_pointer(), I32, self.mask_type, self.vec])
-        return self.b.call(load, [self.b.bitcast(pointer, self.vec.as_pointer()),
-                                  i32(self.itemsize), mask, self.zero()])
-
-    def _masked_store(self, value, pointer, mask) -> None:
-        store = self.intrinsic(f"llvm.masked.store.v{self.lanes}{self.suffix}.p0",
-                               ir.VoidType(), [self.vec, self.vec.as_pointer(), I32,
-                                               self.mask_type])
-        self.b.call(store, [value, self.b.bitcast(pointer, self.vec.as_pointer()),
-                            i32(self.itemsize), mask])
 
     def _combine(self, matrix, sources):
         """[sum_j matrix[i][j] * sources[j] for each row i], zeros left out."""
@@ -374,14 +325,14 @@ class WinoKernelIR(IRFunction):
                     for j in range(k_w):
                         tap = ((k_h - 1 - i) * k_w + (k_w - 1 - j)) if p.spec.flip \
                             else i * k_w + j
-                        pointers, _ = self._pointers(self.element(base, i64(tap)), lane_stride)
-                        g[i][j] = self._gather(pointers, mask)
+                        pointers, _ = self.offset_pointers(self.element(base, i64(tap)), lane_stride)
+                        g[i][j] = self.masked_gather(pointers, mask)
                 values = self._two_pass(wp.matrices_h[1], wp.matrices_w[1], g)
                 for a, row in enumerate(values):
                     for c, value in enumerate(row):
                         xi = a * wp.alpha[1] + c
                         target = self.element(u_row, b.add(i64(xi * cout * cin), ci0))
-                        self._masked_store(value, target, mask)
+                        self.masked_store(value, target, mask)
 
     # -- one job: an image's block of tiles x a part of the output channels ----------------
     def _job(self, x, weights, bias, residual, y, vb, mb, image, blk, part) -> None:
@@ -435,7 +386,7 @@ class WinoKernelIR(IRFunction):
                     for j in range(a_w):
                         offsets = self._table_vector(
                             table, b.add(first, i64((i * a_w + j) * self.lanes)))
-                        d[i][j] = self._gather(*self._pointers(xc, offsets))
+                        d[i][j] = self.masked_gather(*self.offset_pointers(xc, offsets))
                 v = self._two_pass(wp.matrices_h[2], wp.matrices_w[2], d)
                 for a in range(a_h):
                     for c in range(a_w):
@@ -466,14 +417,14 @@ class WinoKernelIR(IRFunction):
                     for c in range(m_w):
                         offsets = self._table_vector(
                             table, b.add(first, i64((a * m_w + c) * self.lanes)))
-                        pointers, mask = self._pointers(yc, offsets)
+                        pointers, mask = self.offset_pointers(yc, offsets)
                         value = out[a][c] if bv is None else b.fadd(out[a][c], bv)
                         if rc is not None:
-                            value = b.fadd(value, self._gather(self._pointers(rc, offsets)[0],
+                            value = b.fadd(value, self.masked_gather(self.offset_pointers(rc, offsets)[0],
                                                                mask))
                         value = self.activation(value, p.spec.activation,
                                                 p.spec.activation_args)
-                        self._scatter(value, pointers, mask)
+                        self.masked_scatter(value, pointers, mask)
 
     def _bias(self, bias, group, co):
         if not self.plan.spec.bias:
@@ -503,7 +454,7 @@ class WinoKernelIR(IRFunction):
                         for t in range(wp.vectors):
                             mask = self.lane_mask_below(b.add(p0, i64(t * self.lanes)),
                                                         i64(count))
-                            self.store_vec(self._masked_load(
+                            self.store_vec(self.masked_load(
                                 self.element(xc, i64(t * self.lanes)), mask),
                                 self.element(vb, b.add(b.mul(ci, i64(tb)),
                                                        i64(t * self.lanes))))
@@ -515,7 +466,7 @@ class WinoKernelIR(IRFunction):
                 xc = self.element(xg, b.mul(ci, i64(in_plane)))
                 for t in range(wp.vectors):
                     offsets = self._table_vector(offsets_table, b.add(p0, i64(t * self.lanes)))
-                    self.store_vec(self._gather(*self._pointers(xc, offsets)),
+                    self.store_vec(self.masked_gather(*self.offset_pointers(xc, offsets)),
                                    self.element(vb, b.add(b.mul(ci, i64(tb)),
                                                           i64(t * self.lanes))))
             b.store(vb, source)
@@ -533,9 +484,9 @@ class WinoKernelIR(IRFunction):
                     if bv is not None:
                         value = b.fadd(value, bv)
                     if rg is not None:
-                        value = b.fadd(value, self._masked_load(self.element(rg, offset), mask))
+                        value = b.fadd(value, self.masked_load(self.element(rg, offset), mask))
                     value = self.activation(value, p.spec.activation, p.spec.activation_args)
-                    self._masked_store(value, self.element(yg, offset), mask)
+                    self.masked_store(value, self.element(yg, offset), mask)
 
         self._gemm(ug, b.load(source), b.load(stride), co_lo, co_hi, store)
 

@@ -205,6 +205,17 @@ def grid_size(outputs: int, dilation: int, tile: int) -> int:
     return dilation * -(-per_phase // tile)
 
 
+def tile_origin(t: int, grid_w: int, tile: tuple[int, int],
+                dilation: tuple[int, int]) -> tuple[int, int]:
+    """The output row and column of tile ``t``'s first output (tiles numbered row-major
+    over a grid ``grid_w`` tiles wide, phase-minor per dilation: see grid_size); its
+    outputs are ``dilation`` apart from there, as its patch's inputs are from the same
+    place less the padding."""
+    row, col = t // grid_w, t % grid_w
+    (m_h, m_w), (d_h, d_w) = tile, dilation
+    return row % d_h + d_h * (row // d_h) * m_h, col % d_w + d_w * (col // d_w) * m_w
+
+
 def tile_vectors(co_rows: int) -> int:
     """Vectors of tiles in a GEMM register tile: 2 when co_rows x 2 accumulators, the two
     tile vectors and a broadcast weight fit 32 registers (14 rows or fewer), else 1."""
@@ -346,9 +357,8 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
                     if t >= count:
                         offsets.append(0)
                         continue
-                    row, col = t // grid[1], t % grid[1]
-                    r0 = row % dil_h + dil_h * (row // dil_h) * m_h - pad_h
-                    c0 = col % dil_w + dil_w * (col // dil_w) * m_w - pad_w
+                    r0, c0 = tile_origin(t, grid[1], (m_h, m_w), (dil_h, dil_w))
+                    r0, c0 = r0 - pad_h, c0 - pad_w
                     offsets.append(r0 * in_w + c0)
                     for i in range(a_h):
                         row_bits[i] |= (0 <= r0 + i * dil_h < in_h) << lane
