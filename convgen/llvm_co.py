@@ -10,7 +10,8 @@ AVX-512). Per input channel and tap it loads the weight vectors and broadcasts o
 scalar per column into ``llvm.fma`` (any stride, dilation or padding mode: the planner's
 tables say which columns read what; no gathers). Then each VL x VL block of the tile is
 transposed in registers and the epilogue (bias, residual, activation) stores whole
-column vectors per channel with masks.
+column vectors per channel with masks. Layers with large weights prefetch the next channel
+block's weights into L2 while a block computes (render.co_next_block_lines).
 
 Transposed convolutions (the stride-phase plan): the weight (C_in, C_out/groups, *k) is
 packed one run of taps per input channel, the channel block is the outermost part of the
@@ -28,7 +29,7 @@ from llvmlite import ir
 
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .plan import CoClass, Plan, transpose_shuffles
-from .render import CO_PREFETCH_CHANNELS
+from .render import CO_PREFETCH_CHANNELS, co_next_block_lines
 
 SCRATCH_ALIGN = 64  # bytes: the packed weights' alignment (one cache line)
 
@@ -47,6 +48,7 @@ class CoKernelIR(IRFunction):
         self.residual = residual
         self.vector_align = min(SCRATCH_ALIGN, self.lanes * self.itemsize)
         self.columns = -(-self.co.max_pixels // self.lanes) * self.lanes  # PCOLS
+        self.next_block = None  # set per job by _next_block
 
     # -- the kernel ------------------------------------------------------------------
     def build(self) -> ir.Function:
@@ -107,6 +109,7 @@ class CoKernelIR(IRFunction):
             with b.if_then(b.icmp_signed("!=", block, b.load(packed))):
                 self._pack(w, g, co0, nco, wp)
                 b.store(block, packed)
+            self.next_block = self._next_block(w, job, block, n)
 
             od0 = b.mul(index["td"], i64(td), name="od0")
             oh0 = b.mul(index["th"], i64(th), name="oh0")
@@ -138,6 +141,46 @@ class CoKernelIR(IRFunction):
         b.call(free, [raw])
         b.ret(i32(0))
         return self.function
+
+    def _next_block(self, w, job, block, n):
+        """(pointer, bytes left) of this job's share of the next channel block's raw
+        weights, prefetched into L2 NEXT_LINES lines per input channel while the job
+        computes (see render.co_next_block_lines); None when the plan prefetches none."""
+        p, b = self.plan, self.b
+        lines = co_next_block_lines(p)
+        if not lines:
+            return None
+        blocks = p.groups * p.n_tiles[0]
+        w_g, w_co = p.weight_strides[:2]
+        nxt = b.add(block, i64(1), name="next")
+        has_next = b.or_(b.icmp_signed("<", nxt, i64(blocks)),
+                         b.icmp_signed("<", b.add(n, i64(1)), i64(p.batch)))
+        wrapped = b.srem(nxt, i64(blocks))
+        ng = b.sdiv(wrapped, i64(p.n_tiles[0]))
+        nc0 = b.mul(b.srem(wrapped, i64(p.n_tiles[0])), i64(p.tile_co))
+        jobs_per_block = p.n_tiles[1] * p.n_tiles[2] * p.n_tiles[3]
+        first = b.mul(b.srem(job, i64(jobs_per_block)), i64(p.cin_g * lines * 64))
+        start = self.element(w, b.add(b.mul(ng, i64(w_g)), b.mul(nc0, i64(w_co))))
+        pointer = b.gep(b.bitcast(start, I8.as_pointer()), [first], inbounds=False)
+        channels = b.sub(i64(p.cout_g), nc0)
+        channels = b.select(b.icmp_signed("<", channels, i64(p.tile_co)), channels,
+                            i64(p.tile_co))
+        left = b.sub(b.mul(channels, i64(w_co * self.itemsize)), first)
+        return pointer, b.select(has_next, left, i64(0), name="next.left"), lines
+
+    def _prefetch_next_block(self, ci) -> None:
+        """The input channel ``ci``'s lines of the next block (C: ``pf``, ``pf_left``)."""
+        if self.next_block is None:
+            return
+        b = self.b
+        pointer, left, lines = self.next_block
+        i8p = I8.as_pointer()
+        prefetch = self.intrinsic("llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
+        for line in range(lines):
+            offset = b.add(b.mul(ci, i64(lines * 64)), i64(line * 64))
+            with b.if_then(b.icmp_signed("<", offset, left)):
+                b.call(prefetch, [b.gep(pointer, [offset], inbounds=False), i32(0), i32(1),
+                                  i32(1)])
 
     def _end(self, start, tile: int, size: int, name: str):
         """min(start + tile, size): the end of a possibly partial last tile."""
@@ -234,6 +277,7 @@ class CoKernelIR(IRFunction):
         with self.loop(0, p.cin_g, "ci") as ci:
             xc = self.element(x_group, b.mul(ci, i64(plane)), "xc")
             wc = self.element(wp, b.mul(ci, i64(kd_n * kh_n * kw_n * tco)), "wc")
+            self._prefetch_next_block(ci)
             if "count" in tables:
                 with self.loop(0, count, "t") as t:
                     index = b.add(first, t)

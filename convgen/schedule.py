@@ -306,9 +306,11 @@ WINOGRAD_WEIGHT_BYTES = 1 << 20
 # that Winograd saves: ResNet-18 at 2 threads (interleaved, 15 rounds) 13.15 ms with
 # layer4's 3x3 layers on Winograd F(2x2) (16.8 MB of U each), 12.35 ms with them direct
 # (9.4 MB of weights each), 12.24 ms with layer3's direct too; at 1 thread 21.17, 21.64
-# and 22.67 ms (so the 1-thread limit stays).
+# and 22.67 ms (so the 1-thread limit stays). Later, with layer3's 256->256 layers on
+# F(2x2) (4.2 MB of U) instead of F(4x4) (9.4 MB): 11.02 -> 10.67 ms at 2 threads, the
+# same at 1 (20.42, 20.38).
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
-PARALLEL_WINOGRAD_WEIGHT_BYTES = 10 << 20
+PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
 
 

@@ -71,6 +71,44 @@ def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     check_kernel(kernel, spec, seed=6)
 
 
+@settings(max_examples=30)
+@given(data=st.data())
+def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
+    """Layers with CO_PREFETCH_WEIGHT_BYTES+ of weights prefetch the next channel block's
+    (the next group's, the next batch element's first) while a block computes; with the
+    threshold at 0 every non-transposed "co" kernel does: groups, batches, remainder
+    blocks, 1-2 threads."""
+    from unittest import mock
+
+    from convgen import render
+
+    spec = data.draw(wide_specs(transposed=False))
+    schedule = data.draw(co_schedules(spec))
+    with mock.patch.object(render, "CO_PREFETCH_WEIGHT_BYTES", 0):
+        lines = render.co_next_block_lines(make_plan(spec, schedule))
+        kernel = cg.compile(spec, backend=backend, schedule=schedule)
+    assert lines >= 1
+    if backend == "c":
+        assert f"NEXT_LINES = {lines}," in kernel.source
+    else:
+        assert "next.left" in kernel.source
+    check_kernel(kernel, spec, seed=9)
+
+
+def test_co_plan_next_block_prefetch_threshold():
+    """Only layers with CO_PREFETCH_WEIGHT_BYTES+ of weights prefetch: ResNet-18's 512@7
+    spreads 32 channels x 4608 steps over 7 rows x 512 channels (3 lines per channel and
+    row), its 7x7 conv1 (37 KB of weights) prefetches nothing."""
+    from convgen import render
+
+    deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
+    plan = make_plan(deep, cg.Schedule(tile_co=32, tile_spatial=(1, 7), vectorize="co"))
+    assert render.co_next_block_lines(plan) == 3
+    conv1 = cg.ConvSpec((1, 3, 224, 224), 64, 7, stride=2, padding=3)
+    plan = make_plan(conv1, cg.Schedule(tile_co=32, tile_spatial=(1, 28), vectorize="co"))
+    assert render.co_next_block_lines(plan) == 0
+
+
 @settings(max_examples=40)
 @given(data=st.data())
 def test_transposed_co_plan_matches_oracle(backend, data):
