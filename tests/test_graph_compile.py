@@ -382,29 +382,52 @@ def test_fuse_residual_add_in_both_operand_orders(backend, conv_first):
     assert model.optimized.node("conv").attrs["residual"] is True
 
 
-def test_residual_produced_after_the_conv_is_not_fused(backend):
+def test_residual_produced_after_the_conv_moves_before_it(backend):
+    """add(conv, late): ``late`` only needs x, so it moves before the conv, which then
+    takes it as its residual."""
     shape = (1, 3, 5, 5)
     nodes = [conv("conv", "x", shape, 3, 3, padding=1),
              pool("late", "x", "max_pool", 2, 3, 1, 1),   # computed after the conv
              node("add", "add", ["conv", "late"])]
     g = graph([("x", shape)], nodes, ["add"])
-    assert _ops(fuse_residual_add(g)) == ["conv", "max_pool", "add"]
+    fused = fuse_residual_add(g)
+    assert _ops(fused) == ["max_pool", "conv"]
+    assert fused.node("conv").inputs == ["x", "late"] and fused.node("conv").attrs["residual"]
+    assert _ops(g) == ["conv", "max_pool", "add"], "input graph modified"
+    _assert_same_function(g, fused)
     model = check(g, backend)
-    assert _ops(model.optimized) == ["conv", "max_pool", "add"]
+    assert _ops(model.optimized) == ["max_pool", "conv"]
+
+
+def test_residual_that_needs_a_later_node_is_not_fused(backend):
+    """add(conv, late) where ``late`` reads a value computed after the conv: nothing
+    moves, the add stays."""
+    shape = (1, 3, 5, 5)
+    nodes = [conv("conv", "x", shape, 3, 3, padding=1),
+             activation("after", "x", "tanh"),           # computed after the conv
+             pool("late", "after", "max_pool", 2, 3, 1, 1),
+             node("add", "add", ["conv", "late"])]
+    g = graph([("x", shape)], nodes, ["add"])
+    assert _ops(fuse_residual_add(g)) == ["conv", "activation", "max_pool", "add"]
+    model = check(g, backend)
+    assert _ops(model.optimized) == ["conv", "activation", "max_pool", "add"]
 
 
 @pytest.mark.parametrize("operands", [["c1", "c2"], ["c2", "c1"]])
-def test_two_convs_fuse_into_the_later_one(backend, operands):
-    """add(c1, c2): c2 runs after c1, so c2 takes c1 as its residual, never the reverse."""
+@pytest.mark.parametrize("big_first", [True, False])
+def test_two_convs_fuse_into_the_one_with_more_flops(backend, operands, big_first):
+    """add(c1, c2): the 3x3 c1 takes the 1x1 c2 as its residual, whichever runs first
+    and whichever operand it is; c2 moves before c1 when it ran after."""
     shape = (1, 3, 4, 4)
-    nodes = [conv("c1", "x", shape, 2, 3, padding=1, seed=1),
-             conv("c2", "x", shape, 2, 1, seed=2, bias=False),
-             node("add", "add", operands)]
+    big = conv("c1", "x", shape, 2, 3, padding=1, seed=1)
+    small = conv("c2", "x", shape, 2, 1, seed=2, bias=False)
+    nodes = ([big, small] if big_first else [small, big]) + [node("add", "add", operands)]
     g = graph([("x", shape)], nodes, ["add"])
     fused = fuse_residual_add(g)
     assert _ops(fused) == ["conv", "conv"]
-    assert not fused.node("c1").attrs["residual"]
-    assert fused.node("c2").attrs["residual"] and fused.node("c2").inputs == ["x", "c1"]
+    assert [n.name for n in fused.nodes] == ["c2", "c1"]
+    assert not fused.node("c2").attrs.get("residual")
+    assert fused.node("c1").attrs["residual"] and fused.node("c1").inputs == ["x", "c2"]
     _assert_same_function(g, fused)
     check(g, backend)
 
@@ -522,15 +545,16 @@ def test_resnet_downsample_block(backend):
     model = check(g, backend)
     opt = model.optimized
     assert _ops(opt) == ["conv", "conv", "conv"]
-    by_name = {n.name: n for n in opt.nodes}
-    assert by_name["conv1"].fused == ["bn1", "relu1"]
-    assert by_name["conv2"].fused == ["bn2"]
-    # conv2 runs before the shortcut conv, so the shortcut takes conv2 as its residual.
-    short = by_name["downsample.0"]
-    assert short.fused == ["downsample.1", "add", "relu2"]
-    assert short.attrs["residual"] and short.inputs == ["x", "conv2"]
-    assert conv_spec(short).activation == "relu" and conv_spec(short).stride == (2, 2)
-    assert opt.outputs == ["downsample.0"]
+    # the 1x1 shortcut runs first (its input is the block's), and conv2 takes it as its
+    # residual, with the add and the last relu
+    assert [n.name for n in opt.nodes] == ["downsample.0", "conv1", "conv2"]
+    short, conv1, conv2 = opt.nodes
+    assert short.fused == ["downsample.1"] and not short.attrs.get("residual")
+    assert conv_spec(short).activation is None and conv_spec(short).stride == (2, 2)
+    assert conv1.fused == ["bn1", "relu1"]
+    assert conv2.fused == ["bn2", "add", "relu2"] and conv_spec(conv2).activation == "relu"
+    assert conv2.attrs["residual"] and conv2.inputs == ["conv1", "downsample.0"]
+    assert opt.outputs == ["conv2"]
 
 
 # -- memory ---------------------------------------------------------------------------------

@@ -80,17 +80,40 @@ def fold_batch_norm(graph: Graph) -> Graph:
     return graph
 
 
+def _hoist(graph: Graph, name: str, before: str) -> bool:
+    """Move the node computing ``name`` to right after the last producer of its inputs,
+    if that is before node ``before``; False (nothing moved) otherwise."""
+    node = _producer(graph, name)
+    if node is None:
+        return False
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    position = 1 + max((order[i] for i in node.inputs if i in order), default=-1)
+    if position > order[before]:
+        return False
+    graph.nodes.remove(node)
+    graph.nodes.insert(position, node)
+    return True
+
+
+def _conv_flops(graph: Graph, name: str) -> int:
+    node = _producer(graph, name)
+    return ConvSpec.from_dict(node.attrs["spec"]).flops if node and node.op == "conv" else -1
+
+
 def fuse_residual_add(graph: Graph) -> Graph:
     """add(conv(x), r) becomes conv(x) with ``r`` summed in its epilogue.
 
-    The conv must have no activation or residual yet and feed only the add; ``r``
-    must be computed before the conv (graph inputs always are), so the conv can
-    read it where it runs.
+    The conv must have no activation or residual yet and feed only the add. When both
+    operands are such convs, the one with more FLOPs takes the other as its residual (a
+    ResNet block's conv2 takes the 1x1 shortcut, as ONNX Runtime fuses it). ``r`` must be
+    computed before the conv: when it is computed after, its node moves to right after
+    its own inputs (the shortcut then runs first, while the block's input is still in
+    cache), unless those come after the conv too.
     """
     graph = graph.copy()
     for add in [n for n in graph.nodes if n.op == "add"]:
-        order = {n.name: i for i, n in enumerate(graph.nodes)}
-        for mine, other in ((0, 1), (1, 0)):
+        pairs = sorted(((0, 1), (1, 0)), key=lambda p: -_conv_flops(graph, add.inputs[p[0]]))
+        for mine, other in pairs:
             conv = _producer(graph, add.inputs[mine])
             residual = add.inputs[other]
             if conv is None or conv.op != "conv" or conv.attrs.get("residual"):
@@ -99,7 +122,9 @@ def fuse_residual_add(graph: Graph) -> Graph:
                 continue
             if not _single_consumer(graph, conv.name) or residual == conv.name:
                 continue
-            if residual in order and order[residual] > order[conv.name]:
+            order = {n.name: i for i, n in enumerate(graph.nodes)}
+            if residual in order and order[residual] > order[conv.name] and \
+                    not _hoist(graph, residual, conv.name):
                 continue
             conv.attrs = dict(conv.attrs, residual=True)
             conv.inputs = conv.inputs + [residual]
