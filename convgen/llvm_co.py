@@ -4,7 +4,10 @@ The C template's plan (templates/c/conv_co_function.j2) built with llvmlite.ir. 
 call packs its current block of output channels from the weights into a scratch
 buffer (``aligned_alloc``, one per call, so one per thread: the thread pool and
 GOMP_parallel both give each thread its own call) laid out [ci][kd][kh][kw][channels],
-VL x VL blocks transposed with shuffles, zeros past the last channel. A job is one
+VL x VL blocks transposed with shuffles, zeros past the last channel; bound kernels and
+networks take every block packed at load instead (``prepacked``, convgen.bound), and
+then at 2+ threads split the rows rather than the blocks when the weights are small
+(render.co_rows_outer). A job is one
 piece of an output row: ``co_vectors`` x ``size`` accumulators (``<16 x float>`` on
 AVX-512). Per input channel and tap it loads the weight vectors and broadcasts one input
 scalar per column into ``llvm.fma`` (any stride, dilation or padding mode: the planner's
@@ -29,7 +32,7 @@ from llvmlite import ir
 
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .plan import CoClass, Plan, transpose_shuffles
-from .render import CO_PREFETCH_CHANNELS, co_next_block_lines
+from .render import CO_PREFETCH_CHANNELS, co_next_block_lines, co_rows_outer
 
 SCRATCH_ALIGN = 64  # bytes: the packed weights' alignment (one cache line)
 
@@ -38,7 +41,7 @@ class CoKernelIR(IRFunction):
     """Builds one vectorize="co" convolution function into a module."""
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
-                 residual: bool = False, internal: bool = False):
+                 residual: bool = False, internal: bool = False, prepacked: bool = False):
         assert plan.vectorize == "co" and plan.co_tiles is not None
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
@@ -46,7 +49,12 @@ class CoKernelIR(IRFunction):
         self.plan = plan
         self.co = plan.co_tiles
         self.residual = residual
+        self.prepacked = prepacked  # w holds the channel blocks packed at load
+        self.rows_outer = co_rows_outer(plan, prepacked)
         self.vector_align = min(SCRATCH_ALIGN, self.lanes * self.itemsize)
+        # packed at load, the blocks lie wherever the caller's array (a network's
+        # parameters) puts them: element-aligned only
+        self.weight_align = self.itemsize if prepacked else self.vector_align
         self.columns = -(-self.co.max_pixels // self.lanes) * self.lanes  # PCOLS
         self.next_block = None  # set per job by _next_block
 
@@ -74,21 +82,31 @@ class CoKernelIR(IRFunction):
         res_array = self.alloca(res_type, "res")
         res_array.align = SCRATCH_ALIGN
         self.res = b.bitcast(res_array, self.scalar.as_pointer(), name="res.base")
-        packed = self.alloca(I64, "packed")
-
-        b.comment(f"packed weights of one channel block: [ci][kd][kh][kw][{tco}]")
-        pack_bytes = -(-co.pack_elements * self.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
-        void_ptr = I8.as_pointer()
-        aligned_alloc = self.intrinsic("aligned_alloc", void_ptr, [I64, I64])
-        free = self.intrinsic("free", ir.VoidType(), [void_ptr])
-        raw = b.call(aligned_alloc, [i64(SCRATCH_ALIGN), i64(pack_bytes)], name="scratch")
-        with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(void_ptr, None)), likely=False):
-            b.ret(i32(1))
-        wp = b.bitcast(raw, self.scalar.as_pointer(), name="wp")
-        b.store(i64(-1), packed)
+        if self.prepacked:
+            b.comment(f"w holds the channel blocks packed at load: [g][block][ci][kd][kh][kw]"
+                      f"[{tco}]")
+            raw = None
+        else:
+            packed = self.alloca(I64, "packed")
+            b.comment(f"packed weights of one channel block: [ci][kd][kh][kw][{tco}]")
+            pack_bytes = -(-co.pack_elements * self.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
+            void_ptr = I8.as_pointer()
+            aligned_alloc = self.intrinsic("aligned_alloc", void_ptr, [I64, I64])
+            free = self.intrinsic("free", ir.VoidType(), [void_ptr])
+            raw = b.call(aligned_alloc, [i64(SCRATCH_ALIGN), i64(pack_bytes)], name="scratch")
+            with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(void_ptr, None)),
+                           likely=False):
+                b.ret(i32(1))
+            wp = b.bitcast(raw, self.scalar.as_pointer(), name="wp")
+            b.store(i64(-1), packed)
 
         order = [("piece", len(co.pieces)), ("th", p.n_tiles[2]), ("td", p.n_tiles[1])]
-        if co.block_outer:  # each thread packs a channel block once per call
+        if self.rows_outer:  # threads split the rows (see render.co_rows_outer)
+            b.comment("one job = one piece of a row: batch x group x D/H tiles x pieces x"
+                      " channel block")
+            order = [("tc", p.n_tiles[0])] + order + [("g", p.groups)]
+            last = "n"
+        elif co.block_outer:  # each thread packs a channel block once per call
             b.comment("one job = one piece of a row: group x channel block x batch x D/H"
                       " tiles x pieces")
             order += [("n", p.batch), ("tc", p.n_tiles[0])]
@@ -106,9 +124,12 @@ class CoKernelIR(IRFunction):
             nco = b.select(b.icmp_signed("<", remaining, i64(tco)), remaining, i64(tco),
                            name="nco")
             block = b.add(b.mul(g, i64(p.n_tiles[0])), tc, name="block")
-            with b.if_then(b.icmp_signed("!=", block, b.load(packed))):
-                self._pack(w, g, co0, nco, wp)
-                b.store(block, packed)
+            if self.prepacked:
+                wp = self.element(w, b.mul(block, i64(co.pack_elements)), "wp")
+            else:
+                with b.if_then(b.icmp_signed("!=", block, b.load(packed))):
+                    self._pack(w, g, co0, nco, wp)
+                    b.store(block, packed)
             self.next_block = self._next_block(w, job, block, n)
 
             od0 = b.mul(index["td"], i64(td), name="od0")
@@ -138,7 +159,8 @@ class CoKernelIR(IRFunction):
                     self._epilogue(body, bias, residual, y, out)
                     b.branch(after)
                 b.position_at_end(after)
-        b.call(free, [raw])
+        if raw is not None:
+            b.call(free, [raw])
         b.ret(i32(0))
         return self.function
 
@@ -147,7 +169,7 @@ class CoKernelIR(IRFunction):
         weights, prefetched into L2 NEXT_LINES lines per input channel while the job
         computes (see render.co_next_block_lines); None when the plan prefetches none."""
         p, b = self.plan, self.b
-        lines = co_next_block_lines(p)
+        lines = co_next_block_lines(p, self.prepacked)
         if not lines:
             return None
         blocks = p.groups * p.n_tiles[0]
@@ -160,12 +182,16 @@ class CoKernelIR(IRFunction):
         nc0 = b.mul(b.srem(wrapped, i64(p.n_tiles[0])), i64(p.tile_co))
         jobs_per_block = p.n_tiles[1] * p.n_tiles[2] * p.n_tiles[3]
         first = b.mul(b.srem(job, i64(jobs_per_block)), i64(p.cin_g * lines * 64))
-        start = self.element(w, b.add(b.mul(ng, i64(w_g)), b.mul(nc0, i64(w_co))))
+        if self.prepacked:  # the next block follows this one (the first follows the last)
+            start = self.element(w, b.mul(wrapped, i64(self.co.pack_elements)))
+            left = b.sub(i64(self.co.pack_elements * self.itemsize), first)
+        else:
+            start = self.element(w, b.add(b.mul(ng, i64(w_g)), b.mul(nc0, i64(w_co))))
+            channels = b.sub(i64(p.cout_g), nc0)
+            channels = b.select(b.icmp_signed("<", channels, i64(p.tile_co)), channels,
+                                i64(p.tile_co))
+            left = b.sub(b.mul(channels, i64(w_co * self.itemsize)), first)
         pointer = b.gep(b.bitcast(start, I8.as_pointer()), [first], inbounds=False)
-        channels = b.sub(i64(p.cout_g), nc0)
-        channels = b.select(b.icmp_signed("<", channels, i64(p.tile_co)), channels,
-                            i64(p.tile_co))
-        left = b.sub(b.mul(channels, i64(w_co * self.itemsize)), first)
         return pointer, b.select(has_next, left, i64(0), name="next.left"), lines
 
     def _prefetch_next_block(self, ci) -> None:
@@ -334,7 +360,7 @@ class CoKernelIR(IRFunction):
             if not tap.pixels:
                 continue
             b.comment(f"kw = {tap.kw}: {len(tap.pixels)} columns")
-            weights = [b.load(self._vector_at(wt, i64(off)), align=self.vector_align)
+            weights = [b.load(self._vector_at(wt, i64(off)), align=self.weight_align)
                        for off in tap.weight_offsets]
             for px, offset in tap.pixels:
                 xv = self.splat(b.load(self.element(xr, i64(offset))))

@@ -266,11 +266,13 @@ def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
     """Add one convolution as function ``name`` to ``module`` (networks use this), in the
     plan's layout: vectorize="w" here, "co" (transposed too: the stride-phase plan) in
     convgen.llvm_co, the transform-GEMM methods in convgen.llvm_wino (``pretransformed``:
-    the weight argument holds Winograd's U, prepared once)."""
+    the weight argument holds Winograd's U or the "co" plan's packed channel blocks,
+    prepared once: convgen.bound)."""
     if plan.winograd is not None:
         return WinoKernelIR(plan, module, name, residual, internal, pretransformed).build()
-    builder = CoKernelIR if plan.vectorize == "co" else _KernelIR
-    return builder(plan, module, name, residual, internal).build()
+    if plan.vectorize == "co":
+        return CoKernelIR(plan, module, name, residual, internal, pretransformed).build()
+    return _KernelIR(plan, module, name, residual, internal).build()
 
 
 def _lanes_hold(plan: Plan) -> str:
@@ -288,6 +290,6 @@ def render_llvm(plan: Plan, triple: str, data_layout: str,
               f"; spec:     {json.dumps(plan.spec.to_dict(), sort_keys=True)}\n"
               f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"
               f"; vectors of {plan.vector_lanes} x {plan.c_type} over {_lanes_hold(plan)}"
-              + (" (weights: Winograd's U, prepared at load)" if pretransformed else "")
+              + (" (weights: prepared at load)" if pretransformed else "")
               + "\n")
     return header + str(module)

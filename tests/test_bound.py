@@ -1,11 +1,14 @@
 """Kernels with their weights bound (convgen.bind): prepared once, checked against the oracle.
 
 A bound Winograd kernel (C or LLVM) reads U, transformed and packed once by
-convgen.bound.prepare_weight; every other plan reads the weight as given.
+convgen.bound.prepare_weight, a bound "co" kernel its channel blocks packed once; every
+other plan reads the weight as given.
 Each is compared with the oracle over random specs and schedules.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -44,22 +47,60 @@ def test_bound_default_schedule_matches_oracle(spec, backend):
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), backend=st.sampled_from(["c", "llvm"]))
 def test_bound_co_schedules_match_oracle(data, backend):
-    """The "co" plan (remainder blocks, groups, transposed; 1-2 threads) packs in each
-    call, bound or not: the weight is kept as given."""
+    """The "co" plan (remainder blocks, groups, transposed; 1-2 threads) bound reads its
+    channel blocks packed at load: (groups, blocks, reduction, tile_co)."""
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
     bound = check_bound(spec, backend, schedule)
-    assert not prepares(make_plan(spec, schedule), backend)
-    assert bound.weight.shape == spec.weight_shape
+    plan = make_plan(spec, schedule)
+    assert prepares(plan, backend)
+    reduction = spec.in_channels // spec.groups * int(np.prod(spec.kernel_size))
+    assert bound.weight.shape == (spec.groups, plan.n_tiles[0], reduction, plan.tile_co)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), backend=st.sampled_from(["c", "llvm"]))
+def test_bound_co_rows_outer_matches_oracle(data, backend):
+    """With the weights packed at load and 2+ threads, small weights put the channel
+    block innermost (threads split rows); with the limit lifted every non-transposed
+    bound "co" kernel on 2-3 threads does: batches, groups, remainder blocks, pieces."""
+    from unittest import mock
+
+    from convgen import render
+
+    spec = data.draw(wide_specs(transposed=False))
+    schedule = data.draw(co_schedules(spec))
+    schedule = dataclasses.replace(schedule, threads=data.draw(st.sampled_from([2, 3])))
+    with mock.patch.object(render, "CO_ROWS_OUTER_WEIGHTS", float("inf")):
+        assert render.co_rows_outer(make_plan(spec, schedule), True)
+        bound = check_bound(spec, backend, schedule, seed=2)
+    marker = "NPIECE * NT_CO:" if backend == "c" else "pieces x channel block"
+    assert marker in bound.source
+
+
+def test_bound_co_rows_outer_choice():
+    """ResNet-18's 3x3/2 64->128 layer (295 KB of weights, 803 KB of input) splits rows at
+    2 threads; its 512@7 layer (9.4 MB of weights) and 1 thread split channel blocks."""
+    from convgen.render import co_rows_outer
+
+    two = cg.Schedule(tile_co=16, tile_spatial=(1, 28), threads=2, vectorize="co")
+    strided = make_plan(cg.ConvSpec((1, 64, 56, 56), 128, 3, stride=2, padding=1), two)
+    assert co_rows_outer(strided, True) and not co_rows_outer(strided, False)
+    assert not co_rows_outer(make_plan(strided.spec, dataclasses.replace(two, threads=1)), True)
+    deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
+    assert not co_rows_outer(make_plan(deep, dataclasses.replace(two, tile_spatial=(1, 7))), True)
 
 
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
-def test_bound_w_schedules_read_the_weight_as_given(data):
+def test_bound_any_schedule_matches_oracle(data):
+    """Any schedule bound; the plans that prepare nothing (vectorize="w", GEMM) read the
+    weight as given."""
     spec = data.draw(conv_specs())
     schedule = data.draw(schedules(spec))
     bound = check_bound(spec, "c", schedule)
-    assert bound.weight.shape == spec.weight_shape
+    if not prepares(make_plan(spec, schedule), "c"):
+        assert bound.weight.shape == spec.weight_shape
 
 
 # the transform-GEMM plans bound: U transformed and packed once (Winograd), GEMM as given
