@@ -173,10 +173,13 @@ def test_schedule_validation_and_default():
     assert wino == default_schedule(spec, "c") == default_schedule(spec, "llvm")
     assert (wino.method, wino.tile_co, wino.tile_spatial) == ("winograd", 28, (4, 4))
     # 5x5 (no Winograd default), and stride 2: vectorized over output channels, 1 vector x
-    # 28 columns (clamped to the 20 of a strided row) (transposed: 2 vectors x 12)
+    # 28 columns (clamped to the 20 of a strided row) (transposed: 2 vectors x 12); two
+    # rows when the reduction is short (16 x 9 < CO_SHORT_REDUCTION steps)
     co = default_schedule(spec.replace(kernel_size=5, padding=2), "llvm")
     strided = default_schedule(spec.replace(stride=2), "c")
-    assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", lanes, (1, 20))
+    assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", lanes, (2, 20))
+    deep = default_schedule(spec.replace(input_shape=(1, 32, 20, 40), stride=2), "c")
+    assert (deep.vectorize, deep.tile_spatial) == ("co", (1, 20))
     assert co.vectorize == "co" and co.tile_co == lanes and co.tile_spatial == (1, 28)
     up = default_schedule(spec.replace(transposed=True, stride=2), "c")
     assert (up.vectorize, up.tile_co, up.tile_spatial) == ("co", 2 * lanes, (1, 12))
