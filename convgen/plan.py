@@ -458,7 +458,8 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
         f" {'/'.join(map(str, sizes))}",
         f"weights packed per channel block as [ci][kd][kh][kw][{plan.tile_co}] in each call"
-        f" ({co.pack_elements} elements, zeros past the last channel)",
+        f" ({co.pack_elements} elements, zeros past the last channel; bound kernels and"
+        f" networks: every block once, at load)",
         f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps; per tap"
         f" {co.co_vectors} weight vector load(s), one broadcast input per column (any stride"
         f" or dilation, no gathers)",

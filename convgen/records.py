@@ -37,10 +37,9 @@ def compiler_identity(backend: str) -> str:
 
 
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,
-           bound: bool = False, cold: bool = False) -> None:
+           bound: bool = False) -> None:
     """Append one JSON line per measurement, each with a single write (O_APPEND);
-    ``bound``: measured with the weights bound and prepared once (convgen.bound);
-    ``cold`` (with ``bound``): each call read another copy of them, as a network does."""
+    ``bound``: measured with the weights bound and prepared once (convgen.bound)."""
     path = Path(path) if path is not None else config.tuning_db()
     path.parent.mkdir(parents=True, exist_ok=True)
     common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
@@ -49,8 +48,6 @@ def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = Non
               "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if bound:
         common["bound"] = True
-        if cold:
-            common["cold"] = True
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         for m in measured:
@@ -92,13 +89,11 @@ def read_records(path: Path | None = None) -> list[dict]:
 
 
 def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
-                path: Path | None = None, bound: bool = False,
-                cold: bool = False) -> Schedule | None:
+                path: Path | None = None, bound: bool = False) -> Schedule | None:
     """The fastest checked schedule recorded for ``spec`` and ``backend`` (a resolved name)
     on this CPU, compiler and convgen version (and ``threads``, when given), among the
     records measured with weights bound (``bound``: networks, convgen.bind) or passed in
-    each call (kernels), and with ``bound`` among those timed with the weights cold
-    (``cold``: networks, ``convgen tune NETSPEC``) or warm (bind, bench); None if none."""
+    each call (kernels); None if none."""
     records = read_records(path)
     if not records:
         return None
@@ -112,7 +107,6 @@ def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
         seconds = item.get("seconds")
         if item.get("checked") is not True or any(item.get(k) != v for k, v in want.items()) \
                 or item.get("bound", False) is not bound \
-                or item.get("cold", False) is not (cold and bound) \
                 or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
                 or not 0 < seconds < best_seconds:
             continue

@@ -244,7 +244,8 @@ def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
 def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
     """Cache lines of the NEXT channel block's raw weights a "co" kernel prefetches into
     L2 per input channel of a job, spread so that the whole block has arrived when the
-    jobs of this one end (0: none, transposed weights are not one run per block).
+    jobs of this one end (0: none; packed in the call, a transposed block is not one run
+    of the weight; with ``prepacked`` every block is one run).
 
     A block is packed at its first job; without this its weights come from memory while
     nothing computes (weights larger than the last-level cache: in a network, each call).

@@ -200,50 +200,22 @@ def _main_hidden():
             setattr(main, name, value)
 
 
-# bound="cold": each call reads another copy of the prepared weights, the copies together
-# at least COLD_BYTES (twice the ~32 MB last-level cache here, at most COLD_COPIES of
-# them), so the weights come from memory as in a network, whose layers' weights together
-# do not fit the cache (ResNet-18: 47 MB): timed warm, the tuner picked Winograd F(2x2) for
-# ResNet-18's 512@7 layers at 2 threads (16.8 MB of U each), 5% faster alone and ~15%
-# slower in the network, which then ran 12.4 ms tuned against 10.2 ms untuned.
-COLD = "cold"
-COLD_BYTES = 64 << 20
-COLD_COPIES = 64
-
-
-def _cold_runner(kernel, x) -> Callable[[np.ndarray], np.ndarray]:
-    copies = [kernel.weight] + [kernel.weight.copy() for _ in range(
-        min(COLD_COPIES, -(-COLD_BYTES // max(kernel.weight.nbytes, 1))) - 1)]
-    turn = [0]
-
-    def call(out):
-        turn[0] = (turn[0] + 1) % len(copies)
-        kernel.weight = copies[turn[0]]
-        return kernel(x, out=out)
-
-    call.kernel, call.copies = kernel, copies  # type: ignore[attr-defined]
-    return call
-
-
 def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-           bound: bool | str = False) -> Callable[[np.ndarray], np.ndarray]:
+           bound: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """``call(out)``: ``schedule``'s kernel on ``arrays`` (x, w, b), the weights passed in
-    each call, or with ``bound`` bound once (convgen.bind) as networks have them
-    (``bound=COLD``: a different copy of them each call, see COLD_BYTES)."""
+    each call, or with ``bound`` bound once (convgen.bind) as networks have them."""
     x, w, b = arrays
     if bound:
         from .bound import bind
 
         kernel = bind(spec, w, b, backend, schedule)
-        if bound == COLD:
-            return _cold_runner(kernel, x)
         return lambda out: kernel(x, out=out)
     plain = backends.compile(spec, backend, schedule)
     return lambda out: plain(x, w, b, out=out)
 
 
 def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-            best_seconds: float = math.inf, bound: bool | str = False) -> Measurement:
+            best_seconds: float = math.inf, bound: bool = False) -> Measurement:
     """Median seconds per call with a preallocated output: a warm-up call, then repeats
     until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
     try:
@@ -264,7 +236,7 @@ def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
 
 
 def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
-           bound: bool | str = False) -> bool:
+           bound: bool = False) -> bool:
     """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
     try:
         call = runner(spec, backend, schedule, arrays, bound)
@@ -278,7 +250,7 @@ def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
 def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
          threads: int | None = None, max_candidates: int | None = None,
          progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
-         workers: int | None = None, bound: bool = False, cold: bool = False) -> TuneResult:
+         workers: int | None = None, bound: bool = False) -> TuneResult:
     """Search schedules for ``spec`` for about ``budget`` seconds; record every measurement.
 
     ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
@@ -286,10 +258,8 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     the number of compile processes (default: the CPU count; 0 compiles in this process).
     The fastest few are timed again beside the default before the winner is checked.
     ``bound``: time the kernels with their weights bound and prepared once
-    (:func:`convgen.bind`); records are kept apart, bind() and bench read these,
-    compile() the others. ``cold`` (with ``bound``): each call reads another copy of the
-    weights, from memory, as a network's layers do (``convgen tune NETSPEC``); networks
-    read only these records.
+    (:func:`convgen.bind`), as networks run them; records are kept apart, networks and
+    bind() read these, compile() the others.
     """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
@@ -298,23 +268,20 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not low <= value < math.inf):
             raise ValueError(f"{label}: expected a number >= {low}, got {value!r}")
-    if cold and not bound:
-        raise ValueError("cold: weights are timed cold only when bound (bound=True)")
     backend = backends.resolve_backend(backend)
     name = name or spec.name
     deadline = time.monotonic() + budget
     candidates = candidate_schedules(spec, backend, threads, bound=bound)
-    mode = COLD if cold else bool(bound)
     chosen = candidates[:max_candidates] if max_candidates else candidates
     default, rest = chosen[0], chosen[1:]
     notify = progress or (lambda p: None)
     arrays = random_arrays(spec)
 
-    first = measure(spec, backend, default, arrays, bound=mode)
+    first = measure(spec, backend, default, arrays, bound=bound)
     measured = [first]
     best = first.seconds
     per_candidate = _timing_estimate(first.seconds,
-                                     _load_seconds(spec, backend, default, arrays, mode))
+                                     _load_seconds(spec, backend, default, arrays, bound))
     deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
     total = len(chosen)
     if workers is None:
@@ -341,17 +308,17 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
                     queue = []
                     break
                 start = time.monotonic()
-                m = measure(spec, backend, schedule, arrays, best, mode)
+                m = measure(spec, backend, schedule, arrays, best, bound)
                 per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
                 measured.append(m)
                 best = min(best, m.seconds)
                 notify(Progress(name, "measure", len(measured), total, best))
 
     notify(Progress(name, "confirm", len(measured), total, best))
-    measured = confirm(spec, backend, measured, arrays, mode)
+    measured = confirm(spec, backend, measured, arrays, bound)
     measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total,
-                                     mode)
-    record(spec, backend, measured, bound=bool(bound), cold=cold)
+                                     bound)
+    record(spec, backend, measured, bound=bound)
     if winner is None:
         raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
                            f"({measured[0].error or 'wrong results'})")
@@ -360,7 +327,7 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
 
 
 def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-                  bound: bool | str = False) -> float:
+                  bound: bool = False) -> float:
     """Seconds to load a kernel from the cache (MCJIT takes longer than dlopen)."""
     start = time.perf_counter()
     try:
@@ -379,7 +346,7 @@ def _timing_estimate(seconds: float, load_seconds: float) -> float:
 
 
 def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
-            arrays, bound: bool | str = False) -> list[Measurement]:
+            arrays, bound: bool = False) -> list[Measurement]:
     """Time the FINALISTS fastest and the default (``measured[0]``) again, their calls
     interleaved so that noise and drift hit them alike; new medians replace the old."""
     ranked = sorted((i for i, m in enumerate(measured) if math.isfinite(m.seconds)),
@@ -464,14 +431,14 @@ def tune_network(network: Any, input_shape=None, backend: str | None = None,
                  dtype: str = "float32", **options: Any) -> list[TuneResult]:
     """Tune each distinct conv of a network (a convgen.nn module or a traced Graph) once,
     splitting ``budget`` among them (time one leaves unused goes to the next), with the
-    weights bound as the network binds them and read cold, as it reads them."""
+    weights bound as the network binds them."""
     convs = list(network_convs(network, input_shape, dtype).values())
     deadline = time.monotonic() + budget
     results = []
     for i, (node, spec) in enumerate(convs):
         share = max(deadline - time.monotonic(), 0.0) / (len(convs) - i)
         results.append(tune(spec, backend, share, threads, max_candidates, progress,
-                            name=node, bound=True, cold=True, **options))
+                            name=node, bound=True, **options))
     return results
 
 

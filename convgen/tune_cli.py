@@ -31,7 +31,7 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
     p.add_argument("--bound", action="store_true",
                    help="spec files: time kernels with their weights bound and prepared once "
                         "(convgen.bind), as `convgen bench` and networks run them; their "
-                        "records are kept apart (network files are always tuned bound, each call reading another copy of the weights from memory, as a network does)")
+                        "records are kept apart (network files are always tuned bound)")
     p.set_defaults(run=run_tune)
 
 

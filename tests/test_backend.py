@@ -95,6 +95,28 @@ def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
     check_kernel(kernel, spec, seed=9)
 
 
+@settings(max_examples=30)
+@given(data=st.data())
+def test_bound_co_plan_next_block_prefetch_matches_oracle(backend, data):
+    """Bound, the blocks packed at load: the next packed block is prefetched (transposed
+    convolutions too: packed, a block is one run); threads split blocks or rows."""
+    from unittest import mock
+
+    from convgen import render
+    from convgen.reference import random_arrays
+    from convgen.tolerance import max_error, tolerance
+
+    spec = data.draw(wide_specs())
+    schedule = data.draw(co_schedules(spec))
+    x, w, b = random_arrays(spec, 10)
+    with mock.patch.object(render, "CO_PREFETCH_WEIGHT_BYTES", 0):
+        plan = make_plan(spec, schedule)
+        lines = render.co_next_block_lines(plan, prepacked=True)
+        bound = cg.bind(spec, w, b, backend=backend, schedule=schedule)
+    assert lines >= 1 or render.co_rows_outer(plan, True)
+    assert max_error(bound(x), cg.reference(spec, x, w, b)) <= tolerance(spec)
+
+
 def test_co_plan_next_block_prefetch_threshold():
     """Only layers with CO_PREFETCH_WEIGHT_BYTES+ of weights prefetch: ResNet-18's 512@7
     spreads 32 channels x 4608 steps over 7 rows x 512 channels (3 lines per channel and

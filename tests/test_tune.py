@@ -215,9 +215,9 @@ def fake(schedule, seconds, checked=True, spec=SMALL, backend="c"):
     return Measurement(schedule, seconds, checked=checked), spec, backend
 
 
-def write(db, *entries, bound=False, cold=False):
+def write(db, *entries, bound=False):
     for m, spec, backend in entries:
-        record(spec, backend, [m], db, bound=bound, cold=cold)
+        record(spec, backend, [m], db, bound=bound)
 
 
 def test_best_record_picks_the_fastest_checked_matching_record(db):
@@ -280,7 +280,7 @@ def test_graph_compile_uses_tuned_schedules(db):
     tuned = {}
     for i, (_, spec) in enumerate(convs.values()):
         tuned[spec.key()] = cg.Schedule(tile_co=2 + 2 * i, tile_spatial=(1 + i, 8), threads=2)
-        write(db, fake(tuned[spec.key()], 1e-4, spec=spec), bound=True, cold=True)  # as networks run
+        write(db, fake(tuned[spec.key()], 1e-4, spec=spec), bound=True)  # as networks run
     model = compile_graph(net.trace((1, 3, 8, 8)), "c")
     plans = [s.plan for s in model._lowered.steps if s.kind == "conv"]
     assert len(plans) == 3
@@ -315,11 +315,10 @@ def test_tune_network_for_real(db):
     results = tune_network(tiny_network(), (1, 3, 8, 8), "c", budget=4, threads=1,
                            max_candidates=2)
     assert len(results) == 2
-    for result in results:  # timed bound and cold, as the network runs them: kept apart
-        assert best_record(result.spec, "c", bound=True, cold=True) == result.best
+    for result in results:  # timed bound, as the network runs them: kept apart
+        assert best_record(result.spec, "c", bound=True) == result.best
         assert best_record(result.spec, "c") is None
-        assert best_record(result.spec, "c", bound=True) is None
-    assert all(r["bound"] is True and r["cold"] is True for r in lines(db))
+    assert all(r["bound"] is True for r in lines(db))
 
 
 # -- command line -------------------------------------------------------------------------
@@ -477,41 +476,6 @@ def test_networks_use_only_records_measured_bound(db):
     assert chosen[convs[0].name] == cg.default_schedule(specs[0], prepared_weights=True)
     assert chosen[convs[1].name] == cg.default_schedule(specs[1], prepared_weights=True)
     tuned = cg.Schedule(tile_co=8, tile_spatial=(2, 2), threads=1, method="winograd")
-    # timed bound but warm (bind, bench): the weights stayed in cache, a network's do not
     write(db, fake(tuned, 1e-7, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]), bound=True)
     chosen = _conv_schedules(graph, threads=1, backend="c")
-    assert chosen[convs[0].name] == cg.default_schedule(specs[0], prepared_weights=True)
-    write(db, fake(tuned, 1e-7, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]), bound=True,
-          cold=True)
-    chosen = _conv_schedules(graph, threads=1, backend="c")
     assert chosen[convs[0].name] == tuned and chosen[convs[1].name] == direct
-
-
-def test_cold_runner_reads_another_copy_of_the_weights_each_call():
-    """bound="cold" (network tuning): the copies together fill COLD_BYTES (at most
-    COLD_COPIES), each call reads the next one, and every call computes the oracle's."""
-    from unittest import mock
-
-    from convgen.reference import random_arrays
-    from convgen.tolerance import max_error, tolerance
-    from convgen.tune import COLD, runner
-
-    spec = cg.ConvSpec((1, 16, 6, 6), 16, 3, padding=1)
-    arrays = random_arrays(spec)
-    want = cg.reference(spec, *arrays)
-    schedule = cg.Schedule(tile_co=16, tile_spatial=(1, 6), threads=1, vectorize="co")
-    with mock.patch.object(tune_module, "COLD_BYTES", 3 * 16 * 16 * 9 * 4):
-        call = runner(spec, "c", schedule, arrays, bound=COLD)
-    assert len(call.copies) == 3
-    assert len({id(c) for c in call.copies}) == 3
-    read = []
-    for _ in range(6):
-        out = np.full(spec.output_shape, np.nan, np.float32)
-        call(out)
-        read.append(id(call.kernel.weight))
-        assert max_error(out, want) <= tolerance(spec)
-    assert read[:3] == read[3:] and len(set(read)) == 3
-    with mock.patch.object(tune_module, "COLD_COPIES", 2):
-        assert len(runner(spec, "c", schedule, arrays, bound=COLD).copies) == 2
-    with pytest.raises(ValueError, match="cold"):
-        cg.tune(spec, "c", budget=1, cold=True)

@@ -42,10 +42,9 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
 
 def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
                     dtype: str | None = None) -> dict[str, Schedule]:
-    """Per conv: the best tuning record for its spec measured as a network runs it (weights
-    bound, a cold copy each call: ``convgen tune NETSPEC``; one tuned at ``threads``
-    first), else the default with weights prepared at load; ``threads``, when given,
-    overrides the schedule's thread count."""
+    """Per conv: the best tuning record for its spec measured with bound weights, as a
+    network's are (one tuned at ``threads`` first), else the default with weights prepared
+    at load; ``threads``, when given, overrides the schedule's thread count."""
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
@@ -57,8 +56,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
                                        threads=threads)
             base = None
             if backend is not None:
-                base = best_record(spec, backend, threads, bound=True, cold=True) or \
-                    best_record(spec, backend, bound=True, cold=True)
+                base = best_record(spec, backend, threads, bound=True) or \
+                    best_record(spec, backend, bound=True)
             base = base or default
             out[node.name] = dataclasses.replace(
                 base, threads=base.threads if threads is None else threads)
