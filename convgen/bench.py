@@ -157,6 +157,15 @@ def measure(runner: Runner, repeat: int) -> tuple[float, np.ndarray]:
     return statistics.median(times), first
 
 
+def warm_up(call: Callable[[], Any], seconds: float | None = None) -> None:
+    """Call ``call`` once, and again until ``seconds`` (default WARMUP_S) have passed:
+    threads woken, caches filled (see WARMUP_S)."""
+    until = time.perf_counter() + (WARMUP_S if seconds is None else seconds)
+    call()
+    while time.perf_counter() < until:
+        call()
+
+
 def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = PAUSE_S,
                         calls: int = ROUND_CALLS, warmup: float | None = None
                         ) -> dict[str, tuple[list[float], Any]]:
@@ -184,10 +193,7 @@ def measure_interleaved(runners: dict[str, Runner], repeat: int, pause: float = 
         for name in order:
             runner = runners[name]
             try:
-                until = time.perf_counter() + warmup
-                runner.call()
-                while time.perf_counter() < until:
-                    runner.call()
+                warm_up(runner.call, warmup)
                 for _ in range(calls):
                     start = time.perf_counter()
                     runner.call()
