@@ -633,6 +633,11 @@ def test_default_schedule_picks_gemm_for_1x1_layers_with_256_pixels():
         assert schedule.method == "gemm", spec
         schedule.resolve(spec)
         assert default_schedule(spec, "llvm") == schedule
+        # weights prepared (networks, bind): strided ones on "co", its blocks packed once
+        prepared = default_schedule(spec, "c", prepared_weights=True, threads=2)
+        want = ("direct", "co") if spec.stride != (1,) * spec.ndim else ("gemm", "w")
+        assert (prepared.method, prepared.vectorize) == want, spec
+        assert default_schedule(spec, "llvm", prepared_weights=True, threads=2) == prepared
 
 
 @pytest.mark.parametrize("spec", [
