@@ -165,9 +165,10 @@ class CoKernelIR(IRFunction):
         return self.function
 
     def _next_block(self, w, job, block, n):
-        """(pointer, bytes left) of this job's share of the next channel block's raw
-        weights, prefetched into L2 NEXT_LINES lines per input channel while the job
-        computes (see render.co_next_block_lines); None when the plan prefetches none."""
+        """(pointer, bytes left, lines) of this job's share of the next channel block's
+        weights (packed at load, or raw), prefetched into L2 ``lines`` lines per input
+        channel while the job computes (see render.co_next_block_lines); None when the
+        plan prefetches none."""
         p, b = self.plan, self.b
         lines = co_next_block_lines(p, self.prepacked)
         if not lines:
@@ -178,14 +179,14 @@ class CoKernelIR(IRFunction):
         has_next = b.or_(b.icmp_signed("<", nxt, i64(blocks)),
                          b.icmp_signed("<", b.add(n, i64(1)), i64(p.batch)))
         wrapped = b.srem(nxt, i64(blocks))
-        ng = b.sdiv(wrapped, i64(p.n_tiles[0]))
-        nc0 = b.mul(b.srem(wrapped, i64(p.n_tiles[0])), i64(p.tile_co))
         jobs_per_block = p.n_tiles[1] * p.n_tiles[2] * p.n_tiles[3]
         first = b.mul(b.srem(job, i64(jobs_per_block)), i64(p.cin_g * lines * 64))
         if self.prepacked:  # the next block follows this one (the first follows the last)
             start = self.element(w, b.mul(wrapped, i64(self.co.pack_elements)))
             left = b.sub(i64(self.co.pack_elements * self.itemsize), first)
         else:
+            ng = b.sdiv(wrapped, i64(p.n_tiles[0]))
+            nc0 = b.mul(b.srem(wrapped, i64(p.n_tiles[0])), i64(p.tile_co))
             start = self.element(w, b.add(b.mul(ng, i64(w_g)), b.mul(nc0, i64(w_co))))
             channels = b.sub(i64(p.cout_g), nc0)
             channels = b.select(b.icmp_signed("<", channels, i64(p.tile_co)), channels,

@@ -242,7 +242,7 @@ def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
 
 
 def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
-    """Cache lines of the NEXT channel block's raw weights a "co" kernel prefetches into
+    """Cache lines of the NEXT channel block's weights a "co" kernel prefetches into
     L2 per input channel of a job, spread so that the whole block has arrived when the
     jobs of this one end (0: none; packed in the call, a transposed block is not one run
     of the weight; with ``prepacked`` every block is one run).
