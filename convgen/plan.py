@@ -87,6 +87,10 @@ class Plan:
     vectorize: str = "w"  # what the lanes hold: "w" output columns, "co" output channels
     co_tiles: CoTiles | None = None  # vectorize="co" only
     winograd: WinogradPlan | None = None  # method "winograd" / "gemm" only
+    # the input x (output y and residual r) in the blocked layout of convgen.layout,
+    # (N, C / VL, *spatial, VL) with VL = vector_lanes; networks set these between layers
+    in_blocked: bool = False
+    out_blocked: bool = False
 
     @property
     def tile_spatial(self) -> tuple[int, ...]:

@@ -177,6 +177,8 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
         "activation": spec.activation,
         "activation_args": spec.activation_args,
         "math_fn": math_function(plan.c_type),
+        "in_blocked": plan.in_blocked,
+        "out_blocked": plan.out_blocked,
     }
 
 
@@ -349,6 +351,10 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
     at_h, g_h, bt_h = wp.matrices_h
     at_w, g_w, bt_w = wp.matrices_w
     cols = wp.staged_in[1] if wp.staged_in != (0, 0) else plan.in_size[2]
+    if (plan.in_blocked or plan.out_blocked) and wp.method != "winograd":
+        raise ValueError("the 1x1 GEMM reads and writes NCHW only")
+    # a blocked input read in place (zero padding): pixels are VL elements apart
+    scale = plan.vector_lanes if plan.in_blocked and wp.staged_in == (0, 0) else 1
 
     def two_pass(first, second, src, mid, dst, rows_in, rows_out, cols_in, cols_out,
                  declare):
@@ -407,7 +413,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "stage_out": wp.stage_out,
         "src_rows": wp.src_rows,
         "src_cols": wp.src_cols,
-        "in_offsets": wp.in_offsets,
+        "in_offsets": [[o * scale for o in block] for block in wp.in_offsets],
         "epilogue": bool(spec.bias or residual or spec.activation),
         "gemm_classes": classes,
         "weight_lanes": [lane * k_h * k_w for lane in range(wp.lanes)],
@@ -417,13 +423,15 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "weight_stores": [{"name": f"u{a}_{b}", "xi": a * a_w + b}
                           for a in range(a_h) for b in range(a_w)],
         "dilation": wp.dilation,
-        "patch": [{"name": f"d{i}_{j}", "offset": (i * cols) * wp.dilation[0] + j * wp.dilation[1],
+        "patch": [{"name": f"d{i}_{j}",
+                   "offset": ((i * cols) * wp.dilation[0] + j * wp.dilation[1]) * scale,
                    "i": i, "j": j}
                   for i in range(a_h) for j in range(a_w)],
         "chunk_end": [end for end, _ in wp.chunks],
         "chunk_rows": [rows for _, rows in wp.chunks],
         "masked": wp.row_masks is not None,
-        "prefetch": [list(p) for p in wp.prefetch] if wp.prefetch and wp.prefetch[0] else [],
+        "prefetch": [[o * scale for o in p] for p in wp.prefetch]
+        if wp.prefetch and wp.prefetch[0] else [],
         "row_masks": wp.row_masks or [],
         "col_masks": wp.col_masks or [],
         "input_lines": two_pass(bt_h, bt_w, "d", "e", "v", a_h, a_h, a_w, a_w, "const V "),

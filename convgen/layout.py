@@ -1,0 +1,76 @@
+"""The blocked activation layout networks keep between layers (oneDNN's nChw16c).
+
+A value of shape (N, C, *spatial) is stored blocked as (N, C / VL, *spatial, VL): the
+channels split into blocks of the vector width VL (16 fp32 lanes on AVX-512, 8 fp64),
+each pixel's VL channels contiguous. A "co" kernel (output channels in vector lanes)
+then loads the VL channels of a pixel with one vector instruction and stores its register
+tile without transposing it, and an input pixel's channels share one cache line instead
+of lying a plane apart.
+
+Which kernels read and write it: :func:`supports_blocked`. Which values of a network are
+blocked: convgen.graph.layout. Standalone kernels and a network's inputs and outputs are
+always NCHW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .cpu import vector_lanes
+from .plan import Plan
+
+
+def block_lanes(dtype: str) -> int:
+    """VL of the blocked layout for ``dtype`` on this host."""
+    return vector_lanes(dtype)
+
+
+def blocked_channels_ok(channels: int, lanes: int) -> bool:
+    """Whether a value with ``channels`` channels can be stored blocked."""
+    return channels > 0 and channels % lanes == 0
+
+
+def supports_blocked(plan: Plan) -> str | None:
+    """None when ``plan``'s kernel can read its input and write its output (and residual)
+    blocked, else why not: the "co" plan and Winograd do; the "w" plan (depthwise, few
+    channels) and the 1x1 GEMM (reads and writes channel planes in place) do not."""
+    lanes = plan.vector_lanes
+    if lanes != block_lanes(plan.spec.dtype):
+        return f"vector width {lanes} is not the layout's {block_lanes(plan.spec.dtype)}"
+    if plan.cin_g % lanes or plan.cout_g % lanes:
+        return (f"channels per group ({plan.cin_g} in, {plan.cout_g} out) are not "
+                f"multiples of {lanes}")
+    if plan.winograd is not None:
+        return None if plan.winograd.method == "winograd" else \
+            "the 1x1 GEMM reads and writes channel planes in place"
+    if plan.vectorize == "co" and plan.co_tiles is not None:
+        return None
+    return "the \"w\" plan vectorizes over output columns"
+
+
+def with_layout(plan: Plan, in_blocked: bool, out_blocked: bool) -> Plan:
+    """``plan`` reading (writing) the blocked layout; ValueError when it cannot."""
+    if in_blocked or out_blocked:
+        why = supports_blocked(plan)
+        if why is not None:
+            raise ValueError(f"{plan.spec.name}: no blocked layout: {why}")
+    suffix = ("_bi" if in_blocked else "") + ("_bo" if out_blocked else "")
+    return dataclasses.replace(plan, in_blocked=in_blocked, out_blocked=out_blocked,
+                               symbol=plan.symbol + suffix)
+
+
+def to_blocked(x: np.ndarray, lanes: int) -> np.ndarray:
+    """(N, C, *S) -> (N, C / lanes, *S, lanes), contiguous."""
+    n, c, *spatial = x.shape
+    if c % lanes:
+        raise ValueError(f"to_blocked: {c} channels are not a multiple of {lanes}")
+    blocked = x.reshape(n, c // lanes, lanes, *spatial)
+    return np.ascontiguousarray(np.moveaxis(blocked, 2, -1))
+
+
+def from_blocked(x: np.ndarray) -> np.ndarray:
+    """(N, C / VL, *S, VL) -> (N, C, *S), contiguous."""
+    n, blocks, *spatial, lanes = x.shape
+    return np.ascontiguousarray(np.moveaxis(x, -1, 2).reshape(n, blocks * lanes, *spatial))
