@@ -32,16 +32,18 @@ def blocked_channels_ok(channels: int, lanes: int) -> bool:
     return channels > 0 and channels % lanes == 0
 
 
-def supports_blocked(plan: Plan) -> str | None:
-    """None when ``plan``'s kernel can read its input and write its output (and residual)
-    blocked, else why not: the "co" plan and Winograd do; the "w" plan (depthwise, few
+def supports_blocked(plan: Plan, read: bool = True, write: bool = True) -> str | None:
+    """None when ``plan``'s kernel can read its input (``read``) and write its output and
+    residual (``write``) blocked, else why not: the "co" plan and Winograd do, when the
+    channels per group of that side are whole blocks; the "w" plan (depthwise, few
     channels) and the 1x1 GEMM (reads and writes channel planes in place) do not."""
     lanes = plan.vector_lanes
     if lanes != block_lanes(plan.spec.dtype):
         return f"vector width {lanes} is not the layout's {block_lanes(plan.spec.dtype)}"
-    if plan.cin_g % lanes or plan.cout_g % lanes:
-        return (f"channels per group ({plan.cin_g} in, {plan.cout_g} out) are not "
-                f"multiples of {lanes}")
+    if read and plan.cin_g % lanes:
+        return f"input channels per group ({plan.cin_g}) are not a multiple of {lanes}"
+    if write and plan.cout_g % lanes:
+        return f"output channels per group ({plan.cout_g}) are not a multiple of {lanes}"
     if plan.winograd is not None:
         return None if plan.winograd.method == "winograd" else \
             "the 1x1 GEMM reads and writes channel planes in place"
@@ -53,7 +55,7 @@ def supports_blocked(plan: Plan) -> str | None:
 def with_layout(plan: Plan, in_blocked: bool, out_blocked: bool) -> Plan:
     """``plan`` reading (writing) the blocked layout; ValueError when it cannot."""
     if in_blocked or out_blocked:
-        why = supports_blocked(plan)
+        why = supports_blocked(plan, in_blocked, out_blocked)
         if why is not None:
             raise ValueError(f"{plan.spec.name}: no blocked layout: {why}")
     suffix = ("_bi" if in_blocked else "") + ("_bo" if out_blocked else "")

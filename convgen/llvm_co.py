@@ -16,6 +16,12 @@ transposed in registers and the epilogue (bias, residual, activation) stores who
 column vectors per channel with masks. Layers with large weights prefetch the next channel
 block's weights into L2 while a block computes (render.co_next_block_lines).
 
+Blocked layouts (``plan.in_blocked`` / ``plan.out_blocked``, convgen.layout: (N, C / VL,
+*spatial, VL)): a blocked input's channel ci starts at ``(ci / VL) * plane * VL + ci % VL``
+and its pixels are VL elements apart, so every pixel offset is scaled by VL; a blocked
+output (and residual) takes each pixel's channel vectors as they are, so the tile is not
+transposed and the epilogue stores one whole vector per (pixel, channel vector).
+
 Transposed convolutions (the stride-phase plan): the weight (C_in, C_out/groups, *k) is
 packed one run of taps per input channel, the channel block is the outermost part of the
 job index (one pack per block per call), a row runs only its useful (kd, kh) taps (the
@@ -27,6 +33,8 @@ Entry point, shared with the other plan and the C backend:
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from llvmlite import ir
 
@@ -56,6 +64,8 @@ class CoKernelIR(IRFunction):
         # parameters) puts them: element-aligned only
         self.weight_align = self.itemsize if prepacked else self.vector_align
         self.columns = -(-self.co.max_pixels // self.lanes) * self.lanes  # PCOLS
+        # elements between an input channel's adjacent pixels: 1 in NCHW, VL blocked
+        self.xs = self.lanes if plan.in_blocked else 1
         self.next_block = None  # set per job by _next_block
 
     # -- the kernel ------------------------------------------------------------------
@@ -77,11 +87,11 @@ class CoKernelIR(IRFunction):
         # the register tile: one alloca per (column, channel vector), promoted to registers
         self.acc = [[self.alloca(self.vec, f"acc.{px}.{v}") for v in range(co.co_vectors)]
                     for px in range(co.max_pixels)]
-        # the tile transposed, [channel][column], for the epilogue
-        res_type = ir.ArrayType(self.scalar, tco * self.columns)
-        res_array = self.alloca(res_type, "res")
-        res_array.align = SCRATCH_ALIGN
-        self.res = b.bitcast(res_array, self.scalar.as_pointer(), name="res.base")
+        if not p.out_blocked:  # the tile transposed, [channel][column], for the epilogue
+            res_type = ir.ArrayType(self.scalar, tco * self.columns)
+            res_array = self.alloca(res_type, "res")
+            res_array.align = SCRATCH_ALIGN
+            self.res = b.bitcast(res_array, self.scalar.as_pointer(), name="res.base")
         if self.prepacked:
             b.comment(f"w holds the channel blocks packed at load: [g][block][ci][kd][kh][kw]"
                       f"[{tco}]")
@@ -155,8 +165,11 @@ class CoKernelIR(IRFunction):
                     b.position_at_end(case)
                     b.comment(f"piece body {k}: {body.size} columns")
                     self._reduce(body, x_group, wp, od_, oh_, base, tap_tables)
-                    self._store_tile(body)
-                    self._epilogue(body, bias, residual, y, out)
+                    if p.out_blocked:
+                        self._epilogue_blocked(body, bias, residual, y, out)
+                    else:
+                        self._store_tile(body)
+                        self._epilogue(body, bias, residual, y, out)
                     b.branch(after)
                 b.position_at_end(after)
         if raw is not None:
@@ -302,15 +315,22 @@ class CoKernelIR(IRFunction):
             count = b.sext(self.table_load(tables["count"], row, "row.taps"), I64)
             first = b.mul(row, i64(tables["width"]), name="tap.first")
         with self.loop(0, p.cin_g, "ci") as ci:
-            xc = self.element(x_group, b.mul(ci, i64(plane)), "xc")
+            if p.in_blocked:  # channel ci: lane ci % VL of block ci / VL
+                lanes = self.lanes
+                xc = self.element(x_group, b.add(b.mul(b.udiv(ci, i64(lanes)),
+                                                       i64(plane * lanes)),
+                                                 b.urem(ci, i64(lanes))), "xc")
+            else:
+                xc = self.element(x_group, b.mul(ci, i64(plane)), "xc")
             wc = self.element(wp, b.mul(ci, i64(kd_n * kh_n * kw_n * tco)), "wc")
             self._prefetch_next_block(ci)
             if "count" in tables:
                 with self.loop(0, count, "t") as t:
                     index = b.add(first, t)
                     x_offset = b.sext(self.table_load(tables["x"], index, "tap.x"), I64)
-                    xr = self.element(xc, b.add(x_offset, base), "xr")
-                    self._prefetch_row(xr, body)
+                    xr = self.element(xc, b.mul(b.add(x_offset, base), i64(self.xs)), "xr")
+                    if not p.in_blocked:  # blocked: the next channels share the row's lines
+                        self._prefetch_row(xr, body)
                     w_offset = b.sext(self.table_load(tables["w"], index, "tap.w"), I64)
                     self._taps(body, xr, self.element(wc, w_offset, "wt"))
             else:
@@ -326,7 +346,8 @@ class CoKernelIR(IRFunction):
                                                         b.sext(in_h, I64)), i64(iw)), base)
                                 wt = self.element(wc, b.mul(b.add(b.mul(kd, i64(kh_n)), kh),
                                                             i64(kw_n * tco)), "wt")
-                                self._taps(body, self.element(xc, row, "xr"), wt)
+                                self._taps(body, self.element(xc, b.mul(row, i64(self.xs)),
+                                                              "xr"), wt)
 
     def _prefetch_row(self, xr, body: CoClass) -> None:
         """Prefetch the piece's input columns CO_PREFETCH_CHANNELS input channels ahead:
@@ -364,7 +385,7 @@ class CoKernelIR(IRFunction):
             weights = [b.load(self._vector_at(wt, i64(off)), align=self.weight_align)
                        for off in tap.weight_offsets]
             for px, offset in tap.pixels:
-                xv = self.splat(b.load(self.element(xr, i64(offset))))
+                xv = self.splat(b.load(self.element(xr, i64(offset * self.xs))))
                 for v, weight in enumerate(weights):
                     slot = self.acc[px][v]
                     b.store(b.call(fma, [weight, xv, b.load(slot)]), slot)
@@ -429,6 +450,40 @@ class CoKernelIR(IRFunction):
                                                         i32(self.itemsize), mask, self.zero()]))
                 value = self.activation(value, spec.activation, spec.activation_args)
                 b.call(store, [value, self._vector_at(y, offset), i32(self.itemsize), mask])
+
+    def _epilogue_blocked(self, body: CoClass, bias, residual, y, out: dict) -> None:
+        """The blocked output: per pixel and channel vector, bias, residual, activation
+        and one vector store of the accumulator as it is (a pixel's VL channels of a
+        block are contiguous; nco and co0 are multiples of VL, convgen.layout)."""
+        p, b, lanes = self.plan, self.b, self.lanes
+        od_n, oh_n, ow_n = p.out_size
+        spec = p.spec
+        b.comment(f"epilogue (blocked output): bias, "
+                  f"{'residual, ' if residual is not None else ''}"
+                  f"{spec.activation or 'no activation'}, store")
+        row_pixel = b.add(b.mul(b.add(b.mul(out["od"], i64(oh_n)), out["oh"]), i64(ow_n)),
+                          out["ow0"], name="pix0")
+        for v in range(self.co.co_vectors):
+            channel = b.add(b.mul(out["g"], i64(p.cout_g)),
+                            b.add(out["co0"], i64(v * lanes)), name="c")
+            start = b.mul(b.add(b.mul(out["n"], i64(p.groups * p.cout_g)), channel),
+                          i64(od_n * oh_n * ow_n))
+            # the first vector always holds channels (nco >= VL); the others only while
+            # a full block's channels remain
+            guard = b.if_then(b.icmp_signed("<", i64(v * lanes), out["nco"])) if v \
+                else contextlib.nullcontext()
+            with guard:
+                bv = self.load_vec(self.element(bias, channel)) if spec.bias else None
+                for px in range(body.size):
+                    pixel = b.add(row_pixel, i64(px * self.co.step))
+                    offset = b.add(start, b.mul(pixel, i64(lanes)))
+                    value = b.load(self.acc[px][v])
+                    if bv is not None:
+                        value = b.fadd(value, bv)
+                    if residual is not None:
+                        value = b.fadd(value, self.load_vec(self.element(residual, offset)))
+                    value = self.activation(value, spec.activation, spec.activation_args)
+                    self.store_vec(value, self.element(y, offset))
 
     def _gather_lanes(self, base, offsets: list):
         """A vector of base[offsets[lane]], zeros past the listed lanes."""

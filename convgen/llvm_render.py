@@ -32,6 +32,8 @@ class _KernelIR(IRFunction):
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
                  residual: bool = False, internal: bool = False):
         assert plan.vectorize == "w", plan.vectorize
+        # convgen.layout.with_layout refuses the "w" plan blocked layouts
+        assert not (plan.in_blocked or plan.out_blocked), plan.symbol
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
                          ("job_begin", "job_end"), internal)
@@ -281,6 +283,15 @@ def _lanes_hold(plan: Plan) -> str:
     return "output channels" if plan.vectorize == "co" else "output columns"
 
 
+def _layout_line(plan: Plan) -> str:
+    """A header line naming the blocked layouts of convgen.layout, if any."""
+    if not (plan.in_blocked or plan.out_blocked):
+        return ""
+    blocked = f"(N, C/{plan.vector_lanes}, *spatial, {plan.vector_lanes})"
+    return (f"; layout:   input {blocked if plan.in_blocked else 'NCHW'}, output"
+            f" {blocked if plan.out_blocked else 'NCHW'}\n")
+
+
 def render_llvm(plan: Plan, triple: str, data_layout: str,
                 pretransformed: bool = False) -> str:
     """The kernel's LLVM IR as text (unoptimized, commented)."""
@@ -291,5 +302,5 @@ def render_llvm(plan: Plan, triple: str, data_layout: str,
               f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"
               f"; vectors of {plan.vector_lanes} x {plan.c_type} over {_lanes_hold(plan)}"
               + (" (weights: prepared at load)" if pretransformed else "")
-              + "\n")
+              + "\n" + _layout_line(plan))
     return header + str(module)

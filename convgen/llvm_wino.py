@@ -12,6 +12,11 @@ with llvmlite.ir, with three simplifications that keep the IR short:
 - a block's outputs are written straight to the output with the epilogue (bias,
   residual, activation): masked scatters through a table of output offsets for Winograd,
   masked vector stores for the GEMM (C stores tile-major, then copies out by rows);
+- a blocked input or output (``plan.in_blocked`` / ``plan.out_blocked``, convgen.layout:
+  (N, C / VL, H, W, VL), method "winograd" only) takes the same tables, scaled: channel c
+  starts at ``(c / VL) * plane * VL + c % VL`` and its pixels are VL elements apart, so
+  the gathers and scatters read and write it in place (C scales its gather tables the
+  same way, and its staged copies read and write with a stride of VL);
 - threads (``Schedule.threads > 1`` with the GNU OpenMP runtime loadable) share the
   (image, block, output-channel part) jobs through ``GOMP_loop_dynamic_*`` in one
   ``GOMP_parallel`` region; a kernel given raw weights first transforms them into a
@@ -48,10 +53,23 @@ def uses_openmp(plan: Plan) -> bool:
     return openmp_available()
 
 
+def _blocked_only_winograd(plan: Plan) -> None:
+    """ValueError for the 1x1 GEMM with a blocked layout (as convgen.render.wino_context)."""
+    if (plan.in_blocked or plan.out_blocked) and plan.winograd.method != "winograd":
+        raise ValueError("the 1x1 GEMM reads and writes NCHW only")
+
+
+def _scaled(table: list[int], scale: int) -> list[int]:
+    """``table``'s pixel offsets as element offsets ``scale`` apart, -1 kept."""
+    return table if scale == 1 else [o * scale if o >= 0 else o for o in table]
+
+
 def input_offsets(plan: Plan) -> list[int] | None:
-    """Per block, tile vector, patch element and lane: the input element read (an offset in
-    one input channel), -1 for a zero; None when a GEMM reads its input in place."""
+    """Per block, tile vector, patch element and lane: the input element read (an offset
+    from one input channel's first element: the pixel, times VL when the input is
+    blocked), -1 for a zero; None when a GEMM reads its input in place."""
     wp: WinogradPlan = plan.winograd
+    _blocked_only_winograd(plan)
     spec = plan.spec
     in_h, in_w = plan.in_size[1:]
     out_w = plan.out_size[2]
@@ -86,12 +104,13 @@ def input_offsets(plan: Plan) -> list[int] | None:
                         r = source_coordinate(r0 - pad_h + i * d_h, in_h, mode)
                         c = source_coordinate(c0 - pad_w + j * d_w, in_w, mode)
                         table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
-    return table
+    return _scaled(table, plan.vector_lanes if plan.in_blocked else 1)
 
 
 def output_offsets(plan: Plan) -> list[int]:
     """Per block, tile vector, tile output and lane (Winograd): the output element written
-    (an offset in one output channel), -1 past the output or the last tile."""
+    (an offset from one output channel's first element: the pixel, times VL when the
+    output is blocked), -1 past the output or the last tile."""
     wp: WinogradPlan = plan.winograd
     out_h, out_w = plan.out_size[1:]
     (m_h, m_w), (d_h, d_w) = wp.tile, wp.dilation
@@ -108,7 +127,7 @@ def output_offsets(plan: Plan) -> list[int]:
                         r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
                         oh, ow = r0 + a * d_h, c0 + bb * d_w
                         table.append(oh * out_w + ow if oh < out_h and ow < out_w else -1)
-    return table
+    return _scaled(table, plan.vector_lanes if plan.out_blocked else 1)
 
 
 class WinoKernelIR(IRFunction):
@@ -119,6 +138,7 @@ class WinoKernelIR(IRFunction):
                  pretransformed: bool = False):
         wp = plan.winograd
         assert wp is not None
+        _blocked_only_winograd(plan)
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, wp.lanes, names,
                          ("job_begin", "job_end"), internal)
@@ -380,7 +400,7 @@ class WinoKernelIR(IRFunction):
             first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)),
                           i64(elements * self.lanes))
             with self.loop(0, p.cin_g, f"ci.in{tv}") as ci:
-                xc = self.element(xg, b.mul(ci, i64(in_plane)))
+                xc = self._channel(xg, ci, in_plane, p.in_blocked)
                 d = [[None] * a_w for _ in range(a_h)]
                 for i in range(a_h):
                     for j in range(a_w):
@@ -404,8 +424,8 @@ class WinoKernelIR(IRFunction):
         b.comment("output transform: Y = AT M A, bias, residual, activation, scattered")
         with self.loop(co_lo, co_hi, "co.out") as co:
             bv = self._bias(bias, group, co)
-            yc = self.element(yg, b.mul(co, i64(out_plane)))
-            rc = self.element(rg, b.mul(co, i64(out_plane))) if rg is not None else None
+            yc = self._channel(yg, co, out_plane, p.out_blocked)
+            rc = self._channel(rg, co, out_plane, p.out_blocked) if rg is not None else None
             for tv in range(wp.vectors):
                 m = [[self.load_vec(self.element(mb, b.add(
                     b.mul(b.add(i64((a * a_w + c) * p.cout_g), co), i64(tb)),
@@ -425,6 +445,16 @@ class WinoKernelIR(IRFunction):
                         value = self.activation(value, p.spec.activation,
                                                 p.spec.activation_args)
                         self.masked_scatter(value, pointers, mask)
+
+    def _channel(self, base, c, plane: int, blocked: bool):
+        """&channel c's first element from ``base`` (a group's first channel): c planes on,
+        or blocked, lane c % VL of block c / VL (the group's channels are whole blocks)."""
+        b = self.b
+        if not blocked:
+            return self.element(base, b.mul(c, i64(plane)))
+        lanes = self.lanes
+        return self.element(base, b.add(b.mul(b.udiv(c, i64(lanes)), i64(plane * lanes)),
+                                         b.urem(c, i64(lanes))))
 
     def _bias(self, bias, group, co):
         if not self.plan.spec.bias:

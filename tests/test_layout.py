@@ -94,7 +94,7 @@ def blocked_specs(draw, ndim: int | None = None, transposed: bool = False,
         assume(False)
 
 
-BACKENDS = ["c"]
+BACKENDS = ["c", "llvm"]
 LAYOUTS = [(True, True), (True, False), (False, True)]
 
 
@@ -144,7 +144,7 @@ def test_unsupported_plans_name_the_reason():
     depthwise = cg.ConvSpec(input_shape=(1, 2 * lanes, 8, 8), out_channels=2 * lanes,
                             kernel_size=3, padding=1, groups=2 * lanes)
     plan = make_plan(depthwise, cg.Schedule(tile_co=1, tile_spatial=(2, 8)))
-    assert "multiples" in supports_blocked(plan)
+    assert "multiple of" in supports_blocked(plan)
     with pytest.raises(ValueError, match="no blocked layout"):
         with_layout(plan, True, True)
     pointwise = cg.ConvSpec(input_shape=(1, lanes, 8, 8), out_channels=lanes, kernel_size=1)

@@ -55,7 +55,7 @@ def render_network(lowered: Lowered, symbol: str, title: str) -> str:
         else:
             entry["o"] = {**step.consts, "name": name, "function": step.function,
                           "has_bias": "bias" in step.params,
-                          "math_fn": math_function(c_type)}
+                          "math_fn": math_function(c_type), "c_type": c_type}
         steps.append(entry)
     copies = [{"source": pointer(buffer), "elements": elements}
               for buffer, elements in lowered.outputs]

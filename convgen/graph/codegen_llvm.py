@@ -42,6 +42,20 @@ class _OpIR(IRFunction):
     def put(self, value, pointer, index) -> None:
         self.store_vec(value, self.element(pointer, index))
 
+    def channel_start(self, nc, volume: int):
+        """Where channel ``nc`` (of N * C) of the step's input starts: NCHW, or, when the
+        step reads the blocked layout (convgen.layout), its block plus its lane."""
+        b = self.b
+        if not self.c.get("blocked"):
+            return b.mul(nc, i64(volume))
+        lanes = self.c["lanes"]
+        return b.add(b.mul(b.sdiv(nc, i64(lanes)), i64(volume * lanes)),
+                     b.srem(nc, i64(lanes)))
+
+    def pixel(self, index):
+        """A channel's pixel ``index`` as an element offset (lanes apart when blocked)."""
+        return self.b.mul(index, i64(self.c["lanes"])) if self.c.get("blocked") else index
+
     def to_float(self, integer):
         """An i64 as a one-lane vector of the element type."""
         return self.splat(self.b.sitofp(integer, self.scalar))
@@ -69,9 +83,9 @@ class _OpIR(IRFunction):
         sizes = (in_d, in_h, in_w)
         with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
-            xc = self.element(x, b.mul(nc, i64(in_volume)))
-            out_index = b.add(b.mul(nc, i64(out_volume)),
-                              b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow))
+            xc = self.element(x, self.channel_start(nc, in_volume))
+            out_index = b.add(self.channel_start(nc, out_volume), self.pixel(
+                b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow)))
             starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in
                       zip((od, oh, ow), stride, pad)]
             b.store(self.zero(), total)
@@ -87,7 +101,7 @@ class _OpIR(IRFunction):
                 with b.if_then(inside):
                     index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
                                         i64(in_w)), coords[2])
-                    b.store(b.fadd(b.load(total), self.at(xc, index)), total)
+                    b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
                     b.store(b.add(b.load(count), i64(1)), count)
             if c["count_include_pad"]:  # the window clipped to the padded input
                 divisor = i64(1)
@@ -119,11 +133,12 @@ class _OpIR(IRFunction):
         begin, end = self.args["job_begin"], self.args["job_end"]  # channels [begin, end)
         with self.loop(begin, end, "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh:
-            xc = self.element(x, b.mul(nc, i64(in_d * in_h * in_w)))
-            row = self.element(y, b.mul(b.add(b.mul(b.add(b.mul(nc, i64(out_d)), od),
-                                                    i64(out_h)), oh), i64(out_w)))
+            xc = self.element(x, self.channel_start(nc, in_d * in_h * in_w))
+            row = self.element(y, b.add(self.channel_start(nc, out_d * out_h * out_w),
+                                        self.pixel(b.mul(b.add(b.mul(od, i64(out_h)), oh),
+                                                         i64(out_w)))))
             with self.loop(0, out_w, "init") as ow:
-                self.put(lowest, row, ow)
+                self.put(lowest, row, self.pixel(ow))
             with self.loop(0, k_d, "kd") as kd, self.loop(0, k_h, "kh") as kh:
                 id_ = b.add(b.sub(b.mul(od, i64(s_d)), i64(p_d)), b.mul(kd, i64(d_d)))
                 ih = b.add(b.sub(b.mul(oh, i64(s_h)), i64(p_h)), b.mul(kh, i64(d_h)))
@@ -132,14 +147,16 @@ class _OpIR(IRFunction):
                                 b.and_(b.icmp_signed(">=", ih, i64(0)),
                                        b.icmp_signed("<", ih, i64(in_h))))
                 with b.if_then(inside):
-                    xr = self.element(xc, b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w)))
+                    xr = self.element(xc, self.pixel(
+                        b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w))))
                     for k, (shift, lo, hi) in enumerate(runs):
                         with self.loop(lo, hi, f"ow{k}") as ow:
-                            value = self.at(xr, b.add(b.mul(ow, i64(s_w)), i64(shift)))
-                            current = self.at(row, ow)
+                            value = self.at(xr, self.pixel(b.add(b.mul(ow, i64(s_w)),
+                                                                 i64(shift))))
+                            current = self.at(row, self.pixel(ow))
                             take = b.or_(b.fcmp_ordered(">", value, current),
                                          b.fcmp_unordered("uno", value, value))
-                            self.put(b.select(take, value, current), row, ow)
+                            self.put(b.select(take, value, current), row, self.pixel(ow))
         return self.finish()
 
     def adaptive_avg_pool(self) -> ir.Function:
@@ -149,7 +166,7 @@ class _OpIR(IRFunction):
         total = self.alloca(self.vec, "total")
         with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
-            xc = self.element(x, b.mul(nc, i64(in_d * in_h * in_w)))
+            xc = self.element(x, self.channel_start(nc, in_d * in_h * in_w))
             bins = []
             for o, size, out in zip((od, oh, ow), (in_d, in_h, in_w), (out_d, out_h, out_w)):
                 start = b.sdiv(b.mul(o, i64(size)), i64(out))
@@ -160,7 +177,7 @@ class _OpIR(IRFunction):
                     self.loop(bins[1][0], bins[1][1], "ih") as ih, \
                     self.loop(bins[2][0], bins[2][1], "iw") as iw:
                 index = b.add(b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w)), iw)
-                b.store(b.fadd(b.load(total), self.at(xc, index)), total)
+                b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
             count = i64(1)
             for start, end in bins:
                 count = b.mul(count, b.sub(end, start))

@@ -32,8 +32,9 @@ from .shapes import infer_graph
 DTYPES = ("float32", "float64")
 
 
-def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict) -> str:
-    parts = [graph.inputs, graph.outputs, dtype, sorted((k, v.key()) for k, v in schedules.items())]
+def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> str:
+    parts = [graph.inputs, graph.outputs, dtype, sorted((k, v.key()) for k, v in schedules.items()),
+             sorted(blocked)]
     for node in graph.nodes:
         parts.append([node.name, node.op, node.inputs, node.shape,
                       json.dumps(node.attrs, sort_keys=True, default=str)])
@@ -65,11 +66,17 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
 
 
 def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
-                  threads: int | None = None) -> CompiledModel:
+                  threads: int | None = None, layout: str = "blocked",
+                  schedules: dict[str, Schedule] | None = None) -> CompiledModel:
     """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
 
     ``threads`` per convolution layer; None: each layer's tuned or default schedule
     (every core, $CONVGEN_NUM_THREADS, for layers large enough to profit).
+    ``layout`` "blocked" (default): values between layers that read and write it stay in
+    the blocked layout (N, C / VL, *spatial, VL) (convgen.graph.layout); "nchw": none do.
+    Inputs and outputs are NCHW either way.
+    ``schedules``: a Schedule per convolution layer, by its name after fusion (the
+    optimized graph's), in place of its tuning record or default.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
@@ -83,9 +90,18 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     infer_graph(optimized)
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
-    schedules = _conv_schedules(optimized, threads, backend, dtype)
-    lowered = lower(optimized, memory, dtype, schedules, backend)
-    symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules)}"
+    chosen = _conv_schedules(optimized, threads, backend, dtype)
+    for name, schedule in (schedules or {}).items():
+        if name not in chosen:
+            raise ValueError(f"schedules: {name!r} is not a convolution layer of the network "
+                             f"after fusion; those are {sorted(chosen)}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedules[{name!r}]: expected a convgen.Schedule, "
+                            f"got {type(schedule).__name__}")
+        chosen[name] = schedule
+    schedules = chosen
+    lowered = lower(optimized, memory, dtype, schedules, backend, layout)
+    symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":
         from ..builder import build_c
@@ -130,6 +146,7 @@ class CompiledModel:
         self.input_shapes = [tuple(shape) for _, shape in graph.inputs]
         self.output_shapes = [tuple(graph.shape_of(name)) for name in graph.outputs]
         self._lowered = lowered
+        self.blocked_values = lowered.blocked  # values kept in the blocked layout
         self._ffi = ffi
         self._function = function
         self._keepalive = keepalive

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bound import prepare_weight, prepares
+from ..layout import block_lanes, with_layout
 from ..plan import Plan, make_plan
 from ..schedule import Schedule
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
+from .layout import plan_layouts
 from .memory import VIEW_OPS, MemoryPlan, alias_source
 from .tensor_ops import lrn_consts, matmul_consts, remap_consts
 
@@ -52,6 +54,10 @@ class Lowered:
     outputs: list[tuple[Buffer, int]]  # (where, elements) per graph output
     arena_elements: int
     dtype: str
+    blocked: frozenset[str] = frozenset()  # values kept in the blocked layout
+
+
+LAYOUTS = ("blocked", "nchw")
 
 
 def _pad3(values, fill: int) -> tuple[int, int, int]:
@@ -91,10 +97,20 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
-          schedules: dict[str, Schedule] | None = None, backend: str = "c") -> Lowered:
+          schedules: dict[str, Schedule] | None = None, backend: str = "c",
+          layout: str = "blocked") -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
-    get their weights prepared for ``backend``'s kernels here, once (convgen.bound)."""
+    get their weights prepared for ``backend``'s kernels here, once (convgen.bound).
+    ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
+    "nchw": every value NCHW."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
+    plans = {node.name: make_plan(ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype),
+                                  schedules.get(node.name))
+             for node in graph.nodes if node.op == "conv"}
+    lanes = block_lanes(dtype)
+    blocked = plan_layouts(graph, plans, lanes) if layout == "blocked" else set()
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
     packer = _Packer(dtype)
@@ -121,22 +137,28 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                     buffer(node.name))
         if node.op == "identity":
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
-        _lower_node(node, step, shapes, packer, dtype, schedules.get(node.name), backend)
+        in_blocked = bool(node.inputs) and node.inputs[0] in blocked
+        if node.op == "conv":
+            step.plan = with_layout(plans[node.name], in_blocked, node.name in blocked)
+        _lower_node(node, step, shapes, packer, dtype, backend)
+        if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+            step.consts.update(blocked=in_blocked, lanes=lanes)
         steps.append(step)
     threads = max((step.plan.threads for step in steps if step.plan is not None), default=1)
     for step in steps:  # max pooling splits its channels over the network's threads
         if step.kind == "max_pool":
             step.consts["threads"] = min(threads, step.consts["jobs"])
     outputs = [(buffer(name), math.prod(graph.shape_of(name))) for name in graph.outputs]
-    return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype)
+    return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype,
+                   frozenset(blocked))
 
 
 def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
-                schedule: Schedule | None, backend: str = "c") -> None:
+                backend: str = "c") -> None:
+    """Fill ``step`` (a conv step's plan is set) for ``node``."""
     a = node.attrs
     if node.op == "conv":
-        spec = ConvSpec.from_dict(a["spec"]).replace(dtype=dtype)
-        step.plan = make_plan(spec, schedule)
+        spec = step.plan.spec
         # the weight prepared once, here, not in every call (Winograd's U = G g G^T,
         # packed), as a bound kernel's
         pretransformed = prepares(step.plan, backend)

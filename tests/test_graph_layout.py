@@ -1,0 +1,169 @@
+"""Networks that keep values in the blocked layout between layers (convgen.graph.layout).
+
+Every network runs on every backend, blocked (the default) and all-NCHW, and is compared
+with the oracle of the unfused graph; each test also checks which values the planner kept
+blocked, so that the blocked kernels, pools, elementwise ops and fused residuals are
+what ran.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgen as cg
+from convgen.graph.compile import compile_graph
+from convgen.graph.layout import plan_layouts
+from convgen.layout import block_lanes, supports_blocked
+
+from graph_helpers import activation, adaptive, check, conv, graph, node, pool
+
+
+def lowered_steps(model) -> dict:
+    return {step.name: step for step in model._lowered.steps}
+
+
+def resnet_like(batch: int, size: int, c1: int, c2: int, pooling: str, dtype: str,
+                nd: int = 2):
+    """stem conv (3 channels in) -> relu -> pool -> conv + residual -> relu ->
+    strided conv -> two relu'd convs added (a standalone add) -> 1x1 conv (NCHW only,
+    the GEMM) -> global average pool."""
+    spatial = (size,) * nd
+    x = (batch, 3, *spatial)
+    stem = conv("stem", "x", x, c1, 3, padding=1, dtype=dtype)
+    nodes = [stem, activation("stem_relu", "stem", "relu"),
+             pool("pool", "stem_relu", pooling, nd, 3, stride=2, padding=1)]
+    pooled = (batch, c1, *((size - 1) // 2 + 1 for _ in spatial))
+    nodes += [conv("body", "pool", pooled, c1, 3, padding=1, bias=False, dtype=dtype, seed=1),
+              node("residual", "add", ["body", "pool"]),
+              activation("block_relu", "residual", "relu"),
+              conv("down", "block_relu", pooled, c2, 3, stride=2, padding=1, dtype=dtype,
+                   seed=2)]
+    down = (batch, c2, *((s - 1) // 2 + 1 for s in pooled[2:]))
+    nodes += [conv("left", "down", down, c2, 3, padding=1, dtype=dtype, seed=3),
+              activation("left_relu", "left", "relu"),
+              conv("right", "down", down, c2, 3, padding=1, dilation=1, dtype=dtype, seed=4,
+                   activation="relu"),
+              node("sum", "add", ["left_relu", "right"]),
+              activation("sum_sigmoid", "sum", "sigmoid"),
+              conv("pointwise", "sum_sigmoid", down, c2, 1, dtype=dtype, seed=5),
+              adaptive("gap", "pointwise", (1,) * nd)]
+    return graph([("x", x)], nodes, ["gap"])
+
+
+def draw_schedule(data, winograd: bool, threads: int) -> cg.Schedule | None:
+    """The default, the "co" plan, Winograd (when it applies) or the "w" plan (NCHW only)."""
+    kinds = ["default", "co", "w"] + (["winograd"] if winograd else [])
+    kind = data.draw(st.sampled_from(kinds))
+    if kind == "default":
+        return None
+    if kind == "co":
+        return cg.Schedule(tile_co=data.draw(st.integers(1, 40)), vectorize="co",
+                           tile_spatial=(data.draw(st.integers(1, 3)),
+                                         data.draw(st.integers(1, 8))), threads=threads)
+    if kind == "winograd":
+        return cg.Schedule(tile_co=data.draw(st.integers(1, 12)), method="winograd",
+                           tile_spatial=(data.draw(st.integers(2, 4)),) * 2, threads=threads)
+    return cg.Schedule(tile_co=data.draw(st.integers(1, 8)), tile_spatial=(2, 4),
+                       threads=threads)
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 2), size=st.integers(5, 12),
+       blocks=st.sampled_from([(1, 1), (1, 2), (2, 1)]),
+       pooling=st.sampled_from(["max_pool", "avg_pool"]), threads=st.sampled_from([1, 2]),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_resnet_like_blocked_matches_oracle(backend, data, batch, size, blocks, pooling,
+                                            threads, dtype):
+    """Each conv on a drawn plan: blocked where the plans on both sides allow it."""
+    lanes = block_lanes(dtype)
+    g = resnet_like(batch, size, blocks[0] * lanes, blocks[1] * lanes, pooling, dtype)
+    schedules = {name: draw_schedule(data, winograd, threads)
+                 for name, winograd in (("body", True), ("down", False), ("left", True),
+                                        ("right", True), ("pointwise", False))}
+    schedules = {name: sch for name, sch in schedules.items() if sch is not None}
+    everywhere = all(sch.vectorize == "co" or sch.method == "winograd"
+                     for sch in schedules.values())
+    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules)
+    steps = lowered_steps(model)
+    blocked = model.blocked_values
+    for step in steps.values():  # every kernel reads and writes what the planner chose
+        if step.plan is not None:
+            assert step.plan.in_blocked == (step.name != "stem" and
+                                            model.optimized.node(step.name).inputs[0] in blocked)
+            assert step.plan.out_blocked == (step.name in blocked)
+            if step.name in blocked or step.plan.in_blocked:
+                assert supports_blocked(step.plan, step.plan.in_blocked,
+                                        step.plan.out_blocked) is None
+        elif step.kind in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+            assert step.consts["blocked"] == (model.optimized.node(step.name).inputs[0]
+                                              in blocked)
+    assert steps["body"].consts["residual"]
+    assert "gap" not in blocked
+    if everywhere:  # (tiny layers run "co" by default): every value between them blocked
+        assert {"stem", "pool", "body", "down", "left", "right", "sum",
+                "sum_sigmoid"} <= blocked
+    nchw = check(g, backend, dtype, threads=threads, layout="nchw", schedules=schedules)
+    assert not nchw.blocked_values
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_1d_and_3d_networks_blocked(backend, nd):
+    lanes = block_lanes("float32")
+    size = 9 if nd == 1 else 5
+    x = (1, lanes, *(size,) * nd)
+    nodes = [conv("a", "x", x, lanes, 3, padding=1),
+             activation("a_relu", "a", "relu"),
+             pool("p", "a_relu", "max_pool", nd, 2, stride=1),
+             conv("b", "p", (1, lanes, *(size - 1,) * nd), 2 * lanes, 3, stride=2,
+                  padding=1),
+             pool("q", "b", "avg_pool", nd, 2, stride=1, padding=1,
+                  count_include_pad=False),
+             adaptive("gap", "q", (2,) * nd)]
+    model = check(graph([("x", x)], nodes, ["gap"]), backend)
+    assert {"a", "p", "b", "q"} <= model.blocked_values
+    assert lowered_steps(model)["gap"].consts["blocked"]
+
+
+def test_transposed_and_grouped_convs_blocked(backend):
+    lanes = block_lanes("float32")
+    x = (2, 2 * lanes, 4, 4)
+    nodes = [conv("pre", "x", x, 2 * lanes, 3, padding=1),
+             conv("up", "pre", x, lanes, 4, stride=2, padding=1, transposed=True),
+             conv("grouped", "up", (2, lanes, 8, 8), 2 * lanes, 3, padding=1, groups=1),
+             conv("split", "grouped", (2, 2 * lanes, 8, 8), 2 * lanes, 3, padding=1,
+                  groups=2, padding_mode="reflect"),
+             conv("last", "split", (2, 2 * lanes, 8, 8), 3, 3, padding=1)]
+    co = cg.Schedule(tile_co=lanes, tile_spatial=(2, 5), vectorize="co")
+    model = check(graph([("x", x)], nodes, ["last"]), backend,
+                  schedules={"pre": co, "up": co, "split": co, "last": co})
+    assert {"pre", "up", "grouped", "split"} <= model.blocked_values
+    steps = lowered_steps(model)
+    assert steps["up"].plan.spec.transposed and steps["up"].plan.in_blocked
+    assert not steps["last"].plan.out_blocked  # 3 channels, and the network's output
+
+
+def test_planner_keeps_nchw_where_a_reader_cannot():
+    """A value is blocked only when its writer and every reader can: a flatten view, an
+    output, a depthwise ("w") reader or odd channels keep it NCHW."""
+    lanes = block_lanes("float32")
+    x = (1, lanes, 6, 6)
+    nodes = [conv("a", "x", x, lanes, 3, padding=1),
+             conv("dw", "a", x, lanes, 3, padding=1, groups=lanes),
+             conv("b", "dw", x, lanes, 3, padding=1),
+             conv("odd", "b", x, lanes + 1, 3, padding=1),
+             conv("c", "odd", (1, lanes + 1, 6, 6), lanes, 3, padding=1),
+             node("flat", "flatten", ["c"], start_dim=1, end_dim=-1)]
+    g = graph([("x", x)], nodes, ["flat", "b"])
+    model = compile_graph(g)
+    assert model.blocked_values == frozenset()
+    plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
+    assert plan_layouts(model.optimized, plans, lanes) == set()
+
+
+def test_layout_argument_is_checked():
+    lanes = block_lanes("float32")
+    g = graph([("x", (1, lanes, 4, 4))], [conv("a", "x", (1, lanes, 4, 4), lanes, 3)], ["a"])
+    with pytest.raises(ValueError, match="layout"):
+        compile_graph(g, layout="nhwc")
