@@ -456,6 +456,12 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "outputs": [{"name": f"o{a}_{b}", "index": a * m_w + b}
                     for a in range(m_h) for b in range(m_w)],
         "grid": wp.grid,
+        # blocked output: the output transform transposes VL channels at a time into a
+        # blocked staging (one job has whole blocks of channels: a single part)
+        "transpose_out": plan.out_blocked and wp.co_parts == 1,
+        "transpose_rows": [f"r{i}" for i in range(wp.lanes)],
+        "transpose_stages": transpose_stages(wp.lanes),
+        "index_type": "int" if plan.c_type == "float" else "long long",
     }
 
 
