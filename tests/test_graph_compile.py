@@ -115,6 +115,20 @@ def test_linear_alone_and_after_a_flatten_view(backend, bias):
     assert [n.op for n in model.optimized.nodes] == ["flatten", "linear", "linear"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_linear_splits_its_outputs_over_threads(backend, dtype):
+    """Over PARALLEL_LINEAR_MACS: whole chunks of outputs held in registers and a partial
+    last chunk, 2 threads on C, a fused activation, 3 rows."""
+    from convgen.graph.lower import PARALLEL_LINEAR_MACS
+
+    nodes = [linear("fc", "x", 300, 1000), activation("act", "fc", "relu")]
+    g = graph([("x", (3, 300))], nodes, ["act"])
+    assert 3 * 300 * 1000 >= PARALLEL_LINEAR_MACS
+    model = check(g, backend, dtype, threads=2)
+    step = next(s for s in model._lowered.steps if s.kind == "linear")
+    assert step.consts["threads"] == 2 and step.consts["activation"] == "relu"
+
+
 def _after_pool(act: str, args: tuple = ()):
     """avg_pool -> activation: the activation cannot be fused, so it runs on its own."""
     shape = (1, 3, 6, 6)
