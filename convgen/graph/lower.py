@@ -101,11 +101,12 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
           schedules: dict[str, Schedule] | None = None, backend: str = "c",
-          layout: str = "blocked") -> Lowered:
+          layout: str = "blocked", threads: int | None = None) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
     get their weights prepared for ``backend``'s kernels here, once (convgen.bound).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
-    "nchw": every value NCHW."""
+    "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
+    most any conv layer runs on), for the ops other than convolutions."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
@@ -147,7 +148,9 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
         if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
         steps.append(step)
-    threads = max((step.plan.threads for step in steps if step.plan is not None), default=1)
+    if threads is None:
+        threads = max((step.plan.threads for step in steps if step.plan is not None),
+                      default=1)
     for step in steps:  # max pooling and large linear layers use the network's threads
         if step.kind == "max_pool":
             step.consts["threads"] = min(threads, step.consts["jobs"])
