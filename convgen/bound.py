@@ -29,7 +29,7 @@ from .winograd import transform_weights
 
 def prepares(plan: Plan, backend: str) -> bool:
     """Whether ``plan``'s kernel on ``backend`` reads prepared weights when bound."""
-    if plan.vectorize == "co" and plan.co_tiles is not None:
+    if plan.vectorize == "co" and plan.co_tiles is not None or plan.vectorize == "dw":
         return True
     return plan.winograd is not None and plan.winograd.method == "winograd"
 
@@ -61,6 +61,10 @@ def prepare_weight(plan: Plan, backend: str, weight: np.ndarray) -> np.ndarray:
     """``weight`` as the bound kernel of ``plan`` on ``backend`` reads it."""
     if not prepares(plan, backend):
         return np.ascontiguousarray(weight)
+    if plan.vectorize == "dw":
+        from .layout import pack_depthwise_weights
+
+        return pack_depthwise_weights(plan, weight)
     if plan.winograd is None:
         return pack_co_weights(plan, weight)
     return transform_weights(plan, weight)

@@ -18,6 +18,7 @@ import json
 from llvmlite import ir
 
 from .llvm_co import CoKernelIR
+from .llvm_dw import DwKernelIR
 from .llvm_wino import WinoKernelIR
 from .llvm_ir import I8, I32, I64, IRFunction, i32, i64
 from .render import channels_inner
@@ -267,19 +268,24 @@ def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
                       pretransformed: bool = False) -> ir.Function:
     """Add one convolution as function ``name`` to ``module`` (networks use this), in the
     plan's layout: vectorize="w" here, "co" (transposed too: the stride-phase plan) in
-    convgen.llvm_co, the transform-GEMM methods in convgen.llvm_wino (``pretransformed``:
-    the weight argument holds Winograd's U or the "co" plan's packed channel blocks,
-    prepared once: convgen.bound)."""
+    convgen.llvm_co, the blocked depthwise plan ("dw") in convgen.llvm_dw, the
+    transform-GEMM methods in convgen.llvm_wino (``pretransformed``: the weight argument
+    holds Winograd's U or the "co" plan's packed channel blocks, prepared once:
+    convgen.bound; the "dw" plan always reads its weights prepared)."""
     if plan.winograd is not None:
         return WinoKernelIR(plan, module, name, residual, internal, pretransformed).build()
     if plan.vectorize == "co":
         return CoKernelIR(plan, module, name, residual, internal, pretransformed).build()
+    if plan.vectorize == "dw":
+        return DwKernelIR(plan, module, name, residual, internal).build()
     return _KernelIR(plan, module, name, residual, internal).build()
 
 
 def _lanes_hold(plan: Plan) -> str:
     if plan.winograd is not None:
         return "output pixels" if plan.winograd.method == "gemm" else "tiles"
+    if plan.vectorize == "dw":
+        return "channels of a pixel"
     return "output channels" if plan.vectorize == "co" else "output columns"
 
 
@@ -301,6 +307,7 @@ def render_llvm(plan: Plan, triple: str, data_layout: str,
               f"; spec:     {json.dumps(plan.spec.to_dict(), sort_keys=True)}\n"
               f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"
               f"; vectors of {plan.vector_lanes} x {plan.c_type} over {_lanes_hold(plan)}"
-              + (" (weights: prepared at load)" if pretransformed else "")
+              + (" (weights: prepared at load)"
+                 if pretransformed or plan.vectorize == "dw" else "")
               + "\n" + _layout_line(plan))
     return header + str(module)

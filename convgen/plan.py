@@ -99,7 +99,11 @@ class Plan:
 
     @property
     def jobs(self) -> int:
-        """Independent tiles: batch x groups x channel tiles x spatial tiles."""
+        """Independent tiles: batch x groups x channel tiles x spatial tiles (the
+        depthwise plan: batch x channel blocks x output rows)."""
+        if self.vectorize == "dw":
+            return self.batch * (self.groups // self.vector_lanes) * math.prod(
+                self.out_size[:2])
         return self.batch * self.groups * math.prod(self.n_tiles)
 
 

@@ -196,6 +196,8 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
         return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
     if plan.vectorize == "co":
         return co_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+    if plan.vectorize == "dw":
+        return dw_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
     return {
         **_shared_context(plan, symbol or plan.symbol, params, residual),
@@ -348,6 +350,42 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool,
         **row_tap_lists(co),
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
+    }
+
+
+def depthwise_pieces(plan: Plan) -> list[tuple[int, bool, list[int]]]:
+    """The blocked depthwise plan's pieces of a row: (first output column, linear, the
+    input column each tap reads for the first pixel); linear: a whole piece whose pixel p
+    reads column cols[kw] + p * stride at every tap, all inside the input."""
+    table = plan.tables[2]
+    pixels = plan.tile[2]
+    stride = plan.spec.stride[-1]
+    out = []
+    for ow0 in range(0, plan.out_size[2], pixels):
+        cols = table[ow0]
+        linear = ow0 + pixels <= plan.out_size[2] and all(
+            table[ow0 + p][kw] == cols[kw] + p * stride and cols[kw] >= 0
+            for p in range(pixels) for kw in range(len(cols)))
+        out.append((ow0, linear, [c if linear else 0 for c in cols]))
+    return out
+
+
+def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of the blocked depthwise plan (templates/c/conv_dw_function.j2)."""
+    pieces = depthwise_pieces(plan)
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "vectorize": "dw",
+        "blocks": plan.groups // plan.vector_lanes,
+        "pixels": plan.tile[2],
+        "pieces": len(pieces),
+        "stride_w": plan.spec.stride[-1],
+        "piece_ow0": [ow0 for ow0, _, _ in pieces],
+        "piece_linear": [int(linear) for _, linear, _ in pieces],
+        "piece_cols": [cols for _, _, cols in pieces],
+        "d_table": plan.tables[0],
+        "h_table": plan.tables[1],
+        "w_table": plan.tables[2],
     }
 
 

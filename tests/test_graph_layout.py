@@ -167,3 +167,57 @@ def test_layout_argument_is_checked():
     g = graph([("x", (1, lanes, 4, 4))], [conv("a", "x", (1, lanes, 4, 4), lanes, 3)], ["a"])
     with pytest.raises(ValueError, match="layout"):
         compile_graph(g, layout="nhwc")
+
+
+@settings(max_examples=6, deadline=None)
+@given(stride=st.integers(1, 2), size=st.integers(5, 13), kernel=st.sampled_from([3, 5]),
+       threads=st.sampled_from([1, 2]), dtype=st.sampled_from(["float32", "float64"]),
+       mode=st.sampled_from(["zeros", "reflect"]))
+def test_inverted_residual_runs_depthwise_blocked(backend, stride, size, kernel, threads,
+                                                  dtype, mode):
+    """MobileNetV2's block: 1x1 expand, relu6, depthwise kxk (stride 1-2), relu6, 1x1
+    project (+ the input when stride 1). The depthwise layer, between blocked values, runs
+    on the blocked depthwise plan (vectorize="dw")."""
+    lanes = block_lanes(dtype)
+    c, wide = lanes, 2 * lanes
+    x = (1, c, size, size)
+    out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    nodes = [conv("stem", "x", x, c, 3, padding=1, dtype=dtype),
+             conv("expand", "stem", x, wide, 1, dtype=dtype, activation=("relu6")),
+             conv("dw", "expand", (1, wide, size, size), wide, kernel, stride=stride,
+                  padding=kernel // 2, padding_mode=mode, groups=wide, dtype=dtype,
+                  activation="relu6"),
+             conv("project", "dw", (1, wide, out, out), c, 1, dtype=dtype, seed=3)]
+    last = "project"
+    if stride == 1:
+        nodes.append(node("block", "add", ["project", "stem"]))
+        last = "block"
+    nodes.append(adaptive("gap", last, (1, 1)))
+    g = graph([("x", x)], nodes, ["gap"])
+    co = cg.Schedule(tile_co=lanes, tile_spatial=(1, 8), vectorize="co", threads=threads)
+    schedules = {"expand": co, "project": co}
+    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules)
+    steps = lowered_steps(model)
+    assert steps["dw"].plan.vectorize == "dw"
+    assert {"stem", "expand", "dw", "project"} <= model.blocked_values
+    # NCHW around it: the depthwise layer keeps its own plan
+    nchw = check(g, backend, dtype, threads=threads, layout="nchw", schedules=schedules)
+    assert lowered_steps(nchw)["dw"].plan.vectorize != "dw"
+
+
+def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
+    lanes = block_lanes("float32")
+    x = (1, lanes, 8, 8)
+    nodes = [conv("dw_in", "x", x, lanes, 3, padding=1, groups=lanes),  # reads the input
+             conv("mid", "dw_in", x, lanes, 3, padding=1),
+             conv("dw_mid", "mid", x, lanes, 3, padding=1, groups=lanes),
+             conv("dw_fixed", "dw_mid", x, lanes, 3, padding=1, groups=lanes),
+             conv("dw_out", "dw_fixed", x, lanes, 3, padding=1, groups=lanes)]  # an output
+    fixed = cg.Schedule(tile_co=1, tile_spatial=(2, 8))
+    model = check(graph([("x", x)], nodes, ["dw_out"]), backend,
+                  schedules={"dw_fixed": fixed})
+    plans = {s.name: s.plan for s in model._lowered.steps}
+    assert plans["dw_in"].vectorize != "dw" and plans["dw_out"].vectorize != "dw"
+    assert plans["dw_fixed"].schedule == fixed  # chosen by the caller: kept
+    # dw_mid's output is read by dw_fixed ("w" plan, NCHW only): dw_mid stays too
+    assert plans["dw_mid"].vectorize != "dw"

@@ -91,6 +91,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
     chosen = _conv_schedules(optimized, threads, backend, dtype)
+    schedules_given = set(schedules or {})
     for name, schedule in (schedules or {}).items():
         if name not in chosen:
             raise ValueError(f"schedules: {name!r} is not a convolution layer of the network "
@@ -100,7 +101,8 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                             f"got {type(schedule).__name__}")
         chosen[name] = schedule
     schedules = chosen
-    lowered = lower(optimized, memory, dtype, schedules, backend, layout, threads)
+    lowered = lower(optimized, memory, dtype, schedules, backend, layout, threads,
+                    frozenset(schedules_given))
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bound import prepare_weight, prepares
-from ..layout import block_lanes, with_layout
+from ..layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
 from ..plan import Plan, make_plan
 from ..schedule import Schedule
 from ..spec import ConvSpec, activation_arguments
@@ -101,12 +101,14 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
           schedules: dict[str, Schedule] | None = None, backend: str = "c",
-          layout: str = "blocked", threads: int | None = None) -> Lowered:
+          layout: str = "blocked", threads: int | None = None,
+          fixed: frozenset[str] = frozenset()) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
     get their weights prepared for ``backend``'s kernels here, once (convgen.bound).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
     "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
-    most any conv layer runs on), for the ops other than convolutions."""
+    most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
+    whose schedule the caller chose (never moved to the blocked depthwise plan)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
@@ -114,7 +116,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                                   schedules.get(node.name))
              for node in graph.nodes if node.op == "conv"}
     lanes = block_lanes(dtype)
-    blocked = plan_layouts(graph, plans, lanes) if layout == "blocked" else set()
+    blocked = choose_layouts(graph, plans, lanes, fixed) if layout == "blocked" else set()
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
     packer = _Packer(dtype)
@@ -162,6 +164,28 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     outputs = [(buffer(name), math.prod(graph.shape_of(name))) for name in graph.outputs]
     return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype,
                    frozenset(blocked))
+
+
+def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
+                   fixed: frozenset[str] = frozenset()) -> set[str]:
+    """The blocked values (graph.layout.plan_layouts), after moving depthwise convs onto
+    the blocked depthwise plan (layout.depthwise_plan) wherever the values around them
+    end up blocked; ``plans`` is updated. A depthwise conv whose input or output stays
+    NCHW keeps its own plan, and the layouts are planned again without it."""
+    candidates = {name for name, plan in plans.items()
+                  if name not in fixed and depthwise_blocked(plan.spec) is None}
+    original = {name: plans[name] for name in candidates}
+    for name in candidates:
+        plans[name] = depthwise_plan(plans[name])
+    while True:
+        blocked = plan_layouts(graph, plans, lanes)
+        undone = {name for name in candidates
+                  if name not in blocked or graph.node(name).inputs[0] not in blocked}
+        if not undone:
+            return blocked
+        for name in undone:
+            plans[name] = original[name]
+        candidates -= undone
 
 
 def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
