@@ -146,7 +146,8 @@ def test_transposed_and_grouped_convs_blocked(backend):
 
 def test_planner_keeps_nchw_where_a_reader_cannot():
     """A value is blocked only when its writer and every reader can: a flatten view, an
-    output, a depthwise ("w") reader or odd channels keep it NCHW."""
+    output, a "w"-plan reader (a depthwise layer on a schedule the caller chose) or odd
+    channels keep it NCHW."""
     lanes = block_lanes("float32")
     x = (1, lanes, 6, 6)
     nodes = [conv("a", "x", x, lanes, 3, padding=1),
@@ -156,7 +157,8 @@ def test_planner_keeps_nchw_where_a_reader_cannot():
              conv("c", "odd", (1, lanes + 1, 6, 6), lanes, 3, padding=1),
              node("flat", "flatten", ["c"], start_dim=1, end_dim=-1)]
     g = graph([("x", x)], nodes, ["flat", "b"])
-    model = compile_graph(g)
+    # (the depthwise layer's "w" plan chosen by the caller: not moved to the "dw" plan)
+    model = compile_graph(g, schedules={"dw": cg.Schedule(tile_co=1, tile_spatial=(2, 6))})
     assert model.blocked_values == frozenset()
     plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
     assert plan_layouts(model.optimized, plans, lanes) == set()

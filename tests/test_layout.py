@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import convgen as cg
 from convgen.backends import get_backend, kernel_from_artifact
 from convgen.bound import prepare_weight, prepares
-from convgen.layout import block_lanes, from_blocked, supports_blocked, to_blocked, \
-    with_layout
+from convgen.layout import block_lanes, depthwise_blocked, depthwise_plan, from_blocked, \
+    supports_blocked, to_blocked, with_layout
 from convgen.plan import make_plan
 from convgen.reference import random_arrays
 from convgen.tolerance import max_error, tolerance
@@ -37,10 +37,15 @@ def render(plan, backend: str, prepared: bool) -> str:
     return _render_llvm(plan, pretransformed=prepared)
 
 
-def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule, backend: str, in_blocked: bool,
-                out_blocked: bool, prepared: bool = False, seed: int = 0) -> None:
-    """Build ``spec`` with the layouts asked for and compare with the oracle."""
-    plan = with_layout(make_plan(spec, schedule), in_blocked, out_blocked)
+def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule | None, backend: str,
+                in_blocked: bool, out_blocked: bool, prepared: bool = False, seed: int = 0,
+                depthwise: bool = False) -> None:
+    """Build ``spec`` with the layouts asked for (``depthwise``: on the blocked depthwise
+    plan) and compare with the oracle."""
+    plan = make_plan(spec, schedule)
+    if depthwise:
+        plan = depthwise_plan(plan)
+    plan = with_layout(plan, in_blocked, out_blocked)
     prepared = prepared and prepares(plan, backend)
     artifact = get_backend(backend).build(plan, render(plan, backend, prepared), None)
     x, w, b = random_arrays(spec, seed)
@@ -95,6 +100,7 @@ def blocked_specs(draw, ndim: int | None = None, transposed: bool = False,
 
 
 BACKENDS = ["c", "llvm"]
+DW_BACKENDS = ["c", "llvm"]
 LAYOUTS = [(True, True), (True, False), (False, True)]
 
 
@@ -127,6 +133,56 @@ def winograd_blocked_cases(draw):
 def test_winograd_blocked_matches_oracle(case, backend, layouts, prepared):
     """Winograd, input gathered in place (zero padding) or staged (other modes)."""
     run_blocked(*case, backend, *layouts, prepared=prepared)
+
+
+@st.composite
+def depthwise_specs(draw):
+    """Depthwise (multiplier 1) specs with whole blocks of channels: every rank, strides,
+    dilation, every padding form and mode, flip, bias, activations, batch 1-2, rows
+    shorter and longer than the plan's register tile."""
+    nd = draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    channels = block_lanes(dtype) * draw(st.integers(1, 2))
+    spatial = tuple(draw(st.integers(1, (30, 13, 6)[nd - 1])) for _ in range(nd))
+    try:
+        return cg.ConvSpec(
+            input_shape=(draw(st.integers(1, 2)), channels, *spatial), out_channels=channels,
+            groups=channels, kernel_size=tuple(draw(st.integers(1, 5)) for _ in range(nd)),
+            stride=tuple(draw(st.integers(1, 2)) for _ in range(nd)),
+            dilation=tuple(draw(st.integers(1, 2)) for _ in range(nd)),
+            padding=draw(st.sampled_from([0, 1, 2, "same", "valid"])),
+            padding_mode=draw(st.sampled_from(PADDING_MODES)), bias=draw(st.booleans()),
+            activation=draw(st.sampled_from(ACTIVATION_CHOICES)), flip=draw(st.booleans()),
+            dtype=dtype)
+    except cg.SpecError:
+        assume(False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=depthwise_specs(), backend=st.sampled_from(DW_BACKENDS),
+       threads=st.sampled_from([1, 2]))
+def test_depthwise_plan_matches_oracle(spec, backend, threads):
+    """The blocked depthwise plan: a vector of channels per pixel, weights prepared."""
+    assert depthwise_blocked(spec) is None
+    run_blocked(spec, cg.Schedule(threads=threads), backend, True, True, prepared=True,
+                depthwise=True)
+
+
+def test_depthwise_plan_rejects_what_it_cannot_run():
+    lanes = block_lanes("float32")
+    spec = cg.ConvSpec(input_shape=(1, 2 * lanes, 6, 6), out_channels=2 * lanes,
+                       kernel_size=3, groups=2 * lanes)
+    plan = depthwise_plan(make_plan(spec))
+    assert plan.vectorize == "dw" and plan.jobs == 2 * 4
+    with pytest.raises(ValueError, match="blocked layout only"):
+        with_layout(plan, False, True)
+    assert "transposed" in depthwise_blocked(spec.replace(transposed=True))
+    assert "one output channel" in depthwise_blocked(spec.replace(out_channels=4 * lanes))
+    assert "multiple of" in depthwise_blocked(
+        spec.replace(input_shape=(1, lanes + 2, 6, 6), out_channels=lanes + 2,
+                     groups=lanes + 2))
+    with pytest.raises(ValueError, match="no blocked depthwise plan"):
+        depthwise_plan(make_plan(spec.replace(transposed=True)))
 
 
 def test_layout_round_trip():
