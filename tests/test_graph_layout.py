@@ -223,3 +223,22 @@ def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
     assert plans["dw_fixed"].schedule == fixed  # chosen by the caller: kept
     # dw_mid's output is read by dw_fixed ("w" plan, NCHW only): dw_mid stays too
     assert plans["dw_mid"].vectorize != "dw"
+
+
+def test_default_co_schedule_for_blocked_inputs(backend):
+    """A "co" layer on its default schedule that reads a blocked value takes 2 vectors of
+    channels x 14 pixels (schedule.default_co_schedule(blocked_input=True)); one whose
+    schedule the caller chose keeps it."""
+    lanes = block_lanes("float32")
+    x = (1, lanes, 58, 58)
+    nodes = [conv("a", "x", x, 2 * lanes, 3, stride=2, padding=1),
+             conv("b", "a", (1, 2 * lanes, 29, 29), 2 * lanes, 3, stride=2, padding=1),
+             conv("c", "b", (1, 2 * lanes, 15, 15), 2 * lanes, 3, stride=2, padding=1),
+             adaptive("gap", "c", (1, 1))]
+    pinned = cg.Schedule(tile_co=lanes, tile_spatial=(1, 8), vectorize="co")
+    model = check(graph([("x", x)], nodes, ["gap"]), backend, schedules={"c": pinned})
+    plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
+    assert {"a", "b", "c"} <= model.blocked_values
+    assert plans["a"].tile_co == lanes  # NCHW input (16 channels, a short reduction): 1 vector
+    assert (plans["b"].tile_co, plans["b"].schedule.tile_spatial) == (2 * lanes, (1, 14))
+    assert plans["c"].schedule == pinned

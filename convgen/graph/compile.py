@@ -42,10 +42,12 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> st
 
 
 def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
-                    dtype: str | None = None) -> dict[str, Schedule]:
+                    dtype: str | None = None,
+                    defaults: set[str] | None = None) -> dict[str, Schedule]:
     """Per conv: the best tuning record for its spec measured with bound weights, as a
     network's are (one tuned at ``threads`` first), else the default with weights prepared
-    at load; ``threads``, when given, overrides the schedule's thread count."""
+    at load (its name added to ``defaults``); ``threads``, when given, overrides the
+    schedule's thread count."""
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
@@ -59,6 +61,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             if backend is not None:
                 base = best_record(spec, backend, threads, bound=True) or \
                     best_record(spec, backend, bound=True)
+            if base is None and defaults is not None:
+                defaults.add(node.name)
             base = base or default
             out[node.name] = dataclasses.replace(
                 base, threads=base.threads if threads is None else threads)
@@ -90,8 +94,10 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     infer_graph(optimized)
     itemsize = np.dtype(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
-    chosen = _conv_schedules(optimized, threads, backend, dtype)
+    defaults: set[str] = set()
+    chosen = _conv_schedules(optimized, threads, backend, dtype, defaults)
     schedules_given = set(schedules or {})
+    defaults -= schedules_given
     for name, schedule in (schedules or {}).items():
         if name not in chosen:
             raise ValueError(f"schedules: {name!r} is not a convolution layer of the network "
@@ -102,7 +108,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
         chosen[name] = schedule
     schedules = chosen
     lowered = lower(optimized, memory, dtype, schedules, backend, layout, threads,
-                    frozenset(schedules_given))
+                    frozenset(schedules_given), frozenset(defaults))
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":

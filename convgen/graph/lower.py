@@ -18,7 +18,7 @@ import numpy as np
 from ..bound import prepare_weight, prepares
 from ..layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
 from ..plan import Plan, make_plan
-from ..schedule import Schedule
+from ..schedule import Schedule, default_co_schedule
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
 from .layout import plan_layouts
@@ -102,13 +102,16 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
           schedules: dict[str, Schedule] | None = None, backend: str = "c",
           layout: str = "blocked", threads: int | None = None,
-          fixed: frozenset[str] = frozenset()) -> Lowered:
+          fixed: frozenset[str] = frozenset(),
+          defaults: frozenset[str] = frozenset()) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
     get their weights prepared for ``backend``'s kernels here, once (convgen.bound).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
     "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
-    whose schedule the caller chose (never moved to the blocked depthwise plan)."""
+    whose schedule the caller chose (never moved to the blocked depthwise plan);
+    ``defaults``: convs on the heuristic default schedule, which a "co" conv reading a
+    blocked input trades for the blocked one (schedule.default_co_schedule)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
@@ -117,6 +120,11 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
              for node in graph.nodes if node.op == "conv"}
     lanes = block_lanes(dtype)
     blocked = choose_layouts(graph, plans, lanes, fixed) if layout == "blocked" else set()
+    for name in defaults:
+        plan = plans[name]
+        if plan.vectorize == "co" and graph.node(name).inputs[0] in blocked:
+            schedule = default_co_schedule(plan.spec, plan.threads, blocked_input=True)
+            plans[name] = make_plan(plan.spec, schedule)
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
     packer = _Packer(dtype)
