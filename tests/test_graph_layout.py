@@ -239,6 +239,7 @@ def test_default_co_schedule_for_blocked_inputs(backend):
     model = check(graph([("x", x)], nodes, ["gap"]), backend, schedules={"c": pinned})
     plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
     assert {"a", "b", "c"} <= model.blocked_values
-    assert plans["a"].tile_co == lanes  # NCHW input (16 channels, a short reduction): 1 vector
+    # NCHW input, blocked output: 1 vector x 28 pixels, one row (not 2 for the short reduction)
+    assert plans["a"].tile_co == lanes and plans["a"].schedule.tile_spatial == (1, 28)
     assert (plans["b"].tile_co, plans["b"].schedule.tile_spatial) == (2 * lanes, (1, 14))
     assert plans["c"].schedule == pinned

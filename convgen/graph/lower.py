@@ -110,8 +110,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
     whose schedule the caller chose (never moved to the blocked depthwise plan);
-    ``defaults``: convs on the heuristic default schedule, which a "co" conv reading a
-    blocked input trades for the blocked one (schedule.default_co_schedule)."""
+    ``defaults``: convs on the heuristic default schedule, which a "co" conv reading or
+    writing a blocked value trades for the blocked one (schedule.default_co_schedule)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
@@ -122,8 +122,9 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     blocked = choose_layouts(graph, plans, lanes, fixed) if layout == "blocked" else set()
     for name in defaults:
         plan = plans[name]
-        if plan.vectorize == "co" and graph.node(name).inputs[0] in blocked:
-            schedule = default_co_schedule(plan.spec, plan.threads, blocked_input=True)
+        reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
+        if plan.vectorize == "co" and (reads or writes):
+            schedule = default_co_schedule(plan.spec, plan.threads, reads, writes)
             plans[name] = make_plan(plan.spec, schedule)
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
 
