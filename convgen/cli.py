@@ -290,7 +290,8 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default",
                      f"{'' if plan.schedule.method == 'gemm' else ', tile_spatial: outputs per tile'})")
     else:
         lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
-                     f"{'output channels' if plan.vectorize == 'co' else 'output columns'})")
+                     + {"co": "output channels", "dw": "the channels of a pixel"}.get(
+                         plan.vectorize, "output columns") + ")")
     lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan, backend)]
     return "\n".join(lines)
 

@@ -8,6 +8,9 @@ what ran.
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -202,6 +205,9 @@ def test_inverted_residual_runs_depthwise_blocked(backend, stride, size, kernel,
     steps = lowered_steps(model)
     assert steps["dw"].plan.vectorize == "dw"
     assert {"stem", "expand", "dw", "project"} <= model.blocked_values
+    text = model.summary(file=io.StringIO())
+    assert re.search(r"^dw .*blocked; depthwise plan$", text, re.M), text
+    assert "kept between layers for" in text
     # NCHW around it: the depthwise layer keeps its own plan
     nchw = check(g, backend, dtype, threads=threads, layout="nchw", schedules=schedules)
     assert lowered_steps(nchw)["dw"].plan.vectorize != "dw"

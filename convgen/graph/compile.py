@@ -221,7 +221,8 @@ class CompiledModel:
 
     def summary(self, file=None) -> str:
         """Each layer with output shape, parameters, FLOPs and what it was fused into."""
-        text = summarize(self.graph, self.optimized, self.memory, self.backend, self.dtype)
+        text = summarize(self.graph, self.optimized, self.memory, self.backend, self.dtype,
+                         self.blocked_values, self._lowered.steps)
         print(text, file=file)
         return text
 
@@ -252,7 +253,12 @@ def layer_parameters(node) -> int:
     return sum(int(np.asarray(v).size) for k, v in node.params.items() if k in names)
 
 
-def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str) -> str:
+def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str,
+              blocked: frozenset[str] = frozenset(), steps=()) -> str:
+    """The summary table; ``blocked`` values are noted (their layout, convgen.layout), and
+    a conv ``steps`` ran on the blocked depthwise plan is named."""
+    depthwise = {step.name for step in steps
+                 if step.plan is not None and step.plan.vectorize == "dw"}
     where = {}
     for node in optimized.nodes:
         for name in node.fused:
@@ -276,6 +282,10 @@ def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str) 
             fused = [n for n in optimized.node(node.name).fused] if _has(optimized, node.name) \
                 else []
             note = ("absorbs " + ", ".join(fused)) if fused else ""
+        if node.name in blocked or where.get(node.name) in blocked:
+            note = "; ".join(filter(None, [note, "blocked"]))
+        if node.name in depthwise:
+            note = "; ".join(filter(None, [note, "depthwise plan"]))
         rows.append((node.name, node.module or node.op, "x".join(map(str, node.shape)),
                      f"{params:,}", f"{flops:,}", note))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
@@ -289,6 +299,9 @@ def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str) 
     lines.append(f"{len(graph.nodes)} layers -> {len(optimized.nodes)} steps after fusion; "
                  f"{total_params:,} parameters; {total_flops / 1e9:.3f} GFLOP; backend {backend}, "
                  f"{dtype}")
+    if blocked:
+        lines.append(f"blocked layout (N, C/VL, ..., VL) kept between layers for "
+                     f"{len(blocked)} values; inputs and outputs NCHW")
     lines.append(f"activation memory: {memory.peak_bytes:,} bytes peak (one arena), "
                  f"{memory.unplanned_bytes:,} bytes with one buffer per value")
     return "\n".join(lines)
