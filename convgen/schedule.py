@@ -274,6 +274,7 @@ def prefers_co(spec: ConvSpec) -> bool:
 
 CO_SHORT_REDUCTION = 256
 CO_SHORT_ROW = 14
+CO_SHORT_PIECE = 16
 
 
 def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = False,
@@ -303,6 +304,9 @@ def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = 
     layer, blocked in and out, 0.86 -> 0.68 ms at 1 thread (NCHW, 1 x 28: 0.75).
     ``blocked_output``: one row per job even with a short reduction (the stem, writing
     blocked: 1.32 -> 1.29 ms at 1 thread, 0.90 -> 0.84 at 2).
+    At 2+ threads a short reduction takes one row of CO_SHORT_PIECE pixels per job: the
+    stem at 2 threads 0.86 -> 0.75 ms writing blocked, 0.79 -> 0.73 NCHW (at 1 thread
+    1 x 16 is slower than 1 x 28, 1.44 against 1.33 ms blocked).
     """
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
@@ -315,8 +319,11 @@ def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = 
         min(row, CO_SHORT_ROW) if vectors == 2 else (24 if spec.transposed else 28))
     rows = 1
     reduction = spec.in_channels // spec.groups * math.prod(spec.kernel_size)
-    if spec.ndim >= 2 and not spec.transposed and reduction < CO_SHORT_REDUCTION and \
-            vectors == 1 and not blocked_output:
+    short = spec.ndim >= 2 and not spec.transposed and reduction < CO_SHORT_REDUCTION and \
+        vectors == 1
+    if short and threads >= 2:
+        pixels = CO_SHORT_PIECE
+    elif short and not blocked_output:
         rows = min(2, spec.output_spatial[-2])
     tiles = (1,) * (spec.ndim - 2) + ((rows,) if spec.ndim >= 2 else ()) \
         + (min(pixels, spec.output_spatial[-1]),)

@@ -242,7 +242,8 @@ def test_default_co_schedule_for_blocked_inputs(backend):
              conv("c", "b", (1, 2 * lanes, 15, 15), 2 * lanes, 3, stride=2, padding=1),
              adaptive("gap", "c", (1, 1))]
     pinned = cg.Schedule(tile_co=lanes, tile_spatial=(1, 8), vectorize="co")
-    model = check(graph([("x", x)], nodes, ["gap"]), backend, schedules={"c": pinned})
+    model = check(graph([("x", x)], nodes, ["gap"]), backend, threads=1,
+                  schedules={"c": pinned})
     plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
     assert {"a", "b", "c"} <= model.blocked_values
     # NCHW input, blocked output: 1 vector x 28 pixels, one row (not 2 for the short reduction)
