@@ -91,8 +91,8 @@ class _Packer:
 
 
 def _spatial_consts(in_shape, out_shape) -> dict:
-    return {"nc": in_shape[0] * in_shape[1], "in_size": _pad3(in_shape[2:], 1),
-            "out_size": _pad3(out_shape[2:], 1)}
+    return {"nc": in_shape[0] * in_shape[1], "channels": in_shape[1],
+            "in_size": _pad3(in_shape[2:], 1), "out_size": _pad3(out_shape[2:], 1)}
 
 
 def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
