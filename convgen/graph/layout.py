@@ -12,6 +12,9 @@ Who reads and writes what:
 
 - ``conv``: either layout in, either out, when its plan supports it
   (:func:`convgen.layout.supports_blocked`); a fused residual is read in the output's.
+  The blocked depthwise plan (``vectorize="dw"``) reads and writes blocked only:
+  convgen.graph.lower.choose_layouts moves depthwise layers onto it first and back where
+  the values around them end up NCHW.
 - ``max_pool``, ``avg_pool``, ``activation``, ``add``, ``binary``: the output in the
   input's layout (elementwise ops read every input in it).
 - ``adaptive_avg_pool``: either layout in, NCHW out.
