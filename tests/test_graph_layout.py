@@ -1,6 +1,7 @@
 """Networks that keep values in the blocked layout between layers (convgen.graph.layout).
 
-Every network runs on every backend, blocked (the default) and all-NCHW, and is compared
+Every network runs on every backend, blocked (C's default, asked for explicitly here so
+that LLVM runs it too) and all-NCHW, and is compared
 with the oracle of the unfused graph; each test also checks which values the planner kept
 blocked, so that the blocked kernels, pools, elementwise ops and fused residuals are
 what ran.
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from convgen.graph.compile import compile_graph
+from convgen.graph.compile import DEFAULT_LAYOUTS, compile_graph
 from convgen.graph.layout import plan_layouts
 from convgen.layout import block_lanes, supports_blocked
 
@@ -88,7 +89,8 @@ def test_resnet_like_blocked_matches_oracle(backend, data, batch, size, blocks, 
     schedules = {name: sch for name, sch in schedules.items() if sch is not None}
     everywhere = all(sch.vectorize == "co" or sch.method == "winograd"
                      for sch in schedules.values())
-    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules)
+    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules,
+                  layout="blocked")
     steps = lowered_steps(model)
     blocked = model.blocked_values
     for step in steps.values():  # every kernel reads and writes what the planner chose
@@ -124,7 +126,7 @@ def test_1d_and_3d_networks_blocked(backend, nd):
              pool("q", "b", "avg_pool", nd, 2, stride=1, padding=1,
                   count_include_pad=False),
              adaptive("gap", "q", (2,) * nd)]
-    model = check(graph([("x", x)], nodes, ["gap"]), backend)
+    model = check(graph([("x", x)], nodes, ["gap"]), backend, layout="blocked")
     assert {"a", "p", "b", "q"} <= model.blocked_values
     assert lowered_steps(model)["gap"].consts["blocked"]
 
@@ -140,7 +142,7 @@ def test_transposed_and_grouped_convs_blocked(backend):
              conv("last", "split", (2, 2 * lanes, 8, 8), 3, 3, padding=1)]
     co = cg.Schedule(tile_co=lanes, tile_spatial=(2, 5), vectorize="co")
     model = check(graph([("x", x)], nodes, ["last"]), backend,
-                  schedules={"pre": co, "up": co, "split": co, "last": co})
+                  schedules={"pre": co, "up": co, "split": co, "last": co}, layout="blocked")
     assert {"pre", "up", "grouped", "split"} <= model.blocked_values
     steps = lowered_steps(model)
     assert steps["up"].plan.spec.transposed and steps["up"].plan.in_blocked
@@ -161,7 +163,8 @@ def test_planner_keeps_nchw_where_a_reader_cannot():
              node("flat", "flatten", ["c"], start_dim=1, end_dim=-1)]
     g = graph([("x", x)], nodes, ["flat", "b"])
     # (the depthwise layer's "w" plan chosen by the caller: not moved to the "dw" plan)
-    model = compile_graph(g, schedules={"dw": cg.Schedule(tile_co=1, tile_spatial=(2, 6))})
+    model = compile_graph(g, layout="blocked",
+                          schedules={"dw": cg.Schedule(tile_co=1, tile_spatial=(2, 6))})
     assert model.blocked_values == frozenset()
     plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
     assert plan_layouts(model.optimized, plans, lanes) == set()
@@ -201,7 +204,8 @@ def test_inverted_residual_runs_depthwise_blocked(backend, stride, size, kernel,
     g = graph([("x", x)], nodes, ["gap"])
     co = cg.Schedule(tile_co=lanes, tile_spatial=(1, 8), vectorize="co", threads=threads)
     schedules = {"expand": co, "project": co}
-    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules)
+    model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules,
+                  layout="blocked")
     steps = lowered_steps(model)
     assert steps["dw"].plan.vectorize == "dw"
     assert {"stem", "expand", "dw", "project"} <= model.blocked_values
@@ -223,7 +227,7 @@ def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
              conv("dw_out", "dw_fixed", x, lanes, 3, padding=1, groups=lanes)]  # an output
     fixed = cg.Schedule(tile_co=1, tile_spatial=(2, 8))
     model = check(graph([("x", x)], nodes, ["dw_out"]), backend,
-                  schedules={"dw_fixed": fixed})
+                  schedules={"dw_fixed": fixed}, layout="blocked")
     plans = {s.name: s.plan for s in model._lowered.steps}
     assert plans["dw_in"].vectorize != "dw" and plans["dw_out"].vectorize != "dw"
     assert plans["dw_fixed"].schedule == fixed  # chosen by the caller: kept
@@ -243,10 +247,18 @@ def test_default_co_schedule_for_blocked_inputs(backend):
              adaptive("gap", "c", (1, 1))]
     pinned = cg.Schedule(tile_co=lanes, tile_spatial=(1, 8), vectorize="co")
     model = check(graph([("x", x)], nodes, ["gap"]), backend, threads=1,
-                  schedules={"c": pinned})
+                  schedules={"c": pinned}, layout="blocked")
     plans = {s.name: s.plan for s in model._lowered.steps if s.plan is not None}
     assert {"a", "b", "c"} <= model.blocked_values
     # NCHW input, blocked output: 1 vector x 28 pixels, one row (not 2 for the short reduction)
     assert plans["a"].tile_co == lanes and plans["a"].schedule.tile_spatial == (1, 28)
     assert (plans["b"].tile_co, plans["b"].schedule.tile_spatial) == (2 * lanes, (1, 14))
     assert plans["c"].schedule == pinned
+
+
+def test_default_layout_per_backend(backend):
+    lanes = block_lanes("float32")
+    x = (1, lanes, 6, 6)
+    nodes = [conv("a", "x", x, lanes, 3, padding=1), conv("b", "a", x, lanes, 3, padding=1)]
+    model = check(graph([("x", x)], nodes, ["b"]), backend)
+    assert bool(model.blocked_values) == (DEFAULT_LAYOUTS[backend] == "blocked")
