@@ -350,11 +350,17 @@ WINOGRAD_WEIGHT_BYTES = 1 << 20
 # same at 1 (20.42, 20.38).
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
 PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
+# ... and for a layer a network runs with its input and output blocked (convgen.layout),
+# where the "co" plan reads a pixel's channels as one line: ResNet-18 at 2 threads,
+# blocked, interleaved, 11.93 -> 11.55 ms with layer3's 256->256 layers (F(2x2), 4 MiB of
+# U) direct (0.80 -> 0.69 ms each in the network's profile)
+BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES = 3 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
 
 
 def default_transform_schedule(spec: ConvSpec, threads: int = 1,
-                               prepared_weights: bool = False) -> Schedule | None:
+                               prepared_weights: bool = False,
+                               parallel_limit: int | None = None) -> Schedule | None:
     """The transform-GEMM default (both backends), or None for the direct plans.
 
     "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
@@ -404,7 +410,7 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     if not prepared_weights:
         limit = WINOGRAD_WEIGHT_BYTES
     elif threads > 1:
-        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES
+        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES if parallel_limit is None else parallel_limit
     else:
         limit = PREPARED_WINOGRAD_WEIGHT_BYTES
     for m in sizes:  # outputs per tile and dim, the largest that fits first

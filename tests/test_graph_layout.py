@@ -262,3 +262,24 @@ def test_default_layout_per_backend(backend):
     nodes = [conv("a", "x", x, lanes, 3, padding=1), conv("b", "a", x, lanes, 3, padding=1)]
     model = check(graph([("x", x)], nodes, ["b"]), backend)
     assert bool(model.blocked_values) == (DEFAULT_LAYOUTS[backend] == "blocked")
+
+
+def test_blocked_layers_at_two_threads_limit_winograd(backend):
+    """At 2+ threads a 3x3 layer on its default schedule with its input and output blocked
+    keeps Winograd only while U fits BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, else runs
+    "co" (ResNet-18's 256@14 layers); NCHW, and at 1 thread, it keeps Winograd."""
+    from convgen.schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
+
+    x = (1, 256, 14, 14)
+    nodes = [conv("a", "x", x, 256, 3, padding=1, seed=1),
+             conv("b", "a", x, 256, 3, padding=1, seed=2),
+             conv("c", "b", x, 256, 3, padding=1, seed=3),
+             adaptive("gap", "c", (1, 1))]
+    g = graph([("x", x)], nodes, ["gap"])
+    assert 16 * 256 * 256 * 4 > BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
+    method = {}
+    for threads, layout in ((2, "blocked"), (2, "nchw"), (1, "blocked")):
+        model = check(g.copy(), backend, threads=threads, layout=layout)
+        method[threads, layout] = lowered_steps(model)["b"].plan.schedule.method
+    assert method == {(2, "blocked"): "direct", (2, "nchw"): "winograd",
+                      (1, "blocked"): "winograd"}

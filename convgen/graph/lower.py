@@ -18,7 +18,8 @@ import numpy as np
 from ..bound import prepare_weight, prepares
 from ..layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
 from ..plan import Plan, make_plan
-from ..schedule import Schedule, default_co_schedule
+from ..schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, Schedule, \
+    default_co_schedule, default_transform_schedule
 from ..spec import ConvSpec, activation_arguments
 from .ir import Graph, GraphError, Node
 from .layout import plan_layouts
@@ -123,6 +124,14 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     for name in defaults:
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
+        if plan.winograd is not None and plan.winograd.method == "winograd" and reads \
+                and writes and plan.threads > 1:
+            # blocked, at 2+ threads: Winograd only under the blocked limit, else "co"
+            schedule = default_transform_schedule(
+                plan.spec, plan.threads, prepared_weights=True,
+                parallel_limit=BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES) or \
+                default_co_schedule(plan.spec, plan.threads)
+            plan = plans[name] = make_plan(plan.spec, schedule)
         if plan.vectorize == "co" and (reads or writes):
             schedule = default_co_schedule(plan.spec, plan.threads, reads, writes)
             plans[name] = make_plan(plan.spec, schedule)
