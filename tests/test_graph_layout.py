@@ -283,3 +283,15 @@ def test_blocked_layers_at_two_threads_limit_winograd(backend):
         method[threads, layout] = lowered_steps(model)["b"].plan.schedule.method
     assert method == {(2, "blocked"): "direct", (2, "nchw"): "winograd",
                       (1, "blocked"): "winograd"}
+
+
+def test_arena_and_parameters_are_64_byte_aligned(backend):
+    """Every value's offset is a multiple of 64 bytes from the arena's start, so the
+    arena itself (and the parameters) start on a cache line: a blocked pixel is one line."""
+    lanes = block_lanes("float32")
+    x = (1, lanes, 5, 5)
+    g = graph([("x", x)], [conv("a", "x", x, lanes, 3, padding=1),
+                           conv("b", "a", x, lanes, 3, padding=1)], ["b"])
+    for _ in range(3):
+        model = check(g.copy(), backend, layout="blocked")
+        assert model._arena.ctypes.data % 64 == 0 and model._params.ctypes.data % 64 == 0
