@@ -16,19 +16,16 @@ that ONNX file with cg.from_onnx ("convgen c (from ONNX)").
 from __future__ import annotations
 
 import argparse
-import io
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import convgen as cg  # noqa: E402
 from convgen import nn as cnn  # noqa: E402
-from convgen.bench import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved  # noqa: E402
-from convgen.bench_peers import Runner  # noqa: E402
+from net_compare import compare_networks  # noqa: E402
 
 
 def resnet18(nn, flatten):
@@ -99,60 +96,8 @@ def main() -> int:
     with torch.no_grad():
         want = tnet(torch.from_numpy(x)).numpy()
 
-    try:
-        import onnxruntime as ort
-
-        buffer = io.BytesIO()
-        torch.onnx.export(tnet, torch.from_numpy(x), buffer, dynamo=False)
-        onnx_bytes = buffer.getvalue()
-    except Exception as exc:  # noqa: BLE001 - report and go on without the peer
-        ort, onnx_bytes = None, None
-        print(f"onnxruntime: not measured ({type(exc).__name__}: {exc})")
-
-    print(f"ResNet-18 {shape}, batch 1; runtimes interleaved: {args.repeats} rounds of "
-          f"{WARMUP_S * 1e3:g} ms of warm-up calls + {ROUND_CALLS} timed calls each, the "
-          "median (ms)")
-    print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        calls = {}
-
-        def torch_call():
-            with torch.no_grad():
-                return tnet(torch.from_numpy(x)).numpy()
-
-        calls["torch (oneDNN)"] = torch_call
-        if ort is not None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(onnx_bytes, options,
-                                           providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            calls["onnxruntime"] = (lambda s=session, n=name: s.run(None, {n: x})[0])
-        for backend in cg.BACKENDS:
-            calls[f"convgen {backend}"] = net.compile(shape, backend=backend, threads=threads)
-        if onnx_bytes is not None:  # the same network through cg.from_onnx
-            calls["convgen c (from ONNX)"] = cg.from_onnx(onnx_bytes).compile(
-                shape, backend="c", threads=threads)
-        runners = {}
-        for label, call in calls.items():
-            if label.startswith("convgen"):
-                call = (lambda m=call: m(x))
-            runners[label] = Runner(call)
-        timed = measure_interleaved(runners, args.repeats, PAUSE_S if threads > 1 else 0.0)
-        rows = []
-        for label, (times, got) in timed.items():
-            if isinstance(got, Exception):
-                print(f"{label:<22} {threads:>7} failed: {type(got).__name__}: {got}")
-                continue
-            err = 0.0 if label.startswith("torch") else \
-                float(np.abs(got - want).max() / np.abs(want).max())
-            rows.append((label, 1e3 * statistics.median(times), err))
-        peers = min(ms for label, ms, _ in rows if not label.startswith("convgen"))
-        for label, ms, err in rows:
-            print(f"{label:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
-                  flush=True)
+    compare_networks(tnet, net, x, want, f"ResNet-18 {shape}, batch 1", args.repeats,
+                     args.threads)
     return 0
 
 

@@ -16,7 +16,10 @@ with llvmlite.ir, with three simplifications that keep the IR short:
   (N, C / VL, H, W, VL), method "winograd" only) takes the same tables, scaled: channel c
   starts at ``(c / VL) * plane * VL + c % VL`` and its pixels are VL elements apart, so
   the gathers and scatters read and write it in place (C scales its gather tables the
-  same way, and its staged copies read and write with a stride of VL);
+  same way, and its staged copies read and write with a stride of VL); a blocked output
+  whose jobs cover all output channels (co_parts == 1) instead goes VL channels at a
+  time through a stack scratch and a VL x VL shufflevector transpose, and stores each
+  pixel's VL channels as one vector (as C's ``transpose_out``), with no per-lane scatters;
 - threads (``Schedule.threads > 1`` with the GNU OpenMP runtime loadable) share the
   (image, block, output-channel part) jobs through ``GOMP_loop_dynamic_*`` in one
   ``GOMP_parallel`` region; a kernel given raw weights first transforms them into a
@@ -421,6 +424,9 @@ class WinoKernelIR(IRFunction):
         (m_h, m_w), (a_h, a_w), tb = wp.tile, wp.alpha, wp.block_tiles
         out_plane = p.out_size[1] * p.out_size[2]
         table = self.constant_table("out_offsets", output_offsets(p), I32)
+        if self._transposes_output():
+            self._output_transform_blocked(mb, bias, rg, yg, group, blk, table)
+            return
         b.comment("output transform: Y = AT M A, bias, residual, activation, scattered")
         with self.loop(co_lo, co_hi, "co.out") as co:
             bv = self._bias(bias, group, co)
@@ -445,6 +451,84 @@ class WinoKernelIR(IRFunction):
                         value = self.activation(value, p.spec.activation,
                                                 p.spec.activation_args)
                         self.masked_scatter(value, pointers, mask)
+
+    def _transposes_output(self) -> bool:
+        """Whether the output transform goes through :meth:`_output_transform_blocked`: a
+        blocked output, a job covering all the output channels (co_parts == 1), as many
+        tile lanes as channels in a block, and the group's channels whole blocks (as the C
+        template's ``transpose_out``)."""
+        p, wp = self.plan, self.wp
+        return (p.out_blocked and wp.co_parts == 1 and wp.lanes == p.vector_lanes
+                and p.cout_g % p.vector_lanes == 0)
+
+    def _transpose(self, rows):
+        """The VL x VL transpose of ``rows`` (VL vectors of VL lanes), by shufflevectors:
+        stage s swaps bit s of the row index with bit s of the lane index."""
+        b, n = self.b, len(rows)
+        rows = list(rows)
+        s = 1
+        while s < n:
+            low = ir.Constant(self.ivec, [j if j & s == 0 else n + j - s for j in range(n)])
+            high = ir.Constant(self.ivec, [j + s if j & s == 0 else n + j for j in range(n)])
+            for i in range(n):
+                if i & s:
+                    continue
+                first, second = rows[i], rows[i + s]
+                rows[i] = b.shuffle_vector(first, second, low)
+                rows[i + s] = b.shuffle_vector(first, second, high)
+            s *= 2
+        return rows
+
+    def _output_transform_blocked(self, mb, bias, rg, yg, group, blk, table) -> None:
+        """The output transform for a blocked output (:meth:`_transposes_output`): VL
+        output channels at a time, each channel's Y = AT M A (VL tiles a vector) into a
+        stack scratch ts[a * MW + b][channel % VL][tile], then per output pixel (a, b) of
+        the tiles a VL x VL transpose, so that each vector is one tile's VL channels: the
+        epilogue (bias and residual as vectors, activation) and one masked store (off
+        past the output) at the pixel's blocked address; no per-lane scatters."""
+        p, wp, b = self.plan, self.wp, self.b
+        (m_h, m_w), (a_h, a_w), tb = wp.tile, wp.alpha, wp.block_tiles
+        vl, outputs = self.lanes, wp.tile[0] * wp.tile[1]
+        out_plane = p.out_size[1] * p.out_size[2]
+        ts = b.bitcast(self.alloca(ir.ArrayType(self.vec, outputs * vl), "ts"), self.ptr)
+        b.comment(f"output transform: Y = AT M A, {vl} channels at a time, transposed to "
+                  f"{vl}-channel vectors per pixel: bias, residual, activation, stored")
+        with self.loop(0, p.cout_g // vl, "cb.out") as cb:
+            c0 = b.mul(cb, i64(vl), name="c0")
+            bv = None
+            if p.spec.bias:
+                bv = self.load_vec(self.element(bias, b.add(b.mul(group, i64(p.cout_g)), c0)))
+            block = b.mul(cb, i64(out_plane * vl))
+            ycb = self.element(yg, block, "y.block")
+            rcb = self.element(rg, block, "r.block") if rg is not None else None
+            for tv in range(wp.vectors):
+                with self.loop(0, vl, f"cl.out{tv}") as cl:
+                    co = b.add(c0, cl)
+                    m = [[self.load_vec(self.element(mb, b.add(
+                        b.mul(b.add(i64((a * a_w + c) * p.cout_g), co), i64(tb)),
+                        i64(tv * vl)))) for c in range(a_w)] for a in range(a_h)]
+                    out = self._two_pass(wp.matrices_h[0], wp.matrices_w[0], m)
+                    for a in range(m_h):
+                        for c in range(m_w):
+                            self.store_vec(out[a][c], self.element(
+                                ts, b.mul(b.add(i64((a * m_w + c) * vl), cl), i64(vl))))
+                first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)), i64(outputs * vl))
+                with self.loop(0, outputs, f"ab.out{tv}") as ab:
+                    rows = [self.load_vec(self.element(ts, b.add(b.mul(ab, i64(vl * vl)),
+                                                                 i64(r * vl))))
+                            for r in range(vl)]
+                    columns = self._transpose(rows)  # columns[t]: tile t's channels
+                    offsets = self._table_vector(table, b.add(first, b.mul(ab, i64(vl))))
+                    for t in range(vl):
+                        offset = b.extract_element(offsets, i32(t))
+                        valid = b.icmp_signed(">=", offset, i32(0))
+                        at = b.sext(b.select(valid, offset, i32(0)), I64)
+                        mask = self.splat(valid, self.mask_type)
+                        value = columns[t] if bv is None else b.fadd(columns[t], bv)
+                        if rcb is not None:
+                            value = b.fadd(value, self.masked_load(self.element(rcb, at), mask))
+                        value = self.activation(value, p.spec.activation, p.spec.activation_args)
+                        self.masked_store(value, self.element(ycb, at), mask)
 
     def _channel(self, base, c, plane: int, blocked: bool):
         """&channel c's first element from ``base`` (a group's first channel): c planes on,

@@ -295,3 +295,20 @@ def test_arena_and_parameters_are_64_byte_aligned(backend):
     for _ in range(3):
         model = check(g.copy(), backend, layout="blocked")
         assert model._arena.ctypes.data % 64 == 0 and model._params.ctypes.data % 64 == 0
+
+
+def test_pointwise_gemm_moves_to_co_between_blocked_values(backend):
+    """A 1x1 layer on its default GEMM (NCHW only) runs "co" where a blocked neighbour
+    makes it pay (MobileNetV2's expand and project layers); NCHW, it keeps the GEMM."""
+    lanes = block_lanes("float32")
+    x = (1, lanes, 16, 16)
+    nodes = [conv("a", "x", x, 2 * lanes, 3, padding=1),
+             conv("p", "a", (1, 2 * lanes, 16, 16), 2 * lanes, 1, seed=1),
+             conv("b", "p", (1, 2 * lanes, 16, 16), lanes, 3, padding=1, seed=2),
+             adaptive("gap", "b", (1, 1))]
+    g = graph([("x", x)], nodes, ["gap"])
+    blocked = check(g.copy(), backend, threads=1, layout="blocked")
+    nchw = check(g, backend, threads=1, layout="nchw")
+    assert lowered_steps(nchw)["p"].plan.schedule.method == "gemm"
+    plan = lowered_steps(blocked)["p"].plan
+    assert plan.vectorize == "co" and plan.in_blocked and plan.out_blocked

@@ -120,7 +120,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                                   schedules.get(node.name))
              for node in graph.nodes if node.op == "conv"}
     lanes = block_lanes(dtype)
-    blocked = choose_layouts(graph, plans, lanes, fixed) if layout == "blocked" else set()
+    blocked = choose_layouts(graph, plans, lanes, fixed, defaults) \
+        if layout == "blocked" else set()
     for name in defaults:
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
@@ -185,25 +186,40 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
 
 
 def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
-                   fixed: frozenset[str] = frozenset()) -> set[str]:
-    """The blocked values (graph.layout.plan_layouts), after moving depthwise convs onto
-    the blocked depthwise plan (layout.depthwise_plan) wherever the values around them
-    end up blocked; ``plans`` is updated. A depthwise conv whose input or output stays
-    NCHW keeps its own plan, and the layouts are planned again without it."""
-    candidates = {name for name, plan in plans.items()
-                  if name not in fixed and depthwise_blocked(plan.spec) is None}
-    original = {name: plans[name] for name in candidates}
-    for name in candidates:
+                   fixed: frozenset[str] = frozenset(),
+                   defaults: frozenset[str] = frozenset()) -> set[str]:
+    """The blocked values (graph.layout.plan_layouts), after moving plans that cannot
+    read or write the blocked layout onto ones that can, wherever the values around them
+    end up blocked; ``plans`` is updated.
+
+    Depthwise convs (not ``fixed`` by the caller) try the blocked depthwise plan
+    (layout.depthwise_plan), kept where both their input and output end up blocked; 1x1
+    convs on the default GEMM (``defaults``) try the "co" plan, kept where their input or
+    output ends up blocked (MobileNetV2's expand and project layers between blocked
+    depthwise ones). The others go back to their own plans and the layouts are planned
+    again without them."""
+    depthwise = {name for name, plan in plans.items()
+                 if name not in fixed and depthwise_blocked(plan.spec) is None}
+    gemm = {name for name in defaults if plans[name].winograd is not None
+            and plans[name].winograd.method == "gemm"
+            and plans[name].cout_g >= lanes and plans[name].cin_g >= lanes}
+    original = {name: plans[name] for name in depthwise | gemm}
+    for name in depthwise:
         plans[name] = depthwise_plan(plans[name])
+    for name in gemm:
+        plans[name] = make_plan(plans[name].spec,
+                                default_co_schedule(plans[name].spec, plans[name].threads))
     while True:
         blocked = plan_layouts(graph, plans, lanes)
-        undone = {name for name in candidates
-                  if name not in blocked or graph.node(name).inputs[0] not in blocked}
+        reads = {name: graph.node(name).inputs[0] in blocked for name in original}
+        undone = {name for name in depthwise if name not in blocked or not reads[name]}
+        undone |= {name for name in gemm if name not in blocked and not reads[name]}
         if not undone:
             return blocked
         for name in undone:
             plans[name] = original[name]
-        candidates -= undone
+        depthwise -= undone
+        gemm -= undone
 
 
 def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,

@@ -1,0 +1,84 @@
+"""Time a network written once against torch.nn and convgen.nn: PyTorch, ONNX Runtime
+(the model exported by torch.onnx) and convgen (every backend, and C through cg.from_onnx),
+interleaved in one run; shared by bench/resnet18.py and bench/mobilenet_v2.py.
+
+Each runtime gets --repeats rounds of a warm-up (50 ms of calls) and two timed calls
+(convgen.bench.measure_interleaved); the median per thread count, its ratio to the
+fastest peer (PyTorch or ONNX Runtime) and its largest error relative to torch's output.
+ONNX Runtime is skipped, and said so, when onnx/onnxruntime are not installed
+(pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+
+import numpy as np
+
+import convgen as cg
+from convgen.bench import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
+from convgen.bench_peers import Runner
+
+
+def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, repeats: int,
+                     threads_list: list[int]) -> None:
+    """Print one table row per runtime and thread count (``tnet``: the torch module in
+    eval mode, ``net``: the convgen module with its weights loaded, ``want``: torch's
+    output for ``x``)."""
+    import torch
+
+    try:
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        torch.onnx.export(tnet, torch.from_numpy(x), buffer, dynamo=False)
+        onnx_bytes = buffer.getvalue()
+    except Exception as exc:  # noqa: BLE001 - report and go on without the peer
+        ort, onnx_bytes = None, None
+        print(f"onnxruntime: not measured ({type(exc).__name__}: {exc})")
+
+    print(f"{title}; runtimes interleaved: {repeats} rounds of "
+          f"{WARMUP_S * 1e3:g} ms of warm-up calls + {ROUND_CALLS} timed calls each, the "
+          "median (ms)")
+    print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        calls = {}
+
+        def torch_call():
+            with torch.no_grad():
+                return tnet(torch.from_numpy(x)).numpy()
+
+        calls["torch (oneDNN)"] = torch_call
+        if ort is not None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(onnx_bytes, options,
+                                           providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            calls["onnxruntime"] = (lambda s=session, n=name: s.run(None, {n: x})[0])
+        for backend in cg.BACKENDS:
+            calls[f"convgen {backend}"] = net.compile(x.shape, backend=backend, threads=threads)
+        if onnx_bytes is not None:  # the same network through cg.from_onnx
+            calls["convgen c (from ONNX)"] = cg.from_onnx(onnx_bytes).compile(
+                x.shape, backend="c", threads=threads)
+        runners = {}
+        for label, call in calls.items():
+            if label.startswith("convgen"):
+                call = (lambda m=call: m(x))
+            runners[label] = Runner(call)
+        timed = measure_interleaved(runners, repeats, PAUSE_S if threads > 1 else 0.0)
+        rows = []
+        for label, (times, got) in timed.items():
+            if isinstance(got, Exception):
+                print(f"{label:<22} {threads:>7} failed: {type(got).__name__}: {got}")
+                continue
+            err = 0.0 if label.startswith("torch") else \
+                float(np.abs(got - want).max() / np.abs(want).max())
+            rows.append((label, 1e3 * statistics.median(times), err))
+        peers = min(ms for label, ms, _ in rows if not label.startswith("convgen"))
+        for label, ms, err in rows:
+            print(f"{label:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
+                  flush=True)
