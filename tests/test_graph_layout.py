@@ -1,7 +1,7 @@
 """Networks that keep values in the blocked layout between layers (convgen.graph.layout).
 
-Every network runs on every backend, blocked (C's default, asked for explicitly here so
-that LLVM runs it too) and all-NCHW, and is compared
+Every network runs on every backend, blocked (the default, asked for explicitly here)
+and all-NCHW, and is compared
 with the oracle of the unfused graph; each test also checks which values the planner kept
 blocked, so that the blocked kernels, pools, elementwise ops and fused residuals are
 what ran.
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from convgen.graph.compile import DEFAULT_LAYOUTS, compile_graph
+from convgen.graph.compile import compile_graph
 from convgen.graph.layout import plan_layouts
 from convgen.layout import block_lanes, supports_blocked
 
@@ -256,12 +256,12 @@ def test_default_co_schedule_for_blocked_inputs(backend):
     assert plans["c"].schedule == pinned
 
 
-def test_default_layout_per_backend(backend):
+def test_blocked_is_the_default_layout(backend):
     lanes = block_lanes("float32")
     x = (1, lanes, 6, 6)
     nodes = [conv("a", "x", x, lanes, 3, padding=1), conv("b", "a", x, lanes, 3, padding=1)]
     model = check(graph([("x", x)], nodes, ["b"]), backend)
-    assert bool(model.blocked_values) == (DEFAULT_LAYOUTS[backend] == "blocked")
+    assert model.blocked_values == {"a"}
 
 
 def test_blocked_layers_at_two_threads_limit_winograd(backend):

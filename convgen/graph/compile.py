@@ -30,9 +30,6 @@ from .passes import optimize
 from .shapes import infer_graph
 
 DTYPES = ("float32", "float64")
-# the layout between layers when compile_graph is not told: measured per backend,
-# ResNet-18 interleaved (docs/layout.md)
-DEFAULT_LAYOUTS = {"c": "blocked", "llvm": "nchw"}
 
 
 def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> str:
@@ -73,17 +70,15 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
 
 
 def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
-                  threads: int | None = None, layout: str | None = None,
+                  threads: int | None = None, layout: str = "blocked",
                   schedules: dict[str, Schedule] | None = None) -> CompiledModel:
     """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
 
     ``threads`` per convolution layer; None: each layer's tuned or default schedule
     (every core, $CONVGEN_NUM_THREADS, for layers large enough to profit).
-    ``layout`` "blocked": values between layers that read and write it stay in the
-    blocked layout (N, C / VL, *spatial, VL) (convgen.graph.layout); "nchw": none do;
-    None: the backend's DEFAULT_LAYOUTS entry (blocked on C; NCHW on LLVM, whose
-    Winograd kernels scatter their outputs element by element, which costs more blocked:
-    docs/layout.md).
+    ``layout`` "blocked" (the default, every backend): values between layers that read and
+    write it stay in the blocked layout (N, C / VL, *spatial, VL) (convgen.graph.layout,
+    docs/layout.md); "nchw": none do.
     Inputs and outputs are NCHW either way.
     ``schedules``: a Schedule per convolution layer, by its name after fusion (the
     optimized graph's), in place of its tuning record or default.
@@ -113,8 +108,6 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                             f"got {type(schedule).__name__}")
         chosen[name] = schedule
     schedules = chosen
-    if layout is None:
-        layout = DEFAULT_LAYOUTS[backend]
     lowered = lower(optimized, memory, dtype, schedules, backend, layout, threads,
                     frozenset(schedules_given), frozenset(defaults))
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
