@@ -11,17 +11,14 @@ not a whole number of 16-lane blocks, so it stays NCHW.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convgen import nn as cnn  # noqa: E402
-from net_compare import compare_networks  # noqa: E402
+from net_compare import bench_main  # noqa: E402
 
 # (expansion t, output channels c, repeats n, first stride s), torchvision's table
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -70,32 +67,7 @@ def mobilenet_v2(nn, flatten):
 
 
 def main() -> int:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args()
-
-    torch.manual_seed(0)
-    tnet = mobilenet_v2(torch.nn, torch.flatten).eval()
-    with torch.no_grad():
-        for m in tnet.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    net = mobilenet_v2(cnn, cnn.functional.flatten)
-    net.load_state_dict(tnet.state_dict())
-    shape = (1, 3, args.size, args.size)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    with torch.no_grad():
-        want = tnet(torch.from_numpy(x)).numpy()
-    compare_networks(tnet, net, x, want, f"MobileNetV2 {shape}, batch 1", args.repeats,
-                     args.threads)
-    return 0
+    return bench_main(mobilenet_v2, "MobileNetV2", __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

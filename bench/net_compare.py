@@ -11,6 +11,7 @@ ONNX Runtime is skipped, and said so, when onnx/onnxruntime are not installed
 
 from __future__ import annotations
 
+import argparse
 import io
 import statistics
 
@@ -82,3 +83,38 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
         for label, ms, err in rows:
             print(f"{label:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
                   flush=True)
+
+
+def bench_main(build, name: str, description: str) -> int:
+    """The command line of a network bench: ``build(nn, flatten)`` writes the network
+    once against either nn namespace; torch's instance gets randomized BatchNorm
+    statistics (so folding is exercised), convgen's loads its state_dict, and both run
+    on one seeded input of --size."""
+    import torch
+
+    from convgen import nn as cnn
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    tnet = build(torch.nn, torch.flatten).eval()
+    with torch.no_grad():
+        for m in tnet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    net = build(cnn, cnn.functional.flatten)
+    net.load_state_dict(tnet.state_dict())
+    shape = (1, 3, args.size, args.size)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        want = tnet(torch.from_numpy(x)).numpy()
+    compare_networks(tnet, net, x, want, f"{name} {shape}, batch 1", args.repeats,
+                     args.threads)
+    return 0
