@@ -301,12 +301,15 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool,
         needed = co.co_vectors * (c.size + 1) + len(columns)
         return co.step > 1 and needed <= (32 if vector_bits() == 512 else 16)
 
+    def span(c) -> int:
+        """Input columns a piece of class ``c`` reads, from its base."""
+        return 1 + max((off for t in c.taps for _, off in t.pixels), default=0)
+
     classes = [{"size": c.size,
                 "share_inputs": share_inputs(c),
                 # blocked input: a base pointer per CO_BASE_PIXELS columns (see there)
-                "bases": range(max((off for t in c.taps for _, off in t.pixels), default=0)
-                               // CO_BASE_PIXELS + 1),
-                "span": 1 + max((off for t in c.taps for _, off in t.pixels), default=0),
+                "bases": range((span(c) - 1) // CO_BASE_PIXELS + 1),
+                "span": span(c),
                 "blocks": blocks(c.size),
                 "accumulators": [[f"a{p}_{v}" for v in range(co.co_vectors)]
                                  for p in range(c.size)],
@@ -406,6 +409,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         raise ValueError("the 1x1 GEMM reads and writes NCHW only")
     # a blocked input read in place (zero padding): pixels are VL elements apart
     scale = plan.vector_lanes if plan.in_blocked and wp.staged_in == (0, 0) else 1
+    transpose_out = plan.out_blocked and wp.co_parts == 1
 
     def two_pass(first, second, src, mid, dst, rows_in, rows_out, cols_in, cols_out,
                  declare):
@@ -496,9 +500,9 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "grid": wp.grid,
         # blocked output: the output transform transposes VL channels at a time into a
         # blocked staging (one job has whole blocks of channels: a single part)
-        "transpose_out": plan.out_blocked and wp.co_parts == 1,
+        "transpose_out": transpose_out,
         "transpose_rows": [f"r{i}" for i in range(wp.lanes)],
-        "transpose_stages": transpose_stages(wp.lanes),
+        "transpose_stages": transpose_stages(wp.lanes) if transpose_out else [],
         "index_type": "int" if plan.c_type == "float" else "long long",
     }
 

@@ -283,8 +283,10 @@ def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = 
     vectors x 12, or 1 x 24 when a group has one vector of channels); one row per job.
 
     With 1 vector each broadcast input folds into its FMA (an embedded broadcast), so
-    28 accumulators fit beside the weight vector; with 2 x 14 gcc 12 spills accumulators
-    inside the reduction loop. Measured at 1 thread against 2 x 12 (C): the 7x7/2 stem
+    28 accumulators fit beside the weight vector; with 2 x 14 gcc 12 spilled accumulators
+    inside the reduction loop when each call packed its weights (measured then; with the
+    weights packed at load, short rows and blocked inputs take 2 vectors, below).
+    Measured at 1 thread against 2 x 12 (C): the 7x7/2 stem
     3.8 -> 3.2 ms, 3x3/2 64->128 1.33 -> 1.15, dilated 3x3 3.6 -> 3.0, 256@14 3.2 -> 2.9,
     the 3D layer 18.7 -> 16.9, 512@7 alike; LLVM 3x3/2 1.7 -> 1.2, others alike; the
     transposed 4x4/2 layer 5% slower, so transposed convolutions keep 2 x 12.

@@ -125,15 +125,17 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     for name in defaults:
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
+        co = plan.vectorize == "co"
         if plan.winograd is not None and plan.winograd.method == "winograd" and reads \
                 and writes and plan.threads > 1:
             # blocked, at 2+ threads: Winograd only under the blocked limit, else "co"
             schedule = default_transform_schedule(
                 plan.spec, plan.threads, prepared_weights=True,
-                parallel_limit=BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES) or \
-                default_co_schedule(plan.spec, plan.threads)
-            plan = plans[name] = make_plan(plan.spec, schedule)
-        if plan.vectorize == "co" and (reads or writes):
+                parallel_limit=BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES)
+            if schedule is not None:
+                plans[name] = make_plan(plan.spec, schedule)
+            co = schedule is None
+        if co and (reads or writes):
             schedule = default_co_schedule(plan.spec, plan.threads, reads, writes)
             plans[name] = make_plan(plan.spec, schedule)
     inputs = {name: i for i, (name, _) in enumerate(graph.inputs)}
