@@ -2,7 +2,7 @@
 
     python bench/layers.py [--threads 1 2] [--repeats 10] [--layers NAME ...] [--quick]
 
-The peers live in convgen.bench_peers (shared with `convgen bench`, which counts
+The peers live in convgen.bench.peers (shared with `convgen bench`, which counts
 torch_cl's layout conversions; this script keeps them outside the timed call).
 Every runtime is measured in this process, on the same arrays (batch 1, float32,
 uniform in [-1, 1]), and checked against cg.reference: the worst error of a row is
@@ -43,8 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
-from convgen.bench import measure  # noqa: E402
-from convgen.bench_peers import (Runner, Skip, numpy_runner, openblas_setters,  # noqa: E402
+from convgen.bench.measure import measure  # noqa: E402
+from convgen.bench.peers import (Runner, Skip, numpy_runner, openblas_setters,  # noqa: E402
                                  ort_runner, torch_runner)
 from convgen.tolerance import max_error, tolerance  # noqa: E402
 

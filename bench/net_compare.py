@@ -3,7 +3,7 @@
 interleaved in one run; shared by bench/resnet18.py and bench/mobilenet_v2.py.
 
 Each runtime gets --repeats rounds of a warm-up (50 ms of calls) and two timed calls
-(convgen.bench.measure_interleaved); the median per thread count, its ratio to the
+(convgen.bench.measure.measure_interleaved); the median per thread count, its ratio to the
 fastest peer (PyTorch or ONNX Runtime) and its largest error relative to torch's output.
 ONNX Runtime is skipped, and said so, when onnx/onnxruntime are not installed
 (pip install -e '.[bench]').
@@ -18,8 +18,8 @@ import statistics
 import numpy as np
 
 import convgen as cg
-from convgen.bench import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
-from convgen.bench_peers import Runner
+from convgen.bench.measure import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
+from convgen.bench.peers import Runner
 
 
 def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, repeats: int,

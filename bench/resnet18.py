@@ -5,7 +5,7 @@
 The same architecture is written once and instantiated with torch.nn and with
 convgen.nn; convgen loads torch's state_dict (BatchNorm statistics randomized,
 so folding is exercised) and every result is checked against torch's output.
-Runtimes are timed interleaved (convgen.bench.measure_interleaved: --repeats rounds, each
+Runtimes are timed interleaved (convgen.bench.measure.measure_interleaved: --repeats rounds, each
 giving every runtime a warm-up (50 ms of calls) and two timed calls), the
 median per thread count.
 ONNX Runtime runs the model exported by torch.onnx (skipped, and said so, when

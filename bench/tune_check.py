@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import convgen as cg  # noqa: E402
 from convgen.graph.netspec import load_network  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
-from convgen.tune import describe, network_convs  # noqa: E402
+from convgen.tuning.tuner import describe, network_convs  # noqa: E402
 
 
 def side_by_side(spec: cg.ConvSpec, schedules: list[cg.Schedule], repeats: int) -> list[float]:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
-from convgen.tune import describe  # noqa: E402
+from convgen.tuning.tuner import describe  # noqa: E402
 
 LAYERS = {
     "resnet18_conv1": cg.ConvSpec((1, 3, 224, 224), 64, kernel_size=7, stride=2, padding=3,

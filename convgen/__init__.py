@@ -6,21 +6,21 @@ through cffi and returns a callable checked against a NumPy oracle
 (:func:`reference`).
 """
 
-from .aot import compile_to, load
-from .backends import BACKENDS, compile
-from .bound import BoundKernel, bind
-from .errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
+from convgen.aot import compile_to, load
+from convgen.backends import BACKENDS, compile
+from convgen.plan.weights import BoundKernel, bind
+from convgen.errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
                      ScheduleError, SpecError, SpecFileError)
-from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
+from convgen.functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
                          conv_transpose3d)
-from .graph.netspec import load_network
-from .kernel import Kernel
-from .onnx_import import from_onnx  # imports onnx only when called
-from .reference import reference
-from .schedule import Schedule, default_schedule
-from .spec import ACTIVATIONS, ConvSpec
-from .tune import TuneResult, tune
-from .version import __version__
+from convgen.graph.netspec import load_network
+from convgen.kernel import Kernel
+from convgen.onnx.importer import from_onnx  # imports onnx only when called
+from convgen.reference import reference
+from convgen.schedule import Schedule, default_schedule
+from convgen.spec import ACTIVATIONS, ConvSpec
+from convgen.tuning.tuner import TuneResult, tune
+from convgen.version import __version__
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "BoundKernel", "CompileError", "CompilerNotFoundError",

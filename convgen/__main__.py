@@ -1,8 +1,8 @@
-"""``python -m convgen``: the command line (see :mod:`convgen.cli`)."""
+"""``python -m convgen``: the command line (see :mod:`convgen.cli.main`)."""
 
 import sys
 
-from .cli import main
+from convgen.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

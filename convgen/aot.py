@@ -17,15 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact, resolve_backend
-from .cache import file_sha256
-from .errors import ConvgenError
-from .kernel import Kernel
-from .plan import make_plan
-from .records import best_record
-from .schedule import Schedule
-from .spec import ConvSpec
-from .version import __version__
+from convgen.backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact, resolve_backend
+from convgen.cache import file_sha256
+from convgen.errors import ConvgenError
+from convgen.kernel import Kernel
+from convgen.plan.core import make_plan
+from convgen.records import best_record
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
+from convgen.version import __version__
 
 MANIFEST = "manifest.json"
 FORMAT = 1

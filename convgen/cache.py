@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import config
-from .version import __version__
+from convgen import config
+from convgen.version import __version__
 
 META = "meta.json"
 
@@ -45,7 +45,7 @@ def code_files(templates: Path) -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """convgen's version plus a hash of all its Python sources and templates."""
-    from .render import templates_dir
+    from convgen.backends.c.render import templates_dir
 
     digest = hashlib.sha256(__version__.encode())
     for path in code_files(templates_dir()):

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import compile as compile_spec
-from .backends import resolve_backend
-from .kernel import Kernel
-from .schedule import Schedule
-from .spec import ConvSpec
+from convgen.backends import compile as compile_spec
+from convgen.backends import resolve_backend
+from convgen.kernel import Kernel
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 _KERNELS: dict[tuple[str, str, str], Kernel] = {}
 _LOCK = threading.Lock()

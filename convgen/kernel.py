@@ -17,10 +17,10 @@ from pathlib import Path
 import cffi
 import numpy as np
 
-from . import config
-from .cache import file_sha256
-from .schedule import Schedule
-from .spec import ConvSpec
+from convgen import config
+from convgen.cache import file_sha256
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 
 # Every library loaded stays loaded for the life of the process. Closing one can

@@ -16,11 +16,11 @@ import math
 import os
 from pathlib import Path
 
-from . import config
-from .cache import code_version, cpu_identity
-from .errors import ConvgenError, ScheduleError
-from .schedule import Schedule
-from .spec import ConvSpec
+from convgen import config
+from convgen.cache import code_version, cpu_identity
+from convgen.errors import ConvgenError, ScheduleError
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 
 def compiler_identity(backend: str) -> str:
@@ -31,7 +31,7 @@ def compiler_identity(backend: str) -> str:
 
         return f"llvmlite {llvmlite.__version__} LLVM " + \
             ".".join(map(str, llvm.llvm_version_info))
-    from .builder import compiler_identity as c_identity, find_c_compiler
+    from convgen.backends.c.build import compiler_identity as c_identity, find_c_compiler
 
     return c_identity(find_c_compiler())
 
@@ -39,7 +39,7 @@ def compiler_identity(backend: str) -> str:
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,
            bound: bool = False) -> None:
     """Append one JSON line per measurement, each with a single write (O_APPEND);
-    ``bound``: measured with the weights bound and prepared once (convgen.bound)."""
+    ``bound``: measured with the weights bound and prepared once (convgen.plan.weights)."""
     path = Path(path) if path is not None else config.tuning_db()
     path.parent.mkdir(parents=True, exist_ok=True)
     common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,

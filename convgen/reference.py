@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .spec import ACTIVATIONS, ConvSpec
+from convgen.spec import ACTIVATIONS, ConvSpec
 
 # np.pad's name for each of PyTorch's padding modes.
 _NP_PAD_MODES = {

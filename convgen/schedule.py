@@ -11,11 +11,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import config
-from .cpu import vector_lanes
-from .errors import ScheduleError
-from .spec import ConvSpec, _is_int
-from .winograd import MAX_CO_ROWS, METHODS, check_tiles, default_tiles, grid_size, tile_vectors, \
+from convgen import config
+from convgen.cpu import vector_lanes
+from convgen.errors import ScheduleError
+from convgen.spec import ConvSpec, _is_int
+from convgen.plan.winograd import MAX_CO_ROWS, METHODS, check_tiles, default_tiles, grid_size, tile_vectors, \
     unsupported
 
 # Accumulator tile (output channels x output pixels) held on the stack, in elements.
@@ -48,7 +48,7 @@ class Schedule:
     into its s stride phases, columns p, p+s, p+2s, ..., so that every tap of a piece is
     useful).
 
-    ``method`` "direct" (the above) or a transform-GEMM plan (:mod:`convgen.winograd`,
+    ``method`` "direct" (the above) or a transform-GEMM plan (:mod:`convgen.plan.winograd`,
     both backends): "winograd" (stride 1, 1D/2D; dilated only with zero padding)
     computes tiles of ``tile_spatial`` outputs per dim (of one dilation phase) with
     Winograd F(m, r) and ``alpha`` GEMMs over channels; "gemm" runs a 1x1 convolution as
@@ -300,7 +300,7 @@ def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = 
     ResNet-18's 3x3/2 128->256 layer (rows of 14) 0.88 -> 0.75 ms at 1 thread and 0.46 ->
     0.37 at 2, its 3x3/2 256->512 (rows of 7) 0.74 -> 0.67 at 1 thread.
 
-    ``blocked_input`` (a network's layer reading the blocked layout, convgen.layout): 2
+    ``blocked_input`` (a network's layer reading the blocked layout, convgen.plan.layout): 2
     vectors x 14 pixels for longer rows too. Each broadcast then reads a cache line of its
     own (a pixel's channels), and feeding two FMAs from it pays: ResNet-18's 3x3/2 64->128
     layer, blocked in and out, 0.86 -> 0.68 ms at 1 thread (NCHW, 1 x 28: 0.75).
@@ -352,7 +352,7 @@ WINOGRAD_WEIGHT_BYTES = 1 << 20
 # same at 1 (20.42, 20.38).
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
 PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
-# ... and for a layer a network runs with its input and output blocked (convgen.layout),
+# ... and for a layer a network runs with its input and output blocked (convgen.plan.layout),
 # where the "co" plan reads a pixel's channels as one line: ResNet-18 at 2 threads,
 # blocked, interleaved, 11.93 -> 11.55 ms with layer3's 256->256 layers (F(2x2), 4 MiB of
 # U) direct (0.80 -> 0.69 ms each in the network's profile)
@@ -381,7 +381,7 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     tiles for kernel 3 (the same channel, weight and lane-use limits): on the bench's
     64-channel 16000-sample layer 8.1 -> 5.3 ms at 1 thread and 5.2 -> 2.9 ms at 2 (F(4, 3)
     6.2 ms, 28 channels 5.4 ms at 1 thread). Other 1D kernels stay direct (not measured).
-    Dilated layers tile each dilation phase (see convgen.winograd): the bench's 3x3 d2
+    Dilated layers tile each dilation phase (see convgen.plan.winograd): the bench's 3x3 d2
     64->64 at 56x56 went from 2.05 ("co") to 1.07 ms at 1 thread and 1.6 to 0.8 ms at 2;
     its 1D d8 layer from 6.9 ("w") to 5.5 ms and 4.1 to 2.9 ms.
 

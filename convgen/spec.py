@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SpecError
+from convgen.errors import SpecError
 
 PADDING_STRINGS = ("valid", "same", "full")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")

@@ -33,9 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ScheduleError, SpecError, SpecFileError
-from .schedule import Schedule
-from .spec import ConvSpec
+from convgen.errors import ScheduleError, SpecError, SpecFileError
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(ConvSpec))

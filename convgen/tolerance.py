@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .spec import ConvSpec
+from convgen.spec import ConvSpec
 
 # Unit round-off per dtype; the bound below multiplies it by the number of terms summed.
 EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from convgen.plan import make_plan
-from convgen.tune_space import candidate_schedules
+from convgen.plan.core import make_plan
+from convgen.tuning.space import candidate_schedules
 from convgen.tolerance import max_error, tolerance
 
 from helpers import check_kernel
@@ -48,7 +48,7 @@ def test_channel_tiles_innermost_matches_oracle(backend, data):
     ("w" plan); with the threshold at 0 every spec with several channel tiles does."""
     from unittest import mock
 
-    from convgen import render
+    from convgen.backends.c import render
 
     spec = data.draw(conv_specs())
     schedule = data.draw(schedules(spec))
@@ -80,7 +80,7 @@ def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
     blocks, 1-2 threads."""
     from unittest import mock
 
-    from convgen import render
+    from convgen.backends.c import render
 
     spec = data.draw(wide_specs(transposed=False))
     schedule = data.draw(co_schedules(spec))
@@ -102,7 +102,7 @@ def test_bound_co_plan_next_block_prefetch_matches_oracle(backend, data):
     convolutions too: packed, a block is one run); threads split blocks or rows."""
     from unittest import mock
 
-    from convgen import render
+    from convgen.backends.c import render
     from convgen.reference import random_arrays
     from convgen.tolerance import max_error, tolerance
 
@@ -121,7 +121,7 @@ def test_co_plan_next_block_prefetch_threshold():
     """Only layers with CO_PREFETCH_WEIGHT_BYTES+ of weights prefetch: ResNet-18's 512@7
     spreads 32 channels x 4608 steps over 7 rows x 512 channels (3 lines per channel and
     row), its 7x7 conv1 (37 KB of weights) prefetches nothing."""
-    from convgen import render
+    from convgen.backends.c import render
 
     deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
     plan = make_plan(deep, cg.Schedule(tile_co=32, tile_spatial=(1, 7), vectorize="co"))

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import convgen.bench as bench
-from convgen.bench import fma_probe, peak_source
-from convgen.bench_peers import Runner
-from convgen.cli import main
+import convgen.bench.measure as bench
+from convgen.bench.measure import fma_probe, peak_source
+from convgen.bench.peers import Runner
+from convgen.cli.main import main
 from convgen.specfile import load_specfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def test_bench_onnx_model_against_onnxruntime(tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     import convgen as cg
-    from convgen.bench_peers import onnx_conv_model
+    from convgen.bench.peers import onnx_conv_model
 
     spec = cg.ConvSpec((1, 3, 8, 8), 4, kernel_size=3, padding=1, activation="relu")
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Kernels with their weights bound (convgen.bind): prepared once, checked against the oracle.
 
 A bound Winograd kernel (C or LLVM) reads U, transformed and packed once by
-convgen.bound.prepare_weight, a bound "co" kernel its channel blocks packed once; every
+convgen.plan.weights.prepare_weight, a bound "co" kernel its channel blocks packed once; every
 other plan reads the weight as given.
 Each is compared with the oracle over random specs and schedules.
 """
@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from convgen.bound import prepares
-from convgen.plan import make_plan
+from convgen.plan.weights import prepares
+from convgen.plan.core import make_plan
 from convgen.records import best_record, record
 from convgen.reference import random_arrays
-from convgen.tune import Measurement
+from convgen.tuning.tuner import Measurement
 
 from helpers import assert_matches_oracle
 from strategies import co_schedules, conv_specs, schedules, wide_specs
@@ -66,7 +66,7 @@ def test_bound_co_rows_outer_matches_oracle(data, backend):
     bound "co" kernel on 2-3 threads does: batches, groups, remainder blocks, pieces."""
     from unittest import mock
 
-    from convgen import render
+    from convgen.backends.c import render
 
     spec = data.draw(wide_specs(transposed=False))
     schedule = data.draw(co_schedules(spec))
@@ -81,7 +81,7 @@ def test_bound_co_rows_outer_matches_oracle(data, backend):
 def test_bound_co_rows_outer_choice():
     """ResNet-18's 3x3/2 64->128 layer (295 KB of weights, 803 KB of input) splits rows at
     2 threads; its 512@7 layer (9.4 MB of weights) and 1 thread split channel blocks."""
-    from convgen.render import co_rows_outer
+    from convgen.backends.c.render import co_rows_outer
 
     two = cg.Schedule(tile_co=16, tile_spatial=(1, 28), threads=2, vectorize="co")
     strided = make_plan(cg.ConvSpec((1, 64, 56, 56), 128, 3, stride=2, padding=1), two)

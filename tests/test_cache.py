@@ -18,10 +18,10 @@ import pytest
 
 import convgen as cg
 from convgen.backends import build_artifact
-from convgen.builder import c_cache_key, c_flags, find_c_compiler
+from convgen.backends.c.build import c_cache_key, c_flags, find_c_compiler
 from convgen.cache import Cache, make_key
-from convgen.plan import make_plan
-from convgen.render import render_c
+from convgen.plan.core import make_plan
+from convgen.backends.c.render import render_c
 from helpers import REPO, arrays_for, assert_matches_oracle, check_spec_code, run_python, \
     subprocess_env
 
@@ -398,8 +398,8 @@ def test_cc_with_arguments_is_split_like_a_shell(fresh_cache, monkeypatch):
 def test_code_version_covers_subpackages_and_templates():
     """Generated code comes from convgen/graph and templates too: all are in the key."""
     from convgen.cache import code_files
-    from convgen.render import templates_dir
+    from convgen.backends.c.render import templates_dir
 
     names = {path.relative_to(REPO).as_posix() for path in code_files(templates_dir())}
-    assert {"convgen/graph/codegen_c.py", "convgen/graph/lower.py", "convgen/nn/layers.py",
-            "convgen/render.py", "templates/c/conv_function.j2", "templates/c/ops.j2"} <= names
+    assert {"convgen/backends/c/network.py", "convgen/graph/lower.py", "convgen/nn/layers.py",
+            "convgen/backends/c/render.py", "templates/c/conv_function.j2", "templates/c/ops.j2"} <= names

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from convgen.cli import main, output_size_lines
+from convgen.cli.main import main, output_size_lines
 from convgen.reference import random_arrays as random_inputs
-from convgen.plan import make_plan
+from convgen.plan.core import make_plan
 from convgen.spec import ConvSpec
 from convgen.specfile import load_specfile
 from convgen.tolerance import max_error, tolerance

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from convgen import run_cli
-from convgen.cli import main
+from convgen.cli import run as run_cli
+from convgen.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = str(ROOT / "specs" / "nets" / "lenet5.toml")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import convgen as cg
 from convgen.graph.compile import compile_graph
 from convgen.graph.layout import plan_layouts
-from convgen.layout import block_lanes, supports_blocked
+from convgen.plan.layout import block_lanes, supports_blocked
 
 from graph_helpers import activation, adaptive, check, conv, graph, node, pool
 

@@ -1,4 +1,4 @@
-"""The blocked layout (convgen.layout): kernels that read and write (N, C / VL, *S, VL).
+"""The blocked layout (convgen.plan.layout): kernels that read and write (N, C / VL, *S, VL).
 
 Every plan that supports it ("co", Winograd) is built with its input and/or output
 blocked, on both backends, with weights as given or prepared at load, and compared with
@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import convgen as cg
 from convgen.backends import get_backend, kernel_from_artifact
-from convgen.bound import prepare_weight, prepares
-from convgen.layout import block_lanes, depthwise_blocked, depthwise_plan, from_blocked, \
+from convgen.plan.weights import prepare_weight, prepares
+from convgen.plan.layout import block_lanes, depthwise_blocked, depthwise_plan, from_blocked, \
     supports_blocked, to_blocked, with_layout
-from convgen.plan import make_plan
+from convgen.plan.core import make_plan
 from convgen.reference import random_arrays
 from convgen.tolerance import max_error, tolerance
 
@@ -29,7 +29,7 @@ PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
 
 def render(plan, backend: str, prepared: bool) -> str:
     if backend == "c":
-        from convgen.render import render_c
+        from convgen.backends.c.render import render_c
 
         return render_c(plan, pretransformed=prepared)
     from convgen.backends import _render_llvm

@@ -15,8 +15,8 @@ import pytest
 import convgen as cg
 from convgen.cpu import vector_lanes
 from convgen.errors import CompileError
-from convgen.llvm_builder import llvm_cache_key, optimize_to_object
-from convgen.plan import (VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, make_plan,
+from convgen.backends.llvm.build import llvm_cache_key, optimize_to_object
+from convgen.plan.core import (VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, make_plan,
                           vector_tables)
 from helpers import arrays_for, assert_matches_oracle, run_python, subprocess_env
 
@@ -138,7 +138,7 @@ CACHED_CODE = """
 import json
 import numpy as np
 import convgen as cg
-import convgen.llvm_builder as lb
+import convgen.backends.llvm.build as lb
 from convgen.tolerance import close
 if {forbid!r}:
     def refuse(ir_text):
@@ -275,7 +275,7 @@ def test_kernels_outlive_each_other():
 
 def test_stride_two_rows_use_two_loads_and_a_shuffle():
     """Inside a row, stride-2 columns are read as two vectors keeping the even lanes."""
-    from convgen.plan import VEC_EVEN, make_plan, vector_tables
+    from convgen.plan.core import VEC_EVEN, make_plan, vector_tables
 
     spec = cg.ConvSpec((1, 4, 9, 80), 6, kernel_size=3, stride=2, padding=1, bias=True)
     schedule = cg.Schedule(tile_co=2, tile_spatial=(2, 32), vector_width=16)

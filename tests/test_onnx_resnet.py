@@ -10,7 +10,7 @@ import pytest
 from onnx_helpers import BACKENDS, assert_close, make_model, node, rand, run_ort
 
 import convgen as cg
-from convgen.cli import main
+from convgen.cli.main import main
 
 
 class _Net:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import convgen as cg
-from convgen.plan import index_table, make_plan
+from convgen.plan.core import index_table, make_plan
 
 from helpers import check_kernel
 
@@ -76,7 +76,7 @@ def test_symbol_depends_on_spec_and_schedule():
 
 def test_transposed_stride_visits_columns_phase_by_phase():
     """Within a stride phase a transposed tap reads consecutive inputs: vector loads."""
-    from convgen.plan import VEC_GATHER, vector_tables
+    from convgen.plan.core import VEC_GATHER, vector_tables
 
     spec = cg.ConvSpec((1, 4, 16, 16), 4, kernel_size=4, stride=2, padding=1, transposed=True)
     tables = vector_tables(make_plan(spec, cg.Schedule(tile_spatial=(1, 32), vector_width=16)))
@@ -88,7 +88,7 @@ def test_transposed_stride_visits_columns_phase_by_phase():
 
 
 def test_describe_plan_counts_reads_and_names_the_tiles():
-    from convgen.plan import describe_plan
+    from convgen.plan.core import describe_plan
 
     spec = cg.ConvSpec((1, 8, 12, 40), 12, kernel_size=3, padding=1)
     lines = describe_plan(make_plan(spec, cg.Schedule(tile_co=4, tile_spatial=(2, 32),
@@ -108,7 +108,7 @@ def test_describe_plan_counts_reads_and_names_the_tiles():
 
 
 def test_co_plan_splits_rows_into_pieces_and_shares_bodies():
-    from convgen.plan import describe_plan
+    from convgen.plan.core import describe_plan
 
     spec = cg.ConvSpec((1, 8, 12, 56), 40, kernel_size=3, padding=1)
     plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 14), vectorize="co"))
@@ -143,7 +143,7 @@ def test_transposed_co_plan_splits_rows_by_stride_phase():
     """vectorize="co" on a transposed convolution: a row's pieces hold the columns of one
     stride phase, every tap a piece runs reads an input for all its interior columns, the
     taps of the other phase are absent, and each output row lists only its useful taps."""
-    from convgen.plan import describe_plan
+    from convgen.plan.core import describe_plan
 
     spec = cg.ConvSpec((2, 8, 16, 16), 40, kernel_size=4, stride=2, padding=1, transposed=True)
     plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 12), vectorize="co"))
@@ -175,7 +175,7 @@ def test_transposed_co_plan_with_unit_stride_is_contiguous():
 
 def test_omp_schedule_deals_jobs_in_chunks(monkeypatch):
     """Jobs go out first come first served, about DYNAMIC_CHUNKS chunks per thread."""
-    from convgen import render
+    from convgen.backends.c import render
 
     assert render.omp_schedule(49, 2) == "dynamic, 6"
     assert render.omp_schedule(13, 2) == "dynamic, 1"

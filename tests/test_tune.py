@@ -22,13 +22,13 @@ from convgen.errors import CompileError
 from convgen.graph.compile import compile_graph
 from convgen.tolerance import close
 from convgen.records import best_record, read_records, record
-from convgen.tune import DEFAULT_MARGIN, Measurement, confirm, network_convs, tune_network
-from convgen.tune_cli import add_tune_command, is_network_file, run_tune
+from convgen.tuning.tuner import DEFAULT_MARGIN, Measurement, confirm, network_convs, tune_network
+from convgen.cli.tune import add_tune_command, is_network_file, run_tune
 from convgen.schedule import MAX_THREADS
-from convgen.tune_space import _resolved, _transform_candidates, accumulator_bytes, \
+from convgen.tuning.space import _resolved, _transform_candidates, accumulator_bytes, \
     accumulator_limit, candidate_schedules
 
-tune_module = importlib.import_module("convgen.tune")  # cg.tune is the function
+tune_module = importlib.import_module("convgen.tuning.tuner")  # cg.tune is the function
 
 SMALL = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)
 FIELDS = {"spec_key", "spec_name", "backend", "schedule", "seconds", "gflops", "cpu", "compiler",

@@ -23,7 +23,7 @@ RUN_CODE = """
 import sys
 import numpy as np
 import convgen as cg
-from convgen.render import templates_dir
+from convgen.backends.c.render import templates_dir
 from convgen.tolerance import close
 venv = sys.argv[1]
 assert cg.__file__.startswith(venv), cg.__file__
@@ -90,7 +90,7 @@ def test_wheel_installs_and_runs(tmp_path):
     assert "convgen/templates/c/conv.c.j2" in names
     assert "convgen/templates/c/activation.j2" in names
     assert "convgen/__init__.py" in names
-    assert "convgen = convgen.cli:main" in entry_points
+    assert "convgen = convgen.cli.main:main" in entry_points
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 import convgen as cg
 from convgen import nn
-from convgen.cli import main
-from convgen.plan import describe_plan, make_plan
+from convgen.cli.main import main
+from convgen.plan.core import describe_plan, make_plan
 from convgen.schedule import default_schedule
-from convgen.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
+from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
     tile_vectors, winograd_matrices
 
 from helpers import check_kernel, compiled
@@ -310,7 +310,7 @@ PLAN_VARIANTS = [
 @pytest.mark.parametrize("spec, schedule", PLAN_VARIANTS)
 def test_portable_gathers_match_oracle(monkeypatch, spec, schedule):
     """Without AVX-512 the (masked) gathers are lane-by-lane C."""
-    from convgen import render
+    from convgen.backends.c import render
 
     monkeypatch.setattr(render, "cpu_flags", lambda: frozenset())
     kernel = cg.compile(spec, backend="c", schedule=schedule)
@@ -322,7 +322,7 @@ def test_portable_gathers_match_oracle(monkeypatch, spec, schedule):
 def test_outputs_copied_out_per_block_match_oracle(monkeypatch, spec, schedule):
     """Outputs are copied out per chunk of blocks (winograd.CHUNK_BYTES): with one block per
     chunk, tile rows end mid-block and some chunks complete no row."""
-    from convgen import winograd
+    from convgen.plan import winograd
 
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     plan = make_plan(spec, schedule)

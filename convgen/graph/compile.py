@@ -17,17 +17,17 @@ import threading
 
 import numpy as np
 
-from ..backends import resolve_backend
-from ..records import best_record
-from ..kernel import check_input
-from ..schedule import Schedule, default_schedule
-from ..spec import ConvSpec
-from .codegen_c import entry_prototype, render_network
-from .ir import Graph, GraphError
-from .lower import lower
-from .memory import plan_memory
-from .passes import optimize
-from .shapes import infer_graph
+from convgen.backends import resolve_backend
+from convgen.records import best_record
+from convgen.kernel import check_input
+from convgen.schedule import Schedule, default_schedule
+from convgen.spec import ConvSpec
+from convgen.backends.c.network import entry_prototype, render_network
+from convgen.graph.ir import Graph, GraphError
+from convgen.graph.lower import lower
+from convgen.graph.memory import plan_memory
+from convgen.graph.passes import optimize
+from convgen.graph.shapes import infer_graph
 
 DTYPES = ("float32", "float64")
 
@@ -113,8 +113,8 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     if backend == "c":
-        from ..builder import build_c
-        from ..kernel import load_function
+        from convgen.backends.c.build import build_c
+        from convgen.kernel import load_function
 
         source = render_network(lowered, symbol, title)
         entry = build_c(source, symbol, openmp=any(s.threads > 1 for s in schedules.values()))
@@ -123,7 +123,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                                            entry.sha256("library"))
         keepalive: tuple = (lib,)
     else:
-        from .codegen_llvm import build_network_llvm
+        from convgen.backends.llvm.network import build_network_llvm
 
         source, ffi, function, keepalive = build_network_llvm(lowered, symbol, title)
     return CompiledModel(original, optimized, lowered, memory, backend, symbol, source, ffi,
@@ -215,7 +215,7 @@ class CompiledModel:
 
     def reference(self, *inputs: np.ndarray):
         """The NumPy oracle of the original (unfused) graph, in float64."""
-        from .reference import evaluate
+        from convgen.graph.reference import evaluate
 
         outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
         return outputs[0] if len(outputs) == 1 else outputs
@@ -256,7 +256,7 @@ def layer_parameters(node) -> int:
 
 def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str,
               blocked: frozenset[str] = frozenset(), steps=()) -> str:
-    """The summary table; ``blocked`` values are noted (their layout, convgen.layout), and
+    """The summary table; ``blocked`` values are noted (their layout, convgen.plan.layout), and
     a conv ``steps`` ran on the blocked depthwise plan is named."""
     depthwise = {step.name for step in steps
                  if step.plan is not None and step.plan.vectorize == "dw"}

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConvgenError
+from convgen.errors import ConvgenError
 
 OPS = ("conv", "max_pool", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
        "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity",

@@ -1,6 +1,6 @@
 """Layout planning: which values of a network stay in the blocked layout between layers.
 
-The blocked layout (convgen.layout: (N, C / VL, *spatial, VL)) is what the "co" and
+The blocked layout (convgen.plan.layout: (N, C / VL, *spatial, VL)) is what the "co" and
 Winograd kernels read and write best. A value is kept blocked when the step that computes
 it can write it so and every step that reads it can read it so; everything else is NCHW.
 No conversion step is ever inserted: a convolution reads one layout and writes the other,
@@ -11,7 +11,7 @@ Runtime's NCHWc graphs do.
 Who reads and writes what:
 
 - ``conv``: either layout in, either out, when its plan supports it
-  (:func:`convgen.layout.supports_blocked`); a fused residual is read in the output's.
+  (:func:`convgen.plan.layout.supports_blocked`); a fused residual is read in the output's.
   The blocked depthwise plan (``vectorize="dw"``) reads and writes blocked only:
   convgen.graph.lower.choose_layouts moves depthwise layers onto it first and back where
   the values around them end up NCHW.
@@ -23,9 +23,9 @@ Who reads and writes what:
 
 from __future__ import annotations
 
-from ..layout import blocked_channels_ok, supports_blocked
-from ..plan import Plan
-from .ir import Graph
+from convgen.plan.layout import blocked_channels_ok, supports_blocked
+from convgen.plan.core import Plan
+from convgen.graph.ir import Graph
 
 # ops whose output layout is their inputs' (all inputs in one layout)
 FOLLOWERS = ("max_pool", "avg_pool", "activation", "add", "binary")

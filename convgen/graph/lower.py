@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bound import prepare_weight, prepares
-from ..layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
-from ..plan import Plan, make_plan
-from ..schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, Schedule, \
+from convgen.plan.weights import prepare_weight, prepares
+from convgen.plan.layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
+from convgen.plan.core import Plan, make_plan
+from convgen.schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, Schedule, \
     default_co_schedule, default_transform_schedule
-from ..spec import ConvSpec, activation_arguments
-from .ir import Graph, GraphError, Node
-from .layout import plan_layouts
-from .memory import VIEW_OPS, MemoryPlan, alias_source
-from .tensor_ops import lrn_consts, matmul_consts, remap_consts
+from convgen.spec import ConvSpec, activation_arguments
+from convgen.graph.ir import Graph, GraphError, Node
+from convgen.graph.layout import plan_layouts
+from convgen.graph.memory import VIEW_OPS, MemoryPlan, alias_source
+from convgen.graph.tensor_ops import lrn_consts, matmul_consts, remap_consts
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
           fixed: frozenset[str] = frozenset(),
           defaults: frozenset[str] = frozenset()) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
-    get their weights prepared for ``backend``'s kernels here, once (convgen.bound).
+    get their weights prepared for ``backend``'s kernels here, once (convgen.plan.weights).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
     "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ir import Graph
+from convgen.graph.ir import Graph
 
 ALIGN_BYTES = 64
 VIEW_OPS = ("flatten", "reshape")

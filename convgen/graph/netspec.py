@@ -49,12 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import nn
-from ..errors import SpecFileError
-from ..specfile import parse_toml, read_text_file
-from ..nn import init as nn_init
-from ..nn.module import Module, Sequential, StateDictError
-from .ir import GraphError
+from convgen import nn
+from convgen.errors import SpecFileError
+from convgen.specfile import parse_toml, read_text_file
+from convgen.nn import init as nn_init
+from convgen.nn.module import Module, Sequential, StateDictError
+from convgen.graph.ir import GraphError
 
 TOP_LEVEL_KEYS = ("name", "description", "input_shape", "layer")
 LAYER_KEYS = ("name", "type", "args")  # plus the layer class's keyword arguments

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import SpecError
-from ..spec import ConvSpec, activation_arguments
-from .ir import Graph, Node
+from convgen.errors import SpecError
+from convgen.spec import ConvSpec, activation_arguments
+from convgen.graph.ir import Graph, Node
 
 
 def _rewire(graph: Graph, old: str, new: str) -> None:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..reference import apply_activation, reference
-from ..spec import ConvSpec
-from .ir import OPS, Graph, GraphError, Node, describe
-from .shapes import PoolWindow, adaptive_bins, adaptive_output_size, infer_shape, pool_window
-from .tensor_ops import REFERENCES
+from convgen.reference import apply_activation, reference
+from convgen.spec import ConvSpec
+from convgen.graph.ir import OPS, Graph, GraphError, Node, describe
+from convgen.graph.shapes import PoolWindow, adaptive_bins, adaptive_output_size, infer_shape, pool_window
+from convgen.graph.tensor_ops import REFERENCES
 
 
 def op_reference(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:

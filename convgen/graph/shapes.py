@@ -28,10 +28,10 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import SpecError
-from ..spec import ACTIVATIONS, ConvSpec
-from .ir import OPS, Graph, GraphError, Node, node_error
-from .tensor_ops import SHAPE_RULES
+from convgen.errors import SpecError
+from convgen.spec import ACTIVATIONS, ConvSpec
+from convgen.graph.ir import OPS, Graph, GraphError, Node, node_error
+from convgen.graph.tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
 

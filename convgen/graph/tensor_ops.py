@@ -15,8 +15,8 @@ import numbers
 
 import numpy as np
 
-from .ir import Node
-from .ir import node_error as _fail
+from convgen.graph.ir import Node
+from convgen.graph.ir import node_error as _fail
 
 Shape = tuple[int, ...]
 

@@ -22,8 +22,8 @@ import numbers
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from .ir import Graph, GraphError, Node, describe
-from .shapes import infer_shape
+from convgen.graph.ir import Graph, GraphError, Node, describe
+from convgen.graph.shapes import infer_shape
 
 Shape = tuple[int, ...]
 # A node builder: input shapes -> (op, attrs, params). It may raise ValueError/TypeError
@@ -204,7 +204,7 @@ class Value:
                                        "only two traced values can be added")
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.flatten(self, start_dim, end_dim)
 
@@ -216,7 +216,7 @@ class Value:
 
     def _reshape(self, method: str, shape: tuple) -> Value:
         """Only flattening: x.view(x.size(0), -1) (or (n, rest)), or x.view(-1)."""
-        from ..nn import functional
+        from convgen.nn import functional
 
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
@@ -231,27 +231,27 @@ class Value:
                     "x.view(x.size(0), -1) is supported")
 
     def relu(self) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.relu(self)
 
     def sigmoid(self) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.sigmoid(self)
 
     def tanh(self) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.tanh(self)
 
     def softmax(self, dim: int) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.softmax(self, dim)
 
     def log_softmax(self, dim: int) -> Value:
-        from ..nn import functional
+        from convgen.nn import functional
 
         return functional.log_softmax(self, dim)
 
@@ -273,7 +273,7 @@ class Value:
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         """torch.flatten(x, 1), torch.cat(...), F.relu(x), ... map to convgen.nn.functional."""
-        from ..nn import functional
+        from convgen.nn import functional
 
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", str(func))

@@ -6,15 +6,15 @@ state_dict loads unchanged. ``net.compile(input_shape=...)`` traces ``forward`` 
 symbolic values and compiles the graph; ``net(x)`` on a NumPy array runs the oracle.
 """
 
-from . import functional
-from .conv import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
+from convgen.nn import functional
+from convgen.nn.conv import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
                    ConvTranspose3d)
-from .init import manual_seed
-from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
+from convgen.nn.init import manual_seed
+from convgen.nn.layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
                      AvgPool2d, AvgPool3d, BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout,
                      Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
                      MaxPool3d, ReLU, ReLU6, Sigmoid, Softmax, Tanh)
-from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
+from convgen.nn.module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
 
 __all__ = [
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AvgPool1d", "AvgPool2d",

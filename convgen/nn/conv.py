@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from ..spec import PADDING_MODES, ConvSpec
-from . import functional as F
-from .init import _f64, _positive, _uniform
-from .module import Module
+from convgen.spec import PADDING_MODES, ConvSpec
+from convgen.nn import functional as F
+from convgen.nn.init import _f64, _positive, _uniform
+from convgen.nn.module import Module
 
 
 class _ConvNd(Module):

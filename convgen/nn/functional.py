@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..graph.ir import Node
-from ..graph.reference import op_reference
-from ..graph.trace import Builder, Value, build_node, default_name, shape_of
+from convgen.graph.ir import Node
+from convgen.graph.reference import op_reference
+from convgen.graph.trace import Builder, Value, build_node, default_name, shape_of
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "add", "apply",

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from .module import Parameter
+from convgen.nn.module import Parameter
 
 DEFAULT_SEED = 0
 _RNG = np.random.default_rng(DEFAULT_SEED)

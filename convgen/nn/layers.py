@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from .init import _f64, _is_int, _positive, _uniform
-from .module import Module, Parameter
+from convgen.nn import functional as F
+from convgen.nn.init import _f64, _is_int, _positive, _uniform
+from convgen.nn.module import Module, Parameter
 
 # -- pooling ----------------------------------------------------------------------------------
 

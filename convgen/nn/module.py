@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConvgenError
-from ..graph.ir import Graph
-from ..graph.trace import active_tracer, trace
+from convgen.errors import ConvgenError
+from convgen.graph.ir import Graph
+from convgen.graph.trace import active_tracer, trace
 
 
 class StateDictError(ConvgenError, ValueError, RuntimeError):
@@ -356,7 +356,7 @@ class Module:
         ``input_shape`` is one shape tuple, or a list of them for several inputs; extra
         options (threads=...) go to :func:`convgen.graph.compile.compile_graph`.
         """
-        from ..graph.compile import compile_graph
+        from convgen.graph.compile import compile_graph
 
         return compile_graph(self.trace(input_shape), backend=backend, dtype=dtype, **options)
 

@@ -1,0 +1,99 @@
+"""Build: C source -> shared library with the host C compiler, through the cache.
+
+The cache key covers everything that shapes the library: convgen's code version,
+the backend, the compiler's identity (its resolved path and a hash of the
+binary, so no compiler process runs on a cache hit), the flags, the CPU, and the
+source text itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from convgen import config
+from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
+from convgen.errors import CompileError, CompilerNotFoundError
+
+# -fopenmp-simd: the templates' "#pragma omp simd" (the blocked epilogues' loops over a
+# pixel's channels) hold without the OpenMP runtime too
+BASE_CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno",
+               "-ffp-contract=fast", "-march=native", "-mprefer-vector-width=512",
+               "-fopenmp-simd")
+OPENMP_FLAGS = ("-fopenmp",)
+SOURCE_NAME = "kernel.c"
+LIBRARY_NAME = "kernel.so"
+
+
+def find_c_compiler() -> list[str]:
+    """The C compiler command with its first word resolved to an absolute path.
+
+    Raises CompilerNotFoundError when $CC (or cc) is not on PATH.
+    """
+    command = config.c_compiler()
+    path = shutil.which(command[0])
+    if path is None:
+        raise CompilerNotFoundError(
+            f"no C compiler found: CC={' '.join(command)!r} is not on PATH. Install gcc "
+            "(or set CC) to use backend='c', or use backend='llvm'.")
+    return [os.path.realpath(path), *command[1:]]
+
+
+@functools.lru_cache(maxsize=None)
+def _binary_identity(path: str) -> str:
+    return f"{path}|sha256:{file_sha256(Path(path))}"
+
+
+def compiler_identity(command: list[str]) -> str:
+    """Resolved path plus a hash of the compiler binary, and its extra words; runs no process.
+
+    The hash is memoized per path for the life of the process.
+    """
+    return " ".join([_binary_identity(command[0]), *command[1:]])
+
+
+def c_flags(openmp: bool) -> list[str]:
+    return [*BASE_CFLAGS, *(OPENMP_FLAGS if openmp else ()), *config.extra_cflags()]
+
+
+def c_cache_key(source: str, compiler: list[str], flags: list[str]) -> str:
+    return make_key(convgen=code_version(), backend="c", compiler=compiler_identity(compiler),
+                    flags=flags, cpu=cpu_identity(), source=source)
+
+
+def compile_c(source: str, output: Path, flags: list[str], compiler: list[str],
+              source_path: Path) -> None:
+    """Write ``source`` to ``source_path`` and compile it to ``output``."""
+    source_path.write_text(source)
+    command = [*compiler, *flags, "-o", str(output), str(source_path), "-lm"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        raise CompilerNotFoundError(f"could not run the C compiler {compiler}: {exc}",
+                                    command=command, source_path=str(source_path)) from exc
+    if result.returncode != 0:
+        raise CompileError("C compilation failed", command=command,
+                           returncode=result.returncode, stderr=result.stderr,
+                           source_path=str(source_path))
+
+
+def build_c(source: str, symbol: str, openmp: bool = False,
+            cache: Cache | None = None) -> CacheEntry:
+    """The cache entry holding ``source`` compiled; compiles only on a miss."""
+    cache = cache or Cache()
+    compiler = find_c_compiler()
+    flags = c_flags(openmp)
+    key = c_cache_key(source, compiler, flags)
+
+    def build(tmp: Path) -> dict[str, str]:
+        try:
+            compile_c(source, tmp / LIBRARY_NAME, flags, compiler, tmp / SOURCE_NAME)
+        except CompileError as exc:
+            raise cache.keep_failed(exc, f"{symbol}.c", source) from None
+        return {"source": SOURCE_NAME, "library": LIBRARY_NAME}
+
+    return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "c",
+                                                      "flags": flags})

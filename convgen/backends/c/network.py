@@ -1,0 +1,65 @@
+"""Render a lowered network as one C source with one entry point."""
+
+from __future__ import annotations
+
+from convgen.plan.core import C_TYPES
+from convgen.backends.c.render import comment_text, conv_context, environment, math_function
+from convgen.version import __version__
+from convgen.graph.lower import Buffer, Lowered
+
+
+def entry_parameters(c_type: str) -> str:
+    return (f"const {c_type} *const *inputs, {c_type} *const *outputs, "
+            f"const {c_type} *params, {c_type} *arena")
+
+
+def entry_prototype(symbol: str, c_type: str) -> str:
+    """The network's one C declaration; also the cffi cdef."""
+    return f"int {symbol}({entry_parameters(c_type)});"
+
+
+def pointer(buffer: Buffer) -> str:
+    if buffer.kind == "input":
+        return f"inputs[{buffer.index}]"
+    return f"{'params' if buffer.kind == 'param' else 'arena'} + {buffer.index}L"
+
+
+def _call(step) -> str:
+    ins = [pointer(b) for b in step.inputs]
+    out = pointer(step.output)
+    param = {name: f"params + {offset}L" for name, offset in step.params.items()}
+    if step.kind == "conv":
+        args = [ins[0], param["weight"], param.get("bias", "NULL")]
+        if step.consts["residual"]:
+            args.append(ins[1])
+        args += [out, "0L", f"{step.consts['jobs']}L"]
+    elif step.kind == "linear":
+        args = [ins[0], param["weight"], param.get("bias", "NULL"), out]
+    elif step.kind == "batch_norm":
+        args = [ins[0], param["scale"], param["shift"], out]
+    else:
+        args = ins + [out]
+    return f"{step.function}({', '.join(args)})"
+
+
+def render_network(lowered: Lowered, symbol: str, title: str) -> str:
+    c_type = C_TYPES[lowered.dtype]
+    steps = []
+    for step in lowered.steps:
+        name = comment_text(step.name)  # from user code or a network file: into comments only
+        entry = {"kind": step.kind, "name": name, "call": _call(step)}
+        if step.kind == "conv":
+            entry["k"] = conv_context(step.plan, symbol=step.function,
+                                      residual=step.consts["residual"],
+                                      pretransformed=step.consts["pretransformed"])
+        else:
+            entry["o"] = {**step.consts, "name": name, "function": step.function,
+                          "has_bias": "bias" in step.params,
+                          "math_fn": math_function(c_type), "c_type": c_type}
+        steps.append(entry)
+    copies = [{"source": pointer(buffer), "elements": elements}
+              for buffer, elements in lowered.outputs]
+    return environment().get_template("c/net.c.j2").render(
+        version=__version__, title=title, steps=steps, symbol=symbol, c_type=c_type,
+        prototype=entry_prototype(symbol, c_type), params=entry_parameters(c_type),
+        arena_elements=lowered.arena_elements, output_copies=copies)

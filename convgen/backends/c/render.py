@@ -1,0 +1,565 @@
+"""Render: a Plan becomes C source through one Jinja2 environment.
+
+Templates hold no arithmetic; the renderer passes a flat context of the plan's
+constants plus a few filters. The kernel's prototype is produced here once and
+used twice: inside the generated source (so the C compiler checks the
+definition against it) and as the cffi ``cdef`` (so the call matches).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import jinja2
+
+from convgen.cpu import cpu_flags, vector_bits
+from convgen.plan.core import Plan, transpose_shuffles, vector_tables
+from convgen.plan.winograd import transform_lines
+from convgen.version import __version__
+
+
+def templates_dir() -> Path:
+    """The templates/ directory: package data when installed, else the checkout's."""
+    package = Path(__file__).resolve().parents[2]  # convgen/
+    installed = package / "templates"  # convgen.templates in a wheel
+    checkout = package.parent / "templates"
+    for candidate in (installed, checkout):
+        if (candidate / "c" / "conv.c.j2").is_file():
+            return candidate
+    raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")
+
+
+def comment_text(text: object) -> str:
+    """``text`` made safe inside a C block comment or an LLVM ``;`` comment.
+
+    Layer names come from user code and network files: printable ASCII only, no line
+    breaks, and no ``*/`` that would end the comment.
+    """
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in str(text))
+    return cleaned.replace("*/", "*?")
+
+
+def c_float(value: float) -> str:
+    """A finite float as a C double literal that round-trips."""
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        raise ValueError(f"non-finite constant {text} cannot be rendered")
+    return text
+
+
+def c_number(value: float) -> str:
+    """A float as a C expression, infinities included (math.h's INFINITY)."""
+    value = float(value)
+    if value == float("inf"):
+        return "INFINITY"
+    if value == float("-inf"):
+        return "(-INFINITY)"
+    return c_float(value)
+
+
+def c_table(rows: list[list[int]]) -> str:
+    """A 2D int table as a C initializer, one row per line."""
+    inner = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in rows)
+    return "{\n    " + inner + "\n}"
+
+
+def c_list(values: list[int]) -> str:
+    """A 1D int table as a C initializer."""
+    return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+
+def c_table3(blocks: list[list[list[int]]]) -> str:
+    """A 3D int table as a C initializer, one innermost row per line."""
+    def row(values: list[int]) -> str:
+        return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+    inner = ",\n    ".join("{" + ", ".join(row(r) for r in block) + "}" for block in blocks)
+    return "{\n    " + inner + "\n}"
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["c_float"] = c_float
+    env.filters["c_number"] = c_number
+    env.filters["c_table"] = c_table
+    env.filters["c_list"] = c_list
+    env.filters["c_table3"] = c_table3
+    return env
+
+
+def parameters(plan: Plan, qualifier: str = "") -> str:
+    """The kernel's parameter list, shared by every backend.
+
+    x, w, b (NULL without bias), y, and the half-open range of jobs (tiles) to
+    compute, so that a caller can split the work across threads.
+    """
+    t = plan.c_type
+    q = f"{qualifier} " if qualifier else ""
+    return (f"const {t} *{q}x, const {t} *{q}w, const {t} *{q}b, {t} *{q}y, "
+            "long job_begin, long job_end")
+
+
+def prototype(plan: Plan) -> str:
+    """The one C declaration of the kernel; also the cffi cdef."""
+    return f"int {plan.symbol}({parameters(plan)});"
+
+
+def function_pointer_type(plan: Plan) -> str:
+    """The kernel's type as a C function pointer (for ffi.cast of a JIT address)."""
+    return f"int (*)({parameters(plan)})"
+
+
+# A group's input larger than this (bytes) is swept once with the output-channel tiles
+# innermost, instead of once per channel tile (long 1D signals, large 3D volumes).
+CACHE_BYTES = 1 << 20
+
+
+def channels_inner(plan: Plan) -> bool:
+    """True when jobs should vary the output-channel tile fastest (see CACHE_BYTES)."""
+    volume = plan.cin_g * math.prod(plan.in_size) * (4 if plan.spec.dtype == "float32" else 8)
+    return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
+
+
+# the GEMM method (1x1, input read in place) prefetches its input this many blocks of
+# pixels ahead: one input channel after another, the block's rows are as many streams as
+# there are channels, more than the hardware prefetcher follows. On MobileNetV2's 144->24
+# pointwise layer, 1 thread: 1 block ahead 0.52 ms, 4 blocks 0.35, 8 blocks 0.35.
+GEMM_PREFETCH_BLOCKS = 4
+
+# direct plans deal their jobs out in about this many chunks per thread, first come first
+# served (the second vCPU here is shared, and a static split waits for the slower thread)
+DYNAMIC_CHUNKS = 4
+
+
+def omp_schedule(jobs: int, threads: int) -> str:
+    """The OpenMP schedule clause of a direct plan's job loop."""
+    if DYNAMIC_CHUNKS <= 0:
+        return "static"
+    return f"dynamic, {max(1, jobs // (threads * DYNAMIC_CHUNKS))}"
+
+
+def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The fields both plans' templates read: names, shapes, types, the spec as a comment,
+    threads and the epilogue."""
+    spec = plan.spec
+    return {
+        "title": "Transposed convolution" if spec.transposed else "Convolution",
+        "spec_text": json.dumps(spec.to_dict(), sort_keys=True),
+        "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
+        "params": params,
+        "symbol": symbol,
+        "c_type": plan.c_type,
+        "batch": plan.batch,
+        "groups": plan.groups,
+        "cin_g": plan.cin_g,
+        "cout_g": plan.cout_g,
+        "in_size": plan.in_size,
+        "out_size": plan.out_size,
+        "kernel": plan.kernel,
+        "tile_co": plan.tile_co,
+        "lanes": plan.vector_lanes,
+        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+        "weight_strides": plan.weight_strides,
+        "threads": plan.threads,
+        "omp_schedule": omp_schedule(plan.jobs, plan.threads),
+        "bias": spec.bias,
+        "residual": residual,
+        "activation": spec.activation,
+        "activation_args": spec.activation_args,
+        "math_fn": math_function(plan.c_type),
+        "in_blocked": plan.in_blocked,
+        "out_blocked": plan.out_blocked,
+    }
+
+
+def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
+                 pretransformed: bool = False) -> dict:
+    """The flat template context of one convolution (templates/c/conv_function.j2, or
+    conv_co_function.j2 for vectorize="co", conv_wino_function.j2 for the transform-GEMM
+    methods; ``pretransformed``: the weight argument holds Winograd's U or the "co" plan's
+    packed channel blocks, prepared once, see convgen.plan.weights)."""
+    params = parameters(plan, "restrict")
+    if residual:
+        params = params.replace(f"{plan.c_type} *restrict y",
+                                f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
+    if plan.winograd is not None:
+        return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+    if plan.vectorize == "co":
+        return co_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+    if plan.vectorize == "dw":
+        return dw_context(plan, symbol or plan.symbol, params, residual)
+    vectors = vector_tables(plan)
+    return {
+        **_shared_context(plan, symbol or plan.symbol, params, residual),
+        "vectorize": "w",
+        "channels_inner": channels_inner(plan),
+        "n_vectors": vectors.n_vectors,
+        "row_length": vectors.row_length,
+        "d_table": vectors.d_table,
+        "h_table": vectors.h_table,
+        "w_table": vectors.w_table,
+        "modes": vectors.modes,
+        "bases": vectors.bases,
+        "avx512": avx512_suffix(plan),
+        "index_bits": 512 if plan.vector_lanes == 16 else 256,
+        "even_index": even_lanes_index(plan.vector_lanes),
+        "lane_masks": vectors.lane_masks,
+        "out_columns": vectors.out_columns,
+        "tile": plan.tile,
+        "n_tiles": plan.n_tiles,
+    }
+
+
+# vectorize="co", transposed: prefetch the input rows this many input channels ahead
+# (+8% on the 4x4/2 256->128 bench layer; 4 measured a little better than 8).
+CO_PREFETCH_CHANNELS = 4
+CO_PREFETCH_WEIGHT_BYTES = 256 << 10
+# ... and with weights packed at load, 2+ threads split the rows when the packed weights
+# are at most this many times an image's input (see co_rows_outer)
+CO_ROWS_OUTER_WEIGHTS = 1.0
+
+
+# A blocked input's pixels are a cache line apart: a row of them is read through one base
+# pointer per CO_BASE_PIXELS columns, from its middle, so that every broadcast FMA's
+# displacement fits EVEX's compressed 8-bit one (+-127 elements) and the instruction
+# stays 7 bytes, not 10: ResNet-18's 3x3/2 256->512 layer, blocked in and out, 1 thread,
+# 0.89 -> 0.71 ms (one measurement; the 64->128 one moved within noise).
+CO_BASE_PIXELS = 16
+
+
+def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
+    """Whether a "co" kernel's jobs put the channel block innermost (threads split the
+    rows) instead of outermost (threads split the channel blocks): with weights packed at
+    load (no per-thread pack to keep), 2+ threads, and weights smaller than an image's
+    input. Each thread then reads the input rows it needs, mostly the ones it wrote as the
+    previous layer (a network's layers split rows too), rather than all of them, half
+    from the other core's cache: ResNet-18's 3x3/2 64->128 layer in the network
+    0.45 -> 0.37 ms at 2 threads.
+    """
+    spec = plan.spec
+    if not prepacked or plan.threads < 2 or spec.transposed:
+        return False
+    weights = plan.groups * plan.n_tiles[0] * plan.co_tiles.pack_elements
+    return weights <= CO_ROWS_OUTER_WEIGHTS * math.prod(spec.input_shape[1:])
+
+
+def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
+    """Cache lines of the NEXT channel block's weights a "co" kernel prefetches into
+    L2 per input channel of a job, spread so that the whole block has arrived when the
+    jobs of this one end (0: none; packed in the call, a transposed block is not one run
+    of the weight; with ``prepacked`` every block is one run).
+
+    A block is packed at its first job; without this its weights come from memory while
+    nothing computes (weights larger than the last-level cache: in a network, each call).
+    Measured on ResNet-18's 512@7 layer at 2 threads: 0.92 -> 0.84 ms with its weights
+    from memory, 0.78 -> 0.71 from cache. Layers with under CO_PREFETCH_WEIGHT_BYTES of
+    weights go without (their conv1, 3->64 7x7: 0.70 -> 0.72 ms with).
+    """
+    co = plan.co_tiles
+    itemsize = 4 if plan.c_type == "float" else 8
+    if co is None or (co.pack_segments != 1 and not prepacked) or \
+            co_rows_outer(plan, prepacked) or \
+            math.prod(plan.spec.weight_shape) * itemsize < CO_PREFETCH_WEIGHT_BYTES:
+        return 0
+    block_lines = -(-plan.tile_co * co.pack_run * itemsize // 64)
+    jobs_per_block = plan.n_tiles[1] * plan.n_tiles[2] * plan.n_tiles[3]
+    return -(-block_lines // (jobs_per_block * plan.cin_g))
+
+
+def co_context(plan: Plan, symbol: str, params: str, residual: bool,
+               prepacked: bool = False) -> dict:
+    """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2);
+    ``prepacked``: the weight argument holds the channel blocks packed at load
+    (convgen.plan.weights.pack_co_weights)."""
+    co = plan.co_tiles
+    assert co is not None
+    lanes = plan.vector_lanes
+
+    def blocks(size: int) -> list[dict]:
+        """VL x VL blocks of the register tile (channels x columns) to transpose; columns
+        past ``size`` are zero vectors."""
+        return [{"channel": v * lanes, "column": c0,
+                 "rows": [(f"r{i}", f"a{c0 + i}_{v}" if c0 + i < size else "(V){0}")
+                          for i in range(lanes)]}
+                for v in range(co.co_vectors) for c0 in range(0, size, lanes)]
+
+    def share_inputs(c) -> bool:
+        """Transposed, strided: a phase's few taps read overlapping input columns; gcc may
+        keep each broadcast for all of them when accumulators, broadcasts and weight
+        vectors fit the register file (+8-10% on the 4x4/2 bench layer)."""
+        columns = {off for t in c.taps for _, off in t.pixels}
+        needed = co.co_vectors * (c.size + 1) + len(columns)
+        return co.step > 1 and needed <= (32 if vector_bits() == 512 else 16)
+
+    def span(c) -> int:
+        """Input columns a piece of class ``c`` reads, from its base."""
+        return 1 + max((off for t in c.taps for _, off in t.pixels), default=0)
+
+    classes = [{"size": c.size,
+                "share_inputs": share_inputs(c),
+                # blocked input: a base pointer per CO_BASE_PIXELS columns (see there)
+                "bases": range((span(c) - 1) // CO_BASE_PIXELS + 1),
+                "span": span(c),
+                "blocks": blocks(c.size),
+                "accumulators": [[f"a{p}_{v}" for v in range(co.co_vectors)]
+                                 for p in range(c.size)],
+                "taps": [{"kw": t.kw,
+                          "weights": [(f"w{v}", off) for v, off in enumerate(t.weight_offsets)],
+                          "pixels": [{"offset": off, "base": off // CO_BASE_PIXELS,
+                                      "local": off % CO_BASE_PIXELS - CO_BASE_PIXELS // 2,
+                                      "fma": [(f"a{p}_{v}", f"w{v}")
+                                              for v in range(co.co_vectors)]}
+                                     for p, off in t.pixels]}
+                         for t in c.taps]}
+               for c in co.classes]
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "vectorize": "co",
+        "tile": plan.tile,
+        "co_vectors": co.co_vectors,
+        "index_type": "int" if plan.c_type == "float" else "long long",
+        "transpose_rows": [f"r{i}" for i in range(plan.vector_lanes)],
+        "transpose_stages": transpose_stages(plan.vector_lanes),
+        "max_pixels": co.max_pixels,
+        "tile_columns": -(-co.max_pixels // plan.vector_lanes) * plan.vector_lanes,
+        "n_tiles": plan.n_tiles,
+        "pieces": len(co.pieces),
+        "piece_ow0": [piece.ow0 for piece in co.pieces],
+        "piece_size": [piece.size for piece in co.pieces],
+        "piece_base": [piece.base for piece in co.pieces],
+        "piece_class": [piece.cls for piece in co.pieces],
+        "classes": classes,
+        "pack_elements": co.pack_elements,
+        "pack_segments": co.pack_segments,
+        "pack_run": co.pack_run,
+        "pack_segment_stride": co.pack_segment_stride,
+        "column_step": co.step,
+        "co_base_pixels": CO_BASE_PIXELS,
+        "block_outer": co.block_outer,
+        "prefetch_channels": CO_PREFETCH_CHANNELS,
+        "next_block_lines": co_next_block_lines(plan, prepacked),
+        "prepacked": prepacked,
+        "rows_outer": co_rows_outer(plan, prepacked),
+        **row_tap_lists(co),
+        "d_table": plan.tables[0],
+        "h_table": plan.tables[1],
+    }
+
+
+def depthwise_pieces(plan: Plan) -> list[tuple[int, bool, list[int]]]:
+    """The blocked depthwise plan's pieces of a row: (first output column, linear, the
+    input column each tap reads for the first pixel); linear: a whole piece whose pixel p
+    reads column cols[kw] + p * stride at every tap, all inside the input."""
+    table = plan.tables[2]
+    pixels = plan.tile[2]
+    stride = plan.spec.stride[-1]
+    out = []
+    for ow0 in range(0, plan.out_size[2], pixels):
+        cols = table[ow0]
+        linear = ow0 + pixels <= plan.out_size[2] and all(
+            table[ow0 + p][kw] == cols[kw] + p * stride and cols[kw] >= 0
+            for p in range(pixels) for kw in range(len(cols)))
+        out.append((ow0, linear, [c if linear else 0 for c in cols]))
+    return out
+
+
+def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of the blocked depthwise plan (templates/c/conv_dw_function.j2)."""
+    pieces = depthwise_pieces(plan)
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "vectorize": "dw",
+        "blocks": plan.groups // plan.vector_lanes,
+        "pixels": plan.tile[2],
+        "pieces": len(pieces),
+        "stride_w": plan.spec.stride[-1],
+        "piece_ow0": [ow0 for ow0, _, _ in pieces],
+        "piece_linear": [int(linear) for _, linear, _ in pieces],
+        "piece_cols": [cols for _, _, cols in pieces],
+        "d_table": plan.tables[0],
+        "h_table": plan.tables[1],
+        "w_table": plan.tables[2],
+    }
+
+
+def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
+                 pretransformed: bool = False) -> dict:
+    """The flat context of a method "winograd" / "gemm" kernel
+    (templates/c/conv_wino_function.j2): the plan's tables and the transforms as
+    straight-line statements (convgen.plan.winograd.transform_lines)."""
+    wp = plan.winograd
+    assert wp is not None
+    spec = plan.spec
+    (m_h, m_w), (a_h, a_w) = wp.tile, wp.alpha
+    k_h, k_w = plan.kernel[1], plan.kernel[2]
+    at_h, g_h, bt_h = wp.matrices_h
+    at_w, g_w, bt_w = wp.matrices_w
+    cols = wp.staged_in[1] if wp.staged_in != (0, 0) else plan.in_size[2]
+    if (plan.in_blocked or plan.out_blocked) and wp.method != "winograd":
+        raise ValueError("the 1x1 GEMM reads and writes NCHW only")
+    # a blocked input read in place (zero padding): pixels are VL elements apart
+    scale = plan.vector_lanes if plan.in_blocked and wp.staged_in == (0, 0) else 1
+    transpose_out = plan.out_blocked and wp.co_parts == 1
+
+    def two_pass(first, second, src, mid, dst, rows_in, rows_out, cols_in, cols_out,
+                 declare):
+        """dst[a][b] = sum_j second[b][j] * (sum_i first[a][i] * src[i][j])."""
+        out = []
+        for j in range(cols_in):
+            out += transform_lines(first, [f"{src}{i}_{j}" for i in range(rows_in)],
+                                   [f"{mid}{a}_{j}" for a in range(rows_out)], declare)
+        for a in range(rows_out):
+            out += transform_lines(second, [f"{mid}{a}_{j}" for j in range(cols_in)],
+                                   [f"{dst}{a}_{b}" for b in range(cols_out)], declare)
+        return out
+
+    def weight_lines(declare):
+        return two_pass(g_h, g_w, "g", "t", "u", k_h, a_h, k_w, a_w, declare)
+
+    rows = min(wp.co_rows, plan.cout_g)
+    classes = []
+    for count in [rows] + ([plan.cout_g % rows] if plan.cout_g % rows else []):
+        classes.append({
+            "rows": count,
+            "accumulators": [f"a{r}_{t}" for r in range(count) for t in range(wp.vectors)],
+            "fma": [{"row": r, "terms": [(f"a{r}_{t}", f"x{t}") for t in range(wp.vectors)]}
+                    for r in range(count)],
+            "stores": [{"row": r, "column": t * wp.lanes, "acc": f"a{r}_{t}"}
+                       for r in range(count) for t in range(wp.vectors)]})
+    flip = spec.flip
+    taps = [{"name": f"g{i}_{j}",
+             "offset": ((k_h - 1 - i) * k_w + (k_w - 1 - j)) if flip else i * k_w + j}
+            for i in range(k_h) for j in range(k_w)]
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "method": wp.method,
+        "method_text": ("1x1 convolution as a GEMM" if wp.method == "gemm" else
+                        f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})"),
+        "gemm": wp.method == "gemm",
+        "pretransformed": pretransformed and wp.method == "winograd",
+        "avx512": avx512_suffix(plan),
+        "in_hw": plan.in_size[1:],
+        "out_hw": plan.out_size[1:],
+        "kernel_hw": plan.kernel[1:],
+        "tile": wp.tile,
+        "alpha": wp.alpha,
+        "tiles": wp.tiles,
+        "tile_vectors": wp.vectors,
+        "block_tiles": wp.block_tiles,
+        "blocks": wp.blocks,
+        "co_part": wp.co_part,
+        "prefetch_blocks": GEMM_PREFETCH_BLOCKS,
+        "co_parts": wp.co_parts,
+        # jobs (block x part) dealt out in chunks, as the direct plans' (adjacent blocks
+        # write adjacent output columns: one block at a time, threads share cache lines)
+        "block_schedule": omp_schedule(wp.co_parts * min(wp.chunk_blocks), plan.threads),
+        "staged_in": wp.staged_in,
+        "stage_in": wp.staged_in != (0, 0),
+        "stage_out": wp.stage_out,
+        "src_rows": wp.src_rows,
+        "src_cols": wp.src_cols,
+        "in_offsets": [[o * scale for o in block] for block in wp.in_offsets],
+        "epilogue": bool(spec.bias or residual or spec.activation),
+        "gemm_classes": classes,
+        "weight_lanes": [lane * k_h * k_w for lane in range(wp.lanes)],
+        "taps": taps,
+        "weight_vector_lines": weight_lines("const V "),
+        "weight_scalar_lines": weight_lines("const T "),
+        "weight_stores": [{"name": f"u{a}_{b}", "xi": a * a_w + b}
+                          for a in range(a_h) for b in range(a_w)],
+        "dilation": wp.dilation,
+        "patch": [{"name": f"d{i}_{j}",
+                   "offset": ((i * cols) * wp.dilation[0] + j * wp.dilation[1]) * scale,
+                   "i": i, "j": j}
+                  for i in range(a_h) for j in range(a_w)],
+        "chunk_end": [end for end, _ in wp.chunks],
+        "chunk_rows": [rows for _, rows in wp.chunks],
+        "masked": wp.row_masks is not None,
+        "prefetch": [[o * scale for o in p] for p in wp.prefetch]
+        if wp.prefetch and wp.prefetch[0] else [],
+        "row_masks": wp.row_masks or [],
+        "col_masks": wp.col_masks or [],
+        "input_lines": two_pass(bt_h, bt_w, "d", "e", "v", a_h, a_h, a_w, a_w, "const V "),
+        "input_stores": [{"name": f"v{a}_{b}", "xi": a * a_w + b}
+                         for a in range(a_h) for b in range(a_w)],
+        "products": [{"name": f"m{i}_{j}", "xi": i * a_w + j}
+                     for i in range(a_h) for j in range(a_w)],
+        "output_lines": two_pass(at_h, at_w, "m", "f", "o", a_h, m_h, a_w, m_w, "const V "),
+        "outputs": [{"name": f"o{a}_{b}", "index": a * m_w + b}
+                    for a in range(m_h) for b in range(m_w)],
+        "grid": wp.grid,
+        # blocked output: the output transform transposes VL channels at a time into a
+        # blocked staging (one job has whole blocks of channels: a single part)
+        "transpose_out": transpose_out,
+        "transpose_rows": [f"r{i}" for i in range(wp.lanes)],
+        "transpose_stages": transpose_stages(wp.lanes) if transpose_out else [],
+        "index_type": "int" if plan.c_type == "float" else "long long",
+    }
+
+
+def row_tap_lists(co) -> dict:
+    """The template's per-row tap tables (vectorize="co", transposed), padded to a width."""
+    if co.row_taps is None:
+        return {"tap_lists": False}
+    width = max(1, max(len(r) for r in co.row_taps))
+    return {"tap_lists": True, "row_taps": [len(r) for r in co.row_taps], "max_row_taps": width,
+            "tap_x": [[x for x, _ in r] + [0] * (width - len(r)) for r in co.row_taps],
+            "tap_w": [[w for _, w in r] + [0] * (width - len(r)) for r in co.row_taps]}
+
+
+def transpose_stages(lanes: int) -> list[dict]:
+    """plan.transpose_shuffles as template data: per stage, the shuffles of rows r<i>
+    and r<j> into s<i> and s<j> (C initializers for the masks)."""
+    def initializer(mask: list[int]) -> str:
+        return "{" + ", ".join(map(str, mask)) + "}"
+
+    return [{"block": block,
+             "ops": [{"a": f"r{i}", "b": f"r{j}", "new_a": f"s{i}", "new_b": f"s{j}",
+                      "mask_a": initializer(mask_a), "mask_b": initializer(mask_b)}
+                     for i, j, mask_a, mask_b in ops]}
+            for block, ops in transpose_shuffles(lanes)]
+
+
+def avx512_suffix(plan: Plan) -> str:
+    """"ps"/"pd" when the vectors are exactly one AVX-512 register on an AVX-512 host.
+
+    Masked loads and gathers then use the AVX-512 intrinsics (the generated code
+    is built for the host, -march=native); otherwise they are lane-by-lane C.
+    """
+    lanes = {"float": 16, "double": 8}[plan.c_type]
+    if plan.vector_lanes == lanes and "avx512f" in cpu_flags():
+        return "ps" if plan.c_type == "float" else "pd"
+    return ""
+
+
+def even_lanes_index(lanes: int) -> str:
+    """The AVX-512 permute index that takes lanes 0, 2, 4, ... of two concatenated vectors."""
+    if lanes == 16:
+        return "_mm512_set_epi32(" + ", ".join(str(2 * l) for l in reversed(range(16))) + ")"
+    return "_mm512_set_epi64(" + ", ".join(str(2 * l) for l in reversed(range(8))) + ")"
+
+
+def math_function(c_type: str):
+    """C math function names per type: exp -> expf for float."""
+    if c_type == "float":
+        return lambda name: name + "f"
+    return lambda name: name
+
+
+def render_c(plan: Plan, pretransformed: bool = False) -> str:
+    """The complete C source of the kernel described by ``plan`` (``pretransformed``: its
+    weight argument holds the prepared weights, see convgen.plan.weights)."""
+    return environment().get_template("c/conv.c.j2").render(
+        version=__version__, prototype=prototype(plan),
+        k=conv_context(plan, pretransformed=pretransformed))

@@ -1,0 +1,313 @@
+"""Render a Plan as LLVM IR with llvmlite.ir (no IR text templates).
+
+The loop nest is the C template's, with the W tile held as explicit vectors of
+``plan.vector_lanes`` lanes (``<16 x float>`` on AVX-512) and every
+multiply-add an ``llvm.fma`` on vectors. Input columns are read per the plan's
+vector tables: a plain vector load where a vector's columns are consecutive, a
+masked load where only some lanes are valid (padding), a masked gather
+otherwise (strides, reflect/circular borders), or nothing at all.
+
+Entry point, shared with the C backend:
+``i32 SYMBOL(T* x, T* w, T* b, T* y, i64 job_begin, i64 job_end)``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from llvmlite import ir
+
+from convgen.backends.llvm.co import CoKernelIR
+from convgen.backends.llvm.dw import DwKernelIR
+from convgen.backends.llvm.wino import WinoKernelIR
+from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
+from convgen.backends.c.render import channels_inner
+from convgen.plan.core import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP, Plan,
+                   VectorTables, vector_tables)
+from convgen.version import __version__
+
+
+class _KernelIR(IRFunction):
+    """Builds one convolution function into a module."""
+
+    def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
+                 residual: bool = False, internal: bool = False):
+        assert plan.vectorize == "w", plan.vectorize
+        # convgen.plan.layout.with_layout refuses the "w" plan blocked layouts
+        assert not (plan.in_blocked or plan.out_blocked), plan.symbol
+        names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
+        super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
+                         ("job_begin", "job_end"), internal)
+        self.plan = plan
+        self.residual = residual
+        self.tables: VectorTables = vector_tables(plan)
+
+    # -- the kernel ------------------------------------------------------------------
+    def build(self) -> ir.Function:
+        p, t, b = self.plan, self.tables, self.b
+        td, th, tw = p.tile
+        nv = t.n_vectors
+        kd_n, kh_n, kw_n = p.kernel
+        id_, ih, iw = p.in_size
+        od, oh, ow = p.out_size
+        in_volume = id_ * ih * iw
+        w_g, w_co, w_ci, w_kd, w_kh, _ = p.weight_strides
+        if self.residual:
+            x, w, bias, residual, y, job_begin, job_end = self.function.args
+        else:
+            (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
+
+        d_table = self.constant_table("tab_d", sum(t.d_table, []), I32)
+        h_table = self.constant_table("tab_h", sum(t.h_table, []), I32)
+        w_table = self.constant_table("tab_w", sum(t.w_table, []), I32)
+        modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
+        bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
+        self.out_columns = (self.constant_table("out_col", t.out_columns, I32)
+                            if t.out_columns else None)
+        # the register tile: one alloca per (channel, vector), promoted to registers
+        acc = [[self.alloca(self.vec, f"acc.{co}.{v}") for v in range(nv)]
+               for co in range(p.tile_co)]
+
+        order = [("tw", p.n_tiles[3]), ("th", p.n_tiles[2]), ("td", p.n_tiles[1]),
+                 ("tc", p.n_tiles[0]), ("g", p.groups)]
+        if channels_inner(p):  # a large input: channel tiles innermost, as the C template
+            order = [order[3]] + order[:3] + order[4:]
+            b.comment("one job = one tile: batch x group x D/H/W tiles x channel tile")
+        else:
+            b.comment("one job = one tile: batch x group x channel tile x D/H/W tiles")
+        with self.loop(job_begin, job_end, "job") as job:
+            index = self.split_index(job, order, "n")
+            n, g = index["n"], index["g"]
+            co0 = b.mul(index["tc"], i64(p.tile_co), name="co0")
+            od0 = b.mul(index["td"], i64(td), name="od0")
+            oh0 = b.mul(index["th"], i64(th), name="oh0")
+            ow0 = b.mul(index["tw"], i64(tw), name="ow0")
+            bounds = [self._bounded(start, tile, size, name) for start, tile, size, name in
+                      ((od0, td, od, "nd"), (oh0, th, oh, "nh"), (ow0, tw, ow, "nw"))]
+
+            channel0 = b.add(b.mul(n, i64(p.groups * p.cin_g)), b.mul(g, i64(p.cin_g)))
+            x_group = self.element(x, b.mul(channel0, i64(in_volume)), "x.group")
+            w_tile = self.element(w, b.add(b.mul(g, i64(w_g)), b.mul(co0, i64(w_co))), "w.tile")
+            # channels past the last real one reuse channel 0; their values are never stored
+            co_valid = b.sub(i64(p.cout_g), co0, name="co.valid")
+            w_offsets = [b.select(b.icmp_signed("<", i64(co), co_valid), i64(co * w_co), i64(0))
+                         for co in range(p.tile_co)]
+
+            with self.loop(0, bounds[0], "od") as od_, self.loop(0, bounds[1], "oh") as oh_:
+                for row in acc:
+                    for slot in row:
+                        b.store(self.zero(), slot)
+                b.comment("reduction over the group's input channels and the kernel taps")
+                with self.loop(0, p.cin_g, "ci") as ci:
+                    xc = self.element(x_group, b.mul(ci, i64(in_volume)), "xc")
+                    wc = self.element(w_tile, b.mul(ci, i64(w_ci)), "wc")
+                    with self.loop(0, kd_n, "kd") as kd:
+                        in_d = self.table_load(d_table, b.add(b.mul(b.add(od0, od_), i64(kd_n)),
+                                                              kd), "in.d")
+                        with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                            with self.loop(0, kh_n, "kh") as kh:
+                                h_row = b.add(b.mul(b.add(oh0, oh_), i64(kh_n)), kh)
+                                in_h = self.table_load(h_table, h_row, "in.h")
+                                with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
+                                    offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
+                                                         b.sext(in_h, I64)), i64(iw))
+                                    xrow = self.element(xc, offset, "xrow")
+                                    w_row = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
+                                                                   b.mul(kh, i64(w_kh))), "w.row")
+                                    for kw in range(kw_n):
+                                        self._tap(kw, index["tw"], ow0, xrow, w_row, w_offsets,
+                                                  acc, w_table, modes, bases)
+                self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
+                               bounds[2])
+        b.ret(i32(0))
+        return self.function
+
+    def _bounded(self, start, tile: int, size: int, name: str):
+        """min(tile, size - start): the extent of a possibly partial last tile."""
+        b = self.b
+        remaining = b.sub(i64(size), start)
+        return b.select(b.icmp_signed("<", remaining, i64(tile)), remaining, i64(tile),
+                        name=name)
+
+    def _tap(self, kw: int, tile_w, ow0, xrow, w_row, w_offsets, acc, w_table, modes,
+             bases) -> None:
+        """One kernel column: read the tile's input vectors, FMA them into every channel."""
+        b, t = self.b, self.tables
+        nv = t.n_vectors
+        columns = []
+        for v in range(nv):
+            slot = b.add(b.mul(b.add(b.mul(tile_w, i64(self.plan.kernel[2])), i64(kw)),
+                               i64(nv)), i64(v))
+            mode = self.table_load(modes, slot, "mode")
+            base = b.sext(self.table_load(bases, slot, "base"), I64)
+            first = b.add(i64(kw * t.row_length + v * self.lanes), ow0)
+            columns.append(self._read_columns(mode, base, first, xrow, w_table))
+        fma = self.vector_intrinsic("fma", 3)
+        for co, row in enumerate(acc):
+            wv = self.splat(b.load(self.element(w_row, b.add(w_offsets[co], i64(kw))),
+                                   name="wv"))
+            for slot, xv in zip(row, columns):
+                b.store(b.call(fma, [wv, xv, b.load(slot)]), slot)
+
+    def _read_columns(self, mode, base, first, xrow, w_table):
+        """The VL input columns of one vector, by the mode the planner chose."""
+        b = self.b
+        zero_vec = ir.Constant(self.vec, [0.0] * self.lanes)
+        vec_ptr = self.vec.as_pointer()
+        start = self.function.append_basic_block("read.start")
+        b.branch(start)
+        b.position_at_end(start)
+        idx_ptr = b.bitcast(b.gep(w_table, [i64(0), first], inbounds=True),
+                            self.ivec.as_pointer())
+        load_bb = self.function.append_basic_block("read.load")
+        masked_bb = self.function.append_basic_block("read.masked")
+        gather_bb = self.function.append_basic_block("read.gather")
+        even_bb = self.function.append_basic_block("read.even")
+        done = self.function.append_basic_block("read.done")
+        switch = b.switch(mode, gather_bb)
+        switch.add_case(ir.Constant(I8, VEC_LOAD), load_bb)
+        switch.add_case(ir.Constant(I8, VEC_MASKED_LOAD), masked_bb)
+        switch.add_case(ir.Constant(I8, VEC_GATHER), gather_bb)
+        switch.add_case(ir.Constant(I8, VEC_SKIP), done)
+        switch.add_case(ir.Constant(I8, VEC_EVEN), even_bb)
+
+        b.position_at_end(load_bb)
+        b.comment("consecutive columns: one vector load")
+        loaded = b.load(b.bitcast(self.element(xrow, base), vec_ptr), align=self.itemsize)
+        b.branch(done)
+
+        b.position_at_end(masked_bb)
+        b.comment("consecutive where valid (padding lanes off): masked load")
+        idx = b.load(idx_ptr, align=4)
+        mask = b.icmp_signed(">=", idx, ir.Constant(self.ivec, [0] * self.lanes))
+        masked = self.masked_load(self.element(xrow, base), mask)
+        b.branch(done)
+
+        b.position_at_end(gather_bb)
+        b.comment("arbitrary columns (stride, reflect/circular border): masked gather")
+        gathered = self.masked_gather(*self.offset_pointers(xrow, b.load(idx_ptr, align=4)))
+        b.branch(done)
+
+        b.position_at_end(even_bb)
+        b.comment("stride 2 inside the row: two vector loads, keep the even lanes")
+        first_half = b.load(b.bitcast(self.element(xrow, base), vec_ptr), align=self.itemsize)
+        second_half = b.load(b.bitcast(self.element(xrow, b.add(base, i64(self.lanes))),
+                                       vec_ptr), align=self.itemsize)
+        even = ir.Constant(ir.VectorType(I32, self.lanes), [2 * l for l in range(self.lanes)])
+        evens = b.shuffle_vector(first_half, second_half, even)
+        b.branch(done)
+
+        b.position_at_end(done)
+        phi = b.phi(self.vec, name="xv")
+        phi.add_incoming(zero_vec, start)
+        phi.add_incoming(loaded, load_bb)
+        phi.add_incoming(masked, masked_bb)
+        phi.add_incoming(gathered, gather_bb)
+        phi.add_incoming(evens, even_bb)
+        return phi
+
+    def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
+                  nw) -> None:
+        """Bias, residual, activation and a masked store of one output row of the tile."""
+        p, b = self.plan, self.b
+        od_n, oh_n, ow_n = p.out_size
+        out_volume = od_n * oh_n * ow_n
+        b.comment(f"epilogue: bias, {p.spec.activation or 'no activation'}, masked store")
+        row_offset = b.mul(b.add(b.mul(b.add(od0, od_), i64(oh_n)), b.add(oh0, oh_)), i64(ow_n))
+        for co, row in enumerate(acc):
+            with b.if_then(b.icmp_signed("<", b.add(co0, i64(co)), i64(p.cout_g))):
+                channel = b.add(b.mul(g, i64(p.cout_g)), b.add(co0, i64(co)), name="c")
+                if p.spec.bias:
+                    bv = self.splat(b.load(self.element(bias, channel)))
+                else:
+                    bv = self.zero()
+                start = b.add(b.mul(b.add(b.mul(n, i64(p.groups * p.cout_g)), channel),
+                                    i64(out_volume)), row_offset)
+                for v, slot in enumerate(row):
+                    value = b.fadd(b.load(slot), bv)
+                    mask = self.lane_mask_below(i64(v * self.lanes), nw)
+                    first = b.add(ow0, i64(v * self.lanes))
+                    if self.out_columns is None:  # consecutive columns: masked vector access
+                        offset = b.add(start, first)
+                        if residual is not None:
+                            value = b.fadd(value, self.masked_load(
+                                self.element(residual, offset), mask))
+                        value = self.activation(value, p.spec.activation,
+                                                p.spec.activation_args)
+                        self.masked_store(value, self.element(y, offset), mask)
+                    else:  # stride phases: the columns come from the out_col table
+                        if residual is not None:
+                            value = b.fadd(value, self.gather_row(residual, start, first, mask))
+                        value = self.activation(value, p.spec.activation,
+                                                p.spec.activation_args)
+                        self.scatter_row(value, y, start, first, mask)
+
+    def _column_pointers(self, base, start, first):
+        """<VL x T*>: &base[start + out_col[first + lane]] (lanes past the row: column 0)."""
+        b = self.b
+        idx_ptr = b.bitcast(b.gep(self.out_columns, [i64(0), first], inbounds=True),
+                            self.ivec.as_pointer())
+        return self.offset_pointers(self.element(base, start), b.load(idx_ptr, align=4))[0]
+
+    def gather_row(self, base, start, first, mask):
+        return self.masked_gather(self._column_pointers(base, start, first), mask)
+
+    def scatter_row(self, value, base, start, first, mask) -> None:
+        self.masked_scatter(value, self._column_pointers(base, start, first), mask)
+
+
+def new_module(name: str, triple: str, data_layout: str) -> ir.Module:
+    module = ir.Module(name=name)
+    module.triple = triple
+    module.data_layout = data_layout
+    return module
+
+
+def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
+                      residual: bool = False, internal: bool = False,
+                      pretransformed: bool = False) -> ir.Function:
+    """Add one convolution as function ``name`` to ``module`` (networks use this), in the
+    plan's layout: vectorize="w" here, "co" (transposed too: the stride-phase plan) in
+    convgen.backends.llvm.co, the blocked depthwise plan ("dw") in convgen.backends.llvm.dw, the
+    transform-GEMM methods in convgen.backends.llvm.wino (``pretransformed``: the weight argument
+    holds Winograd's U or the "co" plan's packed channel blocks, prepared once:
+    convgen.plan.weights; the "dw" plan always reads its weights prepared)."""
+    if plan.winograd is not None:
+        return WinoKernelIR(plan, module, name, residual, internal, pretransformed).build()
+    if plan.vectorize == "co":
+        return CoKernelIR(plan, module, name, residual, internal, pretransformed).build()
+    if plan.vectorize == "dw":
+        return DwKernelIR(plan, module, name, residual, internal).build()
+    return _KernelIR(plan, module, name, residual, internal).build()
+
+
+def _lanes_hold(plan: Plan) -> str:
+    if plan.winograd is not None:
+        return "output pixels" if plan.winograd.method == "gemm" else "tiles"
+    if plan.vectorize == "dw":
+        return "channels of a pixel"
+    return "output channels" if plan.vectorize == "co" else "output columns"
+
+
+def _layout_line(plan: Plan) -> str:
+    """A header line naming the blocked layouts of convgen.plan.layout, if any."""
+    if not (plan.in_blocked or plan.out_blocked):
+        return ""
+    blocked = f"(N, C/{plan.vector_lanes}, *spatial, {plan.vector_lanes})"
+    return (f"; layout:   input {blocked if plan.in_blocked else 'NCHW'}, output"
+            f" {blocked if plan.out_blocked else 'NCHW'}\n")
+
+
+def render_llvm(plan: Plan, triple: str, data_layout: str,
+                pretransformed: bool = False) -> str:
+    """The kernel's LLVM IR as text (unoptimized, commented)."""
+    module = new_module(plan.symbol, triple, data_layout)
+    add_conv_function(module, plan, pretransformed=pretransformed)
+    header = (f"; Generated by convgen {__version__} -- do not edit.\n"
+              f"; spec:     {json.dumps(plan.spec.to_dict(), sort_keys=True)}\n"
+              f"; schedule: {json.dumps(plan.schedule.to_dict(), sort_keys=True)}\n"
+              f"; vectors of {plan.vector_lanes} x {plan.c_type} over {_lanes_hold(plan)}"
+              + (" (weights: prepared at load)"
+                 if pretransformed or plan.vectorize == "dw" else "")
+              + "\n" + _layout_line(plan))
+    return header + str(module)

@@ -1,0 +1,413 @@
+"""ONNX layer operators as graph nodes: convolution, pooling, Gemm/MatMul, normalization,
+activations, elementwise arithmetic.
+
+Each handler takes the node's :class:`~convgen.onnx.ops.Context` and its input values
+(None for an omitted optional input) and returns its output values, first output first.
+Attribute defaults and their changes across opsets follow the ONNX operator changelog.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convgen.errors import SpecError
+from convgen.onnx.ops import (Context, Tensor, Value, arith, is_const, legacy_broadcast,
+                       matmul, shape_of)
+from convgen.spec import ConvSpec
+
+FLOAT_MAX = float(np.finfo(np.float32).max)  # Clip's missing bound: no C literal for inf
+
+
+# -- convolution ------------------------------------------------------------------------
+
+def _spatial_input(ctx: Context, x: Value) -> Tensor:
+    if not isinstance(x, Tensor):
+        x = ctx.tensor(x)
+    if not 3 <= len(x.shape) <= 5:
+        raise ctx.error(f"expects an input (N, C, *spatial) with 1, 2 or 3 spatial dims, "
+                        f"got shape {x.shape}")
+    return x
+
+
+def _auto_pad(ctx: Context) -> str:
+    mode = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    if mode not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        raise ctx.error(f"auto_pad={mode!r} must be NOTSET, SAME_UPPER, SAME_LOWER or VALID")
+    return mode
+
+
+def window_pads(ctx: Context, sizes, kernel, strides, dilations) -> list[tuple[int, int]]:
+    """(lo, hi) per spatial dim from ``pads`` or ``auto_pad`` (Conv and the pools)."""
+    nd = len(sizes)
+    mode = _auto_pad(ctx)
+    if mode == "NOTSET":
+        pads = ctx.ints("pads", (0,) * (2 * nd), 2 * nd)
+        if any(p < 0 for p in pads):
+            raise ctx.error(f"pads={list(pads)} must be >= 0")
+        return list(zip(pads[:nd], pads[nd:]))
+    if mode == "VALID":
+        return [(0, 0)] * nd
+    pairs = []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        pairs.append((small, big) if mode == "SAME_UPPER" else (big, small))
+    return pairs
+
+
+def _conv_weight(ctx: Context, inputs: list, nd: int) -> tuple[np.ndarray, np.ndarray | None]:
+    w = ctx.const(inputs[1] if len(inputs) > 1 else None, "W (the weight)")
+    b = inputs[2] if len(inputs) > 2 else None
+    if w.ndim != nd + 2:
+        raise ctx.error(f"weight W has shape {w.shape}; a {nd}-d convolution needs "
+                        f"{nd + 2} dims")
+    kernel = ctx.ints("kernel_shape", None)
+    if kernel is not None and tuple(kernel) != w.shape[2:]:
+        raise ctx.error(f"kernel_shape={list(kernel)} does not match the weight W of shape "
+                        f"{w.shape} (kernel dims {list(w.shape[2:])})")
+    if b is not None:
+        b = ctx.const(b, "B (the bias)")
+    return w, b
+
+
+def _spec(ctx: Context, **fields) -> dict:
+    try:
+        return ConvSpec(**fields).to_dict()
+    except SpecError as exc:
+        raise ctx.error(f"not a valid convolution: {exc}") from None
+
+
+def conv(ctx: Context, inputs: list) -> list:
+    x = _spatial_input(ctx, inputs[0])
+    nd = len(x.shape) - 2
+    w, b = _conv_weight(ctx, inputs, nd)
+    group = int(ctx.attr("group", 1))
+    channels = x.shape[1]
+    if group < 1 or channels % group or w.shape[1] * group != channels:
+        raise ctx.error(f"weight W of shape {w.shape} with group={group} needs dim 1 = "
+                        f"input channels / group = {channels} / {group}; the input has "
+                        f"shape {x.shape}")
+    if w.shape[0] % group:
+        raise ctx.error(f"group={group} must divide the output channels ({w.shape[0]})")
+    if b is not None and b.shape != (w.shape[0],):
+        raise ctx.error(f"bias B has shape {b.shape}, expected ({w.shape[0]},)")
+    kernel = w.shape[2:]
+    strides = ctx.ints("strides", (1,) * nd, nd)
+    dilations = ctx.ints("dilations", (1,) * nd, nd)
+    pads = window_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    spec = _spec(ctx, input_shape=x.shape, out_channels=w.shape[0], kernel_size=kernel,
+                 stride=strides, padding=tuple(pads), dilation=dilations, groups=group,
+                 bias=b is not None)
+    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    return [ctx.emit("conv", [x], {"spec": spec, "residual": False}, params)]
+
+
+def conv_transpose(ctx: Context, inputs: list) -> list:
+    x = _spatial_input(ctx, inputs[0])
+    nd = len(x.shape) - 2
+    w, b = _conv_weight(ctx, inputs, nd)
+    group = int(ctx.attr("group", 1))
+    if group < 1 or w.shape[0] != x.shape[1] or x.shape[1] % group:
+        raise ctx.error(f"weight W of shape {w.shape} needs dim 0 = input channels "
+                        f"({x.shape[1]}, divisible by group={group}); input shape {x.shape}")
+    out_channels = w.shape[1] * group
+    if b is not None and b.shape != (out_channels,):
+        raise ctx.error(f"bias B has shape {b.shape}, expected ({out_channels},)")
+    kernel = w.shape[2:]
+    strides = ctx.ints("strides", (1,) * nd, nd)
+    dilations = ctx.ints("dilations", (1,) * nd, nd)
+    extra = list(ctx.ints("output_padding", (0,) * nd, nd))
+    natural = [s * (i - 1) + op + (k - 1) * d + 1
+               for i, s, op, k, d in zip(x.shape[2:], strides, extra, kernel, dilations)]
+    mode = _auto_pad(ctx)
+    target = ctx.ints("output_shape", None)
+    if target is not None and len(target) == nd + 2:
+        target = target[2:]  # some exporters give (N, C, *spatial)
+    if target is not None and len(target) != nd:
+        raise ctx.error(f"output_shape={list(target)} must have {nd} entries")
+    if target is None and mode in ("SAME_UPPER", "SAME_LOWER"):
+        target = [i * s for i, s in zip(x.shape[2:], strides)]
+    if target is not None:
+        # ONNX: total = natural - output_shape; SAME_UPPER puts the odd pad at the end.
+        pads = []
+        for i, (n, t) in enumerate(zip(natural, target)):
+            total = n - t
+            if total < 0:  # a larger output: more output padding (as onnxruntime)
+                extra[i] -= total
+                total = 0
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if mode == "SAME_UPPER" else (big, small))
+    elif mode == "VALID":
+        pads = [(0, 0)] * nd
+    else:
+        pads = window_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    spec = _spec(ctx, input_shape=x.shape, out_channels=out_channels, kernel_size=kernel,
+                 stride=strides, padding=tuple(pads), dilation=dilations, groups=group,
+                 transposed=True, output_padding=tuple(extra), bias=b is not None)
+    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    return [ctx.emit("conv", [x], {"spec": spec, "residual": False}, params)]
+
+
+# -- pooling ----------------------------------------------------------------------------
+
+def _pool(ctx: Context, inputs: list, op: str) -> list:
+    x = _spatial_input(ctx, inputs[0])
+    nd = len(x.shape) - 2
+    kernel = ctx.ints("kernel_shape", None, nd)
+    if kernel is None:
+        raise ctx.error("needs the attribute kernel_shape")
+    strides = ctx.ints("strides", (1,) * nd, nd)
+    dilations = ctx.ints("dilations", (1,) * nd, nd)
+    if op == "avg_pool" and any(d != 1 for d in dilations):
+        raise ctx.error(f"dilations={list(dilations)}: convgen's average pooling has no "
+                        "dilation")
+    pads = window_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    ceil_mode = bool(ctx.attr("ceil_mode", 0)) and _auto_pad(ctx) == "NOTSET"
+    lo = tuple(p for p, _ in pads)
+    hi = tuple(p for _, p in pads)
+    attrs = {"kernel_size": kernel, "stride": strides, "padding": lo, "ceil_mode": ceil_mode}
+    if lo != hi or any(p > k // 2 for p, k in zip(lo, kernel)):
+        attrs["padding_end"] = hi
+    if op == "max_pool":
+        attrs["dilation"] = dilations
+        if int(ctx.attr("storage_order", 0)) not in (0, 1):
+            raise ctx.error("storage_order must be 0 or 1")
+    else:
+        attrs["count_include_pad"] = bool(ctx.attr("count_include_pad", 0))
+    return [ctx.emit(op, [x], attrs)]
+
+
+def max_pool(ctx: Context, inputs: list) -> list:
+    return _pool(ctx, inputs, "max_pool")
+
+
+def average_pool(ctx: Context, inputs: list) -> list:
+    return _pool(ctx, inputs, "avg_pool")
+
+
+def global_average_pool(ctx: Context, inputs: list) -> list:
+    x = _spatial_input(ctx, inputs[0])
+    return [ctx.emit("adaptive_avg_pool", [x], {"output_size": (1,) * (len(x.shape) - 2)})]
+
+
+def global_max_pool(ctx: Context, inputs: list) -> list:
+    x = _spatial_input(ctx, inputs[0])
+    nd = len(x.shape) - 2
+    return [ctx.emit("max_pool", [x], {"kernel_size": x.shape[2:], "stride": (1,) * nd,
+                                       "padding": (0,) * nd, "dilation": (1,) * nd,
+                                       "ceil_mode": False})]
+
+
+# -- matrix products --------------------------------------------------------------------
+
+def gemm(ctx: Context, inputs: list) -> list:
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 else None
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    for value, what in ((a, "A"), (b, "B")):
+        if len(shape_of(value)) != 2:
+            raise ctx.error(f"{what} must be 2-d, got shape {shape_of(value)}")
+    if ctx.attr("transA", 0):
+        a = ctx.transpose(a, (1, 0), role="transA")
+    if is_const(b) and isinstance(a, Tensor):
+        weight = b if ctx.attr("transB", 0) else b.T  # (N, K), as Linear
+        if weight.shape[1] != a.shape[1]:
+            raise ctx.error(f"cannot multiply A' of shape {a.shape} by B' of shape "
+                            f"{weight.T.shape}")
+        n = weight.shape[0]
+        params = {"weight": alpha * weight}
+        bias_done = c is None or beta == 0.0
+        if not bias_done and is_const(c) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1) \
+                and (c.ndim == 0 or c.shape[-1] in (1, n)):
+            params["bias"] = np.broadcast_to(beta * c.reshape(c.shape[-1:]), (n,))
+            bias_done = True
+        y = ctx.emit("linear", [a], {"activation": None}, params,
+                     role=None if bias_done else "linear")
+    else:
+        if ctx.attr("transB", 0):
+            b = ctx.transpose(b, (1, 0), role="transB")
+        y = matmul(ctx, a, b, role=None if c is None or beta == 0.0 else "matmul")
+        if alpha != 1.0:
+            y = arith(ctx, "mul", y, np.array(alpha), role="alpha")
+        bias_done = c is None or beta == 0.0
+    if not bias_done:
+        c = arith(ctx, "mul", c, np.array(beta), role="beta") if beta != 1.0 else c
+        y = arith(ctx, "add", y, c)
+    return [y]
+
+
+def matmul_op(ctx: Context, inputs: list) -> list:
+    a, b = inputs
+    if isinstance(a, Tensor) and is_const(b) and b.ndim in (1, 2) and a.shape:
+        k = b.shape[0]
+        if a.shape[-1] != k:
+            raise ctx.error(f"cannot multiply shapes {a.shape} and {b.shape} "
+                            f"({a.shape[-1]} != {k})")
+        if b.ndim == 2:
+            return [ctx.emit("linear", [a], {"activation": None}, {"weight": b.T})]
+        y = ctx.emit("linear", [a], {"activation": None}, {"weight": b[None, :]},
+                     role="linear")
+        return [ctx.reshape(y, a.shape[:-1])]
+    return [matmul(ctx, a, b)]
+
+
+# -- normalization ----------------------------------------------------------------------
+
+def batch_normalization(ctx: Context, inputs: list) -> list:
+    if ctx.opset >= 14 and ctx.attr("training_mode", 0):
+        raise ctx.error("training_mode=1 is not supported (inference only)")
+    if len(inputs) < 5:
+        raise ctx.error("needs the inputs X, scale, B, input_mean and input_var")
+    x = inputs[0]
+    scale, bias, mean, var = (ctx.const(v, what) for v, what in zip(
+        inputs[1:5], ("scale", "B", "input_mean", "input_var")))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    shape = shape_of(x)
+    if len(shape) < 2:
+        raise ctx.error(f"expects an input (N, C, *) of at least 2 dims, got shape {shape}")
+    params = [np.asarray(p, dtype=np.float64) for p in (scale, bias, mean, var)]
+    spatial = int(ctx.attr("spatial", 1)) if ctx.opset < 9 else 1
+    if spatial == 0 and any(p.shape != (shape[1],) for p in params):
+        # opset < 9, spatial=0: one statistic per element of (C, *spatial)
+        k = params[0] / np.sqrt(params[3] + eps)
+        y = arith(ctx, "mul", x, k[None], role="scale")
+        return [arith(ctx, "add", y, (params[1] - params[2] * k)[None])]
+    for p, what in zip(params, ("scale", "B", "input_mean", "input_var")):
+        if p.shape != (shape[1],):
+            raise ctx.error(f"{what} has shape {p.shape}, expected ({shape[1]},) for an "
+                            f"input of shape {shape}")
+    if is_const(x):
+        k = params[0] / np.sqrt(params[3] + eps)
+        per = (1, -1) + (1,) * (x.ndim - 2)
+        return [x * k.reshape(per) + (params[1] - params[2] * k).reshape(per)]
+    return [ctx.emit("batch_norm", [x], {"eps": eps}, {
+        "weight": params[0], "bias": params[1], "running_mean": params[2],
+        "running_var": params[3]})]
+
+
+def lrn(ctx: Context, inputs: list) -> list:
+    x = ctx.tensor(inputs[0])
+    size = ctx.attr("size")
+    if size is None or int(size) < 1:
+        raise ctx.error("needs the attribute size (>= 1)")
+    return [ctx.emit("lrn", [x], {"size": int(size), "alpha": float(ctx.attr("alpha", 1e-4)),
+                                  "beta": float(ctx.attr("beta", 0.75)),
+                                  "bias": float(ctx.attr("bias", 1.0))})]
+
+
+# -- activations ------------------------------------------------------------------------
+
+def _unary(name: str, args_of=lambda ctx: ()):
+    def handler(ctx: Context, inputs: list) -> list:
+        return [ctx.activation(inputs[0], name, args_of(ctx))]
+    handler.__name__ = name
+    return handler
+
+
+relu = _unary("relu")
+sigmoid = _unary("sigmoid")
+tanh = _unary("tanh")
+leaky_relu = _unary("leaky_relu", lambda ctx: (float(ctx.attr("alpha", 0.01)),))
+
+
+def clip(ctx: Context, inputs: list) -> list:
+    if ctx.opset < 11:
+        low, high = ctx.attr("min"), ctx.attr("max")
+    else:
+        bounds = []
+        for value, what in zip(inputs[1:3], ("min", "max")):
+            bounds.append(None if value is None else float(ctx.const(value, what).reshape(())))
+        bounds += [None] * (2 - len(bounds))
+        low, high = bounds
+    x = inputs[0]
+    if low is None and high is None:
+        return [x]
+    low = -FLOAT_MAX if low is None else float(low)
+    high = FLOAT_MAX if high is None else float(high)
+    return [ctx.activation(x, "clip", (low, high))]
+
+
+def _softmax(ctx: Context, inputs: list, op: str) -> list:
+    x = inputs[0]
+    shape = shape_of(x)
+    rank = len(shape)
+    axis = int(ctx.attr("axis", 1 if ctx.opset < 13 else -1))
+    if not -rank <= axis < max(rank, 1):
+        raise ctx.error(f"axis={axis} is out of range for an input of shape {shape}")
+    axis %= max(rank, 1)
+    if is_const(x):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        return [y if op == "log_softmax" else np.exp(y)]
+    if ctx.opset >= 13 or axis == rank - 1:
+        return [ctx.emit(op, [x], {"dim": axis})]
+    # before opset 13: the input is coerced to 2-d at axis, softmax over the second dim
+    rows, cols = int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))
+    flat = ctx.reshape(x, (rows, cols), role="to_2d")
+    y = ctx.emit(op, [flat], {"dim": 1}, role="softmax")
+    return [ctx.reshape(y, shape)]
+
+
+def softmax(ctx: Context, inputs: list) -> list:
+    return _softmax(ctx, inputs, "softmax")
+
+
+def log_softmax(ctx: Context, inputs: list) -> list:
+    return _softmax(ctx, inputs, "log_softmax")
+
+
+# -- elementwise arithmetic and identities -------------------------------------------------
+
+def _binary(kind: str):
+    def handler(ctx: Context, inputs: list) -> list:
+        a, b = inputs[0], inputs[1]
+        if ctx.opset < 7:
+            b = legacy_broadcast(ctx, a, b)
+        return [arith(ctx, kind, a, b)]
+    handler.__name__ = kind
+    return handler
+
+
+add = _binary("add")
+sub = _binary("sub")
+mul = _binary("mul")
+div = _binary("div")
+
+
+def sum_op(ctx: Context, inputs: list) -> list:
+    values = [v for v in inputs if v is not None]
+    if not values:
+        raise ctx.error("needs at least one input")
+    total = values[0]
+    for i, value in enumerate(values[1:], start=1):
+        if ctx.opset < 8 and shape_of(value) != shape_of(total):
+            raise ctx.error(f"inputs of shapes {shape_of(total)} and {shape_of(value)}: "
+                            "Sum before opset 8 does not broadcast")
+        total = arith(ctx, "add", total, value, role=None if i == len(values) - 1 else f"add{i}")
+    return [total]
+
+
+def identity(ctx: Context, inputs: list) -> list:
+    return [inputs[0]]
+
+
+def dropout(ctx: Context, inputs: list) -> list:
+    if len(inputs) > 2 and inputs[2] is not None:
+        training = ctx.const(inputs[2], "training_mode")
+        if bool(np.asarray(training).reshape(-1)[0]):
+            raise ctx.error("training_mode is true: only inference is supported")
+    return [inputs[0]]
+
+
+HANDLERS = {
+    "Conv": conv, "ConvTranspose": conv_transpose, "MaxPool": max_pool,
+    "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
+    "GlobalMaxPool": global_max_pool, "Gemm": gemm, "MatMul": matmul_op,
+    "BatchNormalization": batch_normalization, "LRN": lrn, "Relu": relu,
+    "LeakyRelu": leaky_relu, "Sigmoid": sigmoid, "Tanh": tanh, "Clip": clip,
+    "Softmax": softmax, "LogSoftmax": log_softmax, "Add": add, "Sub": sub, "Mul": mul,
+    "Div": div, "Sum": sum_op, "Identity": identity, "Dropout": dropout,
+}
+
+__all__ = ["HANDLERS", "window_pads"]

@@ -1,0 +1,276 @@
+"""ONNX import, the shared part: values, the graph builder and the arithmetic helpers.
+
+A value during import is either a :class:`Tensor` (computed at run time by a graph node,
+or a graph input) or a NumPy array (a constant: an initializer, a Constant node, or
+anything computed from constants only, folded here with NumPy). Operator handlers
+(:mod:`convgen.onnx.layers` for layers, :mod:`convgen.onnx.tensors` for shape arithmetic
+and data movement) read their inputs as such values and emit graph nodes through a
+:class:`Context`; each node's shape comes from :func:`convgen.graph.shapes.infer_shape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from convgen.errors import OnnxImportError
+from convgen.graph.ir import Graph, GraphError, Node
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A run-time value: a graph input or a node's output, with its static shape."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+Value = Union[Tensor, np.ndarray]
+Handler = Callable[["Context", list], list]
+
+
+def is_const(value: Any) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+def shape_of(value: Value) -> tuple[int, ...]:
+    return value.shape if isinstance(value, Tensor) else tuple(value.shape)
+
+
+class Builder:
+    """Collects the graph nodes of one import; every node name unique."""
+
+    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]]):
+        self.inputs = inputs
+        self.nodes: list[Node] = []
+        self.names: set[str] = {name for name, _ in inputs}
+
+    def unique(self, name: str) -> str:
+        candidate, k = name, 1
+        while candidate in self.names:
+            candidate = f"{name}_{k}"
+            k += 1
+        self.names.add(candidate)
+        return candidate
+
+    def graph(self, outputs: list[str]) -> Graph:
+        return Graph(list(self.inputs), self.nodes, outputs)
+
+
+class Context:
+    """One ONNX node being imported: its attributes, opset, and how to emit nodes for it."""
+
+    def __init__(self, builder: Builder, node: Any, label: str, attrs: dict, opset: int):
+        self.builder = builder
+        self.node = node
+        self.op_type = node.op_type
+        self.label = label  # the node's name, or "{op_type}_{index}" when it has none
+        self.attrs = attrs
+        self.opset = opset
+
+    # -- errors and attributes ---------------------------------------------------------
+    def error(self, message: str) -> OnnxImportError:
+        return OnnxImportError(f"node {self.label!r} ({self.op_type}): {message}")
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def ints(self, name: str, default: Sequence[int] | None, count: int | None = None,
+             ) -> tuple[int, ...] | None:
+        """An ints attribute as a tuple (``default`` when absent), of ``count`` entries."""
+        value = self.attrs.get(name)
+        if value is None:
+            return None if default is None else tuple(default)
+        if isinstance(value, (int, np.integer)):
+            value = (value,)
+        value = tuple(int(v) for v in value)
+        if count is not None and len(value) != count:
+            raise self.error(f"attribute {name}={list(value)} must have {count} entries")
+        return value
+
+    def const(self, value: Value | None, what: str) -> np.ndarray:
+        """``value`` as a constant array; an error naming ``what`` when computed at run time."""
+        if value is None:
+            raise self.error(f"needs the input {what}")
+        if not is_const(value):
+            raise self.error(f"{what} must be a constant (an initializer or computed from "
+                             f"constants), but it is computed at run time from {value.name!r}")
+        return value
+
+    def tensor(self, value: Value, role: str = "const") -> Tensor:
+        """``value`` as a run-time tensor: a constant becomes a ``constant`` node."""
+        if isinstance(value, Tensor):
+            return value
+        if value.dtype.kind not in "biuf":
+            raise self.error(f"cannot use a constant of dtype {value.dtype} as a tensor")
+        if value.size == 0:
+            raise self.error(f"cannot use an empty constant of shape {value.shape} as a tensor")
+        return self.emit("constant", [], role=role,
+                         params={"value": np.array(value, dtype=np.float64)})
+
+    # -- emitting nodes ----------------------------------------------------------------
+    def emit(self, op: str, inputs: Sequence[Tensor], attrs: dict | None = None,
+             params: dict | None = None, role: str | None = None) -> Tensor:
+        """Add one graph node (named after the ONNX node, ``/role`` for helpers)."""
+        name = self.builder.unique(self.label if role is None else f"{self.label}/{role}")
+        node = Node(name, op, [t.name for t in inputs], dict(attrs or {}),
+                    {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items()},
+                    module=self.op_type)
+        from convgen.graph.shapes import infer_shape
+
+        try:
+            node.shape = infer_shape(node, [t.shape for t in inputs])
+        except GraphError as exc:
+            raise self.error(str(exc)) from None
+        self.builder.nodes.append(node)
+        return Tensor(name, node.shape)
+
+    def reshape(self, x: Tensor, shape: Sequence[int], role: str | None = None) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        if shape == x.shape:
+            return x
+        return self.emit("reshape", [x], {"shape": shape}, role=role)
+
+    def expand(self, x: Tensor, shape: tuple[int, ...], role: str = "expand") -> Tensor:
+        if x.shape == shape:
+            return x
+        return self.emit("expand", [x], {"shape": shape}, role=role)
+
+    def transpose(self, x: Value, perm: Sequence[int], role: str | None = None) -> Value:
+        perm = tuple(int(p) for p in perm)
+        if perm == tuple(range(len(perm))):
+            return x
+        if is_const(x):
+            return np.transpose(x, perm)
+        return self.emit("transpose", [x], {"perm": perm}, role=role)
+
+    def activation(self, x: Value, name: str, args: tuple = (),
+                   role: str | None = None) -> Value:
+        if is_const(x):
+            from convgen.reference import apply_activation
+
+            return apply_activation(name, tuple(args), x)
+        return self.emit("activation", [x], {"name": name, "args": tuple(args)}, role=role)
+
+
+def broadcast(ctx: Context, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ctx.error(f"shapes {', '.join(map(str, shapes))} do not broadcast") from None
+
+
+# -- elementwise arithmetic -------------------------------------------------------------
+
+_FOLD = {"add": np.add, "sub": np.subtract, "mul": np.multiply}
+
+
+def fold_binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if kind == "div":
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu":  # ONNX integer division truncates
+            return np.trunc(a / b).astype(np.result_type(a, b))
+        return np.divide(a, b)
+    return _FOLD[kind](a, b)
+
+
+def _per_channel(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``c`` as one value per channel (dim 1) of ``shape`` when it varies along dim 1 only."""
+    if len(shape) < 2 or c.ndim > len(shape):
+        return None
+    aligned = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
+    if any(n != 1 for i, n in enumerate(aligned.shape) if i != 1):
+        return None
+    channels = np.broadcast_to(aligned.reshape(aligned.shape[1]), (shape[1],))
+    return np.array(channels, dtype=np.float64)
+
+
+def affine(ctx: Context, x: Tensor, scale: np.ndarray, shift: np.ndarray,
+           role: str | None = None) -> Tensor:
+    """x * scale + shift per channel, as a ``batch_norm`` node (folds into a conv before it)."""
+    channels = x.shape[1]
+    return ctx.emit("batch_norm", [x], {"eps": 0.0}, role=role, params={
+        "running_mean": np.zeros(channels), "running_var": np.ones(channels),
+        "weight": np.broadcast_to(scale, (channels,)), "bias": np.broadcast_to(shift, (channels,))})
+
+
+def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) -> Value:
+    """a (kind) b with NumPy broadcasting; kind: add, sub, mul or div."""
+    if is_const(a) and is_const(b):
+        return fold_binary(kind, a, b)
+    out = broadcast(ctx, shape_of(a), shape_of(b))
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        a = ctx.expand(a, out, role="expand_a")
+        b = ctx.expand(b, out, role="expand_b")
+        if kind == "add":
+            return ctx.emit("add", [a, b], role=role)
+        return ctx.emit("binary", [a, b], {"kind": kind}, role=role)
+    x, c, x_first = (a, b, True) if isinstance(a, Tensor) else (b, a, False)
+    x = ctx.expand(x, out)
+    per = _per_channel(np.asarray(c, dtype=np.float64), out)
+    if per is not None and (x_first or kind != "div"):
+        ones, zeros = np.ones_like(per), np.zeros_like(per)
+        scale, shift = {
+            "add": (ones, per),
+            "sub": (ones, -per) if x_first else (-ones, per),
+            "mul": (per, zeros),
+            "div": (1.0 / per, zeros),
+        }[kind]
+        return affine(ctx, x, scale, shift, role=role)
+    c_tensor = ctx.tensor(np.broadcast_to(c, out), role="const")
+    pair = [x, c_tensor] if x_first else [c_tensor, x]
+    return ctx.emit("binary", pair, {"kind": kind}, role=role)
+
+
+def legacy_broadcast(ctx: Context, a: Value, b: Value) -> Value:
+    """Opset < 7 Add/Sub/Mul/Div: with broadcast=1, B's dims line up with A's from ``axis``."""
+    if not ctx.attr("broadcast", 0):
+        if shape_of(a) != shape_of(b):
+            raise ctx.error(f"shapes {shape_of(a)} and {shape_of(b)} differ and "
+                            "broadcast=0 (opset < 7 needs broadcast=1 to broadcast)")
+        return b
+    rank_a, shape_b = len(shape_of(a)), shape_of(b)
+    axis = ctx.attr("axis")
+    axis = rank_a - len(shape_b) if axis is None else int(axis) % max(rank_a, 1)
+    if axis + len(shape_b) > rank_a:
+        raise ctx.error(f"B of shape {shape_b} does not fit A of shape {shape_of(a)} at "
+                        f"axis {axis}")
+    target = (1,) * axis + shape_b + (1,) * (rank_a - axis - len(shape_b))
+    if is_const(b):
+        return b.reshape(target)
+    return ctx.reshape(b, target, role="broadcast")
+
+
+def matmul(ctx: Context, a: Value, b: Value, role: str | None = None) -> Value:
+    """numpy.matmul: batch dims broadcast (``expand``), 1-d operands promoted and dropped."""
+    if is_const(a) and is_const(b):
+        return np.matmul(a, b)
+    sa, sb = shape_of(a), shape_of(b)
+    if not sa or not sb:
+        raise ctx.error(f"MatMul needs operands of rank >= 1, got shapes {sa} and {sb}")
+    a_vec, b_vec = len(sa) == 1, len(sb) == 1
+    sa = (1,) + sa if a_vec else sa
+    sb = sb + (1,) if b_vec else sb
+    if sa[-1] != sb[-2]:
+        raise ctx.error(f"cannot multiply shapes {shape_of(a)} and {shape_of(b)} "
+                        f"({sa[-1]} != {sb[-2]})")
+    batch = broadcast(ctx, sa[:-2], sb[:-2])
+    if not batch:
+        batch = (1,)  # matmul needs equal leading dims; rank-2 operands get a 1
+    operands = []
+    for value, shape, tag in ((a, sa, "a"), (b, sb, "b")):
+        tensor = ctx.tensor(value, role=f"const_{tag}")
+        tensor = ctx.reshape(tensor, (1,) * (len(batch) + 2 - len(shape)) + shape,
+                             role=f"rank_{tag}")
+        operands.append(ctx.expand(tensor, batch + shape[-2:], role=f"expand_{tag}"))
+    y = ctx.emit("matmul", operands, role=None if role is None else f"{role}/matmul")
+    full = broadcast(ctx, shape_of(a)[:-2] if not a_vec else (),
+                     shape_of(b)[:-2] if not b_vec else ())
+    final = full + ((sa[-2],) if not a_vec else ()) + ((sb[-1],) if not b_vec else ())
+    return ctx.reshape(y, final, role=role if role is not None else "result")
+
+
+__all__ = ["Builder", "Context", "OnnxImportError", "Tensor", "affine", "arith",
+           "broadcast", "fold_binary", "is_const", "legacy_broadcast", "matmul", "shape_of"]

@@ -1,0 +1,346 @@
+"""ONNX data-movement and shape operators: Reshape, Flatten, Transpose, Concat, Pad,
+Expand, Squeeze/Unsqueeze and Slice on run-time tensors (graph nodes), and constant folding
+with NumPy of the shape arithmetic exporters emit (Shape, Gather, ConstantOfShape, Cast,
+Range, ...) so that such subgraphs disappear on static shapes.
+
+Handlers follow :mod:`convgen.onnx.layers`: ``handler(ctx, inputs) -> outputs``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convgen.onnx.ops import Context, Tensor, Value, broadcast, is_const, shape_of
+
+# ONNX TensorProto data types -> NumPy (the ones shape arithmetic and weights use)
+DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+          7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+          13: np.uint64}
+
+
+def _axis(ctx: Context, axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < rank:
+        raise ctx.error(f"{what}={axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _ints_input(ctx: Context, value: Value | None, what: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(ctx.const(value, what)).reshape(-1))
+
+
+# -- constants --------------------------------------------------------------------------
+
+def constant(ctx: Context, inputs: list) -> list:
+    for name in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if name in ctx.attrs:
+            value = ctx.attrs[name]
+            if name in ("value_float", "value_floats"):
+                return [np.array(value, dtype=np.float32)]
+            if name in ("value_int", "value_ints"):
+                return [np.array(value, dtype=np.int64)]
+            return [np.asarray(value)]
+    given = ", ".join(sorted(ctx.attrs)) or "none"
+    raise ctx.error(f"needs one of value, value_float(s), value_int(s) (sparse and string "
+                    f"constants are not supported); attributes given: {given}")
+
+
+def shape(ctx: Context, inputs: list) -> list:
+    dims = shape_of(inputs[0])
+    rank = len(dims)
+    start = int(ctx.attr("start", 0))
+    end = ctx.attr("end")
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = rank if end is None else int(end)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    return [np.array(dims[start:end], dtype=np.int64)]
+
+
+def constant_of_shape(ctx: Context, inputs: list) -> list:
+    dims = _ints_input(ctx, inputs[0], "input (the shape)")
+    value = ctx.attr("value")
+    value = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    return [np.full(dims, value[0], dtype=value.dtype)]
+
+
+def cast(ctx: Context, inputs: list) -> list:
+    to = int(ctx.attr("to", 0))
+    if to not in DTYPES:
+        raise ctx.error(f"cast to ONNX data type {to} is not supported")
+    x = inputs[0]
+    if is_const(x):
+        return [x.astype(DTYPES[to])]
+    if np.dtype(DTYPES[to]).kind != "f":
+        raise ctx.error(f"cannot cast the run-time tensor {x.name!r} to {np.dtype(DTYPES[to])} "
+                        "(convgen computes in floating point)")
+    return [x]
+
+
+def gather(ctx: Context, inputs: list) -> list:
+    data = ctx.const(inputs[0], "data")
+    indices = np.asarray(ctx.const(inputs[1], "indices")).astype(np.int64)
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), data.ndim)
+    size = data.shape[axis]
+    if np.any(indices < -size) or np.any(indices >= size):
+        raise ctx.error(f"indices {indices.tolist()} out of range for dim {axis} of size {size}")
+    return [np.take(data, np.where(indices < 0, indices + size, indices), axis=axis)]
+
+
+def range_op(ctx: Context, inputs: list) -> list:
+    start, limit, delta = (ctx.const(v, what) for v, what in zip(inputs, ("start", "limit",
+                                                                          "delta")))
+    return [np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)]
+
+
+def _fold_only(function, arity: int = 1):
+    def handler(ctx: Context, inputs: list) -> list:
+        values = [ctx.const(v, f"input {i}") for i, v in enumerate(inputs[:arity])]
+        return [np.asarray(function(*values))]
+    return handler
+
+
+def _where(cond, a, b):
+    return np.where(cond.astype(bool), a, b)
+
+
+def _pow(a, b):
+    return np.power(a, b).astype(a.dtype)
+
+
+# -- data movement ----------------------------------------------------------------------
+
+def reshape(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    dims = list(_ints_input(ctx, inputs[1] if len(inputs) > 1 else None, "shape"))
+    old = shape_of(x)
+    allowzero = ctx.opset >= 14 and bool(ctx.attr("allowzero", 0))
+    for i, d in enumerate(dims):
+        if d == 0 and not allowzero:
+            if i >= len(old):
+                raise ctx.error(f"shape {dims}: 0 at index {i} copies a dim the input "
+                                f"(shape {old}) does not have")
+            dims[i] = old[i]
+    if dims.count(-1) > 1 or any(d < -1 for d in dims):
+        raise ctx.error(f"shape {dims} may hold at most one -1 and no other negative value")
+    total = math.prod(old)
+    if -1 in dims:
+        known = math.prod(d for d in dims if d != -1)
+        if known == 0 or total % known:
+            raise ctx.error(f"cannot reshape {old} to {dims}")
+        dims[dims.index(-1)] = total // known
+    if math.prod(dims) != total:
+        raise ctx.error(f"cannot reshape {old} ({total} elements) to {dims}")
+    if 0 in dims:
+        raise ctx.error(f"shape {dims}: empty tensors are not supported")
+    if is_const(x):
+        return [x.reshape(dims)]
+    return [ctx.reshape(x, dims)]
+
+
+def flatten(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    old = shape_of(x)
+    axis = int(ctx.attr("axis", 1))
+    if not -len(old) <= axis <= len(old):
+        raise ctx.error(f"axis={axis} is out of range for an input of shape {old}")
+    axis = axis + len(old) if axis < 0 else axis
+    dims = (math.prod(old[:axis]), math.prod(old[axis:]))
+    if is_const(x):
+        return [x.reshape(dims)]
+    if dims == old:
+        return [x]
+    if axis == 1:
+        return [ctx.emit("flatten", [x], {"start_dim": 1, "end_dim": -1})]
+    return [ctx.reshape(x, dims)]
+
+
+def transpose(ctx: Context, inputs: list) -> list:
+    rank = len(shape_of(inputs[0]))
+    perm = ctx.ints("perm", tuple(reversed(range(rank))))
+    if sorted(perm) != list(range(rank)):
+        raise ctx.error(f"perm={list(perm)} is not a permutation of the {rank} dims")
+    return [ctx.transpose(inputs[0], perm)]
+
+
+def _raw_axes(ctx: Context, inputs: list) -> tuple[int, ...] | None:
+    """The axes attribute (opset < 13) or input (opset >= 13); None when absent."""
+    if ctx.opset >= 13:
+        axes = inputs[1] if len(inputs) > 1 else None
+        return None if axes is None else _ints_input(ctx, axes, "axes")
+    return ctx.ints("axes", None)
+
+
+def _axes(ctx: Context, axes: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    axes = tuple(_axis(ctx, a, rank, "axes") for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ctx.error(f"axes {list(axes)} repeat a dim")
+    return axes
+
+
+def unsqueeze(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    old = shape_of(x)
+    raw = _raw_axes(ctx, inputs)
+    if raw is None:
+        raise ctx.error("needs axes")
+    axes = _axes(ctx, raw, len(old) + len(raw))
+    dims, rest = [], iter(old)
+    for i in range(len(old) + len(axes)):
+        dims.append(1 if i in axes else next(rest))
+    return [x.reshape(dims) if is_const(x) else ctx.reshape(x, dims)]
+
+
+def squeeze(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    old = shape_of(x)
+    raw = _raw_axes(ctx, inputs)
+    if raw is None:
+        axes = tuple(i for i, d in enumerate(old) if d == 1)
+    else:
+        axes = _axes(ctx, raw, len(old))
+    if any(old[a] != 1 for a in axes):
+        raise ctx.error(f"cannot squeeze axes {list(axes)} of shape {old}: not all of size 1")
+    dims = tuple(d for i, d in enumerate(old) if i not in axes)
+    return [x.reshape(dims) if is_const(x) else ctx.reshape(x, dims)]
+
+
+def concat(ctx: Context, inputs: list) -> list:
+    values = [v for v in inputs if v is not None]
+    if not values:
+        raise ctx.error("needs at least one input")
+    rank = len(shape_of(values[0]))
+    if ctx.attr("axis") is None:
+        raise ctx.error("needs the attribute axis")
+    axis = _axis(ctx, int(ctx.attr("axis")), max(rank, 1))
+    shapes = [shape_of(v) for v in values]
+    for s in shapes:
+        if len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]:
+            raise ctx.error(f"cannot concatenate shapes {shapes} on axis {axis}")
+    values = [v for v, s in zip(values, shapes) if s[axis] > 0]
+    if all(is_const(v) for v in values):
+        return [np.concatenate(values, axis=axis)]
+    if len(values) == 1:
+        return [values[0]]
+    tensors = [ctx.tensor(v, role=f"const{i}") for i, v in enumerate(values)]
+    return [ctx.emit("cat", tensors, {"dim": axis})]
+
+
+def expand(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    dims = broadcast(ctx, shape_of(x), _ints_input(ctx, inputs[1], "shape"))
+    if is_const(x):
+        return [np.broadcast_to(x, dims).copy()]
+    return [ctx.expand(x, dims, role=None)]
+
+
+def _np_pad(x: np.ndarray, pads: tuple[int, ...], value: float) -> np.ndarray:
+    rank = x.ndim
+    begin, end = pads[:rank], pads[rank:]
+    crop = tuple(slice(max(-b, 0), x.shape[i] - max(-e, 0))
+                 for i, (b, e) in enumerate(zip(begin, end)))
+    return np.pad(x[crop], [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)],
+                  constant_values=value)
+
+
+def pad(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    rank = len(shape_of(x))
+    mode = ctx.attr("mode", "constant") or "constant"
+    if mode != "constant":
+        raise ctx.error(f"mode={mode!r}: only constant padding is supported")
+    if ctx.opset < 11:
+        pads, value = ctx.ints("pads", None), float(ctx.attr("value", 0.0))
+        if pads is None:
+            raise ctx.error("needs the attribute pads")
+    else:
+        pads = _ints_input(ctx, inputs[1] if len(inputs) > 1 else None, "pads")
+        given = inputs[2] if len(inputs) > 2 else None
+        value = 0.0 if given is None else float(np.asarray(ctx.const(given, "constant_value"))
+                                                .reshape(-1)[0])
+        axes = inputs[3] if len(inputs) > 3 and ctx.opset >= 18 else None
+        if axes is not None:
+            axes = [_axis(ctx, a, rank, "axes") for a in _ints_input(ctx, axes, "axes")]
+            if len(pads) != 2 * len(axes):
+                raise ctx.error(f"pads {list(pads)} needs 2 entries per axis in {axes}")
+            full = [0] * (2 * rank)
+            for i, a in enumerate(axes):
+                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+            pads = tuple(full)
+    if len(pads) != 2 * rank:
+        raise ctx.error(f"pads {list(pads)} needs {2 * rank} entries for rank {rank}")
+    sizes = [n + b + e for n, b, e in zip(shape_of(x), pads[:rank], pads[rank:])]
+    if any(s < 1 for s in sizes):
+        raise ctx.error(f"pads {list(pads)} leave nothing of the input {shape_of(x)}")
+    if not any(pads):
+        return [x]
+    if is_const(x):
+        return [_np_pad(x, pads, value)]
+    return [ctx.emit("pad", [x], {"pads": tuple(pads), "value": value})]
+
+
+def slice_op(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    old = shape_of(x)
+    rank = len(old)
+    if ctx.opset < 10:
+        starts, ends = ctx.ints("starts", None), ctx.ints("ends", None)
+        axes, steps = ctx.ints("axes", None), None
+        if starts is None or ends is None:
+            raise ctx.error("needs the attributes starts and ends")
+    else:
+        optional = [None if len(inputs) <= i or inputs[i] is None
+                    else _ints_input(ctx, inputs[i], what)
+                    for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
+        starts, ends, axes, steps = optional
+        if starts is None or ends is None:
+            raise ctx.error("needs the inputs starts and ends")
+    axes = tuple(range(len(starts))) if axes is None else axes
+    steps = (1,) * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.error("starts, ends, axes and steps must have the same length")
+    index = [slice(None)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise ctx.error("steps must not be 0")
+        index[_axis(ctx, axis, rank, "axes")] = slice(start, end, step)
+    if is_const(x):
+        return [x[tuple(index)]]
+    pads_begin, pads_end = [], []
+    for size, part in zip(old, index):
+        begin, stop, step = part.indices(size)
+        if step != 1:
+            raise ctx.error(f"a step of {step} on the run-time tensor {x.name!r} is not "
+                            "supported (only constant folding)")
+        stop = max(stop, begin)
+        pads_begin.append(-begin)
+        pads_end.append(stop - size)
+    pads = tuple(pads_begin + pads_end)
+    if stop_sizes_empty(old, pads):
+        raise ctx.error(f"the slice of {old} is empty")
+    if not any(pads):
+        return [x]
+    return [ctx.emit("pad", [x], {"pads": pads, "value": 0.0})]
+
+
+def stop_sizes_empty(old: tuple[int, ...], pads: tuple[int, ...]) -> bool:
+    rank = len(old)
+    return any(n + b + e < 1 for n, b, e in zip(old, pads[:rank], pads[rank:]))
+
+
+HANDLERS = {
+    "Constant": constant, "Shape": shape, "ConstantOfShape": constant_of_shape, "Cast": cast,
+    "Gather": gather, "Range": range_op, "Reshape": reshape, "Flatten": flatten,
+    "Transpose": transpose, "Unsqueeze": unsqueeze, "Squeeze": squeeze, "Concat": concat,
+    "Expand": expand, "Pad": pad, "Slice": slice_op,
+    # on constants only: exporters' shape arithmetic
+    "Neg": _fold_only(np.negative), "Abs": _fold_only(np.abs), "Sqrt": _fold_only(np.sqrt),
+    "Exp": _fold_only(np.exp), "Log": _fold_only(np.log), "Floor": _fold_only(np.floor),
+    "Ceil": _fold_only(np.ceil), "Reciprocal": _fold_only(np.reciprocal),
+    "Not": _fold_only(np.logical_not), "Pow": _fold_only(_pow, 2),
+    "Equal": _fold_only(np.equal, 2), "Less": _fold_only(np.less, 2),
+    "Greater": _fold_only(np.greater, 2), "And": _fold_only(np.logical_and, 2),
+    "Or": _fold_only(np.logical_or, 2), "Where": _fold_only(_where, 3),
+}
+
+__all__ = ["DTYPES", "HANDLERS", "Tensor"]

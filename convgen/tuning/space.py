@@ -1,0 +1,247 @@
+"""The tuner's search space: legal, distinct, register-sized schedules for a spec.
+
+Candidates vary the plan (on C the transform-GEMM methods where legal, see
+:func:`_transform_candidates`; vectorize="w" and, for convolutions with at least half a
+vector of output channels per group, "co", transposed ones included), the output-channel
+tile, the vectors of columns per row (or, for "co", the vectors of channels x the pixels
+per register tile), the rows per tile, the vector width (LLVM only: C measured 2-3x
+slower at half width) and threads. Pruned before anything
+compiles: illegal tiles (ScheduleError), duplicates after clamping, and register tiles
+larger than twice the register file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import math
+
+import numpy as np
+
+from convgen import backends, config
+from convgen.cpu import vector_bits, vector_lanes
+from convgen.errors import ScheduleError
+from convgen.schedule import MAX_THREADS, Schedule, co_vectors, default_schedule
+from convgen.plan.winograd import tile_vectors
+from convgen.spec import ConvSpec
+
+MAX_TILE_CO = 64
+ROW_TILES = (1, 2, 4, 8)  # output rows per tile (H), and 1 or 2 planes (D) in 3D
+WIDTH_VECTORS = 4  # innermost tiles: up to this many vectors of output columns
+# vectorize="co": vectors of output channels, and output columns per register tile
+CO_VECTORS = (1, 2, 3, 4)
+CO_PIXELS = (4, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28)
+
+
+def _resolved(spec: ConvSpec, schedule: Schedule) -> tuple:
+    """What a schedule really does for ``spec``: plan, tiles after clamping, lanes, threads
+    (for vectorize="co" the channel tile counts whole vectors, and a transposed row's
+    pieces are at most one stride phase long)."""
+    tile_co, tiles = schedule.resolve(spec)
+    if schedule.method != "direct":
+        return (schedule.method, tile_co, tiles, vector_lanes(spec.dtype), schedule.threads)
+    if schedule.vectorize == "co":
+        tile_co = co_vectors(spec, tile_co) * vector_lanes(spec.dtype)
+        tiles = (*tiles[:-1], min(tiles[-1], _phase_columns(spec)))
+    return (schedule.vectorize, tile_co, tiles, schedule.vector_width or vector_lanes(spec.dtype),
+            schedule.threads)
+
+
+def _phase_columns(spec: ConvSpec) -> int:
+    """Output columns of a row that one "co" piece can hold: the row, or for a transposed
+    convolution its longest stride phase."""
+    step = spec.stride[-1] if spec.transposed else 1
+    return -(-spec.output_spatial[-1] // step)
+
+
+def registers() -> int:
+    """Vector registers of the host: 32 with AVX-512, else 16."""
+    return 32 if vector_bits() == 512 else 16
+
+
+def accumulator_limit() -> int:
+    """The largest register tile worth timing: twice the vector register file."""
+    return 2 * registers() * vector_bits() // 8
+
+
+def accumulator_bytes(spec: ConvSpec, schedule: Schedule) -> int:
+    """Bytes of the register tile the kernels keep per output row: output channels x
+    whole vectors of output columns (rows of a tile are computed one after another)."""
+    vectorize, tile_co, tiles, lanes, _ = _resolved(spec, schedule)
+    if schedule.method != "direct":  # channels x vectors of tiles
+        return tile_co * tile_vectors(tile_co) * lanes * np.dtype(spec.dtype).itemsize
+    if vectorize == "co":  # channel vectors x pixels
+        return tile_co * tiles[-1] * np.dtype(spec.dtype).itemsize
+    return tile_co * -(-tiles[-1] // lanes) * lanes * np.dtype(spec.dtype).itemsize
+
+
+def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
+    """A cheap relative cost (lower is better), only to order candidates before timing.
+
+    Work computed and thrown away (channels past the last, lanes past the last column),
+    too few independent accumulators to hide FMA latency, accumulators beyond the
+    register file, half-width vectors, and threads left without a tile.
+    """
+    vectorize, tile_co, tiles, lanes, threads = _resolved(spec, schedule)
+    out = spec.output_spatial
+    cog = spec.out_channels // spec.groups
+    if vectorize == "co":
+        return _estimated_co_cost(spec, tile_co // lanes, tiles, lanes, threads)
+    n_vectors = -(-tiles[-1] // lanes)
+    waste = (-(-cog // tile_co) * tile_co / cog) \
+        * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
+    accumulators = tile_co * n_vectors
+    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / registers()))
+    narrow = vector_lanes(spec.dtype) / lanes
+    jobs = spec.batch * spec.groups * -(-cog // tile_co) \
+        * math.prod(-(-o // t) for o, t in zip(out, tiles))
+    imbalance = -(-jobs // threads) * threads / jobs
+    return waste * latency * spill * narrow * imbalance
+
+
+def _estimated_co_cost(spec: ConvSpec, vectors: int, tiles: tuple[int, ...], lanes: int,
+                       threads: int) -> float:
+    """estimated_cost for vectorize="co": lanes past the last channel, too few
+    accumulators, spills, and loads per FMA ((vectors + pixels) / (vectors x pixels),
+    1 at the default 2 x 12 tile); no gathers at any stride."""
+    out = spec.output_spatial
+    cog = spec.out_channels // spec.groups
+    pixels = tiles[-1]
+    blocks = -(-cog // (vectors * lanes))
+    waste = blocks * vectors * lanes / cog
+    accumulators = vectors * pixels
+    latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
+    # gcc keeps 24 accumulators in the 32 AVX-512 registers next to shared broadcasts,
+    # 28 when each broadcast feeds one FMA (1 vector), and spills beyond
+    fits = registers() * (7 if vectors == 1 else 6) // 8
+    spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / fits))
+    loads = ((vectors + pixels) / accumulators) / ((2 + 12) / 24)
+    step = spec.stride[-1] if spec.transposed else 1
+    pieces = step * -(-_phase_columns(spec) // pixels)
+    jobs = spec.batch * spec.groups * blocks * pieces \
+        * math.prod(-(-o // t) for o, t in zip(out[:-1], tiles[:-1]))
+    imbalance = -(-jobs // threads) * threads / jobs
+    return waste * latency * spill * max(1.0, loads) * imbalance
+
+
+def _co_candidates(spec: ConvSpec, threads: int, outer: list[tuple]) -> list[Schedule]:
+    """vectorize="co" schedules: channel vectors x pixels within the register
+    file, each with every outer tile (rows, planes)."""
+    cog = spec.out_channels // spec.groups
+    lanes = vector_lanes(spec.dtype)
+    if 2 * cog < lanes:
+        return []
+    found = []
+    for vectors in CO_VECTORS:
+        if (vectors - 1) * lanes >= cog:
+            break
+        for pixels in CO_PIXELS:
+            if vectors * pixels > registers():
+                continue
+            for lead in outer:
+                found.append(Schedule(tile_co=vectors * lanes, tile_spatial=(*lead, pixels),
+                                      threads=threads, vectorize="co"))
+    return found
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
+                        max_accumulator_bytes: int | None = None,
+                        bound: bool = False) -> list[Schedule]:
+    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first (the one
+    for prepared weights when ``bound``), then the rest, most promising first (see
+    :func:`_ranked`).
+
+    Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
+    ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
+    that clamp to one already listed.
+    """
+    backend = backends.resolve_backend(backend)
+    threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
+    limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
+    cog = spec.out_channels // spec.groups
+    out = spec.output_spatial
+    host = vector_lanes(spec.dtype)
+    widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
+    tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
+                      | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
+    rows = sorted({min(r, out[-2]) for r in ROW_TILES}) if len(out) >= 2 else []
+    planes = sorted({min(p, out[0]) for p in (1, 2)}) if len(out) == 3 else []
+    outer = [(p, r) for p in planes for r in rows] if planes else \
+        [(r,) for r in rows] if rows else [()]
+
+    # the default's tiles and plan at the thread count being tuned, like every candidate
+    default = default_schedule(spec, backend, prepared_weights=bound, threads=threads)
+    seen = {_resolved(spec, default)}
+    transforms = []
+    for schedule in _transform_candidates(spec, threads):
+        key = _resolved(spec, schedule)
+        if key not in seen and accumulator_bytes(spec, schedule) <= limit:
+            seen.add(key)
+            transforms.append(schedule)
+    found: list[Schedule] = []
+    w_plan = [Schedule(tile_co=tile_co, tile_spatial=(*lead, w), threads=threads,
+                       vector_width=vw)
+              for vw in widths
+              for tile_co in tile_cos
+              for lead in outer
+              for w in sorted({min((vw or host) * i, out[-1])
+                               for i in range(1, WIDTH_VECTORS + 1)})]
+    co_plan = _co_candidates(spec, threads, outer)
+    for schedule in w_plan + co_plan:
+        try:
+            key = _resolved(spec, schedule)
+        except ScheduleError:
+            continue
+        if key in seen or accumulator_bytes(spec, schedule) > limit:
+            continue
+        seen.add(key)
+        found.append(schedule)
+    return [default, *transforms, *_ranked(spec, found)]
+
+
+# method "winograd" / "gemm" candidates (C only): output tiles per dim and register tiles
+WINOGRAD_TILES = (2, 4, 6)
+TRANSFORM_CO_ROWS = (28, 16, 14, 12, 8)
+
+
+def _transform_candidates(spec: ConvSpec, threads: int) -> list[Schedule]:
+    """The transform-GEMM schedules legal for ``spec``: for "winograd" square tiles of
+    WINOGRAD_TILES (1 where the kernel is 1) x TRANSFORM_CO_ROWS, for "gemm" (1x1)
+    TRANSFORM_CO_ROWS; register tiles clamped to the group's channels, each listed once."""
+    cog, cin_g = spec.out_channels // spec.groups, spec.in_channels // spec.groups
+    if cog < 4 or cin_g < 4:  # depthwise and the like: a GEMM over a few channels
+        return []
+    method = "gemm" if all(k == 1 for k in spec.kernel_size) else "winograd"
+    tilings = [None] if method == "gemm" else \
+        [tuple(1 if k == 1 else m for k in spec.kernel_size) for m in WINOGRAD_TILES]
+    found, seen = [], set()
+    for tiles in tilings:
+        for rows in TRANSFORM_CO_ROWS:
+            schedule = Schedule(tile_co=min(rows, cog), tile_spatial=tiles, threads=threads,
+                                method=method)
+            try:
+                key = _resolved(spec, schedule)
+            except ScheduleError:
+                continue
+            if key not in seen:
+                seen.add(key)
+                found.append(schedule)
+    return found
+
+
+def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
+    """By estimated cost, but the outer tiles (rows, planes), which matter least, take
+    turns: each (channels, columns, vector width) first with its best outer tile, then
+    every one with its second best, ... so a budget cut keeps the variety that matters."""
+    cost = {s: (estimated_cost(spec, s), s.key()) for s in schedules}
+    groups: dict[tuple, list[Schedule]] = {}
+    for s in sorted(schedules, key=cost.__getitem__):
+        groups.setdefault((s.vectorize, s.tile_co, s.tile_spatial[-1], s.vector_width),
+                          []).append(s)
+    turn = {s: i for members in groups.values() for i, s in enumerate(members)}
+    return sorted(schedules, key=lambda s: (turn[s], cost[s]))

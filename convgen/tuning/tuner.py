@@ -1,0 +1,444 @@
+"""Tune: search schedules for one spec, time them, keep every measurement.
+
+The tuner stays thin. It enumerates the schedules of a spec and prunes the illegal,
+the oversized and the duplicates; orders them by a cheap cost model; compiles as
+many as the budget allows in worker processes (which only fill the kernel cache);
+times them one at a time in this process (warm-up, then repetitions, the median),
+then the fastest few again beside the default, calls interleaved (the default wins
+ties within DEFAULT_MARGIN); re-checks the winner against the oracle; and appends
+every measurement to the tuning database, a JSON-lines file. :func:`best_record` reads it back, and
+``convgen.compile`` uses the fastest checked record for the same spec, backend,
+CPU, compiler and convgen version.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import contextlib
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from convgen import backends, config
+from convgen.cache import Cache
+from convgen.errors import ConvgenError
+from convgen.records import record
+from convgen.reference import random_arrays, reference
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
+from convgen.tolerance import close
+from convgen.tuning.space import candidate_schedules
+
+TARGET_SECONDS = 0.2  # time each candidate for about this long ...
+MIN_REPEATS, MAX_REPEATS = 3, 100  # ... with at least / at most this many calls
+FIRST_BUILD_SECONDS = 0.5  # a guess until a batch is built: starting workers, compiling
+BATCH = 2  # candidates per worker built before the batch is timed
+LOSER_FACTOR = 3.0  # a first call this much slower than the best so far ends the timing
+FINALISTS = 3  # the fastest few are timed again with the default, calls interleaved
+CONFIRM_MAX_REPEATS = 1000  # ... each called up to this often (small kernels: more samples)
+# ... and the default stays the winner unless a finalist is faster by more than this share
+# (on this shared machine, schedules within a few percent swap places between runs)
+DEFAULT_MARGIN = 0.03
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate: its median seconds per call (inf: failed to compile or run)."""
+
+    schedule: Schedule
+    seconds: float
+    checked: bool = False  # verified against the oracle
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a ``progress`` callback receives while one spec is tuned."""
+
+    name: str
+    phase: str  # "compile", "measure", "confirm" or "check"
+    done: int
+    total: int
+    best_seconds: float  # inf until a candidate ran
+
+
+@dataclass
+class TuneResult:
+    """The winner of one spec's search, the untuned default, and every measurement."""
+
+    spec: ConvSpec
+    backend: str
+    name: str
+    best: Schedule
+    best_seconds: float
+    default: Schedule
+    default_seconds: float
+    measurements: list[Measurement] = field(default_factory=list)
+    candidates: int = 0  # legal, distinct candidates before the budget cut
+
+    @property
+    def speedup(self) -> float:
+        """Default seconds / best seconds (the default is always measured)."""
+        return self.default_seconds / self.best_seconds
+
+    @property
+    def table(self) -> list[tuple[Schedule, float]]:
+        """(schedule, seconds) for every measured candidate, fastest first."""
+        rows = sorted(self.measurements, key=lambda m: m.seconds)
+        return [(m.schedule, m.seconds) for m in rows]
+
+    def __str__(self) -> str:
+        lines = [f"{self.name} ({self.backend}): {len(self.measurements)} of {self.candidates} "
+                 f"candidates measured; best {_ms(self.best_seconds)}, default "
+                 f"{_ms(self.default_seconds)}, speedup {self.speedup:.2f}x",
+                 f"  {'ms':>9}  {'GFLOP/s':>8}  schedule"]
+        for m in sorted(self.measurements, key=lambda m: m.seconds):
+            flops = f"{self.spec.flops / m.seconds / 1e9:8.1f}" if math.isfinite(m.seconds) \
+                else f"{'-':>8}"
+            marks = (" best" if m.schedule == self.best else "") + \
+                (" default" if m.schedule == self.default else "") + \
+                (f" failed: {m.error}" if m.error else "")
+            lines.append(f"  {_ms(m.seconds):>9}  {flops}  {describe(m.schedule)}{marks}")
+        return "\n".join(lines)
+
+
+def describe(schedule: Schedule) -> str:
+    """A one-line schedule: co=16 sp=2x32 vw=0 t=2 (co=32 sp=1x14 vw=0 vec=co t=2 for
+    vectorize="co", co=28 sp=4x4 vw=0 m=winograd t=2 for a transform-GEMM method)."""
+    spatial = "x".join(map(str, schedule.tile_spatial)) if schedule.tile_spatial else "auto"
+    vec = " vec=co" if schedule.vectorize == "co" else ""
+    if schedule.method != "direct":
+        vec = f" m={schedule.method}"
+    return (f"co={schedule.tile_co} sp={spatial} vw={schedule.vector_width}{vec} "
+            f"t={schedule.threads}")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}" if math.isfinite(seconds) else "failed"
+
+
+# -- compiling and timing -----------------------------------------------------------------
+
+def _build(spec_data: dict, backend: str, schedule_data: dict, cache_root: str,
+           bound: bool = False) -> str | None:
+    """Worker: build one candidate into the kernel cache; None, or the error's first line."""
+    try:
+        backends.build_artifact(ConvSpec.from_dict(spec_data), backend,
+                                Schedule.from_dict(schedule_data), Cache(cache_root), bound)
+    except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class CandidateBuilder:
+    """Builds batches of candidates into the kernel cache in spawned worker processes
+    (``workers`` 0: in this process). Workers sit idle while candidates are timed."""
+
+    def __init__(self, spec: ConvSpec, backend: str, workers: int, bound: bool = False):
+        self.spec, self.backend, self.workers, self.bound = spec, backend, workers, bound
+        self.cache_root = str(config.cache_dir())
+        self.pool: futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> CandidateBuilder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def build(self, schedules: list[Schedule]) -> dict[Schedule, str | None]:
+        """{schedule: None, or why it failed} once every one of ``schedules`` is built."""
+        args = [(self.spec.to_dict(), self.backend, s.to_dict(), self.cache_root, self.bound)
+                for s in schedules]
+        if self.workers == 0:
+            return {s: _build(*a) for s, a in zip(schedules, args)}
+        if self.pool is None:
+            context = multiprocessing.get_context("spawn")
+            self.pool = futures.ProcessPoolExecutor(self.workers, mp_context=context)
+        with _main_hidden():  # workers are started by submit
+            jobs = {s: self.pool.submit(_build, *a) for s, a in zip(schedules, args)}
+        results = {}
+        for schedule, job in jobs.items():
+            try:
+                results[schedule] = job.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died
+                results[schedule] = _first_line(exc)
+        return results
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Keep spawned workers from re-running the caller's script as their __main__.
+
+    The workers need only convgen; without this, a script that calls tune() outside an
+    ``if __name__ == "__main__"`` guard would run again in every worker.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__")
+             if hasattr(main, name)}
+    try:
+        for name in saved:
+            if name == "__spec__":
+                main.__spec__ = None
+            else:
+                delattr(main, name)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+           bound: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """``call(out)``: ``schedule``'s kernel on ``arrays`` (x, w, b), the weights passed in
+    each call, or with ``bound`` bound once (convgen.bind) as networks have them."""
+    x, w, b = arrays
+    if bound:
+        from convgen.plan.weights import bind
+
+        kernel = bind(spec, w, b, backend, schedule)
+        return lambda out: kernel(x, out=out)
+    plain = backends.compile(spec, backend, schedule)
+    return lambda out: plain(x, w, b, out=out)
+
+
+def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+            best_seconds: float = math.inf, bound: bool = False) -> Measurement:
+    """Median seconds per call with a preallocated output: a warm-up call, then repeats
+    until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
+    try:
+        call = runner(spec, backend, schedule, arrays, bound)
+        out = np.empty(spec.output_shape, spec.dtype)
+        call(out)
+        times: list[float] = []
+        while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS
+                                            or sum(times) < TARGET_SECONDS):
+            start = time.perf_counter()
+            call(out)
+            times.append(time.perf_counter() - start)
+            if len(times) == 1 and times[0] > LOSER_FACTOR * best_seconds:
+                break
+    except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
+        return Measurement(schedule, math.inf, error=_first_line(exc))
+    return Measurement(schedule, statistics.median(times))
+
+
+def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
+           bound: bool = False) -> bool:
+    """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
+    try:
+        call = runner(spec, backend, schedule, arrays, bound)
+        out = np.full(spec.output_shape, np.nan, spec.dtype)
+        call(out)
+    except Exception:  # noqa: BLE001
+        return False
+    return close(spec, out, want)
+
+
+def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
+         threads: int | None = None, max_candidates: int | None = None,
+         progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
+         workers: int | None = None, bound: bool = False) -> TuneResult:
+    """Search schedules for ``spec`` for about ``budget`` seconds; record every measurement.
+
+    ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
+    caps the candidates (the default is always one, and always timed); ``workers`` is
+    the number of compile processes (default: the CPU count; 0 compiles in this process).
+    The fastest few are timed again beside the default before the winner is checked.
+    ``bound``: time the kernels with their weights bound and prepared once
+    (:func:`convgen.bind`), as networks run them; records are kept apart, networks and
+    bind() read these, compile() the others.
+    """
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
+    for label, value, low in (("budget", budget, 0), ("max_candidates", max_candidates, 1),
+                              ("threads", threads, 1), ("workers", workers, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value < math.inf):
+            raise ValueError(f"{label}: expected a number >= {low}, got {value!r}")
+    backend = backends.resolve_backend(backend)
+    name = name or spec.name
+    deadline = time.monotonic() + budget
+    candidates = candidate_schedules(spec, backend, threads, bound=bound)
+    chosen = candidates[:max_candidates] if max_candidates else candidates
+    default, rest = chosen[0], chosen[1:]
+    notify = progress or (lambda p: None)
+    arrays = random_arrays(spec)
+
+    first = measure(spec, backend, default, arrays, bound=bound)
+    measured = [first]
+    best = first.seconds
+    per_candidate = _timing_estimate(first.seconds,
+                                     _load_seconds(spec, backend, default, arrays, bound))
+    deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
+    total = len(chosen)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = min(workers, len(rest))
+    queue = list(rest)
+    build_each = FIRST_BUILD_SECONDS  # wall seconds per candidate in the last batch
+    with CandidateBuilder(spec, backend, workers, bound) as builder:
+        while queue:  # batches: build in parallel, then time one at a time
+            fits = int((deadline - time.monotonic()) / (build_each + per_candidate))
+            size = min(fits, BATCH * max(workers, 1))
+            if size < 1:
+                break
+            batch, queue = queue[:size], queue[size:]
+            notify(Progress(name, "compile", len(measured), total, best))
+            start = time.monotonic()
+            built = builder.build(batch)
+            build_each = (time.monotonic() - start) / len(batch)
+            for schedule in batch:
+                if built[schedule] is not None:
+                    measured.append(Measurement(schedule, math.inf, error=built[schedule]))
+                    continue
+                if time.monotonic() >= deadline:
+                    queue = []
+                    break
+                start = time.monotonic()
+                m = measure(spec, backend, schedule, arrays, best, bound)
+                per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
+                measured.append(m)
+                best = min(best, m.seconds)
+                notify(Progress(name, "measure", len(measured), total, best))
+
+    notify(Progress(name, "confirm", len(measured), total, best))
+    measured = confirm(spec, backend, measured, arrays, bound)
+    measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total,
+                                     bound)
+    record(spec, backend, measured, bound=bound)
+    if winner is None:
+        raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
+                           f"({measured[0].error or 'wrong results'})")
+    return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
+                      measured[0].seconds, measured, len(candidates))
+
+
+def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
+                  bound: bool = False) -> float:
+    """Seconds to load a kernel from the cache (MCJIT takes longer than dlopen)."""
+    start = time.perf_counter()
+    try:
+        runner(spec, backend, schedule, arrays, bound)
+    except Exception:  # noqa: BLE001 - the default failed: measure() said so
+        pass
+    return 2 * (time.perf_counter() - start)
+
+
+def _timing_estimate(seconds: float, load_seconds: float) -> float:
+    """Seconds one candidate's load and timing take, from the default's time per call."""
+    if not math.isfinite(seconds):
+        return TARGET_SECONDS + load_seconds
+    calls = 1 + min(MAX_REPEATS, max(MIN_REPEATS, TARGET_SECONDS / max(seconds, 1e-9)))
+    return load_seconds + calls * seconds
+
+
+def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
+            arrays, bound: bool = False) -> list[Measurement]:
+    """Time the FINALISTS fastest and the default (``measured[0]``) again, their calls
+    interleaved so that noise and drift hit them alike; new medians replace the old."""
+    ranked = sorted((i for i, m in enumerate(measured) if math.isfinite(m.seconds)),
+                    key=lambda i: measured[i].seconds)
+    picks = ranked[:FINALISTS] + ([0] if 0 in ranked[FINALISTS:] else [])
+    if len(picks) < 2:
+        return measured
+    try:
+        calls = [runner(spec, backend, measured[i].schedule, arrays, bound) for i in picks]
+        outs = [np.empty(spec.output_shape, spec.dtype) for _ in picks]
+        times: list[list[float]] = [[] for _ in picks]
+        spent = 0.0
+        while len(times[0]) < CONFIRM_MAX_REPEATS and (
+                len(times[0]) < MIN_REPEATS or spent < TARGET_SECONDS * len(picks)):
+            for call, out, samples in zip(calls, outs, times):
+                start = time.perf_counter()
+                call(out)
+                samples.append(time.perf_counter() - start)
+                spent += samples[-1]
+    except Exception:  # noqa: BLE001 - they all ran before: keep the first timings
+        return measured
+    out = list(measured)
+    for i, samples in zip(picks, times):
+        out[i] = Measurement(out[i].schedule, statistics.median(samples))
+    return out
+
+
+def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=False):
+    """Verify candidates fastest first until one matches the oracle; mark them. The
+    default (``measured[0]``) ranks as if DEFAULT_MARGIN faster than it measured."""
+    want = None
+    out = list(measured)
+    rank = (lambda i: out[i].seconds / (1 + DEFAULT_MARGIN) if i == 0 else out[i].seconds)
+    for i in sorted(range(len(out)), key=rank):
+        if not math.isfinite(out[i].seconds):
+            break
+        notify(Progress(name, "check", len(out), total, out[i].seconds))
+        if want is None:
+            want = reference(spec, *arrays)
+        ok = verify(spec, backend, out[i].schedule, arrays, want, bound)
+        out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok,
+                             error=None if ok else "wrong results (oracle check failed)")
+        if ok:
+            return out, out[i]
+    return out, None
+
+
+# -- the tuning database ------------------------------------------------------------------
+
+# -- networks -----------------------------------------------------------------------------
+
+def network_convs(network: Any, input_shape=None, dtype: str = "float32") -> dict[str, tuple]:
+    """{spec key: (first node name, spec)} of the convs a compiled network runs (after
+    fusion, as ``compile_graph`` sees them), in order."""
+    from convgen.graph.ir import Graph
+    from convgen.graph.passes import optimize
+    from convgen.graph.shapes import infer_graph
+
+    if isinstance(network, Graph):
+        graph = network.copy()
+    else:
+        shape = input_shape if input_shape is not None \
+            else getattr(network, "input_shape", None)
+        if shape is None:
+            raise ValueError("input_shape: required for a module without an input_shape")
+        graph = network.trace(shape)
+    infer_graph(graph)
+    graph = optimize(graph)
+    infer_graph(graph)
+    convs: dict[str, tuple] = {}
+    for node in graph.nodes:
+        if node.op == "conv":
+            spec = ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype)
+            convs.setdefault(spec.key(), (node.name, spec))
+    return convs
+
+
+def tune_network(network: Any, input_shape=None, backend: str | None = None,
+                 budget: float = 30.0, threads: int | None = None,
+                 max_candidates: int | None = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 dtype: str = "float32", **options: Any) -> list[TuneResult]:
+    """Tune each distinct conv of a network (a convgen.nn module or a traced Graph) once,
+    splitting ``budget`` among them (time one leaves unused goes to the next), with the
+    weights bound as the network binds them."""
+    convs = list(network_convs(network, input_shape, dtype).values())
+    deadline = time.monotonic() + budget
+    results = []
+    for i, (node, spec) in enumerate(convs):
+        share = max(deadline - time.monotonic(), 0.0) / (len(convs) - i)
+        results.append(tune(spec, backend, share, threads, max_candidates, progress,
+                            name=node, bound=True, **options))
+    return results
+
+
