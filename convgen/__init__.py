@@ -7,8 +7,8 @@ through cffi and returns a callable checked against a NumPy oracle
 """
 
 from convgen.aot import compile_to, load
-from convgen.backends import BACKENDS, compile
-from convgen.plan.weights import BoundKernel, bind
+from convgen.backends import BACKENDS
+from convgen.compiler import BoundKernel, bind, compile
 from convgen.errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
                      ScheduleError, SpecError, SpecFileError)
 from convgen.functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,

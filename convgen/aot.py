@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from convgen.backends import REGISTRY, Artifact, build_artifact, kernel_from_artifact, resolve_backend
+from convgen.backends import BACKENDS, Artifact, get_backend, resolve_backend
+from convgen.compiler import build_artifact, choose_schedule, kernel_from_artifact
 from convgen.cache import file_sha256
 from convgen.errors import ConvgenError
 from convgen.kernel import Kernel
 from convgen.plan.core import make_plan
-from convgen.records import best_record
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 from convgen.version import __version__
@@ -71,10 +71,10 @@ def compile_to(specs, out_dir: str | os.PathLike, backend: str | None = None) ->
     records = []
     for name, spec, schedule in _entries(specs):
         if schedule is None:  # as cg.compile: the best tuning record, else the default
-            schedule = best_record(spec, resolve_backend(backend))
+            schedule, _ = choose_schedule(spec, resolve_backend(backend))
         plan, artifact, backend_name = build_artifact(spec, backend, schedule)
-        library = name + REGISTRY[backend_name].suffix
-        source = name + (".ll" if backend_name == "llvm" else ".c")
+        library = name + get_backend(backend_name).artifact_suffix
+        source = name + get_backend(backend_name).source_suffix
         (out / source).write_text(artifact.source)
         tmp = out / (library + ".tmp")
         shutil.copyfile(artifact.path, tmp)
@@ -122,7 +122,7 @@ def load(directory: str | os.PathLike) -> dict[str, Kernel]:
                                "recompile with convgen.compile_to")
         spec = ConvSpec.from_dict(record["spec"])
         schedule = Schedule.from_dict(record["schedule"])
-        if record.get("backend") not in REGISTRY:
+        if record.get("backend") not in BACKENDS:
             raise ConvgenError(f"{path}: unknown backend {record.get('backend')!r} for "
                                f"{record['name']!r}")
         source_path = root / record["source"]

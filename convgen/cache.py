@@ -45,10 +45,8 @@ def code_files(templates: Path) -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """convgen's version plus a hash of all its Python sources and templates."""
-    from convgen.backends.c.render import templates_dir
-
     digest = hashlib.sha256(__version__.encode())
-    for path in code_files(templates_dir()):
+    for path in code_files(config.templates_dir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:16]}"

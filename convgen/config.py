@@ -47,3 +47,14 @@ def tuning_db() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     return cache_dir() / "tuning.jsonl"
+
+
+def templates_dir() -> Path:
+    """The templates/ directory: package data when installed, else the checkout's."""
+    package = Path(__file__).resolve().parent
+    installed = package / "templates"  # convgen.templates in a wheel
+    checkout = package.parent / "templates"
+    for candidate in (installed, checkout):
+        if (candidate / "c" / "conv.c.j2").is_file():
+            return candidate
+    raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import platform
 
+from convgen.dtypes import lanes
+
 
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset[str]:
@@ -32,4 +34,4 @@ def vector_bits() -> int:
 
 def vector_lanes(dtype: str) -> int:
     """Lanes of the widest vector register for ``dtype`` (16 fp32 lanes on AVX-512)."""
-    return vector_bits() // (32 if dtype == "float32" else 64)
+    return lanes(dtype, vector_bits())

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from convgen.backends import compile as compile_spec
+from convgen.compiler import compile as compile_spec
 from convgen.backends import resolve_backend
 from convgen.kernel import Kernel
 from convgen.schedule import Schedule

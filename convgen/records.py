@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from convgen import config
+from convgen.backends import get_backend
 from convgen.cache import code_version, cpu_identity
 from convgen.errors import ConvgenError, ScheduleError
 from convgen.schedule import Schedule
@@ -24,16 +25,8 @@ from convgen.spec import ConvSpec
 
 
 def compiler_identity(backend: str) -> str:
-    """What compiled the code: the C compiler's identity, or llvmlite and LLVM versions."""
-    if backend == "llvm":
-        import llvmlite
-        import llvmlite.binding as llvm
-
-        return f"llvmlite {llvmlite.__version__} LLVM " + \
-            ".".join(map(str, llvm.llvm_version_info))
-    from convgen.backends.c.build import compiler_identity as c_identity, find_c_compiler
-
-    return c_identity(find_c_compiler())
+    """What compiles ``backend``'s code (its compiler and version), as records keep it."""
+    return get_backend(backend).identity()
 
 
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from convgen import config
 from convgen.cpu import vector_lanes
+from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
 from convgen.spec import ConvSpec, _is_int
 from convgen.plan.winograd import MAX_CO_ROWS, METHODS, check_tiles, default_tiles, grid_size, tile_vectors, \
@@ -408,7 +409,7 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     else:
         return None
     block = tile_vectors(rows) * lanes
-    itemsize = 4 if spec.dtype == "float32" else 8
+    itemsize = dtype_info(spec.dtype).itemsize
     if not prepared_weights:
         limit = WINOGRAD_WEIGHT_BYTES
     elif threads > 1:

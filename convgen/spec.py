@@ -16,11 +16,13 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from convgen.dtypes import DTYPES as DTYPE_TABLE
+from convgen.dtypes import dtype_info
 from convgen.errors import SpecError
 
 PADDING_STRINGS = ("valid", "same", "full")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-DTYPES = ("float32", "float64")
+DTYPES = tuple(DTYPE_TABLE)
 
 # name -> (number of arguments, default arguments or None when they are required)
 ACTIVATIONS: dict[str, tuple[int, tuple[float, ...] | None]] = {
@@ -351,7 +353,7 @@ class ConvSpec:
     @property
     def bytes(self) -> int:
         """Bytes of input, weight, bias and output: the least memory traffic."""
-        itemsize = 4 if self.dtype == "float32" else 8
+        itemsize = dtype_info(self.dtype).itemsize
         total = math.prod(self.input_shape) + math.prod(self.weight_shape) \
             + math.prod(self.output_shape) + (self.out_channels if self.bias else 0)
         return itemsize * total

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 
+from convgen.dtypes import DTYPES
 from convgen.spec import ConvSpec
 
 # Unit round-off per dtype; the bound below multiplies it by the number of terms summed.
-EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+EPS = {name: d.eps for name, d in DTYPES.items()}
 
 
 def reduction_length(spec: ConvSpec) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from convgen.backends import build_artifact
+from convgen.compiler import build_artifact
 from convgen.backends.c.build import c_cache_key, c_flags, find_c_compiler
 from convgen.cache import Cache, make_key
 from convgen.plan.core import make_plan
@@ -398,7 +398,7 @@ def test_cc_with_arguments_is_split_like_a_shell(fresh_cache, monkeypatch):
 def test_code_version_covers_subpackages_and_templates():
     """Generated code comes from convgen/graph and templates too: all are in the key."""
     from convgen.cache import code_files
-    from convgen.backends.c.render import templates_dir
+    from convgen.config import templates_dir
 
     names = {path.relative_to(REPO).as_posix() for path in code_files(templates_dir())}
     assert {"convgen/backends/c/network.py", "convgen/graph/lower.py", "convgen/nn/layers.py",

@@ -14,7 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from convgen.backends import get_backend, kernel_from_artifact
+from convgen.backends import get_backend
+from convgen.compiler import kernel_from_artifact
 from convgen.plan.weights import prepare_weight, prepares
 from convgen.plan.layout import block_lanes, depthwise_blocked, depthwise_plan, from_blocked, \
     supports_blocked, to_blocked, with_layout
@@ -28,13 +29,7 @@ PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
 
 
 def render(plan, backend: str, prepared: bool) -> str:
-    if backend == "c":
-        from convgen.backends.c.render import render_c
-
-        return render_c(plan, pretransformed=prepared)
-    from convgen.backends import _render_llvm
-
-    return _render_llvm(plan, pretransformed=prepared)
+    return get_backend(backend).render(plan, pretransformed=prepared)
 
 
 def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule | None, backend: str,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from convgen import backends, nn
+from convgen import nn
 from convgen.errors import CompileError
 from convgen.graph.compile import compile_graph
 from convgen.tolerance import close
@@ -156,14 +156,14 @@ def test_tune_records_measurements_and_compile_uses_the_best(db):
 
 def test_a_failing_candidate_costs_infinity(db, monkeypatch):
     victim = candidate_schedules(SMALL, "c", 1)[1]
-    real = backends.build_artifact
+    real = tune_module.build_artifact
 
     def build(spec, backend=None, schedule=None, cache=None, bound=False):
         if schedule == victim:
             raise CompileError("injected failure", stderr="boom")
         return real(spec, backend, schedule, cache, bound)
 
-    monkeypatch.setattr(backends, "build_artifact", build)
+    monkeypatch.setattr(tune_module, "build_artifact", build)
     result = cg.tune(SMALL, "c", budget=5, threads=1, max_candidates=3, workers=0)
     failed = [m for m in result.measurements if m.schedule == victim]
     assert failed and failed[0].seconds == math.inf and "injected" in failed[0].error
@@ -184,12 +184,12 @@ class WrongKernel:
 
 def test_the_winner_is_rechecked_against_the_oracle(db, monkeypatch):
     liar = candidate_schedules(SMALL, "c", 1)[1]
-    real = backends.compile
+    real = tune_module.compile_spec
 
     def compile_(spec, backend=None, schedule=None, cache=None):
         return WrongKernel(schedule) if schedule == liar else real(spec, backend, schedule, cache)
 
-    monkeypatch.setattr(backends, "compile", compile_)
+    monkeypatch.setattr(tune_module, "compile_spec", compile_)
     result = cg.tune(SMALL, "c", budget=5, threads=1, max_candidates=3, workers=0)
     lied = [m for m in result.measurements if m.schedule == liar][0]
     assert math.isfinite(lied.seconds) and not lied.checked  # timed, then rejected
@@ -198,7 +198,7 @@ def test_the_winner_is_rechecked_against_the_oracle(db, monkeypatch):
         [m for m in result.measurements if m.schedule == result.best]
     assert not [r for r in lines(db)
                 if r["checked"] and cg.Schedule.from_dict(r["schedule"]) == liar]
-    monkeypatch.setattr(backends, "compile", real)
+    monkeypatch.setattr(tune_module, "compile_spec", real)
     assert best_record(SMALL, "c") == result.best
 
 

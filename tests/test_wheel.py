@@ -23,7 +23,7 @@ RUN_CODE = """
 import sys
 import numpy as np
 import convgen as cg
-from convgen.backends.c.render import templates_dir
+from convgen.config import templates_dir
 from convgen.tolerance import close
 venv = sys.argv[1]
 assert cg.__file__.startswith(venv), cg.__file__

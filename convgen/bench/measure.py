@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from convgen.plan.weights import bind
+from convgen.backends.c.build import build_c
+from convgen.backends.c.load import load_function
+from convgen.compiler import bind, choose_schedule
 from convgen.bench.peers import Runner, Skip, numpy_runner, openblas_setters, ort_runner, \
     torch_runner
 from convgen.cpu import cpu_flags, vector_bits
-from convgen.records import best_record
 from convgen.reference import random_arrays, reference
-from convgen.schedule import PARALLEL_FLOPS, Schedule, default_schedule
+from convgen.schedule import PARALLEL_FLOPS, Schedule
 from convgen.spec import ConvSpec
 from convgen.tolerance import max_error, tolerance
 
@@ -214,14 +215,8 @@ def bench_schedule(spec: ConvSpec, backend: str, threads: int,
     parallel threshold stay on one thread unless tuned otherwise."""
     if given is not None:
         return dataclasses.replace(given, threads=threads), "spec file"
-    tuned = best_record(spec, backend, threads, bound=True)
-    if tuned is not None:
-        return tuned, "tuned"
-    tuned = best_record(spec, backend, bound=True)
-    if tuned is not None:
-        return dataclasses.replace(tuned, threads=threads), f"tuned at {tuned.threads}t"
     used = threads if spec.flops >= PARALLEL_FLOPS else 1
-    return default_schedule(spec, backend, prepared_weights=True, threads=used), "default"
+    return choose_schedule(spec, backend, bound=True, threads=threads, default_threads=used)
 
 
 def convgen_runner(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
@@ -407,9 +402,6 @@ _PEAK_FUNCTIONS: dict[str, Any] = {}
 
 
 def _peak_function(probe: FmaProbe):
-    from convgen.backends.c.build import build_c
-    from convgen.kernel import load_function
-
     symbol = f"convgen_peak_fma_{probe.isa.replace('+', '_')}_{probe.accumulators}"
     if symbol not in _PEAK_FUNCTIONS:
         entry = build_c(peak_source(probe, symbol), symbol, openmp=True)

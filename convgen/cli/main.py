@@ -22,8 +22,9 @@ import numpy as np
 
 import convgen as cg
 
-from convgen.backends import resolve_backend
-from convgen.plan.core import describe_plan
+from convgen.backends import BACKENDS, get_backend, resolve_backend
+from convgen.compiler import choose_schedule
+from convgen.plan.core import make_plan
 from convgen.cli.args import UsageError, shape_text
 from convgen.cli.run import add_run_command
 from convgen.cli.tune import add_tune_command
@@ -170,7 +171,7 @@ def _manifest_files(manifest: os.PathLike) -> dict[str, tuple[str, ...]]:
 
 def run_show(args: argparse.Namespace) -> int:
     entries = _select(load_specfile(args.specfile), args.name, args.specfile)
-    comment = ";" if args.backend == "llvm" else "//"
+    comment = get_backend(args.backend).line_comment
     for i, entry in enumerate(entries):
         kernel = cg.compile(entry.spec, backend=args.backend, schedule=entry.schedule)
         if len(entries) > 1:
@@ -228,29 +229,25 @@ def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from convgen.plan.core import make_plan  # the planner only: explain must not need a compiler
-    from convgen.records import best_record
-    from convgen.schedule import default_schedule
-
     entries = _select(load_specfile(args.specfile), args.name, args.specfile)
+    # the planner only: explain needs no compiler, so the backend is not resolved against one
+    backend = args.backend or BACKENDS[0]
     for i, entry in enumerate(entries):
         if i:
             print()
         schedule, source = entry.schedule, "from the spec file"
         if schedule is None:  # as compile: the best tuning record, else the default
-            schedule = best_record(entry.spec, args.backend or "c")
-            source = "tuning record" if schedule is not None else "default"
-        if schedule is None:
-            schedule = default_schedule(entry.spec, args.backend or "c")
+            schedule, origin = choose_schedule(entry.spec, backend)
+            source = "tuning record" if origin == "tuned" else "default"
         plan = make_plan(entry.spec, schedule)
-        print(explain_entry(entry, plan, source, args.backend or "c"))
+        print(explain_entry(entry, plan, source, backend))
     return 0
 
 
 # -- explain -----------------------------------------------------------------------------
 
 def explain_entry(entry: SpecEntry, plan: Any, source: str = "default",
-                  backend: str = "c") -> str:
+                  backend: str = BACKENDS[0]) -> str:
     """The text ``convgen explain`` prints for one entry, given its plan."""
     spec = entry.spec
     lines = [f"{entry.name}  ({entry.path})", "", "  spec"]
@@ -292,7 +289,7 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default",
         lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
                      + {"co": "output channels", "dw": "the channels of a pixel"}.get(
                          plan.vectorize, "output columns") + ")")
-    lines += ["", "  plan"] + [f"    {line}" for line in describe_plan(plan, backend)]
+    lines += ["", "  plan"] + [f"    {line}" for line in get_backend(backend).describe(plan)]
     return "\n".join(lines)
 
 

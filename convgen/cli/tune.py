@@ -10,7 +10,7 @@ import time
 import tomllib
 from typing import Any, Callable
 
-from convgen import backends
+from convgen.backends import resolve_backend
 from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, tune, tune_network
 
 
@@ -60,7 +60,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
-    backend = backends.resolve_backend(getattr(args, "backend", None))
+    backend = resolve_backend(getattr(args, "backend", None))
     bar = ProgressBar(sys.stderr)
     if is_network_file(args.specfile):
         from convgen.graph.netspec import load_network

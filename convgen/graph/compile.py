@@ -9,7 +9,6 @@ parameters and writing intermediate values into a preallocated arena.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -17,17 +16,18 @@ import threading
 
 import numpy as np
 
-from convgen.backends import resolve_backend
-from convgen.records import best_record
-from convgen.kernel import check_input
-from convgen.schedule import Schedule, default_schedule
-from convgen.spec import ConvSpec
-from convgen.backends.c.network import entry_prototype, render_network
+from convgen.backends import get_backend, resolve_backend
+from convgen.compiler import choose_schedule
+from convgen.dtypes import dtype_info
 from convgen.graph.ir import Graph, GraphError
 from convgen.graph.lower import lower
 from convgen.graph.memory import plan_memory
 from convgen.graph.passes import optimize
+from convgen.graph.reference import evaluate
 from convgen.graph.shapes import infer_graph
+from convgen.kernel import check_input
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 DTYPES = ("float32", "float64")
 
@@ -41,7 +41,7 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> st
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
-def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = None,
+def _conv_schedules(graph: Graph, threads: int | None, backend: str,
                     dtype: str | None = None,
                     defaults: set[str] | None = None) -> dict[str, Schedule]:
     """Per conv: the best tuning record for its spec measured with bound weights, as a
@@ -55,17 +55,10 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str | None = Non
             if dtype is not None:
                 spec = spec.replace(dtype=dtype)
             # networks transform Winograd weights once, at load (graph.lower)
-            default = default_schedule(spec, backend or "c", prepared_weights=True,
-                                       threads=threads)
-            base = None
-            if backend is not None:
-                base = best_record(spec, backend, threads, bound=True) or \
-                    best_record(spec, backend, bound=True)
-            if base is None and defaults is not None:
+            base, origin = choose_schedule(spec, backend, bound=True, threads=threads)
+            if origin == "default" and defaults is not None:
                 defaults.add(node.name)
-            base = base or default
-            out[node.name] = dataclasses.replace(
-                base, threads=base.threads if threads is None else threads)
+            out[node.name] = base
     return out
 
 
@@ -112,22 +105,9 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                     frozenset(schedules_given), frozenset(defaults))
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
-    if backend == "c":
-        from convgen.backends.c.build import build_c
-        from convgen.kernel import load_function
-
-        source = render_network(lowered, symbol, title)
-        entry = build_c(source, symbol, openmp=any(s.threads > 1 for s in schedules.values()))
-        ffi, lib, function = load_function(entry.file("library"), symbol,
-                                           entry_prototype(symbol, _c_type(dtype)),
-                                           entry.sha256("library"))
-        keepalive: tuple = (lib,)
-    else:
-        from convgen.backends.llvm.network import build_network_llvm
-
-        source, ffi, function, keepalive = build_network_llvm(lowered, symbol, title)
-    return CompiledModel(original, optimized, lowered, memory, backend, symbol, source, ffi,
-                         function, keepalive, dtype, threads)
+    network = get_backend(backend).compile_network(lowered, symbol, title)
+    return CompiledModel(original, optimized, lowered, memory, backend, symbol, network.source,
+                         network.ffi, network.function, network.keepalive, dtype, threads)
 
 
 def aligned_array(array: np.ndarray, align: int = 64) -> np.ndarray:
@@ -137,10 +117,6 @@ def aligned_array(array: np.ndarray, align: int = 64) -> np.ndarray:
     out = raw[start:start + array.nbytes].view(array.dtype)
     out[:] = array
     return out
-
-
-def _c_type(dtype: str) -> str:
-    return "float" if dtype == "float32" else "double"
 
 
 class CompiledModel:
@@ -174,7 +150,7 @@ class CompiledModel:
         self._params = aligned_array(lowered.params)
         self._arena = aligned_array(np.zeros(max(lowered.arena_elements, 1), dtype=dtype))
         self._lock = threading.Lock()
-        ctype = _c_type(dtype)
+        ctype = dtype_info(dtype).c_type
         self._ctype = ctype + "[]"
         self._params_ptr = ffi.from_buffer(self._ctype, self._params)
         self._arena_ptr = ffi.from_buffer(self._ctype, self._arena, require_writable=True)
@@ -215,8 +191,6 @@ class CompiledModel:
 
     def reference(self, *inputs: np.ndarray):
         """The NumPy oracle of the original (unfused) graph, in float64."""
-        from convgen.graph.reference import evaluate
-
         outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
         return outputs[0] if len(outputs) == 1 else outputs
 

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from convgen.cpu import vector_lanes
+from convgen.dtypes import DTYPES
 from convgen.schedule import Schedule, co_vectors, default_schedule
 from convgen.spec import ConvSpec, source_coordinate
 from convgen.plan.winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
@@ -25,7 +26,7 @@ from convgen.plan.winograd import WinogradPlan, describe_winograd_plan, make_win
 # (the LLVM backend's vector tables; see vector_tables()).
 VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER, VEC_EVEN = 0, 1, 2, 3, 4
 
-C_TYPES = {"float32": "float", "float64": "double"}
+C_TYPES = {name: d.c_type for name, d in DTYPES.items()}
 
 
 def index_table(spec: ConvSpec, dim: int) -> list[list[int]]:

@@ -1,4 +1,5 @@
-"""Kernels with their weights bound: prepared once, as a network's layers have them.
+"""Weight preparation: what a bound kernel (``cg.bind``) or a network's layer reads in place
+of the raw weight, computed once.
 
 ``cg.bind(spec, w, b)`` compiles ``spec`` and prepares its weights once: on C,
 Winograd's U = G g G^T is computed and packed per register tile
@@ -20,10 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan
-from convgen.schedule import Schedule
-from convgen.spec import ConvSpec
 from convgen.plan.winograd import transform_weights
 
 
@@ -68,57 +66,3 @@ def prepare_weight(plan: Plan, backend: str, weight: np.ndarray) -> np.ndarray:
     if plan.winograd is None:
         return pack_co_weights(plan, weight)
     return transform_weights(plan, weight)
-
-
-class BoundKernel:
-    """A compiled convolution with its weights (and bias) bound: ``bound(x, out=None)``.
-
-    ``weight`` is the prepared array the kernel reads, ``kernel`` the underlying
-    :class:`~convgen.Kernel` (its ``w`` argument takes the prepared layout).
-    """
-
-    def __init__(self, kernel: Kernel, weight: np.ndarray, bias: np.ndarray | None):
-        self.kernel = kernel
-        self.weight = weight
-        self.bias = bias
-
-    spec = property(lambda self: self.kernel.spec)
-    schedule = property(lambda self: self.kernel.schedule)
-    backend = property(lambda self: self.kernel.backend)
-    source = property(lambda self: self.kernel.source)
-
-    def __repr__(self) -> str:
-        return f"<convgen.BoundKernel {self.kernel.symbol} backend={self.backend}>"
-
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self.kernel(x, self.weight, self.bias, out=out)
-
-
-def bind(spec: ConvSpec, w: np.ndarray, b: np.ndarray | None = None,
-         backend: str | None = None, schedule: Schedule | None = None,
-         cache=None) -> BoundKernel:
-    """Compile ``spec`` with the weight ``w`` (and bias ``b``) bound and prepared once.
-
-    ``schedule`` None: the best tuning record measured bound (``tune(..., bound=True)``),
-    else ``default_schedule(spec, backend, prepared_weights=True)``. The arrays are
-    copied: changing them later does not change the kernel.
-    """
-    from convgen.backends import build_artifact, kernel_from_artifact, resolve_backend
-    from convgen.records import best_record
-    from convgen.schedule import default_schedule
-
-    if not isinstance(spec, ConvSpec):
-        raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
-    dtype = np.dtype(spec.dtype)
-    w = check_input("w", w, dtype, spec.weight_shape)
-    b = check_bias(spec, b, dtype, "the spec has")
-    if b is not None:
-        b = b.copy()
-    name = resolve_backend(backend)
-    if schedule is None:
-        schedule = best_record(spec, name, bound=True) or \
-            default_schedule(spec, name, prepared_weights=True)
-    plan, artifact, name = build_artifact(spec, name, schedule, cache, bound=True)
-    weight = np.array(prepare_weight(plan, name, w), dtype=dtype, order="C")
-    kernel = kernel_from_artifact(spec, plan, name, artifact, weight_shape=weight.shape)
-    return BoundKernel(kernel, weight, b)

@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from convgen import backends, config
+from convgen import config
+from convgen.backends import get_backend, resolve_backend
 from convgen.cpu import vector_bits, vector_lanes
 from convgen.errors import ScheduleError
 from convgen.schedule import MAX_THREADS, Schedule, co_vectors, default_schedule
@@ -160,13 +161,13 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     ``max_accumulator_bytes`` (default :func:`accumulator_limit`), and schedules
     that clamp to one already listed.
     """
-    backend = backends.resolve_backend(backend)
+    backend = resolve_backend(backend)
     threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
     limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
     cog = spec.out_channels // spec.groups
     out = spec.output_spatial
     host = vector_lanes(spec.dtype)
-    widths = [0] + ([host // 2] if backend == "llvm" and host >= 8 else [])
+    widths = [0] + ([host // 2] if get_backend(backend).explicit_vectors and host >= 8 else [])
     tile_cos = sorted({t for t in _divisors(cog) if t <= MAX_TILE_CO}
                       | {1 << i for i in range(7) if 1 << i <= min(cog, MAX_TILE_CO)})
     rows = sorted({min(r, out[-2]) for r in ROW_TILES}) if len(out) >= 2 else []

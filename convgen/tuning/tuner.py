@@ -26,7 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from convgen import backends, config
+from convgen import config
+from convgen.backends import resolve_backend
+from convgen.compiler import bind, build_artifact
+from convgen.compiler import compile as compile_spec
 from convgen.cache import Cache
 from convgen.errors import ConvgenError
 from convgen.records import record
@@ -130,8 +133,8 @@ def _build(spec_data: dict, backend: str, schedule_data: dict, cache_root: str,
            bound: bool = False) -> str | None:
     """Worker: build one candidate into the kernel cache; None, or the error's first line."""
     try:
-        backends.build_artifact(ConvSpec.from_dict(spec_data), backend,
-                                Schedule.from_dict(schedule_data), Cache(cache_root), bound)
+        build_artifact(ConvSpec.from_dict(spec_data), backend,
+                       Schedule.from_dict(schedule_data), Cache(cache_root), bound)
     except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
         return _first_line(exc)
     return None
@@ -206,11 +209,9 @@ def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
     each call, or with ``bound`` bound once (convgen.bind) as networks have them."""
     x, w, b = arrays
     if bound:
-        from convgen.plan.weights import bind
-
         kernel = bind(spec, w, b, backend, schedule)
         return lambda out: kernel(x, out=out)
-    plain = backends.compile(spec, backend, schedule)
+    plain = compile_spec(spec, backend, schedule)
     return lambda out: plain(x, w, b, out=out)
 
 
@@ -268,7 +269,7 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not low <= value < math.inf):
             raise ValueError(f"{label}: expected a number >= {low}, got {value!r}")
-    backend = backends.resolve_backend(backend)
+    backend = resolve_backend(backend)
     name = name or spec.name
     deadline = time.monotonic() + budget
     candidates = candidate_schedules(spec, backend, threads, bound=bound)

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from convgen.plan.core import C_TYPES
-from convgen.backends.c.render import comment_text, conv_context, environment, math_function
+from convgen.backends.c.render import conv_context, environment, math_function
+from convgen.backends.common import comment_text, entry_parameters, entry_prototype
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered
-
-
-def entry_parameters(c_type: str) -> str:
-    return (f"const {c_type} *const *inputs, {c_type} *const *outputs, "
-            f"const {c_type} *params, {c_type} *arena")
-
-
-def entry_prototype(symbol: str, c_type: str) -> str:
-    """The network's one C declaration; also the cffi cdef."""
-    return f"int {symbol}({entry_parameters(c_type)});"
 
 
 def pointer(buffer: Buffer) -> str:

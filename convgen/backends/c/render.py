@@ -15,31 +15,13 @@ from pathlib import Path
 
 import jinja2
 
+from convgen.dtypes import dtype_info
 from convgen.cpu import cpu_flags, vector_bits
 from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.winograd import transform_lines
 from convgen.version import __version__
-
-
-def templates_dir() -> Path:
-    """The templates/ directory: package data when installed, else the checkout's."""
-    package = Path(__file__).resolve().parents[2]  # convgen/
-    installed = package / "templates"  # convgen.templates in a wheel
-    checkout = package.parent / "templates"
-    for candidate in (installed, checkout):
-        if (candidate / "c" / "conv.c.j2").is_file():
-            return candidate
-    raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")
-
-
-def comment_text(text: object) -> str:
-    """``text`` made safe inside a C block comment or an LLVM ``;`` comment.
-
-    Layer names come from user code and network files: printable ASCII only, no line
-    breaks, and no ``*/`` that would end the comment.
-    """
-    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in str(text))
-    return cleaned.replace("*/", "*?")
+from convgen.backends.common import comment_text, parameters, prototype
+from convgen.config import templates_dir
 
 
 def c_float(value: float) -> str:
@@ -96,28 +78,6 @@ def environment() -> jinja2.Environment:
     env.filters["c_list"] = c_list
     env.filters["c_table3"] = c_table3
     return env
-
-
-def parameters(plan: Plan, qualifier: str = "") -> str:
-    """The kernel's parameter list, shared by every backend.
-
-    x, w, b (NULL without bias), y, and the half-open range of jobs (tiles) to
-    compute, so that a caller can split the work across threads.
-    """
-    t = plan.c_type
-    q = f"{qualifier} " if qualifier else ""
-    return (f"const {t} *{q}x, const {t} *{q}w, const {t} *{q}b, {t} *{q}y, "
-            "long job_begin, long job_end")
-
-
-def prototype(plan: Plan) -> str:
-    """The one C declaration of the kernel; also the cffi cdef."""
-    return f"int {plan.symbol}({parameters(plan)});"
-
-
-def function_pointer_type(plan: Plan) -> str:
-    """The kernel's type as a C function pointer (for ffi.cast of a JIT address)."""
-    return f"int (*)({parameters(plan)})"
 
 
 # A group's input larger than this (bytes) is swept once with the output-channel tiles
@@ -267,7 +227,7 @@ def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
     weights go without (their conv1, 3->64 7x7: 0.70 -> 0.72 ms with).
     """
     co = plan.co_tiles
-    itemsize = 4 if plan.c_type == "float" else 8
+    itemsize = dtype_info(plan.spec.dtype).itemsize
     if co is None or (co.pack_segments != 1 and not prepacked) or \
             co_rows_outer(plan, prepacked) or \
             math.prod(plan.spec.weight_shape) * itemsize < CO_PREFETCH_WEIGHT_BYTES:

@@ -18,10 +18,9 @@ from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, o
                             target_triple)
 from convgen.backends.llvm.ir import I64, IRFunction, i32, i64
 from convgen.backends.llvm.render import add_conv_function, new_module
-from convgen.backends.c.render import comment_text
+from convgen.backends.common import comment_text, entry_parameters
 from convgen.plan.core import C_TYPES
 from convgen.version import __version__
-from convgen.backends.c.network import entry_parameters
 from convgen.graph.lower import Buffer, Lowered, Step
 
 

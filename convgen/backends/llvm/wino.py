@@ -42,6 +42,7 @@ from llvmlite import ir
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.core import Plan
 from convgen.spec import source_coordinate
+from convgen.backends.llvm.build import openmp_available
 from convgen.plan.winograd import WinogradPlan, tile_origin
 
 SCRATCH_ALIGN = 64  # bytes
@@ -49,11 +50,7 @@ SCRATCH_ALIGN = 64  # bytes
 
 def uses_openmp(plan: Plan) -> bool:
     """Whether the kernel of ``plan`` splits its jobs over OpenMP threads itself."""
-    if plan.threads <= 1:
-        return False
-    from convgen.backends.llvm.build import openmp_available
-
-    return openmp_available()
+    return plan.threads > 1 and openmp_available()
 
 
 def _blocked_only_winograd(plan: Plan) -> None:

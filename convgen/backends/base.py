@@ -1,0 +1,91 @@
+"""The Backend interface: what one code generator, compiler and loader provide.
+
+A backend turns a plan into text (``render``), the text into a file in the cache
+(``build``), and the file into a callable (``load``); it does the same for a whole
+lowered network (``compile_network``). Everything the rest of convgen needs to know
+about a backend is asked of this object, never decided from its name.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from convgen.cache import Cache
+from convgen.plan.core import Plan, describe_plan
+
+if TYPE_CHECKING:  # annotations only
+    from convgen.graph.lower import Lowered
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A built kernel: its file (shared library or object file) and entry point."""
+
+    path: Path
+    symbol: str
+    cdef: str  # the C prototype
+    pointer_type: str  # the same signature as a C function pointer type
+    source: str
+    sha256: str | None = None  # of the file at ``path``, when already verified
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded kernel: its cffi function and what keeps its code alive."""
+
+    ffi: object
+    function: object
+    keepalive: tuple
+    python_threads: int  # threads the caller runs (0 or 1: the code parallelizes itself)
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A compiled network's generated text and its loaded entry point."""
+
+    source: str
+    ffi: object
+    function: object
+    keepalive: tuple
+
+
+class Backend(abc.ABC):
+    """One code generator behind convgen's layers; one instance in the registry."""
+
+    name: str
+    artifact_suffix: str  # the built file's suffix (compile_to writes NAME + suffix)
+    source_suffix: str  # the generated text's suffix
+    line_comment: str  # how its source starts a comment line (``convgen show``)
+    explicit_vectors: bool  # whether Schedule.vector_width changes its code (the tuner asks)
+
+    @abc.abstractmethod
+    def available(self) -> str | None:
+        """None when this machine can build and run it, else why not."""
+
+    @abc.abstractmethod
+    def identity(self) -> str:
+        """What compiles its code (compiler and version): part of every tuning record."""
+
+    @abc.abstractmethod
+    def render(self, plan: Plan) -> str:
+        """The generated source of one kernel."""
+
+    @abc.abstractmethod
+    def build(self, plan: Plan, source: str, cache: Cache | None) -> Artifact:
+        """``source`` compiled (or fetched from the cache)."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Artifact, plan: Plan) -> Loaded:
+        """The built kernel loaded into this process."""
+
+    @abc.abstractmethod
+    def compile_network(self, lowered: Lowered, symbol: str, title: str) -> LoadedNetwork:
+        """A lowered network rendered as one module with one entry point, built, loaded."""
+
+    def describe(self, plan: Plan) -> list[str]:
+        """How ``plan`` runs on this backend, in a few lines (``convgen explain``)."""
+        return describe_plan(plan, self.name)

@@ -1,0 +1,34 @@
+"""The element types convgen generates code for: one table, read by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type: its NumPy name, size, and its spelling in C and LLVM IR."""
+
+    name: str
+    itemsize: int
+    c_type: str
+    llvm_type: str  # llvmlite's ir.FloatType / ir.DoubleType, by their IR names
+    eps: float  # machine epsilon, for tolerances
+
+
+DTYPES: dict[str, DType] = {
+    "float32": DType("float32", 4, "float", "float", float(np.finfo(np.float32).eps)),
+    "float64": DType("float64", 8, "double", "double", float(np.finfo(np.float64).eps)),
+}
+
+
+def dtype_info(name: str) -> DType:
+    """The table entry of a canonical dtype name ("float32" or "float64")."""
+    return DTYPES[name]
+
+
+def lanes(name: str, vector_bits: int) -> int:
+    """Elements of ``name`` in one vector register of ``vector_bits`` bits."""
+    return vector_bits // (8 * DTYPES[name].itemsize)
