@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,11 @@ DTYPES: dict[str, DType] = {
     "float32": DType("float32", 4, "float", "float", float(np.finfo(np.float32).eps)),
     "float64": DType("float64", 8, "double", "double", float(np.finfo(np.float64).eps)),
 }
+
+
+def is_int(value: object) -> bool:
+    """An integer that is not a bool: Python and NumPy ints, the one check every layer uses."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def dtype_info(name: str) -> DType:

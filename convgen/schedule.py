@@ -15,7 +15,8 @@ from convgen import config
 from convgen.cpu import vector_lanes
 from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
-from convgen.spec import ConvSpec, _is_int
+from convgen.dtypes import is_int as _is_int
+from convgen.spec import ConvSpec
 from convgen.plan.winograd import MAX_CO_ROWS, METHODS, check_tiles, default_tiles, grid_size, tile_vectors, \
     unsupported
 

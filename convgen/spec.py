@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convgen.dtypes import DTYPES as DTYPE_TABLE
-from convgen.dtypes import dtype_info
+from convgen.dtypes import dtype_info, is_int
 from convgen.errors import SpecError
 
 PADDING_STRINGS = ("valid", "same", "full")
@@ -49,12 +49,8 @@ def activation_arguments(name: str | None, args) -> tuple[float, ...]:
     return defaults
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if not _is_int(value):
+    if not is_int(value):
         raise SpecError(name, value, "must be an integer")
     if value < minimum:
         raise SpecError(name, value, f"must be >= {minimum}")
@@ -63,7 +59,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _per_dim(name: str, value: object, ndim: int, minimum: int) -> tuple[int, ...]:
     """An int or a tuple of ``ndim`` ints, each >= minimum -> a tuple of ``ndim`` ints."""
-    if _is_int(value):
+    if is_int(value):
         return (_check_int(name, value, minimum),) * ndim
     if isinstance(value, (tuple, list)):
         if len(value) != ndim:
@@ -207,7 +203,7 @@ class ConvSpec:
                         total = max((out - 1) * self.stride[i] + span + 1 - spatial[i], 0)
                     pairs.append((total // 2, total - total // 2))
             pairs = tuple(pairs)
-        elif _is_int(pad):
+        elif is_int(pad):
             p = _check_int("padding", pad, 0)
             pairs = ((p, p),) * ndim
         elif isinstance(pad, (tuple, list)):
@@ -216,7 +212,7 @@ class ConvSpec:
                                 f"a tuple must have {ndim} entries (one per spatial dim)")
             pairs = []
             for entry in pad:
-                if _is_int(entry):
+                if is_int(entry):
                     p = _check_int("padding", entry, 0)
                     pairs.append((p, p))
                 elif isinstance(entry, (tuple, list)) and len(entry) == 2:

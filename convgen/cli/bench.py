@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,10 +27,16 @@ from convgen import config
 from convgen.bench.measure import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, SLOW_RATIO, WARMUP_S, \
     LayerResult, Peers, bench_layers, fma_probe, geometric_mean, measure_bandwidth, \
     measure_interleaved, measure_peak
-from convgen.bench.peers import Runner
+from convgen.bench.peers import Runner, ort_session
 from convgen.cache import cpu_identity
 from convgen.cli.args import positive_int, shape_arg
+from convgen.cli.run import relative_error
+from convgen.cli.tune import is_network_file
 from convgen.errors import ConvgenError
+from convgen.graph.netspec import load_network
+from convgen.onnx.importer import from_onnx
+from convgen.specfile import load_specfile
+from convgen.tuning.tuner import network_convs
 from convgen.version import __version__
 
 RUNTIMES = (CONVGEN, "numpy", "torch", "torch_cl", "ort")
@@ -155,8 +160,6 @@ def run_bench(args: argparse.Namespace) -> int:
 def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict]):
     """(name, spec, schedule) per convolution to bench, and a title; networks are timed
     end to end here first, their rows appended to ``networks``."""
-    from convgen.cli.tune import is_network_file
-
     path = args.path
     if str(path).lower().endswith(".onnx"):
         model_for = _onnx_models(path, args.backend, args.input_shape)
@@ -164,16 +167,12 @@ def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict])
                               ort_model=path, peers=peers)
         return _graph_convs(graph), f"distinct convolutions of {path}"
     if is_network_file(path):
-        from convgen.graph.netspec import load_network
-
         network = load_network(path)
 
         def model_for(t: int):
             return network.compile(args.input_shape, backend=args.backend, threads=t)
         graph = bench_network(path, model_for, threads, args.repeat, networks, peers=peers)
         return _graph_convs(graph), f"distinct convolutions of {path}"
-    from convgen.specfile import load_specfile
-
     if args.input_shape is not None:
         raise BenchError("--input-shape applies to a network file or an ONNX model, "
                          f"not to the spec file {path}")
@@ -182,15 +181,6 @@ def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict])
 
 
 def _onnx_models(path: str, backend: str, input_shape: tuple[int, ...] | None):
-    import convgen
-
-    from_onnx = getattr(convgen, "from_onnx", None)
-    if from_onnx is None:
-        try:
-            from convgen.onnx.importer import from_onnx
-        except ImportError:
-            raise BenchError(f"{path}: ONNX import (convgen.from_onnx) is not available in "
-                             "this convgen") from None
     imported = from_onnx(path, input_shape=input_shape)
 
     def model_for(t: int):
@@ -199,8 +189,6 @@ def _onnx_models(path: str, backend: str, input_shape: tuple[int, ...] | None):
 
 
 def _graph_convs(graph) -> list[tuple[str, Any, None]]:
-    from convgen.tuning.tuner import network_convs
-
     return [(name, spec, None) for name, spec in network_convs(graph).values()]
 
 
@@ -211,8 +199,6 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
                   peers: Peers | None = None):
     """Compile the network per thread count and time it (and ONNX Runtime on ``ort_model``);
     both outputs checked against the composed oracle. Returns the traced graph."""
-    from convgen.cli.run import relative_error
-
     ort = peers.ort if peers is not None and ort_model is not None else None
     graph = x = want = None
     print(f"\nnetwork {path}: end-to-end latency, {repeat} interleaved rounds (convgen, ort) of "
@@ -240,8 +226,6 @@ def bench_network(path: str, model_for, threads: list[int], repeat: int,
         runners = {"convgen": Runner(lambda: model(*x))}
         row["ort_ms"] = row["ort_error"] = None
         if ort is not None:
-            from convgen.bench.peers import ort_session
-
             session = ort_session(ort, ort_model, t)
             feeds = {i.name: a for i, a in zip(session.get_inputs(), x)}
             row["ort_error"] = relative_error(session.run(None, feeds)[0], want)
@@ -496,8 +480,3 @@ def plot_roofline(results: list[LayerResult], peaks: dict[str, float],
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
-    from convgen.cli.main import main as cli_main
-
-    return cli_main(["bench", *(argv if argv is not None else sys.argv[1:])])

@@ -7,7 +7,11 @@ import time
 
 import numpy as np
 
+from convgen.bench.measure import warm_up
 from convgen.cli.args import UsageError, positive_int, shape_arg, shape_text
+from convgen.graph.ir import GraphError
+from convgen.graph.netspec import load_network
+from convgen.onnx.importer import from_onnx
 
 TIMING_REPEATS = 5    # calls timed for the latency median
 RUN_TOLERANCE = 1e-3  # `run --check`: max |got - ref| / max |ref| for a float32 network
@@ -85,8 +89,6 @@ def run_network(args: argparse.Namespace) -> int:
         print(f"wrote    {target}")
 
     # timed before the oracle runs: its BLAS threads spin on the cores for a while after
-    from convgen.bench.measure import warm_up
-
     warm_up(lambda: model(*inputs))
     times = []
     for _ in range(args.repeat):
@@ -109,9 +111,6 @@ def run_network(args: argparse.Namespace) -> int:
 
 def _compile_netspec(args: argparse.Namespace):
     """(model, inputs, compile ms) for a TOML network file."""
-    from convgen.graph.ir import GraphError
-    from convgen.graph.netspec import load_network
-
     network = load_network(args.netspec, weights=args.weights, seed=args.seed)
     x = _network_input(args, args.input_shape or network.input_shape)
     weights = args.weights or f"default initialization (seed {args.seed})"
@@ -130,8 +129,6 @@ def _compile_netspec(args: argparse.Namespace):
 def _compile_onnx(args: argparse.Namespace):
     """(model, inputs, compile ms) for an ONNX model: --input, or seeded random inputs of
     the model's input shapes (--input-shape fixes symbolic dims)."""
-    from convgen.onnx.importer import from_onnx
-
     path = args.netspec
     if args.weights is not None:
         raise UsageError(f"--weights: {path} carries its own weights (its initializers)")

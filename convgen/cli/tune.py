@@ -11,6 +11,8 @@ import tomllib
 from typing import Any, Callable
 
 from convgen.backends import resolve_backend
+from convgen.graph.netspec import load_network
+from convgen.specfile import load_specfile
 from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, tune, tune_network
 
 
@@ -63,13 +65,9 @@ def run_tune(args: argparse.Namespace) -> int:
     backend = resolve_backend(getattr(args, "backend", None))
     bar = ProgressBar(sys.stderr)
     if is_network_file(args.specfile):
-        from convgen.graph.netspec import load_network
-
         results = tune_network(load_network(args.specfile), backend=backend,
                                budget=args.budget, threads=args.threads, progress=bar)
     else:
-        from convgen.specfile import load_specfile
-
         entries = load_specfile(args.specfile)
         deadline = time.monotonic() + args.budget
         results = []

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-import numbers
 import os
 import re
 import traceback
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from convgen import nn
+from convgen.dtypes import is_int
 from convgen.errors import SpecFileError
 from convgen.specfile import parse_toml, read_text_file
 from convgen.nn import init as nn_init
@@ -233,16 +233,12 @@ def _seeded(seed: int) -> Iterator[None]:
         nn_init._RNG = previous
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _input_shape(path: str, data: dict[str, Any]) -> tuple[int, ...]:
     if "input_shape" not in data:
         raise SpecFileError(path, "input_shape", None,
                             "missing; give the input's shape, e.g. [1, 3, 224, 224]")
     shape = data["input_shape"]
-    if (not isinstance(shape, list) or not shape or not all(map(_is_int, shape))
+    if (not isinstance(shape, list) or not shape or not all(map(is_int, shape))
             or any(s < 1 for s in shape)):
         raise SpecFileError(path, "input_shape", shape,
                             "must be a non-empty list of positive integers (N, C, *spatial)")
@@ -413,7 +409,7 @@ class _Builder:
             self.keys[id(sequential)] = f"{key}.branches[{i}]"
             modules.append(sequential)
         dim = table.get("dim", 1)
-        if not _is_int(dim):
+        if not is_int(dim):
             raise self.error(f"{key}.dim", dim, "must be an integer")
         return Concat(modules, dim)
 

@@ -24,10 +24,10 @@ Conventions chosen where ``ir.py`` is silent (documented here, relied on by the 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from convgen.dtypes import is_int
 from convgen.errors import SpecError
 from convgen.spec import ACTIVATIONS, ConvSpec
 from convgen.graph.ir import OPS, Graph, GraphError, Node, node_error
@@ -83,15 +83,11 @@ def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _per_dim(node: Node, name: str, value: object, ndim: int, minimum: int,
              allow_int: bool = False) -> tuple[int, ...]:
-    if allow_int and _is_int(value):
+    if allow_int and is_int(value):
         values = (int(value),) * ndim
-    elif isinstance(value, (tuple, list)) and len(value) == ndim and all(map(_is_int, value)):
+    elif isinstance(value, (tuple, list)) and len(value) == ndim and all(map(is_int, value)):
         values = tuple(int(v) for v in value)
     else:
         what = "an int or a tuple" if allow_int else "a tuple"
@@ -186,7 +182,7 @@ def _dim(node: Node, dim: object, rank: int, name: str = "dim",
          negative: bool = False) -> int:
     """A dim in [0, rank) (also [-rank, 0) when ``negative``), as a non-negative index."""
     low = -rank if negative else 0
-    if not _is_int(dim) or not low <= dim < rank:
+    if not is_int(dim) or not low <= dim < rank:
         raise _fail(node, f"{name}={dim!r} is out of range for a {rank}-d input "
                           f"(expected an int in [{low}, {rank - 1}])")
     return int(dim) % rank

@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 
+from convgen.dtypes import is_int
 from convgen.graph.ir import Node
 from convgen.graph.ir import node_error as _fail
 
@@ -23,14 +24,10 @@ Shape = tuple[int, ...]
 BINARY_KINDS = ("add", "sub", "mul", "div")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _ints(node: Node, name: str, value: object, length: int | None = None,
           minimum: int | None = None) -> tuple[int, ...]:
     """Attribute ``name`` as a tuple of ints (of ``length``, each >= ``minimum``)."""
-    if not isinstance(value, (tuple, list)) or not all(map(_is_int, value)):
+    if not isinstance(value, (tuple, list)) or not all(map(is_int, value)):
         raise _fail(node, f"{name}={value!r} must be a tuple of ints")
     values = tuple(int(v) for v in value)
     if length is not None and len(values) != length:
@@ -108,7 +105,7 @@ def _lrn(node: Node, shapes: list[Shape]) -> Shape:
     if len(shapes[0]) < 2:
         raise _fail(node, f"expects an input (N, C, *) of at least 2 dims, got {shapes[0]}")
     size = node.attrs.get("size")
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         raise _fail(node, f"size={size!r} must be an int >= 1")
     for name in ("alpha", "beta", "bias"):
         _real(node, name, node.attrs.get(name))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from convgen.dtypes import is_int
 from convgen.graph.ir import Graph, GraphError, Node, describe
 from convgen.graph.shapes import infer_shape
 
@@ -141,11 +141,57 @@ def shape_of(node: Node, shapes: list[Shape]) -> Shape:
         raise GraphError(f"{describe(node)}: {error}") from error
 
 
+# -- the node builders a traced value's own methods use (nn.functional uses them too) -------
+
+def normalize_dim(dim: object, rank: int, name: str = "dim") -> int:
+    """A dim in [-rank, rank) as a non-negative index."""
+    if not is_int(dim) or not -rank <= dim < rank:
+        raise ValueError(f"{name}={dim!r} is out of range for a {rank}-d input "
+                         f"(expected an int in [{-rank}, {rank - 1}])")
+    return int(dim) % rank
+
+
+def activation_builder(act: str, args: tuple = ()) -> Builder:
+    """The builder of an ``activation`` node: ``act`` with its float arguments."""
+    attrs = {"name": act, "args": tuple(float(a) for a in args)}
+    return lambda shapes: ("activation", dict(attrs), {})
+
+
+def softmax_builder(op: str, dim: object, dtype: object = None) -> Builder:
+    """The builder of a ``softmax`` or ``log_softmax`` node along ``dim`` (required)."""
+    if dim is None:
+        raise ValueError(f"{op} needs dim (e.g. {op}(x, dim=1)); convgen does not guess it, "
+                         "as PyTorch's deprecated implicit choice would")
+    if dtype is not None:
+        raise ValueError(f"{op}: dtype={dtype!r} is not supported (the graph's dtype applies)")
+
+    def build(shapes):
+        return op, {"dim": normalize_dim(dim, len(shapes[0]))}, {}
+
+    return build
+
+
+def flatten_builder(start_dim: object, end_dim: object) -> Builder:
+    """The builder of a ``flatten`` node merging dims start_dim..end_dim."""
+    def build(shapes):
+        rank = len(shapes[0])
+        start = normalize_dim(start_dim, rank, "start_dim")
+        end = normalize_dim(end_dim, rank, "end_dim")
+        if start > end:
+            raise ValueError(f"start_dim={start_dim} comes after end_dim={end_dim} "
+                             f"for input shape {tuple(shapes[0])}")
+        return "flatten", {"start_dim": start, "end_dim": end}, {}
+
+    return build
+
+
+# torch functions (by __name__) that Value.__torch_function__ maps to convgen's own, so that
+# torch.flatten(x, 1), torch.cat([a, b], 1) or torch.nn.functional.relu(x) trace as well.
+# convgen.nn.functional, the layer that implements them, registers its functions here.
+TORCH_FUNCTIONS: dict[str, Callable] = {}
+
+
 # -- values ----------------------------------------------------------------------------------
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 class Value:
     """A symbolic tensor during tracing: a name (graph input or node) and a static shape."""
@@ -171,7 +217,7 @@ class Value:
     def size(self, dim: int | None = None):
         if dim is None:
             return self.shape
-        if not _is_int(dim) or not -self.ndim <= dim < self.ndim:
+        if not is_int(dim) or not -self.ndim <= dim < self.ndim:
             raise IndexError(f"dim {dim!r} is out of range for shape {self.shape}")
         return self.shape[dim]
 
@@ -190,13 +236,13 @@ class Value:
     def __add__(self, other: object) -> Value:
         if isinstance(other, Value):
             return _add(self, other)
-        if _is_int(other) and other == 0:  # sum([a, b, ...]) starts from 0
+        if is_int(other) and other == 0:  # sum([a, b, ...]) starts from 0
             return self
         raise self._tracer.unsupported("__add__", f"with a {type(other).__name__} operand; "
                                        "only two traced values can be added")
 
     def __radd__(self, other: object) -> Value:
-        if _is_int(other) and other == 0:
+        if is_int(other) and other == 0:
             return self
         if isinstance(other, Value):
             return _add(other, self)
@@ -204,9 +250,7 @@ class Value:
                                        "only two traced values can be added")
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Value:
-        from convgen.nn import functional
-
-        return functional.flatten(self, start_dim, end_dim)
+        return self._tracer.record(flatten_builder(start_dim, end_dim), [self], name="flatten")
 
     def view(self, *shape) -> Value:
         return self._reshape("view", shape)
@@ -216,44 +260,32 @@ class Value:
 
     def _reshape(self, method: str, shape: tuple) -> Value:
         """Only flattening: x.view(x.size(0), -1) (or (n, rest)), or x.view(-1)."""
-        from convgen.nn import functional
-
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        target = _resolve_shape(shape, self.numel()) if all(map(_is_int, shape)) else None
+        target = _resolve_shape(shape, self.numel()) if all(map(is_int, shape)) else None
         if target is not None and self.ndim >= 1:
             if len(self.shape) >= 2 and target == (self.shape[0], math.prod(self.shape[1:])):
-                return functional._flatten(self, 1, -1, name=method)
+                return self._tracer.record(flatten_builder(1, -1), [self], name=method)
             if target == (self.numel(),):
-                return functional._flatten(self, 0, -1, name=method)
+                return self._tracer.record(flatten_builder(0, -1), [self], name=method)
         raise self._tracer.unsupported(
             method, f"to shape {shape} from {self.shape}; only the flatten pattern "
                     "x.view(x.size(0), -1) is supported")
 
     def relu(self) -> Value:
-        from convgen.nn import functional
-
-        return functional.relu(self)
+        return self._tracer.record(activation_builder("relu"), [self], name="relu")
 
     def sigmoid(self) -> Value:
-        from convgen.nn import functional
-
-        return functional.sigmoid(self)
+        return self._tracer.record(activation_builder("sigmoid"), [self], name="sigmoid")
 
     def tanh(self) -> Value:
-        from convgen.nn import functional
-
-        return functional.tanh(self)
+        return self._tracer.record(activation_builder("tanh"), [self], name="tanh")
 
     def softmax(self, dim: int) -> Value:
-        from convgen.nn import functional
-
-        return functional.softmax(self, dim)
+        return self._tracer.record(softmax_builder("softmax", dim), [self], name="softmax")
 
     def log_softmax(self, dim: int) -> Value:
-        from convgen.nn import functional
-
-        return functional.log_softmax(self, dim)
+        return self._tracer.record(softmax_builder("log_softmax", dim), [self], name="log_softmax")
 
     # -- everything else is an error -------------------------------------------------------
     def __getattr__(self, name: str):
@@ -273,11 +305,9 @@ class Value:
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         """torch.flatten(x, 1), torch.cat(...), F.relu(x), ... map to convgen.nn.functional."""
-        from convgen.nn import functional
-
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", str(func))
-        target = functional.TORCH_FUNCTIONS.get(name)
+        target = TORCH_FUNCTIONS.get(name)
         if target is None:
             tracer = next((a._tracer for a in _values_in(args, kwargs)), None)
             if tracer is None:
@@ -343,7 +373,7 @@ for _operation in _UNSUPPORTED:  # set after class creation, so __hash__ stays i
 
 def _input_shapes(input_shapes) -> list[Shape]:
     """One shape or a list of shapes -> a list of tuples of positive ints."""
-    if isinstance(input_shapes, tuple) and all(map(_is_int, input_shapes)):
+    if isinstance(input_shapes, tuple) and all(map(is_int, input_shapes)):
         input_shapes = [input_shapes]
     if not isinstance(input_shapes, (list, tuple)) or not input_shapes:
         raise GraphError(f"input shapes: expected a shape tuple or a list of them, "
@@ -351,7 +381,7 @@ def _input_shapes(input_shapes) -> list[Shape]:
     shapes = []
     for shape in input_shapes:
         if not isinstance(shape, (tuple, list)) or not shape \
-                or not all(_is_int(s) and s >= 1 for s in shape):
+                or not all(is_int(s) and s >= 1 for s in shape):
             raise GraphError(f"input shape {shape!r}: expected a tuple of positive ints, "
                              "e.g. (1, 3, 224, 224)")
         shapes.append(tuple(int(s) for s in shape))

@@ -12,14 +12,16 @@ Inference semantics: ``dropout`` is the identity whatever ``training`` says.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
+from convgen.dtypes import is_int
 from convgen.graph.ir import Node
 from convgen.graph.reference import op_reference
-from convgen.graph.trace import Builder, Value, build_node, default_name, shape_of
+from convgen.graph.trace import (TORCH_FUNCTIONS, Builder, Value, activation_builder, build_node,
+                                 default_name, flatten_builder, normalize_dim, shape_of,
+                                 softmax_builder)
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "add", "apply",
@@ -69,15 +71,11 @@ def _as_array(x: object, name: str) -> np.ndarray:
 
 # -- argument normalization (ValueError/TypeError; the tracer adds the layer's name) ---------
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def per_dim(name: str, value: object, ndim: int, minimum: int) -> tuple[int, ...]:
     """An int or a sequence of ``ndim`` ints, each >= ``minimum`` -> a tuple of ``ndim`` ints."""
-    if _is_int(value):
+    if is_int(value):
         values = (int(value),) * ndim
-    elif isinstance(value, (tuple, list)) and len(value) == ndim and all(map(_is_int, value)):
+    elif isinstance(value, (tuple, list)) and len(value) == ndim and all(map(is_int, value)):
         values = tuple(int(v) for v in value)
     else:
         raise ValueError(f"{name}={value!r} must be an int or a tuple of {ndim} ints")
@@ -93,20 +91,10 @@ def check_rank(shape: tuple[int, ...], ndim: int) -> None:
                          f"got shape {tuple(shape)}")
 
 
-def normalize_dim(dim: object, rank: int, name: str = "dim") -> int:
-    """A dim in [-rank, rank) as a non-negative index."""
-    if not _is_int(dim) or not -rank <= dim < rank:
-        raise ValueError(f"{name}={dim!r} is out of range for a {rank}-d input "
-                         f"(expected an int in [{-rank}, {rank - 1}])")
-    return int(dim) % rank
-
-
 # -- activations ------------------------------------------------------------------------------
 
 def _activation(x, act: str, args: tuple = (), *, module: object = None, name: str | None = None):
-    attrs = {"name": act, "args": tuple(float(a) for a in args)}
-    return apply(lambda shapes: ("activation", dict(attrs), {}), [x], module=module,
-                 name=name or act)
+    return apply(activation_builder(act, args), [x], module=module, name=name or act)
 
 
 def relu(input, inplace: bool = False):
@@ -133,16 +121,7 @@ def tanh(input):
 
 
 def _softmax(op: str, x, dim, dtype, *, module: object = None, name: str | None = None):
-    if dim is None:
-        raise ValueError(f"{op} needs dim (e.g. {op}(x, dim=1)); convgen does not guess it, "
-                         "as PyTorch's deprecated implicit choice would")
-    if dtype is not None:
-        raise ValueError(f"{op}: dtype={dtype!r} is not supported (the graph's dtype applies)")
-
-    def build(shapes):
-        return op, {"dim": normalize_dim(dim, len(shapes[0]))}, {}
-
-    return apply(build, [x], module=module, name=name or op)
+    return apply(softmax_builder(op, dim, dtype), [x], module=module, name=name or op)
 
 
 def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None):
@@ -158,16 +137,7 @@ def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None)
 # -- shape ops ----------------------------------------------------------------------------------
 
 def _flatten(x, start_dim: int, end_dim: int, *, module: object = None, name: str = "flatten"):
-    def build(shapes):
-        rank = len(shapes[0])
-        start = normalize_dim(start_dim, rank, "start_dim")
-        end = normalize_dim(end_dim, rank, "end_dim")
-        if start > end:
-            raise ValueError(f"start_dim={start_dim} comes after end_dim={end_dim} "
-                             f"for input shape {tuple(shapes[0])}")
-        return "flatten", {"start_dim": start, "end_dim": end}, {}
-
-    return apply(build, [x], module=module, name=name)
+    return apply(flatten_builder(start_dim, end_dim), [x], module=module, name=name)
 
 
 def flatten(input, start_dim: int = 0, end_dim: int = -1):
@@ -256,10 +226,10 @@ def _avg_pool(ndim: int, x, kernel_size, stride, padding, ceil_mode, count_inclu
 
 def adaptive_output_size(output_size, ndim: int) -> tuple:
     """An int or a tuple of ``ndim`` entries (int >= 1, or None: keep the input size)."""
-    if _is_int(output_size):
+    if is_int(output_size):
         output_size = (output_size,) * ndim
     if not isinstance(output_size, (tuple, list)) or len(output_size) != ndim \
-            or not all(s is None or _is_int(s) for s in output_size):
+            or not all(s is None or is_int(s) for s in output_size):
         raise ValueError(f"output_size={output_size!r} must be an int or a tuple of {ndim} "
                          "ints (or None)")
     if any(s is not None and s < 1 for s in output_size):
@@ -328,8 +298,9 @@ def adaptive_avg_pool3d(input, output_size):
 
 
 # torch functions (by __name__) that Value.__torch_function__ maps here, so that
-# torch.flatten(x, 1), torch.cat([a, b], 1) or torch.nn.functional.relu(x) trace as well.
-TORCH_FUNCTIONS = {
+# torch.flatten(x, 1), torch.cat([a, b], 1) or torch.nn.functional.relu(x) trace as well;
+# registered in the tracer's table, which cannot import this (higher) module.
+TORCH_FUNCTIONS.update({
     "flatten": flatten, "cat": cat, "concat": cat, "concatenate": cat, "add": add,
     "relu": relu, "relu6": relu6, "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh,
     "softmax": softmax, "log_softmax": log_softmax, "dropout": dropout,
@@ -337,4 +308,4 @@ TORCH_FUNCTIONS = {
     "avg_pool1d": avg_pool1d, "avg_pool2d": avg_pool2d, "avg_pool3d": avg_pool3d,
     "adaptive_avg_pool1d": adaptive_avg_pool1d, "adaptive_avg_pool2d": adaptive_avg_pool2d,
     "adaptive_avg_pool3d": adaptive_avg_pool3d,
-}
+})

@@ -8,10 +8,10 @@ built without loading weights is deterministic.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
+from convgen.dtypes import is_int
 from convgen.nn.module import Parameter
 
 DEFAULT_SEED = 0
@@ -34,12 +34,8 @@ def _f64(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else np.array(array, dtype=np.float64)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _positive(name: str, value: object, minimum: int = 1) -> int:
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from convgen.nn import functional as F
-from convgen.nn.init import _f64, _is_int, _positive, _uniform
+from convgen.dtypes import is_int
+from convgen.nn.init import _f64, _positive, _uniform
 from convgen.nn.module import Module, Parameter
 
 # -- pooling ----------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class _SoftmaxBase(Module):
             raise ValueError(f"{name} needs dim, e.g. nn.{name}(dim=1) for (N, classes) "
                              "scores; convgen does not guess it as PyTorch's deprecated "
                              "implicit choice would")
-        if not _is_int(dim):
+        if not is_int(dim):
             raise TypeError(f"dim must be an integer, got {dim!r}")
         self.dim = dim
 

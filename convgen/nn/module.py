@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from convgen.errors import ConvgenError
+from convgen.graph.compile import compile_graph
 from convgen.graph.ir import Graph
 from convgen.graph.trace import active_tracer, trace
 
@@ -356,8 +357,6 @@ class Module:
         ``input_shape`` is one shape tuple, or a list of them for several inputs; extra
         options (threads=...) go to :func:`convgen.graph.compile.compile_graph`.
         """
-        from convgen.graph.compile import compile_graph
-
         return compile_graph(self.trace(input_shape), backend=backend, dtype=dtype, **options)
 
     # -- printing ------------------------------------------------------------------------------

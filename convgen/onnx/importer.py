@@ -25,8 +25,14 @@ from typing import Any
 import numpy as np
 
 from convgen.errors import OnnxImportError
+from convgen.graph.compile import compile_graph, summarize
 from convgen.graph.ir import Graph
+from convgen.graph.memory import plan_memory
+from convgen.graph.passes import optimize
+from convgen.graph.shapes import infer_graph
+from convgen.onnx.layers import HANDLERS as LAYER_HANDLERS
 from convgen.onnx.ops import Builder, Context, Tensor, is_const
+from convgen.onnx.tensors import HANDLERS as TENSOR_HANDLERS
 
 MIN_OPSET = 6
 FLOAT_INPUTS = {1: "float32", 11: "float64"}  # TensorProto.FLOAT, DOUBLE
@@ -35,7 +41,7 @@ Shape = tuple[int, ...]
 
 def _onnx():
     try:
-        import onnx
+        import onnx  # optional (convgen[onnx]): imported only when a model is imported
     except ImportError:
         raise ImportError("convgen.from_onnx needs the onnx package: "
                           "pip install convgen[onnx]") from None
@@ -43,10 +49,7 @@ def _onnx():
 
 
 def _handlers() -> dict:
-    from convgen.onnx.layers import HANDLERS as layers
-    from convgen.onnx.tensors import HANDLERS as tensors
-
-    return {**layers, **tensors}
+    return {**LAYER_HANDLERS, **TENSOR_HANDLERS}
 
 
 # -- reading and checking the model -----------------------------------------------------
@@ -270,17 +273,10 @@ class OnnxModel:
     def compile(self, input_shape=None, backend: str | None = None, dtype: str = "float32",
                 threads: int | None = None):
         """Compile for ``input_shape`` (None: the model's, or from_onnx's): a CompiledModel."""
-        from convgen.graph.compile import compile_graph
-
         return compile_graph(self.graph_for(input_shape), backend, dtype, threads)
 
     def summary(self, input_shape=None, file=None) -> str:
         """Print and return each layer with output shape, parameters, FLOPs and fusion."""
-        from convgen.graph.compile import summarize
-        from convgen.graph.memory import plan_memory
-        from convgen.graph.passes import optimize
-        from convgen.graph.shapes import infer_graph
-
         graph = self.graph_for(input_shape).copy()
         infer_graph(graph)
         optimized = optimize(graph)

@@ -18,6 +18,8 @@ import numpy as np
 
 from convgen.errors import OnnxImportError
 from convgen.graph.ir import Graph, GraphError, Node
+from convgen.graph.shapes import infer_shape
+from convgen.reference import apply_activation
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,6 @@ class Context:
         node = Node(name, op, [t.name for t in inputs], dict(attrs or {}),
                     {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items()},
                     module=self.op_type)
-        from convgen.graph.shapes import infer_shape
-
         try:
             node.shape = infer_shape(node, [t.shape for t in inputs])
         except GraphError as exc:
@@ -150,8 +150,6 @@ class Context:
     def activation(self, x: Value, name: str, args: tuple = (),
                    role: str | None = None) -> Value:
         if is_const(x):
-            from convgen.reference import apply_activation
-
             return apply_activation(name, tuple(args), x)
         return self.emit("activation", [x], {"name": name, "args": tuple(args)}, role=role)
 

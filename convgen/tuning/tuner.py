@@ -32,6 +32,9 @@ from convgen.compiler import bind, build_artifact
 from convgen.compiler import compile as compile_spec
 from convgen.cache import Cache
 from convgen.errors import ConvgenError
+from convgen.graph.ir import Graph
+from convgen.graph.passes import optimize
+from convgen.graph.shapes import infer_graph
 from convgen.records import record
 from convgen.reference import random_arrays, reference
 from convgen.schedule import Schedule
@@ -402,10 +405,6 @@ def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=Fa
 def network_convs(network: Any, input_shape=None, dtype: str = "float32") -> dict[str, tuple]:
     """{spec key: (first node name, spec)} of the convs a compiled network runs (after
     fusion, as ``compile_graph`` sees them), in order."""
-    from convgen.graph.ir import Graph
-    from convgen.graph.passes import optimize
-    from convgen.graph.shapes import infer_graph
-
     if isinstance(network, Graph):
         graph = network.copy()
     else:
