@@ -39,17 +39,11 @@ from convgen.spec import ConvSpec
 from convgen.tolerance import max_error, tolerance
 
 # Between runtimes at 2+ threads, so the last one's spinning pool threads (OpenMP's,
-# ONNX Runtime's) go to sleep: with 20 ms, convgen's 2-thread kernels measured 2-6x
-# slower inside the bench than alone (6.7 vs 1.1 ms on the 3x3/2 layer), sharing the
-# second vCPU with a spinner; with 200 ms, 1.1 ms.
+# ONNX Runtime's) go to sleep before the next runtime runs (docs/performance.md).
 PAUSE_S = 0.2
 # Each runtime's warm-up in a round runs for at least this long (every runtime alike), so
-# that the timed calls see it in its steady state: on this 2-vCPU VM the first few 2-thread
-# calls after the pause ran 2-20x slower (the woken pool thread shares the caller's vCPU
-# until the scheduler moves it: the 3x3/2 layer 0.42 ms back to back, 0.9 ms median and up
-# to 8 ms in the 3 calls after a pause, 0.48 ms after 50 ms of warm-up calls); at 1 thread
-# one warm-up call left the 512@7 layer's transformed weights half out of cache (1.42 ms
-# against 1.04 after 50 ms; ONNX Runtime 1.73 against 1.65).
+# the timed calls see it in its steady state: pool threads woken after the pause, and
+# weights evicted by the other runtimes, slow the first calls (docs/performance.md).
 WARMUP_S = 0.05
 ROUND_CALLS = 2         # timed calls per runtime and round (after the warm-up)
 SLOW_RATIO = 0.8        # layers whose ratio to the fastest peer is below this are counted

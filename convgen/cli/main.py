@@ -216,7 +216,7 @@ def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float
     x, w, b = random_arrays(spec, seed)
     got = kernel(x, w, b)
     # timed before the oracle runs: its BLAS threads spin on the cores for a while after
-    # (a 0.07 ms 2-thread kernel then took ~7 ms per call)
+    # and would slow a short multi-threaded kernel (docs/performance.md)
     out = np.empty(spec.output_shape, dtype=spec.dtype)
     warm_up(lambda: kernel(x, w, b, out=out))
     times = []

@@ -4,8 +4,8 @@ Candidates vary the plan (on C the transform-GEMM methods where legal, see
 :func:`_transform_candidates`; vectorize="w" and, for convolutions with at least half a
 vector of output channels per group, "co", transposed ones included), the output-channel
 tile, the vectors of columns per row (or, for "co", the vectors of channels x the pixels
-per register tile), the rows per tile, the vector width (LLVM only: C measured 2-3x
-slower at half width) and threads. Pruned before anything
+per register tile), the rows per tile, the vector width (LLVM only: on C half width
+was measured much slower, docs/performance.md) and threads. Pruned before anything
 compiles: illegal tiles (ScheduleError), duplicates after clamping, and register tiles
 larger than twice the register file.
 """
