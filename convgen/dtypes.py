@@ -35,6 +35,14 @@ def dtype_info(name: str) -> DType:
     return DTYPES[name]
 
 
+def dtype_for_c_type(c_type: str) -> DType:
+    """The table entry whose C spelling is ``c_type`` ("float" or "double")."""
+    for info in DTYPES.values():
+        if info.c_type == c_type:
+            return info
+    raise KeyError(f"no dtype is spelled {c_type!r} in C")
+
+
 def lanes(name: str, vector_bits: int) -> int:
     """Elements of ``name`` in one vector register of ``vector_bits`` bits."""
     return vector_bits // (8 * DTYPES[name].itemsize)

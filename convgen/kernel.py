@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from convgen.dtypes import dtype_info
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 
@@ -43,7 +44,7 @@ class Kernel:
         self._function = function
         self._keepalive = keepalive  # objects that must outlive the function pointer
         self._dtype = np.dtype(spec.dtype)
-        self._ctype = "float[]" if spec.dtype == "float32" else "double[]"
+        self._ctype = f"{dtype_info(spec.dtype).c_type}[]"
         self._ranges = _split(jobs, python_threads)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()

@@ -18,6 +18,7 @@ import numpy as np
 
 from convgen.backends import get_backend, resolve_backend
 from convgen.compiler import choose_schedule
+from convgen.dtypes import DTYPES as DTYPE_TABLE
 from convgen.dtypes import dtype_info
 from convgen.graph.ir import Graph, GraphError
 from convgen.graph.lower import lower
@@ -29,7 +30,7 @@ from convgen.kernel import check_input
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 
-DTYPES = ("float32", "float64")
+DTYPES = tuple(DTYPE_TABLE)  # the dtypes a network compiles for: all of convgen.dtypes
 
 
 def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> str:
@@ -86,7 +87,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     infer_graph(original)
     optimized = optimize(original)
     infer_graph(optimized)
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = dtype_info(dtype).itemsize
     memory = plan_memory(optimized, itemsize)
     defaults: set[str] = set()
     chosen = _conv_schedules(optimized, threads, backend, dtype, defaults)

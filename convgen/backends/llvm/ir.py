@@ -11,6 +11,8 @@ import contextlib
 
 from llvmlite import ir
 
+from convgen.dtypes import dtype_for_c_type
+
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 
@@ -22,6 +24,14 @@ def i32(value: int) -> ir.Constant:
     return ir.Constant(I32, value)
 
 
+_LLVM_SCALARS = {"float": ir.FloatType, "double": ir.DoubleType}  # dtypes' llvm_type names
+
+
+def scalar_type(c_type: str) -> ir.Type:
+    """The LLVM element type of the dtype spelled ``c_type`` in C."""
+    return _LLVM_SCALARS[dtype_for_c_type(c_type).llvm_type]()
+
+
 class IRFunction:
     """A function being built: typed pointer and i64 arguments, entry block, builder."""
 
@@ -31,9 +41,10 @@ class IRFunction:
         self.module = module
         self.name = name
         self.lanes = lanes
-        self.scalar = ir.FloatType() if c_type == "float" else ir.DoubleType()
-        self.suffix = "f32" if c_type == "float" else "f64"
-        self.itemsize = 4 if c_type == "float" else 8
+        info = dtype_for_c_type(c_type)
+        self.scalar = scalar_type(c_type)
+        self.suffix = f"f{8 * info.itemsize}"  # intrinsic name suffix: llvm.fma.v8f32
+        self.itemsize = info.itemsize
         self.vec = ir.VectorType(self.scalar, lanes)
         self.ivec = ir.VectorType(I32, lanes)
         self.mask_type = ir.VectorType(I1, lanes)

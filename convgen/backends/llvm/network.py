@@ -16,10 +16,10 @@ from llvmlite import ir
 
 from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, openmp_available,
                             target_triple)
-from convgen.backends.llvm.ir import I64, IRFunction, i32, i64
+from convgen.backends.llvm.ir import I64, IRFunction, i32, i64, scalar_type
 from convgen.backends.llvm.render import add_conv_function, new_module
 from convgen.backends.common import comment_text, entry_parameters
-from convgen.plan.core import C_TYPES
+from convgen.dtypes import dtype_info
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered, Step
 
@@ -361,7 +361,7 @@ def _parallel_conv(module: ir.Module, conv: ir.Function, step: Step, c_type: str
     Its one argument points at the conv's pointer arguments, stored by the caller.
     """
     n_pointers = len(conv.args) - 2
-    ptr = (ir.FloatType() if c_type == "float" else ir.DoubleType()).as_pointer()
+    ptr = scalar_type(c_type).as_pointer()
     void_ptr = ir.IntType(8).as_pointer()
     outlined = ir.Function(module, ir.FunctionType(ir.VoidType(), [void_ptr]),
                            name=f"{step.function}.omp")
@@ -386,7 +386,7 @@ def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function
 
 
 def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
-    c_type = C_TYPES[lowered.dtype]
+    c_type = dtype_info(lowered.dtype).c_type
     module = new_module(symbol, target_triple(), data_layout())
     functions = []
     for step in lowered.steps:
@@ -468,5 +468,5 @@ def build_network_llvm(lowered: Lowered, symbol: str, title: str):
     entry = build_llvm(source, symbol)
     address, engine = load_object(entry.file("object"), symbol)
     ffi = cffi.FFI()
-    function = ffi.cast(f"int (*)({entry_parameters(C_TYPES[lowered.dtype])})", address)
+    function = ffi.cast(f"int (*)({entry_parameters(dtype_info(lowered.dtype).c_type)})", address)
     return source, ffi, function, (engine,)
