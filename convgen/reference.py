@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from convgen.spec import ACTIVATIONS, ConvSpec
+from convgen.activations import ACTIVATION_TABLE, ACTIVATIONS
+from convgen.spec import ConvSpec
 
 # np.pad's name for each of PyTorch's padding modes.
 _NP_PAD_MODES = {
@@ -27,9 +28,6 @@ _NP_PAD_MODES = {
     "replicate": "edge",
     "circular": "wrap",
 }
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
 
 def reference(spec: ConvSpec, x: np.ndarray, w: np.ndarray,
               b: np.ndarray | None = None) -> np.ndarray:
@@ -65,7 +63,8 @@ def reference(spec: ConvSpec, x: np.ndarray, w: np.ndarray,
 def apply_activation(name: str | None, args: tuple[float, ...], v: np.ndarray) -> np.ndarray:
     """The fused activation ``name`` (None: identity) with ``args``, computed in float64.
 
-    Empty ``args`` take the activation's defaults (as :data:`convgen.spec.ACTIVATIONS`).
+    Empty ``args`` take the activation's defaults; the definitions are
+    :data:`convgen.activations.ACTIVATION_TABLE`'s.
     """
     v = np.asarray(v, dtype=np.float64)
     if name is None or name == "none":
@@ -79,26 +78,7 @@ def apply_activation(name: str | None, args: tuple[float, ...], v: np.ndarray) -
         args = defaults
     if len(args) != nargs:
         raise ValueError(f"activation_args: {name} expected {nargs} arguments, got {args!r}")
-
-    if name == "relu":
-        return np.maximum(v, 0.0)
-    if name == "leaky_relu":
-        return np.where(v > 0, v, args[0] * v)
-    if name == "relu6":
-        return np.minimum(np.maximum(v, 0.0), 6.0)
-    if name == "clip":
-        return np.minimum(np.maximum(v, args[0]), args[1])
-    if name == "sigmoid":
-        return _sigmoid(v)
-    if name == "tanh":
-        return np.tanh(v)
-    if name == "elu":
-        return np.where(v > 0, v, args[0] * np.expm1(np.minimum(v, 0.0)))
-    if name == "silu":
-        return v * _sigmoid(v)
-    if name == "gelu":
-        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
-    raise AssertionError(f"activation {name!r} listed in ACTIVATIONS but not implemented")
+    return ACTIVATION_TABLE[name].definition(v, args)
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -112,12 +92,6 @@ def _as_float64(name: str, array: object, expected: tuple[int, ...]) -> np.ndarr
     if array.shape != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {array.shape}")
     return array.astype(np.float64)
-
-
-def _sigmoid(v: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-v)) without overflow: exp only ever sees -|v|."""
-    e = np.exp(-np.abs(v))
-    return np.where(v >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _taps(kernel_size: tuple[int, ...]):

@@ -16,6 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from convgen.activations import ACTIVATIONS
 from convgen.dtypes import DTYPES as DTYPE_TABLE
 from convgen.dtypes import dtype_info, is_int
 from convgen.errors import SpecError
@@ -24,18 +25,8 @@ PADDING_STRINGS = ("valid", "same", "full")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 DTYPES = tuple(DTYPE_TABLE)
 
-# name -> (number of arguments, default arguments or None when they are required)
-ACTIVATIONS: dict[str, tuple[int, tuple[float, ...] | None]] = {
-    "relu": (0, ()),
-    "leaky_relu": (1, (0.01,)),  # negative_slope, as torch.nn.LeakyReLU
-    "relu6": (0, ()),
-    "clip": (2, None),  # (min, max), as torch.clamp / ONNX Clip
-    "sigmoid": (0, ()),
-    "tanh": (0, ()),
-    "elu": (1, (1.0,)),  # alpha, as torch.nn.ELU
-    "silu": (0, ()),
-    "gelu": (0, ()),  # exact (erf) form, torch.nn.GELU's default
-}
+# ACTIVATIONS (name -> (number of arguments, defaults or None when required)) is
+# convgen.activations' table, the one definition of each fused activation.
 
 
 def activation_arguments(name: str | None, args) -> tuple[float, ...]:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from convgen.dtypes import is_int
 from convgen.errors import SpecError
-from convgen.spec import ACTIVATIONS, ConvSpec
+from convgen.activations import ACTIVATIONS
+from convgen.spec import ConvSpec
 from convgen.graph.ir import OPS, Graph, GraphError, Node, node_error
 from convgen.graph.tensor_ops import SHAPE_RULES
 
