@@ -36,20 +36,43 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def code_files(templates: Path) -> list[Path]:
-    """Every module of convgen (subpackages included) and every template."""
-    package = Path(__file__).resolve().parent
-    return sorted(package.rglob("*.py")) + sorted(templates.rglob("*.j2"))
+PACKAGE = Path(__file__).resolve().parent
+
+# Parts of convgen (paths relative to the package) that do not shape generated code, nor how
+# it is built, loaded and called: the front ends (command line, bench, tuner, ONNX import,
+# nn layers, tracing, network files) and the oracle. Editing them, a help string say, keeps
+# every cached kernel and tuning record. Every other module, a new one included, is in the
+# key: forgetting a module here costs a rebuild, forgetting one in an include list would
+# reuse stale code.
+NOT_CODE = ("cli", "bench", "tuning", "onnx", "nn", "graph/trace.py", "graph/netspec.py",
+            "graph/reference.py", "reference.py", "tolerance.py", "specfile.py",
+            "functional.py", "__main__.py")
+
+
+def _shapes_code(relative: str) -> bool:
+    return not any(relative == name or relative.startswith(name + "/") for name in NOT_CODE)
+
+
+def code_files(templates: Path, package: Path = PACKAGE) -> list[Path]:
+    """The modules of ``package`` that shape generated code (not NOT_CODE), and every template."""
+    modules = [path for path in sorted(package.rglob("*.py"))
+               if _shapes_code(path.relative_to(package).as_posix())]
+    return modules + sorted(templates.rglob("*.j2"))
+
+
+def files_version(files: list[Path]) -> str:
+    """convgen's version plus a hash of ``files`` (names and contents)."""
+    digest = hashlib.sha256(__version__.encode())
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:16]}"
 
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """convgen's version plus a hash of all its Python sources and templates."""
-    digest = hashlib.sha256(__version__.encode())
-    for path in code_files(config.templates_dir()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:16]}"
+    """convgen's version plus a hash of the sources and templates that shape generated code."""
+    return files_version(code_files(config.templates_dir()))
 
 
 @functools.lru_cache(maxsize=None)

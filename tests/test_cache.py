@@ -396,10 +396,45 @@ def test_cc_with_arguments_is_split_like_a_shell(fresh_cache, monkeypatch):
 
 
 def test_code_version_covers_subpackages_and_templates():
-    """Generated code comes from convgen/graph and templates too: all are in the key."""
+    """Generated code comes from plan/, backends/, graph lowering and templates: all are in
+    the key; the front ends (cli, bench, tuning, onnx, nn) are not."""
     from convgen.cache import code_files
     from convgen.config import templates_dir
 
     names = {path.relative_to(REPO).as_posix() for path in code_files(templates_dir())}
-    assert {"convgen/backends/c/network.py", "convgen/graph/lower.py", "convgen/nn/layers.py",
-            "convgen/backends/c/render.py", "templates/c/conv_function.j2", "templates/c/ops.j2"} <= names
+    assert {"convgen/backends/c/network.py", "convgen/backends/llvm/render.py",
+            "convgen/graph/lower.py", "convgen/graph/memory.py", "convgen/graph/passes.py",
+            "convgen/plan/core.py", "convgen/spec.py", "convgen/schedule.py",
+            "convgen/dtypes.py", "convgen/kernel.py", "convgen/cache.py", "convgen/version.py",
+            "convgen/backends/c/render.py", "templates/c/conv_function.j2",
+            "templates/c/ops.j2"} <= names
+    for front_end in ("cli", "bench", "tuning", "onnx", "nn"):
+        assert not any(name.startswith(f"convgen/{front_end}/") for name in names), front_end
+    assert "convgen/cli/main.py" not in names and "convgen/cli/args.py" not in names
+
+
+def test_code_version_ignores_help_text_but_not_templates(tmp_path):
+    """Editing a CLI help string keeps every cached kernel and tuning record; editing a
+    template or a backend module changes the key."""
+    from convgen.cache import code_files, files_version
+
+    package, templates = tmp_path / "convgen", tmp_path / "templates"
+    shutil.copytree(REPO / "convgen", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "templates", templates)
+
+    def version() -> str:
+        return files_version(code_files(templates, package))
+
+    before = version()
+    cli = package / "cli" / "run.py"
+    text = cli.read_text()
+    assert "help=" in text
+    cli.write_text(text.replace("help=\"", "help=\"(edited) ", 1))
+    assert version() == before
+    template = templates / "c" / "ops.j2"
+    template.write_text(template.read_text() + "\n")
+    after_template = version()
+    assert after_template != before
+    build = package / "backends" / "c" / "build.py"
+    build.write_text(build.read_text() + "\n# edited\n")
+    assert version() != after_template
