@@ -17,7 +17,7 @@ from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan, make_plan
-from convgen.plan.weights import bound_plan, prepare_weight, prepares
+from convgen.plan.weights import prepare_weight, prepares
 from convgen.records import best_record
 from convgen.schedule import Schedule, default_schedule
 from convgen.spec import ConvSpec
@@ -71,10 +71,8 @@ def build_artifact(spec: ConvSpec, backend: str | None = None,
                         f"got {type(schedule).__name__}")
     name = resolve_backend(backend)
     chosen = get_backend(name)
-    plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name))
-    if bound and prepares(plan, name):
-        plan = bound_plan(plan)
-        return plan, chosen.build(plan, chosen.render(plan, pretransformed=True), cache), name
+    plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name),
+                     prepared_weights=bound)
     return plan, chosen.build(plan, chosen.render(plan), cache), name
 
 

@@ -44,16 +44,16 @@ def test_co_plan_matches_oracle(backend, data):
 @settings(max_examples=30)
 @given(data=st.data())
 def test_channel_tiles_innermost_matches_oracle(backend, data):
-    """Inputs larger than render.CACHE_BYTES visit the output-channel tiles innermost
+    """Inputs larger than plan.direct.CACHE_BYTES visit the output-channel tiles innermost
     ("w" plan); with the threshold at 0 every spec with several channel tiles does."""
     from unittest import mock
 
-    from convgen.backends.c import render
+    from convgen.plan import direct
 
     spec = data.draw(conv_specs())
     schedule = data.draw(schedules(spec))
     assume(schedule.vectorize == "w")
-    with mock.patch.object(render, "CACHE_BYTES", 0):
+    with mock.patch.object(direct, "CACHE_BYTES", 0):
         kernel = cg.compile(spec, backend=backend, schedule=schedule)
     plan = make_plan(spec, schedule)
     marker = "innermost" if backend == "c" else "x D/H/W tiles x channel tile"
@@ -80,12 +80,12 @@ def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
     blocks, 1-2 threads."""
     from unittest import mock
 
-    from convgen.backends.c import render
+    from convgen.plan import co
 
     spec = data.draw(wide_specs(transposed=False))
     schedule = data.draw(co_schedules(spec))
-    with mock.patch.object(render, "CO_PREFETCH_WEIGHT_BYTES", 0):
-        lines = render.co_next_block_lines(make_plan(spec, schedule))
+    with mock.patch.object(co, "CO_PREFETCH_WEIGHT_BYTES", 0):
+        lines = co.co_next_block_lines(make_plan(spec, schedule))
         kernel = cg.compile(spec, backend=backend, schedule=schedule)
     assert lines >= 1
     if backend == "c":
@@ -102,18 +102,18 @@ def test_bound_co_plan_next_block_prefetch_matches_oracle(backend, data):
     convolutions too: packed, a block is one run); threads split blocks or rows."""
     from unittest import mock
 
-    from convgen.backends.c import render
+    from convgen.plan import co
     from convgen.reference import random_arrays
     from convgen.tolerance import max_error, tolerance
 
     spec = data.draw(wide_specs())
     schedule = data.draw(co_schedules(spec))
     x, w, b = random_arrays(spec, 10)
-    with mock.patch.object(render, "CO_PREFETCH_WEIGHT_BYTES", 0):
+    with mock.patch.object(co, "CO_PREFETCH_WEIGHT_BYTES", 0):
         plan = make_plan(spec, schedule)
-        lines = render.co_next_block_lines(plan, prepacked=True)
+        lines = co.co_next_block_lines(plan, prepacked=True)
         bound = cg.bind(spec, w, b, backend=backend, schedule=schedule)
-    assert lines >= 1 or render.co_rows_outer(plan, True)
+    assert lines >= 1 or co.co_rows_outer(plan, True)
     assert max_error(bound(x), cg.reference(spec, x, w, b)) <= tolerance(spec)
 
 
@@ -121,14 +121,14 @@ def test_co_plan_next_block_prefetch_threshold():
     """Only layers with CO_PREFETCH_WEIGHT_BYTES+ of weights prefetch: ResNet-18's 512@7
     spreads 32 channels x 4608 steps over 7 rows x 512 channels (3 lines per channel and
     row), its 7x7 conv1 (37 KB of weights) prefetches nothing."""
-    from convgen.backends.c import render
+    from convgen.plan import co
 
     deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
     plan = make_plan(deep, cg.Schedule(tile_co=32, tile_spatial=(1, 7), vectorize="co"))
-    assert render.co_next_block_lines(plan) == 3
+    assert co.co_next_block_lines(plan) == 3
     conv1 = cg.ConvSpec((1, 3, 224, 224), 64, 7, stride=2, padding=3)
     plan = make_plan(conv1, cg.Schedule(tile_co=32, tile_spatial=(1, 28), vectorize="co"))
-    assert render.co_next_block_lines(plan) == 0
+    assert co.co_next_block_lines(plan) == 0
 
 
 @settings(max_examples=40)

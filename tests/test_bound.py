@@ -66,13 +66,13 @@ def test_bound_co_rows_outer_matches_oracle(data, backend):
     bound "co" kernel on 2-3 threads does: batches, groups, remainder blocks, pieces."""
     from unittest import mock
 
-    from convgen.backends.c import render
+    from convgen.plan import co
 
     spec = data.draw(wide_specs(transposed=False))
     schedule = data.draw(co_schedules(spec))
     schedule = dataclasses.replace(schedule, threads=data.draw(st.sampled_from([2, 3])))
-    with mock.patch.object(render, "CO_ROWS_OUTER_WEIGHTS", float("inf")):
-        assert render.co_rows_outer(make_plan(spec, schedule), True)
+    with mock.patch.object(co, "CO_ROWS_OUTER_WEIGHTS", float("inf")):
+        assert co.co_rows_outer(make_plan(spec, schedule), True)
         bound = check_bound(spec, backend, schedule, seed=2)
     marker = "NPIECE * NT_CO:" if backend == "c" else "pieces x channel block"
     assert marker in bound.source
@@ -81,7 +81,7 @@ def test_bound_co_rows_outer_matches_oracle(data, backend):
 def test_bound_co_rows_outer_choice():
     """ResNet-18's 3x3/2 64->128 layer (295 KB of weights, 803 KB of input) splits rows at
     2 threads; its 512@7 layer (9.4 MB of weights) and 1 thread split channel blocks."""
-    from convgen.backends.c.render import co_rows_outer
+    from convgen.plan.co import co_rows_outer
 
     two = cg.Schedule(tile_co=16, tile_spatial=(1, 28), threads=2, vectorize="co")
     strided = make_plan(cg.ConvSpec((1, 64, 56, 56), 128, 3, stride=2, padding=1), two)

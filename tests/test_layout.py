@@ -17,8 +17,8 @@ import convgen as cg
 from convgen.backends import get_backend
 from convgen.compiler import kernel_from_artifact
 from convgen.plan.weights import prepare_weight, prepares
-from convgen.plan.layout import block_lanes, depthwise_blocked, depthwise_plan, from_blocked, \
-    supports_blocked, to_blocked, with_layout
+from convgen.plan.depthwise import depthwise_blocked
+from convgen.plan.layout import block_lanes, from_blocked, supports_blocked, to_blocked
 from convgen.plan.core import make_plan
 from convgen.reference import random_arrays
 from convgen.tolerance import max_error, tolerance
@@ -28,8 +28,8 @@ from strategies import ACTIVATION_CHOICES, co_schedules
 PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
 
 
-def render(plan, backend: str, prepared: bool) -> str:
-    return get_backend(backend).render(plan, pretransformed=prepared)
+def render(plan, backend: str) -> str:
+    return get_backend(backend).render(plan)
 
 
 def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule | None, backend: str,
@@ -37,12 +37,11 @@ def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule | None, backend: str,
                 depthwise: bool = False) -> None:
     """Build ``spec`` with the layouts asked for (``depthwise``: on the blocked depthwise
     plan) and compare with the oracle."""
-    plan = make_plan(spec, schedule)
-    if depthwise:
-        plan = depthwise_plan(plan)
-    plan = with_layout(plan, in_blocked, out_blocked)
-    prepared = prepared and prepares(plan, backend)
-    artifact = get_backend(backend).build(plan, render(plan, backend, prepared), None)
+    plan = make_plan(spec, schedule, in_blocked=in_blocked, out_blocked=out_blocked,
+                     depthwise=depthwise, prepared_weights=prepared)
+    assert plan.prepared_weights == (prepared and prepares(plan, backend))
+    prepared = plan.prepared_weights
+    artifact = get_backend(backend).build(plan, render(plan, backend), None)
     x, w, b = random_arrays(spec, seed)
     weight = np.array(prepare_weight(plan, backend, w) if prepared else w, dtype=spec.dtype)
     kernel = kernel_from_artifact(spec, plan, backend, artifact, weight_shape=weight.shape)
@@ -167,17 +166,18 @@ def test_depthwise_plan_rejects_what_it_cannot_run():
     lanes = block_lanes("float32")
     spec = cg.ConvSpec(input_shape=(1, 2 * lanes, 6, 6), out_channels=2 * lanes,
                        kernel_size=3, groups=2 * lanes)
-    plan = depthwise_plan(make_plan(spec))
+    plan = make_plan(spec, depthwise=True)
     assert plan.vectorize == "dw" and plan.jobs == 2 * 4
+    assert plan.in_blocked and plan.out_blocked and plan.prepared_weights
     with pytest.raises(ValueError, match="blocked layout only"):
-        with_layout(plan, False, True)
+        make_plan(spec, depthwise=True, in_blocked=False, out_blocked=True)
     assert "transposed" in depthwise_blocked(spec.replace(transposed=True))
     assert "one output channel" in depthwise_blocked(spec.replace(out_channels=4 * lanes))
     assert "multiple of" in depthwise_blocked(
         spec.replace(input_shape=(1, lanes + 2, 6, 6), out_channels=lanes + 2,
                      groups=lanes + 2))
     with pytest.raises(ValueError, match="no blocked depthwise plan"):
-        depthwise_plan(make_plan(spec.replace(transposed=True)))
+        make_plan(spec.replace(transposed=True), depthwise=True)
 
 
 def test_layout_round_trip():
@@ -197,7 +197,7 @@ def test_unsupported_plans_name_the_reason():
     plan = make_plan(depthwise, cg.Schedule(tile_co=1, tile_spatial=(2, 8)))
     assert "multiple of" in supports_blocked(plan)
     with pytest.raises(ValueError, match="no blocked layout"):
-        with_layout(plan, True, True)
+        make_plan(depthwise, plan.schedule, in_blocked=True, out_blocked=True)
     pointwise = cg.ConvSpec(input_shape=(1, lanes, 8, 8), out_channels=lanes, kernel_size=1)
     plan = make_plan(pointwise, cg.Schedule(tile_co=4, method="gemm"))
     assert "GEMM" in supports_blocked(plan)

@@ -175,16 +175,16 @@ def test_transposed_co_plan_with_unit_stride_is_contiguous():
 
 def test_omp_schedule_deals_jobs_in_chunks(monkeypatch):
     """Jobs go out first come first served, about DYNAMIC_CHUNKS chunks per thread."""
-    from convgen.backends.c import render
+    from convgen.plan import core
 
-    assert render.omp_schedule(49, 2) == "dynamic, 6"
-    assert render.omp_schedule(13, 2) == "dynamic, 1"
-    assert render.omp_schedule(1, 4) == "dynamic, 1"
+    assert core.omp_schedule(49, 2) == "dynamic, 6"
+    assert core.omp_schedule(13, 2) == "dynamic, 1"
+    assert core.omp_schedule(1, 4) == "dynamic, 1"
     spec = cg.ConvSpec((1, 8, 24, 24), 16, 1, stride=2)  # 144 pixels: 9 blocks of 16
     schedule = cg.Schedule(tile_co=16, threads=2, method="gemm")
     assert "schedule(dynamic, 1)" in cg.compile(spec, backend="c", schedule=schedule).source
-    monkeypatch.setattr(render, "DYNAMIC_CHUNKS", 0)
-    assert render.omp_schedule(49, 2) == "static"
+    monkeypatch.setattr(core, "DYNAMIC_CHUNKS", 0)
+    assert core.omp_schedule(49, 2) == "static"
     kernel = cg.compile(spec, backend="c", schedule=schedule)
     assert "schedule(dynamic" not in kernel.source
     check_kernel(kernel, spec)

@@ -61,6 +61,9 @@ class Backend(abc.ABC):
     source_suffix: str  # the generated text's suffix
     line_comment: str  # how its source starts a comment line (``convgen show``)
     explicit_vectors: bool  # whether Schedule.vector_width changes its code (the tuner asks)
+    # whether its transform-GEMM kernels read the input through lane tables (one masked
+    # gather per patch element) rather than staging it (``describe`` says which)
+    gathers_by_table: bool = False
 
     @abc.abstractmethod
     def available(self) -> str | None:
@@ -88,4 +91,4 @@ class Backend(abc.ABC):
 
     def describe(self, plan: Plan) -> list[str]:
         """How ``plan`` runs on this backend, in a few lines (``convgen explain``)."""
-        return describe_plan(plan, self.name)
+        return describe_plan(plan, self.gathers_by_table)

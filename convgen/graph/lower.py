@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convgen.plan.weights import prepare_weight, prepares
-from convgen.plan.layout import block_lanes, depthwise_blocked, depthwise_plan, with_layout
+from convgen.plan.weights import prepare_weight
+from convgen.plan.depthwise import depthwise_blocked
+from convgen.plan.layout import block_lanes
 from convgen.plan.core import Plan, make_plan
 from convgen.schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, Schedule, \
     default_co_schedule, default_transform_schedule
@@ -62,6 +63,9 @@ LAYOUTS = ("blocked", "nchw")
 # a linear layer splits its outputs over the network's threads from this many
 # multiply-adds (ResNet-18's fc, 512 x 1000, in the network: 0.13 -> 0.07 ms at 2 threads)
 PARALLEL_LINEAR_MACS = 1 << 18
+# max pooling keeps a padded input row of at most this many elements on the stack (two
+# passes: rows, then columns); wider rows take the one-pass loop
+MAX_POOL_ROW_ELEMENTS = 8192
 
 
 def _pad3(values, fill: int) -> tuple[int, int, int]:
@@ -166,7 +170,12 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
         in_blocked = bool(node.inputs) and node.inputs[0] in blocked
         if node.op == "conv":
-            step.plan = with_layout(plans[node.name], in_blocked, node.name in blocked)
+            plan = plans[node.name]
+            # the weight prepared once, at load, not in every call (Winograd's U =
+            # G g G^T, packed), as a bound kernel's
+            step.plan = make_plan(plan.spec, plan.schedule, in_blocked=in_blocked,
+                                  out_blocked=node.name in blocked,
+                                  depthwise=plan.vectorize == "dw", prepared_weights=True)
         _lower_node(node, step, shapes, packer, dtype, backend)
         if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
@@ -195,7 +204,7 @@ def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
     end up blocked; ``plans`` is updated.
 
     Depthwise convs (not ``fixed`` by the caller) try the blocked depthwise plan
-    (layout.depthwise_plan), kept where both their input and output end up blocked; 1x1
+    (make_plan(..., depthwise=True)), kept where both their input and output end up blocked; 1x1
     convs on the default GEMM (``defaults``) try the "co" plan, kept where their input or
     output ends up blocked (MobileNetV2's expand and project layers between blocked
     depthwise ones). The others go back to their own plans and the layouts are planned
@@ -207,7 +216,7 @@ def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
             and plans[name].cout_g >= lanes and plans[name].cin_g >= lanes}
     original = {name: plans[name] for name in depthwise | gemm}
     for name in depthwise:
-        plans[name] = depthwise_plan(plans[name])
+        plans[name] = make_plan(plans[name].spec, plans[name].schedule, depthwise=True)
     for name in gemm:
         plans[name] = make_plan(plans[name].spec,
                                 default_co_schedule(plans[name].spec, plans[name].threads))
@@ -230,15 +239,11 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
     a = node.attrs
     if node.op == "conv":
         spec = step.plan.spec
-        # the weight prepared once, here, not in every call (Winograd's U = G g G^T,
-        # packed), as a bound kernel's
-        pretransformed = prepares(step.plan, backend)
         step.params["weight"] = packer.add(prepare_weight(step.plan, backend,
                                                           node.params["weight"]))
         if spec.bias:
             step.params["bias"] = packer.add(node.params["bias"])
-        step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs,
-                       "pretransformed": pretransformed}
+        step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs}
     elif node.op in ("max_pool", "avg_pool"):
         nd = len(shapes[0]) - 2
         step.consts = {
@@ -250,6 +255,11 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
             "count_include_pad": bool(a.get("count_include_pad", True)),
             "jobs": shapes[0][0] * shapes[0][1], "threads": 1,
         }
+        c = step.consts
+        row = max((c["out_size"][2] - 1) * c["stride"][2] + (c["kernel"][2] - 1)
+                  * c["dilation"][2] + 1, c["padding"][2] + c["in_size"][2])
+        # max pooling's two-pass loop, through a padded row of this many elements
+        c.update(row_elements=row, padded_row=row <= MAX_POOL_ROW_ELEMENTS)
     elif node.op == "adaptive_avg_pool":
         step.consts = _spatial_consts(shapes[0], node.shape)
     elif node.op == "linear":

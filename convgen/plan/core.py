@@ -20,11 +20,19 @@ from convgen.cpu import vector_lanes
 from convgen.dtypes import DTYPES
 from convgen.schedule import Schedule, co_vectors, default_schedule
 from convgen.spec import ConvSpec, source_coordinate
+from convgen.plan.co import (CoClass, CoPiece, CoTap, CoTiles, co_decisions, co_row_taps,  # noqa: F401
+                             co_row_tiles, describe_co_plan, transpose_shuffles)
+from convgen.plan.depthwise import DEPTHWISE_PIXELS, depthwise_blocked, depthwise_pieces
+from convgen.plan.direct import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD,  # noqa: F401
+                                 VEC_SKIP, VectorTables, channels_inner, describe_direct_plan,
+                                 vector_tables)
+from convgen.plan.layout import block_lanes, supports_blocked
+from convgen.plan.weights import prepares
 from convgen.plan.winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
 
-# How one vector of VL output columns reads its VL input columns at one tap
-# (the LLVM backend's vector tables; see vector_tables()).
-VEC_SKIP, VEC_LOAD, VEC_MASKED_LOAD, VEC_GATHER, VEC_EVEN = 0, 1, 2, 3, 4
+# plans deal their jobs out in about this many chunks per thread, first come first
+# served (a shared vCPU makes a static split wait for the slower thread)
+DYNAMIC_CHUNKS = 4
 
 C_TYPES = {name: d.c_type for name, d in DTYPES.items()}
 
@@ -92,6 +100,15 @@ class Plan:
     # (N, C / VL, *spatial, VL) with VL = vector_lanes; networks set these between layers
     in_blocked: bool = False
     out_blocked: bool = False
+    # the weight argument holds the weights prepared at load (convgen.plan.weights):
+    # Winograd's U, the "co" plan's packed channel blocks, the depthwise plan's vectors
+    prepared_weights: bool = False
+    # the OpenMP schedule clause of the kernel's job loop
+    omp_schedule: str = "static"
+    # vectorize="w": jobs vary the output-channel tile fastest (see direct.CACHE_BYTES)
+    channels_inner: bool = False
+    # vectorize="dw": the pieces of a row, see depthwise.depthwise_pieces
+    dw_pieces: tuple = ()
 
     @property
     def tile_spatial(self) -> tuple[int, ...]:
@@ -108,8 +125,90 @@ class Plan:
         return self.batch * self.groups * math.prod(self.n_tiles)
 
 
-def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
-    """Derive every constant for ``spec`` under ``schedule`` (default: the fallback)."""
+def omp_schedule(jobs: int, threads: int) -> str:
+    """The OpenMP schedule clause of a loop over ``jobs`` jobs (see DYNAMIC_CHUNKS)."""
+    if DYNAMIC_CHUNKS <= 0:
+        return "static"
+    return f"dynamic, {max(1, jobs // (threads * DYNAMIC_CHUNKS))}"
+
+
+def make_plan(spec: ConvSpec, schedule: Schedule | None = None, *,
+              in_blocked: bool | None = None, out_blocked: bool | None = None,
+              depthwise: bool = False, prepared_weights: bool = False) -> Plan:
+    """Derive every constant for ``spec`` under ``schedule`` (default: the fallback).
+
+    ``in_blocked`` / ``out_blocked``: the kernel reads its input / writes its output (and
+    residual) in the blocked layout of convgen.plan.layout (symbol suffixes ``_bi`` /
+    ``_bo``); ValueError when the plan cannot; None: the plan's own (NCHW, the depthwise
+    plan blocked). ``depthwise``: the blocked depthwise plan (convgen.plan.depthwise;
+    symbol suffix ``_dw``, blocked in and out only, weights always prepared).
+    ``prepared_weights``: the weight argument holds the weights prepared at load
+    (convgen.plan.weights) where the plan's kernel reads prepared weights at all
+    (weights.prepares; symbol suffix ``_bound``, so both variants may be loaded at once).
+    """
+    plan = _base_plan(spec, schedule)
+    if depthwise:
+        plan = _depthwise(plan)
+    plan = _layout(plan, in_blocked, out_blocked)
+    if prepared_weights and prepares(plan):
+        plan = dataclasses.replace(plan, prepared_weights=True, symbol=plan.symbol + "_bound")
+    return _decide(plan)
+
+
+def _depthwise(plan: Plan) -> Plan:
+    """The blocked depthwise plan of ``plan``'s spec: a vector holds VL channels of one
+    pixel, a job is one output row of one channel block of one image, its register tile
+    DEPTHWISE_PIXELS pixels; input and output blocked, weights always prepared."""
+    why = depthwise_blocked(plan.spec)
+    if why is not None:
+        raise ValueError(f"{plan.spec.name}: no blocked depthwise plan: {why}")
+    lanes = block_lanes(plan.spec.dtype)
+    return dataclasses.replace(plan, vectorize="dw", vector_lanes=lanes, co_tiles=None,
+                               winograd=None, tile_co=lanes,
+                               tile=(1, 1, min(DEPTHWISE_PIXELS, plan.out_size[2])),
+                               in_blocked=True, out_blocked=True, prepared_weights=True,
+                               symbol=plan.symbol + "_dw")
+
+
+def _layout(plan: Plan, in_blocked: bool | None, out_blocked: bool | None) -> Plan:
+    """``plan`` reading (writing) the blocked layout; ValueError when it cannot."""
+    if plan.vectorize == "dw":
+        if in_blocked is False or out_blocked is False:
+            raise ValueError(f"{plan.spec.name}: the depthwise plan reads and writes the "
+                             "blocked layout only")
+        return plan
+    if not (in_blocked or out_blocked):
+        return plan
+    why = supports_blocked(plan, in_blocked, out_blocked)
+    if why is not None:
+        raise ValueError(f"{plan.spec.name}: no blocked layout: {why}")
+    suffix = ("_bi" if in_blocked else "") + ("_bo" if out_blocked else "")
+    return dataclasses.replace(plan, in_blocked=in_blocked, out_blocked=out_blocked,
+                               symbol=plan.symbol + suffix)
+
+
+def _decide(plan: Plan) -> Plan:
+    """The choices that depend on the whole plan (its layout, its weights): job order,
+    OpenMP schedules, prefetch distances, the pieces of a depthwise row."""
+    fields = {"omp_schedule": omp_schedule(plan.jobs, plan.threads)}
+    if plan.winograd is not None:
+        wp = plan.winograd
+        # jobs (block x part) dealt out in chunks, as the direct plans' (adjacent blocks
+        # write adjacent output columns: one block at a time, threads share cache lines)
+        fields["winograd"] = dataclasses.replace(
+            wp, block_schedule=omp_schedule(wp.co_parts * min(wp.chunk_blocks),
+                                            plan.threads))
+    elif plan.vectorize == "co":
+        fields["co_tiles"] = co_decisions(plan)
+    elif plan.vectorize == "dw":
+        fields["dw_pieces"] = depthwise_pieces(plan)
+    else:
+        fields["channels_inner"] = channels_inner(plan)
+    return dataclasses.replace(plan, **fields)
+
+
+def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
+    """The plan of ``spec`` under ``schedule``, NCHW, weights as given."""
     if schedule is None:
         schedule = default_schedule(spec)
     tile_co, tile_spatial = schedule.resolve(spec)
@@ -170,321 +269,14 @@ def make_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     )
 
 
-@dataclass(frozen=True)
-class CoPiece:
-    """One register tile of a row (vectorize="co"): ``size`` output columns
-    ``ow0 + p * step`` (p < size, ``step`` of :class:`CoTiles`).
-
-    Its input columns at tap kw are ``base + offset`` with the offsets of class ``cls``.
-    """
-
-    ow0: int
-    size: int
-    base: int
-    cls: int
 
 
-@dataclass(frozen=True)
-class CoTap:
-    """One kernel column of a piece class: the weight vectors' offsets in the packed
-    tap (one per channel vector) and, per pixel that reads something, (pixel, offset)."""
-
-    kw: int
-    weight_offsets: tuple[int, ...]
-    pixels: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class CoClass:
-    """Pieces that read the same input columns relative to their base share one unrolled
-    body: same size, same (pixel, offset) pairs per tap (interior pieces of a row)."""
-
-    size: int
-    taps: tuple[CoTap, ...]
-
-
-@dataclass(frozen=True)
-class CoTiles:
-    """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
-    vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
-    last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
-    each piece a register tile of co_vectors x size accumulators.
-
-    ``step`` is the distance between a piece's output columns: 1, or a transposed
-    convolution's W stride, whose row is first split into its stride phases (columns
-    p, p+s, p+2s, ...): at one tap either every column of a phase reads an input column
-    (consecutive ones) or none does, so no multiply-add of a piece is wasted.
-
-    Packing reads the weight as ``pack_segments`` runs of ``pack_run`` consecutive
-    reduction steps, ``pack_segment_stride`` apart (one run per input channel when
-    transposed: weight (C_in, C_out/groups, *k)). With ``block_outer`` the channel block
-    is the outermost part of the job index (group, block, batch, rows, piece), so a
-    thread packs each block once per call rather than once per batch element.
-    """
-
-    co_vectors: int
-    max_pixels: int
-    pieces: tuple[CoPiece, ...]
-    classes: tuple[CoClass, ...]
-    pack_elements: int  # packed weights of one channel block
-    step: int = 1
-    pack_segments: int = 1
-    pack_run: int = 0
-    pack_segment_stride: int = 0
-    block_outer: bool = False
-    # transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
-    # the input row in an input channel, offset of the tap in a packed input channel)
-    row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
-
-
-def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
-                tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as
-    (input row offset, packed weight offset); a transposed row skips the taps of the
-    other stride phases without a branch."""
-    _, in_h, in_w = in_size
-    _, kh_count, kw_count = kernel
-    return tuple(
-        tuple(((i_d * in_h + i_h) * in_w, (kd * kh_count + kh) * kw_count * tile_co)
-              for kd, i_d in enumerate(d_row) if i_d >= 0
-              for kh, i_h in enumerate(h_row) if i_h >= 0)
-        for d_row in tables[0] for h_row in tables[1])
-
-
-def _near_equal(count: int, most: int) -> list[int]:
-    """``count`` split into the fewest near-equal parts of at most ``most``."""
-    parts = -(-count // most)
-    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
-
-
-def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
-                 max_pixels: int, reduction: int, step: int = 1) -> CoTiles:
-    """Split a row of ``len(w_table)`` output columns into pieces (per stride phase when
-    ``step`` > 1) and group them by the input columns they read (``w_table[ow][kw]``, -1
-    for nothing) relative to a base."""
-    out_w = len(w_table)
-    kw_count = len(w_table[0])
-    pieces, classes, index = [], [], {}
-    for phase in range(min(step, out_w)):
-        ow0 = phase
-        for size in _near_equal(len(range(phase, out_w, step)), max_pixels):
-            cols = [w_table[ow0 + p * step] for p in range(size)]
-            columns = [c for row in cols for c in row if c >= 0]
-            base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
-            taps = []
-            for kw in range(kw_count):
-                pixels = tuple((p, cols[p][kw] - base) for p in range(size)
-                               if cols[p][kw] >= 0)
-                taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
-                                            for v in range(vectors)), pixels))
-            cls = CoClass(size, tuple(taps))
-            if cls not in index:
-                index[cls] = len(classes)
-                classes.append(cls)
-            pieces.append(CoPiece(ow0, size, base, index[cls]))
-            ow0 += size * step
-    taps = reduction // (spec.in_channels // spec.groups)
-    if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
-        segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
-    else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
-        segments, run, stride = 1, reduction, 0
-    return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
-                   reduction * vectors * lanes, step, segments, run, stride,
-                   block_outer=spec.transposed)
-
-
-def transpose_shuffles(lanes: int) -> list[tuple[int, list[tuple[int, int, list[int],
-                                                                   list[int]]]]]:
-    """Two-source shuffles that transpose ``lanes`` vectors r0, r1, ... in place (the
-    "co" plans' weight packing and output tiles): stages (block, [(i, j, mask_a, mask_b)]).
-
-    Stage b (lanes/2, ..., 2, 1) swaps the off-diagonal b x b blocks of every 2b x 2b
-    block: rows i and i + b (i & b == 0) exchange their elements e & b; the new row i is
-    shuffle(r_i, r_j, mask_a), the new row j shuffle(r_i, r_j, mask_b) (indices >= lanes
-    pick from r_j).
-    """
-    stages = []
-    block = lanes // 2
-    while block >= 1:
-        ops = []
-        for i in range(lanes):
-            if i & block:
-                continue
-            mask_a = [lanes + e - block if e & block else e for e in range(lanes)]
-            mask_b = [lanes + e if e & block else e + block for e in range(lanes)]
-            ops.append((i, i + block, mask_a, mask_b))
-        stages.append((block, ops))
-        block //= 2
-    return stages
-
-
-@dataclass(frozen=True)
-class VectorTables:
-    """Tables for code that holds VL output columns per vector (the LLVM backend).
-
-    Rows of the D and H tables are padded with -1 up to whole tiles, so tile loops
-    can run their full constant trip count. For the W dim, vector ``v`` of W-tile
-    ``t`` covers output columns ``t*TW + v*VL + lane``; at tap ``kw`` its input
-    columns are ``w_table[kw][t*TW + v*VL + lane]`` (-1: nothing to add). ``modes``
-    says how to read them: VEC_SKIP (no lane contributes), VEC_LOAD (every lane,
-    columns ``base + lane``), VEC_MASKED_LOAD (the valid lanes are ``base + lane``)
-    or VEC_GATHER; ``bases`` holds ``base``.
-    """
-
-    n_vectors: int  # vectors per W tile: ceil(TW / VL)
-    row_length: int  # length of each w_table row
-    d_table: list[list[int]]
-    h_table: list[list[int]]
-    w_table: list[list[int]]  # [KW][row_length]
-    modes: list[list[list[int]]]  # [NT_W][KW][n_vectors]
-    bases: list[list[list[int]]]  # [NT_W][KW][n_vectors]
-    lane_masks: list[list[list[int]]]  # [NT_W][KW][n_vectors]: bit l set when lane l is valid
-    # Transposed convolutions with a W stride visit output columns phase by phase
-    # (0, s, 2s, ..., then 1, 1+s, ...): within a phase a tap reads consecutive input
-    # columns, so vectors load instead of gathering. out_columns[v] is the output column of
-    # virtual column v (-1 past the end); None when columns are in order.
-    out_columns: list[int] | None = None
-
-
-def vector_tables(plan: Plan) -> VectorTables:
-    lanes = plan.vector_lanes
-    tw = plan.tile[2]
-    n_vectors = -(-tw // lanes)
-    nt_w = plan.n_tiles[3]
-    row_length = (nt_w - 1) * tw + n_vectors * lanes
-
-    def padded_rows(table: list[list[int]], rows: int) -> list[list[int]]:
-        width = len(table[0])
-        return table + [[-1] * width for _ in range(rows - len(table))]
-
-    d_table = padded_rows(plan.tables[0], plan.n_tiles[1] * plan.tile[0])
-    h_table = padded_rows(plan.tables[1], plan.n_tiles[2] * plan.tile[1])
-    kw_count = plan.kernel[2]
-    out_w = plan.out_size[2]
-    in_w = plan.in_size[2]
-    stride_w = plan.spec.stride[-1]
-    out_columns = None
-    order = list(range(out_w))
-    if plan.spec.transposed and stride_w > 1:
-        order = [o for phase in range(stride_w) for o in range(phase, out_w, stride_w)]
-        out_columns = order + [-1] * (row_length - out_w)
-    w_table = [[plan.tables[2][order[v]][k] if v < out_w else -1 for v in range(row_length)]
-               for k in range(kw_count)]
-    modes, bases, masks = [], [], []
-    for t in range(nt_w):
-        tile_modes, tile_bases, tile_masks = [], [], []
-        for k in range(kw_count):
-            row_modes, row_bases, row_masks = [], [], []
-            for v in range(n_vectors):
-                first = t * tw + v * lanes
-                idx = w_table[k][first:first + lanes]
-                valid = [(lane, i) for lane, i in enumerate(idx) if i >= 0]
-                offsets = {i - lane for lane, i in valid}
-                if not valid:
-                    mode, base = VEC_SKIP, 0
-                elif len(offsets) == 1:
-                    base = offsets.pop()
-                    mode = VEC_LOAD if len(valid) == lanes else VEC_MASKED_LOAD
-                elif len(valid) == lanes and all(i == idx[0] + 2 * lane for lane, i in valid) \
-                        and idx[0] + 2 * lanes <= in_w:
-                    # stride 2 inside the row: two vector loads, keep the even lanes
-                    mode, base = VEC_EVEN, idx[0]
-                else:
-                    mode, base = VEC_GATHER, 0
-                row_modes.append(mode)
-                row_bases.append(base)
-                row_masks.append(sum(1 << lane for lane, _ in valid))
-            tile_modes.append(row_modes)
-            tile_bases.append(row_bases)
-            tile_masks.append(row_masks)
-        modes.append(tile_modes)
-        bases.append(tile_bases)
-        masks.append(tile_masks)
-    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks,
-                        out_columns)
-
-
-def describe_plan(plan: Plan, backend: str = "c") -> list[str]:
-    """How the kernel runs on ``backend``, in a few lines (``convgen explain`` prints
-    them); only the transform-GEMM plans differ between the backends."""
+def describe_plan(plan: Plan, gathers_by_table: bool = False) -> list[str]:
+    """How the kernel runs, in a few lines (``convgen explain`` prints them);
+    ``gathers_by_table``: the backend reads a transform-GEMM plan's input through lane
+    tables (see convgen.plan.winograd.describe_winograd_plan)."""
     if plan.winograd is not None:
-        return describe_winograd_plan(plan, backend)
+        return describe_winograd_plan(plan, gathers_by_table)
     if plan.co_tiles is not None:
         return describe_co_plan(plan)
-    spec, tables = plan.spec, vector_tables(plan)
-    kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
-        else "direct convolution"
-    counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_EVEN: 0, VEC_GATHER: 0, VEC_SKIP: 0}
-    for tile in tables.modes:
-        for row in tile:
-            for mode in row:
-                counts[mode] += 1
-    lines = [
-        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
-        " vectorized over output columns (vectorize='w')",
-        f"jobs: batch {plan.batch} x groups {plan.groups} x channel tiles {plan.n_tiles[0]}"
-        f" x D/H/W tiles {plan.n_tiles[1]}x{plan.n_tiles[2]}x{plan.n_tiles[3]}"
-        f" = {plan.jobs}, on {plan.threads} thread(s)",
-        f"register tile per output row: {plan.tile_co} output channels x {tables.n_vectors}"
-        f" vector(s) of {plan.vector_lanes} {plan.c_type} lanes"
-        f" = {plan.tile_co * tables.n_vectors} vector accumulators",
-        f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps",
-        f"input reads per (W tile, tap, vector): {counts[VEC_LOAD]} vector loads, "
-        f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_EVEN]} stride-2 shuffles, "
-        f"{counts[VEC_GATHER]} gathers, "
-        f"{counts[VEC_SKIP]} skipped (all padding)",
-    ]
-    if tables.out_columns is not None:
-        lines.append(f"output columns visited phase by phase (W stride {spec.stride[-1]}), "
-                     "so taps read consecutive inputs")
-    if spec.groups > 1 and plan.cin_g == 1 and not spec.transposed:
-        lines.append("depthwise: one input channel per output channel, so no reduction "
-                     "over channels; the register tile grows in space instead "
-                     "(bandwidth-bound: judge it by bytes moved, not FLOPs)")
-    return lines
-
-
-def describe_co_plan(plan: Plan) -> list[str]:
-    """describe_plan for vectorize="co"."""
-    co = plan.co_tiles
-    assert co is not None
-    sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
-    border = sum(1 for c in co.classes
-                 if any(len(t.pixels) < c.size for t in c.taps))
-    spec = plan.spec
-    kind = "transposed convolution (split by stride phase: no scatter, no zero taps)" \
-        if spec.transposed else "direct convolution"
-    jobs = (f"jobs: groups {plan.groups} x channel blocks {plan.n_tiles[0]} x batch {plan.batch}"
-            if co.block_outer else
-            f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}")
-    lines = [
-        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
-        " vectorized over output channels (vectorize='co')",
-        f"{jobs} x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces"
-        f" {plan.n_tiles[3]} = {plan.jobs}, on {plan.threads} thread(s)",
-        f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
-        f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
-        f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
-        f" {'/'.join(map(str, sizes))}",
-        f"weights packed per channel block as [ci][kd][kh][kw][{plan.tile_co}] in each call"
-        f" ({co.pack_elements} elements, zeros past the last channel; bound kernels and"
-        f" networks: every block once, at load)",
-        f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps; per tap"
-        f" {co.co_vectors} weight vector load(s), one broadcast input per column (any stride"
-        f" or dilation, no gathers)",
-        f"{len(co.classes)} unrolled piece bodies ({border} with border columns that skip"
-        f" padding taps); output stored channel by channel after the reduction",
-    ]
-    if spec.transposed:
-        per_row = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps)
-        computed = per_row * sum(len(r) for r in co.row_taps or ())
-        dense = math.prod(plan.out_size) * math.prod(plan.kernel)
-        scatter = math.prod(plan.in_size) * math.prod(plan.kernel)
-        lines.append(
-            f"stride phases: a row's {plan.out_size[2]} columns in {co.step} phase(s) of"
-            f" columns {co.step} apart; each row runs only the (kd, kh) taps that reach it"
-            f" (listed per row), each piece only the kw taps of its phase: {computed}"
-            f" (output pixel, tap) products per channel, none on a zero (every output"
-            f" pixel x every tap: {dense}; the scatter definition: {scatter}, its cropped"
-            f" border included)")
-    return lines
+    return describe_direct_plan(plan)

@@ -7,19 +7,22 @@ then loads the VL channels of a pixel with one vector instruction and stores its
 tile without transposing it, and an input pixel's channels share one cache line instead
 of lying a plane apart.
 
-Which kernels read and write it: :func:`supports_blocked`. Which values of a network are
+Which kernels read and write it: :func:`supports_blocked`; the planner
+(convgen.plan.core.make_plan) builds a plan with a blocked input or output. Which values of a network are
 blocked: convgen.graph.layout. Standalone kernels and a network's inputs and outputs are
 always NCHW.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convgen.cpu import vector_lanes
-from convgen.plan.core import Plan
+
+if TYPE_CHECKING:
+    from convgen.plan.core import Plan
 
 
 def block_lanes(dtype: str) -> int:
@@ -52,68 +55,6 @@ def supports_blocked(plan: Plan, read: bool = True, write: bool = True) -> str |
     if plan.vectorize == "co":
         return None
     return "the \"w\" plan vectorizes over output columns"
-
-
-# the depthwise plan's register tile: this many output pixels of a row (one vector of
-# channels each)
-DEPTHWISE_PIXELS = 8
-
-
-def depthwise_blocked(spec) -> str | None:
-    """None when ``spec`` can run on the blocked depthwise plan, else why not: one input
-    and one output channel per group (channel multiplier 1), whole blocks of channels,
-    not transposed."""
-    lanes = block_lanes(spec.dtype)
-    if spec.transposed:
-        return "transposed"
-    if spec.groups != spec.in_channels or spec.groups != spec.out_channels:
-        return "not depthwise with one output channel per input channel"
-    if spec.in_channels % lanes:
-        return f"{spec.in_channels} channels are not a multiple of {lanes}"
-    return None
-
-
-def depthwise_plan(plan: Plan) -> Plan:
-    """The blocked depthwise plan of ``plan``'s spec (vectorize="dw"): a vector holds VL
-    channels of one pixel, a job is one output row of one channel block of one image, its
-    register tile DEPTHWISE_PIXELS pixels; input and output blocked, no reduction over
-    channels (each tap is one FMA of whole vectors). Weights prepared at load:
-    (C / VL, taps, VL). Networks choose it where the values around the layer are
-    blocked (convgen.graph.layout); ValueError when the spec cannot run on it."""
-    why = depthwise_blocked(plan.spec)
-    if why is not None:
-        raise ValueError(f"{plan.spec.name}: no blocked depthwise plan: {why}")
-    lanes = block_lanes(plan.spec.dtype)
-    return dataclasses.replace(plan, vectorize="dw", vector_lanes=lanes, co_tiles=None,
-                               winograd=None, tile_co=lanes,
-                               tile=(1, 1, min(DEPTHWISE_PIXELS, plan.out_size[2])),
-                               in_blocked=True, out_blocked=True,
-                               symbol=plan.symbol + "_dw")
-
-
-def pack_depthwise_weights(plan: Plan, weight: np.ndarray) -> np.ndarray:
-    """(C, 1, *k) -> (C / VL, taps, VL): a tap's weights for a block of channels, one
-    vector."""
-    lanes = plan.vector_lanes
-    channels = plan.groups
-    w = np.asarray(weight).reshape(channels // lanes, lanes, -1)
-    return np.ascontiguousarray(w.transpose(0, 2, 1))
-
-
-def with_layout(plan: Plan, in_blocked: bool, out_blocked: bool) -> Plan:
-    """``plan`` reading (writing) the blocked layout; ValueError when it cannot."""
-    if plan.vectorize == "dw":
-        if not (in_blocked and out_blocked):
-            raise ValueError(f"{plan.spec.name}: the depthwise plan reads and writes the "
-                             "blocked layout only")
-        return plan
-    if in_blocked or out_blocked:
-        why = supports_blocked(plan, in_blocked, out_blocked)
-        if why is not None:
-            raise ValueError(f"{plan.spec.name}: no blocked layout: {why}")
-    suffix = ("_bi" if in_blocked else "") + ("_bo" if out_blocked else "")
-    return dataclasses.replace(plan, in_blocked=in_blocked, out_blocked=out_blocked,
-                               symbol=plan.symbol + suffix)
 
 
 def to_blocked(x: np.ndarray, lanes: int) -> np.ndarray:

@@ -8,8 +8,8 @@ takes only the input. It is what ONNX Runtime does with a model's initializers a
 a compiled network does with its layers. The "co" plan's channel blocks are packed once
 too (:func:`pack_co_weights`; unbound, each call packs them per thread), which lets it
 prefetch the next block while one computes and, at 2+ threads, split rows rather than
-blocks (README: ResNet-18 at 2 threads 10.08 -> 8.75 ms); the "w" plan and the 1x1 GEMM
-read the weight as given.
+blocks; the "w" plan and the 1x1 GEMM read the weight as given. The planner builds the
+plan of such a kernel: ``make_plan(spec, schedule, prepared_weights=True)``.
 The schedule comes from the tuning records measured with bound weights
 (``cg.tune(spec, bound=True)``, ``convgen tune --bound``), else from
 ``default_schedule(spec, prepared_weights=True)`` (Winograd for 3x3 layers of any size).
@@ -17,16 +17,20 @@ The schedule comes from the tuning records measured with bound weights
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convgen.plan.core import Plan
+from convgen.plan.depthwise import pack_depthwise_weights
 from convgen.plan.winograd import transform_weights
 
+if TYPE_CHECKING:
+    from convgen.plan.core import Plan
 
-def prepares(plan: Plan, backend: str) -> bool:
-    """Whether ``plan``'s kernel on ``backend`` reads prepared weights when bound."""
+
+def prepares(plan: Plan, backend: str = "") -> bool:
+    """Whether ``plan``'s kernel reads prepared weights when bound (the same on every
+    backend; ``backend`` is kept for callers that name one)."""
     if plan.vectorize == "co" and plan.co_tiles is not None or plan.vectorize == "dw":
         return True
     return plan.winograd is not None and plan.winograd.method == "winograd"
@@ -50,18 +54,11 @@ def pack_co_weights(plan: Plan, weight: np.ndarray) -> np.ndarray:
         packed.reshape(groups, blocks, tco, cin_g * taps).transpose(0, 1, 3, 2))
 
 
-def bound_plan(plan: Plan) -> Plan:
-    """The plan of the bound variant: its own symbol (both may be loaded at once)."""
-    return dataclasses.replace(plan, symbol=plan.symbol + "_bound")
-
-
 def prepare_weight(plan: Plan, backend: str, weight: np.ndarray) -> np.ndarray:
     """``weight`` as the bound kernel of ``plan`` on ``backend`` reads it."""
     if not prepares(plan, backend):
         return np.ascontiguousarray(weight)
     if plan.vectorize == "dw":
-        from convgen.plan.layout import pack_depthwise_weights
-
         return pack_depthwise_weights(plan, weight)
     if plan.winograd is None:
         return pack_co_weights(plan, weight)

@@ -21,7 +21,7 @@ hold d adjacent outputs; only zero padding is supported (the patches are masked 
 A 1x1 convolution is the same plan with identity transforms (``m = alpha = 1``): a GEMM
 over the output pixels (method "gemm").
 
-Both backends build these plans (templates/c/conv_wino_function.j2, convgen/llvm_wino.py);
+Both backends build these plans (templates/c/conv_wino_function.j2, convgen/backends/llvm/wino.py);
 the planner's tables say where each tile's input
 patch starts in a zero-padded staged copy of the input and where its outputs go.
 """
@@ -43,11 +43,13 @@ MAX_ALPHA = 8  # m + r - 1 per dim: beyond this fp32 rounding grows too fast
 MAX_TILE_2D = 4
 MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors + 1 <= 32)
 # Winograd's tile-major outputs of about this many bytes (a 2 MiB L2) are copied out at a
-# time, so that long rows and large planes are copied from cache. Each chunk ends with a
-# barrier between threads: against 512 KiB, at 2 threads the 64@56 layer took 0.77 ->
-# 0.72 ms, the batch-8 one 6.7 -> 6.4, the 1D 16000-sample one 2.60 -> 2.48; alike at 1
-# thread, and alike with no chunks at all (it stays: it bounds what must stay in cache).
+# time, so that long rows and large planes are copied from cache (it bounds what must
+# stay in cache; each chunk ends with a barrier between threads).
 CHUNK_BYTES = 2 << 20
+# the GEMM method (1x1, input read in place) prefetches its input this many blocks of
+# pixels ahead: one input channel after another, the block's rows are as many streams as
+# there are channels, more than the hardware prefetcher follows
+GEMM_PREFETCH_BLOCKS = 4
 MAX_PREFETCH = 64  # cache lines prefetched per input channel and block
 MAX_PREFETCH_TABLE = 1 << 18  # larger inputs go without (the table would bloat the source)
 # threads: the output channels are split into parts (jobs = blocks x parts) until no
@@ -268,6 +270,10 @@ class WinogradPlan:
     # a block's GEMM by output channels, each transforming the block's input itself
     co_part: int = 0
     dilation: tuple[int, int] = (1, 1)  # taps (dh, dw) apart; see make_winograd_plan's grid
+    # the GEMM reading its input in place prefetches it this many blocks ahead
+    prefetch_blocks: int = GEMM_PREFETCH_BLOCKS
+    # the OpenMP schedule clause of the (block x part) job loop (set by the planner)
+    block_schedule: str = "static"
 
     @property
     def co_parts(self) -> int:
@@ -448,8 +454,10 @@ def transform_weights(plan, weight):
     return np.ascontiguousarray(packed.reshape(u.shape), dtype=spec.dtype)
 
 
-def describe_winograd_plan(plan, backend: str = "c") -> list[str]:
-    """describe_plan for method "winograd" / "gemm" on ``backend``."""
+def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
+    """describe_plan for method "winograd" / "gemm"; ``gathers_by_table``: the backend
+    reads a staged or padded input through the lane tables of :func:`lane_input_offsets`
+    (one masked gather per patch element) rather than staging it."""
     wp: WinogradPlan = plan.winograd
     spec = plan.spec
     dims = f"{wp.tile[0]}x{wp.tile[1]}" if spec.ndim == 2 else f"{wp.tile[1]}"
@@ -461,7 +469,7 @@ def describe_winograd_plan(plan, backend: str = "c") -> list[str]:
                      "channels x output channels, vectors over output pixels")
         if wp.staged_in == (0, 0):
             lines.append("input read in place")
-        elif backend == "llvm":
+        elif gathers_by_table:
             lines.append("input gathered through a table of the pixels the output reads "
                          "(stride/padding applied in the table)")
         else:
@@ -475,7 +483,7 @@ def describe_winograd_plan(plan, backend: str = "c") -> list[str]:
         if wp.dilation != (1, 1):
             lines.append(f"dilation {'x'.join(map(str, spec.dilation))}: tiles made per "
                          "dilation phase, their outputs and patch elements taps apart")
-        if backend == "llvm":
+        if gathers_by_table:
             lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch gathered "
                          "through a table of element offsets (padding and dilation applied "
                          "in the table, -1 read as zero), one masked gather per patch "
@@ -500,3 +508,74 @@ def describe_winograd_plan(plan, backend: str = "c") -> list[str]:
                  f"of tiles = {wp.co_rows * wp.vectors} accumulators; per input channel "
                  f"{wp.vectors} vector load(s) and {wp.co_rows} broadcast weights")
     return lines
+
+
+def _scaled(table: list[int], scale: int) -> list[int]:
+    """``table``'s pixel offsets as element offsets ``scale`` apart, -1 kept."""
+    return table if scale == 1 else [o * scale if o >= 0 else o for o in table]
+
+
+def lane_input_offsets(plan) -> list[int] | None:
+    """Per block, tile vector, patch element and lane: the input element read (an offset
+    from one input channel's first element: the pixel, times VL when the input is
+    blocked), -1 for a zero; None when a GEMM reads its input in place. Kernels that
+    gather every patch element through one table read these (the LLVM backend)."""
+    wp: WinogradPlan = plan.winograd
+    spec = plan.spec
+    in_h, in_w = plan.in_size[1:]
+    out_w = plan.out_size[2]
+    pad_h = spec.padding[0][0] if spec.ndim == 2 else 0
+    pad_w = spec.padding[-1][0]
+    mode = spec.padding_mode
+    count, block = wp.tiles, wp.block_tiles
+    table = []
+    if wp.method == "gemm":
+        if wp.staged_in == (0, 0):
+            return None
+        s_h, s_w = (1, *spec.stride)[-2:]
+        for t in range(wp.blocks * block):
+            if t >= count:
+                table.append(-1)
+                continue
+            r = source_coordinate(t // out_w * s_h - pad_h, in_h, mode)
+            c = source_coordinate(t % out_w * s_w - pad_w, in_w, mode)
+            table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
+        return table
+    (a_h, a_w), (d_h, d_w) = wp.alpha, wp.dilation
+    for blk in range(wp.blocks):
+        for v in range(wp.vectors):
+            for i in range(a_h):
+                for j in range(a_w):
+                    for lane in range(wp.lanes):
+                        t = blk * block + v * wp.lanes + lane
+                        if t >= count:
+                            table.append(-1)
+                            continue
+                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
+                        r = source_coordinate(r0 - pad_h + i * d_h, in_h, mode)
+                        c = source_coordinate(c0 - pad_w + j * d_w, in_w, mode)
+                        table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
+    return _scaled(table, plan.vector_lanes if plan.in_blocked else 1)
+
+
+def lane_output_offsets(plan) -> list[int]:
+    """Per block, tile vector, tile output and lane (Winograd): the output element written
+    (an offset from one output channel's first element: the pixel, times VL when the
+    output is blocked), -1 past the output or the last tile."""
+    wp: WinogradPlan = plan.winograd
+    out_h, out_w = plan.out_size[1:]
+    (m_h, m_w), (d_h, d_w) = wp.tile, wp.dilation
+    table = []
+    for blk in range(wp.blocks):
+        for v in range(wp.vectors):
+            for a in range(m_h):
+                for bb in range(m_w):
+                    for lane in range(wp.lanes):
+                        t = blk * wp.block_tiles + v * wp.lanes + lane
+                        if t >= wp.tiles:
+                            table.append(-1)
+                            continue
+                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
+                        oh, ow = r0 + a * d_h, c0 + bb * d_w
+                        table.append(oh * out_w + ow if oh < out_h and ow < out_w else -1)
+    return _scaled(table, plan.vector_lanes if plan.out_blocked else 1)

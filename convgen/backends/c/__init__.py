@@ -31,8 +31,8 @@ class CBackend(Backend):
     def identity(self) -> str:
         return compiler_identity(find_c_compiler())
 
-    def render(self, plan: Plan, pretransformed: bool = False) -> str:
-        return render_c(plan, pretransformed)
+    def render(self, plan: Plan) -> str:
+        return render_c(plan)
 
     def build(self, plan: Plan, source: str, cache: Cache | None) -> Artifact:
         entry = build_c(source, plan.symbol, openmp=plan.threads > 1, cache=cache)

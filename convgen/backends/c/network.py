@@ -41,8 +41,7 @@ def render_network(lowered: Lowered, symbol: str, title: str) -> str:
         entry = {"kind": step.kind, "name": name, "call": _call(step)}
         if step.kind == "conv":
             entry["k"] = conv_context(step.plan, symbol=step.function,
-                                      residual=step.consts["residual"],
-                                      pretransformed=step.consts["pretransformed"])
+                                      residual=step.consts["residual"])
         else:
             entry["o"] = {**step.consts, "name": name, "function": step.function,
                           "has_bias": "bias" in step.params,

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-from pathlib import Path
 
 import jinja2
 
-from convgen.dtypes import dtype_info
-from convgen.cpu import cpu_flags, vector_bits
+from convgen.cpu import cpu_flags
 from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.winograd import transform_lines
 from convgen.version import __version__
@@ -80,35 +77,6 @@ def environment() -> jinja2.Environment:
     return env
 
 
-# A group's input larger than this (bytes) is swept once with the output-channel tiles
-# innermost, instead of once per channel tile (long 1D signals, large 3D volumes).
-CACHE_BYTES = 1 << 20
-
-
-def channels_inner(plan: Plan) -> bool:
-    """True when jobs should vary the output-channel tile fastest (see CACHE_BYTES)."""
-    volume = plan.cin_g * math.prod(plan.in_size) * (4 if plan.spec.dtype == "float32" else 8)
-    return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
-
-
-# the GEMM method (1x1, input read in place) prefetches its input this many blocks of
-# pixels ahead: one input channel after another, the block's rows are as many streams as
-# there are channels, more than the hardware prefetcher follows. On MobileNetV2's 144->24
-# pointwise layer, 1 thread: 1 block ahead 0.52 ms, 4 blocks 0.35, 8 blocks 0.35.
-GEMM_PREFETCH_BLOCKS = 4
-
-# direct plans deal their jobs out in about this many chunks per thread, first come first
-# served (the second vCPU here is shared, and a static split waits for the slower thread)
-DYNAMIC_CHUNKS = 4
-
-
-def omp_schedule(jobs: int, threads: int) -> str:
-    """The OpenMP schedule clause of a direct plan's job loop."""
-    if DYNAMIC_CHUNKS <= 0:
-        return "static"
-    return f"dynamic, {max(1, jobs // (threads * DYNAMIC_CHUNKS))}"
-
-
 def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The fields both plans' templates read: names, shapes, types, the spec as a comment,
     threads and the epilogue."""
@@ -132,7 +100,7 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
         "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
         "weight_strides": plan.weight_strides,
         "threads": plan.threads,
-        "omp_schedule": omp_schedule(plan.jobs, plan.threads),
+        "omp_schedule": plan.omp_schedule,
         "bias": spec.bias,
         "residual": residual,
         "activation": spec.activation,
@@ -143,27 +111,25 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
     }
 
 
-def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
-                 pretransformed: bool = False) -> dict:
+def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
     """The flat template context of one convolution (templates/c/conv_function.j2, or
     conv_co_function.j2 for vectorize="co", conv_wino_function.j2 for the transform-GEMM
-    methods; ``pretransformed``: the weight argument holds Winograd's U or the "co" plan's
-    packed channel blocks, prepared once, see convgen.plan.weights)."""
+    methods)."""
     params = parameters(plan, "restrict")
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
                                 f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
     if plan.winograd is not None:
-        return wino_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+        return wino_context(plan, symbol or plan.symbol, params, residual)
     if plan.vectorize == "co":
-        return co_context(plan, symbol or plan.symbol, params, residual, pretransformed)
+        return co_context(plan, symbol or plan.symbol, params, residual)
     if plan.vectorize == "dw":
         return dw_context(plan, symbol or plan.symbol, params, residual)
     vectors = vector_tables(plan)
     return {
         **_shared_context(plan, symbol or plan.symbol, params, residual),
         "vectorize": "w",
-        "channels_inner": channels_inner(plan),
+        "channels_inner": plan.channels_inner,
         "n_vectors": vectors.n_vectors,
         "row_length": vectors.row_length,
         "d_table": vectors.d_table,
@@ -181,67 +147,10 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False,
     }
 
 
-# vectorize="co", transposed: prefetch the input rows this many input channels ahead
-# (+8% on the 4x4/2 256->128 bench layer; 4 measured a little better than 8).
-CO_PREFETCH_CHANNELS = 4
-CO_PREFETCH_WEIGHT_BYTES = 256 << 10
-# ... and with weights packed at load, 2+ threads split the rows when the packed weights
-# are at most this many times an image's input (see co_rows_outer)
-CO_ROWS_OUTER_WEIGHTS = 1.0
-
-
-# A blocked input's pixels are a cache line apart: a row of them is read through one base
-# pointer per CO_BASE_PIXELS columns, from its middle, so that every broadcast FMA's
-# displacement fits EVEX's compressed 8-bit one (+-127 elements) and the instruction
-# stays 7 bytes, not 10: ResNet-18's 3x3/2 256->512 layer, blocked in and out, 1 thread,
-# 0.89 -> 0.71 ms (one measurement; the 64->128 one moved within noise).
-CO_BASE_PIXELS = 16
-
-
-def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
-    """Whether a "co" kernel's jobs put the channel block innermost (threads split the
-    rows) instead of outermost (threads split the channel blocks): with weights packed at
-    load (no per-thread pack to keep), 2+ threads, and weights smaller than an image's
-    input. Each thread then reads the input rows it needs, mostly the ones it wrote as the
-    previous layer (a network's layers split rows too), rather than all of them, half
-    from the other core's cache: ResNet-18's 3x3/2 64->128 layer in the network
-    0.45 -> 0.37 ms at 2 threads.
-    """
-    spec = plan.spec
-    if not prepacked or plan.threads < 2 or spec.transposed:
-        return False
-    weights = plan.groups * plan.n_tiles[0] * plan.co_tiles.pack_elements
-    return weights <= CO_ROWS_OUTER_WEIGHTS * math.prod(spec.input_shape[1:])
-
-
-def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
-    """Cache lines of the NEXT channel block's weights a "co" kernel prefetches into
-    L2 per input channel of a job, spread so that the whole block has arrived when the
-    jobs of this one end (0: none; packed in the call, a transposed block is not one run
-    of the weight; with ``prepacked`` every block is one run).
-
-    A block is packed at its first job; without this its weights come from memory while
-    nothing computes (weights larger than the last-level cache: in a network, each call).
-    Measured on ResNet-18's 512@7 layer at 2 threads: 0.92 -> 0.84 ms with its weights
-    from memory, 0.78 -> 0.71 from cache. Layers with under CO_PREFETCH_WEIGHT_BYTES of
-    weights go without (their conv1, 3->64 7x7: 0.70 -> 0.72 ms with).
-    """
-    co = plan.co_tiles
-    itemsize = dtype_info(plan.spec.dtype).itemsize
-    if co is None or (co.pack_segments != 1 and not prepacked) or \
-            co_rows_outer(plan, prepacked) or \
-            math.prod(plan.spec.weight_shape) * itemsize < CO_PREFETCH_WEIGHT_BYTES:
-        return 0
-    block_lines = -(-plan.tile_co * co.pack_run * itemsize // 64)
-    jobs_per_block = plan.n_tiles[1] * plan.n_tiles[2] * plan.n_tiles[3]
-    return -(-block_lines // (jobs_per_block * plan.cin_g))
-
-
-def co_context(plan: Plan, symbol: str, params: str, residual: bool,
-               prepacked: bool = False) -> dict:
+def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2);
-    ``prepacked``: the weight argument holds the channel blocks packed at load
-    (convgen.plan.weights.pack_co_weights)."""
+    with ``plan.prepared_weights`` the weight argument holds the channel blocks packed at
+    load (convgen.plan.weights.pack_co_weights)."""
     co = plan.co_tiles
     assert co is not None
     lanes = plan.vector_lanes
@@ -254,35 +163,28 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool,
                           for i in range(lanes)]}
                 for v in range(co.co_vectors) for c0 in range(0, size, lanes)]
 
-    def share_inputs(c) -> bool:
-        """Transposed, strided: a phase's few taps read overlapping input columns; gcc may
-        keep each broadcast for all of them when accumulators, broadcasts and weight
-        vectors fit the register file (+8-10% on the 4x4/2 bench layer)."""
-        columns = {off for t in c.taps for _, off in t.pixels}
-        needed = co.co_vectors * (c.size + 1) + len(columns)
-        return co.step > 1 and needed <= (32 if vector_bits() == 512 else 16)
-
     def span(c) -> int:
         """Input columns a piece of class ``c`` reads, from its base."""
         return 1 + max((off for t in c.taps for _, off in t.pixels), default=0)
 
+    base_pixels = co.base_pixels
     classes = [{"size": c.size,
-                "share_inputs": share_inputs(c),
-                # blocked input: a base pointer per CO_BASE_PIXELS columns (see there)
-                "bases": range((span(c) - 1) // CO_BASE_PIXELS + 1),
+                "share_inputs": co.share_inputs[i],
+                # blocked input: a base pointer per base_pixels columns (plan.co)
+                "bases": range((span(c) - 1) // base_pixels + 1),
                 "span": span(c),
                 "blocks": blocks(c.size),
                 "accumulators": [[f"a{p}_{v}" for v in range(co.co_vectors)]
                                  for p in range(c.size)],
                 "taps": [{"kw": t.kw,
                           "weights": [(f"w{v}", off) for v, off in enumerate(t.weight_offsets)],
-                          "pixels": [{"offset": off, "base": off // CO_BASE_PIXELS,
-                                      "local": off % CO_BASE_PIXELS - CO_BASE_PIXELS // 2,
+                          "pixels": [{"offset": off, "base": off // base_pixels,
+                                      "local": off % base_pixels - base_pixels // 2,
                                       "fma": [(f"a{p}_{v}", f"w{v}")
                                               for v in range(co.co_vectors)]}
                                      for p, off in t.pixels]}
                          for t in c.taps]}
-               for c in co.classes]
+               for i, c in enumerate(co.classes)]
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "co",
@@ -305,38 +207,21 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool,
         "pack_run": co.pack_run,
         "pack_segment_stride": co.pack_segment_stride,
         "column_step": co.step,
-        "co_base_pixels": CO_BASE_PIXELS,
+        "co_base_pixels": base_pixels,
         "block_outer": co.block_outer,
-        "prefetch_channels": CO_PREFETCH_CHANNELS,
-        "next_block_lines": co_next_block_lines(plan, prepacked),
-        "prepacked": prepacked,
-        "rows_outer": co_rows_outer(plan, prepacked),
+        "prefetch_channels": co.prefetch_channels,
+        "next_block_lines": co.next_block_lines,
+        "prepacked": plan.prepared_weights,
+        "rows_outer": co.rows_outer,
         **row_tap_lists(co),
         "d_table": plan.tables[0],
         "h_table": plan.tables[1],
     }
 
 
-def depthwise_pieces(plan: Plan) -> list[tuple[int, bool, list[int]]]:
-    """The blocked depthwise plan's pieces of a row: (first output column, linear, the
-    input column each tap reads for the first pixel); linear: a whole piece whose pixel p
-    reads column cols[kw] + p * stride at every tap, all inside the input."""
-    table = plan.tables[2]
-    pixels = plan.tile[2]
-    stride = plan.spec.stride[-1]
-    out = []
-    for ow0 in range(0, plan.out_size[2], pixels):
-        cols = table[ow0]
-        linear = ow0 + pixels <= plan.out_size[2] and all(
-            table[ow0 + p][kw] == cols[kw] + p * stride and cols[kw] >= 0
-            for p in range(pixels) for kw in range(len(cols)))
-        out.append((ow0, linear, [c if linear else 0 for c in cols]))
-    return out
-
-
 def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of the blocked depthwise plan (templates/c/conv_dw_function.j2)."""
-    pieces = depthwise_pieces(plan)
+    pieces = plan.dw_pieces
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "dw",
@@ -353,8 +238,7 @@ def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     }
 
 
-def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
-                 pretransformed: bool = False) -> dict:
+def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a method "winograd" / "gemm" kernel
     (templates/c/conv_wino_function.j2): the plan's tables and the transforms as
     straight-line statements (convgen.plan.winograd.transform_lines)."""
@@ -366,8 +250,6 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
     at_h, g_h, bt_h = wp.matrices_h
     at_w, g_w, bt_w = wp.matrices_w
     cols = wp.staged_in[1] if wp.staged_in != (0, 0) else plan.in_size[2]
-    if (plan.in_blocked or plan.out_blocked) and wp.method != "winograd":
-        raise ValueError("the 1x1 GEMM reads and writes NCHW only")
     # a blocked input read in place (zero padding): pixels are VL elements apart
     scale = plan.vector_lanes if plan.in_blocked and wp.staged_in == (0, 0) else 1
     transpose_out = plan.out_blocked and wp.co_parts == 1
@@ -407,7 +289,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "method_text": ("1x1 convolution as a GEMM" if wp.method == "gemm" else
                         f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})"),
         "gemm": wp.method == "gemm",
-        "pretransformed": pretransformed and wp.method == "winograd",
+        "pretransformed": plan.prepared_weights,
         "avx512": avx512_suffix(plan),
         "in_hw": plan.in_size[1:],
         "out_hw": plan.out_size[1:],
@@ -419,11 +301,9 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool,
         "block_tiles": wp.block_tiles,
         "blocks": wp.blocks,
         "co_part": wp.co_part,
-        "prefetch_blocks": GEMM_PREFETCH_BLOCKS,
+        "prefetch_blocks": wp.prefetch_blocks,
         "co_parts": wp.co_parts,
-        # jobs (block x part) dealt out in chunks, as the direct plans' (adjacent blocks
-        # write adjacent output columns: one block at a time, threads share cache lines)
-        "block_schedule": omp_schedule(wp.co_parts * min(wp.chunk_blocks), plan.threads),
+        "block_schedule": wp.block_schedule,
         "staged_in": wp.staged_in,
         "stage_in": wp.staged_in != (0, 0),
         "stage_out": wp.stage_out,
@@ -517,9 +397,7 @@ def math_function(c_type: str):
     return lambda name: name
 
 
-def render_c(plan: Plan, pretransformed: bool = False) -> str:
-    """The complete C source of the kernel described by ``plan`` (``pretransformed``: its
-    weight argument holds the prepared weights, see convgen.plan.weights)."""
+def render_c(plan: Plan) -> str:
+    """The complete C source of the kernel described by ``plan``."""
     return environment().get_template("c/conv.c.j2").render(
-        version=__version__, prototype=prototype(plan),
-        k=conv_context(plan, pretransformed=pretransformed))
+        version=__version__, prototype=prototype(plan), k=conv_context(plan))

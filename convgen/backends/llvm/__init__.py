@@ -22,6 +22,7 @@ class LLVMBackend(Backend):
     source_suffix = ".ll"
     line_comment = ";"
     explicit_vectors = True  # the IR's vectors are Schedule.vector_width lanes wide
+    gathers_by_table = True  # transform-GEMM inputs: one masked gather per patch element
 
     def available(self) -> str | None:
         return None  # llvmlite is a dependency; it needs no outside tool
@@ -30,8 +31,8 @@ class LLVMBackend(Backend):
         return f"llvmlite {llvmlite.__version__} LLVM " + \
             ".".join(map(str, llvm.llvm_version_info))
 
-    def render(self, plan: Plan, pretransformed: bool = False) -> str:
-        return render_llvm(plan, target_triple(), data_layout(), pretransformed)
+    def render(self, plan: Plan) -> str:
+        return render_llvm(plan, target_triple(), data_layout())
 
     def build(self, plan: Plan, source: str, cache: Cache | None) -> Artifact:
         entry = build_llvm(source, plan.symbol, cache=cache)

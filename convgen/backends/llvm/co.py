@@ -5,16 +5,16 @@ call packs its current block of output channels from the weights into a scratch
 buffer (``aligned_alloc``, one per call, so one per thread: the thread pool and
 GOMP_parallel both give each thread its own call) laid out [ci][kd][kh][kw][channels],
 VL x VL blocks transposed with shuffles, zeros past the last channel; bound kernels and
-networks take every block packed at load instead (``prepacked``, convgen.plan.weights), and
-then at 2+ threads split the rows rather than the blocks when the weights are small
-(render.co_rows_outer). A job is one
+networks take every block packed at load instead (``plan.prepared_weights``,
+convgen.plan.weights), and then at 2+ threads split the rows rather than the blocks when
+the weights are small (``co_tiles.rows_outer``, convgen.plan.co.co_rows_outer). A job is one
 piece of an output row: ``co_vectors`` x ``size`` accumulators (``<16 x float>`` on
 AVX-512). Per input channel and tap it loads the weight vectors and broadcasts one input
 scalar per column into ``llvm.fma`` (any stride, dilation or padding mode: the planner's
 tables say which columns read what; no gathers). Then each VL x VL block of the tile is
 transposed in registers and the epilogue (bias, residual, activation) stores whole
 column vectors per channel with masks. Layers with large weights prefetch the next channel
-block's weights into L2 while a block computes (render.co_next_block_lines).
+block's weights into L2 while a block computes (convgen.plan.co.co_next_block_lines).
 
 Blocked layouts (``plan.in_blocked`` / ``plan.out_blocked``, convgen.plan.layout: (N, C / VL,
 *spatial, VL)): a blocked input's channel ci starts at ``(ci / VL) * plane * VL + ci % VL``
@@ -39,8 +39,8 @@ import contextlib
 from llvmlite import ir
 
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
-from convgen.plan.core import CoClass, Plan, transpose_shuffles
-from convgen.backends.c.render import CO_PREFETCH_CHANNELS, co_next_block_lines, co_rows_outer
+from convgen.plan.co import CoClass, transpose_shuffles
+from convgen.plan.core import Plan
 
 SCRATCH_ALIGN = 64  # bytes: the packed weights' alignment (one cache line)
 
@@ -49,7 +49,7 @@ class CoKernelIR(IRFunction):
     """Builds one vectorize="co" convolution function into a module."""
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
-                 residual: bool = False, internal: bool = False, prepacked: bool = False):
+                 residual: bool = False, internal: bool = False):
         assert plan.vectorize == "co" and plan.co_tiles is not None
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
@@ -57,12 +57,12 @@ class CoKernelIR(IRFunction):
         self.plan = plan
         self.co = plan.co_tiles
         self.residual = residual
-        self.prepacked = prepacked  # w holds the channel blocks packed at load
-        self.rows_outer = co_rows_outer(plan, prepacked)
+        self.prepacked = plan.prepared_weights  # w holds the channel blocks packed at load
+        self.rows_outer = self.co.rows_outer
         self.vector_align = min(SCRATCH_ALIGN, self.lanes * self.itemsize)
         # packed at load, the blocks lie wherever the caller's array (a network's
         # parameters) puts them: element-aligned only
-        self.weight_align = self.itemsize if prepacked else self.vector_align
+        self.weight_align = self.itemsize if self.prepacked else self.vector_align
         self.columns = -(-self.co.max_pixels // self.lanes) * self.lanes  # PCOLS
         # elements between an input channel's adjacent pixels: 1 in NCHW, VL blocked
         self.xs = self.lanes if plan.in_blocked else 1
@@ -111,7 +111,7 @@ class CoKernelIR(IRFunction):
             b.store(i64(-1), packed)
 
         order = [("piece", len(co.pieces)), ("th", p.n_tiles[2]), ("td", p.n_tiles[1])]
-        if self.rows_outer:  # threads split the rows (see render.co_rows_outer)
+        if self.rows_outer:  # threads split the rows (see plan.co.co_rows_outer)
             b.comment("one job = one piece of a row: batch x group x D/H tiles x pieces x"
                       " channel block")
             order = [("tc", p.n_tiles[0])] + order + [("g", p.groups)]
@@ -180,10 +180,10 @@ class CoKernelIR(IRFunction):
     def _next_block(self, w, job, block, n):
         """(pointer, bytes left, lines) of this job's share of the next channel block's
         weights (packed at load, or raw), prefetched into L2 ``lines`` lines per input
-        channel while the job computes (see render.co_next_block_lines); None when the
+        channel while the job computes (see plan.co.co_next_block_lines); None when the
         plan prefetches none."""
         p, b = self.plan, self.b
-        lines = co_next_block_lines(p, self.prepacked)
+        lines = self.co.next_block_lines
         if not lines:
             return None
         blocks = p.groups * p.n_tiles[0]
@@ -350,34 +350,25 @@ class CoKernelIR(IRFunction):
                                                               "xr"), wt)
 
     def _prefetch_row(self, xr, body: CoClass) -> None:
-        """Prefetch the piece's input columns CO_PREFETCH_CHANNELS input channels ahead:
+        """Prefetch the piece's input columns ``co_tiles.prefetch_channels`` input channels ahead:
         channels are planes apart, too far for the hardware prefetcher (the C template's
         transposed plan does the same). A prefetch past the input does not fault."""
         b = self.b
         i8p = I8.as_pointer()
         prefetch = self.intrinsic("llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
-        ahead = CO_PREFETCH_CHANNELS * self.plan.in_size[0] * self.plan.in_size[1] \
+        ahead = self.co.prefetch_channels * self.plan.in_size[0] * self.plan.in_size[1] \
             * self.plan.in_size[2]
         span = 1 + max((off for t in body.taps for _, off in t.pixels), default=0)
         for extra in (0, span - 1) if span > 1 else (0,):
             address = b.gep(xr, [i64(ahead + extra)], inbounds=False)
             b.call(prefetch, [b.bitcast(address, i8p), i32(0), i32(3), i32(1)])
 
-    def _shares_inputs(self, body: CoClass) -> bool:
-        """Transposed, strided: a phase's few taps read overlapping input columns, and
-        accumulators, broadcasts and weight vectors fit the register file, so the
-        broadcasts may stay in registers across taps (as the C template lets gcc do)."""
-        columns = {off for t in body.taps for _, off in t.pixels}
-        needed = self.co.co_vectors * (body.size + 1) + len(columns)
-        registers = 32 if self.lanes * self.itemsize == 64 else 16
-        return self.co.step > 1 and needed <= registers
-
     def _taps(self, body: CoClass, xr, wt) -> None:
         """The kw taps of one (kd, kh) tap: per tap the weight vectors, then one broadcast
         input per column that reads something into an FMA per channel vector."""
         b = self.b
         fma = self.vector_intrinsic("fma", 3)
-        share = self._shares_inputs(body)
+        share = self.co.share_inputs[self.co.classes.index(body)]  # see plan.co.co_share_inputs
         for tap in body.taps:
             if not tap.pixels:
                 continue

@@ -11,7 +11,7 @@ A job is one output row of one channel block of one image (N * C / VL * OD * OH 
 The row runs in pieces of P pixels, the register tile (P accumulators, allocas promoted
 to registers), each started at the bias vector. The planner's tables (input coordinate
 per (output, tap), -1: the tap adds nothing) handle every padding mode, flip, stride and
-dilation. A "linear" piece (convgen.backends.c.render.depthwise_pieces) reads its pixel p at tap kw
+dilation. A "linear" piece (convgen.plan.depthwise.depthwise_pieces) reads its pixel p at tap kw
 from input column PIECE_COL[piece][kw] + p * stride, all inside the input: plain vector
 loads; any other piece (borders, the last, short one) looks each pixel's column up in the
 W table and keeps the accumulator where the tap adds nothing. The epilogue adds the
@@ -27,7 +27,6 @@ from llvmlite import ir
 
 from convgen.backends.llvm.ir import I32, I64, IRFunction, i32, i64
 from convgen.plan.core import Plan
-from convgen.backends.c.render import depthwise_pieces
 
 
 class DwKernelIR(IRFunction):
@@ -44,7 +43,7 @@ class DwKernelIR(IRFunction):
         self.plan = plan
         self.residual = residual
         self.pixels = plan.tile[2]  # P
-        self.pieces = depthwise_pieces(plan)
+        self.pieces = plan.dw_pieces
 
     # -- the kernel ------------------------------------------------------------------
     def build(self) -> ir.Function:

@@ -393,7 +393,7 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
         if step.kind == "conv":
             functions.append(add_conv_function(
                 module, step.plan, step.function, residual=step.consts["residual"],
-                internal=True, pretransformed=step.consts["pretransformed"]))
+                internal=True))
         else:
             functions.append(_op_function(module, step, c_type))
     entry = IRFunction(module, symbol, c_type, 1, ("params", "arena"),

@@ -41,9 +41,8 @@ from llvmlite import ir
 
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.core import Plan
-from convgen.spec import source_coordinate
 from convgen.backends.llvm.build import openmp_available
-from convgen.plan.winograd import WinogradPlan, tile_origin
+from convgen.plan.winograd import lane_input_offsets, lane_output_offsets
 
 SCRATCH_ALIGN = 64  # bytes
 
@@ -53,99 +52,20 @@ def uses_openmp(plan: Plan) -> bool:
     return plan.threads > 1 and openmp_available()
 
 
-def _blocked_only_winograd(plan: Plan) -> None:
-    """ValueError for the 1x1 GEMM with a blocked layout (as convgen.backends.c.render.wino_context)."""
-    if (plan.in_blocked or plan.out_blocked) and plan.winograd.method != "winograd":
-        raise ValueError("the 1x1 GEMM reads and writes NCHW only")
-
-
-def _scaled(table: list[int], scale: int) -> list[int]:
-    """``table``'s pixel offsets as element offsets ``scale`` apart, -1 kept."""
-    return table if scale == 1 else [o * scale if o >= 0 else o for o in table]
-
-
-def input_offsets(plan: Plan) -> list[int] | None:
-    """Per block, tile vector, patch element and lane: the input element read (an offset
-    from one input channel's first element: the pixel, times VL when the input is
-    blocked), -1 for a zero; None when a GEMM reads its input in place."""
-    wp: WinogradPlan = plan.winograd
-    _blocked_only_winograd(plan)
-    spec = plan.spec
-    in_h, in_w = plan.in_size[1:]
-    out_w = plan.out_size[2]
-    pad_h = spec.padding[0][0] if spec.ndim == 2 else 0
-    pad_w = spec.padding[-1][0]
-    mode = spec.padding_mode
-    count, block = wp.tiles, wp.block_tiles
-    table = []
-    if wp.method == "gemm":
-        if wp.staged_in == (0, 0):
-            return None
-        s_h, s_w = (1, *spec.stride)[-2:]
-        for t in range(wp.blocks * block):
-            if t >= count:
-                table.append(-1)
-                continue
-            r = source_coordinate(t // out_w * s_h - pad_h, in_h, mode)
-            c = source_coordinate(t % out_w * s_w - pad_w, in_w, mode)
-            table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
-        return table
-    (a_h, a_w), (d_h, d_w) = wp.alpha, wp.dilation
-    for blk in range(wp.blocks):
-        for v in range(wp.vectors):
-            for i in range(a_h):
-                for j in range(a_w):
-                    for lane in range(wp.lanes):
-                        t = blk * block + v * wp.lanes + lane
-                        if t >= count:
-                            table.append(-1)
-                            continue
-                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
-                        r = source_coordinate(r0 - pad_h + i * d_h, in_h, mode)
-                        c = source_coordinate(c0 - pad_w + j * d_w, in_w, mode)
-                        table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
-    return _scaled(table, plan.vector_lanes if plan.in_blocked else 1)
-
-
-def output_offsets(plan: Plan) -> list[int]:
-    """Per block, tile vector, tile output and lane (Winograd): the output element written
-    (an offset from one output channel's first element: the pixel, times VL when the
-    output is blocked), -1 past the output or the last tile."""
-    wp: WinogradPlan = plan.winograd
-    out_h, out_w = plan.out_size[1:]
-    (m_h, m_w), (d_h, d_w) = wp.tile, wp.dilation
-    table = []
-    for blk in range(wp.blocks):
-        for v in range(wp.vectors):
-            for a in range(m_h):
-                for bb in range(m_w):
-                    for lane in range(wp.lanes):
-                        t = blk * wp.block_tiles + v * wp.lanes + lane
-                        if t >= wp.tiles:
-                            table.append(-1)
-                            continue
-                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
-                        oh, ow = r0 + a * d_h, c0 + bb * d_w
-                        table.append(oh * out_w + ow if oh < out_h and ow < out_w else -1)
-    return _scaled(table, plan.vector_lanes if plan.out_blocked else 1)
-
-
 class WinoKernelIR(IRFunction):
     """Builds one method "winograd" / "gemm" convolution function into a module."""
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
-                 residual: bool = False, internal: bool = False,
-                 pretransformed: bool = False):
+                 residual: bool = False, internal: bool = False):
         wp = plan.winograd
         assert wp is not None
-        _blocked_only_winograd(plan)
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, wp.lanes, names,
                          ("job_begin", "job_end"), internal)
         self.plan, self.wp = plan, wp
         self.residual = residual
         self.gemm = wp.method == "gemm"
-        self.pretransformed = pretransformed and not self.gemm
+        self.pretransformed = plan.prepared_weights  # w holds U (Winograd only)
         self.transform = not self.gemm and not self.pretransformed  # U built per call
         self.omp = uses_openmp(plan)
         self.threads = plan.threads if self.omp else 1
@@ -394,7 +314,7 @@ class WinoKernelIR(IRFunction):
         (a_h, a_w), tb = wp.alpha, wp.block_tiles
         elements = a_h * a_w
         in_plane = p.in_size[1] * p.in_size[2]
-        table = self.constant_table("in_offsets", input_offsets(p), I32)
+        table = self.constant_table("in_offsets", lane_input_offsets(p), I32)
         b.comment("input transform: V = BT d B, patches gathered (-1 offsets: zeros)")
         for tv in range(wp.vectors):
             first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)),
@@ -420,7 +340,7 @@ class WinoKernelIR(IRFunction):
         p, wp, b = self.plan, self.wp, self.b
         (m_h, m_w), (a_h, a_w), tb = wp.tile, wp.alpha, wp.block_tiles
         out_plane = p.out_size[1] * p.out_size[2]
-        table = self.constant_table("out_offsets", output_offsets(p), I32)
+        table = self.constant_table("out_offsets", lane_output_offsets(p), I32)
         if self._transposes_output():
             self._output_transform_blocked(mb, bias, rg, yg, group, blk, table)
             return
@@ -550,7 +470,7 @@ class WinoKernelIR(IRFunction):
         in_plane = p.in_size[1] * p.in_size[2]
         out_plane = p.out_size[1] * p.out_size[2]
         p0 = b.mul(blk, i64(tb), name="p0")
-        table = input_offsets(p)
+        table = lane_input_offsets(p)
         source = self.alloca(self.ptr, "v.base")
         stride = self.alloca(I64, "v.stride")
         full = b.icmp_signed("<=", b.add(p0, i64(tb)), i64(count))

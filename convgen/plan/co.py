@@ -1,0 +1,292 @@
+"""The vectorize="co" plan: output channels in the vector lanes, a row split into register
+tiles (pieces) grouped by the input columns they read, weights packed per channel block.
+
+Everything the "co" kernels of both backends decide lives here: the pieces and classes
+(co_row_tiles), the taps of a transposed row (co_row_taps), and the prefetch and job-order
+choices (co_decisions) made once the layout and the weights are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from convgen.cpu import vector_bits
+from convgen.dtypes import dtype_info
+from convgen.spec import ConvSpec
+
+if TYPE_CHECKING:
+    from convgen.plan.core import Plan
+
+# transposed: prefetch the input rows this many input channels ahead (4 measured a
+# little better than 8)
+CO_PREFETCH_CHANNELS = 4
+# layers with fewer bytes of weights than this do not prefetch the next channel block
+CO_PREFETCH_WEIGHT_BYTES = 256 << 10
+# with weights packed at load, 2+ threads split the rows when the packed weights are at
+# most this many times an image's input (see co_rows_outer)
+CO_ROWS_OUTER_WEIGHTS = 1.0
+# A blocked input's pixels are a cache line apart: a row of them is read through one base
+# pointer per CO_BASE_PIXELS columns, from its middle, so that every broadcast FMA's
+# displacement fits EVEX's compressed 8-bit one (+-127 elements) and the instruction
+# stays 7 bytes, not 10.
+CO_BASE_PIXELS = 16
+
+
+@dataclass(frozen=True)
+class CoPiece:
+    """One register tile of a row (vectorize="co"): ``size`` output columns
+    ``ow0 + p * step`` (p < size, ``step`` of :class:`CoTiles`).
+
+    Its input columns at tap kw are ``base + offset`` with the offsets of class ``cls``.
+    """
+
+    ow0: int
+    size: int
+    base: int
+    cls: int
+
+
+@dataclass(frozen=True)
+class CoTap:
+    """One kernel column of a piece class: the weight vectors' offsets in the packed
+    tap (one per channel vector) and, per pixel that reads something, (pixel, offset)."""
+
+    kw: int
+    weight_offsets: tuple[int, ...]
+    pixels: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class CoClass:
+    """Pieces that read the same input columns relative to their base share one unrolled
+    body: same size, same (pixel, offset) pairs per tap (interior pieces of a row)."""
+
+    size: int
+    taps: tuple[CoTap, ...]
+
+
+@dataclass(frozen=True)
+class CoTiles:
+    """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
+    vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
+    last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
+    each piece a register tile of co_vectors x size accumulators.
+
+    ``step`` is the distance between a piece's output columns: 1, or a transposed
+    convolution's W stride, whose row is first split into its stride phases (columns
+    p, p+s, p+2s, ...): at one tap either every column of a phase reads an input column
+    (consecutive ones) or none does, so no multiply-add of a piece is wasted.
+
+    Packing reads the weight as ``pack_segments`` runs of ``pack_run`` consecutive
+    reduction steps, ``pack_segment_stride`` apart (one run per input channel when
+    transposed: weight (C_in, C_out/groups, *k)). With ``block_outer`` the channel block
+    is the outermost part of the job index (group, block, batch, rows, piece), so a
+    thread packs each block once per call rather than once per batch element.
+    """
+
+    co_vectors: int
+    max_pixels: int
+    pieces: tuple[CoPiece, ...]
+    classes: tuple[CoClass, ...]
+    pack_elements: int  # packed weights of one channel block
+    step: int = 1
+    pack_segments: int = 1
+    pack_run: int = 0
+    pack_segment_stride: int = 0
+    block_outer: bool = False
+    # transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
+    # the input row in an input channel, offset of the tap in a packed input channel)
+    row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # decided by the planner once the layout and the weights are known (co_decisions)
+    rows_outer: bool = False  # the channel block innermost in the job index
+    next_block_lines: int = 0  # lines of the next block's weights prefetched per channel
+    prefetch_channels: int = 0  # transposed: input rows prefetched this many channels ahead
+    base_pixels: int = 0  # blocked input: one base pointer per this many columns
+    share_inputs: tuple[bool, ...] = ()  # per class: keep each broadcast for all its taps
+
+
+def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
+                tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as
+    (input row offset, packed weight offset); a transposed row skips the taps of the
+    other stride phases without a branch."""
+    _, in_h, in_w = in_size
+    _, kh_count, kw_count = kernel
+    return tuple(
+        tuple(((i_d * in_h + i_h) * in_w, (kd * kh_count + kh) * kw_count * tile_co)
+              for kd, i_d in enumerate(d_row) if i_d >= 0
+              for kh, i_h in enumerate(h_row) if i_h >= 0)
+        for d_row in tables[0] for h_row in tables[1])
+
+
+def _near_equal(count: int, most: int) -> list[int]:
+    """``count`` split into the fewest near-equal parts of at most ``most``."""
+    parts = -(-count // most)
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+
+
+def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
+                 max_pixels: int, reduction: int, step: int = 1) -> CoTiles:
+    """Split a row of ``len(w_table)`` output columns into pieces (per stride phase when
+    ``step`` > 1) and group them by the input columns they read (``w_table[ow][kw]``, -1
+    for nothing) relative to a base."""
+    out_w = len(w_table)
+    kw_count = len(w_table[0])
+    pieces, classes, index = [], [], {}
+    for phase in range(min(step, out_w)):
+        ow0 = phase
+        for size in _near_equal(len(range(phase, out_w, step)), max_pixels):
+            cols = [w_table[ow0 + p * step] for p in range(size)]
+            columns = [c for row in cols for c in row if c >= 0]
+            base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
+            taps = []
+            for kw in range(kw_count):
+                pixels = tuple((p, cols[p][kw] - base) for p in range(size)
+                               if cols[p][kw] >= 0)
+                taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
+                                            for v in range(vectors)), pixels))
+            cls = CoClass(size, tuple(taps))
+            if cls not in index:
+                index[cls] = len(classes)
+                classes.append(cls)
+            pieces.append(CoPiece(ow0, size, base, index[cls]))
+            ow0 += size * step
+    taps = reduction // (spec.in_channels // spec.groups)
+    if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
+        segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
+    else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
+        segments, run, stride = 1, reduction, 0
+    return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
+                   reduction * vectors * lanes, step, segments, run, stride,
+                   block_outer=spec.transposed)
+
+
+def transpose_shuffles(lanes: int) -> list[tuple[int, list[tuple[int, int, list[int],
+                                                                   list[int]]]]]:
+    """Two-source shuffles that transpose ``lanes`` vectors r0, r1, ... in place (the
+    "co" plans' weight packing and output tiles): stages (block, [(i, j, mask_a, mask_b)]).
+
+    Stage b (lanes/2, ..., 2, 1) swaps the off-diagonal b x b blocks of every 2b x 2b
+    block: rows i and i + b (i & b == 0) exchange their elements e & b; the new row i is
+    shuffle(r_i, r_j, mask_a), the new row j shuffle(r_i, r_j, mask_b) (indices >= lanes
+    pick from r_j).
+    """
+    stages = []
+    block = lanes // 2
+    while block >= 1:
+        ops = []
+        for i in range(lanes):
+            if i & block:
+                continue
+            mask_a = [lanes + e - block if e & block else e for e in range(lanes)]
+            mask_b = [lanes + e if e & block else e + block for e in range(lanes)]
+            ops.append((i, i + block, mask_a, mask_b))
+        stages.append((block, ops))
+        block //= 2
+    return stages
+
+
+def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
+    """Whether a "co" kernel's jobs put the channel block innermost (threads split the
+    rows) instead of outermost (threads split the channel blocks): with weights packed at
+    load (no per-thread pack to keep), 2+ threads, and weights smaller than an image's
+    input. Each thread then reads the input rows it needs, mostly the ones it wrote as the
+    previous layer (a network's layers split rows too), rather than all of them, half
+    from the other core's cache.
+    """
+    spec = plan.spec
+    if not prepacked or plan.threads < 2 or spec.transposed:
+        return False
+    weights = plan.groups * plan.n_tiles[0] * plan.co_tiles.pack_elements
+    return weights <= CO_ROWS_OUTER_WEIGHTS * math.prod(spec.input_shape[1:])
+
+
+def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
+    """Cache lines of the NEXT channel block's weights a "co" kernel prefetches into
+    L2 per input channel of a job, spread so that the whole block has arrived when the
+    jobs of this one end (0: none; packed in the call, a transposed block is not one run
+    of the weight; with ``prepacked`` every block is one run).
+
+    A block is packed at its first job; without this its weights come from memory while
+    nothing computes (weights larger than the last-level cache: in a network, each call).
+    Layers with under CO_PREFETCH_WEIGHT_BYTES of weights go without.
+    """
+    co = plan.co_tiles
+    itemsize = dtype_info(plan.spec.dtype).itemsize
+    if co is None or (co.pack_segments != 1 and not prepacked) or \
+            co_rows_outer(plan, prepacked) or \
+            math.prod(plan.spec.weight_shape) * itemsize < CO_PREFETCH_WEIGHT_BYTES:
+        return 0
+    block_lines = -(-plan.tile_co * co.pack_run * itemsize // 64)
+    jobs_per_block = plan.n_tiles[1] * plan.n_tiles[2] * plan.n_tiles[3]
+    return -(-block_lines // (jobs_per_block * plan.cin_g))
+
+
+def co_share_inputs(co: CoTiles, cls: CoClass) -> bool:
+    """Transposed, strided: a phase's few taps read overlapping input columns; gcc may
+    keep each broadcast for all of them when accumulators, broadcasts and weight
+    vectors fit the register file."""
+    columns = {off for t in cls.taps for _, off in t.pixels}
+    needed = co.co_vectors * (cls.size + 1) + len(columns)
+    return co.step > 1 and needed <= (32 if vector_bits() == 512 else 16)
+
+
+def co_decisions(plan: Plan) -> CoTiles:
+    """``plan.co_tiles`` with the decisions that depend on the whole plan (threads, the
+    layout, weights packed at load)."""
+    co = plan.co_tiles
+    prepacked = plan.prepared_weights
+    return dataclasses.replace(
+        co, rows_outer=co_rows_outer(plan, prepacked),
+        next_block_lines=co_next_block_lines(plan, prepacked),
+        prefetch_channels=CO_PREFETCH_CHANNELS, base_pixels=CO_BASE_PIXELS,
+        share_inputs=tuple(co_share_inputs(co, c) for c in co.classes))
+
+
+def describe_co_plan(plan: Plan) -> list[str]:
+    """describe_plan for vectorize="co"."""
+    co = plan.co_tiles
+    assert co is not None
+    sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
+    border = sum(1 for c in co.classes
+                 if any(len(t.pixels) < c.size for t in c.taps))
+    spec = plan.spec
+    kind = "transposed convolution (split by stride phase: no scatter, no zero taps)" \
+        if spec.transposed else "direct convolution"
+    jobs = (f"jobs: groups {plan.groups} x channel blocks {plan.n_tiles[0]} x batch {plan.batch}"
+            if co.block_outer else
+            f"jobs: batch {plan.batch} x groups {plan.groups} x channel blocks {plan.n_tiles[0]}")
+    lines = [
+        f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
+        " vectorized over output channels (vectorize='co')",
+        f"{jobs} x D/H row tiles {plan.n_tiles[1]}x{plan.n_tiles[2]} x row pieces"
+        f" {plan.n_tiles[3]} = {plan.jobs}, on {plan.threads} thread(s)",
+        f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
+        f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
+        f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
+        f" {'/'.join(map(str, sizes))}",
+        f"weights packed per channel block as [ci][kd][kh][kw][{plan.tile_co}] in each call"
+        f" ({co.pack_elements} elements, zeros past the last channel; bound kernels and"
+        f" networks: every block once, at load)",
+        f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps; per tap"
+        f" {co.co_vectors} weight vector load(s), one broadcast input per column (any stride"
+        f" or dilation, no gathers)",
+        f"{len(co.classes)} unrolled piece bodies ({border} with border columns that skip"
+        f" padding taps); output stored channel by channel after the reduction",
+    ]
+    if spec.transposed:
+        per_row = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps)
+        computed = per_row * sum(len(r) for r in co.row_taps or ())
+        dense = math.prod(plan.out_size) * math.prod(plan.kernel)
+        scatter = math.prod(plan.in_size) * math.prod(plan.kernel)
+        lines.append(
+            f"stride phases: a row's {plan.out_size[2]} columns in {co.step} phase(s) of"
+            f" columns {co.step} apart; each row runs only the (kd, kh) taps that reach it"
+            f" (listed per row), each piece only the kw taps of its phase: {computed}"
+            f" (output pixel, tap) products per channel, none on a zero (every output"
+            f" pixel x every tap: {dense}; the scatter definition: {scatter}, its cropped"
+            f" border included)")
+    return lines
