@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from helpers import BACKENDS
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Compiled kernels are cached across tests, xdist workers and runs (content-addressed,
@@ -24,13 +26,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("CONVGEN_HYPOTHESIS_PROFILE", "convgen"))
 
 
-def available_backends() -> list[str]:
-    import convgen
-
-    return list(convgen.BACKENDS)
-
-
-@pytest.fixture(scope="session", params=available_backends())
+@pytest.fixture(scope="session", params=BACKENDS)
 def backend(request) -> str:
     """Every backend in convgen.BACKENDS: adding a name there runs these tests on it."""
     return request.param

@@ -15,6 +15,11 @@ from convgen.tolerance import max_error, tolerance
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every registered backend, for parametrize lists and hypothesis strategies (tests that take
+# a ``backend`` argument get conftest's fixture over the same list): registering a backend
+# in convgen.backends runs the whole suite on it.
+BACKENDS: tuple[str, ...] = tuple(cg.BACKENDS)
+
 
 def arrays_for(spec: cg.ConvSpec, seed: int = 0):
     """Random (x, w, b) for ``spec`` in its dtype; b is None without bias."""

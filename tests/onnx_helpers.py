@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import convgen as cg
+from helpers import BACKENDS
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-BACKENDS = ("c", "llvm")
 IR_VERSION = 8  # onnxruntime reads IR <= 13; 8 carries every opset used here
 
 

@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
+from helpers import BACKENDS
 from convgen.backends import get_backend
 from convgen.compiler import kernel_from_artifact
 from convgen.plan.weights import prepare_weight, prepares
@@ -93,8 +94,7 @@ def blocked_specs(draw, ndim: int | None = None, transposed: bool = False,
         assume(False)
 
 
-BACKENDS = ["c", "llvm"]
-DW_BACKENDS = ["c", "llvm"]
+DW_BACKENDS = BACKENDS
 LAYOUTS = [(True, True), (True, False), (False, True)]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_helpers import check_model, make_model, node, rand
+from onnx_helpers import BACKENDS, check_model, make_model, node, rand
 
 import convgen as cg
 
@@ -224,7 +224,7 @@ def test_batch_normalization_opset7_per_element():
     imported = cg.from_onnx(model)
     k = params["scale"] / np.sqrt(params["var"] + 1e-5)
     want = x * k + (params["bias"] - params["mean"] * k)
-    for backend in ("c", "llvm"):
+    for backend in BACKENDS:
         np.testing.assert_allclose(imported.compile(backend=backend)(x), want, rtol=1e-5,
                                    atol=1e-6)
 
@@ -246,7 +246,7 @@ def test_lrn_even_size_follows_the_onnx_definition():
     sums = np.stack([square[:, max(0, c - 1):c + 3].sum(axis=1) for c in range(6)], axis=1)
     want = x / (bias + alpha / size * sums) ** beta
     imported = cg.from_onnx(model)
-    for backend in ("c", "llvm"):
+    for backend in BACKENDS:
         np.testing.assert_allclose(imported.compile(backend=backend)(x), want, rtol=1e-5,
                                    atol=1e-6)
 

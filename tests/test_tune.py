@@ -67,7 +67,6 @@ def lines(path) -> list[dict]:
 
 # -- the search space ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("name", list(SPACE))
 def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend):
     spec = SPACE[name]

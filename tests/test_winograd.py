@@ -34,7 +34,7 @@ from convgen.schedule import default_schedule
 from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
     tile_vectors, winograd_matrices
 
-from helpers import check_kernel, compiled
+from helpers import BACKENDS, check_kernel, compiled
 from strategies import ACTIVATION_CHOICES, arrays_for
 
 PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]
@@ -272,7 +272,6 @@ WINOGRAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("case", sorted(WINOGRAD_CASES))
 def test_winograd_cases_match_oracle(case, backend):
     shape, cout, kernel, fields, schedule_fields = WINOGRAD_CASES[case]
@@ -446,7 +445,6 @@ GEMM_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("case", sorted(GEMM_CASES))
 def test_gemm_cases_match_oracle(case, backend):
     shape, cout, fields, schedule_fields = GEMM_CASES[case]
@@ -606,7 +604,7 @@ def test_prepared_weights_limit_winograd_at_two_threads():
 
     deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
     mid = cg.ConvSpec((1, 256, 14, 14), 256, 3, padding=1)
-    for backend in ("c", "llvm"):
+    for backend in BACKENDS:
         one = default_schedule(deep, backend, prepared_weights=True, threads=1)
         assert (one.method, one.tile_spatial, one.threads) == ("winograd", (2, 2), 1)
         two = default_schedule(deep, backend, prepared_weights=True, threads=2)
@@ -747,7 +745,6 @@ class ResidualNet(nn.Module):
         return self.project(h)
 
 
-@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("dtype, threads", [("float32", None), ("float64", 2)])
 def test_network_runs_winograd_and_gemm_by_default(dtype, threads, backend):
     nn.manual_seed(0)
@@ -773,7 +770,6 @@ def test_network_runs_winograd_and_gemm_by_default(dtype, threads, backend):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("backend", ["c", "llvm"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_network_packs_winograd_weights_in_register_tiles(threads, backend):
     """A network's U is packed per register tile (28 channels, then the remainder); at 2
