@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
-from convgen.schedule import default_w_schedule  # noqa: E402
+from convgen.plan.defaults import default_w_schedule  # noqa: E402
 from convgen.specfile import load_specfile  # noqa: E402
 from convgen.tolerance import max_error, tolerance  # noqa: E402
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import convgen as cg  # noqa: E402
 from convgen.bench.peers import Skip, ort_runner, torch_runner  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
-from convgen.schedule import default_w_schedule  # noqa: E402
+from convgen.plan.defaults import default_w_schedule  # noqa: E402
 from convgen.tolerance import max_error, tolerance  # noqa: E402
 
 

@@ -17,7 +17,8 @@ from convgen.graph.netspec import load_network
 from convgen.kernel import Kernel
 from convgen.onnx.importer import from_onnx  # imports onnx only when called
 from convgen.reference import reference
-from convgen.schedule import Schedule, default_schedule
+from convgen.schedule import Schedule
+from convgen.plan.defaults import default_schedule
 from convgen.spec import ACTIVATIONS, ConvSpec
 from convgen.tuning.tuner import TuneResult, tune
 from convgen.version import __version__

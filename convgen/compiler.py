@@ -19,7 +19,8 @@ from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan, make_plan
 from convgen.plan.weights import prepare_weight, prepares
 from convgen.records import best_record
-from convgen.schedule import Schedule, default_schedule
+from convgen.schedule import Schedule
+from convgen.plan.defaults import default_schedule
 from convgen.spec import ConvSpec
 
 

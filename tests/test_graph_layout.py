@@ -268,7 +268,7 @@ def test_blocked_layers_at_two_threads_limit_winograd(backend):
     """At 2+ threads a 3x3 layer on its default schedule with its input and output blocked
     keeps Winograd only while U fits BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, else runs
     "co" (ResNet-18's 256@14 layers); NCHW, and at 1 thread, it keeps Winograd."""
-    from convgen.schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
+    from convgen.plan.defaults import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
 
     x = (1, 256, 14, 14)
     nodes = [conv("a", "x", x, 256, 3, padding=1, seed=1),

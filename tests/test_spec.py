@@ -9,7 +9,7 @@ from hypothesis import given
 
 import convgen as cg
 from convgen.errors import CompileError, ScheduleError, SpecError
-from convgen.schedule import PARALLEL_FLOPS, default_schedule, default_w_schedule
+from convgen.plan.defaults import PARALLEL_FLOPS, default_schedule, default_w_schedule
 
 from strategies import BASE, INVALID_CHANGES, conv_specs
 

@@ -30,7 +30,7 @@ import convgen as cg
 from convgen import nn
 from convgen.cli.main import main
 from convgen.plan.core import describe_plan, make_plan
-from convgen.schedule import default_schedule
+from convgen.plan.defaults import default_schedule
 from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
     tile_vectors, winograd_matrices
 

@@ -34,7 +34,8 @@ from convgen.bench.peers import Runner, Skip, numpy_runner, openblas_setters, or
     torch_runner
 from convgen.cpu import cpu_flags, vector_bits
 from convgen.reference import random_arrays, reference
-from convgen.schedule import PARALLEL_FLOPS, Schedule
+from convgen.schedule import Schedule
+from convgen.plan.defaults import PARALLEL_FLOPS
 from convgen.spec import ConvSpec
 from convgen.tolerance import max_error, tolerance
 

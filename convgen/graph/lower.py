@@ -19,8 +19,9 @@ from convgen.plan.weights import prepare_weight
 from convgen.plan.depthwise import depthwise_blocked
 from convgen.plan.layout import block_lanes
 from convgen.plan.core import Plan, make_plan
-from convgen.schedule import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, Schedule, \
+from convgen.plan.defaults import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, \
     default_co_schedule, default_transform_schedule
+from convgen.schedule import Schedule
 from convgen.spec import ConvSpec, activation_arguments
 from convgen.graph.ir import Graph, GraphError, Node
 from convgen.graph.layout import plan_layouts
@@ -116,7 +117,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
     whose schedule the caller chose (never moved to the blocked depthwise plan);
     ``defaults``: convs on the heuristic default schedule, which a "co" conv reading or
-    writing a blocked value trades for the blocked one (schedule.default_co_schedule)."""
+    writing a blocked value trades for the blocked one (plan.defaults.default_co_schedule)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}

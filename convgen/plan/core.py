@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from convgen.cpu import vector_lanes
 from convgen.dtypes import DTYPES
-from convgen.schedule import Schedule, co_vectors, default_schedule
+from convgen.schedule import Schedule, co_vectors
+from convgen.plan.defaults import default_schedule
 from convgen.spec import ConvSpec, source_coordinate
 from convgen.plan.co import (CoClass, CoPiece, CoTap, CoTiles, co_decisions, co_row_taps,  # noqa: F401
                              co_row_tiles, describe_co_plan, transpose_shuffles)

@@ -33,15 +33,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from convgen.spec import ConvSpec, source_coordinate
+from convgen.schedule import (MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, METHODS,  # noqa: F401
+                              check_tiles, default_tiles, unsupported)
 
-METHODS = ("direct", "winograd", "gemm")
-MAX_ALPHA = 8  # m + r - 1 per dim: beyond this fp32 rounding grows too fast
-# Tiles transformed in both dims: at most this many outputs per dim. The transforms'
-# rounding does not shrink with the reduction the tolerance scales with; with 1-2 input
-# channels F(5x5, 2x2) measured 1.2x, F(7x7, 2x2) 2.3x and F(7x6, 2x3) 1.7x the
-# tolerance of convgen.tolerance, F(4x4, 3x3) 0.5x (20 seeds, 32x32 inputs).
-MAX_TILE_2D = 4
-MAX_CO_ROWS = 30  # output channels per GEMM register tile (times tile vectors + 1 <= 32)
 # Winograd's tile-major outputs of about this many bytes (a 2 MiB L2) are copied out at a
 # time, so that long rows and large planes are copied from cache (it bounds what must
 # stay in cache; each chunk ends with a barrier between threads).
@@ -149,55 +143,6 @@ def transform_lines(matrix: Matrix, sources: list[str], targets: list[str],
             expr = expr[2:] if expr.startswith("+ ") else "-" + expr[2:]
         lines.append(f"{declare}{target} = {expr};")
     return lines
-
-
-def unsupported(spec: ConvSpec, method: str) -> str | None:
-    """Why ``spec`` cannot run with ``method`` ("winograd" or "gemm"), or None."""
-    if spec.transposed:
-        return "transposed convolutions run with method='direct'"
-    if spec.ndim > 2:
-        return "3D convolutions run with method='direct'"
-    if method == "gemm":
-        if any(k != 1 for k in spec.kernel_size):
-            return "method='gemm' needs a 1x1 kernel"
-        return None
-    if any(s != 1 for s in spec.stride):
-        return "method='winograd' needs stride 1"
-    if any(d != 1 for d in spec.dilation) and spec.padding_mode != "zeros":
-        return "method='winograd' with dilation needs padding_mode='zeros'"
-    if all(k == 1 for k in spec.kernel_size):
-        return "a 1x1 kernel has nothing to transform: use method='gemm'"
-    return None
-
-
-def check_tiles(spec: ConvSpec, method: str, tiles: tuple[int, ...]) -> str | None:
-    """Why ``tiles`` (output tile per spatial dim) is illegal for ``method``, or None."""
-    for k, m in zip(spec.kernel_size, tiles):
-        if method == "gemm" or k == 1:
-            if m != 1:
-                return "must be 1 in a dim whose kernel size is 1 (nothing to transform)"
-        elif m < 2 or m + k - 1 > MAX_ALPHA:
-            return (f"Winograd tiles must be >= 2 with tile + kernel - 1 <= {MAX_ALPHA} "
-                    f"(kernel {k})")
-    both = method == "winograd" and len(tiles) == 2 and all(k > 1 for k in spec.kernel_size)
-    if both and max(tiles) > MAX_TILE_2D:
-        return (f"a tile transformed in two dims may hold at most {MAX_TILE_2D} outputs per "
-                "dim (larger ones round beyond the tolerance with few input channels)")
-    return None
-
-
-def default_tiles(spec: ConvSpec, method: str) -> tuple[int, ...]:
-    """F(4, 3)-sized tiles: the largest m <= 4 with alpha <= MAX_ALPHA and m <= the output
-    (6 for long 1D rows); 1 where the kernel is 1."""
-    tiles = []
-    for k, out, d in zip(spec.kernel_size, spec.output_spatial, spec.dilation):
-        if method == "gemm" or k == 1:
-            tiles.append(1)
-            continue
-        want = 6 if spec.ndim == 1 else 4
-        m = max(2, min(want, MAX_ALPHA + 1 - k, -(-out // d)))
-        tiles.append(m)
-    return tuple(tiles)
 
 
 def grid_size(outputs: int, dilation: int, tile: int) -> int:

@@ -22,7 +22,8 @@ from convgen import config
 from convgen.backends import get_backend, resolve_backend
 from convgen.cpu import vector_bits, vector_lanes
 from convgen.errors import ScheduleError
-from convgen.schedule import MAX_THREADS, Schedule, co_vectors, default_schedule
+from convgen.schedule import MAX_THREADS, Schedule, co_vectors
+from convgen.plan.defaults import default_schedule
 from convgen.plan.winograd import tile_vectors
 from convgen.spec import ConvSpec
 

@@ -1,0 +1,253 @@
+"""The untuned fallback schedules: what runs when no tuning record exists.
+
+``default_schedule(spec)`` picks a plan kind (transform GEMM, "co" or "w") and its tiles
+and threads from the spec alone; convgen.graph.lower asks the per-kind defaults directly
+for the layers of a network (blocked layouts, prepared weights).
+"""
+
+from __future__ import annotations
+
+import math
+
+from convgen import config
+from convgen.cpu import vector_lanes
+from convgen.dtypes import dtype_info
+from convgen.schedule import MAX_THREADS, Schedule, default_tile_spatial, unsupported
+from convgen.spec import ConvSpec
+from convgen.plan.winograd import grid_size, tile_vectors
+
+
+# Below this much work a kernel runs on one thread: starting threads would cost more.
+# Measured at 1 vs 2 threads (2 vCPUs, interleaved medians): 2 threads were faster
+# from about 2 MFLOP up (MobileNetV2's 8 MFLOP depthwise 0.35 -> 0.20 ms, ResNet-18's
+# 13 MFLOP 1x1/2 shortcut 0.22 -> 0.15 ms, a 4 MFLOP 4x4/2 transposed layer 0.074 ->
+# 0.054 ms); 4 MFLOP keeps the tiniest layers off a second core, which costs a whole
+# time slice when another process holds it.
+PARALLEL_FLOPS = 4_000_000
+
+
+def default_schedule(spec: ConvSpec, backend: str = "c",
+                     prepared_weights: bool = False, threads: int | None = None) -> Schedule:
+    """The untuned fallback for ``backend`` ("c" or "llvm") on ``threads`` threads.
+
+    A transform-GEMM plan where :func:`default_transform_schedule` finds one
+    (``prepared_weights``: the weights are constants transformed once, as in networks).
+    Otherwise vectorize over output channels (vectorize="co", see
+    :func:`default_co_schedule`) when :func:`prefers_co` (on both backends, transposed
+    convolutions too), otherwise over output columns (:func:`default_w_schedule`).
+    ``threads`` None: every core ($CONVGEN_NUM_THREADS) for kernels of at least
+    PARALLEL_FLOPS, else one (the thread count also picks between plans: see
+    PARALLEL_WINOGRAD_WEIGHT_BYTES).
+    """
+    if threads is None:
+        threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+    threads = min(threads, MAX_THREADS)
+    transform = default_transform_schedule(spec, threads, prepared_weights)
+    if transform is not None:
+        return transform
+    if prefers_co(spec):
+        return default_co_schedule(spec, threads)
+    return default_w_schedule(spec, threads)
+
+
+def default_w_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
+    """vectorize="w": rows of up to 32 output columns. The register tile (output
+    channels x vectors of columns) is kept at 16 vectors, half the AVX-512 register
+    file: 8 channels when a row takes 2 vectors, 16 when it takes one; strided
+    convolutions gather their inputs, so 16 channels share each gather (measured on
+    ResNet-18's layers). With fewer than 8 channels per group (depthwise) the tile grows
+    in space instead: up to 4 vectors per row and 8 rows (3x faster on MobileNetV2's 3x3
+    depthwise).
+    """
+    cog = spec.out_channels // spec.groups
+    lanes = vector_lanes(spec.dtype)
+    tiles = default_tile_spatial(spec.output_spatial)
+    vectors = -(-tiles[-1] // lanes)
+    strided = spec.stride[-1] > 1 and not spec.transposed
+    tile_co = min(cog, 16 if vectors == 1 or strided else 8)
+    if tile_co < 8:  # few channels per group (depthwise): wider and taller tiles instead
+        out = spec.output_spatial
+        wide = list(tiles)
+        wide[-1] = min(out[-1], 4 * lanes)
+        if len(out) >= 2:
+            wide[-2] = min(out[-2], 8)
+        tiles = tuple(wide)
+    return Schedule(tile_co=tile_co, tile_spatial=tiles, threads=threads)
+
+
+# Rows at least this long and read at stride 1 keep vectorize="w" (whole vector loads).
+LONG_ROW = 128
+
+
+def prefers_co(spec: ConvSpec) -> bool:
+    """Whether vectorize="co" is the default (both backends): a vector of output channels
+    per group or more, and transposed, or rows that are short (< LONG_ROW output columns)
+    or strided.
+
+    Measured at 1 thread on bench/layers.py (2 cores, AVX-512): "co" 1.3-2x faster than
+    "w" on ResNet-18's 3x3 (56/28/14/7, stride 1 and 2), 1x1/2 and 7x7/2 layers, on the
+    odd 96-channel 17x17 layer and the 3D layer; "w" 1.3x faster on the 1D layer of
+    4096 columns, where whole rows are vector loads. Transposed: "co" (stride phases,
+    no wasted multiply-adds) 2-2.7x faster than "w" on the 4x4/2 256->128 bench layer
+    and the DCGAN generator's layers with 16+ output channels; on LLVM 1.6-3.2x
+    (bench/transposed.py --backend llvm).
+    """
+    cog = spec.out_channels // spec.groups
+    if cog < vector_lanes(spec.dtype):
+        return False
+    return spec.transposed or spec.output_spatial[-1] < LONG_ROW or spec.stride[-1] > 1
+
+
+CO_SHORT_REDUCTION = 256
+CO_SHORT_ROW = 14
+CO_SHORT_PIECE = 16
+
+
+def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = False,
+                        blocked_output: bool = False) -> Schedule:
+    """vectorize="co": 1 vector of output channels x 28 pixels of a row (transposed: 2
+    vectors x 12, or 1 x 24 when a group has one vector of channels); one row per job.
+
+    With 1 vector each broadcast input folds into its FMA (an embedded broadcast), so
+    28 accumulators fit beside the weight vector; with 2 x 14 gcc 12 spilled accumulators
+    inside the reduction loop when each call packed its weights (measured then; with the
+    weights packed at load, short rows and blocked inputs take 2 vectors, below).
+    Measured at 1 thread against 2 x 12 (C): the 7x7/2 stem
+    3.8 -> 3.2 ms, 3x3/2 64->128 1.33 -> 1.15, dilated 3x3 3.6 -> 3.0, 256@14 3.2 -> 2.9,
+    the 3D layer 18.7 -> 16.9, 512@7 alike; LLVM 3x3/2 1.7 -> 1.2, others alike; the
+    transposed 4x4/2 layer 5% slower, so transposed convolutions keep 2 x 12.
+
+    Two rows per job when the reduction (input channels per group x taps) is shorter than
+    CO_SHORT_REDUCTION: ResNet-18's 7x7/2 stem (3 x 49 steps), bound, 1.59 -> 1.40 ms at 1
+    thread and 0.815 -> 0.70 ms at 2 (as the tuner found).
+
+    Rows of at most CO_SHORT_ROW outputs take 2 vectors of channels x the whole row (28
+    accumulators or fewer, each broadcast feeding two FMAs): bound, weights packed at load,
+    ResNet-18's 3x3/2 128->256 layer (rows of 14) 0.88 -> 0.75 ms at 1 thread and 0.46 ->
+    0.37 at 2, its 3x3/2 256->512 (rows of 7) 0.74 -> 0.67 at 1 thread.
+
+    ``blocked_input`` (a network's layer reading the blocked layout, convgen.plan.layout): 2
+    vectors x 14 pixels for longer rows too. Each broadcast then reads a cache line of its
+    own (a pixel's channels), and feeding two FMAs from it pays: ResNet-18's 3x3/2 64->128
+    layer, blocked in and out, 0.86 -> 0.68 ms at 1 thread (NCHW, 1 x 28: 0.75).
+    ``blocked_output``: one row per job even with a short reduction (the stem, writing
+    blocked: 1.32 -> 1.29 ms at 1 thread, 0.90 -> 0.84 at 2).
+    At 2+ threads a short reduction takes one row of CO_SHORT_PIECE pixels per job: the
+    stem at 2 threads 0.86 -> 0.75 ms writing blocked, 0.79 -> 0.73 NCHW (at 1 thread
+    1 x 16 is slower than 1 x 28, 1.44 against 1.33 ms blocked).
+    """
+    cog = spec.out_channels // spec.groups
+    lanes = vector_lanes(spec.dtype)
+    row = spec.output_spatial[-1]
+    if spec.transposed:
+        vectors = min(2, -(-cog // lanes))
+    else:
+        vectors = 2 if (row <= CO_SHORT_ROW or blocked_input) and cog > lanes else 1
+    pixels = 12 if vectors == 2 and spec.transposed else (
+        min(row, CO_SHORT_ROW) if vectors == 2 else (24 if spec.transposed else 28))
+    rows = 1
+    reduction = spec.in_channels // spec.groups * math.prod(spec.kernel_size)
+    short = spec.ndim >= 2 and not spec.transposed and reduction < CO_SHORT_REDUCTION and \
+        vectors == 1
+    if short and threads >= 2:
+        pixels = CO_SHORT_PIECE
+    elif short and not blocked_output:
+        rows = min(2, spec.output_spatial[-2])
+    tiles = (1,) * (spec.ndim - 2) + ((rows,) if spec.ndim >= 2 else ()) \
+        + (min(pixels, spec.output_spatial[-1]),)
+    return Schedule(tile_co=vectors * lanes, tile_spatial=tiles, threads=threads,
+                    vectorize="co")
+
+
+# method="gemm" by default from this many output pixels (fewer: a block of tiles is mostly
+# padding lanes, and "co" holds the row in registers).
+GEMM_MIN_PIXELS = 256
+# method="winograd" by default when the transformed weights (alpha^2 x C_in x C_out per
+# group, rebuilt in every call) fit this many bytes, and at least this share of the lanes of
+# the tile blocks hold a tile.
+WINOGRAD_WEIGHT_BYTES = 1 << 20
+# ... and when the network transforms them once at load (convgen.graph): any size at one
+# thread; at 2+ threads up to PARALLEL_WINOGRAD_WEIGHT_BYTES. A network reads each layer's
+# U once per call, from memory (ResNet-18's add up to ~96 MB, the last level cache holds
+# ~32 MB here), and threads share the memory bandwidth while they split the arithmetic
+# that Winograd saves: ResNet-18 at 2 threads (interleaved, 15 rounds) 13.15 ms with
+# layer4's 3x3 layers on Winograd F(2x2) (16.8 MB of U each), 12.35 ms with them direct
+# (9.4 MB of weights each), 12.24 ms with layer3's direct too; at 1 thread 21.17, 21.64
+# and 22.67 ms (so the 1-thread limit stays). Later, with layer3's 256->256 layers on
+# F(2x2) (4.2 MB of U) instead of F(4x4) (9.4 MB): 11.02 -> 10.67 ms at 2 threads, the
+# same at 1 (20.42, 20.38).
+PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
+PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
+# ... and for a layer a network runs with its input and output blocked (convgen.plan.layout),
+# where the "co" plan reads a pixel's channels as one line: ResNet-18 at 2 threads,
+# blocked, interleaved, 11.93 -> 11.55 ms with layer3's 256->256 layers (F(2x2), 4 MiB of
+# U) direct (0.80 -> 0.69 ms each in the network's profile)
+BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES = 3 << 20
+WINOGRAD_MIN_LANE_USE = 0.75
+
+
+def default_transform_schedule(spec: ConvSpec, threads: int = 1,
+                               prepared_weights: bool = False,
+                               parallel_limit: int | None = None) -> Schedule | None:
+    """The transform-GEMM default (both backends), or None for the direct plans.
+
+    "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
+    per group and GEMM_MIN_PIXELS+ output pixels: 1.2-1.5x faster than "co" on MobileNetV2's
+    144->24 pointwise layer and ResNet-18's 1x1/2 shortcut (1 thread, this machine). With
+    the weights prepared (networks, bind) strided ones take "co" instead, whose packed
+    blocks read the input in place where the GEMM first copies the strided pixels out:
+    ResNet-18's 1x1/2 64->128 shortcut 0.117 -> 0.117 ms at 1 thread, 0.101 -> 0.055 ms at 2.
+
+    "winograd" for 3x3 2D convolutions (stride 1) with 16+ channels each way
+    per group: F(4x4, 3x3), else F(2x2, 3x3), whichever's transformed weights fit
+    WINOGRAD_WEIGHT_BYTES with WINOGRAD_MIN_LANE_USE of the block lanes used. Measured at 1
+    thread: ResNet-18's 3x3 64->64 at 56x56 3.1 -> 1.5 ms (F4), 128->128 at 28x28 2.0 ->
+    1.3 ms (F2); the 256- and 512-channel layers stay direct (their transformed weights
+    alone cost more than the direct convolution). 1D: F(6, 3) with 14-channel register
+    tiles for kernel 3 (the same channel, weight and lane-use limits): on the bench's
+    64-channel 16000-sample layer 8.1 -> 5.3 ms at 1 thread and 5.2 -> 2.9 ms at 2 (F(4, 3)
+    6.2 ms, 28 channels 5.4 ms at 1 thread). Other 1D kernels stay direct (not measured).
+    Dilated layers tile each dilation phase (see convgen.plan.winograd): the bench's 3x3 d2
+    64->64 at 56x56 went from 2.05 ("co") to 1.07 ms at 1 thread and 1.6 to 0.8 ms at 2;
+    its 1D d8 layer from 6.9 ("w") to 5.5 ms and 4.1 to 2.9 ms.
+
+    The register tile: 28 output channels x 1 vector of tiles (measured best on the
+    64->64 layer; 16 and 14 x 2 were 5-25% slower), fewer when the group has fewer.
+    """
+    cin_g, cog = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    if spec.transposed or spec.ndim > 2:
+        return None
+    lanes = vector_lanes(spec.dtype)
+    if all(k == 1 for k in spec.kernel_size):
+        if cin_g < 8 or cog < 8 or math.prod(spec.output_spatial) < GEMM_MIN_PIXELS:
+            return None
+        if prepared_weights and any(s > 1 for s in spec.stride):
+            return None  # "co", its blocks packed at load (see the docstring)
+        rows = next((r for r in (12, 14, 16, 8, 10, 28, 24, 20) if cog % r == 0), 14)
+        return Schedule(tile_co=min(rows, cog), threads=threads, method="gemm")
+    if unsupported(spec, "winograd") is not None or cin_g < 16 or cog < 16:
+        return None
+    if spec.kernel_size == (3,):  # 1D
+        rows, sizes = min(cog, 14), (6,)
+    elif spec.kernel_size == (3, 3):
+        rows, sizes = (28 if cog >= 28 else min(cog, 14)), (4, 2)
+    else:
+        return None
+    block = tile_vectors(rows) * lanes
+    itemsize = dtype_info(spec.dtype).itemsize
+    if not prepared_weights:
+        limit = WINOGRAD_WEIGHT_BYTES
+    elif threads > 1:
+        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES if parallel_limit is None else parallel_limit
+    else:
+        limit = PREPARED_WINOGRAD_WEIGHT_BYTES
+    for m in sizes:  # outputs per tile and dim, the largest that fits first
+        tiles = math.prod(grid_size(o, d, m) for o, d in zip(spec.output_spatial, spec.dilation))
+        lane_use = tiles / (-(-tiles // block) * block)
+        weight_bytes = (m + 2) ** spec.ndim * cin_g * cog * spec.groups * itemsize
+        if weight_bytes <= limit and lane_use >= WINOGRAD_MIN_LANE_USE:
+            return Schedule(tile_co=rows, tile_spatial=(m,) * spec.ndim, threads=threads,
+                            method="winograd")
+    return None
