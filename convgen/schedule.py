@@ -52,6 +52,12 @@ class Schedule:
     one GEMM over output pixels. ``tile_co``
     is then the GEMM register tile's output channels (at most 30; with 14 or fewer it
     takes two vectors of tiles, else one) and ``vectorize`` stays "w".
+
+    ``tile_co`` has one meaning in every plan: the output channels of one register tile,
+    the channels one job computes at a time ("w": channels x the spatial tile's columns;
+    "co": rounded up to whole vectors of channels; transform GEMM: the rows of the GEMM
+    tile). Each plan clamps it to the channels per group. It stays one field, named as
+    before, so that kernel names and tuning records stay valid.
     """
 
     tile_co: int = 8

@@ -17,12 +17,9 @@ from convgen.spec import ConvSpec
 from convgen.plan.winograd import grid_size, tile_vectors
 
 
-# Below this much work a kernel runs on one thread: starting threads would cost more.
-# Measured at 1 vs 2 threads (2 vCPUs, interleaved medians): 2 threads were faster
-# from about 2 MFLOP up (MobileNetV2's 8 MFLOP depthwise 0.35 -> 0.20 ms, ResNet-18's
-# 13 MFLOP 1x1/2 shortcut 0.22 -> 0.15 ms, a 4 MFLOP 4x4/2 transposed layer 0.074 ->
-# 0.054 ms); 4 MFLOP keeps the tiniest layers off a second core, which costs a whole
-# time slice when another process holds it.
+# Below this much work a kernel runs on one thread: starting threads would cost more
+# (2 threads win from about 2 MFLOP; 4 keeps the tiniest layers off a second core, which
+# costs a whole time slice when another process holds it).
 PARALLEL_FLOPS = 4_000_000
 
 
@@ -170,20 +167,12 @@ GEMM_MIN_PIXELS = 256
 WINOGRAD_WEIGHT_BYTES = 1 << 20
 # ... and when the network transforms them once at load (convgen.graph): any size at one
 # thread; at 2+ threads up to PARALLEL_WINOGRAD_WEIGHT_BYTES. A network reads each layer's
-# U once per call, from memory (ResNet-18's add up to ~96 MB, the last level cache holds
-# ~32 MB here), and threads share the memory bandwidth while they split the arithmetic
-# that Winograd saves: ResNet-18 at 2 threads (interleaved, 15 rounds) 13.15 ms with
-# layer4's 3x3 layers on Winograd F(2x2) (16.8 MB of U each), 12.35 ms with them direct
-# (9.4 MB of weights each), 12.24 ms with layer3's direct too; at 1 thread 21.17, 21.64
-# and 22.67 ms (so the 1-thread limit stays). Later, with layer3's 256->256 layers on
-# F(2x2) (4.2 MB of U) instead of F(4x4) (9.4 MB): 11.02 -> 10.67 ms at 2 threads, the
-# same at 1 (20.42, 20.38).
+# U once per call, from memory, and threads share the memory bandwidth while they split
+# the arithmetic that Winograd saves.
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
 PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
 # ... and for a layer a network runs with its input and output blocked (convgen.plan.layout),
-# where the "co" plan reads a pixel's channels as one line: ResNet-18 at 2 threads,
-# blocked, interleaved, 11.93 -> 11.55 ms with layer3's 256->256 layers (F(2x2), 4 MiB of
-# U) direct (0.80 -> 0.69 ms each in the network's profile)
+# where the "co" plan reads a pixel's channels as one line
 BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES = 3 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
 
