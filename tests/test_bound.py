@@ -121,7 +121,7 @@ def test_bound_transform_plans_match_oracle(spec, schedule, backend):
     bound = check_bound(spec, backend, schedule, seed=3)
     plan = make_plan(spec, schedule)
     if schedule.method == "winograd":
-        assert bound.weight.shape == (plan.groups, plan.winograd.products, plan.cout_g,
+        assert bound.weight.shape == (plan.groups, plan.kind.products, plan.cout_g,
                                       plan.cin_g)
         assert "w holds U, transformed at load" in bound.source
         assert prepares(plan, backend)

@@ -207,14 +207,14 @@ def test_inverted_residual_runs_depthwise_blocked(backend, stride, size, kernel,
     model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules,
                   layout="blocked")
     steps = lowered_steps(model)
-    assert steps["dw"].plan.vectorize == "dw"
+    assert steps["dw"].plan.kind.label == "dw"
     assert {"stem", "expand", "dw", "project"} <= model.blocked_values
     text = model.summary(file=io.StringIO())
     assert re.search(r"^dw .*blocked; depthwise plan$", text, re.M), text
     assert "kept between layers for" in text
     # NCHW around it: the depthwise layer keeps its own plan
     nchw = check(g, backend, dtype, threads=threads, layout="nchw", schedules=schedules)
-    assert lowered_steps(nchw)["dw"].plan.vectorize != "dw"
+    assert lowered_steps(nchw)["dw"].plan.kind.label != "dw"
 
 
 def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
@@ -229,10 +229,10 @@ def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
     model = check(graph([("x", x)], nodes, ["dw_out"]), backend,
                   schedules={"dw_fixed": fixed}, layout="blocked")
     plans = {s.name: s.plan for s in model._lowered.steps}
-    assert plans["dw_in"].vectorize != "dw" and plans["dw_out"].vectorize != "dw"
+    assert plans["dw_in"].kind.label != "dw" and plans["dw_out"].kind.label != "dw"
     assert plans["dw_fixed"].schedule == fixed  # chosen by the caller: kept
     # dw_mid's output is read by dw_fixed ("w" plan, NCHW only): dw_mid stays too
-    assert plans["dw_mid"].vectorize != "dw"
+    assert plans["dw_mid"].kind.label != "dw"
 
 
 def test_default_co_schedule_for_blocked_inputs(backend):
@@ -311,4 +311,4 @@ def test_pointwise_gemm_moves_to_co_between_blocked_values(backend):
     nchw = check(g, backend, threads=1, layout="nchw")
     assert lowered_steps(nchw)["p"].plan.schedule.method == "gemm"
     plan = lowered_steps(blocked)["p"].plan
-    assert plan.vectorize == "co" and plan.in_blocked and plan.out_blocked
+    assert plan.kind.label == "co" and plan.in_blocked and plan.out_blocked

@@ -167,7 +167,7 @@ def test_depthwise_plan_rejects_what_it_cannot_run():
     spec = cg.ConvSpec(input_shape=(1, 2 * lanes, 6, 6), out_channels=2 * lanes,
                        kernel_size=3, groups=2 * lanes)
     plan = make_plan(spec, depthwise=True)
-    assert plan.vectorize == "dw" and plan.jobs == 2 * 4
+    assert plan.kind.label == "dw" and plan.jobs == 2 * 4
     assert plan.in_blocked and plan.out_blocked and plan.prepared_weights
     with pytest.raises(ValueError, match="blocked layout only"):
         make_plan(spec, depthwise=True, in_blocked=False, out_blocked=True)

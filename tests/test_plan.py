@@ -112,9 +112,9 @@ def test_co_plan_splits_rows_into_pieces_and_shares_bodies():
 
     spec = cg.ConvSpec((1, 8, 12, 56), 40, kernel_size=3, padding=1)
     plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 14), vectorize="co"))
-    co = plan.co_tiles
+    co = plan.kind
     lanes = plan.vector_lanes
-    assert plan.vectorize == "co" and co.co_vectors == -(-32 // lanes)
+    assert plan.kind.label == "co" and co.co_vectors == -(-32 // lanes)
     assert plan.tile_co == co.co_vectors * lanes  # whole vectors of channels
     assert [(p.ow0, p.size) for p in co.pieces] == [(0, 14), (14, 14), (28, 14), (42, 14)]
     # left border, interior (shared by the two middle pieces), right border
@@ -133,8 +133,8 @@ def test_co_plan_splits_rows_into_pieces_and_shares_bodies():
 def test_co_plan_balances_pieces_and_reads_strided_columns():
     spec = cg.ConvSpec((1, 3, 9, 35), 16, kernel_size=3, stride=2, padding=1)  # 18 columns
     plan = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(1, 14), vectorize="co"))
-    assert [p.size for p in plan.co_tiles.pieces] == [9, 9]
-    tap = plan.co_tiles.classes[plan.co_tiles.pieces[1].cls].taps[1]
+    assert [p.size for p in plan.kind.pieces] == [9, 9]
+    tap = plan.kind.classes[plan.kind.pieces[1].cls].taps[1]
     offsets = [off for _, off in tap.pixels]
     assert offsets == [offsets[0] + 2 * i for i in range(9)]  # stride 2: broadcasts, no gather
 
@@ -147,7 +147,7 @@ def test_transposed_co_plan_splits_rows_by_stride_phase():
 
     spec = cg.ConvSpec((2, 8, 16, 16), 40, kernel_size=4, stride=2, padding=1, transposed=True)
     plan = make_plan(spec, cg.Schedule(tile_co=32, tile_spatial=(1, 12), vectorize="co"))
-    co = plan.co_tiles
+    co = plan.kind
     assert co.step == 2 and co.block_outer
     # 32 columns: phase 0 (0, 2, ..., 30) and phase 1, 16 columns each, in pieces of 8
     assert [(p.ow0, p.size) for p in co.pieces] == [(0, 8), (16, 8), (1, 8), (17, 8)]
@@ -169,22 +169,22 @@ def test_transposed_co_plan_splits_rows_by_stride_phase():
 
 def test_transposed_co_plan_with_unit_stride_is_contiguous():
     spec = cg.ConvSpec((1, 3, 9), 16, kernel_size=3, padding=1, transposed=True)
-    co = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(5,), vectorize="co")).co_tiles
+    co = make_plan(spec, cg.Schedule(tile_co=16, tile_spatial=(5,), vectorize="co")).kind
     assert co.step == 1 and [(p.ow0, p.size) for p in co.pieces] == [(0, 5), (5, 4)]
 
 
 def test_omp_schedule_deals_jobs_in_chunks(monkeypatch):
     """Jobs go out first come first served, about DYNAMIC_CHUNKS chunks per thread."""
-    from convgen.plan import core
+    from convgen.plan import base
 
-    assert core.omp_schedule(49, 2) == "dynamic, 6"
-    assert core.omp_schedule(13, 2) == "dynamic, 1"
-    assert core.omp_schedule(1, 4) == "dynamic, 1"
+    assert base.omp_schedule(49, 2) == "dynamic, 6"
+    assert base.omp_schedule(13, 2) == "dynamic, 1"
+    assert base.omp_schedule(1, 4) == "dynamic, 1"
     spec = cg.ConvSpec((1, 8, 24, 24), 16, 1, stride=2)  # 144 pixels: 9 blocks of 16
     schedule = cg.Schedule(tile_co=16, threads=2, method="gemm")
     assert "schedule(dynamic, 1)" in cg.compile(spec, backend="c", schedule=schedule).source
-    monkeypatch.setattr(core, "DYNAMIC_CHUNKS", 0)
-    assert core.omp_schedule(49, 2) == "static"
+    monkeypatch.setattr(base, "DYNAMIC_CHUNKS", 0)
+    assert base.omp_schedule(49, 2) == "static"
     kernel = cg.compile(spec, backend="c", schedule=schedule)
     assert "schedule(dynamic" not in kernel.source
     check_kernel(kernel, spec)

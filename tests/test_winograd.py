@@ -31,7 +31,8 @@ from convgen import nn
 from convgen.cli.main import main
 from convgen.plan.core import describe_plan, make_plan
 from convgen.plan.defaults import default_schedule
-from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, split_output_channels, \
+from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, WinogradPlan, \
+    split_output_channels, \
     tile_vectors, winograd_matrices
 
 from helpers import BACKENDS, check_kernel, compiled
@@ -46,7 +47,7 @@ def run(spec: cg.ConvSpec, schedule: cg.Schedule, seed: int = 0,
     transform-GEMM one asked for, and compare with the oracle."""
     kernel = compiled(spec, backend, schedule)
     plan = make_plan(spec, schedule)
-    assert plan.winograd is not None and plan.winograd.method == schedule.method
+    assert isinstance(plan.kind, WinogradPlan) and plan.kind.method == schedule.method
     check_kernel(kernel, spec, seed)
     return kernel
 
@@ -279,7 +280,7 @@ def test_winograd_cases_match_oracle(case, backend):
     schedule = cg.Schedule(method="winograd", **schedule_fields)
     source = run(spec, schedule, backend=backend).source
     plan = make_plan(spec, schedule)
-    (m_h, m_w), (k_h, k_w) = plan.winograd.tile, plan.kernel[1:]
+    (m_h, m_w), (k_h, k_w) = plan.kind.tile, plan.kernel[1:]
     assert f"Winograd F({m_h}x{m_w}, {k_h}x{k_w})" in source
 
 
@@ -289,8 +290,8 @@ def test_register_tile_vectors_of_tiles(tile_co, vectors):
     spec = cg.ConvSpec((1, 8, 9, 9), 32, 3, padding=1)
     plan = make_plan(spec, cg.Schedule(tile_co=tile_co, tile_spatial=(2, 2), method="winograd"))
     assert tile_vectors(tile_co) == vectors
-    assert plan.winograd.vectors == vectors and plan.winograd.co_rows == tile_co
-    assert plan.winograd.block_tiles == vectors * plan.vector_lanes
+    assert plan.kind.vectors == vectors and plan.kind.co_rows == tile_co
+    assert plan.kind.block_tiles == vectors * plan.vector_lanes
 
 
 # (spec, schedule) compiled with the portable gathers and with one block per output chunk
@@ -325,7 +326,7 @@ def test_outputs_copied_out_per_block_match_oracle(monkeypatch, spec, schedule):
 
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     plan = make_plan(spec, schedule)
-    assert len(plan.winograd.chunks) == plan.winograd.blocks > 1
+    assert len(plan.kind.chunks) == plan.kind.blocks > 1
     check_kernel(cg.compile(spec, backend="c", schedule=schedule), spec, seed=8)
 
 
@@ -349,9 +350,9 @@ CO_SPLIT_CASES = [
 def test_output_channels_split_between_threads_match_oracle(spec, schedule):
     """With fewer blocks than the threads can share evenly, a job is a block x a part of
     the output channels (parts are whole register tiles but the last)."""
-    wp = make_plan(spec, schedule).winograd
+    wp = make_plan(spec, schedule).kind
     assert wp.co_parts > 1 and wp.co_part % schedule.tile_co == 0
-    assert make_plan(spec, dataclasses.replace(schedule, threads=1)).winograd.co_parts == 1
+    assert make_plan(spec, dataclasses.replace(schedule, threads=1)).kind.co_parts == 1
     run(spec, schedule, seed=9)
     assert f"{wp.co_parts} parts of {wp.co_part}" in "\n".join(
         describe_plan(make_plan(spec, schedule)))
@@ -453,7 +454,7 @@ def test_gemm_cases_match_oracle(case, backend):
     kernel = run(spec, schedule, backend=backend)
     assert "1x1 convolution as a GEMM" in kernel.source
     in_place = math.prod(spec.stride) == 1 and all(p == (0, 0) for p in spec.padding)
-    assert (make_plan(spec, schedule).winograd.staged_in == (0, 0)) == in_place
+    assert (make_plan(spec, schedule).kind.staged_in == (0, 0)) == in_place
 
 
 def test_kernels_are_reused_across_calls():
@@ -752,8 +753,8 @@ def test_network_runs_winograd_and_gemm_by_default(dtype, threads, backend):
     model = net.compile(input_shape=(2, 16, 16, 16), backend=backend, dtype=dtype,
                         threads=threads)
     convs = {step.name: step for step in model._lowered.steps if step.plan is not None}
-    methods = {name: step.plan.winograd.method if step.plan.winograd else "direct"
-               for name, step in convs.items()}
+    methods = {name: step.plan.kind.method if isinstance(step.plan.kind, WinogradPlan)
+               else "direct" for name, step in convs.items()}
     assert methods == {"conv1": "winograd", "conv2": "winograd", "expand": "gemm",
                        "project": "gemm"}
     assert convs["conv2"].consts["residual"] and convs["expand"].consts["residual"]
@@ -779,9 +780,9 @@ def test_network_packs_winograd_weights_in_register_tiles(threads, backend):
                         nn.Conv2d(40, 61, 3, padding=1, bias=False))
     model = net.compile(input_shape=(1, 16, 8, 8), backend=backend, threads=threads)
     plans = [step.plan for step in model._lowered.steps if step.plan is not None]
-    assert [p.winograd.method for p in plans] == ["winograd", "winograd"]
-    assert [p.winograd.co_rows for p in plans] == [28, 28]  # 40 = 28 + 12, 61 = 2 x 28 + 5
-    assert all((p.winograd.co_parts > 1) == (threads > 1) for p in plans)
+    assert [p.kind.method for p in plans] == ["winograd", "winograd"]
+    assert [p.kind.co_rows for p in plans] == [28, 28]  # 40 = 28 + 12, 61 = 2 x 28 + 5
+    assert all((p.kind.co_parts > 1) == (threads > 1) for p in plans)
     x = np.random.default_rng(3).uniform(-1, 1, (1, 16, 8, 8)).astype(np.float32)
     got, want = model(x), model.reference(x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))

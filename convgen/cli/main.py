@@ -25,6 +25,7 @@ import convgen as cg
 from convgen.backends import BACKENDS, get_backend, resolve_backend
 from convgen.compiler import choose_schedule
 from convgen.plan.core import make_plan
+from convgen.plan.winograd import WinogradPlan
 from convgen.cli.args import UsageError, shape_text
 from convgen.cli.run import add_run_command
 from convgen.cli.tune import add_tune_command
@@ -280,15 +281,12 @@ def explain_entry(entry: SpecEntry, plan: Any, source: str = "default",
     lines.append(f"    tile_spatial {_tuple(tuple(plan.tile_spatial))}")
     lines.append(f"    threads      {plan.threads}")
     lines.append(f"    vector_width {plan.vector_lanes} lanes")
-    if plan.winograd is not None:
-        lines.append(f"    method       {plan.schedule.method} (lanes hold "
-                     f"{'output pixels' if plan.schedule.method == 'gemm' else 'tiles'}; "
+    if isinstance(plan.kind, WinogradPlan):
+        lines.append(f"    method       {plan.kind.method} (lanes hold {plan.kind.lanes_hold}; "
                      "tile_co: channels per GEMM register tile"
-                     f"{'' if plan.schedule.method == 'gemm' else ', tile_spatial: outputs per tile'})")
+                     f"{'' if plan.kind.method == 'gemm' else ', tile_spatial: outputs per tile'})")
     else:
-        lines.append(f"    vectorize    {plan.vectorize} (lanes hold "
-                     + {"co": "output channels", "dw": "the channels of a pixel"}.get(
-                         plan.vectorize, "output columns") + ")")
+        lines.append(f"    vectorize    {plan.kind.label} (lanes hold {plan.kind.lanes_hold})")
     lines += ["", "  plan"] + [f"    {line}" for line in get_backend(backend).describe(plan)]
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from convgen.compiler import choose_schedule
 from convgen.dtypes import DTYPES as DTYPE_TABLE
 from convgen.dtypes import dtype_info
 from convgen.graph.ir import Graph, GraphError
+from convgen.plan.depthwise import DepthwiseKind
 from convgen.graph.lower import lower
 from convgen.graph.memory import plan_memory
 from convgen.graph.passes import optimize
@@ -234,7 +235,7 @@ def summarize(graph: Graph, optimized: Graph, memory, backend: str, dtype: str,
     """The summary table; ``blocked`` values are noted (their layout, convgen.plan.layout), and
     a conv ``steps`` ran on the blocked depthwise plan is named."""
     depthwise = {step.name for step in steps
-                 if step.plan is not None and step.plan.vectorize == "dw"}
+                 if step.plan is not None and isinstance(step.plan.kind, DepthwiseKind)}
     where = {}
     for node in optimized.nodes:
         for name in node.fused:

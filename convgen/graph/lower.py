@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convgen.plan.weights import prepare_weight
-from convgen.plan.depthwise import depthwise_blocked
+from convgen.plan.co import CoTiles
+from convgen.plan.depthwise import DepthwiseKind, depthwise_blocked
 from convgen.plan.layout import block_lanes
 from convgen.plan.core import Plan, make_plan
+from convgen.plan.winograd import WinogradPlan
 from convgen.plan.defaults import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, \
     default_co_schedule, default_transform_schedule
 from convgen.schedule import Schedule
@@ -130,8 +132,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     for name in defaults:
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
-        co = plan.vectorize == "co"
-        if plan.winograd is not None and plan.winograd.method == "winograd" and reads \
+        co = isinstance(plan.kind, CoTiles)
+        if isinstance(plan.kind, WinogradPlan) and plan.kind.method == "winograd" and reads \
                 and writes and plan.threads > 1:
             # blocked, at 2+ threads: Winograd only under the blocked limit, else "co"
             schedule = default_transform_schedule(
@@ -176,7 +178,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
             # G g G^T, packed), as a bound kernel's
             step.plan = make_plan(plan.spec, plan.schedule, in_blocked=in_blocked,
                                   out_blocked=node.name in blocked,
-                                  depthwise=plan.vectorize == "dw", prepared_weights=True)
+                                  depthwise=isinstance(plan.kind, DepthwiseKind),
+                                  prepared_weights=True)
         _lower_node(node, step, shapes, packer, dtype, backend)
         if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
@@ -212,8 +215,8 @@ def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
     again without them."""
     depthwise = {name for name, plan in plans.items()
                  if name not in fixed and depthwise_blocked(plan.spec) is None}
-    gemm = {name for name in defaults if plans[name].winograd is not None
-            and plans[name].winograd.method == "gemm"
+    gemm = {name for name in defaults if isinstance(plans[name].kind, WinogradPlan)
+            and plans[name].kind.method == "gemm"
             and plans[name].cout_g >= lanes and plans[name].cin_g >= lanes}
     original = {name: plans[name] for name in depthwise | gemm}
     for name in depthwise:

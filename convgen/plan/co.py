@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from convgen.cpu import vector_bits
 from convgen.dtypes import dtype_info
+from convgen.plan.base import Plan, PlanKind
 from convgen.spec import ConvSpec
 
-if TYPE_CHECKING:
-    from convgen.plan.core import Plan
 
 # transposed: prefetch the input rows this many input channels ahead (4 measured a
 # little better than 8)
@@ -69,8 +67,8 @@ class CoClass:
 
 
 @dataclass(frozen=True)
-class CoTiles:
-    """The vectorize="co" plan of a row: weights packed per block of ``co_vectors``
+class CoTiles(PlanKind):
+    """The "co" plan kind (vectorize="co"): weights packed per block of ``co_vectors``
     vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
     last channel), a row split into near-equal pieces of at most ``max_pixels`` columns,
     each piece a register tile of co_vectors x size accumulators.
@@ -86,6 +84,9 @@ class CoTiles:
     is the outermost part of the job index (group, block, batch, rows, piece), so a
     thread packs each block once per call rather than once per batch element.
     """
+
+    label = "co"
+    lanes_hold = "output channels"
 
     co_vectors: int
     max_pixels: int
@@ -200,7 +201,7 @@ def co_rows_outer(plan: Plan, prepacked: bool) -> bool:
     spec = plan.spec
     if not prepacked or plan.threads < 2 or spec.transposed:
         return False
-    weights = plan.groups * plan.n_tiles[0] * plan.co_tiles.pack_elements
+    weights = plan.groups * plan.n_tiles[0] * plan.kind.pack_elements
     return weights <= CO_ROWS_OUTER_WEIGHTS * math.prod(spec.input_shape[1:])
 
 
@@ -214,9 +215,9 @@ def co_next_block_lines(plan: Plan, prepacked: bool = False) -> int:
     nothing computes (weights larger than the last-level cache: in a network, each call).
     Layers with under CO_PREFETCH_WEIGHT_BYTES of weights go without.
     """
-    co = plan.co_tiles
+    co = plan.kind
     itemsize = dtype_info(plan.spec.dtype).itemsize
-    if co is None or (co.pack_segments != 1 and not prepacked) or \
+    if (co.pack_segments != 1 and not prepacked) or \
             co_rows_outer(plan, prepacked) or \
             math.prod(plan.spec.weight_shape) * itemsize < CO_PREFETCH_WEIGHT_BYTES:
         return 0
@@ -235,9 +236,9 @@ def co_share_inputs(co: CoTiles, cls: CoClass) -> bool:
 
 
 def co_decisions(plan: Plan) -> CoTiles:
-    """``plan.co_tiles`` with the decisions that depend on the whole plan (threads, the
+    """``plan.kind`` with the decisions that depend on the whole plan (threads, the
     layout, weights packed at load)."""
-    co = plan.co_tiles
+    co = plan.kind
     prepacked = plan.prepared_weights
     return dataclasses.replace(
         co, rows_outer=co_rows_outer(plan, prepacked),
@@ -248,7 +249,7 @@ def co_decisions(plan: Plan) -> CoTiles:
 
 def describe_co_plan(plan: Plan) -> list[str]:
     """describe_plan for vectorize="co"."""
-    co = plan.co_tiles
+    co = plan.kind
     assert co is not None
     sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
     border = sum(1 for c in co.classes

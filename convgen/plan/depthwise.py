@@ -9,14 +9,27 @@ reduction over channels (each tap is one FMA of whole vectors). Weights prepared
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from convgen.plan.layout import block_lanes
+from convgen.plan.base import Plan, PlanKind, block_lanes
 
-if TYPE_CHECKING:
-    from convgen.plan.core import Plan
+
+@dataclass(frozen=True)
+class DepthwiseKind(PlanKind):
+    """The blocked depthwise plan kind: lanes hold VL channels of one pixel."""
+
+    label = "dw"
+    lanes_hold = "channels of a pixel"
+
+    pieces: tuple = ()  # the register tiles of a row (depthwise_pieces)
+
+    def jobs(self, plan: Plan) -> int:
+        """batch x channel blocks x output rows."""
+        return plan.batch * (plan.groups // plan.vector_lanes) * math.prod(plan.out_size[:2])
+
 
 # the depthwise plan's register tile: this many output pixels of a row (one vector of
 # channels each)

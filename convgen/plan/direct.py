@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from convgen.plan.core import Plan
+
+from convgen.plan.base import Plan, PlanKind
+
+
+@dataclass(frozen=True)
+class DirectKind(PlanKind):
+    """The direct "w" plan kind: lanes hold VL output columns of a row, weights broadcast;
+    its vector tables are derived on demand (vector_tables)."""
+
+    label = "w"
+    lanes_hold = "output columns"
+
+    channels_inner: bool = False  # jobs vary the output-channel tile fastest (CACHE_BYTES)
+
 
 # How one vector of VL output columns reads its VL input columns at one tap
 # (the LLVM backend's vector tables; see vector_tables()).

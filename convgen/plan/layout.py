@@ -15,19 +15,15 @@ always NCHW.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from convgen.cpu import vector_lanes
+from convgen.plan.base import Plan, block_lanes
+from convgen.plan.co import CoTiles
+from convgen.plan.depthwise import DepthwiseKind
+from convgen.plan.winograd import WinogradPlan
 
-if TYPE_CHECKING:
-    from convgen.plan.core import Plan
-
-
-def block_lanes(dtype: str) -> int:
-    """VL of the blocked layout for ``dtype`` on this host."""
-    return vector_lanes(dtype)
+__all__ = ["block_lanes", "blocked_channels_ok", "from_blocked", "supports_blocked",
+           "to_blocked"]
 
 
 def blocked_channels_ok(channels: int, lanes: int) -> bool:
@@ -40,7 +36,7 @@ def supports_blocked(plan: Plan, read: bool = True, write: bool = True) -> str |
     residual (``write``) blocked, else why not: the "co" plan and Winograd do, when the
     channels per group of that side are whole blocks; the "w" plan (depthwise, few
     channels) and the 1x1 GEMM (reads and writes channel planes in place) do not."""
-    if plan.vectorize == "dw":  # the blocked depthwise plan: blocked only
+    if isinstance(plan.kind, DepthwiseKind):  # the blocked depthwise plan: blocked only
         return None
     lanes = plan.vector_lanes
     if lanes != block_lanes(plan.spec.dtype):
@@ -49,10 +45,10 @@ def supports_blocked(plan: Plan, read: bool = True, write: bool = True) -> str |
         return f"input channels per group ({plan.cin_g}) are not a multiple of {lanes}"
     if write and plan.cout_g % lanes:
         return f"output channels per group ({plan.cout_g}) are not a multiple of {lanes}"
-    if plan.winograd is not None:
-        return None if plan.winograd.method == "winograd" else \
+    if isinstance(plan.kind, WinogradPlan):
+        return None if plan.kind.method == "winograd" else \
             "the 1x1 GEMM reads and writes channel planes in place"
-    if plan.vectorize == "co":
+    if isinstance(plan.kind, CoTiles):
         return None
     return "the \"w\" plan vectorizes over output columns"
 

@@ -17,23 +17,20 @@ The schedule comes from the tuning records measured with bound weights
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from convgen.plan.depthwise import pack_depthwise_weights
-from convgen.plan.winograd import transform_weights
-
-if TYPE_CHECKING:
-    from convgen.plan.core import Plan
+from convgen.plan.base import Plan
+from convgen.plan.co import CoTiles
+from convgen.plan.depthwise import DepthwiseKind, pack_depthwise_weights
+from convgen.plan.winograd import WinogradPlan, transform_weights
 
 
 def prepares(plan: Plan, backend: str = "") -> bool:
     """Whether ``plan``'s kernel reads prepared weights when bound (the same on every
     backend; ``backend`` is kept for callers that name one)."""
-    if plan.vectorize == "co" and plan.co_tiles is not None or plan.vectorize == "dw":
+    if isinstance(plan.kind, (CoTiles, DepthwiseKind)):
         return True
-    return plan.winograd is not None and plan.winograd.method == "winograd"
+    return isinstance(plan.kind, WinogradPlan) and plan.kind.method == "winograd"
 
 
 def pack_co_weights(plan: Plan, weight: np.ndarray) -> np.ndarray:
@@ -58,8 +55,8 @@ def prepare_weight(plan: Plan, backend: str, weight: np.ndarray) -> np.ndarray:
     """``weight`` as the bound kernel of ``plan`` on ``backend`` reads it."""
     if not prepares(plan, backend):
         return np.ascontiguousarray(weight)
-    if plan.vectorize == "dw":
+    if isinstance(plan.kind, DepthwiseKind):
         return pack_depthwise_weights(plan, weight)
-    if plan.winograd is None:
+    if isinstance(plan.kind, CoTiles):
         return pack_co_weights(plan, weight)
     return transform_weights(plan, weight)

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from convgen.plan.base import PlanKind
 from convgen.spec import ConvSpec, source_coordinate
 from convgen.schedule import (MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, METHODS,  # noqa: F401
                               check_tiles, default_tiles, unsupported)
@@ -170,7 +171,7 @@ def tile_vectors(co_rows: int) -> int:
 
 
 @dataclass(frozen=True)
-class WinogradPlan:
+class WinogradPlan(PlanKind):
     """The constants of a transform-GEMM kernel (2D; a 1D convolution has H = 1).
 
     Tiles of ``tile = (mh, mw)`` outputs are numbered row-major over a ``grid`` of
@@ -219,6 +220,14 @@ class WinogradPlan:
     prefetch_blocks: int = GEMM_PREFETCH_BLOCKS
     # the OpenMP schedule clause of the (block x part) job loop (set by the planner)
     block_schedule: str = "static"
+
+    @property
+    def label(self) -> str:  # the transform method: "winograd" or "gemm"
+        return self.method
+
+    @property
+    def lanes_hold(self) -> str:  # what the vector lanes hold
+        return "output pixels" if self.method == "gemm" else "tiles"
 
     @property
     def co_parts(self) -> int:
@@ -377,7 +386,7 @@ def transform_weights(plan, weight):
     in each call keeps U unpacked, (C_out per group, C_in per group)."""
     import numpy as np
 
-    wp: WinogradPlan = plan.winograd
+    wp: WinogradPlan = plan.kind
     spec = plan.spec
     k_h, k_w = plan.kernel[1], plan.kernel[2]
     g = np.asarray(weight, dtype=np.float64).reshape(
@@ -403,7 +412,7 @@ def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
     """describe_plan for method "winograd" / "gemm"; ``gathers_by_table``: the backend
     reads a staged or padded input through the lane tables of :func:`lane_input_offsets`
     (one masked gather per patch element) rather than staging it."""
-    wp: WinogradPlan = plan.winograd
+    wp: WinogradPlan = plan.kind
     spec = plan.spec
     dims = f"{wp.tile[0]}x{wp.tile[1]}" if spec.ndim == 2 else f"{wp.tile[1]}"
     taps = "x".join(map(str, spec.kernel_size))
@@ -465,7 +474,7 @@ def lane_input_offsets(plan) -> list[int] | None:
     from one input channel's first element: the pixel, times VL when the input is
     blocked), -1 for a zero; None when a GEMM reads its input in place. Kernels that
     gather every patch element through one table read these (the LLVM backend)."""
-    wp: WinogradPlan = plan.winograd
+    wp: WinogradPlan = plan.kind
     spec = plan.spec
     in_h, in_w = plan.in_size[1:]
     out_w = plan.out_size[2]
@@ -507,7 +516,7 @@ def lane_output_offsets(plan) -> list[int]:
     """Per block, tile vector, tile output and lane (Winograd): the output element written
     (an offset from one output channel's first element: the pixel, times VL when the
     output is blocked), -1 past the output or the last tile."""
-    wp: WinogradPlan = plan.winograd
+    wp: WinogradPlan = plan.kind
     out_h, out_w = plan.out_size[1:]
     (m_h, m_w), (d_h, d_w) = wp.tile, wp.dilation
     table = []

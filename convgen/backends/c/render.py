@@ -15,7 +15,10 @@ import jinja2
 
 from convgen.cpu import cpu_flags
 from convgen.plan.core import Plan, transpose_shuffles, vector_tables
-from convgen.plan.winograd import transform_lines
+from convgen.plan.co import CoTiles
+from convgen.plan.depthwise import DepthwiseKind
+from convgen.plan.direct import DirectKind
+from convgen.plan.winograd import WinogradPlan, transform_lines
 from convgen.version import __version__
 from convgen.backends.common import comment_text, parameters, prototype
 from convgen.config import templates_dir
@@ -119,17 +122,19 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
     if residual:
         params = params.replace(f"{plan.c_type} *restrict y",
                                 f"const {plan.c_type} *restrict r, {plan.c_type} *restrict y")
-    if plan.winograd is not None:
+    kind = plan.kind
+    if isinstance(kind, WinogradPlan):
         return wino_context(plan, symbol or plan.symbol, params, residual)
-    if plan.vectorize == "co":
+    if isinstance(kind, CoTiles):
         return co_context(plan, symbol or plan.symbol, params, residual)
-    if plan.vectorize == "dw":
+    if isinstance(kind, DepthwiseKind):
         return dw_context(plan, symbol or plan.symbol, params, residual)
+    assert isinstance(kind, DirectKind), kind
     vectors = vector_tables(plan)
     return {
         **_shared_context(plan, symbol or plan.symbol, params, residual),
         "vectorize": "w",
-        "channels_inner": plan.channels_inner,
+        "channels_inner": kind.channels_inner,
         "n_vectors": vectors.n_vectors,
         "row_length": vectors.row_length,
         "d_table": vectors.d_table,
@@ -151,7 +156,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a vectorize="co" kernel (templates/c/conv_co_function.j2);
     with ``plan.prepared_weights`` the weight argument holds the channel blocks packed at
     load (convgen.plan.weights.pack_co_weights)."""
-    co = plan.co_tiles
+    co = plan.kind
     assert co is not None
     lanes = plan.vector_lanes
 
@@ -221,7 +226,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
 
 def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of the blocked depthwise plan (templates/c/conv_dw_function.j2)."""
-    pieces = plan.dw_pieces
+    pieces = plan.kind.pieces
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "dw",
@@ -242,8 +247,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of a method "winograd" / "gemm" kernel
     (templates/c/conv_wino_function.j2): the plan's tables and the transforms as
     straight-line statements (convgen.plan.winograd.transform_lines)."""
-    wp = plan.winograd
-    assert wp is not None
+    wp = plan.kind
     spec = plan.spec
     (m_h, m_w), (a_h, a_w) = wp.tile, wp.alpha
     k_h, k_w = plan.kernel[1], plan.kernel[2]

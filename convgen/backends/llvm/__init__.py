@@ -13,7 +13,8 @@ from convgen.backends.llvm.network import build_network_llvm
 from convgen.backends.llvm.render import render_llvm
 from convgen.backends.llvm.wino import uses_openmp
 from convgen.cache import Cache
-from convgen.plan.core import Plan
+from convgen.plan.base import Plan
+from convgen.plan.winograd import WinogradPlan
 
 
 class LLVMBackend(Backend):
@@ -43,7 +44,7 @@ class LLVMBackend(Backend):
         # a transform-GEMM kernel shares its jobs over OpenMP threads itself where it can;
         # the OpenMP runtime is loaded first (an object loaded from a compile_to directory
         # was rendered in another process)
-        inside = plan.winograd is not None and uses_openmp(plan)
+        inside = isinstance(plan.kind, WinogradPlan) and uses_openmp(plan)
         address, engine = load_object(artifact.path, artifact.symbol)
         ffi = cffi.FFI()
         function = ffi.cast(artifact.pointer_type, address)

@@ -40,7 +40,8 @@ from llvmlite import ir
 
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.co import CoClass, transpose_shuffles
-from convgen.plan.core import Plan
+from convgen.plan.base import Plan
+from convgen.plan.co import CoTiles
 
 SCRATCH_ALIGN = 64  # bytes: the packed weights' alignment (one cache line)
 
@@ -50,12 +51,12 @@ class CoKernelIR(IRFunction):
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
                  residual: bool = False, internal: bool = False):
-        assert plan.vectorize == "co" and plan.co_tiles is not None
+        assert isinstance(plan.kind, CoTiles), plan.kind
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, plan.vector_lanes, names,
                          ("job_begin", "job_end"), internal)
         self.plan = plan
-        self.co = plan.co_tiles
+        self.co = plan.kind
         self.residual = residual
         self.prepacked = plan.prepared_weights  # w holds the channel blocks packed at load
         self.rows_outer = self.co.rows_outer

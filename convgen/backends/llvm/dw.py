@@ -26,7 +26,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from convgen.backends.llvm.ir import I32, I64, IRFunction, i32, i64
-from convgen.plan.core import Plan
+from convgen.plan.base import Plan
+from convgen.plan.depthwise import DepthwiseKind
 
 
 class DwKernelIR(IRFunction):
@@ -34,7 +35,7 @@ class DwKernelIR(IRFunction):
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
                  residual: bool = False, internal: bool = False):
-        assert plan.vectorize == "dw", plan.vectorize
+        assert isinstance(plan.kind, DepthwiseKind), plan.kind
         assert plan.in_blocked and plan.out_blocked, plan.symbol
         assert plan.groups % plan.vector_lanes == 0, plan.symbol
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
@@ -43,7 +44,7 @@ class DwKernelIR(IRFunction):
         self.plan = plan
         self.residual = residual
         self.pixels = plan.tile[2]  # P
-        self.pieces = plan.dw_pieces
+        self.pieces = plan.kind.pieces
 
     # -- the kernel ------------------------------------------------------------------
     def build(self) -> ir.Function:

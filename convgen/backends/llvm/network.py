@@ -22,6 +22,7 @@ from convgen.backends.common import comment_text, entry_parameters
 from convgen.dtypes import dtype_info
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered, Step
+from convgen.plan.winograd import WinogradPlan
 
 
 class _OpIR(IRFunction):
@@ -418,7 +419,7 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
                 args.append(ins[1])
             args.append(out)
             # (a transform-GEMM conv opens its own parallel region)
-            if step.plan.threads > 1 and openmp_available() and step.plan.winograd is None:
+            if step.plan.threads > 1 and openmp_available() and not isinstance(step.plan.kind, WinogradPlan):
                 _call_parallel(entry, module, function, step, c_type, args)
                 continue
             args += [i64(0), i64(step.consts["jobs"])]

@@ -40,9 +40,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
-from convgen.plan.core import Plan
+from convgen.plan.base import Plan
 from convgen.backends.llvm.build import openmp_available
-from convgen.plan.winograd import lane_input_offsets, lane_output_offsets
+from convgen.plan.winograd import WinogradPlan, lane_input_offsets, lane_output_offsets
 
 SCRATCH_ALIGN = 64  # bytes
 
@@ -57,8 +57,8 @@ class WinoKernelIR(IRFunction):
 
     def __init__(self, plan: Plan, module: ir.Module, name: str | None = None,
                  residual: bool = False, internal: bool = False):
-        wp = plan.winograd
-        assert wp is not None
+        wp = plan.kind
+        assert isinstance(wp, WinogradPlan), wp
         names = ("x", "w", "b", "r", "y") if residual else ("x", "w", "b", "y")
         super().__init__(module, name or plan.symbol, plan.c_type, wp.lanes, names,
                          ("job_begin", "job_end"), internal)
