@@ -136,6 +136,6 @@ def bind(spec: ConvSpec, w: np.ndarray, b: np.ndarray | None = None,
     if schedule is None:
         schedule, _ = choose_schedule(spec, name, bound=True)
     plan, artifact, name = build_artifact(spec, name, schedule, cache, bound=True)
-    weight = np.array(prepare_weight(plan, name, w), dtype=dtype, order="C")
+    weight = np.array(prepare_weight(plan, w), dtype=dtype, order="C")
     kernel = kernel_from_artifact(spec, plan, name, artifact, weight_shape=weight.shape)
     return BoundKernel(kernel, weight, b)

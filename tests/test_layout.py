@@ -40,11 +40,11 @@ def run_blocked(spec: cg.ConvSpec, schedule: cg.Schedule | None, backend: str,
     plan) and compare with the oracle."""
     plan = make_plan(spec, schedule, in_blocked=in_blocked, out_blocked=out_blocked,
                      depthwise=depthwise, prepared_weights=prepared)
-    assert plan.prepared_weights == (prepared and prepares(plan, backend))
+    assert plan.prepared_weights == (prepared and prepares(plan))
     prepared = plan.prepared_weights
     artifact = get_backend(backend).build(plan, render(plan, backend), None)
     x, w, b = random_arrays(spec, seed)
-    weight = np.array(prepare_weight(plan, backend, w) if prepared else w, dtype=spec.dtype)
+    weight = np.array(prepare_weight(plan, w) if prepared else w, dtype=spec.dtype)
     kernel = kernel_from_artifact(spec, plan, backend, artifact, weight_shape=weight.shape)
     lanes = plan.vector_lanes
     xin = to_blocked(x, lanes).reshape(spec.input_shape) if in_blocked else x

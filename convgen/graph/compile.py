@@ -103,7 +103,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                             f"got {type(schedule).__name__}")
         chosen[name] = schedule
     schedules = chosen
-    lowered = lower(optimized, memory, dtype, schedules, backend, layout, threads,
+    lowered = lower(optimized, memory, dtype, schedules, layout, threads,
                     frozenset(schedules_given), frozenset(defaults))
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"

@@ -108,12 +108,11 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
-          schedules: dict[str, Schedule] | None = None, backend: str = "c",
-          layout: str = "blocked", threads: int | None = None,
+          schedules: dict[str, Schedule] | None = None, layout: str = "blocked", threads: int | None = None,
           fixed: frozenset[str] = frozenset(),
           defaults: frozenset[str] = frozenset()) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
-    get their weights prepared for ``backend``'s kernels here, once (convgen.plan.weights).
+    get their weights prepared for their plans here, once (convgen.plan.weights).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
     "nchw": every value NCHW. ``threads``: what the network was compiled for (None: the
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
@@ -180,7 +179,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                                   out_blocked=node.name in blocked,
                                   depthwise=isinstance(plan.kind, DepthwiseKind),
                                   prepared_weights=True)
-        _lower_node(node, step, shapes, packer, dtype, backend)
+        _lower_node(node, step, shapes, packer, dtype)
         if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
         steps.append(step)
@@ -237,14 +236,12 @@ def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
         gemm -= undone
 
 
-def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str,
-                backend: str = "c") -> None:
+def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> None:
     """Fill ``step`` (a conv step's plan is set) for ``node``."""
     a = node.attrs
     if node.op == "conv":
         spec = step.plan.spec
-        step.params["weight"] = packer.add(prepare_weight(step.plan, backend,
-                                                          node.params["weight"]))
+        step.params["weight"] = packer.add(prepare_weight(step.plan, node.params["weight"]))
         if spec.bias:
             step.params["bias"] = packer.add(node.params["bias"])
         step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs}

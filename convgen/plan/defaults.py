@@ -23,9 +23,10 @@ from convgen.plan.winograd import grid_size, tile_vectors
 PARALLEL_FLOPS = 4_000_000
 
 
-def default_schedule(spec: ConvSpec, backend: str = "c",
+def default_schedule(spec: ConvSpec, backend: str | None = None,
                      prepared_weights: bool = False, threads: int | None = None) -> Schedule:
-    """The untuned fallback for ``backend`` ("c" or "llvm") on ``threads`` threads.
+    """The untuned fallback on ``threads`` threads. Every backend builds every plan, so
+    the default is the same for each; ``backend`` is accepted for callers that name one.
 
     A transform-GEMM plan where :func:`default_transform_schedule` finds one
     (``prepared_weights``: the weights are constants transformed once, as in networks).

@@ -25,9 +25,8 @@ from convgen.plan.depthwise import DepthwiseKind, pack_depthwise_weights
 from convgen.plan.winograd import WinogradPlan, transform_weights
 
 
-def prepares(plan: Plan, backend: str = "") -> bool:
-    """Whether ``plan``'s kernel reads prepared weights when bound (the same on every
-    backend; ``backend`` is kept for callers that name one)."""
+def prepares(plan: Plan) -> bool:
+    """Whether ``plan``'s kind reads prepared weights when bound (on every backend)."""
     if isinstance(plan.kind, (CoTiles, DepthwiseKind)):
         return True
     return isinstance(plan.kind, WinogradPlan) and plan.kind.method == "winograd"
@@ -51,9 +50,9 @@ def pack_co_weights(plan: Plan, weight: np.ndarray) -> np.ndarray:
         packed.reshape(groups, blocks, tco, cin_g * taps).transpose(0, 1, 3, 2))
 
 
-def prepare_weight(plan: Plan, backend: str, weight: np.ndarray) -> np.ndarray:
-    """``weight`` as the bound kernel of ``plan`` on ``backend`` reads it."""
-    if not prepares(plan, backend):
+def prepare_weight(plan: Plan, weight: np.ndarray) -> np.ndarray:
+    """``weight`` as ``plan``'s kernel reads it (prepared where plan.prepared_weights)."""
+    if not plan.prepared_weights:
         return np.ascontiguousarray(weight)
     if isinstance(plan.kind, DepthwiseKind):
         return pack_depthwise_weights(plan, weight)
