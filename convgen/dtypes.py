@@ -17,11 +17,16 @@ class DType:
     c_type: str
     llvm_type: str  # llvmlite's ir.FloatType / ir.DoubleType, by their IR names
     eps: float  # machine epsilon, for tolerances
+    c_index_type: str  # the C integer of the same width (gather indices, lane masks)
+    simd_suffix: str  # x86 intrinsics' suffix for packed vectors of it ("ps", "pd")
+    c_math_suffix: str  # C math library suffix (expf, exp)
 
 
 DTYPES: dict[str, DType] = {
-    "float32": DType("float32", 4, "float", "float", float(np.finfo(np.float32).eps)),
-    "float64": DType("float64", 8, "double", "double", float(np.finfo(np.float64).eps)),
+    "float32": DType("float32", 4, "float", "float", float(np.finfo(np.float32).eps),
+                     "int", "ps", "f"),
+    "float64": DType("float64", 8, "double", "double", float(np.finfo(np.float64).eps),
+                     "long long", "pd", ""),
 }
 
 

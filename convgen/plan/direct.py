@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 
+from convgen.dtypes import dtype_info
 from convgen.plan.base import Plan, PlanKind
 
 
@@ -35,7 +36,7 @@ CACHE_BYTES = 1 << 20
 
 def channels_inner(plan: Plan) -> bool:
     """True when jobs should vary the output-channel tile fastest (see CACHE_BYTES)."""
-    volume = plan.cin_g * math.prod(plan.in_size) * (4 if plan.spec.dtype == "float32" else 8)
+    volume = plan.cin_g * math.prod(plan.in_size) * dtype_info(plan.spec.dtype).itemsize
     return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
 
 

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from convgen.dtypes import dtype_info
 from convgen.plan.base import PlanKind
 from convgen.spec import ConvSpec, source_coordinate
 from convgen.schedule import (MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, METHODS,  # noqa: F401
@@ -341,7 +342,7 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
                            for b in range(blocks))
     prefetch = []
     if row_masks is not None and blocks * MAX_PREFETCH <= MAX_PREFETCH_TABLE:
-        line = 64 // (4 if spec.dtype == "float32" else 8)
+        line = 64 // dtype_info(spec.dtype).itemsize
         for b in range(blocks):
             nxt = b + 1 if b + 1 < blocks else b
             spots = set()
@@ -356,8 +357,7 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
             prefetch.append(tuple(sorted(spots))[:MAX_PREFETCH])
         width = max(len(p) for p in prefetch) or 1
         prefetch = [p + (p[-1] if p else 0,) * (width - len(p)) for p in prefetch]
-    per_tile = (spec.out_channels // spec.groups) * m_h * m_w * (4 if spec.dtype == "float32"
-                                                                 else 8)
+    per_tile = (spec.out_channels // spec.groups) * m_h * m_w * dtype_info(spec.dtype).itemsize
     chunk_blocks = max(1, CHUNK_BYTES // (per_tile * block))
     chunks, end = [], 0
     while end < blocks:

@@ -14,6 +14,7 @@ import json
 import jinja2
 
 from convgen.cpu import cpu_flags
+from convgen.dtypes import dtype_for_c_type, dtype_info
 from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.co import CoTiles
 from convgen.plan.depthwise import DepthwiseKind
@@ -100,7 +101,7 @@ def _shared_context(plan: Plan, symbol: str, params: str, residual: bool) -> dic
         "kernel": plan.kernel,
         "tile_co": plan.tile_co,
         "lanes": plan.vector_lanes,
-        "vector_bytes": plan.vector_lanes * (4 if plan.c_type == "float" else 8),
+        "vector_bytes": plan.vector_lanes * dtype_info(plan.spec.dtype).itemsize,
         "weight_strides": plan.weight_strides,
         "threads": plan.threads,
         "omp_schedule": plan.omp_schedule,
@@ -195,7 +196,7 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "vectorize": "co",
         "tile": plan.tile,
         "co_vectors": co.co_vectors,
-        "index_type": "int" if plan.c_type == "float" else "long long",
+        "index_type": dtype_info(plan.spec.dtype).c_index_type,
         "transpose_rows": [f"r{i}" for i in range(plan.vector_lanes)],
         "transpose_stages": transpose_stages(plan.vector_lanes),
         "max_pixels": co.max_pixels,
@@ -348,7 +349,7 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "transpose_out": transpose_out,
         "transpose_rows": [f"r{i}" for i in range(wp.lanes)],
         "transpose_stages": transpose_stages(wp.lanes) if transpose_out else [],
-        "index_type": "int" if plan.c_type == "float" else "long long",
+        "index_type": dtype_info(plan.spec.dtype).c_index_type,
     }
 
 
@@ -381,9 +382,9 @@ def avx512_suffix(plan: Plan) -> str:
     Masked loads and gathers then use the AVX-512 intrinsics (the generated code
     is built for the host, -march=native); otherwise they are lane-by-lane C.
     """
-    lanes = {"float": 16, "double": 8}[plan.c_type]
-    if plan.vector_lanes == lanes and "avx512f" in cpu_flags():
-        return "ps" if plan.c_type == "float" else "pd"
+    info = dtype_info(plan.spec.dtype)
+    if plan.vector_lanes * info.itemsize == 64 and "avx512f" in cpu_flags():
+        return info.simd_suffix
     return ""
 
 
@@ -396,9 +397,8 @@ def even_lanes_index(lanes: int) -> str:
 
 def math_function(c_type: str):
     """C math function names per type: exp -> expf for float."""
-    if c_type == "float":
-        return lambda name: name + "f"
-    return lambda name: name
+    suffix = dtype_for_c_type(c_type).c_math_suffix
+    return lambda name: name + suffix
 
 
 def render_c(plan: Plan) -> str:
