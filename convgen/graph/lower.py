@@ -64,7 +64,7 @@ class Lowered:
 
 LAYOUTS = ("blocked", "nchw")
 # a linear layer splits its outputs over the network's threads from this many
-# multiply-adds (ResNet-18's fc, 512 x 1000, in the network: 0.13 -> 0.07 ms at 2 threads)
+# multiply-adds (below it, waking the second thread costs more than it saves)
 PARALLEL_LINEAR_MACS = 1 << 18
 # max pooling keeps a padded input row of at most this many elements on the stack (two
 # passes: rows, then columns); wider rows take the one-pass loop

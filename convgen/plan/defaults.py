@@ -56,8 +56,7 @@ def default_w_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
     file: 8 channels when a row takes 2 vectors, 16 when it takes one; strided
     convolutions gather their inputs, so 16 channels share each gather (measured on
     ResNet-18's layers). With fewer than 8 channels per group (depthwise) the tile grows
-    in space instead: up to 4 vectors per row and 8 rows (3x faster on MobileNetV2's 3x3
-    depthwise).
+    in space instead: up to 4 vectors per row and 8 rows (docs/performance.md).
     """
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
@@ -82,15 +81,8 @@ LONG_ROW = 128
 def prefers_co(spec: ConvSpec) -> bool:
     """Whether vectorize="co" is the default (both backends): a vector of output channels
     per group or more, and transposed, or rows that are short (< LONG_ROW output columns)
-    or strided.
-
-    Measured at 1 thread on bench/layers.py (2 cores, AVX-512): "co" 1.3-2x faster than
-    "w" on ResNet-18's 3x3 (56/28/14/7, stride 1 and 2), 1x1/2 and 7x7/2 layers, on the
-    odd 96-channel 17x17 layer and the 3D layer; "w" 1.3x faster on the 1D layer of
-    4096 columns, where whole rows are vector loads. Transposed: "co" (stride phases,
-    no wasted multiply-adds) 2-2.7x faster than "w" on the 4x4/2 256->128 bench layer
-    and the DCGAN generator's layers with 16+ output channels; on LLVM 1.6-3.2x
-    (bench/transposed.py --backend llvm).
+    or strided: long stride-1 rows are whole vector loads on "w", and a transposed "co"
+    plan wastes no multiply-adds on the scatter's zeros (measurements: docs/performance.md).
     """
     cog = spec.out_channels // spec.groups
     if cog < vector_lanes(spec.dtype):
@@ -108,33 +100,18 @@ def default_co_schedule(spec: ConvSpec, threads: int = 1, blocked_input: bool = 
     """vectorize="co": 1 vector of output channels x 28 pixels of a row (transposed: 2
     vectors x 12, or 1 x 24 when a group has one vector of channels); one row per job.
 
-    With 1 vector each broadcast input folds into its FMA (an embedded broadcast), so
-    28 accumulators fit beside the weight vector; with 2 x 14 gcc 12 spilled accumulators
-    inside the reduction loop when each call packed its weights (measured then; with the
-    weights packed at load, short rows and blocked inputs take 2 vectors, below).
-    Measured at 1 thread against 2 x 12 (C): the 7x7/2 stem
-    3.8 -> 3.2 ms, 3x3/2 64->128 1.33 -> 1.15, dilated 3x3 3.6 -> 3.0, 256@14 3.2 -> 2.9,
-    the 3D layer 18.7 -> 16.9, 512@7 alike; LLVM 3x3/2 1.7 -> 1.2, others alike; the
-    transposed 4x4/2 layer 5% slower, so transposed convolutions keep 2 x 12.
-
+    With 1 vector each broadcast input folds into its FMA (an embedded broadcast), so 28
+    accumulators fit beside the weight vector; 2 x 14 made gcc 12 spill accumulators when
+    each call packed its weights. Transposed convolutions keep 2 x 12 (1 x 28 was slower).
     Two rows per job when the reduction (input channels per group x taps) is shorter than
-    CO_SHORT_REDUCTION: ResNet-18's 7x7/2 stem (3 x 49 steps), bound, 1.59 -> 1.40 ms at 1
-    thread and 0.815 -> 0.70 ms at 2 (as the tuner found).
-
-    Rows of at most CO_SHORT_ROW outputs take 2 vectors of channels x the whole row (28
-    accumulators or fewer, each broadcast feeding two FMAs): bound, weights packed at load,
-    ResNet-18's 3x3/2 128->256 layer (rows of 14) 0.88 -> 0.75 ms at 1 thread and 0.46 ->
-    0.37 at 2, its 3x3/2 256->512 (rows of 7) 0.74 -> 0.67 at 1 thread.
-
-    ``blocked_input`` (a network's layer reading the blocked layout, convgen.plan.layout): 2
-    vectors x 14 pixels for longer rows too. Each broadcast then reads a cache line of its
-    own (a pixel's channels), and feeding two FMAs from it pays: ResNet-18's 3x3/2 64->128
-    layer, blocked in and out, 0.86 -> 0.68 ms at 1 thread (NCHW, 1 x 28: 0.75).
-    ``blocked_output``: one row per job even with a short reduction (the stem, writing
-    blocked: 1.32 -> 1.29 ms at 1 thread, 0.90 -> 0.84 at 2).
-    At 2+ threads a short reduction takes one row of CO_SHORT_PIECE pixels per job: the
-    stem at 2 threads 0.86 -> 0.75 ms writing blocked, 0.79 -> 0.73 NCHW (at 1 thread
-    1 x 16 is slower than 1 x 28, 1.44 against 1.33 ms blocked).
+    CO_SHORT_REDUCTION (a short reduction leaves a job too little work). Rows of at most
+    CO_SHORT_ROW outputs take 2 vectors of channels x the whole row (28 accumulators or
+    fewer, each broadcast feeding two FMAs). ``blocked_input`` (a network's layer reading
+    the blocked layout, convgen.plan.layout): 2 vectors x 14 pixels for longer rows too,
+    since each broadcast then reads a cache line of its own and feeding two FMAs from it
+    pays. ``blocked_output``: one row per job even with a short reduction. At 2+ threads a
+    short reduction takes one row of CO_SHORT_PIECE pixels per job (more, smaller jobs to
+    share). The measurements behind each rule: docs/performance.md.
     """
     cog = spec.out_channels // spec.groups
     lanes = vector_lanes(spec.dtype)
@@ -184,27 +161,19 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     """The transform-GEMM default (both backends), or None for the direct plans.
 
     "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
-    per group and GEMM_MIN_PIXELS+ output pixels: 1.2-1.5x faster than "co" on MobileNetV2's
-    144->24 pointwise layer and ResNet-18's 1x1/2 shortcut (1 thread, this machine). With
-    the weights prepared (networks, bind) strided ones take "co" instead, whose packed
-    blocks read the input in place where the GEMM first copies the strided pixels out:
-    ResNet-18's 1x1/2 64->128 shortcut 0.117 -> 0.117 ms at 1 thread, 0.101 -> 0.055 ms at 2.
+    per group and GEMM_MIN_PIXELS+ output pixels, where it beat "co". With the weights
+    prepared (networks, bind) strided ones take "co" instead, whose packed blocks read the
+    input in place where the GEMM first copies the strided pixels out.
 
-    "winograd" for 3x3 2D convolutions (stride 1) with 16+ channels each way
-    per group: F(4x4, 3x3), else F(2x2, 3x3), whichever's transformed weights fit
-    WINOGRAD_WEIGHT_BYTES with WINOGRAD_MIN_LANE_USE of the block lanes used. Measured at 1
-    thread: ResNet-18's 3x3 64->64 at 56x56 3.1 -> 1.5 ms (F4), 128->128 at 28x28 2.0 ->
-    1.3 ms (F2); the 256- and 512-channel layers stay direct (their transformed weights
-    alone cost more than the direct convolution). 1D: F(6, 3) with 14-channel register
-    tiles for kernel 3 (the same channel, weight and lane-use limits): on the bench's
-    64-channel 16000-sample layer 8.1 -> 5.3 ms at 1 thread and 5.2 -> 2.9 ms at 2 (F(4, 3)
-    6.2 ms, 28 channels 5.4 ms at 1 thread). Other 1D kernels stay direct (not measured).
-    Dilated layers tile each dilation phase (see convgen.plan.winograd): the bench's 3x3 d2
-    64->64 at 56x56 went from 2.05 ("co") to 1.07 ms at 1 thread and 1.6 to 0.8 ms at 2;
-    its 1D d8 layer from 6.9 ("w") to 5.5 ms and 4.1 to 2.9 ms.
-
-    The register tile: 28 output channels x 1 vector of tiles (measured best on the
-    64->64 layer; 16 and 14 x 2 were 5-25% slower), fewer when the group has fewer.
+    "winograd" for 3x3 2D convolutions (stride 1) with 16+ channels each way per group:
+    F(4x4, 3x3), else F(2x2, 3x3), whichever's transformed weights fit
+    WINOGRAD_WEIGHT_BYTES with WINOGRAD_MIN_LANE_USE of the block lanes used (larger
+    layers stay direct: their transformed weights alone cost more than the direct
+    convolution). 1D: F(6, 3) with 14-channel register tiles for kernel 3 (the same
+    limits); other 1D kernels stay direct (not measured). Dilated layers tile each
+    dilation phase (see convgen.plan.winograd). The register tile: 28 output channels x 1
+    vector of tiles (measured best), fewer when the group has fewer. The measurements
+    behind each rule: docs/performance.md.
     """
     cin_g, cog = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     if spec.transposed or spec.ndim > 2:
