@@ -3,8 +3,9 @@
 interleaved in one run; shared by bench/resnet18.py and bench/mobilenet_v2.py.
 
 Each runtime gets --repeats rounds of a warm-up (50 ms of calls) and two timed calls
-(convgen.bench.measure.measure_interleaved); the median per thread count, its ratio to the
-fastest peer (PyTorch or ONNX Runtime) and its largest error relative to torch's output.
+(convgen.bench.measure.measure_interleaved); the median per thread count, the ratio
+(fastest peer's time / its time: above 1, faster than PyTorch and ONNX Runtime) and its
+largest error relative to torch's output.
 ONNX Runtime is skipped, and said so, when onnx/onnxruntime are not installed
 (pip install -e '.[bench]').
 """
@@ -42,7 +43,8 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
     print(f"{title}; runtimes interleaved: {repeats} rounds of "
           f"{WARMUP_S * 1e3:g} ms of warm-up calls + {ROUND_CALLS} timed calls each, the "
           "median (ms)")
-    print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'vs best peer':>12} {'max rel err':>11}")
+    # ratio = fastest peer's time / this runtime's time (above 1: faster than every peer)
+    print(f"{'runtime':<22} {'threads':>7} {'latency':>9} {'ratio':>8} {'max rel err':>11}")
     for threads in threads_list:
         torch.set_num_threads(threads)
         calls = {}
@@ -81,7 +83,7 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
             rows.append((label, 1e3 * statistics.median(times), err))
         peers = min(ms for label, ms, _ in rows if not label.startswith("convgen"))
         for label, ms, err in rows:
-            print(f"{label:<22} {threads:>7} {ms:>9.2f} {ms / peers:>11.2f}x {err:>11.2e}",
+            print(f"{label:<22} {threads:>7} {ms:>9.2f} {peers / ms:>8.2f} {err:>11.2e}",
                   flush=True)
 
 
