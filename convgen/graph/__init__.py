@@ -1,1 +1,2 @@
-"""Networks as graphs: IR, shape inference, oracle, passes, memory planning, codegen."""
+"""Networks as graphs: IR, tracing, shape inference, oracle, passes, layout and memory
+planning, lowering to steps (each backend generates a network's code from them), CompiledModel."""
