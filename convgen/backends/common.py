@@ -3,7 +3,7 @@ cffi declarations), and safe comments."""
 
 from __future__ import annotations
 
-from convgen.plan.core import Plan
+from convgen.plan.base import Plan
 
 
 def comment_text(text: object) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 
 from convgen.backends import get_backend, resolve_backend
 from convgen.compiler import choose_schedule
-from convgen.dtypes import DTYPES as DTYPE_TABLE
 from convgen.dtypes import dtype_info
 from convgen.graph.ir import Graph, GraphError
 from convgen.plan.depthwise import DepthwiseKind
@@ -29,9 +28,7 @@ from convgen.graph.reference import evaluate
 from convgen.graph.shapes import infer_graph
 from convgen.kernel import check_input
 from convgen.schedule import Schedule
-from convgen.spec import ConvSpec
-
-DTYPES = tuple(DTYPE_TABLE)  # the dtypes a network compiles for: all of convgen.dtypes
+from convgen.spec import DTYPES, ConvSpec
 
 
 def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> str:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from convgen.cpu import vector_lanes
-from convgen.dtypes import DTYPES
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec, source_coordinate
 
@@ -37,9 +36,6 @@ class PlanKind:
 # plans deal their jobs out in about this many chunks per thread, first come first
 # served (a shared vCPU makes a static split wait for the slower thread)
 DYNAMIC_CHUNKS = 4
-
-C_TYPES = {name: d.c_type for name, d in DTYPES.items()}
-
 
 def index_table(spec: ConvSpec, dim: int) -> list[list[int]]:
     """table[o][k] -> input coordinate (or -1) for spatial dim ``dim``."""

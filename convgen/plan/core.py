@@ -15,8 +15,9 @@ import dataclasses
 import math
 
 from convgen.cpu import vector_lanes
-from convgen.plan.base import (C_TYPES, Plan, PlanKind, pad3, index_table,  # noqa: F401
-                               kernel_symbol, omp_schedule)
+from convgen.dtypes import dtype_info
+from convgen.plan.base import (Plan, PlanKind, index_table, kernel_symbol,  # noqa: F401
+                               omp_schedule, pad3)
 from convgen.plan.co import (CoClass, CoPiece, CoTap, CoTiles, co_decisions, co_row_taps,  # noqa: F401
                              co_row_tiles, describe_co_plan, transpose_shuffles)
 from convgen.plan.defaults import default_schedule
@@ -147,7 +148,7 @@ def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
         spec=spec,
         schedule=schedule,
         symbol=kernel_symbol(spec, schedule),
-        c_type=C_TYPES[spec.dtype],
+        c_type=dtype_info(spec.dtype).c_type,
         batch=spec.batch,
         groups=spec.groups,
         cin_g=cin_g,

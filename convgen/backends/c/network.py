@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convgen.plan.core import C_TYPES
+from convgen.dtypes import dtype_info
 from convgen.backends.c.render import conv_context, environment, math_function
 from convgen.backends.common import comment_text, entry_parameters, entry_prototype
 from convgen.version import __version__
@@ -34,7 +34,7 @@ def _call(step) -> str:
 
 
 def render_network(lowered: Lowered, symbol: str, title: str) -> str:
-    c_type = C_TYPES[lowered.dtype]
+    c_type = dtype_info(lowered.dtype).c_type
     steps = []
     for step in lowered.steps:
         name = comment_text(step.name)  # from user code or a network file: into comments only
