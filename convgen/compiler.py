@@ -17,7 +17,7 @@ from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan, make_plan
-from convgen.plan.weights import prepare_weight, prepares
+from convgen.plan.weights import prepare_weight
 from convgen.records import best_record
 from convgen.schedule import Schedule
 from convgen.plan.defaults import default_schedule

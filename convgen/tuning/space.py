@@ -12,7 +12,6 @@ larger than twice the register file.
 
 from __future__ import annotations
 
-import dataclasses
 
 import math
 

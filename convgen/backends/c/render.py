@@ -21,7 +21,7 @@ from convgen.plan.depthwise import DepthwiseKind
 from convgen.plan.direct import DirectKind
 from convgen.plan.winograd import WinogradPlan, transform_lines
 from convgen.version import __version__
-from convgen.backends.common import comment_text, parameters, prototype
+from convgen.backends.common import parameters, prototype
 from convgen.config import templates_dir
 
 
