@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 
@@ -58,3 +59,16 @@ def templates_dir() -> Path:
         if (candidate / "c" / "conv.c.j2").is_file():
             return candidate
     raise FileNotFoundError(f"convgen templates not found in {installed} or {checkout}")
+
+
+def nvcc() -> str | None:
+    """The CUDA compiler: $CONVGEN_NVCC, else nvcc on PATH, else /usr/local/cuda/bin/nvcc;
+    None where there is none (the CUDA tests then skip, saying so)."""
+    explicit = os.environ.get("CONVGEN_NVCC")
+    if explicit:
+        return explicit
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.is_file() else None
