@@ -23,6 +23,11 @@ def c_compiler() -> list[str]:
     return shlex.split(os.environ.get("CC") or "cc") or ["cc"]
 
 
+def cxx_compiler() -> list[str]:
+    """The C++ compiler command (the CUDA emulator), shell-split: $CXX, else c++."""
+    return shlex.split(os.environ.get("CXX") or "c++") or ["c++"]
+
+
 def extra_cflags() -> list[str]:
     """Extra flags appended to every C compile: $CONVGEN_CFLAGS (shell-split)."""
     return shlex.split(os.environ.get("CONVGEN_CFLAGS", ""))

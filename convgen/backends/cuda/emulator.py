@@ -19,7 +19,6 @@ covers the header's text as well as the source.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from convgen import config
 from convgen.backends.c.load import load_function
 from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
 from convgen.errors import CompileError, CompilerNotFoundError, ConvgenError
@@ -58,7 +58,7 @@ class RaceError(EmulatorError):
 
 def find_cxx_compiler() -> list[str]:
     """The C++ compiler command ($CXX, else c++), its first word resolved to an absolute path."""
-    command = shlex.split(os.environ.get("CXX") or "c++") or ["c++"]
+    command = config.cxx_compiler()
     path = shutil.which(command[0])
     if path is None:
         raise CompilerNotFoundError(
