@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from convgen import config
+from convgen.backends.c.build import compiler_identity
 from convgen.backends.c.load import load_function
 from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
 from convgen.errors import CompileError, CompilerNotFoundError, ConvgenError
@@ -75,19 +76,9 @@ def emulator_cache_key(source: str, compiler: list[str], flags: list[str]) -> st
     # the header's path is in the flags; its text is what matters, so it is keyed by hash
     portable = [flag for flag in flags if flag != str(HEADER)]
     return make_key(convgen=code_version(), backend="cuda-emulator",
-                    compiler=" ".join([f"{compiler[0]}|sha256:{_binary_hash(compiler[0])}",
-                                       *compiler[1:]]),
+                    compiler=compiler_identity(compiler),
                     flags=portable, header=file_sha256(HEADER), cpu=cpu_identity(),
                     source=source)
-
-
-_BINARY_HASHES: dict[str, str] = {}
-
-
-def _binary_hash(path: str) -> str:
-    if path not in _BINARY_HASHES:
-        _BINARY_HASHES[path] = file_sha256(Path(path))
-    return _BINARY_HASHES[path]
 
 
 def compile_emulated(source: str, output: Path, flags: list[str], compiler: list[str],
