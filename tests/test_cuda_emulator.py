@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convgen.backends.cuda import emulator
+from convgen.backends.c import build as c_build
 from convgen.backends.cuda.emulator import (EmulatorError, RaceError, build_emulated,
                                             check_races, load_emulated)
 from convgen.cache import Cache
@@ -235,7 +235,7 @@ def test_build_is_cached(fresh_cache, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled again on a cache hit")
 
-    monkeypatch.setattr(emulator, "compile_emulated", no_compile)
+    monkeypatch.setattr(c_build, "compile_c", no_compile)
     second = build_emulated(source, "conv1d")
     assert second.path == first.path
     assert Cache().lookup(first.meta["key"]) is not None

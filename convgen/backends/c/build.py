@@ -65,35 +65,43 @@ def c_cache_key(source: str, compiler: list[str], flags: list[str]) -> str:
 
 
 def compile_c(source: str, output: Path, flags: list[str], compiler: list[str],
-              source_path: Path) -> None:
-    """Write ``source`` to ``source_path`` and compile it to ``output``."""
+              source_path: Path, language: str = "C") -> None:
+    """Write ``source`` to ``source_path`` and compile it to ``output`` (``language`` names
+    it in errors)."""
     source_path.write_text(source)
     command = [*compiler, *flags, "-o", str(output), str(source_path), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:
-        raise CompilerNotFoundError(f"could not run the C compiler {compiler}: {exc}",
+        raise CompilerNotFoundError(f"could not run the {language} compiler {compiler}: {exc}",
                                     command=command, source_path=str(source_path)) from exc
     if result.returncode != 0:
-        raise CompileError("C compilation failed", command=command,
+        raise CompileError(f"{language} compilation failed", command=command,
                            returncode=result.returncode, stderr=result.stderr,
                            source_path=str(source_path))
+
+
+def build_library(source: str, symbol: str, compiler: list[str], flags: list[str], key: str,
+                  cache: Cache, backend: str, source_name: str = SOURCE_NAME,
+                  language: str = "C", meta_flags: list[str] | None = None) -> CacheEntry:
+    """The cache entry for ``key`` holding ``source`` compiled into a shared library by
+    ``compiler`` with ``flags``; compiles only on a miss, keeping a failed source."""
+    def build(tmp: Path) -> dict[str, str]:
+        try:
+            compile_c(source, tmp / LIBRARY_NAME, flags, compiler, tmp / source_name, language)
+        except CompileError as exc:
+            raise cache.keep_failed(exc, symbol + Path(source_name).suffix, source) from None
+        return {"source": source_name, "library": LIBRARY_NAME}
+
+    return cache.get_or_build(key, build, extra_meta={
+        "symbol": symbol, "backend": backend,
+        "flags": flags if meta_flags is None else meta_flags})
 
 
 def build_c(source: str, symbol: str, openmp: bool = False,
             cache: Cache | None = None) -> CacheEntry:
     """The cache entry holding ``source`` compiled; compiles only on a miss."""
-    cache = cache or Cache()
     compiler = find_c_compiler()
     flags = c_flags(openmp)
-    key = c_cache_key(source, compiler, flags)
-
-    def build(tmp: Path) -> dict[str, str]:
-        try:
-            compile_c(source, tmp / LIBRARY_NAME, flags, compiler, tmp / SOURCE_NAME)
-        except CompileError as exc:
-            raise cache.keep_failed(exc, f"{symbol}.c", source) from None
-        return {"source": SOURCE_NAME, "library": LIBRARY_NAME}
-
-    return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "c",
-                                                      "flags": flags})
+    return build_library(source, symbol, compiler, flags, c_cache_key(source, compiler, flags),
+                         cache or Cache(), "c")

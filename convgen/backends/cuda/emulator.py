@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 from typing import Callable
@@ -28,14 +27,13 @@ from typing import Callable
 import numpy as np
 
 from convgen import config
-from convgen.backends.c.build import compiler_identity
+from convgen.backends.c.build import build_library, compiler_identity
 from convgen.backends.c.load import load_function
 from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
-from convgen.errors import CompileError, CompilerNotFoundError, ConvgenError
+from convgen.errors import CompilerNotFoundError, ConvgenError
 
 HEADER = Path(__file__).resolve().parent / "emulator.h"
 SOURCE_NAME = "kernel.cu"
-LIBRARY_NAME = "kernel.so"
 BASE_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
               "-ffp-contract=fast", "-march=native", "-DCONVGEN_CUDA_EMULATOR")
 ORDERS = {"forward": 0, "reverse": 1, "shuffle": 2}
@@ -69,7 +67,7 @@ def find_cxx_compiler() -> list[str]:
 
 
 def emulator_flags() -> list[str]:
-    return [*BASE_FLAGS, "-include", str(HEADER)]
+    return [*BASE_FLAGS, "-include", str(HEADER), "-x", "c++"]
 
 
 def emulator_cache_key(source: str, compiler: list[str], flags: list[str]) -> str:
@@ -81,38 +79,14 @@ def emulator_cache_key(source: str, compiler: list[str], flags: list[str]) -> st
                     source=source)
 
 
-def compile_emulated(source: str, output: Path, flags: list[str], compiler: list[str],
-                     source_path: Path) -> None:
-    """Write ``source`` to ``source_path`` and compile it, as C++, to ``output``."""
-    source_path.write_text(source)
-    command = [*compiler, *flags, "-x", "c++", "-o", str(output), str(source_path), "-lm"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True)
-    except OSError as exc:
-        raise CompilerNotFoundError(f"could not run the C++ compiler {compiler}: {exc}",
-                                    command=command, source_path=str(source_path)) from exc
-    if result.returncode != 0:
-        raise CompileError("CUDA emulator compilation failed", command=command,
-                           returncode=result.returncode, stderr=result.stderr,
-                           source_path=str(source_path))
-
-
 def build_emulated(source: str, name: str = "kernel", cache: Cache | None = None) -> CacheEntry:
     """The cache entry holding the .cu ``source`` built for the emulator; compiles only on a miss."""
-    cache = cache or Cache()
     compiler = find_cxx_compiler()
     flags = emulator_flags()
-    key = emulator_cache_key(source, compiler, flags)
-
-    def build(tmp: Path) -> dict[str, str]:
-        try:
-            compile_emulated(source, tmp / LIBRARY_NAME, flags, compiler, tmp / SOURCE_NAME)
-        except CompileError as exc:
-            raise cache.keep_failed(exc, f"{name}.cu", source) from None
-        return {"source": SOURCE_NAME, "library": LIBRARY_NAME}
-
-    return cache.get_or_build(key, build, extra_meta={"symbol": name, "backend": "cuda-emulator",
-                                                      "flags": [f for f in flags if f != str(HEADER)]})
+    return build_library(source, name, compiler, flags,
+                         emulator_cache_key(source, compiler, flags), cache or Cache(),
+                         "cuda-emulator", SOURCE_NAME, "CUDA emulator",
+                         [f for f in flags if f != str(HEADER)])
 
 
 class EmulatedLibrary:
