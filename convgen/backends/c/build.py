@@ -28,18 +28,21 @@ SOURCE_NAME = "kernel.c"
 LIBRARY_NAME = "kernel.so"
 
 
-def find_c_compiler() -> list[str]:
-    """The C compiler command with its first word resolved to an absolute path.
-
-    Raises CompilerNotFoundError when $CC (or cc) is not on PATH.
-    """
-    command = config.c_compiler()
+def resolve_compiler(command: list[str], missing: str) -> list[str]:
+    """``command`` with its first word resolved to an absolute path; CompilerNotFoundError
+    with ``missing`` (what is absent and what to do) when it is not on PATH."""
     path = shutil.which(command[0])
     if path is None:
-        raise CompilerNotFoundError(
-            f"no C compiler found: CC={' '.join(command)!r} is not on PATH. Install gcc "
-            "(or set CC) to use backend='c', or use backend='llvm'.")
+        raise CompilerNotFoundError(missing)
     return [os.path.realpath(path), *command[1:]]
+
+
+def find_c_compiler() -> list[str]:
+    """The C compiler command ($CC, else cc), its first word resolved to an absolute path."""
+    command = config.c_compiler()
+    return resolve_compiler(command, (
+        f"no C compiler found: CC={' '.join(command)!r} is not on PATH. Install gcc "
+        "(or set CC) to use backend='c', or use backend='llvm'."))
 
 
 @functools.lru_cache(maxsize=None)

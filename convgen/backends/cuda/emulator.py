@@ -18,8 +18,6 @@ covers the header's text as well as the source.
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Callable
@@ -27,10 +25,10 @@ from typing import Callable
 import numpy as np
 
 from convgen import config
-from convgen.backends.c.build import build_library, compiler_identity
+from convgen.backends.c.build import build_library, compiler_identity, resolve_compiler
 from convgen.backends.c.load import load_function
 from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
-from convgen.errors import CompilerNotFoundError, ConvgenError
+from convgen.errors import ConvgenError
 
 HEADER = Path(__file__).resolve().parent / "emulator.h"
 SOURCE_NAME = "kernel.cu"
@@ -58,12 +56,9 @@ class RaceError(EmulatorError):
 def find_cxx_compiler() -> list[str]:
     """The C++ compiler command ($CXX, else c++), its first word resolved to an absolute path."""
     command = config.cxx_compiler()
-    path = shutil.which(command[0])
-    if path is None:
-        raise CompilerNotFoundError(
-            f"no C++ compiler found: CXX={' '.join(command)!r} is not on PATH. Install g++ "
-            "(or set CXX) to run CUDA kernels in the emulator.")
-    return [os.path.realpath(path), *command[1:]]
+    return resolve_compiler(command, (
+        f"no C++ compiler found: CXX={' '.join(command)!r} is not on PATH. Install g++ "
+        "(or set CXX) to run CUDA kernels in the emulator."))
 
 
 def emulator_flags() -> list[str]:
