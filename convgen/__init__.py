@@ -8,7 +8,7 @@ through cffi and returns a callable checked against a NumPy oracle
 
 from convgen.aot import compile_to, load
 from convgen.backends import BACKENDS
-from convgen.compiler import BoundKernel, bind, compile
+from convgen.compiler import BoundKernel, bind, compile, default_schedule
 from convgen.errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
                      ScheduleError, SpecError, SpecFileError)
 from convgen.functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
@@ -17,15 +17,14 @@ from convgen.graph.netspec import load_network
 from convgen.kernel import Kernel
 from convgen.onnx.importer import from_onnx  # imports onnx only when called
 from convgen.reference import reference
-from convgen.schedule import Schedule
-from convgen.plan.defaults import default_schedule
+from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ACTIVATIONS, ConvSpec
 from convgen.tuning.tuner import TuneResult, tune
 from convgen.version import __version__
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "BoundKernel", "CompileError", "CompilerNotFoundError",
-    "ConvSpec", "ConvgenError", "Kernel", "OnnxImportError", "Schedule", "ScheduleError",
+    "ConvSpec", "ConvgenError", "GpuSchedule", "Kernel", "OnnxImportError", "Schedule", "ScheduleError",
     "SpecError", "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d",
     "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "default_schedule", "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",

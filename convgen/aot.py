@@ -22,7 +22,6 @@ from convgen.compiler import build_artifact, choose_schedule, kernel_from_artifa
 from convgen.cache import file_sha256
 from convgen.errors import ConvgenError
 from convgen.kernel import Kernel
-from convgen.plan.core import make_plan
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 from convgen.version import __version__
@@ -129,6 +128,7 @@ def load(directory: str | os.PathLike) -> dict[str, Kernel]:
         source = source_path.read_text() if source_path.is_file() else ""
         artifact = Artifact(library.resolve(), record["symbol"], record["cdef"],
                             record["pointer_type"], source, record["sha256"])  # verified above
-        plan = make_plan(spec, schedule)  # constants only: no compiler, no templates
+        # constants only: no compiler, no templates
+        plan = get_backend(record["backend"]).plan(spec, schedule)
         kernels[record["name"]] = kernel_from_artifact(spec, plan, record["backend"], artifact)
     return kernels

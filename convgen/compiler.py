@@ -16,11 +16,10 @@ import numpy as np
 from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
-from convgen.plan.core import Plan, make_plan
+from convgen.plan.core import Plan
 from convgen.plan.weights import prepare_weight
 from convgen.records import best_record
 from convgen.schedule import Schedule
-from convgen.plan.defaults import default_schedule
 from convgen.spec import ConvSpec
 
 
@@ -44,17 +43,15 @@ def choose_schedule(spec: ConvSpec, backend: str, bound: bool = False,
             return record, "tuned"
         return dataclasses.replace(record, threads=threads), f"tuned at {record.threads}t"
     threads = threads if default_threads is None else default_threads
-    return default_schedule(spec, backend, prepared_weights=bound, threads=threads), "default"
+    return get_backend(backend).default_schedule(spec, bound=bound, threads=threads), "default"
 
 
 def kernel_from_artifact(spec: ConvSpec, plan: Plan, backend: str, artifact: Artifact,
                          weight_shape: tuple[int, ...] | None = None) -> Kernel:
     """Load a built artifact and wrap it as a Kernel."""
-    loaded = get_backend(backend).load(artifact, plan)
-    return Kernel(spec, plan.schedule, backend, artifact.symbol, artifact.source, loaded.ffi,
-                  loaded.function, jobs=plan.jobs, python_threads=loaded.python_threads,
-                  keepalive=loaded.keepalive, library_path=str(artifact.path),
-                  weight_shape=weight_shape)
+    chosen = get_backend(backend)
+    loaded = chosen.load(artifact, plan)
+    return chosen.make_kernel(spec, plan, artifact, loaded, weight_shape)
 
 
 def build_artifact(spec: ConvSpec, backend: str | None = None,
@@ -72,8 +69,9 @@ def build_artifact(spec: ConvSpec, backend: str | None = None,
                         f"got {type(schedule).__name__}")
     name = resolve_backend(backend)
     chosen = get_backend(name)
-    plan = make_plan(spec, schedule if schedule is not None else default_schedule(spec, name),
-                     prepared_weights=bound)
+    if schedule is None:
+        schedule = chosen.default_schedule(spec, bound=bound)
+    plan = chosen.plan(spec, schedule, bound=bound)
     return plan, chosen.build(plan, chosen.render(plan), cache), name
 
 
@@ -139,3 +137,13 @@ def bind(spec: ConvSpec, w: np.ndarray, b: np.ndarray | None = None,
     weight = np.array(prepare_weight(plan, w), dtype=dtype, order="C")
     kernel = kernel_from_artifact(spec, plan, name, artifact, weight_shape=weight.shape)
     return BoundKernel(kernel, weight, b)
+
+
+def default_schedule(spec: ConvSpec, backend: str | None = None, prepared_weights: bool = False,
+                     threads: int | None = None) -> Schedule:
+    """The untuned fallback schedule of ``spec`` on ``backend`` (None: the default backend):
+    a CPU plan's for "c" and "llvm" (on ``threads`` threads, None: every core for kernels
+    large enough), the GPU fallback (``Schedule(gpu=...)``) for "cuda"."""
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
+    return get_backend(backend).default_schedule(spec, bound=prepared_weights, threads=threads)

@@ -77,3 +77,33 @@ def nvcc() -> str | None:
         return found
     default = Path("/usr/local/cuda/bin/nvcc")
     return str(default) if default.is_file() else None
+
+
+# set_cuda_device() overrides $CONVGEN_CUDA_DEVICE for this process (None: read the variable)
+_cuda_device_override: str | None = None
+
+
+def set_cuda_device(device: str | int | None) -> None:
+    """Where ``backend="cuda"`` runs, for this process: "emulator" (the CPU emulator), a GPU
+    ordinal (0, 1, ...), or None to go back to $CONVGEN_CUDA_DEVICE."""
+    global _cuda_device_override
+    if device is None:
+        _cuda_device_override = None
+        return
+    _cuda_device_override = _check_cuda_device(str(device), "device")
+
+
+def cuda_device() -> str:
+    """"emulator" or a GPU ordinal as a string: set_cuda_device(), else
+    $CONVGEN_CUDA_DEVICE, else "0" (the first GPU)."""
+    if _cuda_device_override is not None:
+        return _cuda_device_override
+    value = os.environ.get("CONVGEN_CUDA_DEVICE", "").strip()
+    return _check_cuda_device(value, "CONVGEN_CUDA_DEVICE") if value else "0"
+
+
+def _check_cuda_device(value: str, name: str) -> str:
+    value = value.strip().lower()
+    if value == "emulator" or (value.isdigit() and len(value) < 4):
+        return value if value == "emulator" else str(int(value))
+    raise ValueError(f"{name}: expected 'emulator' or a GPU ordinal (0, 1, ...), got {value!r}")

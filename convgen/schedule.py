@@ -66,8 +66,15 @@ class Schedule:
     vector_width: int = 0
     vectorize: str = "w"
     method: str = "direct"
+    # the GPU part of the schedule (backend "cuda"); None: the GPU planner picks. CPU
+    # backends refuse a schedule that sets it, the CUDA backend one that sets CPU fields.
+    gpu: GpuSchedule | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.gpu, dict):
+            object.__setattr__(self, "gpu", GpuSchedule.from_dict(self.gpu))
+        if self.gpu is not None and not isinstance(self.gpu, GpuSchedule):
+            raise ScheduleError("gpu", self.gpu, "must be None or a convgen.GpuSchedule")
         if not _is_int(self.tile_co) or self.tile_co < 1:
             raise ScheduleError("tile_co", self.tile_co, "must be an integer >= 1")
         object.__setattr__(self, "tile_co", int(self.tile_co))
@@ -104,11 +111,16 @@ class Schedule:
             data["tile_spatial"] = list(data["tile_spatial"])
         if data["method"] == "direct":  # keys (kernel names, tuning records) stay as before
             del data["method"]
+        if self.gpu is None:  # likewise: CPU schedules' keys do not change
+            del data["gpu"]
+        else:
+            data["gpu"] = self.gpu.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
-        names = {"tile_co", "tile_spatial", "threads", "vector_width", "vectorize", "method"}
+        names = {"tile_co", "tile_spatial", "threads", "vector_width", "vectorize", "method",
+                 "gpu"}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ScheduleError(unknown[0], data[unknown[0]],
@@ -121,8 +133,19 @@ class Schedule:
     def key(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
+    def cpu_fields_set(self) -> list[str]:
+        """The CPU fields that differ from their defaults (threads aside): what a GPU plan
+        cannot honour."""
+        default = Schedule()
+        return [name for name in ("tile_co", "tile_spatial", "vector_width", "vectorize",
+                                  "method") if getattr(self, name) != getattr(default, name)]
+
     def resolve(self, spec: ConvSpec) -> tuple[int, tuple[int, ...]]:
         """The effective (tile_co, tile_spatial) for ``spec``, clamped; raises ScheduleError."""
+        if self.gpu is not None:
+            raise ScheduleError("gpu", self.gpu.to_dict(),
+                                "is a GPU schedule: CPU backends ('c', 'llvm') take the CPU "
+                                "fields only (use backend='cuda')")
         if self.method != "direct":
             return self._resolve_transform(spec)
         cog = spec.out_channels // spec.groups
@@ -175,6 +198,77 @@ class Schedule:
         if reason is not None:
             raise ScheduleError("tile_spatial", self.tile_spatial, reason)
         return min(self.tile_co, spec.out_channels // spec.groups), tuple(tiles)
+
+
+# GPU plan kinds (convgen.plan.gpu): "tiled" direct convolution with the input tile and its
+# halo staged in shared memory, "gemm" implicit GEMM, "depthwise"
+GPU_KINDS = ("tiled", "gemm", "depthwise")
+
+
+@dataclass(frozen=True)
+class GpuSchedule:
+    """How a CUDA kernel runs (backend "cuda"); every field None lets the planner pick.
+
+    ``kind``: "tiled" (a block's input tile plus halo in shared memory, transposed
+    convolutions split by stride phase), "gemm" (implicit GEMM: output channels x pixels
+    tiles, the im2col patch built in shared memory, double-buffered) or "depthwise" (one
+    input channel per group). ``block``: the block's output tile: (output channels,
+    *output positions per spatial dim) for "tiled"/"depthwise", (output channels, output
+    pixels, reduction chunk) for "gemm". ``thread``: one thread's register tile, (output
+    channels, output positions along the last dim) for "tiled"/"depthwise", (output
+    channels, pixels) for "gemm". ``stage``: stage the input tile in shared memory
+    ("tiled"/"depthwise"; False reads it through the read-only cache). ``chunk``: input
+    channels staged per step ("tiled"). The planner (convgen.plan.gpu) checks the
+    combination against the spec and the device limits and raises ScheduleError.
+    """
+
+    kind: str | None = None
+    block: tuple[int, ...] | None = None
+    thread: tuple[int, int] | None = None
+    stage: bool = True
+    chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in GPU_KINDS:
+            raise ScheduleError("gpu.kind", self.kind, f"must be None or one of {GPU_KINDS}")
+        for name, size in (("block", None), ("thread", 2)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if _is_int(value):
+                value = (value,)
+            if not isinstance(value, (tuple, list)) or not value or \
+                    not all(_is_int(v) and 1 <= v <= 1 << 20 for v in value) or \
+                    (size is not None and len(value) != size) or len(value) > 4:
+                shape = "two integers" if size else "1 to 4 integers"
+                raise ScheduleError(f"gpu.{name}", getattr(self, name),
+                                    f"must be None or {shape} in [1, 2**20]")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
+        if not isinstance(self.stage, bool):
+            raise ScheduleError("gpu.stage", self.stage, "must be True or False")
+        if self.chunk is not None and (not _is_int(self.chunk) or not 1 <= self.chunk <= 1024):
+            raise ScheduleError("gpu.chunk", self.chunk, "must be None or an integer in [1, 1024]")
+        if self.chunk is not None:
+            object.__setattr__(self, "chunk", int(self.chunk))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("block", "thread"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GpuSchedule:
+        if not isinstance(data, dict):
+            raise ScheduleError("gpu", data, "must be a table of GpuSchedule fields")
+        names = {"kind", "block", "thread", "stage", "chunk"}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ScheduleError(f"gpu.{unknown[0]}", data[unknown[0]],
+                                f"is not a GpuSchedule field ({sorted(names)})")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
 
 
 def co_vectors(spec: ConvSpec, tile_co: int) -> int:

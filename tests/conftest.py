@@ -18,6 +18,8 @@ os.environ.setdefault("CONVGEN_CACHE_DIR", str(REPO / ".cache" / "test-kernels")
 # pytest-xdist runs one worker per core and kernels use every core too: OpenMP threads
 # that spin while waiting would steal the other worker's core, so they sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# backend "cuda" runs on the CPU emulator in the suite (and CI), where there is no GPU
+os.environ.setdefault("CONVGEN_CUDA_DEVICE", "emulator")
 
 settings.register_profile(
     "convgen", deadline=None, max_examples=40, derandomize=True,

@@ -12,9 +12,11 @@ import warnings
 
 from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.c import BACKEND as C_BACKEND
+from convgen.backends.cuda import BACKEND as CUDA_BACKEND
 from convgen.backends.llvm import BACKEND as LLVM_BACKEND
 
-REGISTRY: dict[str, Backend] = {backend.name: backend for backend in (C_BACKEND, LLVM_BACKEND)}
+REGISTRY: dict[str, Backend] = {backend.name: backend
+                                for backend in (C_BACKEND, LLVM_BACKEND, CUDA_BACKEND)}
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 # None asks for the first of these that this machine can run (warning when it is not the first)
 PREFERENCE: tuple[str, ...] = ("c", "llvm")

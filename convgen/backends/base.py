@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from convgen.cache import Cache
-from convgen.plan.core import Plan, describe_plan
+from convgen.kernel import Kernel
+from convgen.plan.core import Plan, describe_plan, make_plan
+from convgen.plan.defaults import default_schedule
+from convgen.schedule import Schedule
+from convgen.spec import ConvSpec
 
 if TYPE_CHECKING:  # annotations only
     from convgen.graph.lower import Lowered
@@ -64,6 +68,10 @@ class Backend(abc.ABC):
     # whether its transform-GEMM kernels read the input through lane tables (one masked
     # gather per patch element) rather than staging it (``describe`` says which)
     gathers_by_table: bool = False
+    # where its kernels run: "cpu" plans (convgen.plan.core) or "gpu" plans (convgen.plan.gpu)
+    device: str = "cpu"
+    # whether compile_network builds whole networks (the CUDA backend's come with issue 18)
+    runs_networks: bool = True
 
     @abc.abstractmethod
     def available(self) -> str | None:
@@ -72,6 +80,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> str:
         """What compiles its code (compiler and version): part of every tuning record."""
+
+    def plan(self, spec: ConvSpec, schedule: Schedule, bound: bool = False) -> Plan:
+        """The plan of ``spec`` under ``schedule`` on this backend (``bound``: the variant
+        that reads prepared weights, where the plan has one)."""
+        return make_plan(spec, schedule, prepared_weights=bound)
+
+    def default_schedule(self, spec: ConvSpec, bound: bool = False,
+                         threads: int | None = None) -> Schedule:
+        """The untuned fallback schedule of ``spec`` on this backend."""
+        return default_schedule(spec, self.name, prepared_weights=bound, threads=threads)
 
     @abc.abstractmethod
     def render(self, plan: Plan) -> str:
@@ -84,6 +102,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact: Artifact, plan: Plan) -> Loaded:
         """The built kernel loaded into this process."""
+
+    def make_kernel(self, spec: ConvSpec, plan: Plan, artifact: Artifact, loaded: Loaded,
+                    weight_shape: tuple[int, ...] | None = None) -> Kernel:
+        """The callable Kernel around a loaded artifact."""
+        return Kernel(spec, plan.schedule, self.name, artifact.symbol, artifact.source,
+                      loaded.ffi, loaded.function, jobs=plan.jobs,
+                      python_threads=loaded.python_threads, keepalive=loaded.keepalive,
+                      library_path=str(artifact.path), weight_shape=weight_shape)
 
     @abc.abstractmethod
     def compile_network(self, lowered: Lowered, symbol: str, title: str) -> LoadedNetwork:

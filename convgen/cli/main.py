@@ -24,7 +24,6 @@ import convgen as cg
 
 from convgen.backends import BACKENDS, get_backend, resolve_backend
 from convgen.compiler import choose_schedule
-from convgen.plan.core import make_plan
 from convgen.plan.winograd import WinogradPlan
 from convgen.cli.args import UsageError, shape_text
 from convgen.cli.run import add_run_command
@@ -240,7 +239,7 @@ def run_explain(args: argparse.Namespace) -> int:
         if schedule is None:  # as compile: the best tuning record, else the default
             schedule, origin = choose_schedule(entry.spec, backend)
             source = "tuning record" if origin == "tuned" else "default"
-        plan = make_plan(entry.spec, schedule)
+        plan = get_backend(backend).plan(entry.spec, schedule)
         print(explain_entry(entry, plan, source, backend))
     return 0
 

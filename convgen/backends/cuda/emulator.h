@@ -10,6 +10,10 @@
 // error the launch returns (never a hang). Blocks spread over OpenMP threads; __shared__
 // variables are thread_local, so each OS thread (one block in flight) has its own.
 //
+// Every array access of the generated kernels goes through CG_AT, which the emulator checks
+// against the array's size (global, shared and __constant__ arrays alike): an access out
+// of bounds fails the launch with a message naming the array, index, line and thread.
+//
 // Not emulated (yet): dynamic shared memory (extern __shared__), warp intrinsics
 // (__shfl_*, __ballot_sync, ...), __syncthreads_count/_and/_or, cooperative groups.
 
@@ -275,6 +279,24 @@ static inline void syncthreads(int line) {
 
 #define __syncthreads() cg_emu::syncthreads(__LINE__)
 
+namespace cg_emu {
+// Bounds check of one array access (the templates' CG_AT): an index outside [0, n) records
+// an error naming the array, the index, the line and the thread, and the access goes to a
+// scratch element instead, so the launch fails with that message rather than corrupting
+// memory. On the GPU, CG_AT is a plain subscript.
+template <class T>
+static inline T* checked(T* array, long long index, long long n, const char* what, int line) {
+    if (index >= 0 && index < n) return array + index;
+    const uint3 b = cg_emu_block_idx, t = cg_emu_thread_idx;
+    fail("out-of-bounds access: %s[%lld] (it holds %lld) on line %d, block (%u,%u,%u) "
+         "thread (%u,%u,%u)", what, index, n, line, b.x, b.y, b.z, t.x, t.y, t.z);
+    static thread_local typename std::remove_const<T>::type scratch[1];
+    scratch[0] = {};
+    return scratch;
+}
+}  // namespace cg_emu
+#define CG_AT(array, index, n) (*cg_emu::checked((array), (long long)(index), (long long)(n), #array, __LINE__))
+
 // Launch ``call`` (a callable that calls the __global__ function with its arguments) over
 // grid x block. 0 on success; otherwise 1, and cg_emu_last_error() says why.
 template <class F>
@@ -318,7 +340,8 @@ static int cg_emu_launch(dim3 grid, dim3 block, const F& call) {
             __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
         s->active = 0;
     }
-    return failed;
+    // a bounds error does not stop its block (the access went to scratch): it fails the launch
+    return failed || cg_emu_error_set;
 }
 
 // ---- device functions and intrinsics ------------------------------------------------------------
