@@ -179,6 +179,8 @@ def run_show(args: argparse.Namespace) -> int:
                 print()
             print(f"{comment} ===== {entry.name} ({entry.path}) =====")
         print(kernel.source.rstrip("\n"))
+        if args.backend == "cuda":  # the emulator's build runs no nvcc: ask ptxas here
+            print_ptxas_report(kernel.source, kernel.symbol, comment)
     return 0
 
 
@@ -241,7 +243,29 @@ def run_explain(args: argparse.Namespace) -> int:
             source = "tuning record" if origin == "tuned" else "default"
         plan = get_backend(backend).plan(entry.spec, schedule)
         print(explain_entry(entry, plan, source, backend))
+        if backend == "cuda":  # nvcc only (no GPU); other backends stay compiler-free
+            print()
+            print_ptxas_report(get_backend(backend).render(plan), plan.symbol,
+                               get_backend(backend).line_comment, keep_going=True)
     return 0
+
+
+def print_ptxas_report(source: str, symbol: str, comment: str = "//",
+                       keep_going: bool = False) -> None:
+    """ptxas's per-kernel report (registers, spills, shared memory, stack for sm_80 and
+    sm_90) for CUDA ``source`` as comment lines, built with nvcc through the cache; one
+    line saying it needs nvcc where there is none. ``keep_going``: a source nvcc rejects
+    prints one line instead of failing (explain), else the CompileError propagates."""
+    from convgen.backends.cuda.build import ptxas_report_lines
+    from convgen.errors import CompileError
+    try:
+        lines = ptxas_report_lines(source, symbol)
+    except CompileError as exc:
+        if not keep_going:
+            raise
+        lines = [f"ptxas report unavailable: nvcc failed: {str(exc).splitlines()[0]}"]
+    for line in lines:
+        print(f"{comment} {line}")
 
 
 # -- explain -----------------------------------------------------------------------------

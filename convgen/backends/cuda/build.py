@@ -153,3 +153,30 @@ def parse_ptxas(text: str) -> list[KernelResources]:
 def kernel_resources(entry: CacheEntry) -> list[KernelResources]:
     """The ptxas report kept in a build's cache entry, parsed."""
     return parse_ptxas(entry.file("report").read_text())
+
+
+def ptxas_report_for(source: str, symbol: str, cache: Cache | None = None,
+                     archs: tuple[str, ...] = DEFAULT_ARCHS) -> list[KernelResources]:
+    """ptxas's per-kernel, per-architecture report for CUDA ``source`` (the rendered .cu of
+    the kernel ``symbol``), built with nvcc through the cache (a second call compiles
+    nothing). Works whether or not backend "cuda" runs on the emulator: the emulator's
+    build never runs nvcc, so ``convgen show``/``explain`` ask for this one.
+    CompilerNotFoundError without nvcc; CompileError when nvcc rejects the source."""
+    return kernel_resources(build_cuda(source, symbol, tuple(archs), cache))
+
+
+def ptxas_report_lines(source: str, symbol: str, cache: Cache | None = None,
+                       archs: tuple[str, ...] = DEFAULT_ARCHS) -> list[str]:
+    """The lines ``convgen show``/``explain`` print (the caller adds the comment marker):
+    a heading, then one line per kernel and architecture; one line saying the report needs
+    nvcc where there is none. CompileError propagates."""
+    targets = " ".join(archs)
+    try:
+        resources = ptxas_report_for(source, symbol, cache, archs)
+    except CompilerNotFoundError as exc:
+        return [f"ptxas report ({targets}) needs nvcc: {exc}"]
+    heading = (f"ptxas report (nvcc {' '.join(BASE_FLAGS[:2])}, {targets}; static shared "
+               f"memory limit {STATIC_SHARED_BYTES} B):")
+    if not resources:
+        return [heading, "  (ptxas reported no kernels)"]
+    return [heading, *(f"  {r.line()}" for r in resources)]
