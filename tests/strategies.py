@@ -7,8 +7,9 @@ import math
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from convgen import ConvSpec, Schedule, ScheduleError, SpecError
+from convgen import ConvSpec, GpuSchedule, Schedule, ScheduleError, SpecError
 from convgen.cpu import vector_lanes
+from convgen.plan.gpu import make_gpu_plan
 from convgen.reference import random_arrays
 from convgen.schedule import MAX_TILE_ELEMENTS
 
@@ -211,3 +212,35 @@ def invalid_kwargs(draw):
     kwargs = dict(BASE)
     kwargs.update(changes)
     return field, kwargs
+
+
+@st.composite
+def gpu_schedules(draw, spec: ConvSpec):
+    """A GPU schedule for ``spec`` (backend "cuda") that the planner accepts: any kind the
+    spec allows, block and thread tiles of any size (clamped to the spec), staging on or
+    off, any chunk of input channels."""
+    cin_g = spec.in_channels // spec.groups
+    kinds = ["tiled"]
+    if cin_g == 1 and not spec.transposed:
+        kinds.append("depthwise")
+    if not spec.transposed:
+        kinds.append("gemm")
+    kind = draw(st.sampled_from(kinds))
+    if kind == "gemm":
+        thread = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        block = (thread[0] * draw(st.integers(1, 4)), thread[1] * draw(st.integers(1, 8)),
+                 draw(st.sampled_from([1, 2, 4, 8, 16])))
+        gpu = GpuSchedule(kind=kind, block=block, thread=thread)
+    else:
+        thread = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        block = (thread[0] * draw(st.integers(1, 3)),
+                 *(draw(st.integers(1, 6)) for _ in range(spec.ndim - 1)),
+                 thread[1] * draw(st.integers(1, 4)))
+        gpu = GpuSchedule(kind=kind, block=block, thread=thread, stage=draw(st.booleans()),
+                          chunk=draw(st.integers(1, 4)))
+    schedule = Schedule(gpu=gpu, threads=draw(st.sampled_from([1, 2])))
+    try:
+        make_gpu_plan(spec, schedule)
+    except ScheduleError:
+        assume(False)
+    return schedule

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from convgen.backends.cuda.emulator import ORDERS
 from convgen.backends.cuda.arrays import CudaArrayInfo, DeviceArray, cuda_array_info
 from convgen.kernel import Kernel, check_bias, check_input
 
@@ -91,6 +92,17 @@ class CudaKernel(Kernel):
         if "y" in staged:
             np.copyto(result, staged["y"].copy_to_host())
         return result
+
+    def set_thread_order(self, order: str, seed: int = 0) -> None:
+        """Emulator only: run each block's threads between barriers in ``order``
+        ("forward", "reverse" or "shuffle", by ``seed``) from the next call on. A kernel
+        whose result changes with the order has a race (a missing barrier, threads writing
+        one element): the suite runs every kernel forward and reversed and compares."""
+        if not self.emulated:
+            raise ValueError("set_thread_order: only the CUDA emulator can reorder threads")
+        if order not in ORDERS:
+            raise ValueError(f"order: expected one of {sorted(ORDERS)}, got {order!r}")
+        self._launch.set_order(ORDERS[order], seed)
 
     def _run(self, pointers: dict[str, int]) -> None:
         for begin, end in self._ranges:
