@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from helpers import BACKENDS
+from helpers import BACKENDS, CPU_BACKENDS, NETWORK_BACKENDS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,10 +28,24 @@ settings.register_profile(
 settings.load_profile(os.environ.get("CONVGEN_HYPOTHESIS_PROFILE", "convgen"))
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def backend(request) -> str:
-    """Every backend in convgen.BACKENDS: adding a name there runs these tests on it."""
-    return request.param
+def pytest_generate_tests(metafunc) -> None:
+    """A test's ``backend`` argument runs over every backend in convgen.BACKENDS (adding a
+    name there runs these tests on it), except where a marker narrows it: ``cpu_plans``
+    (the test is about a CPU plan kind: backends whose plans are CPU plans) or
+    ``networks`` (whole networks: backends that compile them)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        names = names.replace(" ", "").split(",") if isinstance(names, str) else names
+        if "backend" in names:  # the test lists its backends itself
+            return
+    names = BACKENDS
+    if metafunc.definition.get_closest_marker("cpu_plans"):
+        names = CPU_BACKENDS
+    elif metafunc.definition.get_closest_marker("networks"):
+        names = NETWORK_BACKENDS
+    metafunc.parametrize("backend", names, scope="session")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import convgen as cg
+from convgen.backends import get_backend
 from convgen.tolerance import max_error, tolerance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 # a ``backend`` argument get conftest's fixture over the same list): registering a backend
 # in convgen.backends runs the whole suite on it.
 BACKENDS: tuple[str, ...] = tuple(cg.BACKENDS)
+# ... whose plans are CPU plans (vectorize, Winograd, blocked layouts, threads), and those
+# that compile whole networks (tests marked cpu_plans / networks run on these)
+CPU_BACKENDS: tuple[str, ...] = tuple(n for n in BACKENDS if get_backend(n).device == "cpu")
+NETWORK_BACKENDS: tuple[str, ...] = tuple(n for n in BACKENDS if get_backend(n).runs_networks)
 
 
 def arrays_for(spec: cg.ConvSpec, seed: int = 0):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import convgen as cg
-from helpers import BACKENDS
+# whole networks: the backends that compile them
+from helpers import NETWORK_BACKENDS as BACKENDS  # noqa: F401
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

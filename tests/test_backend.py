@@ -8,13 +8,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
+from convgen.backends import get_backend
 from convgen.plan.core import make_plan
 from convgen.tuning.space import candidate_schedules
 from convgen.tolerance import max_error, tolerance
 
 from helpers import check_kernel
-from strategies import (arrays_for, co_schedules, conv_specs, schedules, transposed_specs,
-                        wide_specs)
+from strategies import (arrays_for, co_schedules, conv_specs, gpu_schedules, schedules,
+                        transposed_specs, wide_specs)
 
 
 @settings(max_examples=60)
@@ -27,10 +28,12 @@ def test_default_schedule_matches_oracle(backend, spec):
 @given(data=st.data())
 def test_any_schedule_matches_oracle(backend, data):
     spec = data.draw(conv_specs())
-    schedule = data.draw(schedules(spec))
+    gpu = get_backend(backend).device == "gpu"
+    schedule = data.draw(gpu_schedules(spec) if gpu else schedules(spec))
     check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=1)
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=40)
 @given(data=st.data())
 def test_co_plan_matches_oracle(backend, data):
@@ -41,6 +44,7 @@ def test_co_plan_matches_oracle(backend, data):
     check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=3)
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=30)
 @given(data=st.data())
 def test_channel_tiles_innermost_matches_oracle(backend, data):
@@ -61,6 +65,7 @@ def test_channel_tiles_innermost_matches_oracle(backend, data):
     check_kernel(kernel, spec, seed=5)
 
 
+@pytest.mark.cpu_plans
 @pytest.mark.parametrize("threads", [1, 2])
 def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     """A 1D signal of 1.3 MB (over CACHE_BYTES): 3 channel tiles, the last one partial."""
@@ -71,6 +76,7 @@ def test_channel_tiles_innermost_on_a_large_input(backend, threads):
     check_kernel(kernel, spec, seed=6)
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=30)
 @given(data=st.data())
 def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
@@ -95,6 +101,7 @@ def test_co_plan_next_block_prefetch_matches_oracle(backend, data):
     check_kernel(kernel, spec, seed=9)
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=30)
 @given(data=st.data())
 def test_bound_co_plan_next_block_prefetch_matches_oracle(backend, data):
@@ -131,6 +138,7 @@ def test_co_plan_next_block_prefetch_threshold():
     assert co.co_next_block_lines(plan) == 0
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=40)
 @given(data=st.data())
 def test_transposed_co_plan_matches_oracle(backend, data):
@@ -142,6 +150,7 @@ def test_transposed_co_plan_matches_oracle(backend, data):
     check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=5)
 
 
+@pytest.mark.cpu_plans
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_transposed_co_plan_with_threads(backend, dtype):
     """The bench layer's shape, smaller: 4x4 stride 2 pad 1, whole pieces of a phase,
@@ -155,6 +164,7 @@ def test_transposed_co_plan_with_threads(backend, dtype):
     check_kernel(cg.compile(spec, backend=backend, schedule=two), spec, seed=7)
 
 
+@pytest.mark.cpu_plans
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_transposed_co_plan_stride_3_dilation_output_padding(backend, ndim):
     """Stride 3 with dilation 2 and output_padding (some rows and phases read no tap),
@@ -167,6 +177,7 @@ def test_transposed_co_plan_stride_3_dilation_output_padding(backend, ndim):
     check_kernel(cg.compile(spec, backend=backend, schedule=schedule), spec, seed=8)
 
 
+@pytest.mark.cpu_plans
 @settings(max_examples=20)
 @given(spec=wide_specs())
 def test_default_schedule_with_wide_channels(backend, spec):
@@ -187,6 +198,7 @@ def test_backends_pick_the_same_default_plan(spec):
         cg.default_schedule(spec, "c", prepared_weights=True)
 
 
+@pytest.mark.cpu_plans
 def test_every_backend_searches_the_transposed_co_plan(backend):
     spec = cg.ConvSpec((1, 4, 5, 5), 16, kernel_size=4, stride=2, padding=1, transposed=True)
     found = candidate_schedules(spec, backend)
@@ -206,6 +218,7 @@ JOB_RANGE_TRANSPOSED = cg.ConvSpec((2, 5, 4, 5), 40, kernel_size=4, stride=2, pa
     (JOB_RANGE_SPEC, cg.Schedule(tile_co=4, tile_spatial=(2, 4))),
     (JOB_RANGE_TRANSPOSED, cg.Schedule(tile_co=16, tile_spatial=(2, 3), vectorize="co")),
 ], ids=["co-1-vector", "co-3-vectors", "w", "co-transposed"])
+@pytest.mark.cpu_plans
 def test_any_job_range_matches_oracle(backend, spec, schedule):
     """The job-range ABI: ranges that start and end anywhere (mid channel block, mid row)
     compute exactly their jobs, so threads may split the jobs at any point (transposed

@@ -22,7 +22,7 @@ from convgen.records import best_record, record
 from convgen.reference import random_arrays
 from convgen.tuning.tuner import Measurement
 
-from helpers import BACKENDS, assert_matches_oracle
+from helpers import BACKENDS, CPU_BACKENDS, assert_matches_oracle
 from strategies import co_schedules, conv_specs, schedules, wide_specs
 
 
@@ -45,7 +45,7 @@ def test_bound_default_schedule_matches_oracle(spec, backend):
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
+@given(data=st.data(), backend=st.sampled_from(CPU_BACKENDS))
 def test_bound_co_schedules_match_oracle(data, backend):
     """The "co" plan (remainder blocks, groups, transposed; 1-2 threads) bound reads its
     channel blocks packed at load: (groups, blocks, reduction, tile_co)."""
@@ -59,7 +59,7 @@ def test_bound_co_schedules_match_oracle(data, backend):
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
+@given(data=st.data(), backend=st.sampled_from(CPU_BACKENDS))
 def test_bound_co_rows_outer_matches_oracle(data, backend):
     """With the weights packed at load and 2+ threads, small weights put the channel
     block innermost (threads split rows); with the limit lifted every non-transposed
@@ -117,6 +117,7 @@ TRANSFORM_CASES = [
 
 
 @pytest.mark.parametrize("spec, schedule", TRANSFORM_CASES)
+@pytest.mark.cpu_plans
 def test_bound_transform_plans_match_oracle(spec, schedule, backend):
     bound = check_bound(spec, backend, schedule, seed=3)
     plan = make_plan(spec, schedule)

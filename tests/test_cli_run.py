@@ -22,6 +22,7 @@ def seeded_input(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+@pytest.mark.networks
 def test_run_checks_summarizes_and_writes_the_output(backend, capsys, tmp_path):
     target = tmp_path / "y.npy"
     code = main(["run", LENET, "--backend", backend, "--check", "--summary", "-o", str(target),

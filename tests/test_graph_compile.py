@@ -28,6 +28,9 @@ from graph_helpers import (activation, adaptive, assert_close, batch_norm, check
                             conv_spec, graph, lifetimes, linear, node, outputs_of, pool,
                             random_inputs)
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 # -- every op on its own --------------------------------------------------------------------
 
 CONV_CASES = {

@@ -23,6 +23,9 @@ from convgen.plan.layout import block_lanes, supports_blocked
 
 from graph_helpers import activation, adaptive, check, conv, graph, node, pool
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 
 def lowered_steps(model) -> dict:
     return {step.name: step for step in model._lowered.steps}

@@ -18,6 +18,9 @@ from convgen.graph.reference import op_reference
 
 from graph_helpers import check, conv, graph, node
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 RTOL = 1e-12
 
 

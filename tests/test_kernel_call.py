@@ -267,6 +267,7 @@ SCHEDULES = [
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s.key() if s else "default")
+@pytest.mark.cpu_plans
 def test_every_schedule_matches_the_oracle(backend, schedule):
     kernel = compiled(GROUPED, backend, schedule)
     if schedule is not None:
@@ -282,6 +283,7 @@ def test_every_schedule_matches_the_oracle(backend, schedule):
                  transposed=True, stride=2, dtype="float64"),
      cg.Schedule(tile_co=3, tile_spatial=(2, 3, 4), threads=4)),
 ], ids=["1d", "3d-transposed"])
+@pytest.mark.cpu_plans
 def test_threads_in_other_ranks(backend, spec, schedule):
     kernel = compiled(spec, backend, schedule)
     assert kernel.schedule.threads == schedule.threads
@@ -291,6 +293,7 @@ def test_threads_in_other_ranks(backend, spec, schedule):
 
 
 @pytest.mark.parametrize("tiles", [(4,), (4, 4, 4)])
+@pytest.mark.cpu_plans
 def test_tile_spatial_of_the_wrong_length(backend, tiles):
     with pytest.raises(cg.ScheduleError, match="tile_spatial") as info:
         cg.compile(SQUARE, backend=backend, schedule=cg.Schedule(tile_spatial=tiles))
@@ -298,6 +301,7 @@ def test_tile_spatial_of_the_wrong_length(backend, tiles):
     assert "2" in str(info.value)
 
 
+@pytest.mark.cpu_plans
 def test_oversized_tiles(backend):
     spec = cg.ConvSpec(input_shape=(1, 64, 32, 32), out_channels=64, kernel_size=3, padding=1)
     with pytest.raises(cg.ScheduleError) as info:

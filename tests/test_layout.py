@@ -14,7 +14,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convgen as cg
-from helpers import BACKENDS
+from helpers import CPU_BACKENDS as BACKENDS
+
+# CPU plan kinds: the backend argument runs over the CPU backends
+pytestmark = pytest.mark.cpu_plans
 from convgen.backends import get_backend
 from convgen.compiler import kernel_from_artifact
 from convgen.plan.weights import prepare_weight, prepares

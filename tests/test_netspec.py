@@ -15,6 +15,9 @@ from convgen import nn
 from convgen.graph.netspec import Concat, Network, Residual, load_weights
 from convgen.nn import init as nn_init
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 NETS = Path(__file__).resolve().parent.parent / "specs" / "nets"
 OUTPUT_SHAPES = {
     "lenet5": (1, 10),

@@ -11,6 +11,9 @@ from onnx_helpers import BACKENDS, check_model, make_model, node, rand
 
 import convgen as cg
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 # -- convolution ------------------------------------------------------------------------
 
 CONVS = [  # (input shape, weight shape, attributes, opset)

@@ -12,6 +12,9 @@ from onnx_helpers import BACKENDS, assert_close, make_model, node, rand, run_ort
 import convgen as cg
 from convgen.cli.main import main
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 
 class _Net:
     """Accumulates nodes and initializers with readable names (as PyTorch exports them)."""

@@ -13,6 +13,9 @@ from onnx_helpers import BACKENDS, assert_close, onnx, run_ort
 
 import convgen as cg
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 torch = pytest.importorskip("torch")
 
 

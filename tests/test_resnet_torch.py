@@ -10,6 +10,9 @@ import torch
 from convgen import nn as cnn
 from test_nn_modules import resnet18_classes
 
+# whole networks: the backend argument runs over the backends that compile them
+pytestmark = pytest.mark.networks
+
 SHAPE = (1, 3, 64, 64)  # small enough for the suite; bench/resnet18.py runs 224x224
 
 

@@ -68,6 +68,7 @@ def lines(path) -> list[dict]:
 # -- the search space ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(SPACE))
+@pytest.mark.cpu_plans
 def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend):
     spec = SPACE[name]
     found = candidate_schedules(spec, backend, threads=3)

@@ -35,7 +35,10 @@ from convgen.plan.winograd import MAX_ALPHA, MAX_CO_ROWS, MAX_TILE_2D, WinogradP
     split_output_channels, \
     tile_vectors, winograd_matrices
 
-from helpers import BACKENDS, check_kernel, compiled
+from helpers import CPU_BACKENDS as BACKENDS, check_kernel, compiled
+
+# CPU plan kinds: the backend argument runs over the CPU backends
+pytestmark = pytest.mark.cpu_plans
 from strategies import ACTIVATION_CHOICES, arrays_for
 
 PADDING_MODES = ["zeros", "zeros", "reflect", "replicate", "circular"]

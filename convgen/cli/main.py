@@ -23,6 +23,7 @@ import numpy as np
 import convgen as cg
 
 from convgen.backends import BACKENDS, get_backend, resolve_backend
+from convgen.backends.cuda.build import ptxas_report_lines
 from convgen.compiler import choose_schedule
 from convgen.plan.winograd import WinogradPlan
 from convgen.cli.args import UsageError, shape_text
@@ -30,7 +31,7 @@ from convgen.cli.run import add_run_command
 from convgen.cli.tune import add_tune_command
 from convgen.bench.measure import warm_up
 from convgen.cli.bench import add_bench_command
-from convgen.errors import ConvgenError
+from convgen.errors import CompileError, ConvgenError
 from convgen.reference import random_arrays
 from convgen.spec import ConvSpec
 from convgen.specfile import SpecEntry, load_specfile, load_specfiles
@@ -256,8 +257,6 @@ def print_ptxas_report(source: str, symbol: str, comment: str = "//",
     sm_90) for CUDA ``source`` as comment lines, built with nvcc through the cache; one
     line saying it needs nvcc where there is none. ``keep_going``: a source nvcc rejects
     prints one line instead of failing (explain), else the CompileError propagates."""
-    from convgen.backends.cuda.build import ptxas_report_lines
-    from convgen.errors import CompileError
     try:
         lines = ptxas_report_lines(source, symbol)
     except CompileError as exc:

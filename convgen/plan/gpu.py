@@ -48,6 +48,11 @@ CONST_TABLE_BYTES = 16 << 10
 # accumulators one thread keeps in registers: beyond this ptxas spills (255 registers per
 # thread, and the loop needs its own)
 MAX_ACCUMULATORS = 64
+# __launch_bounds__'s minimum resident blocks per multiprocessor: 1 lets ptxas use up to
+# 65536 / threads registers. Without it, ptxas (nvcc 13, sm_80) capped a 224-thread tiled
+# kernel at 40 registers and spilled its accumulators; the block size already sets the
+# occupancy we plan for.
+MIN_BLOCKS_PER_SM = 1
 # implicit GEMM: index tables (output x taps per dim) in global memory up to this many
 # entries; longer ones would make the module larger than the data
 MAX_GEMM_TABLE = 1 << 16

@@ -162,6 +162,11 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     that clamp to one already listed.
     """
     backend = resolve_backend(backend)
+    if get_backend(backend).device != "cpu":
+        # GPU schedules are searched on the device (issue 18); on the emulator a timing
+        # says nothing about a GPU
+        raise ValueError(f"backend {backend!r}: tuning searches CPU schedules only; CUDA "
+                         "kernels run the GPU default (or a Schedule(gpu=...) you give)")
     threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
     limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
     cog = spec.out_channels // spec.groups

@@ -17,7 +17,8 @@ from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.c.load import load_function
 from convgen.backends.common import function_pointer_type, prototype
 from convgen.backends.cuda import device
-from convgen.backends.cuda.build import build_cuda, find_nvcc, kernel_resources, nvcc_identity
+from convgen.backends.cuda.build import (REPORT_NAME, KernelResources, build_cuda, find_nvcc,
+                                         kernel_resources, nvcc_identity, parse_ptxas)
 from convgen.backends.cuda.emulator import (RUNTIME_CDEF, EmulatorError, build_emulated,
                                             find_cxx_compiler)
 from convgen.backends.c.build import compiler_identity
@@ -111,9 +112,13 @@ class CudaBackend(Backend):
     def describe(self, plan: Plan) -> list[str]:
         return describe_gpu_plan(plan)
 
-    def resources(self, artifact: Artifact):
-        """ptxas's report for a device build (registers, spills, shared memory), else None."""
-        return None
+    def resources(self, artifact: Artifact) -> list[KernelResources] | None:
+        """ptxas's report of a device build (registers, spills, shared memory per kernel
+        and architecture; kept beside the binary), else None."""
+        report = artifact.path.with_name(REPORT_NAME)
+        if artifact.path.suffix != ".fatbin" or not report.is_file():
+            return None
+        return parse_ptxas(report.read_text())
 
 
 class EmulatedLaunch:

@@ -12,7 +12,7 @@ import math
 from convgen.backends.c.render import environment, math_function
 from convgen.backends.common import parameters
 from convgen.plan.base import Plan
-from convgen.plan.gpu import GpuAxis, GpuGemm, GpuTiled
+from convgen.plan.gpu import MIN_BLOCKS_PER_SM, GpuAxis, GpuGemm, GpuTiled
 from convgen.version import __version__
 
 
@@ -57,6 +57,7 @@ def cuda_context(plan: Plan) -> dict:
         "c_type": plan.c_type,
         "jobs": plan.jobs,
         "threads": kind.threads,  # type: ignore[attr-defined]
+        "min_blocks": MIN_BLOCKS_PER_SM,
         "groups": plan.groups,
         "cin_g": plan.cin_g,
         "cout_g": plan.cout_g,
