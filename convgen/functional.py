@@ -14,6 +14,7 @@ import numpy as np
 
 from convgen.compiler import compile as compile_spec
 from convgen.backends import resolve_backend
+from convgen.backends.cuda.arrays import cuda_array_info
 from convgen.kernel import Kernel
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
@@ -34,52 +35,61 @@ def kernel_for(spec: ConvSpec, backend: str | None = None, schedule: Schedule | 
     return kernel
 
 
-def _check_arrays(name: str, ndim: int, x: Any, w: Any, b: Any) -> None:
-    for label, array in (("input", x), ("weight", w)):
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"{name}: {label} must be a numpy.ndarray, "
-                            f"got {type(array).__name__}")
-        if array.ndim != ndim + 2:
-            raise ValueError(f"{name}: {label} must have {ndim + 2} dims, got shape "
-                             f"{array.shape}")
+def _meta(name: str, label: str, array: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a NumPy array or a device array (``__cuda_array_interface__`` /
+    DLPack; backend "cuda" takes those without copies)."""
+    if isinstance(array, np.ndarray):
+        return array.shape, array.dtype
+    info = cuda_array_info(array)
+    if info is None:
+        raise TypeError(f"{name}: {label} must be a numpy.ndarray (or a device array for "
+                        f"backend 'cuda'), got {type(array).__name__}")
+    return info.shape, info.dtype
+
+
+def _check_arrays(name: str, ndim: int, x: Any, w: Any, b: Any):
+    """The shapes of x and w and the common dtype, checked."""
+    (x_shape, x_dtype), (w_shape, w_dtype) = _meta(name, "input", x), _meta(name, "weight", w)
+    for label, shape in (("input", x_shape), ("weight", w_shape)):
+        if len(shape) != ndim + 2:
+            raise ValueError(f"{name}: {label} must have {ndim + 2} dims, got shape {shape}")
     if b is not None:
-        if not isinstance(b, np.ndarray):
-            raise TypeError(f"{name}: bias must be a numpy.ndarray or None, "
-                            f"got {type(b).__name__}")
-        if w.dtype != x.dtype or b.dtype != x.dtype:
+        _, b_dtype = _meta(name, "bias", b)
+        if w_dtype != x_dtype or b_dtype != x_dtype:
             raise TypeError(f"{name}: input, weight and bias dtypes differ: "
-                            f"{x.dtype}, {w.dtype}, {b.dtype}")
-    elif w.dtype != x.dtype:
-        raise TypeError(f"{name}: input and weight dtypes differ: {x.dtype}, {w.dtype}")
+                            f"{x_dtype}, {w_dtype}, {b_dtype}")
+    elif w_dtype != x_dtype:
+        raise TypeError(f"{name}: input and weight dtypes differ: {x_dtype}, {w_dtype}")
+    return x_shape, w_shape, x_dtype
 
 
 def _conv(ndim: int, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
           backend, schedule, out):
     name = f"conv{ndim}d"
-    _check_arrays(name, ndim, x, w, b)
-    if w.shape[1] * groups != x.shape[1]:
-        raise ValueError(f"{name}: weight shape {w.shape} with groups={groups} expects "
-                         f"{w.shape[1] * groups} input channels, got {x.shape[1]} "
-                         f"(input shape {x.shape})")
-    spec = ConvSpec(input_shape=x.shape, out_channels=w.shape[0], kernel_size=w.shape[2:],
+    x_shape, w_shape, dtype = _check_arrays(name, ndim, x, w, b)
+    if w_shape[1] * groups != x_shape[1]:
+        raise ValueError(f"{name}: weight shape {w_shape} with groups={groups} expects "
+                         f"{w_shape[1] * groups} input channels, got {x_shape[1]} "
+                         f"(input shape {x_shape})")
+    spec = ConvSpec(input_shape=x_shape, out_channels=w_shape[0], kernel_size=w_shape[2:],
                     stride=stride, padding=padding, padding_mode=padding_mode,
                     dilation=dilation, groups=groups, bias=b is not None,
-                    activation=activation, dtype=x.dtype.name)
+                    activation=activation, dtype=dtype.name)
     return kernel_for(spec, backend, schedule)(x, w, b, out=out)
 
 
 def _conv_transpose(ndim: int, x, w, b, stride, padding, output_padding, groups, dilation,
                     activation, backend, schedule, out):
     name = f"conv_transpose{ndim}d"
-    _check_arrays(name, ndim, x, w, b)
-    if w.shape[0] != x.shape[1]:
-        raise ValueError(f"{name}: weight shape {w.shape} expects {w.shape[0]} input "
-                         f"channels, got {x.shape[1]} (input shape {x.shape})")
-    spec = ConvSpec(input_shape=x.shape, out_channels=w.shape[1] * groups,
-                    kernel_size=w.shape[2:], stride=stride, padding=padding,
+    x_shape, w_shape, dtype = _check_arrays(name, ndim, x, w, b)
+    if w_shape[0] != x_shape[1]:
+        raise ValueError(f"{name}: weight shape {w_shape} expects {w_shape[0]} input "
+                         f"channels, got {x_shape[1]} (input shape {x_shape})")
+    spec = ConvSpec(input_shape=x_shape, out_channels=w_shape[1] * groups,
+                    kernel_size=w_shape[2:], stride=stride, padding=padding,
                     output_padding=output_padding, dilation=dilation, groups=groups,
                     transposed=True, bias=b is not None, activation=activation,
-                    dtype=x.dtype.name)
+                    dtype=dtype.name)
     return kernel_for(spec, backend, schedule)(x, w, b, out=out)
 
 

@@ -141,6 +141,12 @@ def test_bound_kernel_and_functional_ops():
     assert max_error(bound(x), want) <= tolerance(spec)
     got = cg.conv2d(x, w, b, padding=1, activation="relu", backend="cuda")
     assert max_error(got, want) <= tolerance(spec)
+    on_device = cg.conv2d(to_device(x), to_device(w), to_device(b), padding=1,
+                          activation="relu", backend="cuda")
+    assert isinstance(on_device, DeviceArray)
+    np.testing.assert_array_equal(on_device.copy_to_host(), got)
+    with pytest.raises(TypeError, match="x: expected a numpy.ndarray"):
+        cg.conv2d(to_device(x), w, b, padding=1, backend="c")  # a CPU backend
 
 
 def test_device_arrays_in_and_out():

@@ -90,7 +90,10 @@ class CudaKernel(Kernel):
             pointers[name] = array.ptr
         self._run(pointers)
         if "y" in staged:
-            np.copyto(result, staged["y"].copy_to_host())
+            np.copyto(result, staged["y"].copy_to_host())  # waits for the launch
+        elif staged:
+            # the launch is asynchronous: the staged copies must outlive it
+            next(iter(staged.values())).driver.synchronize()
         return result
 
     def set_thread_order(self, order: str, seed: int = 0) -> None:
