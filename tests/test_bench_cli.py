@@ -234,3 +234,10 @@ def test_interleaved_rounds_warm_up_for_the_given_time():
     log.clear()
     bench.measure_interleaved({"a": runner("a")}, repeat=4, pause=0.0, calls=2, warmup=0.0)
     assert log.count("a") == 1 + 4 * (1 + 2)
+
+
+def test_bench_refuses_the_cuda_backend(tiny, capsys):
+    """The peers are CPU libraries and emulator times mean nothing: a clear refusal that
+    names the GPU bench script."""
+    assert main(["bench", str(tiny), *FAST, "--backend", "cuda"]) == 2
+    assert "bench/gpu_layers.py" in capsys.readouterr().err

@@ -338,3 +338,9 @@ def test_set_cuda_device_overrides_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="CONVGEN_CUDA_DEVICE"):
         monkeypatch.setenv("CONVGEN_CUDA_DEVICE", "gpu")
         config.cuda_device()
+
+
+def test_tuning_refuses_the_cuda_backend():
+    spec = cg.ConvSpec((1, 2, 5, 5), 2, kernel_size=3)
+    with pytest.raises(ValueError, match="tuning searches CPU schedules only"):
+        cg.tune(spec, backend="cuda", budget=1)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from convgen import config
+from convgen.backends import get_backend
 from convgen.bench.measure import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, SLOW_RATIO, WARMUP_S, \
     LayerResult, Peers, bench_layers, fma_probe, geometric_mean, measure_bandwidth, \
     measure_interleaved, measure_peak
@@ -111,6 +112,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.path:
         raise BenchError("expected SPECFILE|NETSPEC|MODEL.onnx (or --peak)")
+    if args.backend is not None and get_backend(args.backend).device != "cpu":
+        # the peers here are CPU libraries, and on the emulator a time says nothing
+        raise BenchError(f"--backend {args.backend}: convgen bench compares CPU kernels with "
+                         "CPU peers; time CUDA kernels on a GPU with bench/gpu_layers.py "
+                         "(next to PyTorch's cuDNN)")
 
     peers = Peers.find()
     print(f"convgen {__version__} (backend {args.backend}); "
