@@ -24,8 +24,9 @@ OUTPUT_SHAPES = {
     "resnet18": (1, 1000),
     "audio1d": (1, 10),
     "dcgan_generator": (1, 3, 64, 64),
+    "video3d": (1, 5),
 }
-SMALL_NETS = ["lenet5", "audio1d", "dcgan_generator"]
+SMALL_NETS = ["lenet5", "audio1d", "dcgan_generator", "video3d"]
 
 
 def seeded_input(shape, seed: int = 0) -> np.ndarray:

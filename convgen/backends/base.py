@@ -55,6 +55,9 @@ class LoadedNetwork:
     ffi: object
     function: object
     keepalive: tuple
+    # runs a call itself (``runner(inputs) -> outputs``), owning its parameters and arena
+    # (a GPU's); None: CompiledModel calls ``function`` with host memory
+    runner: object = None
 
 
 class Backend(abc.ABC):
@@ -102,6 +105,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact: Artifact, plan: Plan) -> Loaded:
         """The built kernel loaded into this process."""
+
+    def network_planner(self):
+        """None: networks get CPU plans (convgen.plan.core, blocked layouts, prepared
+        weights); else ``planner(spec, schedule) -> Plan`` for every conv layer, and every
+        value stays NCHW."""
+        return None
 
     def make_kernel(self, spec: ConvSpec, plan: Plan, artifact: Artifact, loaded: Loaded,
                     weight_shape: tuple[int, ...] | None = None) -> Kernel:

@@ -101,12 +101,14 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
         chosen[name] = schedule
     schedules = chosen
     lowered = lower(optimized, memory, dtype, schedules, layout, threads,
-                    frozenset(schedules_given), frozenset(defaults))
+                    frozenset(schedules_given), frozenset(defaults),
+                    planner=get_backend(backend).network_planner())
     symbol = f"convgen_net_{_graph_fingerprint(optimized, dtype, schedules, lowered.blocked)}"
     title = f"{len(original.nodes)} layers, inputs {[s for _, s in original.inputs]}"
     network = get_backend(backend).compile_network(lowered, symbol, title)
     return CompiledModel(original, optimized, lowered, memory, backend, symbol, network.source,
-                         network.ffi, network.function, network.keepalive, dtype, threads)
+                         network.ffi, network.function, network.keepalive, dtype, threads,
+                         runner=network.runner)
 
 
 def aligned_array(array: np.ndarray, align: int = 64) -> np.ndarray:
@@ -127,7 +129,7 @@ class CompiledModel:
     """
 
     def __init__(self, graph, optimized, lowered, memory, backend, symbol, source, ffi,
-                 function, keepalive, dtype, threads):
+                 function, keepalive, dtype, threads, runner=None):
         self.graph = graph
         self.optimized = optimized
         self.backend = backend
@@ -143,12 +145,17 @@ class CompiledModel:
         self._ffi = ffi
         self._function = function
         self._keepalive = keepalive
+        self._lock = threading.Lock()
+        # a backend that runs calls itself (CUDA: device memory, device arrays) owns its
+        # parameters and arena
+        self._runner = runner
+        if runner is not None:
+            return
         # both 64-byte aligned: the planner aligns every value's offset to 64 bytes, which
         # puts each pixel of a blocked value (64 bytes of fp32 or fp64) in one cache line
         # (numpy's own allocations are 16-byte aligned)
         self._params = aligned_array(lowered.params)
         self._arena = aligned_array(np.zeros(max(lowered.arena_elements, 1), dtype=dtype))
-        self._lock = threading.Lock()
         ctype = dtype_info(dtype).c_type
         self._ctype = ctype + "[]"
         self._params_ptr = ffi.from_buffer(self._ctype, self._params)
@@ -174,6 +181,10 @@ class CompiledModel:
         if len(inputs) != len(self.input_shapes):
             raise TypeError(f"expected {len(self.input_shapes)} input array(s), "
                             f"got {len(inputs)}")
+        if self._runner is not None:
+            with self._lock:
+                outputs = self._runner(inputs)
+            return outputs[0] if len(outputs) == 1 else outputs
         arrays = [self._check_input(i, x) for i, x in enumerate(inputs)]
         outputs = [np.empty(shape, dtype=self.dtype) for shape in self.output_shapes]
         ffi = self._ffi

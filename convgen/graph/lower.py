@@ -11,6 +11,7 @@ and BatchNorm as per-channel scale and shift.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,9 @@ class Step:
     params: dict[str, int] = field(default_factory=dict)  # param name -> element offset
     consts: dict = field(default_factory=dict)
     plan: Plan | None = None  # conv steps
+    # elements of each input and of the output (bounds of the arrays a kernel reads/writes)
+    in_elements: list[int] = field(default_factory=list)
+    out_elements: int = 0
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Lowered:
     arena_elements: int
     dtype: str
     blocked: frozenset[str] = frozenset()  # values kept in the blocked layout
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
 LAYOUTS = ("blocked", "nchw")
@@ -110,7 +116,8 @@ def _outer_inner(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 def lower(graph: Graph, memory: MemoryPlan, dtype: str,
           schedules: dict[str, Schedule] | None = None, layout: str = "blocked", threads: int | None = None,
           fixed: frozenset[str] = frozenset(),
-          defaults: frozenset[str] = frozenset()) -> Lowered:
+          defaults: frozenset[str] = frozenset(),
+          planner: Callable[[ConvSpec, Schedule | None], Plan] | None = None) -> Lowered:
     """Steps for every node of an optimized graph (no identity nodes left); convolutions
     get their weights prepared for their plans here, once (convgen.plan.weights).
     ``layout`` "blocked": values stay blocked between the layers that can (graph.layout);
@@ -118,17 +125,20 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
     most any conv layer runs on), for the ops other than convolutions. ``fixed``: convs
     whose schedule the caller chose (never moved to the blocked depthwise plan);
     ``defaults``: convs on the heuristic default schedule, which a "co" conv reading or
-    writing a blocked value trades for the blocked one (plan.defaults.default_co_schedule)."""
+    writing a blocked value trades for the blocked one (plan.defaults.default_co_schedule).
+    ``planner``: the backend's own plans (a GPU backend's, convgen.plan.gpu), taken as they
+    are: every value NCHW, weights as given, no CPU plan trades."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     schedules = schedules or {}
-    plans = {node.name: make_plan(ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype),
-                                  schedules.get(node.name))
+    plans = {node.name: (planner or make_plan)(
+                 ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype),
+                 schedules.get(node.name))
              for node in graph.nodes if node.op == "conv"}
     lanes = block_lanes(dtype)
     blocked = choose_layouts(graph, plans, lanes, fixed, defaults) \
-        if layout == "blocked" else set()
-    for name in defaults:
+        if layout == "blocked" and planner is None else set()
+    for name in defaults if planner is None else ():
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
         co = isinstance(plan.kind, CoTiles)
@@ -167,11 +177,14 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
         function = f"layer{i}_{node.op}"
         shapes = [graph.shape_of(name) for name in node.inputs]
         step = Step(node.op, node.name, function, [buffer(n) for n in node.inputs],
-                    buffer(node.name))
+                    buffer(node.name), in_elements=[math.prod(shape) for shape in shapes],
+                    out_elements=math.prod(node.shape))
         if node.op == "identity":
             raise GraphError(f"{node.name}: identity nodes must be removed before lowering")
         in_blocked = bool(node.inputs) and node.inputs[0] in blocked
-        if node.op == "conv":
+        if node.op == "conv" and planner is not None:
+            step.plan = plans[node.name]
+        elif node.op == "conv":
             plan = plans[node.name]
             # the weight prepared once, at load, not in every call (Winograd's U =
             # G g G^T, packed), as a bound kernel's
@@ -196,7 +209,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
             step.consts.update(lanes=lanes, threads=min(threads, chunks) if large else 1)
     outputs = [(buffer(name), math.prod(graph.shape_of(name))) for name in graph.outputs]
     return Lowered(steps, packer.array(), outputs, memory.arena_elements, dtype,
-                   frozenset(blocked))
+                   frozenset(blocked), [tuple(shape) for _, shape in graph.inputs],
+                   [tuple(graph.shape_of(name)) for name in graph.outputs])
 
 
 def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,

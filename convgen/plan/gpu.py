@@ -264,7 +264,7 @@ def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def _tiled_kind(spec: ConvSpec, gpu: GpuSchedule) -> GpuTiled:
+def _tiled_kind(spec: ConvSpec, gpu: GpuSchedule, constant_weights: bool = True) -> GpuTiled:
     """The GpuTiled of ``spec`` under ``gpu``; ScheduleError naming the field at fault."""
     cin_g = spec.in_channels // spec.groups
     cout_g = spec.out_channels // spec.groups
@@ -314,7 +314,7 @@ def _tiled_kind(spec: ConvSpec, gpu: GpuSchedule) -> GpuTiled:
     return GpuTiled(axes=axes, block_co=block_co, thread_co=thread_co,  # type: ignore[arg-type]
                     thread_w=thread_w, threads_w=threads_w, threads=threads,
                     co_blocks=-(-cout_g // block_co), stage=gpu.stage, chunk=chunk,
-                    const_weights=weight_bytes <= CONST_WEIGHT_BYTES,
+                    const_weights=constant_weights and weight_bytes <= CONST_WEIGHT_BYTES,
                     shared_elements=staged, depthwise=depthwise)
 
 
@@ -352,15 +352,20 @@ def _gemm_kind(spec: ConvSpec, gpu: GpuSchedule) -> GpuGemm:
         raise ScheduleError("gpu.block", block, f"{shared * itemsize} bytes of double-"
                             f"buffered tiles; at most {SHARED_BYTES} of shared memory")
     cin_g = spec.in_channels // spec.groups
-    weight_bytes = spec.out_channels * cin_g * math.prod(spec.kernel_size) * itemsize
     return GpuGemm(block_m=bm, block_n=bn, block_k=bk, thread_m=tm, thread_n=tn,
                    threads=threads, reduction=cin_g * math.prod(spec.kernel_size),
                    pixels=spec.batch * math.prod(spec.output_spatial),
-                   const_weights=weight_bytes <= CONST_WEIGHT_BYTES, shared_elements=shared)
+                   # A tiles are loaded by many threads at different addresses: __constant__
+                   # memory would serialize them
+                   const_weights=False, shared_elements=shared)
 
 
-def make_gpu_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
+def make_gpu_plan(spec: ConvSpec, schedule: Schedule | None = None,
+                  constant_weights: bool = True) -> Plan:
     """The GPU plan of ``spec`` under ``schedule`` (its ``gpu`` part; None: the default).
+
+    ``constant_weights``: weights that fit may go to ``__constant__`` memory (a network
+    module holds many layers, and 64 KiB per module: its layers read global memory).
 
     ScheduleError when the schedule sets CPU fields (tile_co, tile_spatial, vector_width,
     vectorize, method), or its GPU part does not fit the spec or the device limits.
@@ -376,7 +381,8 @@ def make_gpu_plan(spec: ConvSpec, schedule: Schedule | None = None) -> Plan:
     if gpu.kind is None:
         default = default_gpu_schedule(spec)
         gpu = dataclasses.replace(gpu, kind=default.kind)
-    kind: PlanKind = _gemm_kind(spec, gpu) if gpu.kind == "gemm" else _tiled_kind(spec, gpu)
+    kind: PlanKind = _gemm_kind(spec, gpu) if gpu.kind == "gemm" \
+        else _tiled_kind(spec, gpu, constant_weights)
     schedule = dataclasses.replace(schedule, gpu=gpu)
     ndim = spec.ndim
     cin_g = spec.in_channels // spec.groups

@@ -15,7 +15,7 @@ import threading
 from convgen import config
 from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.c.load import load_function
-from convgen.backends.common import function_pointer_type, prototype
+from convgen.backends.common import entry_prototype, function_pointer_type, prototype
 from convgen.backends.cuda import device
 from convgen.backends.cuda.build import (REPORT_NAME, KernelResources, build_cuda, find_nvcc,
                                          kernel_resources, nvcc_identity, parse_ptxas)
@@ -23,8 +23,10 @@ from convgen.backends.cuda.emulator import (RUNTIME_CDEF, EmulatorError, build_e
                                             find_cxx_compiler)
 from convgen.backends.c.build import compiler_identity
 from convgen.backends.cuda.kernel import CudaKernel
+from convgen.backends.cuda.network import DeviceNetwork, EmulatedNetwork, launches, render_network
 from convgen.backends.cuda.render import render_cuda
 from convgen.cache import Cache
+from convgen.dtypes import dtype_info
 from convgen.errors import CompilerNotFoundError, ConvgenError
 from convgen.plan.base import Plan
 from convgen.plan.gpu import default_gpu_schedule, describe_gpu_plan, make_gpu_plan
@@ -38,7 +40,6 @@ class CudaBackend(Backend):
     line_comment = "//"
     explicit_vectors = False
     device = "gpu"
-    runs_networks = False  # a whole network on the GPU is the next step (issue 18)
 
     @property
     def artifact_suffix(self) -> str:  # type: ignore[override]
@@ -104,10 +105,25 @@ class CudaBackend(Backend):
                           library_path=str(artifact.path), weight_shape=weight_shape,
                           launch=loaded.function, emulated=artifact.path.suffix != ".fatbin")
 
+    def network_planner(self):
+        # many layers share one module's 64 KiB of __constant__ memory: weights stay global
+        return lambda spec, schedule: make_gpu_plan(spec, schedule, constant_weights=False)
+
     def compile_network(self, lowered, symbol: str, title: str) -> LoadedNetwork:
-        raise ConvgenError("backend 'cuda' compiles single kernels (cg.compile, cg.bind, the "
-                           "functional ops); whole networks on the GPU are not built yet: "
-                           "compile the network with backend='c' or 'llvm'")
+        source = render_network(lowered, symbol, title)
+        if emulated():
+            entry = build_emulated(source, symbol)
+            ffi, lib, function = load_function(
+                entry.file("library"), symbol,
+                RUNTIME_CDEF + entry_prototype(symbol, dtype_info(lowered.dtype).c_type),
+                entry.sha256("library"))
+            runner = EmulatedNetwork(lowered, ffi, lib, function)
+            return LoadedNetwork(source, ffi, function, (lib, runner), runner)
+        ordinal = int(config.cuda_device())
+        entry = build_cuda(source, symbol, device.target_archs(ordinal))
+        module = device.load_module(entry.file("binary"), ordinal)
+        runner = DeviceNetwork(lowered, module, launches(lowered))
+        return LoadedNetwork(source, None, None, (module, runner), runner)
 
     def describe(self, plan: Plan) -> list[str]:
         return describe_gpu_plan(plan)

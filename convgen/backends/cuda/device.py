@@ -68,6 +68,11 @@ class DeviceKernel:
                 ("unsigned long long", b), ("unsigned long long", y), ("long long", begin)])
 
 
+def load_module(path: Path, ordinal: int) -> driver.Module:
+    """The fat binary at ``path`` loaded on GPU ``ordinal``."""
+    return driver.Driver.get(ordinal).load_module(Path(path).read_bytes())
+
+
 def load_kernel(path: Path, plan: Plan, ordinal: int) -> DeviceKernel:
     """The kernel of the fat binary at ``path`` loaded on GPU ``ordinal``."""
     gpu = driver.Driver.get(ordinal)

@@ -40,7 +40,9 @@ def _axis_context(axis: GpuAxis) -> dict:
     }
 
 
-def cuda_context(plan: Plan) -> dict:
+def cuda_context(plan: Plan, symbol: str | None = None, residual: bool = False) -> dict:
+    """The flat template context of ``plan``'s kernel, named ``symbol`` (default: the plan's
+    own), with a residual input ``r`` added before the activation when ``residual``."""
     spec = plan.spec
     kind = plan.kind
     in_volume = math.prod(plan.in_size)
@@ -52,8 +54,9 @@ def cuda_context(plan: Plan) -> dict:
         "schedule_text": json.dumps(plan.schedule.to_dict(), sort_keys=True),
         "plan_label": kind.kind_name,  # type: ignore[attr-defined]
         "kind": kind.kind_name,  # type: ignore[attr-defined]
-        "symbol": plan.symbol,
+        "symbol": symbol or plan.symbol,
         "params": parameters(plan),
+        "residual": residual,
         "c_type": plan.c_type,
         "jobs": plan.jobs,
         "threads": kind.threads,  # type: ignore[attr-defined]
@@ -101,6 +104,15 @@ def cuda_context(plan: Plan) -> dict:
     return context
 
 
+def render_conv_kernel(plan: Plan, symbol: str | None = None, residual: bool = False) -> str:
+    """The text of ``plan``'s kernel alone (templates/cuda/kernel.cu.j2): its __constant__
+    weights, padding function and __global__ function ``<symbol>_kernel``."""
+    return environment().get_template("cuda/kernel.cu.j2").render(
+        **cuda_context(plan, symbol, residual))
+
+
 def render_cuda(plan: Plan) -> str:
-    """The .cu text of ``plan``'s kernel (templates/cuda/conv.cu.j2)."""
-    return environment().get_template("cuda/conv.cu.j2").render(**cuda_context(plan))
+    """The .cu module of ``plan``'s kernel with its emulator host entry
+    (templates/cuda/conv.cu.j2)."""
+    return environment().get_template("cuda/conv.cu.j2").render(
+        **cuda_context(plan), kernel_text=render_conv_kernel(plan))
