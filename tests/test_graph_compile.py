@@ -465,6 +465,7 @@ def test_residual_that_is_the_graph_input(backend, conv_first):
 
 
 @pytest.mark.parametrize("stride, threads", [(2, None), (3, 2)])
+@pytest.mark.cpu_plans
 def test_transposed_co_conv_with_residual_and_activation(backend, stride, threads):
     """A transposed convolution with 16+ output channels runs the stride-phase "co" plan
     (both backends) with a residual (a graph input) and an activation in its epilogue:

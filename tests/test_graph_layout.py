@@ -23,8 +23,8 @@ from convgen.plan.layout import block_lanes, supports_blocked
 
 from graph_helpers import activation, adaptive, check, conv, graph, node, pool
 
-# whole networks: the backend argument runs over the backends that compile them
-pytestmark = pytest.mark.networks
+# the blocked layout between layers (CPU plans): the CPU backends
+pytestmark = pytest.mark.cpu_plans
 
 
 def lowered_steps(model) -> dict:
