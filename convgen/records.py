@@ -105,8 +105,8 @@ def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
             continue
         try:
             schedule = Schedule.from_dict(item["schedule"])
-            schedule.resolve(spec)
-        except (ScheduleError, TypeError):
+            get_backend(backend).plan(spec, schedule)  # still legal for this spec and backend
+        except (ScheduleError, TypeError, ValueError):
             continue
         if threads is None or schedule.threads == threads:
             best, best_seconds = schedule, seconds

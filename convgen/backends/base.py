@@ -14,6 +14,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from convgen.cache import Cache
 from convgen.kernel import Kernel
 from convgen.plan.core import Plan, describe_plan, make_plan
@@ -105,6 +107,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact: Artifact, plan: Plan) -> Loaded:
         """The built kernel loaded into this process."""
+
+    def timing_caveat(self) -> str | None:
+        """Why this backend's timings say nothing about the hardware it targets (the tuner
+        refuses then), or None."""
+        return None
+
+    def timing(self, call, inputs: tuple, out_shape: tuple[int, ...], dtype: str):
+        """``run(result=None)``: ``call(*inputs, out)`` once, finished when it returns, on
+        this backend's memory (inputs and output placed there once); ``result``, a NumPy
+        array, receives the output. The tuner times ``run()``."""
+        out = np.empty(out_shape, dtype)
+
+        def run(result: np.ndarray | None = None) -> None:
+            call(*inputs, result if result is not None else out)
+
+        return run
 
     def network_planner(self):
         """None: networks get CPU plans (convgen.plan.core, blocked layouts, prepared

@@ -19,9 +19,10 @@ import numpy as np
 
 from convgen import config
 from convgen.backends import get_backend, resolve_backend
+from convgen.plan.gpu import make_gpu_plan
 from convgen.cpu import vector_bits, vector_lanes
 from convgen.errors import ScheduleError
-from convgen.schedule import MAX_THREADS, Schedule, co_vectors
+from convgen.schedule import MAX_THREADS, GpuSchedule, Schedule, co_vectors
 from convgen.plan.defaults import default_schedule
 from convgen.plan.winograd import tile_vectors
 from convgen.spec import ConvSpec
@@ -162,11 +163,12 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     that clamp to one already listed.
     """
     backend = resolve_backend(backend)
-    if get_backend(backend).device != "cpu":
-        # GPU schedules are searched on the device (issue 18); on the emulator a timing
-        # says nothing about a GPU
-        raise ValueError(f"backend {backend!r}: tuning searches CPU schedules only; CUDA "
-                         "kernels run the GPU default (or a Schedule(gpu=...) you give)")
+    chosen = get_backend(backend)
+    caveat = chosen.timing_caveat()
+    if caveat is not None:
+        raise ValueError(f"backend {backend!r} cannot be tuned here: {caveat}")
+    if chosen.device == "gpu":
+        return gpu_candidate_schedules(spec, chosen.default_schedule(spec, bound=bound))
     threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
     limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
     cog = spec.out_channels // spec.groups
@@ -251,3 +253,60 @@ def _ranked(spec: ConvSpec, schedules: list[Schedule]) -> list[Schedule]:
                           []).append(s)
     turn = {s: i for members in groups.values() for i, s in enumerate(members)}
     return sorted(schedules, key=lambda s: (turn[s], cost[s]))
+
+
+# GPU candidates: block and thread tiles around the default's (convgen.plan.gpu)
+GPU_THREAD_TILES = ((1, 1), (2, 2), (4, 2), (2, 4), (4, 4), (8, 4), (4, 8))
+GPU_LAST_DIM_BLOCKS = (16, 32, 64, 128)
+GPU_GEMM_BLOCKS = ((32, 32, 8), (32, 64, 16), (64, 32, 16), (64, 64, 8), (64, 64, 16),
+                   (64, 128, 8), (128, 64, 8), (128, 128, 8))
+GPU_GEMM_THREADS = ((2, 2), (4, 4), (8, 4), (4, 8), (8, 8))
+MAX_GPU_CANDIDATES = 64
+
+
+def gpu_candidate_schedules(spec: ConvSpec, default: Schedule) -> list[Schedule]:
+    """Legal, distinct GPU schedules for ``spec``, ``default`` first: every kind the spec
+    allows, tiles of several sizes, staging on and off; pruned by the planner's limits
+    (ScheduleError) and by the plan they make (two schedules that plan the same kernel
+    are one candidate)."""
+    cin_g = spec.in_channels // spec.groups
+    cout_g = spec.out_channels // spec.groups
+    kinds = ["tiled"]
+    if cin_g == 1 and not spec.transposed:
+        kinds.append("depthwise")
+    if not spec.transposed:
+        kinds.append("gemm")
+    kinds.sort(key=lambda kind: kind != default.gpu.kind)  # the default's kind first
+    wanted: list[GpuSchedule] = []
+    for kind in kinds:
+        if kind == "gemm":
+            wanted += [GpuSchedule(kind=kind, block=block, thread=thread)
+                       for block in GPU_GEMM_BLOCKS for thread in GPU_GEMM_THREADS]
+            continue
+        for thread in GPU_THREAD_TILES:
+            for last in GPU_LAST_DIM_BLOCKS:
+                lead = [4 if d == spec.ndim - 2 else 1 for d in range(spec.ndim - 1)]
+                block_co = min(-(-cout_g // thread[0]) * thread[0], 4 * thread[0])
+                for stage in (True, False):
+                    wanted.append(GpuSchedule(kind=kind, block=(block_co, *lead, last),
+                                              thread=thread, stage=stage))
+    seen = {_gpu_plan_key(spec, default)}
+    found = [default]
+    for gpu in wanted:
+        schedule = Schedule(threads=default.threads, gpu=gpu)
+        try:
+            key = _gpu_plan_key(spec, schedule)
+        except ScheduleError:
+            continue
+        if key not in seen:
+            seen.add(key)
+            found.append(schedule)
+        if len(found) >= MAX_GPU_CANDIDATES:
+            break
+    return found
+
+
+def _gpu_plan_key(spec: ConvSpec, schedule: Schedule):
+    """What the GPU plan of ``schedule`` computes with (its kind's constants)."""
+    plan = make_gpu_plan(spec, schedule)
+    return repr(plan.kind)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from convgen import config
-from convgen.backends import resolve_backend
+from convgen.backends import get_backend, resolve_backend
 from convgen.compiler import bind, build_artifact
 from convgen.compiler import compile as compile_spec
 from convgen.cache import Cache
@@ -207,15 +207,20 @@ def _main_hidden():
 
 
 def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-           bound: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """``call(out)``: ``schedule``'s kernel on ``arrays`` (x, w, b), the weights passed in
-    each call, or with ``bound`` bound once (convgen.bind) as networks have them."""
+           bound: bool = False) -> Callable[..., None]:
+    """``run(result=None)``: ``schedule``'s kernel once on ``arrays`` (x, w, b), the weights
+    passed in each call, or with ``bound`` bound once (convgen.bind) as networks have them;
+    in the backend's memory (a GPU's: placed there once, the call waits for the kernel);
+    ``result`` (a NumPy array) receives the output."""
     x, w, b = arrays
+    chosen = get_backend(backend)
     if bound:
         kernel = bind(spec, w, b, backend, schedule)
-        return lambda out: kernel(x, out=out)
+        return chosen.timing(lambda x_, out: kernel(x_, out=out), (x,), spec.output_shape,
+                             spec.dtype)
     plain = compile_spec(spec, backend, schedule)
-    return lambda out: plain(x, w, b, out=out)
+    return chosen.timing(lambda x_, w_, b_, out: plain(x_, w_, b_, out=out), (x, w, b),
+                         spec.output_shape, spec.dtype)
 
 
 def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
@@ -223,14 +228,13 @@ def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
     """Median seconds per call with a preallocated output: a warm-up call, then repeats
     until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
     try:
-        call = runner(spec, backend, schedule, arrays, bound)
-        out = np.empty(spec.output_shape, spec.dtype)
-        call(out)
+        run = runner(spec, backend, schedule, arrays, bound)
+        run()
         times: list[float] = []
         while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS
                                             or sum(times) < TARGET_SECONDS):
             start = time.perf_counter()
-            call(out)
+            run()
             times.append(time.perf_counter() - start)
             if len(times) == 1 and times[0] > LOSER_FACTOR * best_seconds:
                 break
@@ -243,9 +247,9 @@ def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
            bound: bool = False) -> bool:
     """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
     try:
-        call = runner(spec, backend, schedule, arrays, bound)
+        run = runner(spec, backend, schedule, arrays, bound)
         out = np.full(spec.output_shape, np.nan, spec.dtype)
-        call(out)
+        run(out)
     except Exception:  # noqa: BLE001
         return False
     return close(spec, out, want)
@@ -360,14 +364,13 @@ def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
         return measured
     try:
         calls = [runner(spec, backend, measured[i].schedule, arrays, bound) for i in picks]
-        outs = [np.empty(spec.output_shape, spec.dtype) for _ in picks]
         times: list[list[float]] = [[] for _ in picks]
         spent = 0.0
         while len(times[0]) < CONFIRM_MAX_REPEATS and (
                 len(times[0]) < MIN_REPEATS or spent < TARGET_SECONDS * len(picks)):
-            for call, out, samples in zip(calls, outs, times):
+            for call, samples in zip(calls, times):
                 start = time.perf_counter()
-                call(out)
+                call()
                 samples.append(time.perf_counter() - start)
                 spent += samples[-1]
     except Exception:  # noqa: BLE001 - they all ran before: keep the first timings

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from convgen import config
 from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.c.load import load_function
@@ -22,6 +24,7 @@ from convgen.backends.cuda.build import (REPORT_NAME, KernelResources, build_cud
 from convgen.backends.cuda.emulator import (RUNTIME_CDEF, EmulatorError, build_emulated,
                                             find_cxx_compiler)
 from convgen.backends.c.build import compiler_identity
+from convgen.backends.cuda.arrays import DeviceArray, to_device
 from convgen.backends.cuda.kernel import CudaKernel
 from convgen.backends.cuda.network import DeviceNetwork, EmulatedNetwork, launches, render_network
 from convgen.backends.cuda.render import render_cuda
@@ -104,6 +107,27 @@ class CudaBackend(Backend):
                           loaded.ffi, None, jobs=plan.jobs, keepalive=loaded.keepalive,
                           library_path=str(artifact.path), weight_shape=weight_shape,
                           launch=loaded.function, emulated=artifact.path.suffix != ".fatbin")
+
+    def timing_caveat(self) -> str | None:
+        if emulated():
+            return ("the CUDA emulator runs on the CPU: its timings say nothing about a GPU "
+                    "(tune with CONVGEN_CUDA_DEVICE naming a GPU)")
+        return None
+
+    def timing(self, call, inputs: tuple, out_shape: tuple[int, ...], dtype: str):
+        """Inputs and output in device memory once; ``run`` launches and waits (the
+        launch is asynchronous), so a timing covers the kernel, not the copies."""
+        staged = tuple(to_device(a) if a is not None else None for a in inputs)
+        out = DeviceArray.empty(out_shape, dtype)
+
+        def run(result: np.ndarray | None = None) -> None:
+            call(*staged, out)
+            if out.driver is not None:
+                out.driver.synchronize()
+            if result is not None:
+                np.copyto(result, out.copy_to_host())
+
+        return run
 
     def network_planner(self):
         # many layers share one module's 64 KiB of __constant__ memory: weights stay global
