@@ -417,6 +417,8 @@ def bench_network(name: str, batch: int, gpu, ordinal, torch: Any, args: argpars
     if torch is not None:
         bench_torch(torch, name, net, x, want, torch_device or f"cuda:{ordinal}", result,
                     args)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the twin and its input are gone with bench_torch's frame
     if result.convgen_ok and result.convgen_ms:
         if result.torch_ms:
             result.torch_ratio = result.torch_ms / result.convgen_ms
@@ -472,9 +474,6 @@ def bench_torch(torch, name: str, net, x: np.ndarray, want, device: str, result:
             result.compiled_images_per_s = _per_second(result.batch, result.compiled_ms)
         except Exception as exc:  # noqa: BLE001 - no inductor/triton, a graph break error...
             result.compiled_na = _describe(exc).splitlines()[0][:120]
-    del tnet, xt
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
 
 
 HEADER = (f"{'network':<16} {'batch':>5} {'GFLOP':>8} {'cg ms':>9} {'cg img/s':>10} "
