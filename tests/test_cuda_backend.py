@@ -344,3 +344,21 @@ def test_tuning_refuses_the_cuda_backend():
     spec = cg.ConvSpec((1, 2, 5, 5), 2, kernel_size=3)
     with pytest.raises(ValueError, match="tuning searches CPU schedules only"):
         cg.tune(spec, backend="cuda", budget=1)
+
+
+def test_launches_leave_no_fiber_stacks_mapped():
+    """Each emulator library has its own schedulers: stacks kept after a launch (two
+    mappings per fiber with its guard page) once exhausted the process's mappings."""
+    kernels = []
+    for cout in (5, 6, 7):  # three libraries, 256-thread blocks
+        spec = cg.ConvSpec((1, 2, 16, 64), cout, kernel_size=3, padding=1)
+        kernels.append((cg.compile(spec, backend="cuda", schedule=cg.Schedule(
+            gpu=cg.GpuSchedule(kind="tiled", block=(1, 4, 64), thread=(1, 1)))),
+            random_arrays(spec, 0)))
+    with open("/proc/self/maps") as maps:
+        before = len(maps.readlines())
+    for kernel, arrays in kernels:
+        kernel(*arrays)
+    with open("/proc/self/maps") as maps:
+        after = len(maps.readlines())
+    assert after - before < 64, f"{after - before} mappings left behind by 3 launches"

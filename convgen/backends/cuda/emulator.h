@@ -189,6 +189,17 @@ static inline Scheduler* scheduler(int n) {
     return s;
 }
 
+// Free this OS thread's scheduler and fiber stacks (the end of every launch).
+static inline void release_scheduler() {
+    Scheduler* s = cg_emu_sched;
+    if (s == nullptr) return;
+    if (s->stacks) munmap(s->stacks, s->slot_bytes * s->capacity);
+    free(s->fibers);
+    free(s->perm);
+    free(s);
+    cg_emu_sched = nullptr;
+}
+
 static void fiber_entry() {
     Scheduler* s = cg_emu_sched;
     s->invoke(s->closure);
@@ -319,26 +330,34 @@ static int cg_emu_launch(dim3 grid, dim3 block, const F& call) {
     workers = cg_emu_num_threads > 0 ? cg_emu_num_threads : omp_get_max_threads();
     if (workers > blocks) workers = static_cast<int>(blocks);
 #endif
-#pragma omp parallel for schedule(dynamic) num_threads(workers)
-    for (long linear = 0; linear < blocks; ++linear) {
-        if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) continue;
-        cg_emu::Scheduler* s = cg_emu::scheduler(static_cast<int>(threads));
-        if (s == nullptr) {
-            cg_emu::fail("emulator: could not allocate %ld fiber stacks", threads);
-            __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
-            continue;
+    // Every OS thread frees its fiber stacks when the launch ends: each emulator library has
+    // its own schedulers (the header is compiled into each), and stacks kept per library and
+    // thread, two mappings per fiber with its guard page, exhausted the process's mappings
+    // (vm.max_map_count) after a few hundred libraries had run.
+#pragma omp parallel num_threads(workers)
+    {
+#pragma omp for schedule(dynamic)
+        for (long linear = 0; linear < blocks; ++linear) {
+            if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) continue;
+            cg_emu::Scheduler* s = cg_emu::scheduler(static_cast<int>(threads));
+            if (s == nullptr) {
+                cg_emu::fail("emulator: could not allocate %ld fiber stacks", threads);
+                __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+            s->invoke = [](const void* closure) { (*static_cast<const F*>(closure))(); };
+            s->closure = &call;
+            cg_emu_block_idx = uint3{static_cast<unsigned int>(linear % grid.x),
+                                     static_cast<unsigned int>((linear / grid.x) % grid.y),
+                                     static_cast<unsigned int>(linear / (static_cast<long>(grid.x) * grid.y))};
+            cg_emu_block_dim = block;
+            cg_emu_grid_dim = grid;
+            s->active = 1;
+            if (cg_emu::run_block(s, static_cast<int>(threads), order, seed) != 0)
+                __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+            s->active = 0;
         }
-        s->invoke = [](const void* closure) { (*static_cast<const F*>(closure))(); };
-        s->closure = &call;
-        cg_emu_block_idx = uint3{static_cast<unsigned int>(linear % grid.x),
-                                 static_cast<unsigned int>((linear / grid.x) % grid.y),
-                                 static_cast<unsigned int>(linear / (static_cast<long>(grid.x) * grid.y))};
-        cg_emu_block_dim = block;
-        cg_emu_grid_dim = grid;
-        s->active = 1;
-        if (cg_emu::run_block(s, static_cast<int>(threads), order, seed) != 0)
-            __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
-        s->active = 0;
+        cg_emu::release_scheduler();
     }
     // a bounds error does not stop its block (the access went to scratch): it fails the launch
     return failed || cg_emu_error_set;
