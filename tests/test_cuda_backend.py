@@ -340,12 +340,6 @@ def test_set_cuda_device_overrides_the_environment(monkeypatch):
         config.cuda_device()
 
 
-def test_tuning_refuses_the_cuda_backend():
-    spec = cg.ConvSpec((1, 2, 5, 5), 2, kernel_size=3)
-    with pytest.raises(ValueError, match="tuning searches CPU schedules only"):
-        cg.tune(spec, backend="cuda", budget=1)
-
-
 def test_launches_leave_no_fiber_stacks_mapped():
     """Each emulator library has its own schedulers: stacks kept after a launch (two
     mappings per fiber with its guard page) once exhausted the process's mappings."""
