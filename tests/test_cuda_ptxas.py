@@ -222,3 +222,20 @@ def test_explain_other_backends_need_no_compiler(backend, tmp_path, capsys, monk
     assert main(["explain", "--backend", backend, str(_write(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "small_cuda" in out and "ptxas" not in out
+
+
+@pytest.mark.parametrize("name, shape", [("resnet18", (1, 3, 224, 224)),
+                                         ("dcgan_generator", None), ("video3d", None)])
+def test_network_modules_fit_without_spills(name, shape):
+    """A whole network's module (every layer's kernel, residual epilogues, the op
+    kernels) for sm_80 and sm_90: no spills, shared memory within the static limit."""
+    skip_without_nvcc()
+    net = cg.load_network(Path(__file__).resolve().parent.parent / "specs" / "nets"
+                          / f"{name}.toml")
+    model = net.compile(shape, backend="cuda")
+    resources = kernel_resources(build_cuda(model.source, model.symbol, ARCHS))
+    kernels = {r.kernel for r in resources}
+    assert len(kernels) == len(model._lowered.steps)
+    for r in resources:
+        assert r.spill_stores == 0 and r.spill_loads == 0, r.line()
+        assert r.shared <= STATIC_SHARED_BYTES and r.registers <= 255, r.line()
