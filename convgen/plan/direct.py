@@ -88,7 +88,8 @@ def vector_tables(plan: Plan) -> VectorTables:
     out_columns = None
     order = list(range(out_w))
     if plan.spec.transposed and stride_w > 1:
-        order = [o for phase in range(stride_w) for o in range(phase, out_w, stride_w)]
+        # phases past the row's width hold no column (a stride of 10**12 has 10**12 phases)
+        order = [o for phase in range(min(stride_w, out_w)) for o in range(phase, out_w, stride_w)]
         out_columns = order + [-1] * (row_length - out_w)
     w_table = [[plan.tables[2][order[v]][k] if v < out_w else -1 for v in range(row_length)]
                for k in range(kw_count)]
