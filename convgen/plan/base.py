@@ -70,6 +70,19 @@ def pad3(values: tuple[int, ...], fill: int = 1) -> tuple[int, int, int]:
     return (fill,) * (3 - len(values)) + values  # type: ignore[return-value]
 
 
+def weight_strides(spec: ConvSpec) -> tuple[int, int, int, int, int, int]:
+    """Element strides of the weight over (group, co, ci, kd, kh, kw), 1D/2D lowered to 3D:
+    PyTorch's layouts, (C_out, C_in/groups, *k) or, transposed, (C_in, C_out/groups, *k)."""
+    cin_g = spec.in_channels // spec.groups
+    cout_g = spec.out_channels // spec.groups
+    kernel = pad3(spec.kernel_size)
+    taps = math.prod(kernel)
+    kstrides = (kernel[1] * kernel[2], kernel[2], 1)
+    if spec.transposed:
+        return (cin_g * cout_g * taps, taps, cout_g * taps, *kstrides)
+    return (cout_g * cin_g * taps, cin_g * taps, taps, *kstrides)
+
+
 def kernel_symbol(spec: ConvSpec, schedule: Schedule) -> str:
     """convgen_conv2d_n1c64h56w56_k64r3x3_<hash8>: readable, unique per spec+schedule."""
     digest = hashlib.sha256((spec.key() + schedule.key()).encode()).hexdigest()[:8]

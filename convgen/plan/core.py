@@ -17,7 +17,7 @@ import math
 from convgen.cpu import vector_lanes
 from convgen.dtypes import dtype_info
 from convgen.plan.base import (Plan, PlanKind, index_table, kernel_symbol,  # noqa: F401
-                               omp_schedule, pad3)
+                               omp_schedule, pad3, weight_strides)
 from convgen.plan.co import (CoClass, CoPiece, CoTap, CoTiles, co_decisions, co_row_taps,  # noqa: F401
                              co_row_tiles, describe_co_plan, transpose_shuffles)
 from convgen.plan.defaults import default_schedule
@@ -116,11 +116,7 @@ def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
     cout_g = spec.out_channels // spec.groups
     kernel = pad3(spec.kernel_size)
     taps = math.prod(kernel)
-    kstrides = (kernel[1] * kernel[2], kernel[2], 1)
-    if spec.transposed:  # weight (C_in, C_out/groups, *k)
-        strides = (cin_g * cout_g * taps, taps, cout_g * taps, *kstrides)
-    else:  # weight (C_out, C_in/groups, *k)
-        strides = (cout_g * cin_g * taps, cin_g * taps, taps, *kstrides)
+    strides = weight_strides(spec)
     out_size = pad3(spec.output_spatial)
     tile = pad3(tile_spatial)
     tables = tuple(index_table(spec, d) for d in range(ndim))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
-from convgen.plan.base import Plan, PlanKind, index_table, kernel_symbol, pad3
+from convgen.plan.base import Plan, PlanKind, index_table, kernel_symbol, pad3, weight_strides
 from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ConvSpec
 
@@ -388,12 +388,7 @@ def make_gpu_plan(spec: ConvSpec, schedule: Schedule | None = None,
     cin_g = spec.in_channels // spec.groups
     cout_g = spec.out_channels // spec.groups
     kernel = pad3(spec.kernel_size)
-    taps = math.prod(kernel)
-    kstrides = (kernel[1] * kernel[2], kernel[2], 1)
-    if spec.transposed:  # weight (C_in, C_out/groups, *k)
-        strides = (cin_g * cout_g * taps, taps, cout_g * taps, *kstrides)
-    else:  # weight (C_out, C_in/groups, *k)
-        strides = (cout_g * cin_g * taps, cin_g * taps, taps, *kstrides)
+    strides = weight_strides(spec)
     if isinstance(kind, GpuGemm):
         tables = tuple(index_table(spec, d) for d in range(ndim))
         tables = ([[0]],) * (3 - ndim) + tables
