@@ -47,13 +47,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,11 +82,10 @@ except Exception as _exc:  # noqa: BLE001 - the network is then not offered
 else:
     MOBILENET_UNAVAILABLE = None
 
-try:  # bench/gpu_layers.py's nominal fp32 peaks, where it imports
-    from gpu_layers import peak_fp32  # noqa: E402
-except Exception:  # noqa: BLE001
-    def peak_fp32(name: str) -> tuple[str, float] | None:
-        return None
+# the sibling script's peak table, event timing, torch lookup and no-GPU check (bench/ is
+# on sys.path when a script in it runs)
+from gpu_layers import (find_torch, no_gpu_reason, peak_fp32, positive,  # noqa: E402
+                        time_torch, time_with_events, write_json)
 
 
 def network_names() -> list[str]:
@@ -313,40 +311,12 @@ def emulator_check(names: list[str], args: argparse.Namespace) -> int:
 
 # -- timing -----------------------------------------------------------------------------
 
-def time_with_events(call: Callable[[], Any], make_event: Callable[[], Any],
-                     elapsed_ms: Callable[[Any, Any], float], warmup: int, repeat: int,
-                     calls: int) -> list[float]:
-    """Per-call milliseconds of ``repeat`` repetitions of ``calls`` back-to-back calls,
-    each bracketed by two events on the stream the calls use."""
-    for _ in range(warmup):
-        call()
-    start, end = make_event(), make_event()
-    times = []
-    for _ in range(repeat):
-        start.record()
-        for _ in range(calls):
-            call()
-        end.record()
-        times.append(elapsed_ms(start, end) / calls)
-    return times
-
-
 def time_convgen(model, xd, gpu, args: argparse.Namespace) -> list[float]:
     """convgen launches on the legacy default stream: driver-API events on it."""
     def elapsed(start, end) -> float:
         return end.elapsed_ms(start)  # waits for ``end`` first
 
     return time_with_events(lambda: model(xd), lambda: cuda_driver.Event(gpu), elapsed,
-                            args.warmup, args.repeat, args.calls)
-
-
-def time_torch(torch, call: Callable[[], Any], args: argparse.Namespace) -> list[float]:
-    """torch launches on its current stream: torch.cuda.Events record on it."""
-    def elapsed(start, end) -> float:
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    return time_with_events(call, lambda: torch.cuda.Event(enable_timing=True), elapsed,
                             args.warmup, args.repeat, args.calls)
 
 
@@ -494,17 +464,6 @@ def format_row(r: Result) -> str:
             f"{_num(r.compiled_ratio, '.2f'):>6}  {check}")
 
 
-def find_torch() -> tuple[Any, str]:
-    """(torch, "") where PyTorch with CUDA is importable, else (None, why not)."""
-    try:
-        import torch
-    except ImportError:
-        return None, "PyTorch is not installed"
-    if not torch.cuda.is_available():
-        return None, f"torch {torch.__version__} has no CUDA device"
-    return torch, ""
-
-
 def gpu_bench(names: list[str], ordinal, args: argparse.Namespace,
               torch_device: str | None = None) -> int:
     """The table for ``names`` at every ``args.batch`` on GPU ``ordinal`` (torch tensors on
@@ -562,29 +521,6 @@ def gpu_bench(names: list[str], ordinal, args: argparse.Namespace,
             "calls": args.calls, "tolerance": TOLERANCE,
             "results": [asdict(r) for r in results]})
     return 0 if all(r.convgen_ok for r in results) else 1
-
-
-def write_json(path: str, data: dict) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {path}")
-
-
-def no_gpu_reason() -> tuple[int | None, str | None]:
-    """(GPU ordinal, None) where one can be used, else (None, why not)."""
-    device = config.cuda_device()
-    if device == "emulator":
-        return None, ("CONVGEN_CUDA_DEVICE=emulator: backend 'cuda' runs on the CPU "
-                      "emulator, whose times say nothing about a GPU")
-    ordinal = int(device)
-    why = cuda_driver.available(ordinal)
-    return (ordinal, None) if why is None else (None, why)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def select_networks(names: list[str] | None) -> list[str]:
