@@ -33,6 +33,12 @@ def extra_cflags() -> list[str]:
     return shlex.split(os.environ.get("CONVGEN_CFLAGS", ""))
 
 
+def extra_cxxflags() -> list[str]:
+    """Extra flags appended to every CUDA emulator (C++) compile: $CONVGEN_CXXFLAGS
+    (shell-split); the emulator's counterpart of $CONVGEN_CFLAGS, e.g. for sanitizers."""
+    return shlex.split(os.environ.get("CONVGEN_CXXFLAGS", ""))
+
+
 def num_threads() -> int:
     """Default thread count for tuning: $CONVGEN_NUM_THREADS, else os.cpu_count()."""
     explicit = os.environ.get("CONVGEN_NUM_THREADS", "").strip()

@@ -36,6 +36,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #ifndef CG_EMU_STACK_SIZE
 #define CG_EMU_STACK_SIZE (64 * 1024)  // bytes of stack per GPU thread (fiber)
@@ -85,6 +88,9 @@ struct Fiber {
     uint3 tid;
     int state;
     int line;  // the source line of the __syncthreads() it waits at
+#if defined(__SANITIZE_ADDRESS__)
+    void* fake_stack;  // AddressSanitizer's fake stack while switched out
+#endif
 };
 
 struct Scheduler {
@@ -98,6 +104,11 @@ struct Scheduler {
     int active;  // a block is running on this OS thread
     void (*invoke)(const void*);
     const void* closure;
+#if defined(__SANITIZE_ADDRESS__)
+    void* main_fake_stack;   // AddressSanitizer: the OS thread's own stack, to switch back to
+    const void* main_bottom;
+    size_t main_size;
+#endif
 };
 }  // namespace cg_emu
 
@@ -200,11 +211,42 @@ static inline void release_scheduler() {
     cg_emu_sched = nullptr;
 }
 
+// AddressSanitizer knows one stack per OS thread: every switch between the scheduler and a
+// fiber is announced to it (start before swapcontext, finish after), or it takes a fiber's
+// frames for a stack overflow or for stack-use-after-return (make sanitize). Plain builds: no-ops.
+#if defined(__SANITIZE_ADDRESS__)
+static inline void asan_to_fiber(Scheduler* s, int i) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    __sanitizer_start_switch_fiber(&s->main_fake_stack, s->stacks + s->slot_bytes * i + page,
+                                   s->slot_bytes - page);
+}
+static inline void asan_in_main(Scheduler* s) {
+    __sanitizer_finish_switch_fiber(s->main_fake_stack, nullptr, nullptr);
+}
+static inline void asan_fiber_started(Scheduler* s) {
+    __sanitizer_finish_switch_fiber(nullptr, &s->main_bottom, &s->main_size);
+}
+static inline void asan_to_main(Scheduler* s, Fiber* f) {  // f null: the fiber ends
+    __sanitizer_start_switch_fiber(f ? &f->fake_stack : nullptr, s->main_bottom, s->main_size);
+}
+static inline void asan_fiber_resumed(Scheduler* s, Fiber* f) {
+    __sanitizer_finish_switch_fiber(f->fake_stack, &s->main_bottom, &s->main_size);
+}
+#else
+static inline void asan_to_fiber(Scheduler*, int) {}
+static inline void asan_in_main(Scheduler*) {}
+static inline void asan_fiber_started(Scheduler*) {}
+static inline void asan_to_main(Scheduler*, Fiber*) {}
+static inline void asan_fiber_resumed(Scheduler*, Fiber*) {}
+#endif
+
 static void fiber_entry() {
     Scheduler* s = cg_emu_sched;
+    asan_fiber_started(s);
     s->invoke(s->closure);
     Fiber* f = &s->fibers[s->current];
     f->state = DONE;
+    asan_to_main(s, nullptr);
     setcontext(&s->main);
     abort();  // not reached
 }
@@ -245,7 +287,9 @@ static int run_block(Scheduler* s, int n, int order, unsigned int seed) {
             if (f->state != RUNNABLE) continue;
             s->current = s->perm[k];
             cg_emu_thread_idx = f->tid;
+            asan_to_fiber(s, s->current);
             swapcontext(&s->main, &f->ctx);
+            asan_in_main(s);
         }
         int waiting = 0, first = -1, other = -1;
         for (int i = 0; i < n; ++i) {
@@ -282,7 +326,9 @@ static inline void syncthreads(int line) {
     f->state = AT_BARRIER;
     f->line = line;
     __asm__ __volatile__("" ::: "memory");
+    asan_to_main(s, f);
     swapcontext(&f->ctx, &s->main);
+    asan_fiber_resumed(s, f);
     __asm__ __volatile__("" ::: "memory");
 }
 

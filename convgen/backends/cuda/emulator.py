@@ -62,7 +62,9 @@ def find_cxx_compiler() -> list[str]:
 
 
 def emulator_flags() -> list[str]:
-    return [*BASE_FLAGS, "-include", str(HEADER), "-x", "c++"]
+    # $CONVGEN_CXXFLAGS last so it can override (e.g. -O1 -fsanitize=address); they are in
+    # the flags, and so in the cache key, so sanitized and plain builds never share an entry
+    return [*BASE_FLAGS, *config.extra_cxxflags(), "-include", str(HEADER), "-x", "c++"]
 
 
 def emulator_cache_key(source: str, compiler: list[str], flags: list[str]) -> str:
