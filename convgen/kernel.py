@@ -68,6 +68,10 @@ class Kernel:
             raise ValueError(f"out: expected shape {shape}, got {out.shape}")
         if not out.flags.c_contiguous:
             raise ValueError("out: expected a C-contiguous array, got a non-contiguous view")
+        if not out.flags.aligned:
+            raise ValueError(f"out: expected an array aligned to its element size "
+                             f"({out.dtype.alignment} bytes), got one whose data starts at "
+                             f"address {out.ctypes.data:#x} (misaligned)")
         if not out.flags.writeable:
             raise ValueError("out: expected a writeable array, got a read-only one")
         for array in inputs:
@@ -109,8 +113,10 @@ class Kernel:
 
 
 def check_input(name: str, array: object, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` as a C-contiguous array (copied only if needed), or TypeError/ValueError
-    naming the argument, what was expected and what was given."""
+    """``array`` as a C-contiguous array aligned to its element size (copied only if
+    needed), or TypeError/ValueError naming the argument, what was expected and what was
+    given. Kernels load whole elements (and vectors of them): a misaligned pointer is
+    undefined behaviour in C and faults on some CPUs, so such arrays are copied."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of dtype {dtype}, "
                         f"got {type(array).__name__}")
@@ -118,7 +124,9 @@ def check_input(name: str, array: object, dtype: np.dtype, shape: tuple[int, ...
         raise TypeError(f"{name}: expected dtype {dtype}, got {array.dtype}")
     if array.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {array.shape}")
-    return np.ascontiguousarray(array)
+    if array.flags.c_contiguous and array.flags.aligned:
+        return array
+    return np.array(array, order="C", copy=True)  # a new allocation: aligned
 
 
 def check_bias(spec: ConvSpec, b: object, dtype: np.dtype, whose: str) -> np.ndarray | None:

@@ -25,6 +25,13 @@ from convgen.errors import CompileError
 OBJECT_NAME = "kernel.o"
 SOURCE_NAME = "kernel.ll"
 OPT_LEVEL = 3
+# The large code model addresses constants and calls through 64-bit absolute addresses:
+# MCJIT maps each section on its own, and while the process holds gigabytes the code and
+# its constant pool can land more than 2 GiB apart, where the small model's 32-bit
+# PC-relative references cannot reach (RuntimeDyldELF's isInt<32> assertion aborts the
+# process). Static relocation: MCJIT resolves each object at its load address.
+CODE_MODEL = "large"
+RELOCATION = "static"
 
 _ENGINES: list = []  # every engine ever created: never freed (see module docstring)
 _LOCK = threading.Lock()
@@ -68,7 +75,8 @@ def target_machine():
     _initialize()
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=host_features(),
-                                        opt=OPT_LEVEL, reloc="pic", codemodel="default")
+                                        opt=OPT_LEVEL, reloc=RELOCATION,
+                                        codemodel=CODE_MODEL)
 
 
 def target_triple() -> str:
@@ -85,7 +93,8 @@ def llvm_cache_key(ir_text: str) -> str:
     return make_key(convgen=code_version(), backend="llvm", llvmlite=llvmlite.__version__,
                     llvm=".".join(map(str, llvm.llvm_version_info)),
                     cpu=llvm.get_host_cpu_name(), features=host_features(),
-                    triple=llvm.get_process_triple(), opt=OPT_LEVEL, source=ir_text)
+                    triple=llvm.get_process_triple(), opt=OPT_LEVEL, code_model=CODE_MODEL,
+                    relocation=RELOCATION, source=ir_text)
 
 
 def optimize_to_object(ir_text: str) -> bytes:
