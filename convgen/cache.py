@@ -5,7 +5,11 @@ the shared library and ``meta.json``. An entry is built in a private temporary
 directory (metadata written last) and renamed into place, so readers never see a
 half-written entry and concurrent builders of the same key end with one good
 entry. An entry whose metadata is missing or whose files do not match their
-recorded hashes is treated as damaged: it is moved aside and rebuilt.
+recorded hashes is treated as damaged: it is moved aside and rebuilt. So is an entry
+that lacks a file its caller needs (``required=``, or found on first use: an entry asked
+for a role it does not list rebuilds itself once). Every path out of a build, an error
+included, removes its temporary directory, and nothing the cache fails to write (disk
+full) masks the error that asked for it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import platform
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from convgen import config
+from convgen.errors import CompileError, ConvgenError
 from convgen.version import __version__
 
 META = "meta.json"
@@ -103,14 +109,34 @@ def make_key(**parts: object) -> str:
 class CacheEntry:
     path: Path
     meta: dict
+    # Rebuilds this entry so that it has the role given (set by get_or_build). Callers read
+    # roles ("library", "object", ...) the cache cannot know before a build; an entry that
+    # lists fewer files than its build makes (a damaged meta.json) is found on first use
+    # and rebuilt once, rather than failing every compile with a KeyError.
+    rebuild: Callable[[str], "CacheEntry"] | None = field(default=None, compare=False,
+                                                          repr=False)
 
     def file(self, role: str) -> Path:
         """The file recorded under ``role`` ("source", "library", ...)."""
-        return self.path / self.meta["files"][role]["name"]
+        return self.path / self._record(role)["name"]
 
     def sha256(self, role: str) -> str:
         """The recorded (and, by lookup, verified) sha256 of the file under ``role``."""
-        return self.meta["files"][role]["sha256"]
+        return self._record(role)["sha256"]
+
+    def _record(self, role: str) -> dict:
+        files = self.meta.get("files") or {}
+        if role not in files and self.rebuild is not None:
+            fresh = self.rebuild(role)
+            # same key, same path: take the rebuilt entry's metadata in place
+            self.meta.clear()
+            self.meta.update(fresh.meta)
+            files = self.meta.get("files") or {}
+        if role not in files:
+            raise CompileError(f"cache entry {self.path} has no {role!r} file (its "
+                               f"{META} lists {sorted(files) or 'no files'}); delete the "
+                               "entry to rebuild it")
+        return files[role]
 
 
 class Cache:
@@ -122,30 +148,46 @@ class Cache:
     def entry_path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def lookup(self, key: str) -> CacheEntry | None:
-        """The valid entry for ``key``, or None; a damaged entry is removed."""
+    def lookup(self, key: str, required: Sequence[str] = ()) -> CacheEntry | None:
+        """The valid entry for ``key``, or None; a damaged entry is removed.
+
+        ``required``: roles the entry must list (an entry without one is damaged)."""
         path = self.entry_path(key)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
-        entry = self._validate(path, key)
+        entry = self._validate(path, key, required)
         if entry is None:
             self._discard(path)
         return entry
 
     def get_or_build(self, key: str, build: Callable[[Path], dict[str, str]],
-                     extra_meta: dict | None = None) -> CacheEntry:
+                     extra_meta: dict | None = None,
+                     required: Sequence[str] = ()) -> CacheEntry:
         """Return the entry for ``key``, building it with ``build(tmpdir)`` on a miss.
 
         ``build`` writes its files into the temporary directory it is given and
-        returns {role: file name}; hashes and ``meta.json`` are added here.
+        returns {role: file name}; hashes and ``meta.json`` are added here. ``required``
+        names the roles the caller will read: an entry missing one is rebuilt (so is one
+        found missing a role on first use, see CacheEntry.rebuild). A file the cache
+        cannot write (disk full, no permission) raises CompileError naming the cache.
         """
-        entry = self.lookup(key)
+        def rebuild(role: str) -> CacheEntry:
+            return self.get_or_build(key, build, extra_meta, (*required, role))
+
+        entry = self.lookup(key, required)
         if entry is not None:
-            return entry
+            return CacheEntry(entry.path, entry.meta, rebuild)
+        entry = self._build(key, build, extra_meta, required)
+        return CacheEntry(entry.path, entry.meta, rebuild)
+
+    def _build(self, key: str, build: Callable[[Path], dict[str, str]],
+               extra_meta: dict | None, required: Sequence[str]) -> CacheEntry:
         tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=key[:16] + "-", dir=tmp_root))
+        tmp = None
         try:
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            self._sweep_damaged(tmp_root)
+            tmp = Path(tempfile.mkdtemp(prefix=key[:16] + "-", dir=tmp_root))
             files = build(tmp)
             meta = {
                 "key": key,
@@ -154,6 +196,11 @@ class Cache:
                           for role, name in files.items()},
                 **(extra_meta or {}),
             }
+            missing = [role for role in required if role not in files]
+            if missing:
+                raise CompileError(f"the build of cache entry {key[:16]} made no "
+                                   f"{', '.join(map(repr, missing))} file (it made "
+                                   f"{sorted(files) or 'none'})")
             _write_atomic(tmp / META, json.dumps(meta, indent=2, sort_keys=True))
             final = self.entry_path(key)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -163,21 +210,39 @@ class Cache:
                     return CacheEntry(final, meta)
                 except OSError:
                     # Another process got there first: use its entry if it is good.
-                    existing = self.lookup(key)
+                    existing = self.lookup(key, required)
                     if existing is not None:
                         return existing
             raise OSError(f"could not install cache entry {final}")
+        except ConvgenError:
+            raise
+        except OSError as exc:
+            # Disk full, a read-only cache, ...: a convgen error naming the cache, so
+            # callers that handle failed builds (the tuner, the command line) handle it.
+            raise CompileError(f"could not write cache entry {key[:16]} under {self.root}: "
+                               f"{exc}") from exc
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _validate(self, path: Path, key: str) -> CacheEntry | None:
+    def _validate(self, path: Path, key: str, required: Sequence[str] = ()) -> CacheEntry | None:
+        """The entry at ``path`` if its metadata names ``key`` and lists at least one file
+        (every ``required`` role among them), each a plain name in the entry whose sha256
+        matches; None otherwise (damaged)."""
         try:
             meta = json.loads((path / META).read_text())
             if meta.get("key") != key:
                 return None
-            for record in meta["files"].values():
-                if file_sha256(path / record["name"]) != record["sha256"]:
+            files = meta["files"]
+            if not isinstance(files, dict) or not files:
+                return None  # every build makes a file: an empty list is damage
+            if any(role not in files for role in required):
+                return None
+            for record in files.values():
+                name = record["name"]
+                if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                    return None
+                if file_sha256(path / name) != record["sha256"]:
                     return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -186,21 +251,40 @@ class Cache:
     def _discard(self, path: Path) -> None:
         """Move a damaged entry out of the way (atomically), then delete it."""
         trash = self.root / "tmp" / f"damaged-{uuid.uuid4().hex}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
         try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, trash)
         except OSError:
             return  # someone else already moved or replaced it
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
+
+    @staticmethod
+    def _sweep_damaged(tmp_root: Path) -> None:
+        """Delete damaged entries an earlier process moved aside but did not finish
+        deleting (killed, or a file where a directory belongs): nothing reads them."""
+        for stray in tmp_root.glob("damaged-*"):
+            _remove(stray)
 
     def keep_failed(self, error, file_name: str, source: str):
         """Save the source a failed build was given under <root>/failed and point
-        ``error`` (a CompileError) at it, so the user can read what did not compile."""
+        ``error`` (a CompileError) at it, so the user can read what did not compile.
+
+        Never masks ``error``: when the source cannot be written (disk full, say), no
+        partial file is left and the error says the source was not kept."""
         failed = self.root / "failed" / file_name
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        failed.write_text(source)
-        error.source_path = str(failed)
-        error.args = (error.message, error.command, error.returncode, error.stderr, str(failed))
+        try:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(failed, source)
+        except OSError as exc:
+            # the source path it had pointed into the build's temporary directory, which
+            # is removed when the build ends
+            error.source_path = None
+            error.message = (f"{error.message} (the source could not be kept in "
+                             f"{failed.parent}: {exc})")
+        else:
+            error.source_path = str(failed)
+        error.args = (error.message, error.command, error.returncode, error.stderr,
+                      error.source_path)
         return error
 
     def clear(self) -> None:
@@ -208,6 +292,25 @@ class Cache:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a failed write leaves no file)."""
     tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the write's own error is the one to report
+        raise
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory tree or a file, ignoring errors (another process may race)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass

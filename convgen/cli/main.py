@@ -32,6 +32,7 @@ from convgen.cli.tune import add_tune_command
 from convgen.bench.measure import warm_up
 from convgen.cli.bench import add_bench_command
 from convgen.errors import CompileError, ConvgenError
+from convgen.graph.reference import check_oracle_memory, conv_oracle_bytes
 from convgen.reference import random_arrays
 from convgen.spec import ConvSpec
 from convgen.specfile import SpecEntry, load_specfile, load_specfiles
@@ -215,6 +216,8 @@ def run_check(args: argparse.Namespace) -> int:
 def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float, float]:
     """(max error vs the oracle, tolerance, median seconds per call) for one entry."""
     spec = entry.spec
+    # before anything is allocated: a clear error, not a MemoryError, if it cannot fit
+    check_oracle_memory(conv_oracle_bytes(spec), f"checking {entry.name!r}")
     kernel = cg.compile(spec, backend=backend, schedule=entry.schedule)
     x, w, b = random_arrays(spec, seed)
     got = kernel(x, w, b)

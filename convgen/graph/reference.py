@@ -4,11 +4,19 @@ The graph counterpart of :mod:`convgen.reference` (which it reuses for convoluti
 plain NumPy, float64 throughout, PyTorch's semantics (inference mode). Generated graph
 libraries and passes (BatchNorm folding, fusion) are checked against :func:`evaluate`.
 Each op's shape rules and attribute conventions are :mod:`convgen.graph.shapes`'s.
+
+The oracle computes in float64 and keeps every value, so before it allocates anything
+it estimates what it needs (:func:`graph_oracle_bytes`, :func:`conv_oracle_bytes`) and
+raises a clear error when that exceeds the memory available (:func:`available_memory`),
+rather than dying in a MemoryError (or the OOM killer) halfway.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
+import resource
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,14 +37,102 @@ def op_reference(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float64)
 
 
+def available_memory() -> int | None:
+    """Bytes a new allocation may take now: the kernel's MemAvailable, capped by this
+    process's address-space limit (RLIMIT_AS) less what it maps already; None if unknown."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (OSError, ValueError):
+        limit = resource.RLIM_INFINITY
+    if limit != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            mapped = 0
+        room = max(limit - mapped, 0)
+        available = room if available is None else min(available, room)
+    return available
+
+
+def conv_oracle_bytes(spec: ConvSpec) -> int:
+    """About the most memory :func:`convgen.reference.reference` holds at once for
+    ``spec``: float64 copies of x and w, the padded input (forward) or the full scattered
+    output (transposed), the accumulator, a tap's patch and product, and the result."""
+    batch, cin, cout = spec.batch, spec.in_channels, spec.out_channels
+    inputs = batch * cin * math.prod(spec.in_spatial)
+    weights = math.prod(spec.weight_shape)
+    out = spec.output_spatial
+    if spec.transposed:
+        full = tuple((i - 1) * s + d * (k - 1) + 1 + op
+                     for i, s, d, k, op in zip(spec.in_spatial, spec.stride, spec.dilation,
+                                               spec.kernel_size, spec.output_padding))
+        work = batch * cout * math.prod(full) + 2 * batch * cout * math.prod(spec.in_spatial)
+    else:
+        padded = tuple(i + lo + hi for i, (lo, hi) in zip(spec.in_spatial, spec.padding))
+        work = (batch * cin * math.prod(padded) + batch * cin * math.prod(out)
+                + 2 * batch * cout * math.prod(out))
+    return 8 * (inputs + weights + work + 2 * batch * cout * math.prod(out))
+
+
+def check_oracle_memory(needed: int, what: str) -> None:
+    """A ValueError when ``needed`` bytes exceed the memory available now (``what``
+    names the computation and its largest part)."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"{what}: the float64 oracle would need about {needed} bytes "
+                         f"({needed / 2**30:.1f} GiB), more than the {available} bytes "
+                         f"({available / 2**30:.1f} GiB) of memory available")
+
+
+def graph_oracle_bytes(graph: Graph) -> tuple[int, str]:
+    """(about the bytes :func:`evaluate` needs for ``graph``, its largest value described):
+    every value in float64 (evaluate keeps them all) plus the largest op's working set."""
+    shapes = {name: tuple(shape) for name, shape in graph.inputs}
+    total = sum(8 * math.prod(shape) for shape in shapes.values())
+    work, largest, largest_bytes = 0, "", -1
+    for node in graph.nodes:
+        if any(name not in shapes for name in node.inputs):
+            break  # evaluate names the missing input
+        shape = infer_shape(node, [shapes[name] for name in node.inputs])
+        shapes[node.name] = shape
+        size = 8 * math.prod(shape)
+        total += size
+        spec = node.attrs.get("spec") if node.op == "conv" else None
+        if spec is not None:
+            spec = spec if isinstance(spec, ConvSpec) else ConvSpec.from_dict(spec)
+            work = max(work, conv_oracle_bytes(spec))
+        work = max(work, 2 * size)
+        if size > largest_bytes:
+            largest, largest_bytes = f"{describe(node)} of shape {shape}", size
+    return total + work, largest
+
+
 def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """Run every node in order on ``inputs`` (one array per graph input); the outputs, float64."""
+    """Run every node in order on ``inputs`` (one array per graph input); the outputs, float64.
+
+    Raises GraphError before allocating when the oracle would need more memory than is
+    available (naming the largest value and both sizes)."""
     if isinstance(inputs, np.ndarray):
         inputs = [inputs]
     inputs = list(inputs)
     if len(inputs) != len(graph.inputs):
         raise GraphError(f"graph takes {len(graph.inputs)} input(s) "
                          f"{[name for name, _ in graph.inputs]}, got {len(inputs)}")
+    needed, largest = graph_oracle_bytes(graph)
+    try:
+        check_oracle_memory(needed, f"evaluating the graph (largest value: {largest})")
+    except ValueError as exc:
+        raise GraphError(str(exc)) from None
     values: dict[str, np.ndarray] = {}
     for (name, shape), array in zip(graph.inputs, inputs):
         array = np.asarray(array)

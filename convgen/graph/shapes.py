@@ -18,7 +18,8 @@ Conventions chosen where ``ir.py`` is silent (documented here, relied on by the 
 - ``softmax``/``log_softmax``/``cat``: ``dim`` must be in [0, rank) (``ir.py`` says
   non-negative; the tracer normalizes negative dims); ``flatten`` accepts negative
   start_dim/end_dim as torch; ``cat`` needs two or more inputs (``ir.py``);
-- ``add`` does not broadcast.
+- ``add`` does not broadcast;
+- no value (graph input or node output) may hold more than MAX_VALUE_ELEMENTS elements.
 """
 
 from __future__ import annotations
@@ -36,8 +37,26 @@ from convgen.graph.tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
 
+# The most elements one graph value (an input or a node's output) may hold. A value lives
+# in the model's arena in its dtype and in float64 in the oracle (graph/reference.py):
+# 2**30 elements are 4 GiB in float32 and 8 GiB in the oracle, far above the networks
+# convgen targets (ResNet-50's largest activation at batch 256 has 2e8 elements), while a
+# few bytes of ONNX (an Expand or Pad to 1.6e9 elements) would otherwise ask for more
+# memory than a machine has, failing with a MemoryError deep in NumPy or the compiler.
+MAX_VALUE_ELEMENTS = 2**30
+
 
 _fail = node_error
+
+
+def check_value_size(shape: Sequence[int]) -> str | None:
+    """Why a value of ``shape`` is too large (its element count and the limit), or None."""
+    count = math.prod(shape)
+    if count <= MAX_VALUE_ELEMENTS:
+        return None
+    return (f"a value of shape {tuple(shape)} would hold {count} elements ({count * 4} "
+            f"bytes in float32, {count * 8} in float64); a graph value may hold at most "
+            f"{MAX_VALUE_ELEMENTS} elements (MAX_VALUE_ELEMENTS)")
 
 
 # -- pooling windows ----------------------------------------------------------------------
@@ -358,7 +377,11 @@ def infer_shape(node: Node, input_shapes: Sequence[Shape]) -> Shape:
     rule = _RULES.get(node.op)
     if rule is None:
         raise _fail(node, f"unknown op {node.op!r} (expected one of {OPS})")
-    return tuple(int(v) for v in rule(node, [tuple(s) for s in input_shapes]))
+    shape = tuple(int(v) for v in rule(node, [tuple(s) for s in input_shapes]))
+    too_large = check_value_size(shape)
+    if too_large:
+        raise _fail(node, too_large)
+    return shape
 
 
 def infer_graph(graph: Graph) -> None:
@@ -372,6 +395,9 @@ def infer_graph(graph: Graph) -> None:
         if name in shapes:
             raise GraphError(f"graph input {name!r} is declared twice")
         shapes[name] = tuple(shape)
+        too_large = check_value_size(shapes[name])
+        if too_large:
+            raise GraphError(f"graph input {name!r}: {too_large}")
     for node in graph.nodes:
         if node.name in shapes:
             raise _fail(node, "the name is already used by a graph input or an earlier node")

@@ -29,7 +29,7 @@ from convgen.graph.compile import compile_graph, summarize
 from convgen.graph.ir import Graph
 from convgen.graph.memory import plan_memory
 from convgen.graph.passes import optimize
-from convgen.graph.shapes import infer_graph
+from convgen.graph.shapes import check_value_size, infer_graph
 from convgen.onnx.layers import HANDLERS as LAYER_HANDLERS
 from convgen.onnx.ops import Builder, Context, Tensor, is_const
 from convgen.onnx.tensors import HANDLERS as TENSOR_HANDLERS
@@ -295,6 +295,10 @@ class OnnxModel:
     def _build(self, shapes: list[Shape]) -> Graph:
         handlers = _handlers()
         inputs = [(name, shape) for name, shape in zip(self.input_names, shapes)]
+        for name, shape in inputs:
+            too_large = check_value_size(shape)
+            if too_large:
+                raise OnnxImportError(f"{self.label}: graph input {name!r}: {too_large}")
         builder = Builder(inputs)
         values: dict[str, Any] = dict(self._constants)
         for name, shape in inputs:

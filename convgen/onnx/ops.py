@@ -10,6 +10,7 @@ and data movement) read their inputs as such values and emit graph nodes through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -20,6 +21,13 @@ from convgen.errors import OnnxImportError
 from convgen.graph.ir import Graph, GraphError, Node
 from convgen.graph.shapes import infer_shape
 from convgen.reference import apply_activation
+
+# The most elements a constant folded at import may hold (2 GiB at 8 bytes an element).
+# Folding runs NumPy on whatever the file asks for, so a few bytes of ONNX (a
+# ConstantOfShape of 65536 x 65536, a Range to 3e9) could otherwise exhaust memory. Real
+# folded constants are exporters' shape arithmetic (a handful of values) and weights
+# (VGG-16's largest, 25088 x 4096, has 1e8 elements), all well under the limit.
+MAX_FOLDED_ELEMENTS = 2**28
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,17 @@ class Context:
     def error(self, message: str) -> OnnxImportError:
         return OnnxImportError(f"node {self.label!r} ({self.op_type}): {message}")
 
+    def check_folded(self, shape: Sequence[int], itemsize: int = 8,
+                     what: str = "the folded constant") -> None:
+        """Refuse, before NumPy allocates it, a constant of ``shape`` larger than
+        MAX_FOLDED_ELEMENTS (an OnnxImportError naming the node, the size and the limit)."""
+        count = math.prod(int(d) for d in shape)
+        if count > MAX_FOLDED_ELEMENTS:
+            raise self.error(f"{what} would have shape {tuple(int(d) for d in shape)}: "
+                             f"{count} elements ({count * itemsize} bytes); a constant "
+                             f"folded at import may hold at most {MAX_FOLDED_ELEMENTS} "
+                             "elements (MAX_FOLDED_ELEMENTS)")
+
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
 
@@ -110,6 +129,7 @@ class Context:
             raise self.error(f"cannot use a constant of dtype {value.dtype} as a tensor")
         if value.size == 0:
             raise self.error(f"cannot use an empty constant of shape {value.shape} as a tensor")
+        self.check_folded(value.shape, 8, "the constant tensor")  # copied as float64 below
         return self.emit("constant", [], role=role,
                          params={"value": np.array(value, dtype=np.float64)})
 
@@ -196,9 +216,10 @@ def affine(ctx: Context, x: Tensor, scale: np.ndarray, shift: np.ndarray,
 
 def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) -> Value:
     """a (kind) b with NumPy broadcasting; kind: add, sub, mul or div."""
-    if is_const(a) and is_const(b):
-        return fold_binary(kind, a, b)
     out = broadcast(ctx, shape_of(a), shape_of(b))
+    if is_const(a) and is_const(b):
+        ctx.check_folded(out, np.result_type(a, b).itemsize)
+        return fold_binary(kind, a, b)
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         a = ctx.expand(a, out, role="expand_a")
         b = ctx.expand(b, out, role="expand_b")
@@ -244,6 +265,9 @@ def legacy_broadcast(ctx: Context, a: Value, b: Value) -> Value:
 def matmul(ctx: Context, a: Value, b: Value, role: str | None = None) -> Value:
     """numpy.matmul: batch dims broadcast (``expand``), 1-d operands promoted and dropped."""
     if is_const(a) and is_const(b):
+        if a.ndim >= 2 and b.ndim >= 2:
+            ctx.check_folded(broadcast(ctx, a.shape[:-2], b.shape[:-2])
+                             + (a.shape[-2], b.shape[-1]), np.result_type(a, b).itemsize)
         return np.matmul(a, b)
     sa, sb = shape_of(a), shape_of(b)
     if not sa or not sb:
@@ -270,5 +294,5 @@ def matmul(ctx: Context, a: Value, b: Value, role: str | None = None) -> Value:
     return ctx.reshape(y, final, role=role if role is not None else "result")
 
 
-__all__ = ["Builder", "Context", "OnnxImportError", "Tensor", "affine", "arith",
-           "broadcast", "fold_binary", "is_const", "legacy_broadcast", "matmul", "shape_of"]
+__all__ = ["MAX_FOLDED_ELEMENTS", "Builder", "Context", "OnnxImportError", "Tensor", "affine",
+           "arith", "broadcast", "fold_binary", "is_const", "legacy_broadcast", "matmul", "shape_of"]

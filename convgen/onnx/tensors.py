@@ -59,8 +59,13 @@ def shape(ctx: Context, inputs: list) -> list:
 
 def constant_of_shape(ctx: Context, inputs: list) -> list:
     dims = _ints_input(ctx, inputs[0], "input (the shape)")
+    if any(d < 0 for d in dims):
+        raise ctx.error(f"shape {list(dims)} has a negative dim")
     value = ctx.attr("value")
     value = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    if value.size == 0:
+        raise ctx.error("the attribute value is empty (it needs one element)")
+    ctx.check_folded(dims, value.dtype.itemsize)
     return [np.full(dims, value[0], dtype=value.dtype)]
 
 
@@ -82,6 +87,8 @@ def gather(ctx: Context, inputs: list) -> list:
     indices = np.asarray(ctx.const(inputs[1], "indices")).astype(np.int64)
     axis = _axis(ctx, int(ctx.attr("axis", 0)), data.ndim)
     size = data.shape[axis]
+    ctx.check_folded(data.shape[:axis] + indices.shape + data.shape[axis + 1:],
+                     data.dtype.itemsize)
     if np.any(indices < -size) or np.any(indices >= size):
         raise ctx.error(f"indices {indices.tolist()} out of range for dim {axis} of size {size}")
     return [np.take(data, np.where(indices < 0, indices + size, indices), axis=axis)]
@@ -90,12 +97,19 @@ def gather(ctx: Context, inputs: list) -> list:
 def range_op(ctx: Context, inputs: list) -> list:
     start, limit, delta = (ctx.const(v, what) for v, what in zip(inputs, ("start", "limit",
                                                                           "delta")))
+    if delta.item() == 0:
+        raise ctx.error("delta must not be 0")
+    steps = (limit.item() - start.item()) / delta.item()
+    if not math.isfinite(steps):
+        raise ctx.error(f"Range({start.item()}, {limit.item()}, {delta.item()}) is not finite")
+    ctx.check_folded((max(math.ceil(steps), 0),), start.dtype.itemsize)
     return [np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)]
 
 
 def _fold_only(function, arity: int = 1):
     def handler(ctx: Context, inputs: list) -> list:
         values = [ctx.const(v, f"input {i}") for i, v in enumerate(inputs[:arity])]
+        ctx.check_folded(broadcast(ctx, *(v.shape for v in values)))
         return [np.asarray(function(*values))]
     return handler
 
@@ -219,6 +233,8 @@ def concat(ctx: Context, inputs: list) -> list:
             raise ctx.error(f"cannot concatenate shapes {shapes} on axis {axis}")
     values = [v for v, s in zip(values, shapes) if s[axis] > 0]
     if all(is_const(v) for v in values):
+        ctx.check_folded(shapes[0][:axis] + (sum(s[axis] for s in shapes),)
+                         + shapes[0][axis + 1:])
         return [np.concatenate(values, axis=axis)]
     if len(values) == 1:
         return [values[0]]
@@ -230,6 +246,7 @@ def expand(ctx: Context, inputs: list) -> list:
     x = inputs[0]
     dims = broadcast(ctx, shape_of(x), _ints_input(ctx, inputs[1], "shape"))
     if is_const(x):
+        ctx.check_folded(dims, x.dtype.itemsize)
         return [np.broadcast_to(x, dims).copy()]
     return [ctx.expand(x, dims, role=None)]
 
@@ -275,6 +292,7 @@ def pad(ctx: Context, inputs: list) -> list:
     if not any(pads):
         return [x]
     if is_const(x):
+        ctx.check_folded(sizes, x.dtype.itemsize)
         return [_np_pad(x, pads, value)]
     return [ctx.emit("pad", [x], {"pads": tuple(pads), "value": value})]
 
