@@ -98,7 +98,7 @@ def build_library(source: str, symbol: str, compiler: list[str], flags: list[str
 
     return cache.get_or_build(key, build, extra_meta={
         "symbol": symbol, "backend": backend,
-        "flags": flags if meta_flags is None else meta_flags})
+        "flags": flags if meta_flags is None else meta_flags}, required=("library",))
 
 
 def build_c(source: str, symbol: str, openmp: bool = False,

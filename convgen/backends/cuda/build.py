@@ -87,7 +87,8 @@ def build_cuda(source: str, symbol: str, archs: tuple[str, ...] = DEFAULT_ARCHS,
         return {"source": SOURCE_NAME, "binary": BINARY_NAME, "report": REPORT_NAME}
 
     return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "cuda",
-                                                      "flags": flags})
+                                                      "flags": flags},
+                              required=("binary", "report"))
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def build_llvm(ir_text: str, symbol: str, cache: Cache | None = None) -> CacheEn
         return {"source": SOURCE_NAME, "object": OBJECT_NAME}
 
     return cache.get_or_build(key, build, extra_meta={"symbol": symbol, "backend": "llvm",
-                                                      "llvm": list(llvm.llvm_version_info)})
+                                                      "llvm": list(llvm.llvm_version_info)},
+                              required=("object",))
 
 
 def load_object(path: Path | str, symbol: str) -> tuple[int, object]:
