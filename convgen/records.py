@@ -3,8 +3,11 @@
 Records are keyed by the spec, the backend, the CPU model and features, the
 compiler (C compiler identity, or llvmlite and LLVM versions) and convgen's code
 version, so ``compile`` only ever picks a schedule measured on this very setup.
-Lines are appended with one ``write`` each (O_APPEND), so concurrent tuners never
-interleave within a line; malformed lines are skipped.
+Each call's lines are appended with one ``write`` (O_APPEND), so concurrent tuners
+never interleave within a line. Any line may be damaged (a writer killed mid-line, a
+hostile or corrupt file): a line that does not parse, for whatever reason (nesting
+too deep, too large), is skipped, and an append after a torn last line starts on a line
+of its own, so neither the torn line nor the new one takes the other down.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 from convgen import config
@@ -29,29 +33,84 @@ def compiler_identity(backend: str) -> str:
     return get_backend(backend).identity()
 
 
+def _where(path: Path) -> str:
+    return (f"tuning database {str(path)!r} ($CONVGEN_TUNING_DB, default "
+            f"<cache dir>/tuning.jsonl)")
+
+
+def check_database(path: Path | None = None) -> Path:
+    """The database's path, once it is known to take appends: an existing file that opens
+    for appending, or an absent one in a writable directory (created here if missing);
+    else a ConvgenError naming the path and what is wrong. The tuner asks before it
+    measures anything, so a bad path costs no measurements."""
+    path = Path(path) if path is not None else config.tuning_db()
+    if path.is_dir():
+        raise ConvgenError(f"{_where(path)} is a directory; it must name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvgenError(f"{_where(path)}: cannot create its directory "
+                           f"{str(path.parent)!r}: {exc.strerror or exc}") from None
+    if os.path.exists(path):
+        try:  # O_NONBLOCK: a FIFO without a reader fails instead of blocking
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        except OSError as exc:
+            raise ConvgenError(f"{_where(path)} cannot be appended to: "
+                               f"{exc.strerror or exc}") from None
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConvgenError(f"{_where(path)}: its directory {str(path.parent)!r} is not "
+                           f"writable")
+    return path
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose last byte is not a newline (a torn line)."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return False
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,
            bound: bool = False) -> None:
-    """Append one JSON line per measurement, each with a single write (O_APPEND);
-    ``bound``: measured with the weights bound and prepared once (convgen.plan.weights)."""
-    path = Path(path) if path is not None else config.tuning_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append one JSON line per measurement, all with a single write (O_APPEND), after
+    a newline if the file ends in a torn line; ``bound``: measured with the weights bound
+    and prepared once (convgen.plan.weights). A path that takes no appends raises a
+    ConvgenError saying why."""
+    path = check_database(path)
     common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
               "cpu": cpu_identity(), "compiler": compiler_identity(backend),
               "convgen": code_version(),
               "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if bound:
         common["bound"] = True
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    lines = []
+    for m in measured:
+        finite = math.isfinite(m.seconds)
+        line = {**common, "schedule": m.schedule.to_dict(),
+                "seconds": m.seconds if finite else None,
+                "gflops": spec.flops / m.seconds / 1e9 if finite else None,
+                "checked": m.checked}
+        if m.error:
+            line["error"] = m.error
+        lines.append(json.dumps(line, sort_keys=True) + "\n")
+    data = ("\n" if _ends_mid_line(path) else "") + "".join(lines)
     try:
-        for m in measured:
-            finite = math.isfinite(m.seconds)
-            line = {**common, "schedule": m.schedule.to_dict(),
-                    "seconds": m.seconds if finite else None,
-                    "gflops": spec.flops / m.seconds / 1e9 if finite else None,
-                    "checked": m.checked}
-            if m.error:
-                line["error"] = m.error
-            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConvgenError(f"{_where(path)} cannot be appended to: "
+                           f"{exc.strerror or exc}") from None
+    try:
+        view = memoryview(data.encode())
+        while view:  # a regular file takes it in one write; anything else may not
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
 
@@ -60,11 +119,12 @@ _PARSED: dict[str, list[dict]] = {}  # sha256 of the database's bytes -> its val
 
 
 def read_records(path: Path | None = None) -> list[dict]:
-    """Every well-formed line of the database (others are skipped); [] when it is absent."""
+    """Every well-formed line of the database (others, whatever is wrong with them, are
+    skipped); [] when it is absent or unreadable."""
     path = Path(path) if path is not None else config.tuning_db()
     try:
         data = path.read_bytes()
-    except OSError:
+    except (OSError, MemoryError):
         return []
     digest = hashlib.sha256(data).hexdigest()
     if digest not in _PARSED:
@@ -72,7 +132,7 @@ def read_records(path: Path | None = None) -> list[dict]:
         for line in data.splitlines():
             try:
                 item = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError, MemoryError):  # bad, too deep, too large
                 continue
             if isinstance(item, dict) and isinstance(item.get("schedule"), dict):
                 records.append(item)

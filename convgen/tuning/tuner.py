@@ -3,21 +3,29 @@
 The tuner stays thin. It enumerates the schedules of a spec and prunes the illegal,
 the oversized and the duplicates; orders them by a cheap cost model; compiles as
 many as the budget allows in worker processes (which only fill the kernel cache);
-times them one at a time in this process (warm-up, then repetitions, the median),
-then the fastest few again beside the default, calls interleaved (the default wins
-ties within DEFAULT_MARGIN); re-checks the winner against the oracle; and appends
-every measurement to the tuning database, a JSON-lines file. :func:`best_record` reads it back, and
-``convgen.compile`` uses the fastest checked record for the same spec, backend,
-CPU, compiler and convgen version.
+times them one at a time in one timing child process (warm-up, then repetitions, the
+median), then the fastest few again beside the default, calls interleaved (the default
+wins ties within DEFAULT_MARGIN); re-checks the winner against the oracle; and appends
+every measurement to the tuning database, a JSON-lines file. :func:`best_record` reads
+it back, and ``convgen.compile`` uses the fastest checked record for the same spec,
+backend, CPU, compiler and convgen version.
+
+Candidates are generated code run on the tuner's behalf, so none may take the tuner
+down: a kernel that crashes or hangs the timing process costs that candidate only (it
+is recorded as failed, the process killed and started afresh for the next one), a
+compile worker that dies costs the candidates of its batch (the pool is rebuilt), and
+every child is ended on every way out of :func:`tune`, an interrupt included.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -35,7 +43,7 @@ from convgen.errors import ConvgenError
 from convgen.graph.ir import Graph
 from convgen.graph.passes import optimize
 from convgen.graph.shapes import infer_graph
-from convgen.records import record
+from convgen.records import check_database, record
 from convgen.reference import random_arrays, reference
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
@@ -52,6 +60,18 @@ CONFIRM_MAX_REPEATS = 1000  # ... each called up to this often (small kernels: m
 # ... and the default stays the winner unless a finalist is faster by more than this share
 # (on this shared machine, schedules within a few percent swap places between runs)
 DEFAULT_MARGIN = 0.03
+# The timing child is killed, and the candidate it was timing fails, after the longer of
+# TIMEOUT_SECONDS and TIMEOUT_FACTOR times the estimated seconds per candidate (the
+# default's load and timing); the default itself, compiled in the child, gets
+# FIRST_TIMEOUT_SECONDS (a generous bound: only a hang should reach it)
+TIMEOUT_SECONDS = 30.0
+TIMEOUT_FACTOR = 10.0
+FIRST_TIMEOUT_SECONDS = 600.0
+START_TIMEOUT_SECONDS = 120.0  # for the timing process to start (spawn, imports)
+# (function, args), called first in every child process the tuner starts (compile
+# workers and the timing process): a fault-injection hook for tests, None otherwise;
+# the function must be importable by name (spawned children unpickle it)
+CHILD_HOOK: tuple[Callable[..., None], tuple] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,9 +168,36 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _child_setup(hook: tuple[Callable[..., None], tuple] | None) -> None:
+    """First thing in every child the tuner starts. Ctrl-C reaches the whole process
+    group; children ignore it and the tuner ends them itself, without their tracebacks.
+    On Linux a child also dies with the tuner (PR_SET_PDEATHSIG), so even a tuner killed
+    outright leaves no orphans. Then ``hook`` (CHILD_HOOK), if any."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if hook is not None:
+        function, args = hook
+        function(*args)
+
+
+def _end_processes(processes: list) -> None:
+    """Kill ``processes`` (multiprocessing children) and reap them."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(5)
+
+
 class CandidateBuilder:
     """Builds batches of candidates into the kernel cache in spawned worker processes
-    (``workers`` 0: in this process). Workers sit idle while candidates are timed."""
+    (``workers`` 0: in this process). Workers sit idle while candidates are timed. A
+    worker that dies (killed, or crashed by the compiler) breaks the pool: the candidates
+    it took down fail, and the next batch gets a new pool."""
 
     def __init__(self, spec: ConvSpec, backend: str, workers: int, bound: bool = False):
         self.spec, self.backend, self.workers, self.bound = spec, backend, workers, bound
@@ -160,9 +207,21 @@ class CandidateBuilder:
     def __enter__(self) -> CandidateBuilder:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(kill=exc_type is not None)  # an error or interrupt: don't wait for gcc
+
+    def close(self, kill: bool = False) -> None:
+        """Shut the pool down, its workers joined; ``kill``: killed first."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        # the executor keeps its processes in a private dict; Python < 3.14 has no public
+        # way to end them (shutdown waits for running jobs)
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        if kill:  # then the executor's manager thread sees them gone and stops at once
+            _end_processes(processes)
+        pool.shutdown(wait=True, cancel_futures=True)
+        _end_processes(processes)  # already gone after a clean shutdown: joins only
 
     def build(self, schedules: list[Schedule]) -> dict[Schedule, str | None]:
         """{schedule: None, or why it failed} once every one of ``schedules`` is built."""
@@ -172,16 +231,34 @@ class CandidateBuilder:
             return {s: _build(*a) for s, a in zip(schedules, args)}
         if self.pool is None:
             context = multiprocessing.get_context("spawn")
-            self.pool = futures.ProcessPoolExecutor(self.workers, mp_context=context)
+            self.pool = futures.ProcessPoolExecutor(self.workers, mp_context=context,
+                                                    initializer=_child_setup,
+                                                    initargs=(CHILD_HOOK,))
+        results: dict[Schedule, str | None] = {}
+        jobs = {}
+        broken = False
         with _main_hidden():  # workers are started by submit
-            jobs = {s: self.pool.submit(_build, *a) for s, a in zip(schedules, args)}
-        results = {}
+            for schedule, a in zip(schedules, args):
+                try:
+                    jobs[schedule] = self.pool.submit(_build, *a)
+                except futures.process.BrokenProcessPool:
+                    broken = True
+                    results[schedule] = _WORKER_DIED
         for schedule, job in jobs.items():
             try:
                 results[schedule] = job.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker died
+            except futures.process.BrokenProcessPool:
+                broken = True
+                results[schedule] = _WORKER_DIED
+            except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
                 results[schedule] = _first_line(exc)
-        return results
+        if broken:
+            self.close(kill=True)  # the next batch starts a fresh pool
+        return {s: results[s] for s in schedules}
+
+
+_WORKER_DIED = ("BrokenProcessPool: a compile worker died (killed, or crashed) while this "
+                "candidate was queued or building")
 
 
 @contextlib.contextmanager
@@ -255,6 +332,144 @@ def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
     return close(spec, out, want)
 
 
+class TimingFailure(Exception):
+    """The timing process died or hung while running an operation (the message says
+    which); the candidate it was timing fails."""
+
+
+class _Timing:
+    """The timing operations on one spec's arrays, by name: what the timing child runs
+    (the same measure/confirm/verify code as with ``workers=0`` in the tuner itself)."""
+
+    def __init__(self, spec: ConvSpec, backend: str, arrays, bound: bool):
+        self.spec, self.backend, self.arrays, self.bound = spec, backend, arrays, bound
+
+    def measure(self, schedule: Schedule, best_seconds: float) -> Measurement:
+        return measure(self.spec, self.backend, schedule, self.arrays, best_seconds, self.bound)
+
+    def load_seconds(self, schedule: Schedule) -> float:
+        return _load_seconds(self.spec, self.backend, schedule, self.arrays, self.bound)
+
+    def confirm(self, measured: list[Measurement]) -> list[Measurement]:
+        return confirm(self.spec, self.backend, measured, self.arrays, self.bound)
+
+    def verify(self, schedule: Schedule, want) -> bool:
+        return verify(self.spec, self.backend, schedule, self.arrays, want, self.bound)
+
+
+def _timing_child(conn, hook, spec_data: dict, backend: str, arrays, bound: bool) -> None:
+    """The timing process: says "ready", then runs ``(operation, args)`` requests from
+    ``conn`` one at a time and answers each with ``("ok", value)`` or ``("error", first
+    line)``; None ends it."""
+    _child_setup(hook)
+    timing = _Timing(ConvSpec.from_dict(spec_data), backend, arrays, bound)
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the tuner is gone
+            return
+        if request is None:
+            return
+        operation, args = request
+        try:
+            answer = ("ok", getattr(timing, operation)(*args))
+        except Exception as exc:  # noqa: BLE001 - reported, and the child serves on
+            answer = ("error", _first_line(exc))
+        conn.send(answer)
+
+
+class Timer:
+    """Runs :class:`_Timing` operations for :func:`tune`: in one spawned child process
+    kept across candidates (they were built by the compile workers, so it loads them from
+    the kernel cache), started again only after a crash or a timeout; or, ``isolate``
+    False, in this process (no protection: what ``workers=0`` asks for). The compile
+    pool is idle whenever the child times (build a batch, then time it), and the child
+    runs each kernel's OpenMP threads as this process would."""
+
+    def __init__(self, spec: ConvSpec, backend: str, arrays, bound: bool = False,
+                 isolate: bool = True):
+        self.timing = _Timing(spec, backend, arrays, bound)
+        self.isolate = isolate
+        self.process = None
+        self.conn = None
+
+    def __enter__(self) -> Timer:
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(kill=exc_type is not None)  # an interrupt: don't wait for the kernel
+
+    def run(self, operation: str, *args: Any, timeout: float) -> Any:
+        """``operation(*args)``'s value; TimingFailure when the child dies, or when it has
+        not answered within ``timeout`` seconds (it is killed then)."""
+        if not self.isolate:
+            return getattr(self.timing, operation)(*args)
+        self.start()
+        try:
+            self.conn.send((operation, args))
+            if not self.conn.poll(timeout):
+                self.close(kill=True)
+                raise TimingFailure(f"timed out after {timeout:.3g} s (the timing process "
+                                    f"was killed)")
+            status, value = self.conn.recv()
+        except (EOFError, OSError):  # it died: a signal, or exited
+            raise TimingFailure(f"the timing process died ({self._death()})") from None
+        if status != "ok":
+            raise TimingFailure(value)
+        return value
+
+    def start(self) -> None:
+        """Start the child unless it is running, and wait until it is ready (its start,
+        imports included, is no candidate's time)."""
+        if not self.isolate or self.process is not None and self.process.is_alive():
+            return
+        self.close(kill=True)
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_end = context.Pipe()
+        t = self.timing
+        self.process = context.Process(
+            target=_timing_child, name="convgen-timing", daemon=True,
+            args=(child_end, CHILD_HOOK, t.spec.to_dict(), t.backend, t.arrays, t.bound))
+        with _main_hidden():
+            self.process.start()
+        child_end.close()
+        try:
+            if self.conn.poll(START_TIMEOUT_SECONDS) and self.conn.recv() == "ready":
+                return
+            why = f"did not start within {START_TIMEOUT_SECONDS:.3g} s"
+        except (EOFError, OSError):
+            why = f"died as it started ({self._death()})"
+        self.close(kill=True)
+        raise TimingFailure(f"the timing process {why}")
+
+    def _death(self) -> str:
+        """How the child ended (a signal's name, or the exit code), once it is reaped."""
+        process = self.process
+        if process is not None:
+            process.join(5)
+        code = process.exitcode if process is not None else None
+        self.close(kill=True)
+        if code is not None and code < 0:
+            try:
+                return signal.Signals(-code).name
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit code {code}"
+
+    def close(self, kill: bool = False) -> None:
+        """End the child: asked to stop (``kill``: killed), then reaped."""
+        process, conn, self.process, self.conn = self.process, self.conn, None, None
+        if conn is not None:
+            if not kill and process is not None and process.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+                process.join(5)
+            conn.close()
+        if process is not None:
+            _end_processes([process])
+
+
 def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
          threads: int | None = None, max_candidates: int | None = None,
          progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
@@ -263,7 +478,9 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
 
     ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
     caps the candidates (the default is always one, and always timed); ``workers`` is
-    the number of compile processes (default: the CPU count; 0 compiles in this process).
+    the number of compile processes (default: the CPU count), and with any, candidates
+    are timed in a child process, where a crash or hang costs that candidate only (0:
+    compiled and timed in this process, unprotected).
     The fastest few are timed again beside the default before the winner is checked.
     ``bound``: time the kernels with their weights bound and prepared once
     (:func:`convgen.bind`), as networks run them; records are kept apart, networks and
@@ -284,17 +501,53 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     default, rest = chosen[0], chosen[1:]
     notify = progress or (lambda p: None)
     arrays = random_arrays(spec)
-
-    first = measure(spec, backend, default, arrays, bound=bound)
-    measured = [first]
-    best = first.seconds
-    per_candidate = _timing_estimate(first.seconds,
-                                     _load_seconds(spec, backend, default, arrays, bound))
-    deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
-    total = len(chosen)
+    database = check_database()  # before any measurement: a bad path loses none
     if workers is None:
         workers = os.cpu_count() or 1
-    workers = min(workers, len(rest))
+    with Timer(spec, backend, arrays, bound, isolate=workers > 0) as timer:
+        measured, per_candidate = _search(spec, backend, name, default, rest, arrays,
+                                          deadline, notify, min(workers, len(rest)), bound,
+                                          timer, database)
+        measured, winner = _check_winner(spec, backend, measured, arrays, name, notify,
+                                         len(chosen), bound, timer, _timeout(per_candidate))
+    record(spec, backend, measured, database, bound=bound)
+    if winner is None:
+        raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
+                           f"({measured[0].error or 'wrong results'})")
+    return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
+                      measured[0].seconds, measured, len(candidates))
+
+
+def _timeout(per_candidate: float) -> float:
+    """Seconds the timing child gets for one candidate, ``per_candidate`` the estimate."""
+    if not math.isfinite(per_candidate):
+        return TIMEOUT_SECONDS
+    return max(TIMEOUT_SECONDS, TIMEOUT_FACTOR * per_candidate)
+
+
+def _search(spec: ConvSpec, backend: str, name: str, default: Schedule, rest: list[Schedule],
+            arrays, deadline: float, notify, workers: int, bound: bool, timer: Timer,
+            database) -> tuple[list[Measurement], float]:
+    """Time the default, then build and time batches of ``rest`` until ``deadline``, then
+    time the finalists again beside the default: every measurement, the default first,
+    and the estimated seconds per candidate."""
+    total = len(rest) + 1
+    try:
+        first = timer.run("measure", default, math.inf, timeout=FIRST_TIMEOUT_SECONDS)
+    except TimingFailure as exc:
+        record(spec, backend, [Measurement(default, math.inf, error=str(exc))], database,
+               bound=bound)
+        raise ConvgenError(f"{name}: the default schedule ({describe(default)}) could not "
+                           f"be timed: {exc}; without it there is nothing to compare "
+                           f"candidates with") from None
+    measured = [first]
+    best = first.seconds
+    try:
+        load = timer.run("load_seconds", default, timeout=_timeout(TARGET_SECONDS))
+    except TimingFailure:  # it loaded a moment ago: the estimate goes without the load
+        load = 0.0
+    per_candidate = _timing_estimate(first.seconds, load)
+    deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
     queue = list(rest)
     build_each = FIRST_BUILD_SECONDS  # wall seconds per candidate in the last batch
     with CandidateBuilder(spec, backend, workers, bound) as builder:
@@ -315,23 +568,25 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
                 if time.monotonic() >= deadline:
                     queue = []
                     break
-                start = time.monotonic()
-                m = measure(spec, backend, schedule, arrays, best, bound)
-                per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
+                try:
+                    timer.start()  # a restart after a crash is not this candidate's time
+                    start = time.monotonic()
+                    m = timer.run("measure", schedule, best, timeout=_timeout(per_candidate))
+                    per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
+                except TimingFailure as exc:  # it crashed or hung: this candidate only
+                    m = Measurement(schedule, math.inf, error=str(exc))
                 measured.append(m)
                 best = min(best, m.seconds)
                 notify(Progress(name, "measure", len(measured), total, best))
 
     notify(Progress(name, "confirm", len(measured), total, best))
-    measured = confirm(spec, backend, measured, arrays, bound)
-    measured, winner = _check_winner(spec, backend, measured, arrays, name, notify, total,
-                                     bound)
-    record(spec, backend, measured, bound=bound)
-    if winner is None:
-        raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
-                           f"({measured[0].error or 'wrong results'})")
-    return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
-                      measured[0].seconds, measured, len(candidates))
+    picks = min(FINALISTS + 1, sum(math.isfinite(m.seconds) for m in measured))
+    try:
+        measured = timer.run("confirm", measured,
+                             timeout=max(picks, 1) * _timeout(per_candidate))
+    except TimingFailure:  # a finalist crashed this time: keep the first timings
+        pass
+    return measured, per_candidate
 
 
 def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
@@ -381,9 +636,12 @@ def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
     return out
 
 
-def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=False):
+def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=False,
+                  timer: Timer | None = None, timeout: float = math.inf):
     """Verify candidates fastest first until one matches the oracle; mark them. The
-    default (``measured[0]``) ranks as if DEFAULT_MARGIN faster than it measured."""
+    default (``measured[0]``) ranks as if DEFAULT_MARGIN faster than it measured. Each
+    runs through ``timer`` (None: in this process), given ``timeout`` seconds."""
+    timer = timer or Timer(spec, backend, arrays, bound, isolate=False)
     want = None
     out = list(measured)
     rank = (lambda i: out[i].seconds / (1 + DEFAULT_MARGIN) if i == 0 else out[i].seconds)
@@ -393,9 +651,12 @@ def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=Fa
         notify(Progress(name, "check", len(out), total, out[i].seconds))
         if want is None:
             want = reference(spec, *arrays)
-        ok = verify(spec, backend, out[i].schedule, arrays, want, bound)
-        out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok,
-                             error=None if ok else "wrong results (oracle check failed)")
+        try:
+            ok = timer.run("verify", out[i].schedule, want, timeout=timeout)
+            error = None if ok else "wrong results (oracle check failed)"
+        except TimingFailure as exc:
+            ok, error = False, f"oracle check: {exc}"
+        out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok, error=error)
         if ok:
             return out, out[i]
     return out, None
