@@ -471,6 +471,16 @@ def no_gpu_reason() -> tuple[int | None, str | None]:
     return (ordinal, None) if why is None else (None, why)
 
 
+def report_no_gpu(why: str, what: str, json_path: str | None) -> int:
+    """Say plainly that nothing was measured, and why (exit status 0: not an error)."""
+    print(f"no GPU: {why}")
+    print(f"no GPU figures were measured (run with --emulator-check to check the {what} on "
+          "the CPU emulator)")
+    if json_path:
+        write_json(json_path, {"mode": "gpu", "measured": False, "reason": why})
+    return 0
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -511,12 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         return emulator_check(entries, args)
     ordinal, why = no_gpu_reason()
     if ordinal is None:
-        print(f"no GPU: {why}")
-        print("no GPU figures were measured (run with --emulator-check to check the "
-              "layers on the CPU emulator)")
-        if args.json:
-            write_json(args.json, {"mode": "gpu", "measured": False, "reason": why})
-        return 0
+        return report_no_gpu(why, "layers", args.json)
     return gpu_bench(entries, ordinal, args)
 
 

@@ -85,7 +85,7 @@ else:
 # the sibling script's peak table, event timing, torch lookup and no-GPU check (bench/ is
 # on sys.path when a script in it runs)
 from gpu_layers import (find_torch, no_gpu_reason, peak_fp32, positive,  # noqa: E402
-                        time_torch, time_with_events, write_json)
+                        report_no_gpu, time_torch, time_with_events, write_json)
 
 
 def network_names() -> list[str]:
@@ -570,12 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         args.image_size = DEFAULT_IMAGE_SIZE
     ordinal, why = no_gpu_reason()
     if ordinal is None:
-        print(f"no GPU: {why}")
-        print("no GPU figures were measured (run with --emulator-check to check the "
-              "networks on the CPU emulator)")
-        if args.json:
-            write_json(args.json, {"mode": "gpu", "measured": False, "reason": why})
-        return 0
+        return report_no_gpu(why, "networks", args.json)
     return gpu_bench(names, ordinal, args)
 
 

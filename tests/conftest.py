@@ -54,3 +54,19 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("CONVGEN_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """A kernel cache shared by one test module's tests (the tuner's, which must not see
+    the session cache's tuning state)."""
+    return tmp_path_factory.mktemp("module-kernels")
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch, shared_cache) -> Path:
+    """A private tuning database; kernels in the module's cache."""
+    path = tmp_path / "tuning.jsonl"
+    monkeypatch.setenv("CONVGEN_TUNING_DB", str(path))
+    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(shared_cache))
+    return path

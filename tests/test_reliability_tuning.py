@@ -71,20 +71,6 @@ def inject(victim: dict | None, fault: str, log: str) -> None:
         tune_module.compile_spec = compile_
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("reliability-kernels")
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch, shared_cache):
-    """A private tuning database; kernels in the module's cache."""
-    path = tmp_path / "tuning.jsonl"
-    monkeypatch.setenv("CONVGEN_TUNING_DB", str(path))
-    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(shared_cache))
-    return path
-
-
 @pytest.fixture
 def fault(monkeypatch, tmp_path):
     """``fault(victim, kind)`` installs :func:`inject`; returns the log of started children."""

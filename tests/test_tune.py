@@ -47,20 +47,6 @@ SPACE = {
 }
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("tune-kernels")
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch, shared_cache):
-    """A private tuning database; kernels in the module's cache."""
-    path = tmp_path / "tuning.jsonl"
-    monkeypatch.setenv("CONVGEN_TUNING_DB", str(path))
-    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(shared_cache))
-    return path
-
-
 def lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
