@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from convgen import ConvSpec, GpuSchedule, Schedule, ScheduleError, SpecError
 from convgen.cpu import vector_lanes
-from convgen.plan.gpu import make_gpu_plan
+from convgen.plan.gpu import gpu_kinds, make_gpu_plan
 from convgen.reference import random_arrays
 from convgen.schedule import MAX_TILE_ELEMENTS
 
@@ -219,13 +219,7 @@ def gpu_schedules(draw, spec: ConvSpec):
     """A GPU schedule for ``spec`` (backend "cuda") that the planner accepts: any kind the
     spec allows, block and thread tiles of any size (clamped to the spec), staging on or
     off, any chunk of input channels."""
-    cin_g = spec.in_channels // spec.groups
-    kinds = ["tiled"]
-    if cin_g == 1 and not spec.transposed:
-        kinds.append("depthwise")
-    if not spec.transposed:
-        kinds.append("gemm")
-    kind = draw(st.sampled_from(kinds))
+    kind = draw(st.sampled_from(gpu_kinds(spec)))
     if kind == "gemm":
         thread = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
         block = (thread[0] * draw(st.integers(1, 4)), thread[1] * draw(st.integers(1, 8)),

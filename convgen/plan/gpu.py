@@ -100,7 +100,7 @@ class GpuAxis:
 def gpu_axis(spec: ConvSpec, dim: int, block: int, multiple: int = 1) -> GpuAxis:
     """The phases of spatial dim ``dim`` of ``spec`` with ``block`` q positions per block
     (at most the positions a phase has, rounded up to a ``multiple``: the threads' split)."""
-    size, out = spec.in_spatial[dim], spec.output_spatial[dim]
+    out = spec.output_spatial[dim]
     k_size, stride, dilation = spec.kernel_size[dim], spec.stride[dim], spec.dilation[dim]
     lo = spec.padding[dim][0]
     taps = [(k, k_size - 1 - k if spec.flip else k) for k in range(k_size)]
@@ -192,6 +192,17 @@ class GpuGemm(PlanKind):
         return plan.groups * -(-plan.cout_g // self.block_m) * -(-self.pixels // self.block_n)
 
 
+def gpu_kinds(spec: ConvSpec) -> list[str]:
+    """The GPU plan kinds ``spec`` can run on: "tiled" always, "depthwise" with one input
+    channel per group, "gemm" for plain (not transposed) convolutions."""
+    kinds = ["tiled"]
+    if spec.in_channels == spec.groups and not spec.transposed:
+        kinds.append("depthwise")
+    if not spec.transposed:
+        kinds.append("gemm")
+    return kinds
+
+
 def default_gpu_schedule(spec: ConvSpec) -> GpuSchedule:
     """The untuned GPU fallback: "depthwise" for one input channel per group, implicit
     GEMM for plain convolutions with many channels, else "tiled"; block and thread tiles
@@ -199,10 +210,10 @@ def default_gpu_schedule(spec: ConvSpec) -> GpuSchedule:
     cin_g = spec.in_channels // spec.groups
     cout_g = spec.out_channels // spec.groups
     taps = math.prod(spec.kernel_size)
-    if cin_g == 1 and not spec.transposed:
+    kinds = gpu_kinds(spec)
+    if "depthwise" in kinds:
         return _fitting(spec, GpuSchedule(kind="depthwise"))
-    if not spec.transposed and cin_g * taps >= 64 and cout_g >= 32 and \
-            _gemm_tables_fit(spec):
+    if "gemm" in kinds and cin_g * taps >= 64 and cout_g >= 32 and _gemm_tables_fit(spec):
         block_m = 64 if cout_g >= 64 else 32
         return GpuSchedule(kind="gemm", block=(block_m, 64, 16),
                            thread=(4 if block_m == 64 else 2, 4))
@@ -269,7 +280,7 @@ def _tiled_kind(spec: ConvSpec, gpu: GpuSchedule, constant_weights: bool = True)
     cin_g = spec.in_channels // spec.groups
     cout_g = spec.out_channels // spec.groups
     depthwise = gpu.kind == "depthwise"
-    if depthwise and (cin_g != 1 or spec.transposed):
+    if depthwise and "depthwise" not in gpu_kinds(spec):
         raise ScheduleError("gpu.kind", gpu.kind, "'depthwise' needs one input channel per "
                             "group and a plain (not transposed) convolution")
     block, thread = _tiled_tiles(spec, gpu)

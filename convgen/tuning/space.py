@@ -19,7 +19,7 @@ import numpy as np
 
 from convgen import config
 from convgen.backends import get_backend, resolve_backend
-from convgen.plan.gpu import make_gpu_plan
+from convgen.plan.gpu import gpu_kinds, make_gpu_plan
 from convgen.cpu import vector_bits, vector_lanes
 from convgen.errors import ScheduleError
 from convgen.schedule import MAX_THREADS, GpuSchedule, Schedule, co_vectors
@@ -269,14 +269,8 @@ def gpu_candidate_schedules(spec: ConvSpec, default: Schedule) -> list[Schedule]
     allows, tiles of several sizes, staging on and off; pruned by the planner's limits
     (ScheduleError) and by the plan they make (two schedules that plan the same kernel
     are one candidate)."""
-    cin_g = spec.in_channels // spec.groups
     cout_g = spec.out_channels // spec.groups
-    kinds = ["tiled"]
-    if cin_g == 1 and not spec.transposed:
-        kinds.append("depthwise")
-    if not spec.transposed:
-        kinds.append("gemm")
-    kinds.sort(key=lambda kind: kind != default.gpu.kind)  # the default's kind first
+    kinds = sorted(gpu_kinds(spec), key=lambda kind: kind != default.gpu.kind)  # its first
     wanted: list[GpuSchedule] = []
     for kind in kinds:
         if kind == "gemm":
