@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -116,3 +118,30 @@ print("OK", kernel.library_path)
 def check_spec_code(spec: cg.ConvSpec) -> str:
     """Python source that compiles ``spec``, checks it and prints 'OK <library path>'."""
     return CHECK_SPEC_CODE.format(spec=json.dumps(spec.to_dict()))
+
+
+def run_script(script: Path, *args: str, timeout: float = 120,
+               **env: str | None) -> subprocess.CompletedProcess:
+    """Run a script of the checkout (``env``: variables to set, or with None to unset)."""
+    environment = subprocess_env()
+    for key, value in env.items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def imported_script(script: Path, name: str):
+    """A script of the checkout imported as module ``name`` (registered in sys.modules while
+    in use: its dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)

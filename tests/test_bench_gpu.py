@@ -4,10 +4,8 @@ timed by the host clock). Speed is never asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -17,34 +15,22 @@ import pytest
 import convgen as cg
 from convgen.reference import random_arrays
 from convgen.tolerance import max_error, tolerance
-from helpers import REPO, subprocess_env
+import helpers
+from helpers import REPO
 
 SCRIPT = REPO / "bench" / "gpu_layers.py"
 SMALL_LAYERS = ("r18_1x1s2_64_128", "mbv2_dw3x3_144_56")
 
 
 def run_script(*args: str, **env: str | None) -> subprocess.CompletedProcess:
-    environment = subprocess_env()
-    for key, value in env.items():
-        if value is None:
-            environment.pop(key, None)
-        else:
-            environment[key] = value
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=120)
+    return helpers.run_script(SCRIPT, *args, timeout=120, **env)
 
 
 @pytest.fixture(scope="module")
 def script():
     """bench/gpu_layers.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("gpu_layers_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with helpers.imported_script(SCRIPT, "gpu_layers_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_emulator_check_runs_and_passes(tmp_path):

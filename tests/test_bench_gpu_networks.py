@@ -5,43 +5,29 @@ asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from helpers import REPO, subprocess_env
+import helpers
+from helpers import REPO
 
 SCRIPT = REPO / "bench" / "gpu_networks.py"
 SMALL_NETWORKS = ("lenet5", "video3d")
 
 
 def run_script(*args: str, **env: str | None) -> subprocess.CompletedProcess:
-    environment = subprocess_env()
-    for key, value in env.items():
-        if value is None:
-            environment.pop(key, None)
-        else:
-            environment[key] = value
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=180)
+    return helpers.run_script(SCRIPT, *args, timeout=180, **env)
 
 
 @pytest.fixture(scope="module")
 def script():
     """bench/gpu_networks.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("gpu_networks_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with helpers.imported_script(SCRIPT, "gpu_networks_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_emulator_check_runs_and_passes(tmp_path):
