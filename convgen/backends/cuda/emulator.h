@@ -125,6 +125,7 @@ unsigned int cg_emu_seed = 0;
 int cg_emu_num_threads = 0;  // 0: OpenMP's default
 char cg_emu_error[1024];
 int cg_emu_error_set = 0;
+long long cg_emu_error_block = -1;  // the linear block the kept error came from (-1: none, host)
 pthread_mutex_t cg_emu_error_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define threadIdx (cg_emu_thread_idx)
@@ -148,16 +149,26 @@ void cg_emu_clear_error(void) {
     pthread_mutex_lock(&cg_emu_error_lock);
     cg_emu_error[0] = '\0';
     cg_emu_error_set = 0;
+    cg_emu_error_block = -1;
     pthread_mutex_unlock(&cg_emu_error_lock);
 }
 }
 
 namespace cg_emu {
 
-// Keep the first error of a launch.
+// Keep one error per launch: the one from the lowest-numbered block, so the message does not
+// depend on which OS thread got there first (blocks are dealt out in order, so no block below
+// a failing one is still waiting to start); errors outside blocks (host code): the first.
 static inline void fail(const char* format, ...) {
+    long long block = -1;
+    if (cg_emu_sched != nullptr && cg_emu_sched->active) {
+        const uint3 b = cg_emu_block_idx;
+        const dim3 g = cg_emu_grid_dim;
+        block = b.x + static_cast<long long>(g.x) * (b.y + static_cast<long long>(g.y) * b.z);
+    }
     pthread_mutex_lock(&cg_emu_error_lock);
-    if (!cg_emu_error_set) {
+    if (!cg_emu_error_set || (block >= 0 && cg_emu_error_block >= 0 && block < cg_emu_error_block)) {
+        cg_emu_error_block = block;
         va_list args;
         va_start(args, format);
         vsnprintf(cg_emu_error, sizeof cg_emu_error, format, args);
