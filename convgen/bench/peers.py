@@ -205,6 +205,34 @@ def _torch_activation(torch, spec: ConvSpec) -> Callable[[Any], Any]:
     return table[name]
 
 
+def torch_conv(torch, spec: ConvSpec) -> tuple[Callable[..., Any], dict, tuple | None, str]:
+    """(op, keyword arguments, pre_pad, pad mode): ``op(x, w, b, **kwargs)`` from
+    torch.nn.functional computes ``spec``'s convolution once ``x`` is padded with
+    ``functional.pad(x, pre_pad, mode=...)`` where pre_pad is not None (asymmetric or
+    non-zero padding, which torch's conv ops do not take); Skip where torch cannot express
+    the spec."""
+    functional = torch.nn.functional
+    nd = spec.ndim
+    symmetric = all(lo == hi for lo, hi in spec.padding)
+    if spec.transposed:
+        if not symmetric:
+            raise Skip("asymmetric transposed padding")
+        if spec.padding_mode != "zeros":
+            raise Skip("transposed: zero padding only")
+        return (getattr(functional, f"conv_transpose{nd}d"),
+                dict(stride=spec.stride, padding=tuple(lo for lo, _ in spec.padding),
+                     output_padding=spec.output_padding, groups=spec.groups,
+                     dilation=spec.dilation), None, "constant")
+    pre_pad = None
+    if not symmetric or spec.padding_mode != "zeros":
+        pre_pad = tuple(p for lo, hi in reversed(spec.padding) for p in (lo, hi))
+    mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
+    padding = 0 if pre_pad is not None else tuple(lo for lo, _ in spec.padding)
+    return (getattr(functional, f"conv{nd}d"),
+            dict(stride=spec.stride, padding=padding, dilation=spec.dilation,
+                 groups=spec.groups), pre_pad, mode)
+
+
 def torch_runner(torch, spec: ConvSpec, x: np.ndarray, w: np.ndarray, channels_last: bool,
                  b: np.ndarray | None = None, count_conversion: bool = True) -> Runner:
     """torch.nn.functional.conv{1,2,3}d / conv_transpose{1,2,3}d.
@@ -218,7 +246,6 @@ def torch_runner(torch, spec: ConvSpec, x: np.ndarray, w: np.ndarray, channels_l
     if channels_last and nd != 2:
         raise Skip("channels_last is measured for 2D layers only")
     act = _torch_activation(torch, spec)
-    symmetric = all(lo == hi for lo, hi in spec.padding)
     xt = torch.from_numpy(x)
     wt = torch.from_numpy(peer_weight(spec, w))
     bt = torch.from_numpy(b) if b is not None else None
@@ -232,30 +259,7 @@ def torch_runner(torch, spec: ConvSpec, x: np.ndarray, w: np.ndarray, channels_l
     def finish(y):
         return y.contiguous() if convert else y
 
-    if spec.transposed:
-        if not symmetric:
-            raise Skip("asymmetric transposed padding")
-        if spec.padding_mode != "zeros":
-            raise Skip("transposed: zero padding only")
-        op_t = getattr(functional, f"conv_transpose{nd}d")
-        kwargs_t = dict(stride=spec.stride, padding=tuple(lo for lo, _ in spec.padding),
-                        output_padding=spec.output_padding, groups=spec.groups,
-                        dilation=spec.dilation)
-
-        def call_t():
-            with torch.no_grad():
-                inp = xt.contiguous(memory_format=layout) if convert else xt
-                return finish(act(op_t(inp, wt, bt, **kwargs_t)))
-        return Runner(call_t, lambda y: y.contiguous().numpy())
-
-    op = getattr(functional, f"conv{nd}d")
-    pre_pad = None
-    if not symmetric or spec.padding_mode != "zeros":
-        pre_pad = tuple(p for lo, hi in reversed(spec.padding) for p in (lo, hi))
-    mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
-    padding = 0 if pre_pad is not None else tuple(lo for lo, _ in spec.padding)
-    kwargs = dict(stride=spec.stride, padding=padding, dilation=spec.dilation,
-                  groups=spec.groups)
+    op, kwargs, pre_pad, mode = torch_conv(torch, spec)
 
     def call():
         with torch.no_grad():
