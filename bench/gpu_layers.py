@@ -62,7 +62,7 @@ import convgen as cg  # noqa: E402
 from convgen import config  # noqa: E402
 from convgen.backends.cuda import driver as cuda_driver  # noqa: E402
 from convgen.backends.cuda.arrays import empty as device_empty, to_device  # noqa: E402
-from convgen.bench.peers import Skip, _torch_activation, peer_weight  # noqa: E402
+from convgen.bench.peers import Skip, _torch_activation, peer_weight, torch_conv  # noqa: E402
 from convgen.errors import SpecError  # noqa: E402
 from convgen.reference import random_arrays  # noqa: E402
 from convgen.specfile import load_specfile  # noqa: E402
@@ -237,31 +237,8 @@ def torch_call(torch, spec: cg.ConvSpec, xt, wt, bt) -> Callable[[], Any]:
     """One torch.nn.functional call computing the spec's whole result (bias, then the
     activation) from device tensors; Skip where torch cannot express the spec."""
     functional = torch.nn.functional
-    nd = spec.ndim
     act = _torch_activation(torch, spec)
-    symmetric = all(lo == hi for lo, hi in spec.padding)
-    if spec.transposed:
-        if not symmetric:
-            raise Skip("asymmetric transposed padding")
-        if spec.padding_mode != "zeros":
-            raise Skip("transposed: zero padding only")
-        op_t = getattr(functional, f"conv_transpose{nd}d")
-        kwargs_t = dict(stride=spec.stride, padding=tuple(lo for lo, _ in spec.padding),
-                        output_padding=spec.output_padding, groups=spec.groups,
-                        dilation=spec.dilation)
-
-        def call_t():
-            with torch.no_grad():
-                return act(op_t(xt, wt, bt, **kwargs_t))
-        return call_t
-    op = getattr(functional, f"conv{nd}d")
-    pre_pad = None
-    if not symmetric or spec.padding_mode != "zeros":
-        pre_pad = tuple(p for lo, hi in reversed(spec.padding) for p in (lo, hi))
-    mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
-    padding = 0 if pre_pad is not None else tuple(lo for lo, _ in spec.padding)
-    kwargs = dict(stride=spec.stride, padding=padding, dilation=spec.dilation,
-                  groups=spec.groups)
+    op, kwargs, pre_pad, mode = torch_conv(torch, spec)
 
     def call():
         with torch.no_grad():
@@ -488,16 +465,32 @@ def positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", metavar="NAME",
-                        help="a subset of the layers in specs/bench/layers.toml")
+def parse_timing_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
+                           what: str) -> argparse.Namespace:
+    """The options both GPU bench scripts share (timing, TF32, JSON, the emulator check)
+    added to ``parser``, then the command line parsed and checked."""
     parser.add_argument("--repeat", type=positive, default=20,
                         help="timed repetitions; the median is reported (default 20)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed calls before timing (default 10)")
     parser.add_argument("--calls", type=positive, default=10,
                         help="back-to-back calls per repetition (default 10)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let cuDNN/cuBLAS use TF32 (off by default: fp32 against fp32)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--emulator-check", action="store_true",
+                        help=f"run {what} on the CPU emulator and check it (no GPU needed, "
+                             "nothing timed)")
+    args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error("--warmup: expected 0 or more")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="a subset of the layers in specs/bench/layers.toml")
     parser.add_argument("--batch", type=positive, default=None,
                         help="batch size for every layer (default: the layer's own; 1 with "
                              "--emulator-check)")
@@ -507,15 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arrays", choices=("auto", "convgen", "torch"), default="auto",
                         help="device arrays for convgen: torch CUDA tensors or convgen "
                              "DeviceArrays (auto: torch when it has CUDA)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let cuDNN use TF32 (off by default: fp32 against fp32)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--emulator-check", action="store_true",
-                        help="run each layer once on the CPU emulator and check it (no GPU "
-                             "needed, nothing timed)")
-    args = parser.parse_args(argv)
-    if args.warmup < 0:
-        parser.error("--warmup: expected 0 or more")
+    args = parse_timing_arguments(parser, argv, "each layer once")
     entries = select_layers(args.layers)
     if args.emulator_check:
         return emulator_check(entries, args)

@@ -84,8 +84,9 @@ else:
 
 # the sibling script's peak table, event timing, torch lookup and no-GPU check (bench/ is
 # on sys.path when a script in it runs)
-from gpu_layers import (find_torch, no_gpu_reason, peak_fp32, positive,  # noqa: E402
-                        report_no_gpu, time_torch, time_with_events, write_json)
+from gpu_layers import (find_torch, no_gpu_reason, parse_timing_arguments,  # noqa: E402
+                        peak_fp32, positive, report_no_gpu, time_torch, time_with_events,
+                        write_json)
 
 
 def network_names() -> list[str]:
@@ -546,23 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"height and width for {', '.join(IMAGE_NETWORKS)} (default "
                              f"{DEFAULT_IMAGE_SIZE}; {EMULATOR_IMAGE_SIZE} with "
                              "--emulator-check)")
-    parser.add_argument("--repeat", type=positive, default=20,
-                        help="timed repetitions; the median is reported (default 20)")
-    parser.add_argument("--warmup", type=int, default=10,
-                        help="untimed calls before timing (default 10)")
-    parser.add_argument("--calls", type=positive, default=10,
-                        help="back-to-back calls per repetition (default 10)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let cuDNN/cuBLAS use TF32 (off by default: fp32 against fp32)")
     parser.add_argument("--no-torch-compile", action="store_true",
                         help="skip the torch.compile column (its compiles take a while)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--emulator-check", action="store_true",
-                        help="run each network once at batch 1 on the CPU emulator and "
-                             "check it (no GPU needed, nothing timed)")
-    args = parser.parse_args(argv)
-    if args.warmup < 0:
-        parser.error("--warmup: expected 0 or more")
+    args = parse_timing_arguments(parser, argv, "each network once at batch 1")
     names = select_networks(args.networks)
     if args.emulator_check:
         return emulator_check(names, args)
