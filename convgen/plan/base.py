@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar
 
 from convgen.cpu import vector_lanes
@@ -37,27 +38,131 @@ class PlanKind:
 # served (a shared vCPU makes a static split wait for the slower thread)
 DYNAMIC_CHUNKS = 4
 
-def index_table(spec: ConvSpec, dim: int) -> list[list[int]]:
-    """table[o][k] -> input coordinate (or -1) for spatial dim ``dim``."""
-    size = spec.in_spatial[dim]
-    out = spec.output_spatial[dim]
-    k_size = spec.kernel_size[dim]
-    stride, dilation = spec.stride[dim], spec.dilation[dim]
-    lo = spec.padding[dim][0]
-    table = []
-    for o in range(out):
+class IndexTable(Sequence):
+    """``table[o][k]``: the input coordinate read by output ``o`` at tap ``k`` of one spatial
+    dim, or -1 where the tap adds nothing (zero padding, or a transposed tap between input
+    samples). Rows are computed on demand: a long signal's table (10**8 outputs) is never
+    held, and generated code holds only its folded form (:meth:`folded`).
+
+    Between the borders the table is periodic-affine: for ``interior[0] <= o`` and
+    ``o + period < interior[1]``, ``table[o + period][k] == table[o][k] + step`` where the
+    entry is >= 0, and the -1 entries repeat with the period (``period`` 1 and ``step`` the
+    stride; transposed: ``period`` the stride, ``step`` 1). Only the borders depend on the
+    padding mode.
+    """
+
+    def __init__(self, spec: ConvSpec, dim: int):
+        self.size = spec.in_spatial[dim]
+        self.out = spec.output_spatial[dim]
+        self.taps = spec.kernel_size[dim]
+        self.stride, self.dilation = spec.stride[dim], spec.dilation[dim]
+        self.lo = spec.padding[dim][0]
+        self.flip = spec.flip
+        self.transposed = spec.transposed
+        self.mode = spec.padding_mode
+        self.period = self.stride if self.transposed else 1
+        self.step = 1 if self.transposed else self.stride
+
+    def __len__(self) -> int:
+        return self.out
+
+    def row(self, o: int) -> list[int]:
+        if not 0 <= o < self.out:
+            raise IndexError(o)
         row = []
-        for k in range(k_size):
-            tap = k_size - 1 - k if spec.flip else k
-            if spec.transposed:
-                t = o + lo - tap * dilation
-                row.append(t // stride if t >= 0 and t % stride == 0 and t // stride < size
-                           else -1)
+        for k in range(self.taps):
+            tap = self.taps - 1 - k if self.flip else k
+            if self.transposed:
+                t = o + self.lo - tap * self.dilation
+                row.append(t // self.stride if t >= 0 and t % self.stride == 0
+                           and t // self.stride < self.size else -1)
             else:
-                row.append(source_coordinate(o * stride + tap * dilation - lo, size,
-                                              spec.padding_mode))
-        table.append(row)
-    return table
+                row.append(source_coordinate(o * self.stride + tap * self.dilation - self.lo,
+                                             self.size, self.mode))
+        return row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.row(o) for o in range(*index.indices(self.out))]
+        return self.row(index + self.out if index < 0 else index)
+
+    def __eq__(self, other) -> bool:
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"IndexTable({list(self)!r})"
+
+    @property
+    def interior(self) -> tuple[int, int]:
+        """[a, b): the outputs whose every tap that adds anything reads inside the input
+        (no padding reached), so the table is periodic-affine there (see the class)."""
+        span = (self.taps - 1) * self.dilation
+        if self.transposed:
+            # o reads (o + lo - tap*dil) / s for the taps of its phase: inside the input when
+            # lo - span <= o + lo - tap*dil... i.e. o + lo - span >= 0 covers every tap, and
+            # (o + lo) // s < size covers the largest
+            a = max(0, span - self.lo)
+            b = min(self.out, self.size * self.stride - self.lo)
+        else:
+            a = -(-self.lo // self.stride)
+            b = (self.size - 1 - span + self.lo) // self.stride + 1
+            a, b = min(max(a, 0), self.out), min(max(b, 0), self.out)
+        return (a, b) if b > a else (a, a)
+
+    def folded(self) -> FoldedTable:
+        """This table as explicit rows for the borders and one period of the interior."""
+        return FoldedTable.of(self)
+
+
+@dataclass(frozen=True)
+class FoldedTable:
+    """An IndexTable kept as at most ``a + period + (out - b)`` explicit rows: row ``o`` is
+    ``rows[o]`` below ``first = a + period``; in ``[first, b)`` it is row
+    ``a + (o - a) % period`` with ``step * ((o - a) // period)`` added to its entries >= 0;
+    from ``b`` on it is ``rows[o - b + first]``. Generated code looks rows up this way
+    (``fold_row``), so its tables do not grow with the output size."""
+
+    rows: list[list[int]]
+    a: int
+    b: int
+    period: int
+    step: int
+
+    @classmethod
+    def of(cls, table) -> FoldedTable:
+        out = len(table)
+        period, step = getattr(table, "period", 1), getattr(table, "step", 0)
+        a, b = table.interior if isinstance(table, IndexTable) else (0, 0)
+        if b - a < 2 * period:  # no whole period past the first: every row explicit
+            a = b = out
+            period = max(period, 1)
+        first = min(a + period, out)
+        rows = table[0:first] + table[b:out]
+        return cls(rows, a, b, period, step)
+
+    @property
+    def first(self) -> int:
+        return min(self.a + self.period, self.b) if self.b > self.a else self.b
+
+    def lookup(self, o: int) -> tuple[int, int]:
+        """(explicit row, amount added to its entries >= 0) of row ``o`` (the generated
+        code's fold_row)."""
+        if o < self.first:
+            return o, 0
+        if o < self.b:
+            return self.a + (o - self.a) % self.period, self.step * ((o - self.a) // self.period)
+        return o - self.b + self.first, 0
+
+    def row(self, o: int) -> list[int]:
+        index, add = self.lookup(o)
+        return [v + add if v >= 0 else v for v in self.rows[index]]
+
+
+def index_table(spec: ConvSpec, dim: int) -> IndexTable:
+    """table[o][k] -> input coordinate (or -1) for spatial dim ``dim`` (see IndexTable)."""
+    return IndexTable(spec, dim)
 
 
 def block_lanes(dtype: str) -> int:

@@ -113,6 +113,23 @@ class IRFunction:
         table.initializer = ir.Constant(array_type, [int(v) for v in values])
         return table
 
+    def fold_row(self, fold, o):
+        """(explicit row, i32 amount added to its entries >= 0) of row ``o`` (i64) of a
+        folded index table (convgen.plan.base.FoldedTable), as the C backend's
+        convgen_fold."""
+        b = self.b
+        below = b.icmp_signed("<", o, i64(fold.first))
+        inside = b.icmp_signed("<", o, i64(fold.b))
+        rel = b.sub(o, i64(fold.a))
+        periods = b.sdiv(rel, i64(fold.period)) if fold.period > 1 else rel
+        phase = b.srem(rel, i64(fold.period)) if fold.period > 1 else i64(0)
+        interior = b.select(inside, b.add(i64(fold.a), phase), b.add(b.sub(o, i64(fold.b)),
+                                                                     i64(fold.first)))
+        row = b.select(below, o, interior, name="fold.row")
+        add = b.select(b.or_(below, b.not_(inside)), i64(0),
+                       b.mul(periods, i64(fold.step)))
+        return row, b.trunc(add, I32, name="fold.add")
+
     def table_load(self, table: ir.GlobalVariable, index, name: str):
         return self.b.load(self.b.gep(table, [i64(0), index], inbounds=True), name=name)
 
