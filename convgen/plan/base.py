@@ -91,6 +91,12 @@ class IndexTable(Sequence):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __add__(self, other: list) -> list:
+        return list(self) + list(other)
+
+    def __radd__(self, other: list) -> list:
+        return list(other) + list(self)
+
     def __repr__(self) -> str:
         return f"IndexTable({list(self)!r})"
 
