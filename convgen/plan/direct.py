@@ -6,12 +6,14 @@ How one vector reads its input columns at one tap (vector_tables) and the job or
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
 
 from convgen.dtypes import dtype_info
-from convgen.plan.base import Plan, PlanKind
+from convgen.errors import ScheduleError
+from convgen.plan.base import FoldedTable, IndexTable, Plan, PlanKind
 
 
 @dataclass(frozen=True)
@@ -40,67 +42,136 @@ def channels_inner(plan: Plan) -> bool:
     return plan.n_tiles[0] > 1 and volume > CACHE_BYTES
 
 
+# The "w" plan's W tables hold at most this many entries (classes x taps x vector lanes):
+# past it (a kernel about as wide as a long output: every tile a border tile of its own)
+# the planner refuses the plan rather than emit hundreds of megabytes of tables.
+MAX_W_TABLE_ENTRIES = 1 << 22
+
+
+@dataclass(frozen=True)
+class TileRun:
+    """W tiles ``first .. first + count - 1`` read like tile ``first`` shifted: tile
+    ``first + i`` reads input columns ``in_shift * i`` further and writes output columns
+    ``out_shift * i`` further (its tables are its class's, the run's own index)."""
+
+    first: int
+    count: int
+    in_shift: int
+    out_shift: int
+
+
 @dataclass(frozen=True)
 class VectorTables:
-    """Tables for code that holds VL output columns per vector (the LLVM backend).
+    """Tables for code that holds VL output columns per vector, per W-tile class.
 
-    Rows of the D and H tables are padded with -1 up to whole tiles, so tile loops
-    can run their full constant trip count. For the W dim, vector ``v`` of W-tile
-    ``t`` covers output columns ``t*TW + v*VL + lane``; at tap ``kw`` its input
-    columns are ``w_table[kw][t*TW + v*VL + lane]`` (-1: nothing to add). ``modes``
-    says how to read them: VEC_SKIP (no lane contributes), VEC_LOAD (every lane,
-    columns ``base + lane``), VEC_MASKED_LOAD (the valid lanes are ``base + lane``)
-    or VEC_GATHER; ``bases`` holds ``base``.
+    A long row's W tiles are runs (TileRun): the interior tiles of a row (of each stride
+    phase, transposed) read the same pattern shifted, so one class's tables serve them
+    all; each border tile is a run of its own. Class ``c`` (run ``c``) covers virtual
+    columns ``first*TW + [0, row_length)``: vector ``v`` at tap ``kw`` reads input columns
+    ``w_table[c][kw][v*VL + lane]`` (-1: nothing to add) past the run's shift. ``modes``
+    says how to read them: VEC_SKIP (no lane contributes), VEC_LOAD (every lane, columns
+    ``base + lane``), VEC_MASKED_LOAD (the valid lanes are ``base + lane``), VEC_EVEN
+    (``base + 2*lane``: two loads and a shuffle) or VEC_GATHER; ``bases`` holds ``base``.
+    The D and H tables are folded (FoldedTable): border rows and one interior period.
     """
 
     n_vectors: int  # vectors per W tile: ceil(TW / VL)
-    row_length: int  # length of each w_table row
-    d_table: list[list[int]]
-    h_table: list[list[int]]
-    w_table: list[list[int]]  # [KW][row_length]
-    modes: list[list[list[int]]]  # [NT_W][KW][n_vectors]
-    bases: list[list[list[int]]]  # [NT_W][KW][n_vectors]
-    lane_masks: list[list[list[int]]]  # [NT_W][KW][n_vectors]: bit l set when lane l is valid
+    row_length: int  # n_vectors * VL: the virtual columns a class's rows cover
+    d_fold: FoldedTable
+    h_fold: FoldedTable
+    runs: list[TileRun]
+    w_table: list[list[list[int]]]  # [class][KW][row_length]
+    modes: list[list[list[int]]]  # [class][KW][n_vectors]
+    bases: list[list[list[int]]]  # [class][KW][n_vectors]
+    lane_masks: list[list[list[int]]]  # [class][KW][n_vectors]: bit l set when lane l is valid
     # Transposed convolutions with a W stride visit output columns phase by phase
     # (0, s, 2s, ..., then 1, 1+s, ...): within a phase a tap reads consecutive input
-    # columns, so vectors load instead of gathering. out_columns[v] is the output column of
-    # virtual column v (-1 past the end); None when columns are in order.
-    out_columns: list[int] | None = None
+    # columns, so vectors load instead of gathering. out_columns[c][v] is the output column
+    # of the class's virtual column v (-1 past the end); None when columns are in order.
+    out_columns: list[list[int]] | None = None
+
+
+class _VirtualRow:
+    """The W dim's virtual columns: output columns in order, or phase by phase (a
+    transposed W stride); phase ``p`` holds outputs ``p, p + P, ...``."""
+
+    def __init__(self, table: IndexTable, phased: bool):
+        self.out = len(table)
+        self.period = table.period if phased else 1
+        self.phases = min(self.period, self.out)
+        # virtual start of each phase: phase p holds ceil((out - p) / period) columns
+        self.starts = [0]
+        for p in range(self.phases):
+            self.starts.append(self.starts[-1] + -(-(self.out - p) // self.period))
+
+    def column(self, v: int) -> int:
+        """The output column of virtual column ``v`` (-1 past the end)."""
+        if v >= self.out:
+            return -1
+        p = bisect.bisect_right(self.starts, v) - 1
+        return p + (v - self.starts[p]) * self.period
+
+
+def _tile_runs(table: IndexTable, row: _VirtualRow, tile: int, span: int, n_tiles: int,
+               ) -> list[TileRun]:
+    """The runs of W tiles: per phase, the tiles whose ``span`` virtual columns all lie in
+    the table's interior form one run; every other tile is a run of its own."""
+    a, b = table.interior
+    interior = []  # (first tile, end tile, in shift, out shift)
+    for p in range(row.phases):
+        # phase p's outputs p + j*P inside [a, b): j in [ja, jb)
+        ja = max(0, -(-(a - p) // row.period))
+        jb = min(row.starts[p + 1] - row.starts[p], max(0, -(-(b - p) // row.period)))
+        t0 = -(-(row.starts[p] + ja) // tile)
+        t1 = (row.starts[p] + jb - span) // tile + 1 if jb - ja >= span else t0
+        if t1 - t0 >= 2:
+            interior.append((t0, t1, tile * (table.step if row.period > 1 else table.stride),
+                             tile * row.period))
+    runs, t = [], 0
+    for t0, t1, in_shift, out_shift in interior:
+        runs.extend(TileRun(i, 1, 0, 0) for i in range(t, t0))
+        runs.append(TileRun(t0, t1 - t0, in_shift, out_shift))
+        t = t1
+    runs.extend(TileRun(i, 1, 0, 0) for i in range(t, n_tiles))
+    return runs
 
 
 def vector_tables(plan: Plan) -> VectorTables:
     lanes = plan.vector_lanes
     tw = plan.tile[2]
     n_vectors = -(-tw // lanes)
+    row_length = n_vectors * lanes
     nt_w = plan.n_tiles[3]
-    row_length = (nt_w - 1) * tw + n_vectors * lanes
-
-    def padded_rows(table: list[list[int]], rows: int) -> list[list[int]]:
-        width = len(table[0])
-        return table + [[-1] * width for _ in range(rows - len(table))]
-
-    d_table = padded_rows(plan.tables[0], plan.n_tiles[1] * plan.tile[0])
-    h_table = padded_rows(plan.tables[1], plan.n_tiles[2] * plan.tile[1])
+    table: IndexTable = plan.tables[2]
     kw_count = plan.kernel[2]
-    out_w = plan.out_size[2]
     in_w = plan.in_size[2]
     stride_w = plan.spec.stride[-1]
-    out_columns = None
-    order = list(range(out_w))
-    if plan.spec.transposed and stride_w > 1:
-        # phases past the row's width hold no column (a stride of 10**12 has 10**12 phases)
-        order = [o for phase in range(min(stride_w, out_w)) for o in range(phase, out_w, stride_w)]
-        out_columns = order + [-1] * (row_length - out_w)
-    w_table = [[plan.tables[2][order[v]][k] if v < out_w else -1 for v in range(row_length)]
-               for k in range(kw_count)]
+    phased = plan.spec.transposed and stride_w > 1
+    row = _VirtualRow(table, phased)
+    runs = _tile_runs(table, row, tw, row_length, nt_w)
+    entries = len(runs) * kw_count * (row_length + 3 * n_vectors)
+    if entries > MAX_W_TABLE_ENTRIES:
+        raise ScheduleError(
+            "vectorize", "w",
+            f"{plan.spec.name}: the 'w' plan's W tables would hold {entries} entries "
+            f"({len(runs)} tile classes x {kw_count} taps; at most {MAX_W_TABLE_ENTRIES}): "
+            "the kernel is about as wide as the output, so nearly every tile is a border "
+            "tile of its own; use vectorize='co'")
+    w_table, out_columns = [], []
     modes, bases, masks = [], [], []
-    for t in range(nt_w):
-        tile_modes, tile_bases, tile_masks = [], [], []
+    for run in runs:
+        first = run.first * tw
+        columns = [row.column(first + v) for v in range(row_length)]
+        rows = [table.row(o) if o >= 0 else None for o in columns]
+        class_w = [[r[k] if r is not None else -1 for r in rows] for k in range(kw_count)]
+        # the run's last tile reads in_shift * (count - 1) further: a stride-2 pair of loads
+        # must stay inside the row there too
+        last_shift = run.in_shift * (run.count - 1)
+        class_modes, class_bases, class_masks = [], [], []
         for k in range(kw_count):
             row_modes, row_bases, row_masks = [], [], []
             for v in range(n_vectors):
-                first = t * tw + v * lanes
-                idx = w_table[k][first:first + lanes]
+                idx = class_w[k][v * lanes:(v + 1) * lanes]
                 valid = [(lane, i) for lane, i in enumerate(idx) if i >= 0]
                 offsets = {i - lane for lane, i in valid}
                 if not valid:
@@ -109,7 +180,7 @@ def vector_tables(plan: Plan) -> VectorTables:
                     base = offsets.pop()
                     mode = VEC_LOAD if len(valid) == lanes else VEC_MASKED_LOAD
                 elif len(valid) == lanes and all(i == idx[0] + 2 * lane for lane, i in valid) \
-                        and idx[0] + 2 * lanes <= in_w:
+                        and idx[0] + last_shift + 2 * lanes <= in_w:
                     # stride 2 inside the row: two vector loads, keep the even lanes
                     mode, base = VEC_EVEN, idx[0]
                 else:
@@ -117,14 +188,18 @@ def vector_tables(plan: Plan) -> VectorTables:
                 row_modes.append(mode)
                 row_bases.append(base)
                 row_masks.append(sum(1 << lane for lane, _ in valid))
-            tile_modes.append(row_modes)
-            tile_bases.append(row_bases)
-            tile_masks.append(row_masks)
-        modes.append(tile_modes)
-        bases.append(tile_bases)
-        masks.append(tile_masks)
-    return VectorTables(n_vectors, row_length, d_table, h_table, w_table, modes, bases, masks,
-                        out_columns)
+            class_modes.append(row_modes)
+            class_bases.append(row_bases)
+            class_masks.append(row_masks)
+        w_table.append(class_w)
+        out_columns.append(columns)
+        modes.append(class_modes)
+        bases.append(class_bases)
+        masks.append(class_masks)
+    # (a 1D or 2D spec's missing dims are plain one-row lists: FoldedTable.of keeps them)
+    return VectorTables(n_vectors, row_length, FoldedTable.of(plan.tables[0]),
+                        FoldedTable.of(plan.tables[1]), runs, w_table, modes, bases, masks,
+                        out_columns if phased else None)
 
 
 def describe_direct_plan(plan: Plan) -> list[str]:
@@ -133,8 +208,8 @@ def describe_direct_plan(plan: Plan) -> list[str]:
     kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
         else "direct convolution"
     counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_EVEN: 0, VEC_GATHER: 0, VEC_SKIP: 0}
-    for tile in tables.modes:
-        for row in tile:
+    for cls in tables.modes:
+        for row in cls:
             for mode in row:
                 counts[mode] += 1
     lines = [
@@ -147,7 +222,9 @@ def describe_direct_plan(plan: Plan) -> list[str]:
         f" vector(s) of {plan.vector_lanes} {plan.c_type} lanes"
         f" = {plan.tile_co * tables.n_vectors} vector accumulators",
         f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps",
-        f"input reads per (W tile, tap, vector): {counts[VEC_LOAD]} vector loads, "
+        f"W tiles: {len(tables.runs)} classes (a run of interior tiles reads one class's "
+        "pattern shifted; border tiles are classes of their own)",
+        f"input reads per (W tile class, tap, vector): {counts[VEC_LOAD]} vector loads, "
         f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_EVEN]} stride-2 shuffles, "
         f"{counts[VEC_GATHER]} gathers, "
         f"{counts[VEC_SKIP]} skipped (all padding)",

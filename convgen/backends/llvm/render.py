@@ -60,12 +60,17 @@ class _KernelIR(IRFunction):
         else:
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
-        d_table = self.constant_table("tab_d", sum(t.d_table, []), I32)
-        h_table = self.constant_table("tab_h", sum(t.h_table, []), I32)
-        w_table = self.constant_table("tab_w", sum(t.w_table, []), I32)
+        # folded D/H tables (border rows and one interior period, see fold_row)
+        d_table = self.constant_table("tab_d", sum(t.d_fold.rows, []), I32)
+        h_table = self.constant_table("tab_h", sum(t.h_fold.rows, []), I32)
+        # per W-tile class (= run): the tables of the run's first tile
+        w_table = self.constant_table("tab_w", sum(sum(t.w_table, []), []), I32)
         modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
         bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
-        self.out_columns = (self.constant_table("out_col", t.out_columns, I32)
+        run_first = self.constant_table("run_first", [r.first for r in t.runs], I64)
+        run_in = self.constant_table("run_in", [r.in_shift for r in t.runs], I64)
+        run_out = self.constant_table("run_out", [r.out_shift for r in t.runs], I64)
+        self.out_columns = (self.constant_table("out_col", sum(t.out_columns, []), I32)
                             if t.out_columns else None)
         # the register tile: one alloca per (channel, vector), promoted to registers
         acc = [[self.alloca(self.vec, f"acc.{co}.{v}") for v in range(nv)]
@@ -85,6 +90,10 @@ class _KernelIR(IRFunction):
             od0 = b.mul(index["td"], i64(td), name="od0")
             oh0 = b.mul(index["th"], i64(th), name="oh0")
             ow0 = b.mul(index["tw"], i64(tw), name="ow0")
+            run = self._find_run(run_first, index["tw"])
+            in_rank = b.sub(index["tw"], self.table_load(run_first, run, "run.first"))
+            in_shift = b.mul(in_rank, self.table_load(run_in, run, "run.in"), name="in.shift")
+            out_shift = b.mul(in_rank, self.table_load(run_out, run, "run.out"), name="out.shift")
             bounds = [self._bounded(start, tile, size, name) for start, tile, size, name in
                       ((od0, td, od, "nd"), (oh0, th, oh, "nh"), (ow0, tw, ow, "nw"))]
 
@@ -97,6 +106,8 @@ class _KernelIR(IRFunction):
                          for co in range(p.tile_co)]
 
             with self.loop(0, bounds[0], "od") as od_, self.loop(0, bounds[1], "oh") as oh_:
+                row_d, add_d = self.fold_row(t.d_fold, b.add(od0, od_))
+                row_h, add_h = self.fold_row(t.h_fold, b.add(oh0, oh_))
                 for row in acc:
                     for slot in row:
                         b.store(self.zero(), slot)
@@ -105,23 +116,26 @@ class _KernelIR(IRFunction):
                     xc = self.element(x_group, b.mul(ci, i64(in_volume)), "xc")
                     wc = self.element(w_tile, b.mul(ci, i64(w_ci)), "wc")
                     with self.loop(0, kd_n, "kd") as kd:
-                        in_d = self.table_load(d_table, b.add(b.mul(b.add(od0, od_), i64(kd_n)),
-                                                              kd), "in.d")
+                        in_d = self.table_load(d_table, b.add(b.mul(row_d, i64(kd_n)), kd), "in.d")
                         with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                            in_d = b.add(in_d, add_d)
                             with self.loop(0, kh_n, "kh") as kh:
-                                h_row = b.add(b.mul(b.add(oh0, oh_), i64(kh_n)), kh)
+                                h_row = b.add(b.mul(row_h, i64(kh_n)), kh)
                                 in_h = self.table_load(h_table, h_row, "in.h")
                                 with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
-                                    offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
-                                                         b.sext(in_h, I64)), i64(iw))
+                                    in_h = b.add(in_h, add_h)
+                                    # the row, moved by the tile's shift in its run
+                                    offset = b.add(b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
+                                                               b.sext(in_h, I64)), i64(iw)),
+                                                   in_shift)
                                     xrow = self.element(xc, offset, "xrow")
                                     w_row = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
                                                                    b.mul(kh, i64(w_kh))), "w.row")
                                     for kw in range(kw_n):
-                                        self._tap(kw, index["tw"], ow0, xrow, w_row, w_offsets,
+                                        self._tap(kw, run, xrow, w_row, w_offsets,
                                                   acc, w_table, modes, bases)
                 self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
-                               bounds[2])
+                               bounds[2], run, out_shift)
         b.ret(i32(0))
         return self.function
 
@@ -132,18 +146,43 @@ class _KernelIR(IRFunction):
         return b.select(b.icmp_signed("<", remaining, i64(tile)), remaining, i64(tile),
                         name=name)
 
-    def _tap(self, kw: int, tile_w, ow0, xrow, w_row, w_offsets, acc, w_table, modes,
+    def _find_run(self, run_first, tile_w):
+        """The run holding W tile ``tile_w``: the last run whose first tile is <= it (a
+        binary search over the few runs, once per job)."""
+        b, runs = self.b, len(self.tables.runs)
+        low = self.alloca(I64, "run.lo")
+        high = self.alloca(I64, "run.hi")
+        b.store(i64(0), low)
+        b.store(i64(runs - 1), high)
+        cond = self.function.append_basic_block("run.cond")
+        body = self.function.append_basic_block("run.body")
+        end = self.function.append_basic_block("run.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_signed("<", b.load(low), b.load(high)), body, end)
+        b.position_at_end(body)
+        lo_, hi_ = b.load(low), b.load(high)
+        mid = b.sdiv(b.add(b.add(lo_, hi_), i64(1)), i64(2))
+        go_up = b.icmp_signed("<=", self.table_load(run_first, mid, "run.mid"), tile_w)
+        b.store(b.select(go_up, mid, lo_), low)
+        b.store(b.select(go_up, hi_, b.sub(mid, i64(1))), high)
+        b.branch(cond)
+        b.position_at_end(end)
+        return b.load(low, name="run")
+
+    def _tap(self, kw: int, run, xrow, w_row, w_offsets, acc, w_table, modes,
              bases) -> None:
         """One kernel column: read the tile's input vectors, FMA them into every channel."""
         b, t = self.b, self.tables
         nv = t.n_vectors
         columns = []
         for v in range(nv):
-            slot = b.add(b.mul(b.add(b.mul(tile_w, i64(self.plan.kernel[2])), i64(kw)),
+            slot = b.add(b.mul(b.add(b.mul(run, i64(self.plan.kernel[2])), i64(kw)),
                                i64(nv)), i64(v))
             mode = self.table_load(modes, slot, "mode")
             base = b.sext(self.table_load(bases, slot, "base"), I64)
-            first = b.add(i64(kw * t.row_length + v * self.lanes), ow0)
+            first = b.add(b.mul(run, i64(self.plan.kernel[2] * t.row_length)),
+                          i64(kw * t.row_length + v * self.lanes))
             columns.append(self._read_columns(mode, base, first, xrow, w_table))
         fma = self.vector_intrinsic("fma", 3)
         for co, row in enumerate(acc):
@@ -210,7 +249,7 @@ class _KernelIR(IRFunction):
         return phi
 
     def _epilogue(self, acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
-                  nw) -> None:
+                  nw, run, out_shift) -> None:
         """Bias, residual, activation and a masked store of one output row of the tile."""
         p, b = self.plan, self.b
         od_n, oh_n, ow_n = p.out_size
@@ -239,11 +278,16 @@ class _KernelIR(IRFunction):
                                                 p.spec.activation_args)
                         self.masked_store(value, self.element(y, offset), mask)
                     else:  # stride phases: the columns come from the out_col table
+                        # (the class's columns, moved by the tile's shift in its run)
+                        shifted = b.add(start, out_shift)
+                        first = b.add(b.mul(run, i64(self.tables.row_length)),
+                                      i64(v * self.lanes))
                         if residual is not None:
-                            value = b.fadd(value, self.gather_row(residual, start, first, mask))
+                            value = b.fadd(value, self.gather_row(residual, shifted, first,
+                                                                  mask))
                         value = self.activation(value, p.spec.activation,
                                                 p.spec.activation_args)
-                        self.scatter_row(value, y, start, first, mask)
+                        self.scatter_row(value, y, shifted, first, mask)
 
     def _column_pointers(self, base, start, first):
         """<VL x T*>: &base[start + out_col[first + lane]] (lanes past the row: column 0)."""
