@@ -4,17 +4,24 @@ tiles (pieces) grouped by the input columns they read, weights packed per channe
 Everything the "co" kernels of both backends decide lives here: the pieces and classes
 (co_row_tiles), the taps of a transposed row (co_row_taps), and the prefetch and job-order
 choices (co_decisions) made once the layout and the weights are known.
+
+Nothing here grows with the output size: a row's pieces are kept as runs (translations of
+one class, :class:`CoRun`), the D/H index tables folded (convgen.plan.base.FoldedTable),
+and a transposed row's tap list per pair of folded rows (:class:`CoRowTaps`); the planner
+reads only the border pieces and one piece per interior run.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from convgen.cpu import vector_bits
 from convgen.dtypes import dtype_info
-from convgen.plan.base import Plan, PlanKind
+from convgen.plan.base import FoldedTable, IndexTable, Plan, PlanKind
 from convgen.spec import ConvSpec
 
 
@@ -67,6 +74,108 @@ class CoClass:
 
 
 @dataclass(frozen=True)
+class CoRun:
+    """``count`` consecutive pieces of one row (pieces ``first`` to ``first + count - 1``)
+    of one class: the i-th starts at output column ``ow0 + i * ow0_step`` and reads from
+    input column ``base + i * base_step`` (the interior of a row is a few such runs)."""
+
+    first: int
+    count: int
+    ow0: int
+    ow0_step: int
+    base: int
+    base_step: int
+    size: int
+    cls: int
+
+    def piece(self, i: int) -> CoPiece:
+        return CoPiece(self.ow0 + i * self.ow0_step, self.size,
+                       self.base + i * self.base_step, self.cls)
+
+
+class CoPieces(Sequence):
+    """The pieces of a row, computed on demand from its runs."""
+
+    def __init__(self, runs: tuple[CoRun, ...]):
+        self.runs = runs
+        self.firsts = [run.first for run in runs]
+
+    def __len__(self) -> int:
+        last = self.runs[-1]
+        return last.first + last.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        run = self.runs[bisect.bisect_right(self.firsts, index) - 1]
+        return run.piece(index - run.first)
+
+
+@dataclass(frozen=True)
+class CoRowTaps(Sequence):
+    """Transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
+    the input row in an input channel, offset of the tap in a packed input channel).
+
+    Kept folded: ``lists[rd * len(fold_h.rows) + rh]`` for the explicit rows (rd, rh) of
+    the folded D and H tables; a row whose explicit rows are (rd, rh), with (add_d, add_h)
+    added to their entries, has that list with ``(add_d * IH + add_h) * IW`` added to
+    each input offset (-1 entries repeat with the period: the same taps are useful).
+    """
+
+    fold_d: FoldedTable
+    fold_h: FoldedTable
+    lists: tuple[tuple[tuple[int, int], ...], ...]
+    out_dh: tuple[int, int]  # output rows (OD, OH)
+    in_hw: tuple[int, int]  # input (IH, IW)
+
+    def __len__(self) -> int:
+        return self.out_dh[0] * self.out_dh[1]
+
+    def lookup(self, row: int) -> tuple[int, int]:
+        """(index into ``lists``, input offset added) of output row ``row``."""
+        od, oh = divmod(row, self.out_dh[1])
+        rd, add_d = self.fold_d.lookup(od)
+        rh, add_h = self.fold_h.lookup(oh)
+        return rd * len(self.fold_h.rows) + rh, (add_d * self.in_hw[0] + add_h) * self.in_hw[1]
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(row)
+        index, shift = self.lookup(row)
+        return tuple((x + shift, w) for x, w in self.lists[index])
+
+    def uses(self) -> list[int]:
+        """How many output rows use each entry of ``lists``."""
+        return [d * h for d in fold_uses(self.fold_d, self.out_dh[0])
+                for h in fold_uses(self.fold_h, self.out_dh[1])]
+
+
+def fold_uses(fold: FoldedTable, out: int) -> list[int]:
+    """Per explicit row of ``fold`` (a table of ``out`` rows), the rows that look it up."""
+    uses = [0] * len(fold.rows)
+    for index in range(len(fold.rows)):
+        if fold.a <= index < fold.first:  # one period of the interior
+            uses[index] = len(range(index, fold.b, fold.period))
+        else:
+            uses[index] = 1
+    assert sum(uses) == out, (uses, out)
+    return uses
+
+
+def fold_table(table) -> FoldedTable:
+    """``table`` folded (an IndexTable, or the one-row table of a missing dim)."""
+    return table.folded() if isinstance(table, IndexTable) else FoldedTable.of(table)
+
+
+@dataclass(frozen=True)
 class CoTiles(PlanKind):
     """The "co" plan kind (vectorize="co"): weights packed per block of ``co_vectors``
     vectors of output channels as [ci][kd][kh][kw][co_vectors * lanes] (zeros past the
@@ -90,7 +199,7 @@ class CoTiles(PlanKind):
 
     co_vectors: int
     max_pixels: int
-    pieces: tuple[CoPiece, ...]
+    runs: tuple[CoRun, ...]
     classes: tuple[CoClass, ...]
     pack_elements: int  # packed weights of one channel block
     step: int = 1
@@ -98,9 +207,10 @@ class CoTiles(PlanKind):
     pack_run: int = 0
     pack_segment_stride: int = 0
     block_outer: bool = False
-    # transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
-    # the input row in an input channel, offset of the tap in a packed input channel)
-    row_taps: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # the D and H index tables folded (what a row's (kd, kh) taps read)
+    folds: tuple[FoldedTable, FoldedTable] | None = None
+    # transposed: per output row, its useful (kd, kh) taps (folded, see CoRowTaps)
+    row_taps: CoRowTaps | None = None
     # decided by the planner once the layout and the weights are known (co_decisions)
     rows_outer: bool = False  # the channel block innermost in the job index
     next_block_lines: int = 0  # lines of the next block's weights prefetched per channel
@@ -108,61 +218,131 @@ class CoTiles(PlanKind):
     base_pixels: int = 0  # blocked input: one base pointer per this many columns
     share_inputs: tuple[bool, ...] = ()  # per class: keep each broadcast for all its taps
 
+    @property
+    def pieces(self) -> CoPieces:
+        """Every piece of a row, in job order (computed on demand from the runs)."""
+        return CoPieces(self.runs)
 
-def co_row_taps(tables, in_size: tuple[int, int, int], kernel: tuple[int, int, int],
-                tile_co: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+
+def co_row_taps(folds: tuple[FoldedTable, FoldedTable], out_dh: tuple[int, int],
+                in_size: tuple[int, int, int], kernel: tuple[int, int, int],
+                tile_co: int) -> CoRowTaps:
     """Per output row (od, oh), row-major: the (kd, kh) taps that add something, as
     (input row offset, packed weight offset); a transposed row skips the taps of the
-    other stride phases without a branch."""
+    other stride phases without a branch. One list per pair of explicit rows of the
+    folded D and H tables (``folds``), so their number does not grow with the output."""
     _, in_h, in_w = in_size
     _, kh_count, kw_count = kernel
-    return tuple(
+    fold_d, fold_h = folds
+    lists = tuple(
         tuple(((i_d * in_h + i_h) * in_w, (kd * kh_count + kh) * kw_count * tile_co)
               for kd, i_d in enumerate(d_row) if i_d >= 0
               for kh, i_h in enumerate(h_row) if i_h >= 0)
-        for d_row in tables[0] for h_row in tables[1])
+        for d_row in fold_d.rows for h_row in fold_h.rows)
+    return CoRowTaps(fold_d, fold_h, lists, out_dh, (in_h, in_w))
 
 
-def _near_equal(count: int, most: int) -> list[int]:
-    """``count`` split into the fewest near-equal parts of at most ``most``."""
-    parts = -(-count // most)
-    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+def _piece_class(w_table, ow0: int, size: int, step: int, vectors: int,
+                 lanes: int) -> tuple[int, CoClass]:
+    """(base, class) of the piece of ``size`` columns ``ow0 + p * step``: the input
+    columns it reads at each tap, relative to the first (offsets >= 0: the base stays
+    inside the row)."""
+    cols = [w_table[ow0 + p * step] for p in range(size)]
+    base = min((c for row in cols for c in row if c >= 0), default=0)
+    taps = tuple(CoTap(kw, tuple(kw * vectors * lanes + v * lanes for v in range(vectors)),
+                       tuple((p, cols[p][kw] - base) for p in range(size) if cols[p][kw] >= 0))
+                 for kw in range(len(cols[0])))
+    return base, CoClass(size, taps)
 
 
-def co_row_tiles(spec: ConvSpec, w_table: list[list[int]], vectors: int, lanes: int,
+def _phase_runs(w_table, phase: int, step: int, max_pixels: int,
+                first: int) -> list[tuple[int, int, int, int, int]]:
+    """The pieces of one stride phase (columns ``phase``, ``phase + step``, ...) split into
+    near-equal parts of at most ``max_pixels``, as (first piece, count, ow0, ow0 step, size)
+    spans: each piece that touches a border alone, the interior ones (every column in the
+    table's periodic interior, so all of one size read alike) as one span per size."""
+    count = len(range(phase, len(w_table), step))
+    parts = -(-count // max_pixels)
+    small, larger = divmod(count, parts)  # the first ``larger`` pieces have small + 1
+
+    def ow0(i: int) -> int:
+        return phase + step * (i * small + min(i, larger))
+
+    def size(i: int) -> int:
+        return small + (i < larger)
+
+    lo, hi = w_table.interior if isinstance(w_table, IndexTable) else (0, 0)
+    # pieces [i_lo, i_hi) lie inside [lo, hi): the first starting at lo or later, the first
+    # ending at hi or later (both monotone in i)
+    i_lo = bisect.bisect_left(range(parts), True, key=lambda i: ow0(i) >= lo)
+    i_hi = bisect.bisect_left(range(parts), True,
+                              key=lambda i: ow0(i) + (size(i) - 1) * step >= hi)
+    i_hi = max(i_hi, i_lo)
+    spans = [(i, 1, ow0(i), 0, size(i)) for i in range(i_lo)]
+    for start, end in ((i_lo, min(i_hi, larger)), (max(i_lo, larger), i_hi)):
+        if end > start:
+            spans.append((start, end - start, ow0(start), size(start) * step, size(start)))
+    spans += [(i, 1, ow0(i), 0, size(i)) for i in range(i_hi, parts)]
+    return [(first + i, n, o, d, sz) for i, n, o, d, sz in spans]
+
+
+def co_row_tiles(spec: ConvSpec, tables, vectors: int, lanes: int,
                  max_pixels: int, reduction: int, step: int = 1) -> CoTiles:
-    """Split a row of ``len(w_table)`` output columns into pieces (per stride phase when
-    ``step`` > 1) and group them by the input columns they read (``w_table[ow][kw]``, -1
-    for nothing) relative to a base."""
+    """Split a row of ``len(tables[2])`` output columns into pieces (per stride phase when
+    ``step`` > 1) and group them by the input columns they read (``tables[2][ow][kw]``, -1
+    for nothing) relative to a base: runs of pieces of one class whose output and input
+    columns advance by a fixed step. Reads the border pieces and one or two pieces per
+    interior run only (the table's interior is periodic-affine, convgen.plan.base). The
+    D and H tables (``tables[0]``, ``tables[1]``) are kept folded."""
+    w_table = tables[2]
     out_w = len(w_table)
-    kw_count = len(w_table[0])
-    pieces, classes, index = [], [], {}
+    runs: list[CoRun] = []
+    classes: list[CoClass] = []
+    index: dict[CoClass, int] = {}
+    first = 0
     for phase in range(min(step, out_w)):
-        ow0 = phase
-        for size in _near_equal(len(range(phase, out_w, step)), max_pixels):
-            cols = [w_table[ow0 + p * step] for p in range(size)]
-            columns = [c for row in cols for c in row if c >= 0]
-            base = min(columns, default=0)  # offsets >= 0: the base stays inside the row
-            taps = []
-            for kw in range(kw_count):
-                pixels = tuple((p, cols[p][kw] - base) for p in range(size)
-                               if cols[p][kw] >= 0)
-                taps.append(CoTap(kw, tuple(kw * vectors * lanes + v * lanes
-                                            for v in range(vectors)), pixels))
-            cls = CoClass(size, tuple(taps))
+        spans = _phase_runs(w_table, phase, step, max_pixels, first)
+        for piece, count, ow0, ow0_step, size in spans:
+            base, cls = _piece_class(w_table, ow0, size, step, vectors, lanes)
+            base_step = 0
+            if count > 1:
+                second, same = _piece_class(w_table, ow0 + ow0_step, size, step, vectors, lanes)
+                assert same == cls, "interior pieces of one size read alike"
+                base_step = second - base
             if cls not in index:
                 index[cls] = len(classes)
                 classes.append(cls)
-            pieces.append(CoPiece(ow0, size, base, index[cls]))
-            ow0 += size * step
+            run = CoRun(piece, count, ow0, ow0_step, base, base_step, size, index[cls])
+            merged = _merge(runs[-1], run) if runs else None
+            if merged is not None:
+                runs[-1] = merged
+            else:
+                runs.append(run)
+        first = spans[-1][0] + spans[-1][1]
     taps = reduction // (spec.in_channels // spec.groups)
     if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
         segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
     else:  # weight (C_out, C_in/groups, *k): a channel's whole reduction is one run
         segments, run, stride = 1, reduction, 0
-    return CoTiles(vectors, max(p.size for p in pieces), tuple(pieces), tuple(classes),
+    return CoTiles(vectors, max(r.size for r in runs), tuple(runs), tuple(classes),
                    reduction * vectors * lanes, step, segments, run, stride,
-                   block_outer=spec.transposed)
+                   block_outer=spec.transposed,
+                   folds=(fold_table(tables[0]), fold_table(tables[1])))
+
+
+def _merge(run: CoRun, after: CoRun) -> CoRun | None:
+    """``run`` and the run ``after`` it as one, when ``after`` continues its steps."""
+    if (run.cls, run.size) != (after.cls, after.size) or run.first + run.count != after.first:
+        return None
+    ow0_step = after.ow0 - run.ow0 if run.count == 1 else run.ow0_step
+    base_step = after.base - run.base if run.count == 1 else run.base_step
+    if after.count > 1 and (after.ow0_step, after.base_step) != (ow0_step, base_step):
+        return None
+    if (after.ow0, after.base) != (run.ow0 + run.count * ow0_step,
+                                   run.base + run.count * base_step):
+        return None
+    return CoRun(run.first, run.count + after.count, run.ow0, ow0_step, run.base, base_step,
+                 run.size, run.cls)
 
 
 def transpose_shuffles(lanes: int) -> list[tuple[int, list[tuple[int, int, list[int],
@@ -251,7 +431,7 @@ def describe_co_plan(plan: Plan) -> list[str]:
     """describe_plan for vectorize="co"."""
     co = plan.kind
     assert co is not None
-    sizes = sorted({piece.size for piece in co.pieces}, reverse=True)
+    sizes = sorted({run.size for run in co.runs}, reverse=True)
     border = sum(1 for c in co.classes
                  if any(len(t.pixels) < c.size for t in c.taps))
     spec = plan.spec
@@ -268,7 +448,7 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f"register tile: {co.co_vectors} vector(s) of {plan.vector_lanes} output channels x"
         f" {co.max_pixels} output columns = {co.co_vectors * co.max_pixels} vector accumulators"
         f"; a row of {plan.out_size[2]} columns in {len(co.pieces)} piece(s) of"
-        f" {'/'.join(map(str, sizes))}",
+        f" {'/'.join(map(str, sizes))} ({len(co.runs)} run(s) of one body each)",
         f"weights packed per channel block as [ci][kd][kh][kw][{plan.tile_co}] in each call"
         f" ({co.pack_elements} elements, zeros past the last channel; bound kernels and"
         f" networks: every block once, at load)",
@@ -279,8 +459,12 @@ def describe_co_plan(plan: Plan) -> list[str]:
         f" padding taps); output stored channel by channel after the reduction",
     ]
     if spec.transposed:
-        per_row = sum(len(t.pixels) for p in co.pieces for t in co.classes[p.cls].taps)
-        computed = per_row * sum(len(r) for r in co.row_taps or ())
+        per_row = sum(run.count * len(t.pixels) for run in co.runs
+                      for t in co.classes[run.cls].taps)
+        row_taps = co.row_taps
+        assert row_taps is not None
+        computed = per_row * sum(uses * len(taps)
+                                 for uses, taps in zip(row_taps.uses(), row_taps.lists))
         dense = math.prod(plan.out_size) * math.prod(plan.kernel)
         scatter = math.prod(plan.in_size) * math.prod(plan.kernel)
         lines.append(

@@ -129,12 +129,12 @@ def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
         n_tiles = (1, 1, 1, 1)  # a job is one (image, group); its tile blocks are threaded
     elif schedule.vectorize == "co":
         step = spec.stride[-1] if spec.transposed else 1
-        kind = co_row_tiles(spec, tables[2], co_vectors(spec, tile_co), lanes, tile[2],
+        kind = co_row_tiles(spec, tables, co_vectors(spec, tile_co), lanes, tile[2],
                             cin_g * taps, step)
         tile_co = kind.co_vectors * lanes
         if spec.transposed:
             kind = dataclasses.replace(kind, row_taps=co_row_taps(
-                tables, pad3(spec.in_spatial), kernel, tile_co))
+                kind.folds, out_size[:2], pad3(spec.in_spatial), kernel, tile_co))
         n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
                    -(-out_size[1] // tile[1]), len(kind.pieces))
     else:

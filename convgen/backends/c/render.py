@@ -206,10 +206,14 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "tile_columns": -(-co.max_pixels // plan.vector_lanes) * plan.vector_lanes,
         "n_tiles": plan.n_tiles,
         "pieces": len(co.pieces),
-        "piece_ow0": [piece.ow0 for piece in co.pieces],
-        "piece_size": [piece.size for piece in co.pieces],
-        "piece_base": [piece.base for piece in co.pieces],
-        "piece_class": [piece.cls for piece in co.pieces],
+        "runs": len(co.runs),
+        "run_first": [run.first for run in co.runs],
+        "run_ow0": [run.ow0 for run in co.runs],
+        "run_ow0_step": [run.ow0_step for run in co.runs],
+        "run_base": [run.base for run in co.runs],
+        "run_base_step": [run.base_step for run in co.runs],
+        "run_size": [run.size for run in co.runs],
+        "run_class": [run.cls for run in co.runs],
         "classes": classes,
         "pack_elements": co.pack_elements,
         "pack_segments": co.pack_segments,
@@ -223,8 +227,8 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "prepacked": plan.prepared_weights,
         "rows_outer": co.rows_outer,
         **row_tap_lists(co),
-        "d_table": plan.tables[0],
-        "h_table": plan.tables[1],
+        "fold_d": co.folds[0],
+        "fold_h": co.folds[1],
     }
 
 
@@ -357,13 +361,15 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
 
 
 def row_tap_lists(co) -> dict:
-    """The template's per-row tap tables (vectorize="co", transposed), padded to a width."""
+    """The template's tap tables (vectorize="co", transposed), one per pair of explicit
+    rows of the folded D and H tables (plan.co.CoRowTaps), padded to a width."""
     if co.row_taps is None:
         return {"tap_lists": False}
-    width = max(1, max(len(r) for r in co.row_taps))
-    return {"tap_lists": True, "row_taps": [len(r) for r in co.row_taps], "max_row_taps": width,
-            "tap_x": [[x for x, _ in r] + [0] * (width - len(r)) for r in co.row_taps],
-            "tap_w": [[w for _, w in r] + [0] * (width - len(r)) for r in co.row_taps]}
+    lists = co.row_taps.lists
+    width = max(1, max(len(r) for r in lists))
+    return {"tap_lists": True, "row_taps": [len(r) for r in lists], "max_row_taps": width,
+            "tap_x": [[x for x, _ in r] + [0] * (width - len(r)) for r in lists],
+            "tap_w": [[w for _, w in r] + [0] * (width - len(r)) for r in lists]}
 
 
 def transpose_stages(lanes: int) -> list[dict]:

@@ -25,8 +25,12 @@ transposed and the epilogue stores one whole vector per (pixel, channel vector).
 Transposed convolutions (the stride-phase plan): the weight (C_in, C_out/groups, *k) is
 packed one run of taps per input channel, the channel block is the outermost part of the
 job index (one pack per block per call), a row runs only its useful (kd, kh) taps (the
-plan's row_taps tables), and a piece's columns are one stride phase, ``step`` apart,
-stored column by column.
+plan's row_taps tables, one per pair of folded D/H rows), and a piece's columns are one
+stride phase, ``step`` apart, stored column by column.
+
+No table grows with the output size: the D/H index tables are folded
+(convgen.plan.base.FoldedTable, looked up once per output row) and a row's pieces are
+runs of one body (convgen.plan.co.CoRun, looked up once per job).
 
 Entry point, shared with the other plan and the C backend:
 ``i32 SYMBOL(T* x, T* w, T* b, [T* r,] T* y, i64 job_begin, i64 job_end)``.
@@ -82,9 +86,9 @@ class CoKernelIR(IRFunction):
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
         tap_tables = self._tap_tables()
-        piece_ow0 = self.constant_table("piece_ow0", [q.ow0 for q in co.pieces], I32)
-        piece_base = self.constant_table("piece_base", [q.base for q in co.pieces], I32)
-        piece_class = self.constant_table("piece_class", [q.cls for q in co.pieces], I32)
+        runs = {field: self.constant_table(f"run_{field}",
+                                           [getattr(run, field) for run in co.runs], I32)
+                for field in ("first", "ow0", "ow0_step", "base", "base_step", "cls")}
         # the register tile: one alloca per (column, channel vector), promoted to registers
         self.acc = [[self.alloca(self.vec, f"acc.{px}.{v}") for v in range(co.co_vectors)]
                     for px in range(co.max_pixels)]
@@ -147,15 +151,14 @@ class CoKernelIR(IRFunction):
             oh0 = b.mul(index["th"], i64(th), name="oh0")
             od_end = self._end(od0, td, od, "od.end")
             oh_end = self._end(oh0, th, oh, "oh.end")
-            ow0 = b.sext(self.table_load(piece_ow0, piece, "ow0"), I64)
-            base = b.sext(self.table_load(piece_base, piece, "base"), I64)
-            cls = self.table_load(piece_class, piece, "class")
+            ow0, base, cls = self._piece(runs, piece)
             channel0 = b.add(b.mul(n, i64(p.groups * p.cin_g)), b.mul(g, i64(p.cin_g)))
             x_group = self.element(x, b.mul(channel0, i64(id_ * ih * iw)), "x.group")
             out = {"n": n, "g": g, "co0": co0, "nco": nco, "ow0": ow0}
 
             with self.loop(od0, od_end, "od") as od_, self.loop(oh0, oh_end, "oh") as oh_:
                 out.update(od=od_, oh=oh_)
+                rows = self._row(tap_tables, od_, oh_)
                 after = self.function.append_basic_block("piece.done")
                 cases = [self.function.append_basic_block(f"class{k}")
                          for k in range(len(co.classes))]
@@ -165,7 +168,7 @@ class CoKernelIR(IRFunction):
                 for k, (case, body) in enumerate(zip(cases, co.classes)):
                     b.position_at_end(case)
                     b.comment(f"piece body {k}: {body.size} columns")
-                    self._reduce(body, x_group, wp, od_, oh_, base, tap_tables)
+                    self._reduce(body, x_group, wp, rows, base, tap_tables)
                     if p.out_blocked:
                         self._epilogue_blocked(body, bias, residual, y, out)
                     else:
@@ -177,6 +180,24 @@ class CoKernelIR(IRFunction):
             b.call(free, [raw])
         b.ret(i32(0))
         return self.function
+
+    def _piece(self, runs: dict, piece):
+        """(ow0, base, class) of job piece ``piece``: its run (one compare per run, no
+        branch), then its place in the run (plan.co.CoRun)."""
+        b = self.b
+        run = i64(0)
+        for r in self.co.runs[1:]:
+            run = b.add(run, b.zext(b.icmp_signed(">=", piece, i64(r.first)), I64))
+        nth = b.sub(piece, b.sext(self.table_load(runs["first"], run, "run.first"), I64),
+                    name="nth")
+
+        def along(field: str, name: str):
+            start = b.sext(self.table_load(runs[field], run, f"{name}.start"), I64)
+            step = b.sext(self.table_load(runs[f"{field}_step"], run, f"{name}.step"), I64)
+            return b.add(start, b.mul(nth, step), name=name)
+
+        cls = self.table_load(runs["cls"], run, "class")
+        return along("ow0", "ow0"), along("base", "base"), cls
 
     def _next_block(self, w, job, block, n):
         """(pointer, bytes left, lines) of this job's share of the next channel block's
@@ -287,20 +308,41 @@ class CoKernelIR(IRFunction):
 
     # -- one piece ---------------------------------------------------------------------
     def _tap_tables(self) -> dict:
-        """The tables that say which (kd, kh) taps an output row runs: the input
-        coordinate per (row, tap), or (transposed) the list of the row's useful taps."""
-        p, co = self.plan, self.co
+        """The tables that say which (kd, kh) taps an output row runs: the folded D and H
+        index tables (explicit rows, see plan.base.FoldedTable), or (transposed) the
+        useful taps per pair of their explicit rows (plan.co.CoRowTaps)."""
+        co = self.co
+        fold_d, fold_h = co.folds
         if co.row_taps is None:
-            return {"d": self.constant_table("tab_d", sum(p.tables[0], []), I32),
-                    "h": self.constant_table("tab_h", sum(p.tables[1], []), I32)}
-        width = max(1, max(len(r) for r in co.row_taps))
-        padded = [list(r) + [(0, 0)] * (width - len(r)) for r in co.row_taps]
-        return {"count": self.constant_table("row_taps", [len(r) for r in co.row_taps], I32),
+            return {"d": self.constant_table("tab_d", sum(fold_d.rows, []), I32),
+                    "h": self.constant_table("tab_h", sum(fold_h.rows, []), I32)}
+        lists = co.row_taps.lists
+        width = max(1, max(len(r) for r in lists))
+        padded = [list(r) + [(0, 0)] * (width - len(r)) for r in lists]
+        return {"count": self.constant_table("row_taps", [len(r) for r in lists], I32),
                 "width": width,
                 "x": self.constant_table("tap_x", [x for r in padded for x, _ in r], I32),
                 "w": self.constant_table("tap_w", [w for r in padded for _, w in r], I32)}
 
-    def _reduce(self, body: CoClass, x_group, wp, od_, oh_, base, tables: dict) -> None:
+    def _row(self, tables: dict, od_, oh_) -> dict:
+        """What output row (od, oh) reads, once per row: its explicit rows of the folded D
+        and H tables and what to add to their entries, or (transposed) its tap list and
+        the input offset added to every entry of it."""
+        p, b = self.plan, self.b
+        fold_d, fold_h = self.co.folds
+        rd, add_d = self.fold_row(fold_d, od_)
+        rh, add_h = self.fold_row(fold_h, oh_)
+        if "count" not in tables:
+            return {"rd": rd, "rh": rh, "add_d": add_d, "add_h": add_h}
+        ih, iw = p.in_size[1:]
+        pattern = b.add(b.mul(rd, i64(len(fold_h.rows))), rh, name="pattern")
+        shift = b.mul(b.add(b.mul(b.sext(add_d, I64), i64(ih)), b.sext(add_h, I64)), i64(iw),
+                      name="row.shift")
+        return {"count": b.sext(self.table_load(tables["count"], pattern, "row.taps"), I64),
+                "first": b.mul(pattern, i64(tables["width"]), name="tap.first"),
+                "shift": shift}
+
+    def _reduce(self, body: CoClass, x_group, wp, rows: dict, base, tables: dict) -> None:
         """The register tile of one piece: over the group's input channels and the taps."""
         p, b = self.plan, self.b
         kd_n, kh_n, kw_n = p.kernel
@@ -312,9 +354,8 @@ class CoKernelIR(IRFunction):
                 b.store(self.zero(), slot)
         b.comment("reduction over the group's input channels and the kernel taps")
         if "count" in tables:  # transposed: the row's useful (kd, kh) taps
-            row = b.add(b.mul(od_, i64(p.out_size[1])), oh_, name="row")
-            count = b.sext(self.table_load(tables["count"], row, "row.taps"), I64)
-            first = b.mul(row, i64(tables["width"]), name="tap.first")
+            count, first = rows["count"], rows["first"]
+            row_base = b.add(base, rows["shift"], name="row.base")
         with self.loop(0, p.cin_g, "ci") as ci:
             if p.in_blocked:  # channel ci: lane ci % VL of block ci / VL
                 lanes = self.lanes
@@ -329,22 +370,25 @@ class CoKernelIR(IRFunction):
                 with self.loop(0, count, "t") as t:
                     index = b.add(first, t)
                     x_offset = b.sext(self.table_load(tables["x"], index, "tap.x"), I64)
-                    xr = self.element(xc, b.mul(b.add(x_offset, base), i64(self.xs)), "xr")
+                    xr = self.element(xc, b.mul(b.add(x_offset, row_base), i64(self.xs)),
+                                      "xr")
                     if not p.in_blocked:  # blocked: the next channels share the row's lines
                         self._prefetch_row(xr, body)
                     w_offset = b.sext(self.table_load(tables["w"], index, "tap.w"), I64)
                     self._taps(body, xr, self.element(wc, w_offset, "wt"))
             else:
+                d_first = b.mul(rows["rd"], i64(kd_n))
+                h_first = b.mul(rows["rh"], i64(kh_n))
                 with self.loop(0, kd_n, "kd") as kd:
-                    in_d = self.table_load(tables["d"], b.add(b.mul(od_, i64(kd_n)), kd),
-                                           "in.d")
+                    in_d = self.table_load(tables["d"], b.add(d_first, kd), "in.d")
                     with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                        in_d = b.sext(b.add(in_d, rows["add_d"]), I64)
                         with self.loop(0, kh_n, "kh") as kh:
-                            in_h = self.table_load(tables["h"],
-                                                   b.add(b.mul(oh_, i64(kh_n)), kh), "in.h")
+                            in_h = self.table_load(tables["h"], b.add(h_first, kh), "in.h")
                             with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
-                                row = b.add(b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
-                                                        b.sext(in_h, I64)), i64(iw)), base)
+                                in_h = b.sext(b.add(in_h, rows["add_h"]), I64)
+                                row = b.add(b.mul(b.add(b.mul(in_d, i64(ih)), in_h), i64(iw)),
+                                            base)
                                 wt = self.element(wc, b.mul(b.add(b.mul(kd, i64(kh_n)), kh),
                                                             i64(kw_n * tco)), "wt")
                                 self._taps(body, self.element(xc, b.mul(row, i64(self.xs)),
