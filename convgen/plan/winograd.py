@@ -21,9 +21,11 @@ hold d adjacent outputs; only zero padding is supported (the patches are masked 
 A 1x1 convolution is the same plan with identity transforms (``m = alpha = 1``): a GEMM
 over the output pixels (method "gemm").
 
-Both backends build these plans (templates/c/conv_wino_function.j2, convgen/backends/llvm/wino.py);
-the planner's tables say where each tile's input
-patch starts in a zero-padded staged copy of the input and where its outputs go.
+Both backends build these plans (templates/c/conv_wino_function.j2, convgen/backends/llvm/wino.py).
+A kernel finds where each tile of a block reads and writes from the tile's index
+(:func:`tile_origin`, computed per block), so the generated source holds no per-tile or
+per-block table and does not grow with the output; the padding is two
+:class:`SourceMap` (rows, columns): explicit borders around an affine interior.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ CHUNK_BYTES = 2 << 20
 # there are channels, more than the hardware prefetcher follows
 GEMM_PREFETCH_BLOCKS = 4
 MAX_PREFETCH = 64  # cache lines prefetched per input channel and block
-MAX_PREFETCH_TABLE = 1 << 18  # larger inputs go without (the table would bloat the source)
 # threads: the output channels are split into parts (jobs = blocks x parts) until no
 # thread gets more than this times the mean share of a chunk's jobs (a block's input
 # transform is then done once per part: ~1/8 of its GEMM at 64 channels, less above)
@@ -172,16 +173,57 @@ def tile_vectors(co_rows: int) -> int:
 
 
 @dataclass(frozen=True)
+class SourceMap:
+    """``j -> source_coordinate(j * stride - shift, size, mode)`` for ``0 <= j < length``:
+    the input row (column) read at row (column) j of a padded, strided copy of an input
+    channel, -1 for a zero. Affine, ``j * stride - shift``, on the interior ``[a, b)``;
+    only the borders are explicit (``edges``: the rows below a, then those from b), so
+    the map does not grow with the input."""
+
+    length: int
+    a: int
+    b: int
+    stride: int
+    shift: int
+    edges: tuple[int, ...]
+
+    def __call__(self, j: int) -> int:
+        if j < self.a:
+            return self.edges[j]
+        if j < self.b:
+            return j * self.stride - self.shift
+        return self.edges[self.a + j - self.b]
+
+
+def source_map(length: int, stride: int, shift: int, size: int, mode: str) -> SourceMap:
+    """The :class:`SourceMap` of ``length`` rows of an input dim of ``size`` under
+    padding ``mode``."""
+    a = min(max(-(-shift // stride), 0), length)
+    b = min(max((size - 1 + shift) // stride + 1, a), length)
+    edges = tuple(source_coordinate(j * stride - shift, size, mode)
+                  for j in (*range(a), *range(b, length)))
+    return SourceMap(length, a, b, stride, shift, edges)
+
+
+def patch_extent(grid: int, tile: int, dilation: int, alpha: int) -> int:
+    """Rows (columns) of the padded input the tiles of a dim read: the last tile's
+    origin (:func:`tile_origin`) and its patch, ``dilation`` apart."""
+    last = grid - 1
+    return last % dilation + dilation * (last // dilation) * tile + (alpha - 1) * dilation + 1
+
+
+@dataclass(frozen=True)
 class WinogradPlan(PlanKind):
     """The constants of a transform-GEMM kernel (2D; a 1D convolution has H = 1).
 
     Tiles of ``tile = (mh, mw)`` outputs are numbered row-major over a ``grid`` of
-    (TH, TW) tiles; a block is ``vectors x lanes`` consecutive tiles, one lane each.
-    ``in_offsets[block][lane]`` is where the tile's ``alpha`` patch starts in a staged
-    input channel (``staged_in`` rows x cols, zero padded, or the input itself for a
-    GEMM that reads it in place); ``out_offsets[block][lane]`` where its outputs go in a
-    staged output channel (grid rows x cols of whole tiles plus one spare tile row for
-    lanes past the last tile), or for a GEMM the output pixel.
+    (TH, TW) tiles; a block is ``vectors x lanes`` consecutive tiles, one lane each. A
+    kernel computes where a tile's ``alpha`` patch starts from its index (tile_origin):
+    in a staged input channel (``staged_in`` rows x cols, padded by ``src_rows`` /
+    ``src_cols``), or in the input itself (``masked``: zero padding, the patch rows and
+    columns outside it masked off; a GEMM reading it in place: the pixel). Outputs are
+    stored tile-major (grid rows x cols of whole tiles plus one spare tile row for lanes
+    past the last tile), or by a GEMM at the output pixel.
     """
 
     method: str
@@ -193,25 +235,25 @@ class WinogradPlan(PlanKind):
     vectors: int
     lanes: int
     blocks: int
-    in_offsets: tuple[tuple[int, ...], ...]
     staged_in: tuple[int, int]  # rows, cols of a staged input channel ((0, 0): read x)
-    src_rows: tuple[int, ...]  # staged row -> input row (-1: zero)
-    src_cols: tuple[int, ...]  # staged col -> input col (-1: zero)
+    # padded row (column) -> input row (column), -1: zero: the rows of a staged input
+    # channel; Winograd reading the input itself: tile origin + patch row (the LLVM gathers)
+    src_rows: SourceMap
+    src_cols: SourceMap
     stage_out: bool  # outputs stored tile-major, then copied out (else written in place)
     matrices_h: tuple[Matrix, Matrix, Matrix]
     matrices_w: tuple[Matrix, Matrix, Matrix]
     flip: bool
-    # zero padding: the patches are gathered from the input itself (in_offsets relative to
-    # an input channel, negative at the top-left border), lane l reading patch row i
-    # (column j) when bit l of row_masks[block][vector][i] (col_masks[...][j]) is set
-    row_masks: tuple | None = None
-    col_masks: tuple | None = None
-    # (block end, tile rows complete) per chunk of blocks: the kernel copies those tile
-    # rows' outputs out after each chunk, while they are in cache (see CHUNK_BYTES)
-    chunks: tuple[tuple[int, int], ...] = ()
-    # per block: the cache lines (offsets from an input channel, 64 bytes apart) of the
-    # NEXT block's patches, prefetched while this block is transformed (masked plans)
-    prefetch: tuple[tuple[int, ...], ...] = ()
+    # zero padding: the patches are gathered from the input itself, a lane's patch rows
+    # (columns) outside the input masked off
+    masked: bool = False
+    pad: tuple[int, int] = (0, 0)  # the padding before the first row, column
+    # blocks per chunk: the kernel copies the tile rows a chunk completes out after it,
+    # while they are in cache (see CHUNK_BYTES)
+    chunk_size: int = 1
+    # masked plans: at most this many cache lines of the NEXT block's patches prefetched
+    # per input channel while a block is transformed
+    prefetch_lines: int = 0
     # a job is one block of tiles x one part of co_part output channels (a multiple of
     # co_rows; the last part takes the rest): with few blocks per chunk, the threads share
     # a block's GEMM by output channels, each transforming the block's input itself
@@ -235,9 +277,22 @@ class WinogradPlan(PlanKind):
         return -(-self.cout_g // self.co_part)
 
     @property
+    def chunks(self) -> tuple[tuple[int, int], ...]:
+        """(block end, tile rows complete after it) per chunk."""
+        ends = [min(self.blocks, end) for end in range(self.chunk_size,
+                                                       self.blocks + self.chunk_size,
+                                                       self.chunk_size)]
+        return tuple((end, self.chunk_rows(end)) for end in ends)
+
+    def chunk_rows(self, end: int) -> int:
+        """Tile rows complete once the blocks before ``end`` are done."""
+        return self.grid[0] if end >= self.blocks else end * self.block_tiles // self.grid[1]
+
+    @property
     def chunk_blocks(self) -> list[int]:
         """Blocks per chunk."""
-        return chunk_sizes(self.chunks)
+        full, last = divmod(self.blocks, self.chunk_size)
+        return [self.chunk_size] * full + ([last] if last else [])
 
     @property
     def tiles(self) -> int:
@@ -276,7 +331,6 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     the schedule was validated (:meth:`convgen.schedule.Schedule.resolve`)."""
     pad1 = (lambda v, fill: (fill,) * (2 - len(v)) + tuple(v))
     in_h, in_w = pad1(spec.in_spatial, 1)
-    row_masks = col_masks = None
     out_h, out_w = pad1(spec.output_spatial, 1)
     k_h, k_w = pad1(spec.kernel_size, 1)
     m_h, m_w = pad1(tiles, 1)
@@ -294,88 +348,33 @@ def make_winograd_plan(spec: ConvSpec, method: str, co_rows: int, tiles: tuple[i
     block = vectors * lanes
     count = grid[0] * grid[1]
     blocks = -(-count // block)
-    if method == "gemm":
+    mode = spec.padding_mode
+    masked = method == "winograd" and mode == "zeros"
+    if method == "gemm":  # tile = pixel: staged as the pixels the output reads
+        src_rows = source_map(out_h, stride_h, pad_h, in_h, mode)
+        src_cols = source_map(out_w, stride_w, pad_w, in_w, mode)
         in_place = stride_h == stride_w == 1 and pad_h == pad_w == 0
         staged_in = (0, 0) if in_place else (out_h, out_w)
-        src_rows = tuple(source_coordinate(o * stride_h - pad_h, in_h, spec.padding_mode)
-                         for o in range(out_h))
-        src_cols = tuple(source_coordinate(o * stride_w - pad_w, in_w, spec.padding_mode)
-                         for o in range(out_w))
-        # tile = pixel; lanes past the last pixel read pixel 0 and are never stored
-        in_offsets = tuple(tuple(t if t < count else 0
-                                 for t in range(b * block, (b + 1) * block))
-                           for b in range(blocks))
-    elif spec.padding_mode == "zeros":  # gathered from the input, masked at the borders
-        staged_in = (0, 0)
-        src_rows = src_cols = ()
-        in_offsets, row_masks, col_masks = [], [], []
-        for b in range(blocks):
-            offsets, block_rows, block_cols = [], [], []
-            for v in range(vectors):
-                row_bits, col_bits = [0] * a_h, [0] * a_w
-                for lane in range(lanes):
-                    t = b * block + v * lanes + lane
-                    if t >= count:
-                        offsets.append(0)
-                        continue
-                    r0, c0 = tile_origin(t, grid[1], (m_h, m_w), (dil_h, dil_w))
-                    r0, c0 = r0 - pad_h, c0 - pad_w
-                    offsets.append(r0 * in_w + c0)
-                    for i in range(a_h):
-                        row_bits[i] |= (0 <= r0 + i * dil_h < in_h) << lane
-                    for j in range(a_w):
-                        col_bits[j] |= (0 <= c0 + j * dil_w < in_w) << lane
-                block_rows.append(tuple(row_bits))
-                block_cols.append(tuple(col_bits))
-            in_offsets.append(tuple(offsets))
-            row_masks.append(tuple(block_rows))
-            col_masks.append(tuple(block_cols))
-        in_offsets = tuple(in_offsets)
-    else:  # reflect, replicate, circular: a staged, padded copy of each input channel
-        rows, cols = grid[0] * m_h + k_h - 1, grid[1] * m_w + k_w - 1
-        staged_in = (rows, cols)
-        src_rows = tuple(source_coordinate(i - pad_h, in_h, spec.padding_mode) for i in range(rows))
-        src_cols = tuple(source_coordinate(j - pad_w, in_w, spec.padding_mode) for j in range(cols))
-        in_offsets = tuple(tuple((t // grid[1]) * m_h * cols + (t % grid[1]) * m_w
-                                 if t < count else 0
-                                 for t in range(b * block, (b + 1) * block))
-                           for b in range(blocks))
-    prefetch = []
-    if row_masks is not None and blocks * MAX_PREFETCH <= MAX_PREFETCH_TABLE:
-        line = 64 // dtype_info(spec.dtype).itemsize
-        for b in range(blocks):
-            nxt = b + 1 if b + 1 < blocks else b
-            spots = set()
-            for t, off in enumerate(in_offsets[nxt]):
-                if nxt * block + t >= count:
-                    continue
-                for i in range(a_h):  # dilated: every column (its lanes are lines apart)
-                    for j in (range(a_w) if dil_w > 1 else (0, a_w - 1)):
-                        spot = off + i * dil_h * in_w + j * dil_w
-                        if 0 <= spot < in_h * in_w:
-                            spots.add(spot // line * line)
-            prefetch.append(tuple(sorted(spots))[:MAX_PREFETCH])
-        width = max(len(p) for p in prefetch) or 1
-        prefetch = [p + (p[-1] if p else 0,) * (width - len(p)) for p in prefetch]
-    per_tile = (spec.out_channels // spec.groups) * m_h * m_w * dtype_info(spec.dtype).itemsize
-    chunk_blocks = max(1, CHUNK_BYTES // (per_tile * block))
-    chunks, end = [], 0
-    while end < blocks:
-        end = min(blocks, end + chunk_blocks)
-        chunks.append((end, grid[0] if end == blocks else (end * block) // grid[1]))
-    if method != "winograd":
-        chunks = [(blocks, grid[0])]
+    else:  # the padded input the patches read: staged (reflect, ...) or masked (zeros)
+        assert masked or dil_h == dil_w == 1, "dilation needs zero padding"
+        src_rows = source_map(patch_extent(grid[0], m_h, dil_h, a_h), 1, pad_h, in_h, mode)
+        src_cols = source_map(patch_extent(grid[1], m_w, dil_w, a_w), 1, pad_w, in_w, mode)
+        staged_in = (0, 0) if masked else (src_rows.length, src_cols.length)
     cout_g = spec.out_channels // spec.groups
+    per_tile = cout_g * m_h * m_w * dtype_info(spec.dtype).itemsize
+    chunk_size = max(1, CHUNK_BYTES // (per_tile * block)) if method == "winograd" else blocks
+    chunk_size = min(chunk_size, blocks)
+    # the distinct chunk sizes: every chunk but the last is whole
+    sizes = sorted({chunk_size, blocks % chunk_size or chunk_size})
     return WinogradPlan(
         method=method, cout_g=cout_g, tile=(m_h, m_w), alpha=(a_h, a_w), grid=grid,
-        co_rows=co_rows, vectors=vectors, lanes=lanes, blocks=blocks, in_offsets=in_offsets,
+        co_rows=co_rows, vectors=vectors, lanes=lanes, blocks=blocks,
         staged_in=staged_in, src_rows=src_rows, src_cols=src_cols,
         stage_out=method != "gemm", matrices_h=winograd_matrices(m_h, k_h),
-        matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip,
-        row_masks=tuple(row_masks) if row_masks is not None else None,
-        col_masks=tuple(col_masks) if col_masks is not None else None,
-        chunks=tuple(chunks), prefetch=tuple(prefetch), dilation=(dil_h, dil_w),
-        co_part=split_output_channels(cout_g, co_rows, chunk_sizes(chunks), threads))
+        matrices_w=winograd_matrices(m_w, k_w), flip=spec.flip, masked=masked,
+        pad=(pad_h, pad_w), chunk_size=chunk_size,
+        prefetch_lines=MAX_PREFETCH if masked else 0, dilation=(dil_h, dil_w),
+        co_part=split_output_channels(cout_g, co_rows, sizes, threads))
 
 
 def transform_weights(plan, weight):
@@ -410,8 +409,8 @@ def transform_weights(plan, weight):
 
 def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
     """describe_plan for method "winograd" / "gemm"; ``gathers_by_table``: the backend
-    reads a staged or padded input through the lane tables of :func:`lane_input_offsets`
-    (one masked gather per patch element) rather than staging it."""
+    reads a staged or padded input through per-block lane tables of element offsets
+    (one masked gather per patch element, -1 a zero) rather than staging it."""
     wp: WinogradPlan = plan.kind
     spec = plan.spec
     dims = f"{wp.tile[0]}x{wp.tile[1]}" if spec.ndim == 2 else f"{wp.tile[1]}"
@@ -424,8 +423,8 @@ def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
         if wp.staged_in == (0, 0):
             lines.append("input read in place")
         elif gathers_by_table:
-            lines.append("input gathered through a table of the pixels the output reads "
-                         "(stride/padding applied in the table)")
+            lines.append("input gathered through a table of the pixels the output reads, "
+                         "computed per block (stride/padding applied in the table)")
         else:
             lines.append(f"input staged per channel as the {wp.staged_in[0]}x"
                          f"{wp.staged_in[1]} pixels the output reads (stride/padding "
@@ -439,12 +438,13 @@ def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
                          "dilation phase, their outputs and patch elements taps apart")
         if gathers_by_table:
             lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch gathered "
-                         "through a table of element offsets (padding and dilation applied "
-                         "in the table, -1 read as zero), one masked gather per patch "
-                         "element; outputs scattered to the output with the epilogue")
+                         "through a table of element offsets computed per block from the "
+                         "tile index (padding and dilation applied in the table, -1 read as "
+                         "zero), one masked gather per patch element; outputs scattered to "
+                         "the output with the epilogue")
         else:
             source = ("gathered from the input itself, masked to zero outside it"
-                      if wp.row_masks is not None else
+                      if wp.masked else
                       f"gathered from a staged copy of each input channel, "
                       f"{wp.staged_in[0]}x{wp.staged_in[1]}, padded by {spec.padding_mode}")
             lines.append(f"each tile's {wp.alpha[0]}x{wp.alpha[1]} input patch {source}, one "
@@ -462,74 +462,3 @@ def describe_winograd_plan(plan, gathers_by_table: bool = False) -> list[str]:
                  f"of tiles = {wp.co_rows * wp.vectors} accumulators; per input channel "
                  f"{wp.vectors} vector load(s) and {wp.co_rows} broadcast weights")
     return lines
-
-
-def _scaled(table: list[int], scale: int) -> list[int]:
-    """``table``'s pixel offsets as element offsets ``scale`` apart, -1 kept."""
-    return table if scale == 1 else [o * scale if o >= 0 else o for o in table]
-
-
-def lane_input_offsets(plan) -> list[int] | None:
-    """Per block, tile vector, patch element and lane: the input element read (an offset
-    from one input channel's first element: the pixel, times VL when the input is
-    blocked), -1 for a zero; None when a GEMM reads its input in place. Kernels that
-    gather every patch element through one table read these (the LLVM backend)."""
-    wp: WinogradPlan = plan.kind
-    spec = plan.spec
-    in_h, in_w = plan.in_size[1:]
-    out_w = plan.out_size[2]
-    pad_h = spec.padding[0][0] if spec.ndim == 2 else 0
-    pad_w = spec.padding[-1][0]
-    mode = spec.padding_mode
-    count, block = wp.tiles, wp.block_tiles
-    table = []
-    if wp.method == "gemm":
-        if wp.staged_in == (0, 0):
-            return None
-        s_h, s_w = (1, *spec.stride)[-2:]
-        for t in range(wp.blocks * block):
-            if t >= count:
-                table.append(-1)
-                continue
-            r = source_coordinate(t // out_w * s_h - pad_h, in_h, mode)
-            c = source_coordinate(t % out_w * s_w - pad_w, in_w, mode)
-            table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
-        return table
-    (a_h, a_w), (d_h, d_w) = wp.alpha, wp.dilation
-    for blk in range(wp.blocks):
-        for v in range(wp.vectors):
-            for i in range(a_h):
-                for j in range(a_w):
-                    for lane in range(wp.lanes):
-                        t = blk * block + v * wp.lanes + lane
-                        if t >= count:
-                            table.append(-1)
-                            continue
-                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
-                        r = source_coordinate(r0 - pad_h + i * d_h, in_h, mode)
-                        c = source_coordinate(c0 - pad_w + j * d_w, in_w, mode)
-                        table.append(r * in_w + c if r >= 0 and c >= 0 else -1)
-    return _scaled(table, plan.vector_lanes if plan.in_blocked else 1)
-
-
-def lane_output_offsets(plan) -> list[int]:
-    """Per block, tile vector, tile output and lane (Winograd): the output element written
-    (an offset from one output channel's first element: the pixel, times VL when the
-    output is blocked), -1 past the output or the last tile."""
-    wp: WinogradPlan = plan.kind
-    out_h, out_w = plan.out_size[1:]
-    (m_h, m_w), (d_h, d_w) = wp.tile, wp.dilation
-    table = []
-    for blk in range(wp.blocks):
-        for v in range(wp.vectors):
-            for a in range(m_h):
-                for bb in range(m_w):
-                    for lane in range(wp.lanes):
-                        t = blk * wp.block_tiles + v * wp.lanes + lane
-                        if t >= wp.tiles:
-                            table.append(-1)
-                            continue
-                        r0, c0 = tile_origin(t, wp.grid[1], wp.tile, wp.dilation)
-                        oh, ow = r0 + a * d_h, c0 + bb * d_w
-                        table.append(oh * out_w + ow if oh < out_h and ow < out_w else -1)
-    return _scaled(table, plan.vector_lanes if plan.out_blocked else 1)

@@ -319,9 +319,12 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "staged_in": wp.staged_in,
         "stage_in": wp.staged_in != (0, 0),
         "stage_out": wp.stage_out,
-        "src_rows": wp.src_rows,
-        "src_cols": wp.src_cols,
-        "in_offsets": [[o * scale for o in block] for block in wp.in_offsets],
+        # staged row (column) -> input row (column): explicit borders, affine between
+        # (a trailing 0 keeps the border table non-empty)
+        "src_rows": {**vars(wp.src_rows), "edges": [*wp.src_rows.edges, 0]},
+        "src_cols": {**vars(wp.src_cols), "edges": [*wp.src_cols.edges, 0]},
+        "pad": wp.pad,
+        "offset_scale": scale,
         "epilogue": bool(spec.bias or residual or spec.activation),
         "gemm_classes": classes,
         "weight_lanes": [lane * k_h * k_w for lane in range(wp.lanes)],
@@ -335,13 +338,9 @@ def wino_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
                    "offset": ((i * cols) * wp.dilation[0] + j * wp.dilation[1]) * scale,
                    "i": i, "j": j}
                   for i in range(a_h) for j in range(a_w)],
-        "chunk_end": [end for end, _ in wp.chunks],
-        "chunk_rows": [rows for _, rows in wp.chunks],
-        "masked": wp.row_masks is not None,
-        "prefetch": [[o * scale for o in p] for p in wp.prefetch]
-        if wp.prefetch and wp.prefetch[0] else [],
-        "row_masks": wp.row_masks or [],
-        "col_masks": wp.col_masks or [],
+        "chunk_size": wp.chunk_size,
+        "masked": wp.masked,
+        "prefetch_lines": wp.prefetch_lines,
         "input_lines": two_pass(bt_h, bt_w, "d", "e", "v", a_h, a_h, a_w, a_w, "const V "),
         "input_stores": [{"name": f"v{a}_{b}", "xi": a * a_w + b}
                          for a in range(a_h) for b in range(a_w)],

@@ -3,14 +3,18 @@
 The C template's plan (templates/c/conv_wino_function.j2, convgen/winograd.py) built
 with llvmlite.ir, with three simplifications that keep the IR short:
 
-- every input patch element is a masked gather through one table of offsets per block,
-  tile vector and patch element (-1: a zero, which is what masks it off); the table is
-  computed from the padding mode, so zero, reflect, replicate and circular padding and
-  dilation take the same path (C gathers zero-padded patches through offsets and border
-  masks, and stages a padded copy for the other modes). A 1x1 GEMM reads its input in
-  place with vector loads (stride 1, no padding) or gathers it through the same table;
+- every input patch element is a masked gather through a table of offsets per tile
+  vector and patch element (-1: a zero, which is what masks it off), which each job
+  computes on the stack from its block's tile indices (convgen.plan.winograd.tile_origin)
+  and the plan's row and column maps (SourceMap: explicit borders, affine between), so
+  zero, reflect, replicate and circular padding and dilation take the same path and
+  the module holds no per-block table (C gathers zero-padded patches through offsets and
+  border masks, and stages a padded copy for the other modes). A 1x1 GEMM reads its
+  input in place with vector loads (stride 1, no padding) or gathers it through such a
+  table of its block's pixels;
 - a block's outputs are written straight to the output with the epilogue (bias,
-  residual, activation): masked scatters through a table of output offsets for Winograd,
+  residual, activation): masked scatters through a per-job table of output offsets for
+  Winograd,
   masked vector stores for the GEMM (C stores tile-major, then copies out by rows);
 - a blocked input or output (``plan.in_blocked`` / ``plan.out_blocked``, convgen.plan.layout:
   (N, C / VL, H, W, VL), method "winograd" only) takes the same tables, scaled: channel c
@@ -42,7 +46,7 @@ from llvmlite import ir
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
 from convgen.backends.llvm.build import openmp_available
-from convgen.plan.winograd import WinogradPlan, lane_input_offsets, lane_output_offsets
+from convgen.plan.winograd import SourceMap, WinogradPlan
 
 SCRATCH_ALIGN = 64  # bytes
 
@@ -79,6 +83,8 @@ class WinoKernelIR(IRFunction):
         self.mb_size = 0 if self.gemm else xi * cout * tb
         self.thread_size = -(-(self.vb_size + self.mb_size) // 16) * 16
         self.ctx_type = ir.LiteralStructType([self.ptr] * 7 + [I64, I64])
+        self.edge_tables: dict[str, ir.GlobalVariable] = {}
+        self.splat_constants: dict[tuple[str, float], ir.Instruction] = {}
 
     # -- entry point -----------------------------------------------------------------
     def build(self) -> ir.Function:
@@ -213,6 +219,19 @@ class WinoKernelIR(IRFunction):
         pointer = self.b.gep(table, [i64(0), index], inbounds=True)
         return self.b.load(self.b.bitcast(pointer, self.ivec.as_pointer()), align=4)
 
+    def _splat_constant(self, value: float):
+        """``value`` in every lane: one splat per function and value, in its entry block
+        (a vector constant spells every lane out wherever it is used, and the transforms
+        use their few coefficients hundreds of times)."""
+        key = (self.function.name, value)
+        if key not in self.splat_constants:
+            entry = self.alloca_builder
+            undef = ir.Constant(self.vec, ir.Undefined)
+            one = entry.insert_element(undef, ir.Constant(self.scalar, value), i32(0))
+            self.splat_constants[key] = entry.shuffle_vector(
+                one, undef, ir.Constant(ir.VectorType(I32, self.lanes), None))
+        return self.splat_constants[key]
+
     def _combine(self, matrix, sources):
         """[sum_j matrix[i][j] * sources[j] for each row i], zeros left out."""
         b, out = self.b, []
@@ -223,7 +242,8 @@ class WinoKernelIR(IRFunction):
                     continue
                 value = float(coef)
                 negative = value < 0
-                term = source if abs(value) == 1.0 else b.fmul(self.vconst(abs(value)), source)
+                term = source if abs(value) == 1.0 else b.fmul(self._splat_constant(abs(value)),
+                                                               source)
                 if total is None:
                     total = b.fneg(term) if negative else term
                 else:
@@ -239,6 +259,119 @@ class WinoKernelIR(IRFunction):
         rows_out = len(first)
         return [self._combine(second, [columns[j][a] for j in range(cols_in)])
                 for a in range(rows_out)]
+
+    # -- a block's offset tables, computed from its tile indices --------------------------
+    def _source(self, smap: SourceMap, j, name: str):
+        """The input row (column, i64) at padded row (column) ``j`` (i64, in [0,
+        smap.length)) of ``smap``, -1 for a zero: affine inside [a, b), else looked up in
+        the map's border table."""
+        b = self.b
+        below = b.icmp_signed("<", j, i64(smap.a))
+        inside = b.and_(b.not_(below), b.icmp_signed("<", j, i64(smap.b)))
+        affine = b.sub(b.mul(j, i64(smap.stride)), i64(smap.shift))
+        if all(e < 0 for e in smap.edges):  # zero padding: no table
+            return b.select(inside, affine, i64(-1), name=name)
+        edges = self.edge_tables.get(name)
+        if edges is None:  # the borders, then a spare 0 read for the interior
+            edges = self.edge_tables[name] = self.constant_table(name, [*smap.edges, 0], I32)
+        index = b.select(below, j, b.add(j, i64(smap.a - smap.b)))
+        index = b.select(inside, i64(len(smap.edges)), index)
+        edge = b.sext(self.table_load(edges, index, name + ".edge"), I64)
+        return b.select(inside, affine, edge, name=name)
+
+    def _tile_origin(self, t):
+        """(row, column) i64 of tile ``t``'s first output (plan.winograd.tile_origin)."""
+        wp, b = self.wp, self.b
+        grid_w = i64(wp.grid[1])
+
+        def origin(index, tile, dilation):
+            if dilation == 1:
+                return b.mul(index, i64(tile))
+            return b.add(b.urem(index, i64(dilation)),
+                         b.mul(b.udiv(index, i64(dilation)), i64(dilation * tile)))
+
+        return (origin(b.udiv(t, grid_w), wp.tile[0], wp.dilation[0]),
+                origin(b.urem(t, grid_w), wp.tile[1], wp.dilation[1]))
+
+    def _lane_tile(self, blk, lane):
+        """(tile index, clamped to the last tile; i1 whether it holds a tile) of ``lane``
+        of block ``blk`` (i64 both)."""
+        b = self.b
+        t = b.add(b.mul(blk, i64(self.wp.block_tiles)), lane)
+        valid = b.icmp_signed("<", t, i64(self.wp.tiles))
+        return b.select(valid, t, i64(self.wp.tiles - 1)), valid
+
+    def _patch_offsets(self, blk):
+        """The block's gather table on the stack, [tile vector][patch row][patch column]
+        [lane] (i32): the element of an input channel the tile's patch element reads, -1
+        for a zero (padding, or a lane past the last tile)."""
+        p, wp, b = self.plan, self.wp, self.b
+        (a_h, a_w), (d_h, d_w), vl = wp.alpha, wp.dilation, self.lanes
+        scale = p.vector_lanes if p.in_blocked else 1
+        table = self.alloca(ir.ArrayType(I32, wp.block_tiles * a_h * a_w), "in.off")
+        with self.loop(0, wp.block_tiles, "in.lane") as lane:
+            t, valid = self._lane_tile(blk, lane)
+            r0, c0 = self._tile_origin(t)
+            rows = [self._source(wp.src_rows, b.add(r0, i64(i * d_h)), "src_rows")
+                    for i in range(a_h)]
+            cols = [self._source(wp.src_cols, b.add(c0, i64(j * d_w)), "src_cols")
+                    for j in range(a_w)]
+            row_ok = [b.and_(valid, b.icmp_signed(">=", r, i64(0))) for r in rows]
+            col_ok = [b.icmp_signed(">=", c, i64(0)) for c in cols]
+            row_at = [b.mul(r, i64(p.in_size[2] * scale)) for r in rows]
+            col_at = [b.mul(c, i64(scale)) for c in cols]
+            first = b.add(b.mul(b.udiv(lane, i64(vl)), i64(a_h * a_w * vl)),
+                          b.urem(lane, i64(vl)))
+            for i in range(a_h):
+                for j in range(a_w):
+                    at = b.select(b.and_(row_ok[i], col_ok[j]), b.add(row_at[i], col_at[j]),
+                                  i64(-1))
+                    slot = b.add(first, i64((i * a_w + j) * vl))
+                    b.store(b.trunc(at, I32), b.gep(table, [i64(0), slot], inbounds=True))
+        return table
+
+    def _output_offsets(self, blk):
+        """The block's scatter table on the stack, [tile vector][tile row][tile column]
+        [lane] (i32): the element of an output channel the tile's output goes to, -1 past
+        the output or the last tile."""
+        p, wp, b = self.plan, self.wp, self.b
+        (m_h, m_w), (d_h, d_w), vl = wp.tile, wp.dilation, self.lanes
+        out_h, out_w = p.out_size[1:]
+        scale = p.vector_lanes if p.out_blocked else 1
+        table = self.alloca(ir.ArrayType(I32, wp.block_tiles * m_h * m_w), "out.off")
+        with self.loop(0, wp.block_tiles, "out.lane") as lane:
+            t, valid = self._lane_tile(blk, lane)
+            r0, c0 = self._tile_origin(t)
+            rows = [b.add(r0, i64(a * d_h)) for a in range(m_h)]
+            cols = [b.add(c0, i64(c * d_w)) for c in range(m_w)]
+            row_ok = [b.and_(valid, b.icmp_signed("<", r, i64(out_h))) for r in rows]
+            col_ok = [b.icmp_signed("<", c, i64(out_w)) for c in cols]
+            first = b.add(b.mul(b.udiv(lane, i64(vl)), i64(m_h * m_w * vl)),
+                          b.urem(lane, i64(vl)))
+            for a in range(m_h):
+                for c in range(m_w):
+                    at = b.mul(b.add(b.mul(rows[a], i64(out_w)), cols[c]), i64(scale))
+                    at = b.select(b.and_(row_ok[a], col_ok[c]), at, i64(-1))
+                    slot = b.add(first, i64((a * m_w + c) * vl))
+                    b.store(b.trunc(at, I32), b.gep(table, [i64(0), slot], inbounds=True))
+        return table
+
+    def _pixel_offsets(self, blk):
+        """A strided or padded GEMM's gather table on the stack, [lane] (i32): the input
+        pixel the block's output pixel reads, -1 for a zero (padding, or past the last
+        pixel)."""
+        p, wp, b = self.plan, self.wp, self.b
+        out_w = p.out_size[2]
+        table = self.alloca(ir.ArrayType(I32, wp.block_tiles), "in.off")
+        with self.loop(0, wp.block_tiles, "in.lane") as lane:
+            t, valid = self._lane_tile(blk, lane)
+            row = self._source(wp.src_rows, b.udiv(t, i64(out_w)), "src_rows")
+            col = self._source(wp.src_cols, b.urem(t, i64(out_w)), "src_cols")
+            ok = b.and_(valid, b.and_(b.icmp_signed(">=", row, i64(0)),
+                                      b.icmp_signed(">=", col, i64(0))))
+            at = b.select(ok, b.add(b.mul(row, i64(p.in_size[2])), col), i64(-1))
+            b.store(b.trunc(at, I32), b.gep(table, [i64(0), lane], inbounds=True))
+        return table
 
     # -- 1. the weights: U[g][xi][co][ci] = (G g G^T)[xi], VL input channels at a time ----
     def _transform_weights(self, w, u, thread, threads) -> None:
@@ -314,11 +447,11 @@ class WinoKernelIR(IRFunction):
         (a_h, a_w), tb = wp.alpha, wp.block_tiles
         elements = a_h * a_w
         in_plane = p.in_size[1] * p.in_size[2]
-        table = self.constant_table("in_offsets", lane_input_offsets(p), I32)
+        b.comment("the block's patch offsets, from its tile indices")
+        table = self._patch_offsets(blk)
         b.comment("input transform: V = BT d B, patches gathered (-1 offsets: zeros)")
         for tv in range(wp.vectors):
-            first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)),
-                          i64(elements * self.lanes))
+            first = i64(tv * elements * self.lanes)
             with self.loop(0, p.cin_g, f"ci.in{tv}") as ci:
                 xc = self._channel(xg, ci, in_plane, p.in_blocked)
                 d = [[None] * a_w for _ in range(a_h)]
@@ -340,7 +473,8 @@ class WinoKernelIR(IRFunction):
         p, wp, b = self.plan, self.wp, self.b
         (m_h, m_w), (a_h, a_w), tb = wp.tile, wp.alpha, wp.block_tiles
         out_plane = p.out_size[1] * p.out_size[2]
-        table = self.constant_table("out_offsets", lane_output_offsets(p), I32)
+        b.comment("the block's output offsets, from its tile indices")
+        table = self._output_offsets(blk)
         if self._transposes_output():
             self._output_transform_blocked(mb, bias, rg, yg, group, blk, table)
             return
@@ -354,8 +488,7 @@ class WinoKernelIR(IRFunction):
                     b.mul(b.add(i64((a * a_w + c) * p.cout_g), co), i64(tb)),
                     i64(tv * self.lanes)))) for c in range(a_w)] for a in range(a_h)]
                 out = self._two_pass(wp.matrices_h[0], wp.matrices_w[0], m)
-                first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)),
-                              i64(m_h * m_w * self.lanes))
+                first = i64(tv * m_h * m_w * self.lanes)
                 for a in range(m_h):
                     for c in range(m_w):
                         offsets = self._table_vector(
@@ -429,7 +562,7 @@ class WinoKernelIR(IRFunction):
                         for c in range(m_w):
                             self.store_vec(out[a][c], self.element(
                                 ts, b.mul(b.add(i64((a * m_w + c) * vl), cl), i64(vl))))
-                first = b.mul(b.add(b.mul(blk, i64(wp.vectors)), i64(tv)), i64(outputs * vl))
+                first = i64(tv * outputs * vl)
                 with self.loop(0, outputs, f"ab.out{tv}") as ab:
                     rows = [self.load_vec(self.element(ts, b.add(b.mul(ab, i64(vl * vl)),
                                                                  i64(r * vl))))
@@ -470,11 +603,10 @@ class WinoKernelIR(IRFunction):
         in_plane = p.in_size[1] * p.in_size[2]
         out_plane = p.out_size[1] * p.out_size[2]
         p0 = b.mul(blk, i64(tb), name="p0")
-        table = lane_input_offsets(p)
         source = self.alloca(self.ptr, "v.base")
         stride = self.alloca(I64, "v.stride")
         full = b.icmp_signed("<=", b.add(p0, i64(tb)), i64(count))
-        if table is None:  # the input in place; the last, partial block copied, zero padded
+        if wp.staged_in == (0, 0):  # the input in place; the last, partial block copied, zero padded
             with b.if_else(full) as (then, otherwise):
                 with then:
                     b.store(self.element(xg, p0), source)
@@ -492,11 +624,11 @@ class WinoKernelIR(IRFunction):
                     b.store(vb, source)
                     b.store(i64(tb), stride)
         else:  # strided or padded: the pixels' inputs gathered through the offset table
-            offsets_table = self.constant_table("in_offsets", table, I32)
+            offsets_table = self._pixel_offsets(blk)
             with self.loop(0, p.cin_g, "ci.gather") as ci:
                 xc = self.element(xg, b.mul(ci, i64(in_plane)))
                 for t in range(wp.vectors):
-                    offsets = self._table_vector(offsets_table, b.add(p0, i64(t * self.lanes)))
+                    offsets = self._table_vector(offsets_table, i64(t * self.lanes))
                     self.store_vec(self.masked_gather(*self.offset_pointers(xc, offsets)),
                                    self.element(vb, b.add(b.mul(ci, i64(tb)),
                                                           i64(t * self.lanes))))
