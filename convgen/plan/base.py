@@ -171,6 +171,13 @@ def index_table(spec: ConvSpec, dim: int) -> IndexTable:
     return IndexTable(spec, dim)
 
 
+def spec_tables(spec: ConvSpec) -> tuple:
+    """The (D, H, W) index tables of ``spec``, a 1D or 2D spec's missing dims as one-row
+    tables ``[[0]]`` (size 1, one tap)."""
+    tables = tuple(index_table(spec, d) for d in range(spec.ndim))
+    return ([[0]],) * (3 - spec.ndim) + tables
+
+
 def block_lanes(dtype: str) -> int:
     """VL of the blocked layout for ``dtype`` on this host (convgen.plan.layout)."""
     return vector_lanes(dtype)

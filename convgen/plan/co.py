@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from convgen.cpu import vector_bits
 from convgen.dtypes import dtype_info
+from convgen.errors import ScheduleError
 from convgen.plan.base import FoldedTable, IndexTable, Plan, PlanKind
 from convgen.spec import ConvSpec
 
@@ -38,6 +39,11 @@ CO_ROWS_OUTER_WEIGHTS = 1.0
 # displacement fits EVEX's compressed 8-bit one (+-127 elements) and the instruction
 # stays 7 bytes, not 10.
 CO_BASE_PIXELS = 16
+# The "co" kernel unrolls every class's taps x pixels x channel vectors as straight-line
+# multiply-adds: past this many (a 100-tap row over 10**4 outputs makes 16400, about
+# 1.8 MB of C) the plan is refused, and the default takes the "w" plan, whose code does
+# not unroll taps.
+MAX_CO_UNROLLED = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,13 @@ def co_row_tiles(spec: ConvSpec, tables, vectors: int, lanes: int,
             else:
                 runs.append(run)
         first = spans[-1][0] + spans[-1][1]
+    unrolled = co_unrolled(classes, vectors)
+    if unrolled > MAX_CO_UNROLLED:
+        raise ScheduleError("vectorize", "co",
+                            f"{spec.name}: the 'co' kernel would unroll {unrolled} "
+                            f"multiply-adds ({len(classes)} piece classes x "
+                            f"{spec.kernel_size[-1]} taps; at most {MAX_CO_UNROLLED}); "
+                            "use vectorize='w'")
     taps = reduction // (spec.in_channels // spec.groups)
     if spec.transposed:  # weight (C_in, C_out/groups, *k): one run of taps per input channel
         segments, run, stride = reduction // taps, taps, (spec.out_channels // spec.groups) * taps
@@ -328,6 +341,12 @@ def co_row_tiles(spec: ConvSpec, tables, vectors: int, lanes: int,
                    reduction * vectors * lanes, step, segments, run, stride,
                    block_outer=spec.transposed,
                    folds=(fold_table(tables[0]), fold_table(tables[1])))
+
+
+def co_unrolled(classes, vectors: int) -> int:
+    """Multiply-adds a "co" kernel writes out per channel step: every class's taps x
+    pixels x channel vectors."""
+    return sum(len(tap.pixels) for cls in classes for tap in cls.taps) * vectors
 
 
 def _merge(run: CoRun, after: CoRun) -> CoRun | None:

@@ -16,7 +16,7 @@ import math
 
 from convgen.cpu import vector_lanes
 from convgen.dtypes import dtype_info
-from convgen.plan.base import (Plan, PlanKind, index_table, kernel_symbol,  # noqa: F401
+from convgen.plan.base import (Plan, PlanKind, index_table, kernel_symbol, spec_tables,  # noqa: F401
                                omp_schedule, pad3, weight_strides)
 from convgen.plan.co import (CoClass, CoPiece, CoTap, CoTiles, co_decisions, co_row_taps,  # noqa: F401
                              co_row_tiles, describe_co_plan, transpose_shuffles)
@@ -119,8 +119,7 @@ def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
     strides = weight_strides(spec)
     out_size = pad3(spec.output_spatial)
     tile = pad3(tile_spatial)
-    tables = tuple(index_table(spec, d) for d in range(ndim))
-    tables = ([[0]],) * (3 - ndim) + tables
+    tables = spec_tables(spec)
     lanes = schedule.vector_width or vector_lanes(spec.dtype)
     kind: PlanKind
     if schedule.method != "direct":

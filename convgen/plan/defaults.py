@@ -12,7 +12,10 @@ import math
 from convgen import config
 from convgen.cpu import vector_lanes
 from convgen.dtypes import dtype_info
-from convgen.schedule import MAX_THREADS, Schedule, default_tile_spatial, unsupported
+from convgen.errors import ScheduleError
+from convgen.plan.base import spec_tables
+from convgen.plan.co import co_row_tiles
+from convgen.schedule import MAX_THREADS, Schedule, co_vectors, default_tile_spatial, unsupported
 from convgen.spec import ConvSpec
 from convgen.plan.winograd import grid_size, tile_vectors
 
@@ -46,8 +49,25 @@ def default_schedule(spec: ConvSpec, backend: str | None = None,
     if transform is not None:
         return transform
     if prefers_co(spec):
-        return default_co_schedule(spec, threads)
+        schedule = default_co_schedule(spec, threads)
+        if co_fits(spec, schedule):
+            return schedule
     return default_w_schedule(spec, threads)
+
+
+def co_fits(spec: ConvSpec, schedule: Schedule) -> bool:
+    """Whether the "co" plan of ``schedule`` stays within its unroll limit
+    (convgen.plan.co.MAX_CO_UNROLLED: a kernel of ~100+ taps in a row does not). Plans
+    the row's pieces only: border pieces and one per interior run."""
+    lanes = schedule.vector_width or vector_lanes(spec.dtype)
+    step = spec.stride[-1] if spec.transposed else 1
+    reduction = spec.in_channels // spec.groups * math.prod(spec.kernel_size)
+    try:
+        co_row_tiles(spec, spec_tables(spec), co_vectors(spec, schedule.tile_co), lanes,
+                     schedule.tile_spatial[-1], reduction, step)
+    except ScheduleError:
+        return False
+    return True
 
 
 def default_w_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
-from convgen.plan.base import Plan, PlanKind, index_table, kernel_symbol, pad3, weight_strides
+from convgen.plan.base import Plan, PlanKind, kernel_symbol, pad3, spec_tables, weight_strides
 from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ConvSpec
 
@@ -401,8 +401,7 @@ def make_gpu_plan(spec: ConvSpec, schedule: Schedule | None = None,
     kernel = pad3(spec.kernel_size)
     strides = weight_strides(spec)
     if isinstance(kind, GpuGemm):
-        tables = tuple(index_table(spec, d) for d in range(ndim))
-        tables = ([[0]],) * (3 - ndim) + tables
+        tables = spec_tables(spec)
         tile = (1, 1, 1)
         tile_co = kind.thread_m
     else:
