@@ -5,6 +5,11 @@ DEPTHWISE_PIXELS pixels of that row; input and output blocked (convgen.plan.layo
 reduction over channels (each tap is one FMA of whole vectors). Weights prepared at load:
 (C / VL, taps, VL). Networks choose it where the values around the layer are blocked
 (convgen.graph.layout).
+
+Generated code does not grow with the output size: the D and H index tables are folded
+(convgen.plan.base.FoldedTable), and a row's pieces are a run of linear pieces (each a
+translation of the first) between a bounded number of border pieces listed explicitly
+(:class:`DepthwisePieces`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convgen.plan.base import Plan, PlanKind, block_lanes
+from convgen.plan.base import FoldedTable, Plan, PlanKind, block_lanes
+
+
+@dataclass(frozen=True)
+class DepthwisePieces:
+    """A row's pieces of P pixels, piece i starting at output column i * P: pieces
+    [run_begin, run_end) are linear (pixel p of piece i reads input column
+    ``run_cols[kw] + (i - run_begin) * run_step + p * stride`` at tap kw, all inside the
+    input); the others, border pieces, in row order, read ``border_cols[j][p][kw]`` (-1:
+    the tap adds nothing, or the pixel is past the row)."""
+
+    count: int  # pieces in a row: ceil(OW / P)
+    run_begin: int
+    run_end: int
+    run_cols: tuple[int, ...]  # the input column of pixel 0 of piece run_begin, per tap
+    run_step: int  # input columns from one linear piece to the next: P * stride
+    border_cols: tuple[tuple[tuple[int, ...], ...], ...]
+
+    def border(self, piece: int) -> int:
+        """The index into ``border_cols`` of border piece ``piece``."""
+        return piece if piece < self.run_begin else piece - self.run_end + self.run_begin
 
 
 @dataclass(frozen=True)
@@ -24,7 +49,7 @@ class DepthwiseKind(PlanKind):
     label = "dw"
     lanes_hold = "channels of a pixel"
 
-    pieces: tuple = ()  # the register tiles of a row (depthwise_pieces)
+    pieces: DepthwisePieces | None = None  # the register tiles of a row (depthwise_pieces)
 
     def jobs(self, plan: Plan) -> int:
         """batch x channel blocks x output rows."""
@@ -50,21 +75,29 @@ def depthwise_blocked(spec) -> str | None:
     return None
 
 
-def depthwise_pieces(plan: Plan) -> tuple[tuple[int, bool, tuple[int, ...]], ...]:
-    """The blocked depthwise plan's pieces of a row: (first output column, linear, the
-    input column each tap reads for the first pixel); linear: a whole piece whose pixel p
-    reads column cols[kw] + p * stride at every tap, all inside the input."""
+def depthwise_pieces(plan: Plan) -> DepthwisePieces:
+    """The blocked depthwise plan's pieces of a row (see DepthwisePieces): the linear run
+    is every whole piece inside the W table's interior, where each tap reads
+    ``o * stride + offset``; only the border pieces' columns are looked up, so planning
+    does not visit every column."""
     table = plan.tables[2]
-    pixels = plan.tile[2]
-    stride = plan.spec.stride[-1]
-    out = []
-    for ow0 in range(0, plan.out_size[2], pixels):
-        cols = table[ow0]
-        linear = ow0 + pixels <= plan.out_size[2] and all(
-            table[ow0 + p][kw] == cols[kw] + p * stride and cols[kw] >= 0
-            for p in range(pixels) for kw in range(len(cols)))
-        out.append((ow0, linear, [c if linear else 0 for c in cols]))
-    return tuple(out)
+    out, pixels = plan.out_size[2], plan.tile[2]
+    count = -(-out // pixels)
+    a, b = table.interior
+    begin, end = -(-a // pixels), b // pixels
+    if end <= begin:
+        begin = end = count
+    borders = tuple(
+        tuple(tuple(table[ow0 + p]) if ow0 + p < out else (-1,) * table.taps
+              for p in range(pixels))
+        for ow0 in (i * pixels for i in (*range(begin), *range(end, count))))
+    run_cols = tuple(table[begin * pixels]) if end > begin else (0,) * table.taps
+    return DepthwisePieces(count, begin, end, run_cols, pixels * table.stride, borders)
+
+
+def depthwise_folds(plan: Plan) -> tuple[FoldedTable, FoldedTable]:
+    """The D and H index tables, folded: a job looks its two rows up once."""
+    return FoldedTable.of(plan.tables[0]), FoldedTable.of(plan.tables[1])
 
 
 def pack_depthwise_weights(plan: Plan, weight: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from convgen.cpu import cpu_flags
 from convgen.dtypes import dtype_for_c_type, dtype_info
 from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.co import CoTiles
-from convgen.plan.depthwise import DepthwiseKind
+from convgen.plan.depthwise import DepthwiseKind, depthwise_folds
 from convgen.plan.direct import DirectKind
 from convgen.plan.winograd import WinogradPlan, transform_lines
 from convgen.version import __version__
@@ -235,19 +235,23 @@ def co_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
 def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     """The flat context of the blocked depthwise plan (templates/c/conv_dw_function.j2)."""
     pieces = plan.kind.pieces
+    d_fold, h_fold = depthwise_folds(plan)
+    # C has no empty arrays: a row without border pieces still declares one
+    no_border = [[[-1] * plan.kernel[2]] * plan.tile[2]]
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "dw",
         "blocks": plan.groups // plan.vector_lanes,
         "pixels": plan.tile[2],
-        "pieces": len(pieces),
+        "pieces": pieces.count,
         "stride_w": plan.spec.stride[-1],
-        "piece_ow0": [ow0 for ow0, _, _ in pieces],
-        "piece_linear": [int(linear) for _, linear, _ in pieces],
-        "piece_cols": [cols for _, _, cols in pieces],
-        "d_table": plan.tables[0],
-        "h_table": plan.tables[1],
-        "w_table": plan.tables[2],
+        "run_begin": pieces.run_begin,
+        "run_end": pieces.run_end,
+        "run_step": pieces.run_step,
+        "run_cols": list(pieces.run_cols),
+        "border_cols": [list(map(list, cols)) for cols in pieces.border_cols] or no_border,
+        "d_fold": d_fold,
+        "h_fold": h_fold,
     }
 
 

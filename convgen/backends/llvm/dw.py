@@ -7,15 +7,17 @@ and every tap is one ``llvm.fma`` of whole vectors: no reduction over channels. 
 weights are always the ones prepared at load (convgen.plan.layout.pack_depthwise_weights:
 (C / VL, taps, VL), a tap's weights for a block of channels one vector).
 
-A job is one output row of one channel block of one image (N * C / VL * OD * OH jobs).
-The row runs in pieces of P pixels, the register tile (P accumulators, allocas promoted
-to registers), each started at the bias vector. The planner's tables (input coordinate
-per (output, tap), -1: the tap adds nothing) handle every padding mode, flip, stride and
-dilation. A "linear" piece (convgen.plan.depthwise.depthwise_pieces) reads its pixel p at tap kw
-from input column PIECE_COL[piece][kw] + p * stride, all inside the input: plain vector
-loads; any other piece (borders, the last, short one) looks each pixel's column up in the
-W table and keeps the accumulator where the tap adds nothing. The epilogue adds the
-residual, applies the activation and stores one vector per pixel.
+A job is one output row of one channel block of one image (N * C / VL * OD * OH jobs); it
+looks its rows of the folded D and H tables up once (fold_row). The row runs in pieces of
+P pixels, the register tile (P accumulators, allocas promoted to registers), each started
+at the bias vector; the planner's tables (input coordinate per (output, tap), -1: the tap
+adds nothing) handle every padding mode, flip, stride and dilation. Pieces
+[run_begin, run_end) (convgen.plan.depthwise.DepthwisePieces) are linear: pixel p of piece
+i reads at tap kw input column run_cols[kw] + (i - run_begin) * run_step + p * stride, all
+inside the input: plain vector loads. The border pieces (and the last, short one) read
+each pixel's column from their own table and keep the accumulator where the tap adds
+nothing. Nothing here grows with the output size. The epilogue adds the residual, applies
+the activation and stores one vector per pixel.
 
 Entry point, shared with the other plans and the C backend:
 ``i32 SYMBOL(T* x, T* w, T* b, [T* r,] T* y, i64 job_begin, i64 job_end)``.
@@ -27,7 +29,7 @@ from llvmlite import ir
 
 from convgen.backends.llvm.ir import I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
-from convgen.plan.depthwise import DepthwiseKind
+from convgen.plan.depthwise import DepthwiseKind, depthwise_folds
 
 
 class DwKernelIR(IRFunction):
@@ -58,14 +60,15 @@ class DwKernelIR(IRFunction):
         else:
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
-        self.tab_d = self.constant_table("tab_d", sum(p.tables[0], []), I32)
-        self.tab_h = self.constant_table("tab_h", sum(p.tables[1], []), I32)
-        self.tab_w = self.constant_table("tab_w", sum(p.tables[2], []), I32)
-        piece_ow0 = self.constant_table("piece_ow0", [q[0] for q in self.pieces], I32)
-        piece_linear = self.constant_table("piece_linear", [int(q[1]) for q in self.pieces],
-                                           I32)
-        self.piece_col = self.constant_table("piece_col",
-                                             [c for q in self.pieces for c in q[2]], I32)
+        pieces = self.pieces
+        self.folds = depthwise_folds(p)
+        self.tab_d = self.constant_table("tab_d", sum(self.folds[0].rows, []), I32)
+        self.tab_h = self.constant_table("tab_h", sum(self.folds[1].rows, []), I32)
+        self.run_col = self.constant_table("run_col", list(pieces.run_cols), I32)
+        # a row without border pieces still declares one (no empty arrays)
+        self.border_col = self.constant_table(
+            "border_col", [c for cols in pieces.border_cols for pixel in cols for c in pixel]
+            or [-1] * (self.pixels * kw_n), I32)
         # the register tile: one alloca per pixel, promoted to registers
         self.acc = [self.alloca(self.vec, f"acc.{px}") for px in range(self.pixels)]
 
@@ -81,76 +84,92 @@ class DwKernelIR(IRFunction):
                         i64(ow_n * lanes), name="row")
             bv = self.load_vec(self.element(bias, b.mul(cb, i64(lanes)))) if p.spec.bias \
                 else self.zero()
-            rows = {"od": od_, "oh": oh_, "xb": xb, "wb": wb}
-            with self.loop(0, len(self.pieces), "piece") as piece:
-                ow0 = b.sext(self.table_load(piece_ow0, piece, "ow0"), I64)
-                linear = self.table_load(piece_linear, piece, "linear")
+            d_row, d_add = self.fold_row(self.folds[0], od_)
+            h_row, h_add = self.fold_row(self.folds[1], oh_)
+            rows = {"d": b.mul(d_row, i64(kd_n)), "d_add": d_add, "h": b.mul(h_row, i64(kh_n)),
+                    "h_add": h_add, "xb": xb, "wb": wb}
+            with self.loop(0, pieces.count, "piece") as piece:
+                ow0 = b.mul(piece, i64(self.pixels), name="ow0")
                 remaining = b.sub(i64(ow_n), ow0)
                 count = b.select(b.icmp_signed("<", remaining, i64(self.pixels)), remaining,
                                  i64(self.pixels), name="np")
-                with b.if_else(b.icmp_signed("!=", linear, i32(0))) as (then, otherwise):
+                linear = b.and_(b.icmp_signed(">=", piece, i64(pieces.run_begin)),
+                                b.icmp_signed("<", piece, i64(pieces.run_end)))
+                with b.if_else(linear) as (then, otherwise):
                     with then:
                         b.comment(f"linear piece: {self.pixels} pixels, every one inside")
-                        self._piece(bv, rows, piece, ow0, None, row, residual, y)
+                        shift = b.mul(b.sub(piece, i64(pieces.run_begin)),
+                                      i64(pieces.run_step), name="shift")
+                        self._piece(bv, rows, shift, ow0, None, row, residual, y)
                     with otherwise:
-                        b.comment("borders and the last piece: per pixel, from the W table")
-                        self._piece(bv, rows, piece, ow0, count, row, residual, y)
+                        b.comment("borders and the last piece: per pixel, from its columns")
+                        border = b.select(
+                            b.icmp_signed("<", piece, i64(pieces.run_begin)), piece,
+                            b.add(piece, i64(pieces.run_begin - pieces.run_end)),
+                            name="border")
+                        cols = b.mul(border, i64(self.pixels * kw_n), name="cols")
+                        self._piece(bv, rows, cols, ow0, count, row, residual, y)
         b.ret(i32(0))
         return self.function
 
     # -- one piece ---------------------------------------------------------------------
-    def _piece(self, bv, rows: dict, piece, ow0, count, row, residual, y) -> None:
+    def _piece(self, bv, rows: dict, where, ow0, count, row, residual, y) -> None:
         """Reduce one piece's taps into the tile and store it; ``count`` None: a linear
-        piece (all P pixels, columns from PIECE_COL), else its pixels (1..P) from TAB_W."""
+        piece (all P pixels), ``where`` its input column shift from the run's first piece;
+        else its pixels (1..P), ``where`` the offset of its columns in border_col."""
         p, b, lanes = self.plan, self.b, self.lanes
         ih, iw = p.in_size[1:]
         kd_n, kh_n, kw_n = p.kernel
         for slot in self.acc:
             b.store(bv, slot)
+        if count is None:  # the shift applies to every tap: fold it into the row base
+            xb = self.element(rows["xb"], b.mul(where, i64(lanes)), "xs")
+        else:
+            xb = rows["xb"]
         with self.loop(0, kd_n, "kd") as kd:
-            in_d = self.table_load(self.tab_d, b.add(b.mul(rows["od"], i64(kd_n)), kd), "in.d")
+            in_d = self.table_load(self.tab_d, b.add(rows["d"], kd), "in.d")
             with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
+                in_d = b.add(in_d, rows["d_add"])
                 with self.loop(0, kh_n, "kh") as kh:
-                    in_h = self.table_load(self.tab_h,
-                                           b.add(b.mul(rows["oh"], i64(kh_n)), kh), "in.h")
+                    in_h = self.table_load(self.tab_h, b.add(rows["h"], kh), "in.h")
                     with b.if_then(b.icmp_signed(">=", in_h, i32(0))):
+                        in_h = b.add(in_h, rows["h_add"])
                         offset = b.mul(b.add(b.mul(b.sext(in_d, I64), i64(ih)),
                                              b.sext(in_h, I64)), i64(iw * lanes))
-                        xr = self.element(rows["xb"], offset, "xr")
+                        xr = self.element(xb, offset, "xr")
                         wr = self.element(rows["wb"], b.mul(b.add(b.mul(kd, i64(kh_n)), kh),
                                                             i64(kw_n * lanes)), "wr")
                         with self.loop(0, kw_n, "kw") as kw:
                             wv = self.load_vec(self.element(wr, b.mul(kw, i64(lanes))))
                             if count is None:
-                                self._linear_taps(xr, wv, piece, kw)
+                                self._linear_taps(xr, wv, kw)
                             else:
-                                self._table_taps(xr, wv, ow0, count, kw)
+                                self._table_taps(xr, wv, where, kw)
         self._epilogue(ow0, count, row, residual, y)
 
-    def _linear_taps(self, xr, wv, piece, kw) -> None:
-        """Tap kw of a linear piece: pixel p reads column PIECE_COL[piece][kw] + p * SW."""
+    def _linear_taps(self, xr, wv, kw) -> None:
+        """Tap kw of a linear piece: pixel p reads column run_col[kw] + p * SW (``xr``
+        already shifted to the piece)."""
         p, b, lanes = self.plan, self.b, self.lanes
-        kw_n, stride = p.kernel[2], p.spec.stride[-1]
+        stride = p.spec.stride[-1]
         fma = self.vector_intrinsic("fma", 3)
-        col = b.sext(self.table_load(self.piece_col, b.add(b.mul(piece, i64(kw_n)), kw),
-                                     "col"), I64)
+        col = b.sext(self.table_load(self.run_col, kw, "col"), I64)
         xk = self.element(xr, b.mul(col, i64(lanes)), "xk")
         for px, slot in enumerate(self.acc):
             xv = self.load_vec(self.element(xk, i64(px * stride * lanes)))
             b.store(b.call(fma, [xv, wv, b.load(slot)]), slot)
 
-    def _table_taps(self, xr, wv, ow0, count, kw) -> None:
-        """Tap kw of any other piece: pixel p < count reads column TAB_W[ow0 + p][kw]; -1
-        (or a pixel past the row) adds nothing: the load reads column 0 of the row, which
-        exists, and the accumulator keeps its value."""
+    def _table_taps(self, xr, wv, cols, kw) -> None:
+        """Tap kw of a border piece: pixel p reads column border_col[cols + p * KW + kw];
+        -1 (also every pixel past the row) adds nothing: the load reads column 0 of the
+        row, which exists, and the accumulator keeps its value."""
         p, b, lanes = self.plan, self.b, self.lanes
         kw_n = p.kernel[2]
         fma = self.vector_intrinsic("fma", 3)
+        at = b.add(cols, kw)
         for px, slot in enumerate(self.acc):
-            inside = b.icmp_signed("<", i64(px), count)
-            out_col = b.select(inside, b.add(ow0, i64(px)), ow0)
-            col = self.table_load(self.tab_w, b.add(b.mul(out_col, i64(kw_n)), kw), "iw")
-            valid = b.and_(inside, b.icmp_signed(">=", col, i32(0)))
+            col = self.table_load(self.border_col, b.add(at, i64(px * kw_n)), "iw")
+            valid = b.icmp_signed(">=", col, i32(0))
             safe = b.sext(b.select(valid, col, i32(0)), I64)
             xv = self.load_vec(self.element(xr, b.mul(safe, i64(lanes))))
             old = b.load(slot)
