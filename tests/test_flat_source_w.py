@@ -49,14 +49,35 @@ def test_source_size_is_flat_in_the_output_size(name):
         assert after <= before + 1024, (name, small, large)
 
 
-def test_interior_tiles_form_one_run_and_border_tiles_their_own():
+def test_reads_are_listed_for_border_positions_only():
+    """A row's reads are by position: only positions near the row's ends are listed."""
     plan = make_plan(SIZED["k3"](10**6), W)
+    positions = vector_tables(plan).positions
+    assert positions is not None and not vector_tables(plan).runs
+    assert positions.hi - positions.lo > 10**6 - 100  # every other position: a vector load
+    assert len(positions.modes) <= 4 * plan.vector_lanes
+
+
+def test_transposed_phases_form_one_run_each_and_border_tiles_their_own():
+    plan = make_plan(SIZED["transposed stride 2"](10**6), W)
     tables = vector_tables(plan)
-    assert len(tables.runs) <= 4
-    interior = max(tables.runs, key=lambda run: run.count)
-    assert interior.count >= plan.n_tiles[3] - 3
-    assert interior.in_shift == plan.tile[2]  # stride 1: a tile further reads TW further
+    assert tables.positions is None
+    assert len(tables.runs) <= 8
     assert sum(run.count for run in tables.runs) == plan.n_tiles[3]
+    interior = max(tables.runs, key=lambda run: run.count)
+    assert interior.in_shift == plan.tile[2]  # a tile further in a phase: TW inputs on
+    assert interior.out_shift == 2 * plan.tile[2]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_kernel_as_wide_as_the_row_compiles_small_and_matches_the_oracle(backend):
+    """Issue 19 row 2: 10**4 taps, padding "same", over 10**4 samples made 644 MB of C."""
+    spec = cg.ConvSpec((1, 1, 10**4), 1, kernel_size=10**4, padding="same")
+    start = time.perf_counter()
+    kernel = cg.compile(spec, backend=backend)
+    assert time.perf_counter() - start < 60
+    assert len(kernel.source) < 1 << 20, len(kernel.source)
+    check_kernel(kernel, spec)
 
 
 # long enough for interior runs of several tiles and folds of several periods, with
@@ -80,6 +101,9 @@ CHECKED = [
                 padding_mode="reflect"),
     cg.ConvSpec((1, 2, 33, 40), 3, kernel_size=3, stride=2, padding=1, transposed=True),
     cg.ConvSpec((1, 2, 18, 12, 40), 3, kernel_size=3, padding=1),
+    # wider than MAX_UNROLLED_TAPS: the LLVM kernel loops over the taps
+    cg.ConvSpec((1, 2, 200), 3, kernel_size=40, stride=2, padding=20, dilation=2, flip=True),
+    cg.ConvSpec((1, 2, 150), 3, kernel_size=37, padding="same", padding_mode="reflect"),
 ]
 
 

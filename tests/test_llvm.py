@@ -100,14 +100,21 @@ def test_every_vector_width_matches_the_oracle(vector_width):
     assert_matches_oracle(spec, kernel(x, w, b), x, w, b)
 
 
+def read_modes(tables) -> set[int]:
+    """The read modes a "w" plan's vectors use: by position (the interior's and the
+    listed border positions'), or per tile class (transposed with a W stride)."""
+    if tables.positions is not None:
+        return {tables.positions.interior_mode, *tables.positions.modes}
+    return {m for tile in tables.modes for row in tile for m in row}
+
+
 def test_vector_modes_cover_load_masked_gather_and_skip():
     """The planner's vector tables choose each read mode where it should."""
     padded = vector_tables(make_plan(SPEC, cg.Schedule(tile_spatial=(4, 32), vector_width=16)))
-    modes = {m for tile in padded.modes for row in tile for m in row}
-    assert {VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP} <= modes
+    assert {VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP} <= read_modes(padded)
     strided = SPEC.replace(stride=2)
     tables = vector_tables(make_plan(strided, cg.Schedule(vector_width=16)))
-    assert VEC_GATHER in {m for tile in tables.modes for row in tile for m in row}
+    assert VEC_GATHER in read_modes(tables)
     for spec in (SPEC, strided):
         kernel = cg.compile(spec, backend="llvm", schedule=cg.Schedule(vector_width=16))
         x, w, b = arrays_for(spec, 4)
@@ -281,7 +288,7 @@ def test_stride_two_rows_use_two_loads_and_a_shuffle():
     spec = cg.ConvSpec((1, 4, 9, 80), 6, kernel_size=3, stride=2, padding=1, bias=True)
     schedule = cg.Schedule(tile_co=2, tile_spatial=(2, 32), vector_width=16)
     tables = vector_tables(make_plan(spec, schedule))
-    assert VEC_EVEN in {m for tile in tables.modes for row in tile for m in row}
+    assert VEC_EVEN in read_modes(tables)
     for backend in CPU_BACKENDS:  # a CPU schedule
         kernel = cg.compile(spec, backend=backend, schedule=schedule)
         x, w, b = arrays_for(spec, 11)

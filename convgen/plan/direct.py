@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
 from convgen.plan.base import FoldedTable, IndexTable, Plan, PlanKind
+from convgen.spec import source_coordinate
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,39 @@ class TileRun:
 
 
 @dataclass(frozen=True)
+class PositionReads:
+    """How a vector reads its input columns, by where its lane 0 reads (its *position*):
+    the plan's W reads when a row's columns are read at a fixed lane step (every plan but a
+    transposed one with a W stride, whose columns go phase by phase).
+
+    Vector ``v`` of the tile at output column ``ow0`` reads at tap ``kw`` from position
+    ``s = (ow0 + v*VL) * lane_step + origin + kw * tap_step``, lane ``l`` from column
+    ``s + l * lane_step`` (mapped by the padding mode at the borders). Positions in
+    ``[lo, hi]`` have every lane inside the row (and a column to spare): they read by
+    ``interior_mode`` from ``s`` (a gather: at ``s + LANE_STEP``). Every other position
+    from ``first`` to ``last`` is listed: ``modes``, ``bases``, ``masks`` (valid lanes)
+    and, for modes other than a plain load or a skip, a row of ``indices`` (absolute
+    columns, -1: nothing to add). Explicit position ``s`` is entry ``s - first`` below
+    ``lo`` and ``left + s - hi - 1`` above ``hi``. The tables depend on the padding and
+    the kernel's reach, never on the row's length or the kernel's tile."""
+
+    lane_step: int
+    origin: int
+    tap_step: int
+    first: int
+    last: int
+    lo: int
+    hi: int
+    interior_mode: int
+    left: int
+    modes: list[int]
+    bases: list[int]
+    masks: list[int]
+    index_rows: list[int]  # per explicit position: its row of indices, or -1
+    indices: list[list[int]]
+
+
+@dataclass(frozen=True)
 class VectorTables:
     """Tables for code that holds VL output columns per vector, per W-tile class.
 
@@ -89,6 +123,8 @@ class VectorTables:
     # columns, so vectors load instead of gathering. out_columns[c][v] is the output column
     # of the class's virtual column v (-1 past the end); None when columns are in order.
     out_columns: list[list[int]] | None = None
+    # the W reads by position (then runs and the class tables are empty), or None
+    positions: PositionReads | None = None
 
 
 class _VirtualRow:
@@ -136,6 +172,57 @@ def _tile_runs(table: IndexTable, row: _VirtualRow, tile: int, span: int, n_tile
     return runs
 
 
+def _read_mode(idx: list[int], lanes: int, even_ok: bool) -> tuple[int, int]:
+    """(mode, base) of a vector whose lanes read input columns ``idx`` (-1: nothing)."""
+    valid = [(lane, i) for lane, i in enumerate(idx) if i >= 0]
+    offsets = {i - lane for lane, i in valid}
+    if not valid:
+        return VEC_SKIP, 0
+    if len(offsets) == 1:
+        return (VEC_LOAD if len(valid) == lanes else VEC_MASKED_LOAD), offsets.pop()
+    if len(valid) == lanes and even_ok and all(i == idx[0] + 2 * lane for lane, i in valid):
+        return VEC_EVEN, idx[0]  # stride 2 inside the row: two vector loads, even lanes
+    return VEC_GATHER, 0
+
+
+def _position_reads(plan: Plan, table: IndexTable, row_length: int) -> PositionReads:
+    """The W reads of ``plan`` by position (see PositionReads)."""
+    lanes = plan.vector_lanes
+    in_w = plan.in_size[2]
+    k_last = table.taps - 1
+    # column c at table tap k reads c * lane_step + origin + k * tap_step (before the
+    # padding mode): the IndexTable's formula, flip and transposition folded in
+    if table.transposed:  # stride 1 here: o + lo - tap * dilation
+        lane_step, origin, tap_step = 1, table.lo, -table.dilation
+    else:  # o * stride + tap * dilation - lo
+        lane_step, origin, tap_step = table.stride, -table.lo, table.dilation
+    if table.flip:
+        origin, tap_step = origin + tap_step * k_last, -tap_step
+    last_column = (plan.n_tiles[3] - 1) * plan.tile[2] + row_length - lanes
+    reach = [origin, origin + tap_step * k_last]
+    first = min(reach)
+    last = last_column * lane_step + max(reach)
+    # every lane inside the row, with room for a stride-2 pair of loads
+    lo, hi = max(first, 0), min(last, in_w - lanes * lane_step)
+    if hi < lo:
+        lo, hi = last + 1, last
+    interior_mode, _ = _read_mode([l * lane_step for l in range(lanes)], lanes, True)
+    modes, bases, masks, index_rows, indices = [], [], [], [], []
+    for s in [*range(first, lo), *range(hi + 1, last + 1)]:
+        idx = [source_coordinate(s + l * lane_step, in_w, table.mode) for l in range(lanes)]
+        mode, base = _read_mode(idx, lanes, s + 2 * lanes <= in_w)
+        modes.append(mode)
+        bases.append(base)
+        masks.append(sum(1 << lane for lane, i in enumerate(idx) if i >= 0))
+        if mode in (VEC_LOAD, VEC_SKIP):
+            index_rows.append(-1)
+        else:
+            index_rows.append(len(indices))
+            indices.append(idx)
+    return PositionReads(lane_step, origin, tap_step, first, last, lo, hi, interior_mode,
+                         lo - first, modes, bases, masks, index_rows, indices)
+
+
 def vector_tables(plan: Plan) -> VectorTables:
     lanes = plan.vector_lanes
     tw = plan.tile[2]
@@ -147,6 +234,10 @@ def vector_tables(plan: Plan) -> VectorTables:
     in_w = plan.in_size[2]
     stride_w = plan.spec.stride[-1]
     phased = plan.spec.transposed and stride_w > 1
+    d_fold, h_fold = FoldedTable.of(plan.tables[0]), FoldedTable.of(plan.tables[1])
+    if not phased:
+        return VectorTables(n_vectors, row_length, d_fold, h_fold, [], [], [], [], [],
+                            positions=_position_reads(plan, table, row_length))
     row = _VirtualRow(table, phased)
     runs = _tile_runs(table, row, tw, row_length, nt_w)
     entries = len(runs) * kw_count * (row_length + 3 * n_vectors)
@@ -197,8 +288,7 @@ def vector_tables(plan: Plan) -> VectorTables:
         bases.append(class_bases)
         masks.append(class_masks)
     # (a 1D or 2D spec's missing dims are plain one-row lists: FoldedTable.of keeps them)
-    return VectorTables(n_vectors, row_length, FoldedTable.of(plan.tables[0]),
-                        FoldedTable.of(plan.tables[1]), runs, w_table, modes, bases, masks,
+    return VectorTables(n_vectors, row_length, d_fold, h_fold, runs, w_table, modes, bases, masks,
                         out_columns if phased else None)
 
 
@@ -208,10 +298,15 @@ def describe_direct_plan(plan: Plan) -> list[str]:
     kind = "transposed convolution (gathered: no scatter)" if spec.transposed \
         else "direct convolution"
     counts = {VEC_LOAD: 0, VEC_MASKED_LOAD: 0, VEC_EVEN: 0, VEC_GATHER: 0, VEC_SKIP: 0}
-    for cls in tables.modes:
-        for row in cls:
-            for mode in row:
-                counts[mode] += 1
+    positions = tables.positions
+    for mode in (positions.modes if positions else
+                 [m for cls in tables.modes for row in cls for m in row]):
+        counts[mode] += 1
+    reads = (f"{counts[VEC_LOAD]} vector loads, {counts[VEC_MASKED_LOAD]} masked loads, "
+             f"{counts[VEC_EVEN]} stride-2 shuffles, {counts[VEC_GATHER]} gathers, "
+             f"{counts[VEC_SKIP]} skipped (all padding)")
+    names = {VEC_LOAD: "a vector load", VEC_EVEN: "two loads and a stride-2 shuffle",
+             VEC_GATHER: "a gather"}
     lines = [
         f"{kind}, lowered to 3 spatial dims (D, H, W) = {plan.out_size} outputs;"
         " vectorized over output columns (vectorize='w')",
@@ -222,13 +317,17 @@ def describe_direct_plan(plan: Plan) -> list[str]:
         f" vector(s) of {plan.vector_lanes} {plan.c_type} lanes"
         f" = {plan.tile_co * tables.n_vectors} vector accumulators",
         f"reduction: {plan.cin_g} input channels x {math.prod(plan.kernel)} taps",
-        f"W tiles: {len(tables.runs)} classes (a run of interior tiles reads one class's "
-        "pattern shifted; border tiles are classes of their own)",
-        f"input reads per (W tile class, tap, vector): {counts[VEC_LOAD]} vector loads, "
-        f"{counts[VEC_MASKED_LOAD]} masked loads, {counts[VEC_EVEN]} stride-2 shuffles, "
-        f"{counts[VEC_GATHER]} gathers, "
-        f"{counts[VEC_SKIP]} skipped (all padding)",
     ]
+    if positions:
+        lines += [
+            f"input reads by where a vector starts: inside the row ({positions.hi - positions.lo + 1}"
+            f" positions) {names[positions.interior_mode]}; the {len(positions.modes)} "
+            f"border positions: {reads}"]
+    else:
+        lines += [
+            f"W tiles: {len(tables.runs)} classes (a run of interior tiles reads one class's "
+            "pattern shifted; border tiles are classes of their own)",
+            f"input reads per (W tile class, tap, vector): {reads}"]
     if tables.out_columns is not None:
         lines.append(f"output columns visited phase by phase (W stride {spec.stride[-1]}), "
                      "so taps read consecutive inputs")

@@ -143,6 +143,9 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         "run_first": [run.first for run in vectors.runs],
         "run_in": [run.in_shift for run in vectors.runs],
         "run_out": [run.out_shift for run in vectors.runs],
+        "positions": vectors.positions,
+        "lane_steps": [lane * vectors.positions.lane_step if vectors.positions else 0
+                       for lane in range(plan.vector_lanes)],
         "w_table": vectors.w_table,
         "modes": vectors.modes,
         "bases": vectors.bases,

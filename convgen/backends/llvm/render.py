@@ -30,6 +30,11 @@ from convgen.plan.winograd import WinogradPlan
 from convgen.version import __version__
 
 
+# Kernels with up to this many taps in a row have their tap loop unrolled in the IR (the
+# tables' offsets fold into constants); wider ones loop at run time.
+MAX_UNROLLED_TAPS = 32
+
+
 class _KernelIR(IRFunction):
     """Builds one convolution function into a module."""
 
@@ -63,13 +68,27 @@ class _KernelIR(IRFunction):
         # folded D/H tables (border rows and one interior period, see fold_row)
         d_table = self.constant_table("tab_d", sum(t.d_fold.rows, []), I32)
         h_table = self.constant_table("tab_h", sum(t.h_fold.rows, []), I32)
-        # per W-tile class (= run): the tables of the run's first tile
-        w_table = self.constant_table("tab_w", sum(sum(t.w_table, []), []), I32)
-        modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
-        bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
-        run_first = self.constant_table("run_first", [r.first for r in t.runs], I64)
-        run_in = self.constant_table("run_in", [r.in_shift for r in t.runs], I64)
-        run_out = self.constant_table("run_out", [r.out_shift for r in t.runs], I64)
+        positions = t.positions
+        if positions is not None:
+            # W reads by position (convgen.plan.direct.PositionReads): border positions
+            self.position_tables = {
+                "mode": self.constant_table("pos_mode", positions.modes or [0], I8),
+                "base": self.constant_table("pos_base", positions.bases or [0], I32),
+                "row": self.constant_table("pos_row", positions.index_rows or [-1], I32),
+                "idx": self.constant_table("pos_idx", sum(positions.indices, [])
+                                           or [-1] * self.lanes, I32),
+                "lane": self.constant_table("lane_step", [lane * positions.lane_step
+                                                          for lane in range(self.lanes)], I32)}
+            w_table = modes = bases = None
+            run_first = run_in = run_out = None
+        else:
+            # per W-tile class (= run): the tables of the run's first tile
+            w_table = self.constant_table("tab_w", sum(sum(t.w_table, []), []), I32)
+            modes = self.constant_table("vec_mode", sum(sum(t.modes, []), []), I8)
+            bases = self.constant_table("vec_base", sum(sum(t.bases, []), []), I32)
+            run_first = self.constant_table("run_first", [r.first for r in t.runs], I64)
+            run_in = self.constant_table("run_in", [r.in_shift for r in t.runs], I64)
+            run_out = self.constant_table("run_out", [r.out_shift for r in t.runs], I64)
         self.out_columns = (self.constant_table("out_col", sum(t.out_columns, []), I32)
                             if t.out_columns else None)
         # the register tile: one alloca per (channel, vector), promoted to registers
@@ -90,10 +109,19 @@ class _KernelIR(IRFunction):
             od0 = b.mul(index["td"], i64(td), name="od0")
             oh0 = b.mul(index["th"], i64(th), name="oh0")
             ow0 = b.mul(index["tw"], i64(tw), name="ow0")
-            run = self._find_run(run_first, index["tw"])
-            in_rank = b.sub(index["tw"], self.table_load(run_first, run, "run.first"))
-            in_shift = b.mul(in_rank, self.table_load(run_in, run, "run.in"), name="in.shift")
-            out_shift = b.mul(in_rank, self.table_load(run_out, run, "run.out"), name="out.shift")
+            if positions is not None:
+                # where vector v's lane 0 reads at tap 0
+                run, in_shift, out_shift = None, i64(0), i64(0)
+                self.starts = [b.add(b.mul(b.add(ow0, i64(v * self.lanes)),
+                                           i64(positions.lane_step)), i64(positions.origin),
+                                     name=f"s0.{v}") for v in range(nv)]
+            else:
+                run = self._find_run(run_first, index["tw"])
+                in_rank = b.sub(index["tw"], self.table_load(run_first, run, "run.first"))
+                in_shift = b.mul(in_rank, self.table_load(run_in, run, "run.in"),
+                                 name="in.shift")
+                out_shift = b.mul(in_rank, self.table_load(run_out, run, "run.out"),
+                                  name="out.shift")
             bounds = [self._bounded(start, tile, size, name) for start, tile, size, name in
                       ((od0, td, od, "nd"), (oh0, th, oh, "nh"), (ow0, tw, ow, "nw"))]
 
@@ -131,9 +159,14 @@ class _KernelIR(IRFunction):
                                     xrow = self.element(xc, offset, "xrow")
                                     w_row = self.element(wc, b.add(b.mul(kd, i64(w_kd)),
                                                                    b.mul(kh, i64(w_kh))), "w.row")
-                                    for kw in range(kw_n):
-                                        self._tap(kw, run, xrow, w_row, w_offsets,
-                                                  acc, w_table, modes, bases)
+                                    if kw_n <= MAX_UNROLLED_TAPS:
+                                        for kw in range(kw_n):
+                                            self._tap(i64(kw), run, xrow, w_row, w_offsets,
+                                                      acc, w_table, modes, bases)
+                                    else:  # a wide kernel: a loop, not 10**4 copies
+                                        with self.loop(0, kw_n, "kw") as kw:
+                                            self._tap(kw, run, xrow, w_row, w_offsets,
+                                                      acc, w_table, modes, bases)
                 self._epilogue(acc, bias, residual, y, n, g, co0, od0, oh0, od_, oh_, ow0,
                                bounds[2], run, out_shift)
         b.ret(i32(0))
@@ -170,28 +203,57 @@ class _KernelIR(IRFunction):
         b.position_at_end(end)
         return b.load(low, name="run")
 
-    def _tap(self, kw: int, run, xrow, w_row, w_offsets, acc, w_table, modes,
+    def _tap(self, kw, run, xrow, w_row, w_offsets, acc, w_table, modes,
              bases) -> None:
         """One kernel column: read the tile's input vectors, FMA them into every channel."""
         b, t = self.b, self.tables
         nv = t.n_vectors
         columns = []
         for v in range(nv):
-            slot = b.add(b.mul(b.add(b.mul(run, i64(self.plan.kernel[2])), i64(kw)),
+            if t.positions is not None:
+                columns.append(self._read_columns(*self._position_read(kw, v, xrow), xrow))
+                continue
+            slot = b.add(b.mul(b.add(b.mul(run, i64(self.plan.kernel[2])), kw),
                                i64(nv)), i64(v))
             mode = self.table_load(modes, slot, "mode")
             base = b.sext(self.table_load(bases, slot, "base"), I64)
             first = b.add(b.mul(run, i64(self.plan.kernel[2] * t.row_length)),
-                          i64(kw * t.row_length + v * self.lanes))
-            columns.append(self._read_columns(mode, base, first, xrow, w_table))
+                          b.add(b.mul(kw, i64(t.row_length)), i64(v * self.lanes)))
+            idx_ptr = b.bitcast(b.gep(w_table, [i64(0), first], inbounds=True),
+                                self.ivec.as_pointer())
+            columns.append(self._read_columns(mode, base, idx_ptr, xrow, xrow))
         fma = self.vector_intrinsic("fma", 3)
         for co, row in enumerate(acc):
-            wv = self.splat(b.load(self.element(w_row, b.add(w_offsets[co], i64(kw))),
+            wv = self.splat(b.load(self.element(w_row, b.add(w_offsets[co], kw)),
                                    name="wv"))
             for slot, xv in zip(row, columns):
                 b.store(b.call(fma, [wv, xv, b.load(slot)]), slot)
 
-    def _read_columns(self, mode, base, first, xrow, w_table):
+    def _position_read(self, kw, v: int, xrow):
+        """(mode, base, index pointer, gather base) of vector ``v`` at tap ``kw`` by its
+        position: inside the row its interior mode from the position, else the listed
+        border position's."""
+        b, pos, tables = self.b, self.tables.positions, self.position_tables
+        s = b.add(self.starts[v], b.mul(kw, i64(pos.tap_step)), name="pos")
+        below = b.icmp_signed("<", s, i64(pos.lo))
+        above = b.icmp_signed(">", s, i64(pos.hi))
+        border = b.or_(below, above)
+        entry = b.select(below, b.sub(s, i64(pos.first)),
+                         b.add(s, i64(pos.left - pos.hi - 1)))
+        entry = b.select(border, entry, i64(0))  # inside the row: any valid entry
+        mode = b.select(border, self.table_load(tables["mode"], entry, "pos.mode"),
+                        ir.Constant(I8, pos.interior_mode))
+        base = b.select(border, b.sext(self.table_load(tables["base"], entry, "pos.base"), I64),
+                        s)
+        row = b.sext(self.table_load(tables["row"], entry, "pos.row"), I64)
+        row = b.select(b.icmp_signed("<", row, i64(0)), i64(0), row)
+        border_idx = b.gep(tables["idx"], [i64(0), b.mul(row, i64(self.lanes))], inbounds=True)
+        lane_idx = b.gep(tables["lane"], [i64(0), i64(0)], inbounds=True)
+        idx_ptr = b.bitcast(b.select(border, border_idx, lane_idx), self.ivec.as_pointer())
+        gather_base = b.select(border, xrow, self.element(xrow, s))
+        return mode, base, idx_ptr, gather_base
+
+    def _read_columns(self, mode, base, idx_ptr, gather_base, xrow):
         """The VL input columns of one vector, by the mode the planner chose."""
         b = self.b
         zero_vec = ir.Constant(self.vec, [0.0] * self.lanes)
@@ -199,8 +261,6 @@ class _KernelIR(IRFunction):
         start = self.function.append_basic_block("read.start")
         b.branch(start)
         b.position_at_end(start)
-        idx_ptr = b.bitcast(b.gep(w_table, [i64(0), first], inbounds=True),
-                            self.ivec.as_pointer())
         load_bb = self.function.append_basic_block("read.load")
         masked_bb = self.function.append_basic_block("read.masked")
         gather_bb = self.function.append_basic_block("read.gather")
@@ -227,7 +287,8 @@ class _KernelIR(IRFunction):
 
         b.position_at_end(gather_bb)
         b.comment("arbitrary columns (stride, reflect/circular border): masked gather")
-        gathered = self.masked_gather(*self.offset_pointers(xrow, b.load(idx_ptr, align=4)))
+        gathered = self.masked_gather(*self.offset_pointers(gather_base,
+                                                            b.load(idx_ptr, align=4)))
         b.branch(done)
 
         b.position_at_end(even_bb)
