@@ -26,7 +26,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 tests
 
 # The C kernels, whole networks and the CUDA emulator built with AddressSanitizer and
-# UBSan, and the property suites run against them (tests/sanitize/run.sh; ~10 minutes on
+# UBSan, and the property suites run against them (tests/sanitize/run.sh; ~13 minutes on
 # 2 cores; extra pytest arguments: make sanitize ARGS="-x -k depthwise").
 sanitize: $(VENV)/.installed-test
 	PY=$(PY) tests/sanitize/run.sh $(ARGS)

@@ -10,7 +10,7 @@
 # ASan aborts on its first error, UBSan halts on its first (halt_on_error=1).
 # LLVM's JIT code is not instrumented: the llvm backend is left out.
 #
-# Bounded for CI (about 10 minutes on 2 cores): hypothesis runs with the "sanitize"
+# Bounded for CI (about 13 minutes on 2 cores): hypothesis runs with the "sanitize"
 # profile and every property test capped at $CONVGEN_SANITIZE_EXAMPLES examples (default 3;
 # tests/sanitize/sanitize_plugin.py). Extra pytest arguments pass through:
 #   tests/sanitize/run.sh -x -k depthwise
@@ -68,6 +68,8 @@ rm -f /tmp/convgen-sanitize-canary.$$
 echo "sanitize: canary caught"
 
 # The property suites on the C backend and the CUDA emulator, the emulator's own tests,
+# the border/interior reads of long rows (tests/test_flat_source_*: folded tables, runs,
+# read positions),
 # and whole networks: random layer chains and ResNet blocks as C libraries and emulator
 # modules, and the five shipped networks on the emulator.
 NETWORKS="random_chains or small_chains or chain_1d_and_3d or resnet_basic_block"
@@ -77,5 +79,7 @@ NETWORKS="$NETWORKS or shipped_networks"
 SKIP="test_without_a_gpu_the_error_names_the_emulator"
 "$PY" -m pytest -q -p no:cacheprovider -p sanitize_plugin -n "${SANITIZE_JOBS:-2}" \
     tests/test_backend.py tests/test_cuda_backend.py tests/test_cuda_emulator.py \
+    tests/test_flat_source_w.py tests/test_flat_source_co.py tests/test_flat_source_dw.py \
+    tests/test_flat_source_wino.py \
     "tests/test_graph_compile.py" tests/test_cuda_networks.py \
     -k "not llvm and not $SKIP and (not test_graph_compile and not test_cuda_networks or $NETWORKS)" "$@"
