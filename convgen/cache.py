@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ from typing import Callable
 
 from convgen import config
 from convgen.errors import CompileError, ConvgenError
+from convgen.log import get_logger
 from convgen.version import __version__
+
+log = get_logger("cache")
 
 META = "meta.json"
 
@@ -52,7 +56,7 @@ PACKAGE = Path(__file__).resolve().parent
 # reuse stale code.
 NOT_CODE = ("cli", "bench", "tuning", "onnx", "nn", "graph/trace.py", "graph/netspec.py",
             "graph/reference.py", "reference.py", "tolerance.py", "specfile.py",
-            "functional.py", "__main__.py")
+            "functional.py", "__main__.py", "log.py")
 
 
 def _shapes_code(relative: str) -> bool:
@@ -157,6 +161,7 @@ class Cache:
             return None
         entry = self._validate(path, key, required)
         if entry is None:
+            log.warning("damaged cache entry %s: discarded (it is rebuilt when needed)", path)
             self._discard(path)
         return entry
 
@@ -174,10 +179,16 @@ class Cache:
         def rebuild(role: str) -> CacheEntry:
             return self.get_or_build(key, build, extra_meta, (*required, role))
 
+        what = _describe(extra_meta, key)
         entry = self.lookup(key, required)
         if entry is not None:
+            log.info("cache hit: %s in %s", what, entry.path)
             return CacheEntry(entry.path, entry.meta, rebuild)
+        log.info("cache miss: %s, building", what)
+        start = time.perf_counter()
         entry = self._build(key, build, extra_meta, required)
+        log.info("cache stored: %s in %s (%.2f s)", what, entry.path,
+                 time.perf_counter() - start)
         return CacheEntry(entry.path, entry.meta, rebuild)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, str]],
@@ -289,6 +300,13 @@ class Cache:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _describe(meta: dict | None, key: str) -> str:
+    """An entry in log lines: its backend and symbol where the caller gave them, and key."""
+    meta = meta or {}
+    names = [str(meta[k]) for k in ("backend", "symbol") if k in meta]
+    return " ".join([*names, f"(key {key[:16]})"])
 
 
 def _write_atomic(path: Path, text: str) -> None:

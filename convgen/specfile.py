@@ -26,6 +26,7 @@ merged). Every problem raises :class:`SpecFileError` naming the file and the key
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -34,13 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from convgen.errors import ScheduleError, SpecError, SpecFileError
-from convgen.schedule import Schedule
+from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ConvSpec
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(ConvSpec))
 CONV_KEYS = ("name", *SPEC_KEYS, "schedule")
 TOP_LEVEL_KEYS = ("conv", "schedule")
+SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(Schedule) if f.init)
+GPU_SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(GpuSchedule) if f.init)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,16 @@ def parse_toml(text: str, path: str, top_level_keys: tuple[str, ...]) -> dict:
     for key in data:
         if key not in top_level_keys:
             raise SpecFileError(path, key, data[key],
-                                f"unknown top-level key; expected one of {list(top_level_keys)}")
+                                f"unknown top-level key{did_you_mean(key, top_level_keys)}; "
+                                f"expected one of {list(top_level_keys)}")
     return data
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'stride'?)' naming the choice closest to a misspelled ``word``, or ''
+    when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_specfile(text: str, path: str = "<string>") -> list[SpecEntry]:
@@ -150,7 +161,8 @@ def _parse_conv(path: str, prefix: str, table: dict[str, Any],
     for key in table:
         if key not in CONV_KEYS:
             raise SpecFileError(path, f"{prefix}.{key}", table[key],
-                                f"unknown key; expected one of {list(CONV_KEYS)}")
+                                f"unknown key{did_you_mean(key, CONV_KEYS)}; "
+                                f"expected one of {list(CONV_KEYS)}")
     name = table.get("name")
     if name is not None:
         if not isinstance(name, str):
@@ -190,10 +202,21 @@ def _parse_schedule(path: str, key: str, table: Any, spec: ConvSpec | None = Non
         if spec is not None:
             schedule.resolve(spec)
     except ScheduleError as exc:
-        raise SpecFileError(path, f"{key}.{exc.field}", exc.value, exc.rule) from None
+        raise SpecFileError(path, f"{key}.{exc.field}", exc.value,
+                            exc.rule + _schedule_hint(exc.field, table)) from None
     except TypeError as exc:
         raise SpecFileError(path, key, table, f"invalid schedule: {exc}") from None
     return schedule
+
+
+def _schedule_hint(field: str, table: dict[str, Any]) -> str:
+    """A did-you-mean for a schedule key that is not a field ('' for any other error)."""
+    *parents, name = field.split(".")
+    known = GPU_SCHEDULE_KEYS if parents == ["gpu"] else SCHEDULE_KEYS
+    inner = table.get("gpu") if parents == ["gpu"] else table
+    if not isinstance(inner, dict) or name not in inner or name in known:
+        return ""
+    return did_you_mean(name, known)
 
 
 def _assign_names(path: str, entries: list[tuple[str, str | None, ConvSpec, Any]]) -> list[str]:

@@ -3,13 +3,19 @@
 Every command takes one or more TOML spec files (see :mod:`convgen.specfile`), except
 ``run``, which takes a network file (see :mod:`convgen.graph.netspec`) or an ONNX model.
 Exit codes: 0 success, 1 a ``check`` outside tolerance, 2 a usage, spec or
-compile error (printed as ``convgen: error: ...``, never a traceback).
+compile error, or a missing optional package (printed as ``convgen: error: ...``, with
+the ``pip install`` that adds it; never a traceback).
+
+``-v`` (INFO: compiler command lines and times, cache hits and misses, the tuning record
+used), ``-vv`` (DEBUG) and ``-q`` (no progress, no log record below ERROR) go before or
+after the command; :func:`main` alone sets up logging, for the command's duration.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -33,6 +39,7 @@ from convgen.bench.measure import warm_up
 from convgen.cli.bench import add_bench_command
 from convgen.errors import CompileError, ConvgenError
 from convgen.graph.reference import check_oracle_memory, conv_oracle_bytes
+from convgen.log import console_logging
 from convgen.reference import random_arrays
 from convgen.spec import ConvSpec
 from convgen.specfile import SpecEntry, load_specfile, load_specfiles
@@ -40,6 +47,10 @@ from convgen.tolerance import max_error, tolerance
 
 PROG = "convgen"
 TIMING_REPEATS = 5  # `check`: calls timed per kernel
+# optional packages (top-level module -> the extra in pyproject.toml that installs it)
+EXTRAS = {"onnx": "onnx", "onnxruntime": "ort", "matplotlib": "plot", "torch": "torch"}
+# -q, (none), -v, -vv
+LOG_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -49,8 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.verbosity = _verbosity(parser, args)
     except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
         return _exit_code(exc)
+    with console_logging(LOG_LEVELS[args.verbosity]):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if "backend" in args and args.command != "explain":  # explain compiles nothing
             args.backend = resolve_backend(args.backend)
@@ -61,9 +78,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConvgenError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        hint = missing_package_message(exc, args.command)
+        if hint is None:  # convgen's own module: a bug, whose traceback is wanted
+            raise
+        print(f"{PROG}: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def missing_package_message(exc: ImportError, command: str) -> str | None:
+    """One line naming the package an ImportError lacks and the ``pip install`` that adds
+    it; None when it is convgen's own module or names none. The module is looked for in
+    the exception and in what it was raised from (a wrapper such as from_onnx's)."""
+    seen: ImportError | BaseException | None = exc
+    name = None
+    while seen is not None and name is None:
+        name = getattr(seen, "name", None)
+        seen = seen.__cause__ or seen.__context__
+    top = (name or "").split(".")[0]
+    if not top or top == "convgen":
+        return None
+    if top in EXTRAS:
+        return (f"the optional package {top} is not installed ({PROG} {command} needs it "
+                f"here): pip install 'convgen[{EXTRAS[top]}]'")
+    return f"the package {top} is missing or broken ({exc}): pip install {top}"
+
+
+def _verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """-1 (-q), 0, 1 (-v) or 2 (-vv or more), from the options before and after the command."""
+    verbose = args.verbose + getattr(args, "command_verbose", 0)
+    quiet = args.quiet or getattr(args, "command_quiet", False)
+    if quiet and verbose:
+        parser.error("-q/--quiet and -v/--verbose contradict each other")
+    return -1 if quiet else min(verbose, 2)
 
 
 def _silence_stdout() -> None:
@@ -141,7 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands, [backend])
     add_tune_command(commands, [backend])
     add_bench_command(commands, [backend])
+    add_verbosity_options(parser)
     return parser
+
+
+def add_verbosity_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """-v/--verbose and -q/--quiet on ``parser`` and on every (sub)command below it, so that
+    they go before or after the command; a command's own ``-v`` or ``-q`` wins."""
+    taken = parser._option_string_actions
+    if "-v" not in taken and "--verbose" not in taken:
+        parser.add_argument("-v", "--verbose", action="count", default=0,
+                            dest=prefix + "verbose",
+                            help="say more on stderr: -v compiler command lines and times, "
+                                 "cache hits and misses, the tuning record used; -vv debug")
+    if "-q" not in taken and "--quiet" not in taken:
+        parser.add_argument("-q", "--quiet", action="store_true", dest=prefix + "quiet",
+                            help="no progress bars and no log messages below errors (results "
+                                 "still go to stdout)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):  # aliases: once
+                add_verbosity_options(command, "command_")
 
 
 # -- commands ----------------------------------------------------------------------------

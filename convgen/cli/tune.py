@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -10,10 +11,16 @@ import time
 import tomllib
 from typing import Any, Callable
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from convgen.backends import resolve_backend
 from convgen.graph.netspec import load_network
+from convgen.log import ROOT, get_logger
 from convgen.specfile import load_specfile
 from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, tune, tune_network
+
+log = get_logger("tune")
 
 
 def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None:
@@ -63,41 +70,64 @@ def _positive(kind: type) -> Callable[[str], Any]:
 def run_tune(args: argparse.Namespace) -> int:
     """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
     backend = resolve_backend(getattr(args, "backend", None))
-    bar = ProgressBar(sys.stderr)
-    if is_network_file(args.specfile):
-        results = tune_network(load_network(args.specfile), backend=backend,
-                               budget=args.budget, threads=args.threads, progress=bar)
-    else:
-        entries = load_specfile(args.specfile)
-        deadline = time.monotonic() + args.budget
-        results = []
-        for i, entry in enumerate(entries):
-            share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
-            results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
-                                name=entry.name, bound=args.bound))
-    bar.finish()
+    bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
+    # log lines (-v) printed above the bar rather than through it
+    with bar, logging_redirect_tqdm([logging.getLogger(ROOT)]):
+        if is_network_file(args.specfile):
+            results = tune_network(load_network(args.specfile), backend=backend,
+                                   budget=args.budget, threads=args.threads, progress=bar)
+        else:
+            entries = load_specfile(args.specfile)
+            deadline = time.monotonic() + args.budget
+            results = []
+            for i, entry in enumerate(entries):
+                share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
+                results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
+                                    name=entry.name, bound=args.bound))
     print(summary_table(results))
     return 0
 
 
 class ProgressBar:
-    """One line on ``stream``, rewritten with \\r: phase, candidates done/total, best so far."""
+    """The tuner's progress: a tqdm bar per spec on ``stream`` (candidates done/total, the
+    phase, the best time so far) where ``stream`` is a terminal. Elsewhere (a pipe, a log
+    file) no bar and no \\r: one INFO line per phase on the ``convgen.tune`` logger, which
+    ``-v`` shows. ``quiet`` (-q): neither. A context manager; leaving closes the last bar."""
 
-    def __init__(self, stream, width: int = 24):
-        self.stream, self.width, self.used = stream, width, False
+    def __init__(self, stream, quiet: bool = False):
+        self.stream, self.quiet = stream, quiet
+        self.bar: tqdm | None = None
+        self.name = self.phase = None
 
     def __call__(self, p: Progress) -> None:
-        filled = self.width * p.done // max(p.total, 1)
+        if self.quiet:
+            return
+        if p.name != self.name or self.bar is None:
+            self.close()
+            self.name, self.phase = p.name, None
+            # disable=None: no bar unless the stream is a terminal. No rate nor time left:
+            # the budget, not the candidates, decides when a spec ends
+            self.bar = tqdm(total=p.total, desc=p.name[:32], file=self.stream, disable=None,
+                            leave=True, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         best = _ms(p.best_seconds) + " ms" if math.isfinite(p.best_seconds) else "-"
-        self.stream.write(f"\r{p.name[:32]:<32} {p.phase:<7} [{'#' * filled:<{self.width}}] "
-                          f"{p.done}/{p.total} best {best}   ")
-        self.stream.flush()
-        self.used = True
+        if self.bar.disable and p.phase != self.phase:
+            log.info("%s: %s, %d/%d candidates, best %s", p.name, p.phase, p.done, p.total,
+                     best)
+        self.phase = p.phase
+        self.bar.n = p.done
+        self.bar.set_postfix_str(f"{p.phase}, best {best}")  # redraws
 
-    def finish(self) -> None:
-        if self.used:
-            self.stream.write("\n")
-            self.stream.flush()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def summary_table(results: list[TuneResult]) -> str:

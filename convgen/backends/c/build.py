@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from convgen import config
 from convgen.cache import Cache, CacheEntry, code_version, cpu_identity, file_sha256, make_key
 from convgen.errors import CompileError, CompilerNotFoundError
+from convgen.log import get_logger
+
+log = get_logger("build")
 
 # -fopenmp-simd: the templates' "#pragma omp simd" (the blocked epilogues' loops over a
 # pixel's channels) hold without the OpenMP runtime too
@@ -73,15 +78,29 @@ def compile_c(source: str, output: Path, flags: list[str], compiler: list[str],
     it in errors)."""
     source_path.write_text(source)
     command = [*compiler, *flags, "-o", str(output), str(source_path), "-lm"]
+    log.debug("%s compiler starts: %s", language, shlex.join(command))
+    start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:
         raise CompilerNotFoundError(f"could not run the {language} compiler {compiler}: {exc}",
                                     command=command, source_path=str(source_path)) from exc
+    log_compiler_run(language, command, result, time.perf_counter() - start)
     if result.returncode != 0:
         raise CompileError(f"{language} compilation failed", command=command,
                            returncode=result.returncode, stderr=result.stderr,
                            source_path=str(source_path))
+
+
+def log_compiler_run(language: str, command: list[str],
+                     result: subprocess.CompletedProcess, seconds: float) -> None:
+    """One INFO line per compiler run (outcome, wall time, command line); on success, what
+    the compiler said (warnings) at DEBUG, since a failure's CompileError carries it."""
+    outcome = "ok" if result.returncode == 0 else f"failed (exit {result.returncode})"
+    log.info("%s compiler %s in %.2f s: %s", language, outcome, seconds, shlex.join(command))
+    said = (result.stdout + result.stderr).strip()
+    if said and result.returncode == 0:
+        log.debug("%s compiler said:\n%s", language, said)
 
 
 def build_library(source: str, symbol: str, compiler: list[str], flags: list[str], key: str,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from convgen.dtypes import dtype_info
 from convgen.backends.c.render import conv_context, environment, math_function
 from convgen.backends.common import comment_text, entry_parameters, entry_prototype
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered
+from convgen.log import get_logger
+
+log = get_logger("build")
 
 
 def pointer(buffer: Buffer) -> str:
@@ -34,6 +39,7 @@ def _call(step) -> str:
 
 
 def render_network(lowered: Lowered, symbol: str, title: str) -> str:
+    start = time.perf_counter()
     c_type = dtype_info(lowered.dtype).c_type
     steps = []
     for step in lowered.steps:
@@ -49,7 +55,13 @@ def render_network(lowered: Lowered, symbol: str, title: str) -> str:
         steps.append(entry)
     copies = [{"source": pointer(buffer), "elements": elements}
               for buffer, elements in lowered.outputs]
-    return environment().get_template("c/net.c.j2").render(
+    source = environment().get_template("c/net.c.j2").render(
         version=__version__, title=title, steps=steps, symbol=symbol, c_type=c_type,
         prototype=entry_prototype(symbol, c_type), params=entry_parameters(c_type),
         arena_elements=lowered.arena_elements, output_copies=copies)
+    # the build that follows logs its own line
+    log.info("network %s (%s): %d steps (%d convolutions), %d bytes of C rendered in %.2f s",
+             comment_text(title), symbol, len(lowered.steps),
+             sum(step.kind == "conv" for step in lowered.steps), len(source),
+             time.perf_counter() - start)
+    return source

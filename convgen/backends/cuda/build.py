@@ -11,13 +11,18 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from convgen import config
 from convgen.cache import Cache, CacheEntry, code_version, file_sha256, make_key
 from convgen.errors import CompileError, CompilerNotFoundError
+from convgen.log import get_logger
+
+log = get_logger("build")
 
 # Without a device to ask, code for the two architectures of the data-centre GPUs this
 # project targets (A100, H100), plus PTX of the newest for the driver to JIT elsewhere.
@@ -72,11 +77,17 @@ def build_cuda(source: str, symbol: str, archs: tuple[str, ...] = DEFAULT_ARCHS,
     def build(tmp: Path) -> dict[str, str]:
         (tmp / SOURCE_NAME).write_text(source)
         command = [nvcc, *flags, "-o", str(tmp / BINARY_NAME), str(tmp / SOURCE_NAME)]
+        log.debug("nvcc starts: %s", shlex.join(command))
+        start = time.perf_counter()
         try:
             result = subprocess.run(command, capture_output=True, text=True)
         except OSError as exc:
             raise CompilerNotFoundError(f"could not run nvcc ({nvcc}): {exc}",
                                         command=command) from exc
+        outcome = "ok" if result.returncode == 0 else f"failed (exit {result.returncode})"
+        # ptxas's report (the rest of what nvcc says) is kept in the entry: not logged
+        log.info("nvcc %s in %.2f s: %s", outcome, time.perf_counter() - start,
+                 shlex.join(command))
         if result.returncode != 0:
             error = CompileError("CUDA compilation failed", command=command,
                                  returncode=result.returncode, stderr=result.stderr,

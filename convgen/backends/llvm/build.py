@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes.util
 import functools
 import threading
+import time
 from pathlib import Path
 
 import llvmlite
@@ -21,6 +22,9 @@ import llvmlite.binding as llvm
 
 from convgen.cache import Cache, CacheEntry, code_version, make_key
 from convgen.errors import CompileError
+from convgen.log import get_logger
+
+log = get_logger("build")
 
 OBJECT_NAME = "kernel.o"
 SOURCE_NAME = "kernel.ll"
@@ -97,19 +101,29 @@ def llvm_cache_key(ir_text: str) -> str:
                     relocation=RELOCATION, source=ir_text)
 
 
-def optimize_to_object(ir_text: str) -> bytes:
-    """Parse, verify, optimize (new pass manager) and emit object code."""
+def optimize_to_object(ir_text: str, symbol: str = "module") -> bytes:
+    """Parse, verify, optimize (new pass manager) and emit object code; ``symbol`` names
+    the module in the log line giving each phase's time."""
     _initialize()
+    start = time.perf_counter()
     try:
         module = llvm.parse_assembly(ir_text)
         module.verify()
     except RuntimeError as exc:
         raise CompileError("LLVM rejected the generated IR", stderr=str(exc)) from exc
+    parsed = time.perf_counter()
     machine = target_machine()
     options = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
     builder = llvm.create_pass_builder(machine, options)
     builder.getModulePassManager().run(module, builder)
-    return machine.emit_object(module)
+    optimized = time.perf_counter()
+    obj = machine.emit_object(module)
+    done = time.perf_counter()
+    log.info("LLVM %s: %d bytes of IR, parse+verify %.2f s, optimize (O%d, %s) %.2f s, "
+             "emit %d bytes of object code %.2f s", symbol, len(ir_text), parsed - start,
+             OPT_LEVEL, llvm.get_host_cpu_name(), optimized - parsed, len(obj),
+             done - optimized)
+    return obj
 
 
 def build_llvm(ir_text: str, symbol: str, cache: Cache | None = None) -> CacheEntry:
@@ -120,7 +134,7 @@ def build_llvm(ir_text: str, symbol: str, cache: Cache | None = None) -> CacheEn
     def build(tmp: Path) -> dict[str, str]:
         (tmp / SOURCE_NAME).write_text(ir_text)
         try:
-            obj = optimize_to_object(ir_text)
+            obj = optimize_to_object(ir_text, symbol)
         except CompileError as exc:
             raise cache.keep_failed(exc, f"{symbol}.ll", ir_text) from None
         (tmp / OBJECT_NAME).write_bytes(obj)
@@ -134,12 +148,14 @@ def build_llvm(ir_text: str, symbol: str, cache: Cache | None = None) -> CacheEn
 def load_object(path: Path | str, symbol: str) -> tuple[int, object]:
     """(address of ``symbol``, engine) after adding the object file to a new MCJIT engine."""
     _initialize()
+    start = time.perf_counter()
     with _LOCK:
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
         engine.add_object_file(str(path))
         engine.finalize_object()
         address = engine.get_function_address(symbol)
         _ENGINES.append(engine)
+    log.info("LLVM JIT loaded %s in %.3f s (%s)", symbol, time.perf_counter() - start, path)
     if not address:
         raise CompileError(f"symbol {symbol} not found in {path}", source_path=str(path))
     return address, engine
