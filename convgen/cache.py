@@ -10,6 +10,13 @@ that lacks a file its caller needs (``required=``, or found on first use: an ent
 for a role it does not list rebuilds itself once). Every path out of a build, an error
 included, removes its temporary directory, and nothing the cache fails to write (disk
 full) masks the error that asked for it.
+
+Each entry's ``meta.json`` records the convgen code version that built it (entries of
+other versions are never looked up again: their keys differ) and its modification time
+is the entry's last use (set when built, touched on every hit: atime is unreliable on
+noatime/relatime mounts). ``info``, ``clear`` and ``prune`` read both; a build prunes the
+least recently used entries past ``$CONVGEN_CACHE_MAX_BYTES`` now and then
+(``prune_now_and_then``).
 """
 
 from __future__ import annotations
@@ -163,6 +170,8 @@ class Cache:
         if entry is None:
             log.warning("damaged cache entry %s: discarded (it is rebuilt when needed)", path)
             self._discard(path)
+        else:
+            _mark_used(path)
         return entry
 
     def get_or_build(self, key: str, build: Callable[[Path], dict[str, str]],
@@ -189,6 +198,7 @@ class Cache:
         entry = self._build(key, build, extra_meta, required)
         log.info("cache stored: %s in %s (%.2f s)", what, entry.path,
                  time.perf_counter() - start)
+        self.prune_now_and_then()
         return CacheEntry(entry.path, entry.meta, rebuild)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, str]],
@@ -203,6 +213,7 @@ class Cache:
             meta = {
                 "key": key,
                 "convgen": __version__,
+                "code_version": code_version(),
                 "files": {role: {"name": name, "sha256": file_sha256(tmp / name)}
                           for role, name in files.items()},
                 **(extra_meta or {}),
@@ -298,8 +309,159 @@ class Cache:
                       error.source_path)
         return error
 
-    def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+    # -- seeing and undoing: info, clear, prune ---------------------------------------------
+
+    def scan(self, versions: bool = True) -> list[EntryStats]:
+        """Every entry under the root (tmp/ and failed/ aside) with its size and last use;
+        ``versions``: also read each meta.json for the code version that built it."""
+        found = []
+        for prefix in _subdirs(self.root):
+            if len(prefix.name) == 2 and all(c in "0123456789abcdef" for c in prefix.name):
+                for path in _subdirs(prefix):
+                    stats = _entry_stats(path, versions)
+                    if stats is not None:
+                        found.append(stats)
+        return found
+
+    def info(self) -> CacheInfo:
+        """Entries, their size, how many other convgen code versions built, and last uses."""
+        current = code_version()
+        stats = self.scan()
+        other = [s for s in stats if s.code_version != current]
+        used = [s.last_used for s in stats]
+        return CacheInfo(self.root, len(stats), sum(s.bytes for s in stats), len(other),
+                         sum(s.bytes for s in other), min(used, default=None),
+                         max(used, default=None), len(_files(self.root / "failed")))
+
+    def clear(self) -> Removed:
+        """Remove every entry, the kept sources of failed builds and stale temporary files;
+        other files under the root (the default tuning database) stay."""
+        removed = [s for s in self.scan(versions=False) if self._evict(s.path)]
+        failed = len(_files(self.root / "failed"))
+        _remove(self.root / "failed")
+        self._sweep_tmp()
+        return Removed(len(removed), sum(s.bytes for s in removed), failed)
+
+    def prune(self, max_bytes: int | None = None, other_versions: bool = True,
+              keep_recent: float = 0.0) -> PruneResult:
+        """Remove the entries of other convgen code versions (``other_versions``; entries
+        without a readable version count as other), then the least recently used ones
+        until the rest fit in ``max_bytes`` (default config.cache_max_bytes()), sparing
+        those used within ``keep_recent`` seconds; and stale temporary files."""
+        limit = config.cache_max_bytes() if max_bytes is None else max_bytes
+        if limit < 0:
+            raise ValueError(f"max_bytes: expected a size >= 0, got {limit}")
+        current = code_version() if other_versions else None
+        stats = self.scan(versions=other_versions)
+        old = [s for s in stats if other_versions and s.code_version != current]
+        rest = sorted((s for s in stats if not other_versions or s.code_version == current),
+                      key=lambda s: s.last_used)
+        removed_old = [s for s in old if self._evict(s.path)]
+        total, removed_lru, now = sum(s.bytes for s in rest), [], time.time()
+        for s in rest:  # least recently used first
+            if total <= limit or (keep_recent and now - s.last_used < keep_recent):
+                break
+            if self._evict(s.path):
+                removed_lru.append(s)
+            total -= s.bytes  # gone either way: another process removed it first
+        self._sweep_tmp()
+        return PruneResult(Removed(len(removed_old), sum(s.bytes for s in removed_old)),
+                           Removed(len(removed_lru), sum(s.bytes for s in removed_lru)),
+                           Removed(len(rest) - len(removed_lru), total))
+
+    def prune_now_and_then(self) -> PruneResult | None:
+        """After a build: prune the least recently used entries past the size limit, at most
+        once every AUTO_PRUNE_INTERVAL seconds per cache (a stamp file's time), sparing
+        entries used within RECENT_USE (the working set of running processes). Entries of
+        other code versions go only by age here: two convgen installs may share a cache.
+        Never fails the build that called it."""
+        stamp = self.root / PRUNE_STAMP
+        try:
+            if time.time() - stamp.stat().st_mtime < AUTO_PRUNE_INTERVAL:
+                return None
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        try:
+            stamp.touch()
+            limit = config.cache_max_bytes()
+            result = self.prune(limit, other_versions=False, keep_recent=RECENT_USE)
+        except ValueError as exc:  # a malformed $CONVGEN_CACHE_MAX_BYTES
+            log.warning("%s; the cache is not pruned", exc)
+            return None
+        except OSError:
+            return None
+        if result.least_recently_used.entries:
+            log.info("cache pruned: %d least recently used entries (%d bytes) past the limit "
+                     "of %d bytes", result.least_recently_used.entries,
+                     result.least_recently_used.bytes, limit)
+        return result
+
+    def _evict(self, path: Path) -> bool:
+        """Move an entry out of the way (atomically: lookups never see half of it), then
+        delete it; False if it was already gone."""
+        trash = self.root / "tmp" / f"evicted-{uuid.uuid4().hex}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, trash)
+        except OSError:
+            return False
+        _remove(trash)
+        return True
+
+    def _sweep_tmp(self) -> None:
+        """Delete what killed processes left in tmp/: entries moved aside, and anything
+        older than STALE_TMP (a build in progress writes into its directory)."""
+        now = time.time()
+        for item in _files(self.root / "tmp"):
+            try:
+                stale = now - item.lstat().st_mtime > STALE_TMP
+            except OSError:
+                continue
+            if stale or item.name.startswith(("evicted-", "damaged-")):
+                _remove(item)
+
+
+PRUNE_STAMP = "last-prune"  # in the cache root; its time: the last automatic prune
+AUTO_PRUNE_INTERVAL = 600.0  # seconds between automatic prunes of one cache (a walk of it)
+RECENT_USE = 3600.0  # an automatic prune keeps entries used this recently, even past the limit
+STALE_TMP = 86400.0  # temporary files this old belong to no running build
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """One cache entry as ``info`` and ``prune`` see it."""
+    path: Path
+    bytes: int
+    last_used: float  # meta.json's time (seconds since the epoch): its build or latest hit
+    code_version: str | None  # None: built by a convgen that did not record it, or damaged
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    root: Path
+    entries: int
+    bytes: int
+    other_version_entries: int  # built by other convgen code (or unreadable): never used
+    other_version_bytes: int
+    oldest_use: float | None  # last use of the least recently used entry (epoch seconds)
+    newest_use: float | None
+    failed_sources: int  # sources of failed builds kept under failed/
+
+
+@dataclass(frozen=True)
+class Removed:
+    entries: int
+    bytes: int
+    failed_sources: int = 0
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    other_versions: Removed
+    least_recently_used: Removed
+    kept: Removed  # what is left: the entries kept and their bytes
 
 
 def _describe(meta: dict | None, key: str) -> str:
@@ -321,6 +483,55 @@ def _write_atomic(path: Path, text: str) -> None:
         except OSError:
             pass  # the write's own error is the one to report
         raise
+
+
+def _mark_used(path: Path) -> None:
+    """Set the entry's last use (meta.json's time) to now; a read-only cache keeps its own."""
+    try:
+        os.utime(path / META)
+    except OSError:
+        pass
+
+
+def _subdirs(path: Path) -> list[Path]:
+    """The directories in ``path`` (not symbolic links to them); [] if it cannot be read."""
+    try:
+        with os.scandir(path) as found:
+            return [Path(e.path) for e in found if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _files(path: Path) -> list[Path]:
+    """Everything in the directory ``path``; [] if it is absent or unreadable."""
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _entry_stats(path: Path, versions: bool) -> EntryStats | None:
+    """The size, last use and (``versions``) code version of the entry at ``path``; None
+    if another process removed it meanwhile."""
+    size, used = 0, None
+    try:
+        with os.scandir(path) as files:
+            for item in files:
+                info = item.stat(follow_symlinks=False)
+                size += info.st_size
+                if item.name == META:
+                    used = info.st_mtime
+        if used is None:
+            used = path.stat().st_mtime
+    except OSError:
+        return None
+    version = None
+    if versions:
+        try:
+            version = json.loads((path / META).read_text()).get("code_version")
+        except (OSError, ValueError, AttributeError):
+            pass
+    return EntryStats(path, size, used, version if isinstance(version, str) else None)
 
 
 def _remove(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -51,6 +52,26 @@ def num_threads() -> int:
             raise ValueError(f"CONVGEN_NUM_THREADS: expected an integer >= 1, got {explicit!r}")
         return value
     return os.cpu_count() or 1
+
+
+DEFAULT_CACHE_MAX_BYTES = 2 * 1024**3  # about 50,000 typical kernels (40 kB each)
+_BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def cache_max_bytes() -> int:
+    """Size limit of the kernel cache: $CONVGEN_CACHE_MAX_BYTES, else 2 GiB."""
+    text = os.environ.get("CONVGEN_CACHE_MAX_BYTES", "").strip()
+    return parse_bytes(text, "CONVGEN_CACHE_MAX_BYTES") if text else DEFAULT_CACHE_MAX_BYTES
+
+
+def parse_bytes(text: str, name: str) -> int:
+    """A size: bytes, or a number with a K, M, G or T suffix in powers of 1024 ("500M",
+    "1.5GiB", "2GB" all accepted); ValueError naming ``name`` otherwise."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*(?:([kmgt])i?)?b?", text.strip().lower())
+    if match is None:
+        raise ValueError(f"{name}: expected a size in bytes, optionally with a K, M, G or T "
+                         f"suffix (e.g. 500M, 2G), got {text!r}")
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""])
 
 
 def tuning_db() -> Path:

@@ -8,20 +8,31 @@ never interleave within a line. Any line may be damaged (a writer killed mid-lin
 hostile or corrupt file): a line that does not parse, for whatever reason (nesting
 too deep, too large), is skipped, and an append after a torn last line starts on a line
 of its own, so neither the torn line nor the new one takes the other down.
+
+The database can be seen and undone: ``list_records`` (one summary per spec, backend,
+thread count and machine), ``forget_records`` (rewrites the file without them,
+atomically), ``export_records`` and ``import_records`` (JSON lines; every imported line
+is validated, see ``record_problem``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import difflib
+import fcntl
 import hashlib
 import json
 import math
 import os
 import stat
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from convgen import config
-from convgen.backends import get_backend
+from convgen.backends import BACKENDS, get_backend
 from convgen.cache import code_version, cpu_identity
 from convgen.errors import ConvgenError, ScheduleError
 from convgen.schedule import Schedule
@@ -171,3 +182,326 @@ def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
         if threads is None or schedule.threads == threads:
             best, best_seconds = schedule, seconds
     return best
+
+
+# -- seeing and undoing the records: list, forget, export, import ---------------------------
+
+# what a record shares with this machine for compile to use it (best_record asks the same)
+IDENTITY = ("cpu", "compiler", "convgen")
+
+
+def spec_id(spec_key: str) -> str:
+    """A short name of a spec key, as ``convgen tune --list`` prints it: 8 hex digits."""
+    return hashlib.sha256(spec_key.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class RecordSummary:
+    """The records of one spec, backend, weights mode, thread count and machine: the
+    fastest checked one (schedule and seconds None when none is) and how many there are."""
+    spec_key: str
+    spec_name: str
+    backend: str
+    bound: bool
+    threads: int | None
+    schedule: dict | None
+    seconds: float | None
+    timestamp: str  # the latest measurement's
+    measurements: int
+    mismatches: tuple[str, ...]  # IDENTITY fields unlike this machine's; () = compile uses it
+
+    @property
+    def spec_id(self) -> str:
+        return spec_id(self.spec_key)
+
+
+def this_machine(backend: str) -> dict[str, str | None]:
+    """The IDENTITY of ``backend`` here (compiler None where it is not installed)."""
+    identity: dict[str, str | None] = {"cpu": cpu_identity(), "convgen": code_version()}
+    try:
+        identity["compiler"] = compiler_identity(backend)
+    except (ConvgenError, ValueError, RuntimeError, OSError):
+        identity["compiler"] = None
+    return identity
+
+
+def _threads(item: dict) -> int | None:
+    threads = item.get("threads", item["schedule"].get("threads"))
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
+
+
+def _seconds(item: dict) -> float | None:
+    seconds = item.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds < math.inf:
+        return None
+    return float(seconds)
+
+
+def list_records(path: Path | None = None,
+                 spec_keys: Collection[str] | None = None) -> list[RecordSummary]:
+    """The database summarized: one RecordSummary per spec, backend, weights mode, thread
+    count and machine (only ``spec_keys``' when given), sorted by spec name."""
+    groups: dict[tuple, list[dict]] = {}
+    for item in read_records(path):
+        if not isinstance(item.get("spec_key"), str) or not isinstance(item.get("backend"), str):
+            continue
+        if spec_keys is not None and item["spec_key"] not in spec_keys:
+            continue
+        key = (item["spec_key"], item["backend"], item.get("bound", False) is True,
+               _threads(item), *(str(item.get(name)) for name in IDENTITY))
+        groups.setdefault(key, []).append(item)
+    machines: dict[str, dict] = {}
+    summaries = []
+    for (spec_key, backend, bound, threads, *_), items in groups.items():
+        here = machines.setdefault(backend, this_machine(backend))
+        checked = [i for i in items if i.get("checked") is True and _seconds(i) is not None]
+        best = min(checked, key=_seconds, default=None)
+        names = [i["spec_name"] for i in items if isinstance(i.get("spec_name"), str)]
+        summaries.append(RecordSummary(
+            spec_key, names[0] if names else "?", backend, bound, threads,
+            best["schedule"] if best else None, _seconds(best) if best else None,
+            max((str(i.get("timestamp", "")) for i in items), default=""), len(items),
+            tuple(name for name in IDENTITY
+                  if here[name] is None or items[0].get(name) != here[name])))
+    return sorted(summaries, key=lambda r: (r.spec_name, r.spec_key, r.backend, r.bound,
+                                            r.threads or 0, r.mismatches))
+
+
+def select_specs(selector: str, path: Path | None = None) -> set[str]:
+    """The spec keys of the records ``selector`` names: a spec key, a spec name, or a spec
+    id (or a prefix of at least 4 of its hex digits) as ``list_records`` gives them; a
+    ConvgenError, with the names nearest to it, when it names none."""
+    keys = {item["spec_key"]: item.get("spec_name") for item in read_records(path)
+            if isinstance(item.get("spec_key"), str)}
+    text = selector.strip()
+    hexadecimal = len(text) >= 4 and all(c in "0123456789abcdef" for c in text.lower())
+    found = {key for key, name in keys.items()
+             if text in (key, name) or (hexadecimal and spec_id(key).startswith(text.lower()))}
+    if found:
+        return found
+    names = sorted({name for name in keys.values() if isinstance(name, str)})
+    near = difflib.get_close_matches(text, names, n=3)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else \
+        ("" if names else " (it holds none)")
+    raise ConvgenError(f"no tuning record of a spec named or keyed {selector!r} in "
+                       f"{str(_path(path))!r}{hint}")
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    records: list[dict]  # the records removed
+    unreadable: int  # lines removed that were no record (forgetting everything only)
+
+
+def forget_records(spec_keys: Collection[str] | None = None,
+                   path: Path | None = None) -> Forgotten:
+    """Remove the records of ``spec_keys`` (None: every line) from the database, by
+    rewriting it into a temporary file renamed over it (atomic: readers see the old file
+    or the new one). Unreadable lines stay unless everything goes. Lines appended while
+    it runs are kept (see _rewrite)."""
+    def drop(line: bytes) -> bool:
+        if spec_keys is None:
+            return bool(line.strip())
+        item = _parse(line)
+        return item is not None and item.get("spec_key") in spec_keys
+
+    removed = [_parse(line) for line in _rewrite(_path(path), drop)]
+    records = [item for item in removed if item is not None]
+    return Forgotten(records, len(removed) - len(records))
+
+
+def export_records(file: Path | str, path: Path | None = None,
+                   spec_keys: Collection[str] | None = None) -> int:
+    """Write the database's records (only ``spec_keys``' when given) to ``file`` as JSON
+    lines, whole or not at all; returns how many."""
+    records = [item for item in read_records(path)
+               if spec_keys is None or item.get("spec_key") in spec_keys]
+    data = "".join(json.dumps(item, sort_keys=True) + "\n" for item in records).encode()
+    file = Path(file)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, file)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # name the file asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(file)) from None
+        raise
+    return len(records)
+
+
+@dataclass(frozen=True)
+class Imported:
+    added: int
+    duplicates: int  # lines equal to a record the database (or an earlier line) holds
+    bad: list[tuple[int, str]]  # (line number from 1, what is wrong), each skipped
+
+
+def import_records(file: Path | str, path: Path | None = None) -> Imported:
+    """Append the records of the JSON-lines ``file`` to the database: every line is checked
+    (``record_problem``); bad ones and duplicates are skipped, the good ones appended in
+    one write. A database that takes no appends raises before anything is read."""
+    path = check_database(path)
+    seen = {json.dumps(item, sort_keys=True) for item in read_records(path)}
+    good, bad, duplicates = [], [], 0
+    with open(file, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                bad.append((number, f"not JSON ({exc})"))
+                continue
+            problem = record_problem(item)
+            if problem is not None:
+                bad.append((number, problem))
+                continue
+            text = json.dumps(item, sort_keys=True)
+            if text in seen:
+                duplicates += 1
+                continue
+            seen.add(text)
+            good.append(text + "\n")
+    if good:
+        with _locked(path.parent):
+            _append(path, "".join(good).encode())
+    return Imported(len(good), duplicates, bad)
+
+
+def record_problem(item: object) -> str | None:
+    """What makes ``item`` unfit to be a record (the field and why), or None. Fields
+    this convgen does not know are allowed (a newer one may add some)."""
+    if not isinstance(item, dict):
+        return f"expected a JSON object, got {type(item).__name__}"
+    for name in ("spec_key", "spec_name", "backend", "cpu", "compiler", "convgen",
+                 "timestamp"):
+        if not isinstance(item.get(name), str):
+            return f"{name}: expected a string, got {_short(item.get(name))}"
+    try:
+        spec = ConvSpec.from_dict(json.loads(item["spec_key"]))
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        return f"spec_key: not a convolution spec ({exc})"
+    if spec.key() != item["spec_key"]:
+        return "spec_key: not in canonical form (ConvSpec.key()), so no compile would match it"
+    if item["spec_name"] != spec.name:
+        return f"spec_name: {_short(item['spec_name'])} is not its spec's name ({spec.name!r})"
+    if item["backend"] not in BACKENDS:
+        return f"backend: expected one of {BACKENDS}, got {_short(item['backend'])}"
+    if not isinstance(item.get("schedule"), dict):
+        return f"schedule: expected an object, got {_short(item.get('schedule'))}"
+    try:
+        Schedule.from_dict(item["schedule"])
+    except (ScheduleError, TypeError, ValueError) as exc:
+        return f"schedule: {exc}"
+    if "seconds" not in item or (item["seconds"] is not None and _seconds(item) is None):
+        return f"seconds: expected a positive finite number or null, got " \
+               f"{_short(item.get('seconds', 'nothing'))}"
+    if not isinstance(item.get("checked"), bool):
+        return f"checked: expected true or false, got {_short(item.get('checked'))}"
+    if not isinstance(item.get("bound", False), bool):
+        return f"bound: expected true or false, got {_short(item['bound'])}"
+    try:
+        datetime.datetime.fromisoformat(item["timestamp"])
+    except ValueError:
+        return f"timestamp: expected an ISO 8601 time, got {_short(item['timestamp'])}"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _path(path: Path | None) -> Path:
+    return Path(path) if path is not None else config.tuning_db()
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return item if isinstance(item, dict) else None
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialize the rewriters and importers of databases in ``directory`` (an advisory
+    lock on it: tuners appending need none, see _rewrite). Unlocked where the file system
+    takes no locks."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` with one O_APPEND write (as ``record``), after a newline if the file
+    ends in a torn line."""
+    if not data:
+        return
+    data = (b"\n" if _ends_mid_line(path) else b"") + data
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _rewrite(path: Path, drop: Callable[[bytes], bool]) -> list[bytes]:
+    """Rewrite the database without the lines ``drop`` picks (returned): the rest go to a
+    temporary file, fsynced and renamed over it. A tuner appends without a lock, so what
+    reaches the old file before the rename is read and filtered too, and what a tuner that
+    opened it just before the rename writes after it is carried over to the new file."""
+    path = Path(os.path.realpath(path))
+    with _locked(path.parent):
+        try:
+            old = open(path, "rb")
+        except FileNotFoundError:
+            return []
+        with old:
+            info = os.fstat(old.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConvgenError(f"{_where(path)} is not a regular file: it cannot be "
+                                   "rewritten")
+            dropped: list[bytes] = []
+
+            def sift(lines: list[bytes]) -> bytes:
+                kept = []
+                for line in lines:
+                    (dropped if drop(line) else kept).append(line)
+                return b"".join(line + b"\n" for line in kept)
+
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    torn = b""
+                    while chunk := old.read():  # to the end, and whatever tuners append meanwhile
+                        *lines, torn = (torn + chunk).split(b"\n")
+                        out.write(sift(lines))
+                    out.write(sift([torn])[:-1] if torn else b"")  # a torn last line
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, stat.S_IMODE(info.st_mode))
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            late = old.read()
+            if late:
+                *lines, torn = late.split(b"\n")
+                _append(path, sift(lines) + (sift([torn])[:-1] if torn else b""))
+    return dropped

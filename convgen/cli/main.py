@@ -37,6 +37,7 @@ from convgen.cli.run import add_run_command
 from convgen.cli.tune import add_tune_command
 from convgen.bench.measure import warm_up
 from convgen.cli.bench import add_bench_command
+from convgen.cli.cache import add_cache_command
 from convgen.errors import CompileError, ConvgenError
 from convgen.graph.reference import check_oracle_memory, conv_oracle_bytes
 from convgen.log import console_logging
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands, [backend])
     add_tune_command(commands, [backend])
     add_bench_command(commands, [backend])
+    add_cache_command(commands)
     add_verbosity_options(parser)
     return parser
 

@@ -15,10 +15,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from convgen.backends import resolve_backend
+from convgen.cli.records import add_record_options, run_records
 from convgen.graph.netspec import load_network
 from convgen.log import ROOT, get_logger
 from convgen.specfile import load_specfile
-from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, tune, tune_network
+from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, network_convs, tune, \
+    tune_network
 
 log = get_logger("tune")
 
@@ -32,7 +34,8 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
                     "oracle and append every measurement to the tuning database "
                     "($CONVGEN_TUNING_DB, default <cache dir>/tuning.jsonl); compile then "
                     "uses the best record.")
-    p.add_argument("specfile", metavar="SPECFILE|NETSPEC", help="TOML spec or network file")
+    p.add_argument("specfile", metavar="SPECFILE|NETSPEC", nargs="?",
+                   help="TOML spec or network file")
     p.add_argument("--budget", type=_positive(float), default=30.0, metavar="S",
                    help="seconds in all, split among the convolutions (default: %(default)s)")
     p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
@@ -41,6 +44,7 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
                    help="spec files: time kernels with their weights bound and prepared once "
                         "(convgen.bind), as `convgen bench` and networks run them; their "
                         "records are kept apart (network files are always tuned bound)")
+    add_record_options(p)
     p.set_defaults(run=run_tune)
 
 
@@ -52,6 +56,14 @@ def is_network_file(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False  # the spec-file loader reports the problem
     return "input_shape" in data or "layer" in data
+
+
+def file_specs(path: str) -> dict[str, str]:
+    """{spec key: name} of a spec file's convolutions, or of those a network file compiles
+    (as tune tunes them)."""
+    if is_network_file(path):
+        return {key: name for key, (name, _) in network_convs(load_network(path)).items()}
+    return {entry.spec.key(): entry.name for entry in load_specfile(path)}
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -69,6 +81,9 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
+    status = run_records(args, file_specs)  # --list, --forget, --export or --import
+    if status is not None:
+        return status
     backend = resolve_backend(getattr(args, "backend", None))
     bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
     # log lines (-v) printed above the bar rather than through it
