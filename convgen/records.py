@@ -90,11 +90,21 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,
-           bound: bool = False) -> None:
+           bound: bool = False, *, threads: int | None = None,
+           context: dict | None = None) -> None:
     """Append one JSON line per measurement, all with a single write (O_APPEND), after
     a newline if the file ends in a torn line; ``bound``: measured with the weights bound
     and prepared once (convgen.plan.weights). A path that takes no appends raises a
-    ConvgenError saying why."""
+    ConvgenError saying why.
+
+    Every line carries the setup (spec, backend, CPU model and flags, compiler, convgen's
+    code version), ``threads`` (the thread count tuned for, which compile's ``threads=``
+    or the configured count asks for; a schedule's own ``threads`` may be lower: small
+    kernels run on one) and ``context`` (run-wide facts: the tuner's ``protocol``, the
+    ``load`` it measured). A measurement's ``noise`` (relative spread per call),
+    ``rounds``, ``gain`` on the default and ``rejected`` (why a candidate timed faster was
+    not kept) are written when it has them. Readers of older lines see none of these.
+    """
     path = check_database(path)
     common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
               "cpu": cpu_identity(), "compiler": compiler_identity(backend),
@@ -102,6 +112,10 @@ def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = Non
               "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if bound:
         common["bound"] = True
+    if threads is not None:
+        common["threads"] = threads
+    for key, value in (context or {}).items():
+        common.setdefault(key, value)
     lines = []
     for m in measured:
         finite = math.isfinite(m.seconds)
@@ -111,6 +125,14 @@ def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = Non
                 "checked": m.checked}
         if m.error:
             line["error"] = m.error
+        for key in ("noise", "gain"):  # measured beside the default (convgen.tuning)
+            value = getattr(m, key, None)
+            if isinstance(value, float) and math.isfinite(value):
+                line[key] = round(value, 5)
+        if getattr(m, "rounds", 0):
+            line["rounds"] = m.rounds
+        if getattr(m, "rejected", None):
+            line["rejected"] = m.rejected
         lines.append(json.dumps(line, sort_keys=True) + "\n")
     data = ("\n" if _ends_mid_line(path) else "") + "".join(lines)
     try:

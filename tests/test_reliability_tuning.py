@@ -83,6 +83,13 @@ def fault(monkeypatch, tmp_path):
     return install
 
 
+@pytest.fixture(autouse=True)
+def any_load(monkeypatch):
+    """The suite shares its cores: tune without waiting for them (tests of the load check
+    are in test_tune_noise.py)."""
+    monkeypatch.setattr(tune_module, "CHECK_LOAD", False)
+
+
 def children() -> list[int]:
     """Pids of this process's children, running or not yet reaped (from /proc: any kind
     of child, not only multiprocessing's)."""
@@ -242,7 +249,7 @@ def test_an_append_after_a_torn_last_line_starts_a_new_line(db):
 def test_a_directory_as_the_database_is_refused_before_measuring(db, monkeypatch):
     db.mkdir()
     timed = []
-    monkeypatch.setattr(tune_module, "measure", lambda *args, **kw: timed.append(args))
+    monkeypatch.setattr(tune_module, "runner", lambda *args, **kw: timed.append(args))
     with pytest.raises(ConvgenError, match=r"tuning database .* is a directory"):
         cg.tune(SMALL, "c", budget=5, threads=1, max_candidates=2, workers=0)
     assert timed == []

@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 
-from convgen import config
 from convgen.backends import get_backend, resolve_backend
 from convgen.plan.gpu import gpu_kinds, make_gpu_plan
 from convgen.cpu import vector_bits, vector_lanes
@@ -154,8 +153,10 @@ def _divisors(n: int) -> list[int]:
 def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int | None = None,
                         max_accumulator_bytes: int | None = None,
                         bound: bool = False) -> list[Schedule]:
-    """Legal, distinct schedules for ``spec``: ``default_schedule(spec)`` first (the one
-    for prepared weights when ``bound``), then the rest, most promising first (see
+    """Legal, distinct schedules for ``spec`` on ``threads`` threads: the default first
+    (the one for prepared weights when ``bound``; ``threads`` None: the thread count
+    compile() asks for then, its default's: one below the parallel threshold, else
+    $CONVGEN_NUM_THREADS or the cores), then the rest, most promising first (see
     :func:`_ranked`).
 
     Pruned before anything compiles: illegal tiles (ScheduleError), register tiles over
@@ -169,7 +170,11 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
         raise ValueError(f"backend {backend!r} cannot be tuned here: {caveat}")
     if chosen.device == "gpu":
         return gpu_candidate_schedules(spec, chosen.default_schedule(spec, bound=bound))
-    threads = min(config.num_threads() if threads is None else threads, MAX_THREADS)
+    # the default compile() falls back to at the thread count asked; threads None: its
+    # own (one thread below convgen.plan.defaults.PARALLEL_FLOPS), as compile() asks then
+    default = default_schedule(spec, backend, prepared_weights=bound,
+                               threads=None if threads is None else min(threads, MAX_THREADS))
+    threads = default.threads  # every candidate's, so records of one count compete
     limit = accumulator_limit() if max_accumulator_bytes is None else max_accumulator_bytes
     cog = spec.out_channels // spec.groups
     out = spec.output_spatial
@@ -182,8 +187,6 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
     outer = [(p, r) for p in planes for r in rows] if planes else \
         [(r,) for r in rows] if rows else [()]
 
-    # the default's tiles and plan at the thread count being tuned, like every candidate
-    default = default_schedule(spec, backend, prepared_weights=bound, threads=threads)
     seen = {_resolved(spec, default)}
     transforms = []
     for schedule in _transform_candidates(spec, threads):

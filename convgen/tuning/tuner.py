@@ -3,12 +3,14 @@
 The tuner stays thin. It enumerates the schedules of a spec and prunes the illegal,
 the oversized and the duplicates; orders them by a cheap cost model; compiles as
 many as the budget allows in worker processes (which only fill the kernel cache);
-times them one at a time in one timing child process (warm-up, then repetitions, the
-median), then the fastest few again beside the default, calls interleaved (the default
-wins ties within DEFAULT_MARGIN); re-checks the winner against the oracle; and appends
-every measurement to the tuning database, a JSON-lines file. :func:`best_record` reads
-it back, and ``convgen.compile`` uses the fastest checked record for the same spec,
-backend, CPU, compiler and convgen version.
+times each batch in one timing child process, interleaved with the default (rounds of
+one call each, convgen.tuning.noise); times the finalists again beside the default and
+keeps those faster beyond the measured noise (:func:`convgen.tuning.noise.compare`);
+re-checks the best against the oracle; re-times it beside the default once more and
+drops it unless it wins again; and appends every measurement to the tuning database, a
+JSON-lines file. It waits for a quiet machine before the decisive timings, re-times one
+that other processes disturbed, and refuses (:class:`MachineBusy`, nothing recorded)
+when the machine stays busy. docs/tuning.md says how and why.
 
 Candidates are generated code run on the tuner's behalf, so none may take the tuner
 down: a kernel that crashes or hangs the timing process costs that candidate only (it
@@ -22,11 +24,11 @@ from __future__ import annotations
 import concurrent.futures as futures
 import contextlib
 import ctypes
+import dataclasses
 import math
 import multiprocessing
 import os
 import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,23 +45,37 @@ from convgen.errors import ConvgenError
 from convgen.graph.ir import Graph
 from convgen.graph.passes import optimize
 from convgen.graph.shapes import infer_graph
+from convgen.plan.defaults import PARALLEL_FLOPS
 from convgen.records import check_database, record
 from convgen.reference import random_arrays, reference
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 from convgen.tolerance import close
+from convgen.tuning.noise import (LOAD_SLACK, LOAD_WAIT_SECONDS, LOSER_FACTOR, Load, LoadMeter,
+                                  Verdict, compare, idle_load, noisy, paired_gain,
+                                  robust_median, spread, time_rounds)
 from convgen.tuning.space import candidate_schedules
 
-TARGET_SECONDS = 0.2  # time each candidate for about this long ...
-MIN_REPEATS, MAX_REPEATS = 3, 100  # ... with at least / at most this many calls
+# Screening: each batch of candidates is timed with the default in rounds until every
+# one has had about TARGET_SECONDS of calls, in MIN_ROUNDS to MAX_ROUNDS rounds
+TARGET_SECONDS = 0.2
+MIN_ROUNDS, MAX_ROUNDS = 3, 100
 FIRST_BUILD_SECONDS = 0.5  # a guess until a batch is built: starting workers, compiling
 BATCH = 2  # candidates per worker built before the batch is timed
-LOSER_FACTOR = 3.0  # a first call this much slower than the best so far ends the timing
-FINALISTS = 3  # the fastest few are timed again with the default, calls interleaved
-CONFIRM_MAX_REPEATS = 1000  # ... each called up to this often (small kernels: more samples)
-# ... and the default stays the winner unless a finalist is faster by more than this share
-# (on this shared machine, schedules within a few percent swap places between runs)
-DEFAULT_MARGIN = 0.03
+FINALISTS = 3  # the few with the largest gains are timed again with the default ...
+# ... for about CONFIRM_SECONDS each, in CONFIRM_MIN_ROUNDS to CONFIRM_MAX_ROUNDS rounds
+# (enough for a verdict after outliers: noise.DECIDE_MIN_ROUNDS; small kernels get more)
+CONFIRM_SECONDS = 0.2
+CONFIRM_MIN_ROUNDS, CONFIRM_MAX_ROUNDS = 10, 1000
+FINAL_SECONDS = 0.25  # the winner's last rounds beside the default, each
+# A decisive timing (confirm, final) disturbed by other processes (noise.Load.busy) or
+# with noisy default timings (noise.noisy) is re-timed after a wait for quiet, at most
+# this many times; then the tuner refuses
+RETIMES = 2
+# tune(check_load=None) follows this: wait, re-time or refuse on a busy machine (tests on
+# a shared machine turn it off; the decision rule still guards every winner)
+CHECK_LOAD = True
+PROTOCOL = "interleaved-1"  # how records' numbers were measured (docs/tuning.md)
 # The timing child is killed, and the candidate it was timing fails, after the longer of
 # TIMEOUT_SECONDS and TIMEOUT_FACTOR times the estimated seconds per candidate (the
 # default's load and timing); the default itself, compiled in the child, gets
@@ -74,14 +90,24 @@ START_TIMEOUT_SECONDS = 120.0  # for the timing process to start (spawn, imports
 CHILD_HOOK: tuple[Callable[..., None], tuple] | None = None
 
 
+class MachineBusy(ConvgenError):
+    """Other processes kept the cores busy while the tuner had to time: it refused and
+    recorded nothing."""
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """One candidate: its median seconds per call (inf: failed to compile or run)."""
+    """One candidate: its median seconds per call (inf: failed to compile or run), and,
+    once timed beside the default, how noisy its calls were and its gain on the default."""
 
     schedule: Schedule
     seconds: float
-    checked: bool = False  # verified against the oracle
+    checked: bool = False  # verified against the oracle, and the run's winner
     error: str | None = None
+    noise: float = math.nan  # relative spread per call (noise.spread), latest timing
+    rounds: int = 0  # calls in its latest timing, one per round
+    gain: float = math.nan  # 1 - median paired ratio to the default (0.1: 10% faster)
+    rejected: str | None = None  # why a candidate timed faster was not kept
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,7 @@ class Progress:
     """What a ``progress`` callback receives while one spec is tuned."""
 
     name: str
-    phase: str  # "compile", "measure", "confirm" or "check"
+    phase: str  # "compile", "measure", "confirm", "check", "final", or "wait" (for quiet)
     done: int
     total: int
     best_seconds: float  # inf until a candidate ran
@@ -108,6 +134,10 @@ class TuneResult:
     default_seconds: float
     measurements: list[Measurement] = field(default_factory=list)
     candidates: int = 0  # legal, distinct candidates before the budget cut
+    threads: int | None = None  # the thread count tuned for (records carry it)
+    verdict: Verdict | None = None  # the winner's last verdict against the default
+    # other processes' load during the last decisive timing, else during the whole run
+    load: Load | None = None
 
     @property
     def speedup(self) -> float:
@@ -123,15 +153,21 @@ class TuneResult:
     def __str__(self) -> str:
         lines = [f"{self.name} ({self.backend}): {len(self.measurements)} of {self.candidates} "
                  f"candidates measured; best {_ms(self.best_seconds)}, default "
-                 f"{_ms(self.default_seconds)}, speedup {self.speedup:.2f}x",
-                 f"  {'ms':>9}  {'GFLOP/s':>8}  schedule"]
+                 f"{_ms(self.default_seconds)}, speedup {self.speedup:.2f}x"]
+        if self.verdict is not None:
+            lines.append(f"  kept: {self.verdict.why()}")
+        lines.append(f"  {'ms':>9}  {'GFLOP/s':>8}  {'gain':>6}  {'noise':>5}  schedule")
         for m in sorted(self.measurements, key=lambda m: m.seconds):
             flops = f"{self.spec.flops / m.seconds / 1e9:8.1f}" if math.isfinite(m.seconds) \
                 else f"{'-':>8}"
+            gain = f"{m.gain:+6.1%}" if math.isfinite(m.gain) else f"{'-':>6}"
+            noise = f"{m.noise:5.1%}" if math.isfinite(m.noise) else f"{'-':>5}"
             marks = (" best" if m.schedule == self.best else "") + \
                 (" default" if m.schedule == self.default else "") + \
-                (f" failed: {m.error}" if m.error else "")
-            lines.append(f"  {_ms(m.seconds):>9}  {flops}  {describe(m.schedule)}{marks}")
+                (f" failed: {m.error}" if m.error else "") + \
+                (f" not kept: {m.rejected}" if m.rejected else "")
+            lines.append(f"  {_ms(m.seconds):>9}  {flops}  {gain}  {noise}  "
+                         f"{describe(m.schedule)}{marks}")
         return "\n".join(lines)
 
 
@@ -300,26 +336,6 @@ def runner(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
                          spec.output_shape, spec.dtype)
 
 
-def measure(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
-            best_seconds: float = math.inf, bound: bool = False) -> Measurement:
-    """Median seconds per call with a preallocated output: a warm-up call, then repeats
-    until about TARGET_SECONDS (fewer when the first is far slower than ``best_seconds``)."""
-    try:
-        run = runner(spec, backend, schedule, arrays, bound)
-        run()
-        times: list[float] = []
-        while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS
-                                            or sum(times) < TARGET_SECONDS):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-            if len(times) == 1 and times[0] > LOSER_FACTOR * best_seconds:
-                break
-    except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
-        return Measurement(schedule, math.inf, error=_first_line(exc))
-    return Measurement(schedule, statistics.median(times))
-
-
 def verify(spec: ConvSpec, backend: str, schedule: Schedule, arrays, want,
            bound: bool = False) -> bool:
     """Whether ``schedule`` computes the oracle's answer (within tolerance) on ``arrays``."""
@@ -339,19 +355,37 @@ class TimingFailure(Exception):
 
 class _Timing:
     """The timing operations on one spec's arrays, by name: what the timing child runs
-    (the same measure/confirm/verify code as with ``workers=0`` in the tuner itself)."""
+    (the same code as with ``workers=0`` in the tuner itself). Kernels stay loaded, and
+    warm, from their first use until released."""
 
     def __init__(self, spec: ConvSpec, backend: str, arrays, bound: bool):
         self.spec, self.backend, self.arrays, self.bound = spec, backend, arrays, bound
+        self.loaded: dict[Schedule, Callable[..., None]] = {}
 
-    def measure(self, schedule: Schedule, best_seconds: float) -> Measurement:
-        return measure(self.spec, self.backend, schedule, self.arrays, best_seconds, self.bound)
+    def prepare(self, schedule: Schedule) -> float:
+        """Load ``schedule``'s kernel and call it once (a warm-up); that call's seconds."""
+        if schedule in self.loaded:
+            return 0.0
+        run = runner(self.spec, self.backend, schedule, self.arrays, self.bound)
+        start = time.perf_counter()
+        run()
+        self.loaded[schedule] = run
+        return time.perf_counter() - start
+
+    def rounds(self, schedules: list[Schedule], seconds: float, min_rounds: int,
+               max_rounds: int, loser_factor: float = math.inf) -> list[list[float]]:
+        """``schedules`` timed in rounds (noise.time_rounds), the first never dropped."""
+        for schedule in schedules:
+            self.prepare(schedule)
+        return time_rounds([self.loaded[s] for s in schedules], seconds, min_rounds,
+                           max_rounds, loser_factor)
+
+    def release(self, schedules: list[Schedule]) -> None:
+        for schedule in schedules:
+            self.loaded.pop(schedule, None)
 
     def load_seconds(self, schedule: Schedule) -> float:
         return _load_seconds(self.spec, self.backend, schedule, self.arrays, self.bound)
-
-    def confirm(self, measured: list[Measurement]) -> list[Measurement]:
-        return confirm(self.spec, self.backend, measured, self.arrays, self.bound)
 
     def verify(self, schedule: Schedule, want) -> bool:
         return verify(self.spec, self.backend, schedule, self.arrays, want, self.bound)
@@ -403,8 +437,11 @@ class Timer:
     def run(self, operation: str, *args: Any, timeout: float) -> Any:
         """``operation(*args)``'s value; TimingFailure when the child dies, or when it has
         not answered within ``timeout`` seconds (it is killed then)."""
-        if not self.isolate:
-            return getattr(self.timing, operation)(*args)
+        if not self.isolate:  # errors as the child reports them
+            try:
+                return getattr(self.timing, operation)(*args)
+            except Exception as exc:  # noqa: BLE001 - a failing candidate costs infinity
+                raise TimingFailure(_first_line(exc)) from None
         self.start()
         try:
             self.conn.send((operation, args))
@@ -418,6 +455,16 @@ class Timer:
         if status != "ok":
             raise TimingFailure(value)
         return value
+
+    def running(self) -> bool:
+        """Whether operations run without starting a child first."""
+        return not self.isolate or self.process is not None and self.process.is_alive()
+
+    def pids(self) -> list[int]:
+        """This process and the timing child, if running: whose CPU time is the tuner's."""
+        process = self.process
+        alive = process is not None and process.pid is not None and process.is_alive()
+        return [os.getpid(), process.pid] if alive else [os.getpid()]
 
     def start(self) -> None:
         """Start the child unless it is running, and wait until it is ready (its start,
@@ -473,18 +520,24 @@ class Timer:
 def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
          threads: int | None = None, max_candidates: int | None = None,
          progress: Callable[[Progress], None] | None = None, *, name: str | None = None,
-         workers: int | None = None, bound: bool = False) -> TuneResult:
+         workers: int | None = None, bound: bool = False,
+         check_load: bool | None = None) -> TuneResult:
     """Search schedules for ``spec`` for about ``budget`` seconds; record every measurement.
 
-    ``threads`` defaults to $CONVGEN_NUM_THREADS or the CPU count; ``max_candidates``
-    caps the candidates (the default is always one, and always timed); ``workers`` is
-    the number of compile processes (default: the CPU count), and with any, candidates
-    are timed in a child process, where a crash or hang costs that candidate only (0:
-    compiled and timed in this process, unprotected).
-    The fastest few are timed again beside the default before the winner is checked.
+    ``threads``: the thread count to tune for, every candidate's and the records' (None:
+    the one compile() runs without ``threads=``, its default's: one below the parallel
+    threshold, else $CONVGEN_NUM_THREADS or the cores); ``max_candidates`` caps the candidates
+    (the default is always one, and always timed); ``workers`` is the number of compile
+    processes (default: the CPU count), and with any, candidates are timed in a child
+    process, where a crash or hang costs that candidate only (0: compiled and timed in
+    this process, unprotected). A candidate replaces the default only when it is faster
+    beyond the measured noise in two interleaved timings (docs/tuning.md).
     ``bound``: time the kernels with their weights bound and prepared once
     (:func:`convgen.bind`), as networks run them; records are kept apart, networks and
-    bind() read these, compile() the others.
+    bind() read these, compile() the others. ``check_load`` (default CHECK_LOAD; CPU
+    backends): wait for other processes to leave the cores free before the decisive
+    timings, re-time a disturbed one, and raise MachineBusy, recording nothing, when the
+    machine stays busy.
     """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
@@ -499,23 +552,53 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     candidates = candidate_schedules(spec, backend, threads, bound=bound)
     chosen = candidates[:max_candidates] if max_candidates else candidates
     default, rest = chosen[0], chosen[1:]
+    requested = default.threads  # every candidate's (candidate_schedules)
     notify = progress or (lambda p: None)
     arrays = random_arrays(spec)
     database = check_database()  # before any measurement: a bad path loses none
     if workers is None:
         workers = os.cpu_count() or 1
+    check = (CHECK_LOAD if check_load is None else check_load) \
+        and get_backend(backend).device != "gpu"  # a GPU's kernels do not share the cores
     with Timer(spec, backend, arrays, bound, isolate=workers > 0) as timer:
-        measured, per_candidate = _search(spec, backend, name, default, rest, arrays,
-                                          deadline, notify, min(workers, len(rest)), bound,
-                                          timer, database)
-        measured, winner = _check_winner(spec, backend, measured, arrays, name, notify,
-                                         len(chosen), bound, timer, _timeout(per_candidate))
-    record(spec, backend, measured, database, bound=bound)
+        watch = _LoadWatch(name, check, timer.pids, notify)
+        watch.quiet(_threads(chosen), Progress(name, "measure", 0, len(chosen), math.inf))
+        whole = LoadMeter(timer.pids)  # the run's load, noted when nothing decisive ran
+        whole.start()
+        search = _search(spec, backend, name, default, rest, arrays, deadline, notify,
+                         min(workers, len(rest)), bound, timer, database, requested)
+        decided = _decide(spec, backend, name, search, arrays, notify, len(chosen), timer,
+                          watch)
+        load = decided.load or whole.stop()  # compile workers reaped: their time is ours
+    record(spec, backend, decided.measured, database, bound=bound, threads=requested,
+           context=_context(load))
+    winner = decided.winner
     if winner is None:
         raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
-                           f"({measured[0].error or 'wrong results'})")
+                           f"({decided.measured[0].error or 'wrong results'})")
     return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
-                      measured[0].seconds, measured, len(candidates))
+                      decided.measured[0].seconds, decided.measured, len(candidates),
+                      requested, decided.verdict, load)
+
+
+def _threads(schedules: list[Schedule]) -> int:
+    """The most threads any of ``schedules`` runs: the cores a timing of them needs."""
+    return max(s.threads for s in schedules)
+
+
+def _context(load: Load | None) -> dict:
+    """What every record line of a run carries besides the setup: the protocol, the load."""
+    context: dict[str, Any] = {"protocol": PROTOCOL}
+    if load is not None:
+        context["load"] = load.to_dict()
+    return context
+
+
+def _strict(spec: ConvSpec, backend: str, schedule: Schedule) -> bool:
+    """Whether ``schedule`` is judged by the strict rule: several threads on a CPU for a
+    kernel below the parallel threshold (noise.STRICT_MARGIN says why)."""
+    return get_backend(backend).device != "gpu" and schedule.threads > 1 \
+        and spec.flops < PARALLEL_FLOPS
 
 
 def _timeout(per_candidate: float) -> float:
@@ -525,33 +608,131 @@ def _timeout(per_candidate: float) -> float:
     return max(TIMEOUT_SECONDS, TIMEOUT_FACTOR * per_candidate)
 
 
+class _LoadWatch:
+    """Other processes' load during one tune(): before a decisive timing it waits until
+    they leave the cores free (:meth:`quiet`), and it judges each such timing
+    (:meth:`disturbed`); with ``check`` False it only measures (records carry the load)."""
+
+    def __init__(self, name: str, check: bool, pids: Callable[[], list[int]], notify):
+        self.name, self.check, self.notify = name, check, notify
+        self.meter = LoadMeter(pids)
+
+    def quiet(self, threads: int, at: Progress) -> None:
+        """Return once other processes leave ``threads`` threads their cores (looking
+        noise.LOAD_WINDOW at a time); MachineBusy after LOAD_WAIT_SECONDS."""
+        if not self.check:
+            return
+        since = time.monotonic()
+        while True:
+            load = idle_load(self.meter)
+            if load is None or not load.busy(threads):
+                return
+            if time.monotonic() - since >= LOAD_WAIT_SECONDS:
+                allowed = load.cores - min(threads, load.cores) + LOAD_SLACK
+                raise MachineBusy(
+                    f"{self.name}: the machine is busy: {_others(load)} for "
+                    f"{LOAD_WAIT_SECONDS:g} s, and timing kernels on {threads} thread(s) "
+                    f"leaves them {allowed:.1f}; {_REFUSED}")
+            self.notify(dataclasses.replace(at, phase="wait"))
+
+    def disturbed(self, load: Load | None, threads: int, default: list[float]) -> str | None:
+        """Why a timing of ``threads`` threads cannot be trusted (None: it can): others
+        held the cores (``load``), or the default's own calls (``default``) were noisy."""
+        if not self.check:
+            return None
+        if load is not None and load.busy(threads):
+            return _others(load)
+        if noisy(default):
+            return f"the default's calls varied by {spread(default):.0%} per call, or often " \
+                f"by far"
+        return None
+
+
+_REFUSED = ("nothing was recorded. Tune when the machine is idle, or pass check_load=False "
+            "(noisier timings, fewer winners kept)")
+
+
+def _others(load: Load) -> str:
+    return f"other processes used {load.others:.1f} of the {load.cores} cores"
+
+
+def _interleaved(timer: Timer, default: Schedule, picks: list[Schedule], seconds: float,
+                 min_rounds: int, max_rounds: int, loser_factor: float,
+                 timeout: float) -> list[tuple[list[float], list[float] | str]]:
+    """Each of ``picks`` timed beside ``default`` in rounds (about ``seconds`` each):
+    [(the default's samples, its samples or why it failed)], from one timing; after a
+    crash or hang, each again beside the default alone, so it costs its candidate only."""
+    count = len(picks) + 1
+    try:
+        timer.start()
+        samples = timer.run("rounds", [default, *picks], seconds * count, min_rounds,
+                            max_rounds, loser_factor, timeout=count * timeout)
+        return [(samples[0], s) for s in samples[1:]]
+    except TimingFailure as exc:
+        if len(picks) == 1:
+            return [([], str(exc))]
+    pairs: list[tuple[list[float], list[float] | str]] = []
+    for schedule in picks:
+        try:
+            timer.start()
+            d, c = timer.run("rounds", [default, schedule], 2 * seconds, min_rounds,
+                             max_rounds, math.inf, timeout=2 * timeout)
+            pairs.append((d, c))
+        except TimingFailure as exc:
+            pairs.append(([], str(exc)))
+    return pairs
+
+
+def _timed(schedule: Schedule, samples: list[float] | str,
+           default: list[float] | None) -> Measurement:
+    """``schedule``'s Measurement from its ``samples`` (or why it failed), its gain on the
+    ``default`` samples of the same rounds (None: it is the default)."""
+    if isinstance(samples, str):
+        return Measurement(schedule, math.inf, error=samples)
+    gain = 0.0 if default is None else paired_gain(default, samples)
+    return Measurement(schedule, robust_median(samples), noise=spread(samples),
+                       rounds=len(samples), gain=gain)
+
+
+@dataclass
+class _Search:
+    """What the search found: the default first (from all its samples), then every
+    candidate timed or failed; the default's samples; seconds per candidate (estimate)."""
+
+    measured: list[Measurement]
+    default_samples: list[float]
+    per_candidate: float
+
+
 def _search(spec: ConvSpec, backend: str, name: str, default: Schedule, rest: list[Schedule],
             arrays, deadline: float, notify, workers: int, bound: bool, timer: Timer,
-            database) -> tuple[list[Measurement], float]:
-    """Time the default, then build and time batches of ``rest`` until ``deadline``, then
-    time the finalists again beside the default: every measurement, the default first,
-    and the estimated seconds per candidate."""
+            database, threads: int) -> _Search:
+    """Time the default, then build batches of ``rest`` and time each batch interleaved
+    with the default until ``deadline`` (less the time kept for the decisive timings)."""
     total = len(rest) + 1
     try:
-        first = timer.run("measure", default, math.inf, timeout=FIRST_TIMEOUT_SECONDS)
+        timer.run("prepare", default, timeout=FIRST_TIMEOUT_SECONDS)
+        [base] = timer.run("rounds", [default], TARGET_SECONDS, MIN_ROUNDS, MAX_ROUNDS,
+                           timeout=FIRST_TIMEOUT_SECONDS)
     except TimingFailure as exc:
         record(spec, backend, [Measurement(default, math.inf, error=str(exc))], database,
-               bound=bound)
+               bound=bound, threads=threads, context=_context(None))
         raise ConvgenError(f"{name}: the default schedule ({describe(default)}) could not "
                            f"be timed: {exc}; without it there is nothing to compare "
                            f"candidates with") from None
-    measured = [first]
-    best = first.seconds
+    default_samples = list(base)
+    best = robust_median(base)
+    measured = [Measurement(default, best)]
     try:
         load = timer.run("load_seconds", default, timeout=_timeout(TARGET_SECONDS))
     except TimingFailure:  # it loaded a moment ago: the estimate goes without the load
         load = 0.0
-    per_candidate = _timing_estimate(first.seconds, load)
-    deadline -= (FINALISTS + 1) * per_candidate  # kept for the final round
+    per_candidate = _timing_estimate(best, load)
+    deadline -= (FINALISTS + 3) * per_candidate  # kept for the confirm and final rounds
     queue = list(rest)
     build_each = FIRST_BUILD_SECONDS  # wall seconds per candidate in the last batch
     with CandidateBuilder(spec, backend, workers, bound) as builder:
-        while queue:  # batches: build in parallel, then time one at a time
+        while queue:  # batches: build in parallel, then time them with the default
             fits = int((deadline - time.monotonic()) / (build_each + per_candidate))
             size = min(fits, BATCH * max(workers, 1))
             if size < 1:
@@ -561,6 +742,8 @@ def _search(spec: ConvSpec, backend: str, name: str, default: Schedule, rest: li
             start = time.monotonic()
             built = builder.build(batch)
             build_each = (time.monotonic() - start) / len(batch)
+            start = time.monotonic()
+            ready = []
             for schedule in batch:
                 if built[schedule] is not None:
                     measured.append(Measurement(schedule, math.inf, error=built[schedule]))
@@ -568,25 +751,31 @@ def _search(spec: ConvSpec, backend: str, name: str, default: Schedule, rest: li
                 if time.monotonic() >= deadline:
                     queue = []
                     break
-                try:
+                try:  # loaded and called once alone: a crash or hang costs it only
                     timer.start()  # a restart after a crash is not this candidate's time
-                    start = time.monotonic()
-                    m = timer.run("measure", schedule, best, timeout=_timeout(per_candidate))
-                    per_candidate = 0.5 * (per_candidate + time.monotonic() - start)
-                except TimingFailure as exc:  # it crashed or hung: this candidate only
-                    m = Measurement(schedule, math.inf, error=str(exc))
-                measured.append(m)
-                best = min(best, m.seconds)
-                notify(Progress(name, "measure", len(measured), total, best))
-
-    notify(Progress(name, "confirm", len(measured), total, best))
-    picks = min(FINALISTS + 1, sum(math.isfinite(m.seconds) for m in measured))
-    try:
-        measured = timer.run("confirm", measured,
-                             timeout=max(picks, 1) * _timeout(per_candidate))
-    except TimingFailure:  # a finalist crashed this time: keep the first timings
-        pass
-    return measured, per_candidate
+                    timer.run("prepare", schedule, timeout=_timeout(per_candidate))
+                    ready.append(schedule)
+                except TimingFailure as exc:
+                    measured.append(Measurement(schedule, math.inf, error=str(exc)))
+                notify(Progress(name, "measure", len(measured) + len(ready), total, best))
+            if not ready:
+                continue
+            pairs = _interleaved(timer, default, ready, TARGET_SECONDS, MIN_ROUNDS,
+                                 MAX_ROUNDS, LOSER_FACTOR, _timeout(per_candidate))
+            per_candidate = 0.5 * (per_candidate + (time.monotonic() - start) / len(ready))
+            taken: set[int] = set()
+            for schedule, (d, c) in zip(ready, pairs):
+                if id(d) not in taken:  # one timing's default samples once
+                    taken.add(id(d))
+                    default_samples += d
+                measured.append(_timed(schedule, c, d))
+                best = min(best, measured[-1].seconds)
+            if timer.running():
+                with contextlib.suppress(TimingFailure):
+                    timer.run("release", ready, timeout=TIMEOUT_SECONDS)
+            notify(Progress(name, "measure", len(measured), total, best))
+    measured[0] = _timed(default, default_samples, None)
+    return _Search(measured, default_samples, per_candidate)
 
 
 def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
@@ -595,74 +784,133 @@ def _load_seconds(spec: ConvSpec, backend: str, schedule: Schedule, arrays,
     start = time.perf_counter()
     try:
         runner(spec, backend, schedule, arrays, bound)
-    except Exception:  # noqa: BLE001 - the default failed: measure() said so
+    except Exception:  # noqa: BLE001 - the default failed: its timing said so
         pass
     return 2 * (time.perf_counter() - start)
 
 
 def _timing_estimate(seconds: float, load_seconds: float) -> float:
-    """Seconds one candidate's load and timing take, from the default's time per call."""
+    """Seconds one candidate's load and timing take, from the default's time per call:
+    its warm-up, its calls and as many of the default's."""
     if not math.isfinite(seconds):
         return TARGET_SECONDS + load_seconds
-    calls = 1 + min(MAX_REPEATS, max(MIN_REPEATS, TARGET_SECONDS / max(seconds, 1e-9)))
-    return load_seconds + calls * seconds
+    calls = min(MAX_ROUNDS, max(MIN_ROUNDS, TARGET_SECONDS / max(seconds, 1e-9)))
+    return load_seconds + (1 + 2 * calls) * seconds
 
 
-def confirm(spec: ConvSpec, backend: str, measured: list[Measurement],
-            arrays, bound: bool = False) -> list[Measurement]:
-    """Time the FINALISTS fastest and the default (``measured[0]``) again, their calls
-    interleaved so that noise and drift hit them alike; new medians replace the old."""
-    ranked = sorted((i for i, m in enumerate(measured) if math.isfinite(m.seconds)),
-                    key=lambda i: measured[i].seconds)
-    picks = ranked[:FINALISTS] + ([0] if 0 in ranked[FINALISTS:] else [])
-    if len(picks) < 2:
-        return measured
-    try:
-        calls = [runner(spec, backend, measured[i].schedule, arrays, bound) for i in picks]
-        times: list[list[float]] = [[] for _ in picks]
-        spent = 0.0
-        while len(times[0]) < CONFIRM_MAX_REPEATS and (
-                len(times[0]) < MIN_REPEATS or spent < TARGET_SECONDS * len(picks)):
-            for call, samples in zip(calls, times):
-                start = time.perf_counter()
-                call()
-                samples.append(time.perf_counter() - start)
-                spent += samples[-1]
-    except Exception:  # noqa: BLE001 - they all ran before: keep the first timings
-        return measured
-    out = list(measured)
-    for i, samples in zip(picks, times):
-        out[i] = Measurement(out[i].schedule, statistics.median(samples))
-    return out
+def confirm(timer: Timer, watch: _LoadWatch, default: Schedule, picks: list[Schedule],
+            seconds: float, timeout: float,
+            at: Progress) -> tuple[list[tuple[list[float], list[float] | str]], Load | None]:
+    """A decisive timing: ``picks`` beside ``default`` in rounds (about ``seconds`` each,
+    at least CONFIRM_MIN_ROUNDS), on a quiet machine (``watch``), re-timed when other
+    processes disturbed it; pairs as :func:`_interleaved` gives them, and the load during
+    the timing kept. MachineBusy when it stays disturbed RETIMES more times."""
+    threads = _threads([default, *picks])
+    why = None
+    for _ in range(RETIMES + 1):
+        watch.quiet(threads, at)
+        watch.meter.start()
+        pairs = _interleaved(timer, default, picks, seconds, CONFIRM_MIN_ROUNDS,
+                             CONFIRM_MAX_ROUNDS, math.inf, timeout)
+        load = watch.meter.stop()
+        why = watch.disturbed(load, threads, next((d for d, _ in pairs if d), []))
+        if why is None:
+            return pairs, load
+    raise MachineBusy(f"{watch.name}: the machine was busy while timing ({why}), "
+                      f"{RETIMES + 1} times; {_REFUSED}")
 
 
-def _check_winner(spec, backend, measured, arrays, name, notify, total, bound=False,
-                  timer: Timer | None = None, timeout: float = math.inf):
-    """Verify candidates fastest first until one matches the oracle; mark them. The
-    default (``measured[0]``) ranks as if DEFAULT_MARGIN faster than it measured. Each
-    runs through ``timer`` (None: in this process), given ``timeout`` seconds."""
-    timer = timer or Timer(spec, backend, arrays, bound, isolate=False)
-    want = None
-    out = list(measured)
-    rank = (lambda i: out[i].seconds / (1 + DEFAULT_MARGIN) if i == 0 else out[i].seconds)
-    for i in sorted(range(len(out)), key=rank):
-        if not math.isfinite(out[i].seconds):
-            break
+@dataclass
+class _Decision:
+    """Every measurement as recorded, the winner (None: nothing ran correctly), its
+    verdict against the default (None: the default, or nothing to compare with), and the
+    load during the last decisive timing."""
+
+    measured: list[Measurement]
+    winner: Measurement | None
+    verdict: Verdict | None
+    load: Load | None
+
+
+def _decide(spec: ConvSpec, backend: str, name: str, search: _Search, arrays, notify,
+            total: int, timer: Timer, watch: _LoadWatch) -> _Decision:
+    """The winner: the default unless a candidate is faster beyond the noise in the
+    confirm rounds, matches the oracle, and is faster beyond the noise again in the final
+    rounds beside the default alone. Only the winner is marked checked."""
+    out = list(search.measured)
+    default = out[0].schedule
+    where = {m.schedule: i for i, m in enumerate(out)}
+    timeout = _timeout(search.per_candidate)
+    best = min(m.seconds for m in out)
+    load = None
+    finalists = [m.schedule for m in sorted(
+        (m for m in out[1:] if math.isfinite(m.seconds) and m.gain > 0),
+        key=lambda m: -m.gain)[:FINALISTS]]
+    passed: list[tuple[int, Verdict]] = []
+    if finalists:
+        at = Progress(name, "confirm", len(out), total, best)
+        notify(at)
+        pairs, load = confirm(timer, watch, default, finalists, CONFIRM_SECONDS, timeout, at)
+        for schedule, (d, c) in zip(finalists, pairs):
+            i = where[schedule]
+            out[i], verdict = _judged(spec, backend, schedule, c, d)
+            if verdict is not None and verdict.faster:
+                passed.append((i, verdict))
+        first = next((d for d, _ in pairs if d), None)
+        if first:
+            out[0] = _timed(default, first, None)
+
+    want = reference(spec, *arrays)
+
+    def correct(i: int) -> bool:
         notify(Progress(name, "check", len(out), total, out[i].seconds))
-        if want is None:
-            want = reference(spec, *arrays)
         try:
             ok = timer.run("verify", out[i].schedule, want, timeout=timeout)
             error = None if ok else "wrong results (oracle check failed)"
         except TimingFailure as exc:
             ok, error = False, f"oracle check: {exc}"
-        out[i] = Measurement(out[i].schedule, out[i].seconds, checked=ok, error=error)
-        if ok:
-            return out, out[i]
-    return out, None
+        if not ok:
+            out[i] = dataclasses.replace(out[i], error=error)
+        return ok
+
+    if not correct(0):  # nothing correct to beat: the fastest candidate that is correct
+        for i in sorted((i for i in range(1, len(out)) if math.isfinite(out[i].seconds)),
+                        key=lambda i: out[i].seconds):
+            if correct(i):
+                out[i] = dataclasses.replace(out[i], checked=True)
+                return _Decision(out, out[i], None, load)
+        return _Decision(out, None, None, load)
+    passed.sort(key=lambda iv: -iv[1].gain)
+    chosen = next((i for i, _ in passed if correct(i)), None)
+    if chosen is not None:  # again, beside the default alone: it must win twice
+        schedule = out[chosen].schedule
+        at = Progress(name, "final", len(out), total, out[chosen].seconds)
+        notify(at)
+        [(d, c)], load = confirm(timer, watch, default, [schedule], FINAL_SECONDS, timeout, at)
+        judged, verdict = _judged(spec, backend, schedule, c, d)
+        if d:
+            out[0] = _timed(default, d, None)
+        if verdict is not None and verdict.faster:
+            out[chosen] = dataclasses.replace(judged, checked=True)
+            return _Decision(out, out[chosen], verdict, load)
+        out[chosen] = dataclasses.replace(judged, rejected=judged.rejected and
+                                          f"re-timed at the end: {judged.rejected}")
+    out[0] = dataclasses.replace(out[0], checked=True)
+    return _Decision(out, out[0], None, load)
 
 
-# -- the tuning database ------------------------------------------------------------------
+def _judged(spec: ConvSpec, backend: str, schedule: Schedule, samples: list[float] | str,
+            default: list[float]) -> tuple[Measurement, Verdict | None]:
+    """``schedule``'s Measurement and Verdict from a decisive timing beside the default
+    (no Verdict when it failed); a candidate not kept says why."""
+    if isinstance(samples, str):
+        return Measurement(schedule, math.inf, error=samples), None
+    verdict = compare(default, samples, _strict(spec, backend, schedule))
+    measured = Measurement(schedule, robust_median(samples), noise=spread(samples),
+                           rounds=len(samples), gain=verdict.gain,
+                           rejected=None if verdict.faster else verdict.why())
+    return measured, verdict
+
 
 # -- networks -----------------------------------------------------------------------------
 
