@@ -9,6 +9,7 @@ through cffi and returns a callable checked against a NumPy oracle
 from convgen.aot import compile_to, load
 from convgen.backends import BACKENDS
 from convgen.compiler import BoundKernel, bind, compile, default_schedule
+from convgen.config import get_num_threads, set_num_threads
 from convgen.errors import (CompileError, CompilerNotFoundError, ConvgenError, OnnxImportError,
                      ScheduleError, SpecError, SpecFileError)
 from convgen.functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
@@ -27,5 +28,6 @@ __all__ = [
     "ConvSpec", "ConvgenError", "GpuSchedule", "Kernel", "OnnxImportError", "Schedule", "ScheduleError",
     "SpecError", "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d",
     "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "default_schedule", "from_onnx", "load", "load_network", "reference", "tune", "TuneResult",
+    "default_schedule", "from_onnx", "get_num_threads", "load", "load_network", "reference",
+    "set_num_threads", "tune", "TuneResult",
 ]

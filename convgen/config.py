@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import shlex
@@ -40,18 +41,61 @@ def extra_cxxflags() -> list[str]:
     return shlex.split(os.environ.get("CONVGEN_CXXFLAGS", ""))
 
 
-def num_threads() -> int:
-    """Default thread count for tuning: $CONVGEN_NUM_THREADS, else os.cpu_count()."""
-    explicit = os.environ.get("CONVGEN_NUM_THREADS", "").strip()
-    if explicit:
-        try:
-            value = int(explicit)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"CONVGEN_NUM_THREADS: expected an integer >= 1, got {explicit!r}")
-        return value
-    return os.cpu_count() or 1
+# set_num_threads() overrides the environment for this process (None: read it)
+_num_threads_override: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """The default thread count of this process, like ``torch.set_num_threads``: what
+    compile, bind, the functional ops, networks and the tuner use where no thread count is
+    asked (kernels too small to profit stay on one). None goes back to the environment."""
+    global _num_threads_override
+    _num_threads_override = None if n is None else thread_count(n, "set_num_threads: n")
+
+
+def get_num_threads() -> int:
+    """The default thread count: set_num_threads(), else $CONVGEN_NUM_THREADS, else
+    $OMP_NUM_THREADS (its first entry: "4,2" is 4), else the cores this process may run on."""
+    if _num_threads_override is not None:
+        return _num_threads_override
+    for name in ("CONVGEN_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = _env_thread_count(name)
+        if value is not None:
+            return value
+    try:
+        return len(os.sched_getaffinity(0)) or 1  # a process pinned by taskset or a cgroup
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+num_threads = get_num_threads  # the name the rest of convgen reads it by
+
+
+def _env_thread_count(name: str) -> int | None:
+    """$name as a thread count; None when unset or empty. OpenMP's list form "4,2" (threads
+    per nesting level) counts its first entry."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    first = text.split(",")[0].strip() if name == "OMP_NUM_THREADS" else text
+    try:
+        value = int(first)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {text!r}")
+    return value
+
+
+def thread_count(value: object, name: str) -> int:
+    """``value`` as a thread count: TypeError naming ``name`` for a non-integer (a bool
+    included), ValueError for one below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= 1, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return int(value)
 
 
 DEFAULT_CACHE_MAX_BYTES = 2 * 1024**3  # about 50,000 typical kernels (40 kB each)

@@ -1,8 +1,9 @@
 """Functional ops in PyTorch's style: the spec comes from the arrays' shapes.
 
-Each distinct (spec, backend, schedule) is compiled once per process and kept in
-a small in-memory table; compiled libraries are also reused across processes
-through the on-disk cache.
+Each distinct (spec, backend, schedule, threads) is compiled once per process and kept
+in a small in-memory table; compiled libraries are also reused across processes
+through the on-disk cache. ``threads=`` runs an op on that many threads (None: the
+default thread count's rule, see convgen.get_num_threads), as ``convgen.compile``.
 """
 
 from __future__ import annotations
@@ -12,25 +13,32 @@ from typing import Any
 
 import numpy as np
 
+from convgen import config
 from convgen.compiler import compile as compile_spec
 from convgen.backends import resolve_backend
 from convgen.backends.cuda.arrays import cuda_array_info
 from convgen.kernel import Kernel
-from convgen.schedule import Schedule
+from convgen.schedule import Schedule, check_threads
 from convgen.spec import ConvSpec
 
-_KERNELS: dict[tuple[str, str, str], Kernel] = {}
+_KERNELS: dict[tuple, Kernel] = {}
 _LOCK = threading.Lock()
 
 
-def kernel_for(spec: ConvSpec, backend: str | None = None, schedule: Schedule | None = None) -> Kernel:
+def kernel_for(spec: ConvSpec, backend: str | None = None, schedule: Schedule | None = None,
+               threads: int | None = None) -> Kernel:
     """The compiled kernel for ``spec``, compiled at most once per process."""
     backend = resolve_backend(backend)
-    key = (spec.key(), backend, schedule.key() if schedule is not None else "")
+    threads = check_threads(threads)
+    # a partial schedule is completed at compile time: the fields it gives are part of
+    # the key, and so is the default thread count when none is asked
+    given = "" if schedule is None else (schedule.key(), tuple(sorted(schedule.given)))
+    key = (spec.key(), backend, given, ("auto", config.num_threads()) if threads is None
+           else threads)
     with _LOCK:
         kernel = _KERNELS.get(key)
         if kernel is None:
-            kernel = compile_spec(spec, backend=backend, schedule=schedule)
+            kernel = compile_spec(spec, backend=backend, schedule=schedule, threads=threads)
             _KERNELS[key] = kernel
     return kernel
 
@@ -64,7 +72,7 @@ def _check_arrays(name: str, ndim: int, x: Any, w: Any, b: Any):
 
 
 def _conv(ndim: int, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
-          backend, schedule, out):
+          backend, schedule, threads, out):
     name = f"conv{ndim}d"
     x_shape, w_shape, dtype = _check_arrays(name, ndim, x, w, b)
     if w_shape[1] * groups != x_shape[1]:
@@ -75,11 +83,11 @@ def _conv(ndim: int, x, w, b, stride, padding, dilation, groups, padding_mode, a
                     stride=stride, padding=padding, padding_mode=padding_mode,
                     dilation=dilation, groups=groups, bias=b is not None,
                     activation=activation, dtype=dtype.name)
-    return kernel_for(spec, backend, schedule)(x, w, b, out=out)
+    return kernel_for(spec, backend, schedule, threads)(x, w, b, out=out)
 
 
 def _conv_transpose(ndim: int, x, w, b, stride, padding, output_padding, groups, dilation,
-                    activation, backend, schedule, out):
+                    activation, backend, schedule, threads, out):
     name = f"conv_transpose{ndim}d"
     x_shape, w_shape, dtype = _check_arrays(name, ndim, x, w, b)
     if w_shape[0] != x_shape[1]:
@@ -90,46 +98,49 @@ def _conv_transpose(ndim: int, x, w, b, stride, padding, output_padding, groups,
                     output_padding=output_padding, dilation=dilation, groups=groups,
                     transposed=True, bias=b is not None, activation=activation,
                     dtype=dtype.name)
-    return kernel_for(spec, backend, schedule)(x, w, b, out=out)
+    return kernel_for(spec, backend, schedule, threads)(x, w, b, out=out)
 
 
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+           activation=None, backend=None, schedule=None, threads=None, out=None) -> np.ndarray:
     """1D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(1, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
-                 backend, schedule, out)
+                 backend, schedule, threads, out)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+           activation=None, backend=None, schedule=None, threads=None, out=None) -> np.ndarray:
     """2D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(2, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
-                 backend, schedule, out)
+                 backend, schedule, threads, out)
 
 
 def conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+           activation=None, backend=None, schedule=None, threads=None, out=None) -> np.ndarray:
     """3D convolution (cross-correlation), PyTorch's argument order."""
     return _conv(3, x, w, b, stride, padding, dilation, groups, padding_mode, activation,
-                 backend, schedule, out)
+                 backend, schedule, threads, out)
 
 
 def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+                     dilation=1, *, activation=None, backend=None, schedule=None,
+                     threads=None, out=None) -> np.ndarray:
     """1D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(1, x, w, b, stride, padding, output_padding, groups, dilation,
-                           activation, backend, schedule, out)
+                           activation, backend, schedule, threads, out)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+                     dilation=1, *, activation=None, backend=None, schedule=None,
+                     threads=None, out=None) -> np.ndarray:
     """2D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(2, x, w, b, stride, padding, output_padding, groups, dilation,
-                           activation, backend, schedule, out)
+                           activation, backend, schedule, threads, out)
 
 
 def conv_transpose3d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, activation=None, backend=None, schedule=None, out=None) -> np.ndarray:
+                     dilation=1, *, activation=None, backend=None, schedule=None,
+                     threads=None, out=None) -> np.ndarray:
     """3D transposed convolution, PyTorch's argument order."""
     return _conv_transpose(3, x, w, b, stride, padding, output_padding, groups, dilation,
-                           activation, backend, schedule, out)
+                           activation, backend, schedule, threads, out)

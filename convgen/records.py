@@ -177,9 +177,10 @@ def read_records(path: Path | None = None) -> list[dict]:
 def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
                 path: Path | None = None, bound: bool = False) -> Schedule | None:
     """The fastest checked schedule recorded for ``spec`` and ``backend`` (a resolved name)
-    on this CPU, compiler and convgen version (and ``threads``, when given), among the
-    records measured with weights bound (``bound``: networks, convgen.bind) or passed in
-    each call (kernels); None if none."""
+    on this CPU, compiler and convgen version, measured at ``threads`` (None: at any thread
+    count), among the records measured with weights bound (``bound``: networks,
+    convgen.bind) or passed in each call (kernels); None if none. A record of another
+    thread count is never returned for ``threads``, whatever its speed."""
     records = read_records(path)
     if not records:
         return None
@@ -198,11 +199,12 @@ def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
             continue
         try:
             schedule = Schedule.from_dict(item["schedule"])
+            if threads is not None and schedule.threads != threads:
+                continue
             get_backend(backend).plan(spec, schedule)  # still legal for this spec and backend
         except (ScheduleError, TypeError, ValueError):
             continue
-        if threads is None or schedule.threads == threads:
-            best, best_seconds = schedule, seconds
+        best, best_seconds = schedule, seconds
     return best
 
 

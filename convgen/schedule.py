@@ -7,9 +7,10 @@ answer. :func:`default_schedule` is the untuned fallback for any spec.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from convgen import config
 from convgen.cpu import vector_lanes
 from convgen.errors import ScheduleError
 from convgen.dtypes import is_int as _is_int
@@ -58,6 +59,28 @@ class Schedule:
     "co": rounded up to whole vectors of channels; transform GEMM: the rows of the GEMM
     tile). Each plan clamps it to the channels per group. It stays one field, named as
     before, so that kernel names and tuning records stay valid.
+
+    A schedule may be partial. The fields passed to the constructor (the keys of
+    :meth:`from_dict`'s table) are *given* (:attr:`given`); a field left out is not given,
+    even though it reads as its dataclass default (detection is by construction, not by
+    value: ``Schedule(tile_co=8)`` gives ``tile_co``). ``compile``, ``bind``, the
+    functional ops, ``compile_to``, networks' ``schedules=`` and spec files complete the
+    rest from the default schedule of the spec (``convgen.compiler.complete_schedule``):
+
+    - ``threads`` not given: the thread count asked (``threads=``), else the default's;
+    - the plan kind (``method``, ``vectorize``): when none of ``method``, ``vectorize``,
+      ``tile_spatial``, ``vector_width`` is given, the default's; otherwise as given, where
+      a ``method`` left out is "direct" and a ``vectorize`` left out is "w" when
+      ``tile_spatial`` or ``vector_width`` is given (tiles are written for a plan kind;
+      without one named, for the dataclass's), else the direct default's ("co" or "w");
+    - every other field not given: from the default schedule of that plan kind at that
+      thread count.
+
+    So ``Schedule(threads=1)`` is the default plan on one thread, ``Schedule(tile_co=16)``
+    the default plan with 16-channel tiles, ``Schedule(method="direct")`` the default
+    direct plan. ``dataclasses.replace`` gives every field (its result is complete, as
+    ``convgen.default_schedule``'s and tuning records' are); :meth:`with_fields` keeps a
+    partial schedule partial. ``given`` is not part of equality or :meth:`key`.
     """
 
     tile_co: int = 8
@@ -69,6 +92,26 @@ class Schedule:
     # the GPU part of the schedule (backend "cuda"); None: the GPU planner picks. CPU
     # backends refuse a schedule that sets it, the CUDA backend one that sets CPU fields.
     gpu: GpuSchedule | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Schedule:
+        # the constructor's arguments are the fields given (pickle and copy call
+        # __new__ without any, then restore _given with the rest of the state)
+        self = super().__new__(cls)
+        names = [f.name for f in fields(cls)]
+        object.__setattr__(self, "_given", frozenset(names[:len(args)]) | frozenset(kwargs))
+        return self
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields given to the constructor; the others are completed from the default
+        (see the class docstring)."""
+        return self.__dict__.get("_given", SCHEDULE_FIELDS)
+
+    def with_fields(self, **changes: Any) -> Schedule:
+        """A copy with ``changes``: the fields given stay given, the changed ones are added
+        (unlike ``dataclasses.replace``, whose result gives every field)."""
+        kept = {name: getattr(self, name) for name in self.given if name not in changes}
+        return type(self)(**kept, **changes)
 
     def __post_init__(self) -> None:
         if isinstance(self.gpu, dict):
@@ -198,6 +241,22 @@ class Schedule:
         if reason is not None:
             raise ScheduleError("tile_spatial", self.tile_spatial, reason)
         return min(self.tile_co, spec.out_channels // spec.groups), tuple(tiles)
+
+
+SCHEDULE_FIELDS = frozenset(f.name for f in fields(Schedule))
+# what the plan kind depends on: given any of them, the kind is the one written
+PLAN_KIND_FIELDS = frozenset({"method", "vectorize", "tile_spatial", "vector_width"})
+
+
+def check_threads(threads: object, name: str = "threads") -> int | None:
+    """An explicit thread count (None: not asked) as an int in [1, MAX_THREADS]: TypeError
+    naming ``name`` for a non-integer or a bool, ValueError out of range."""
+    if threads is None:
+        return None
+    value = config.thread_count(threads, name)
+    if value > MAX_THREADS:
+        raise ValueError(f"{name}: expected an integer in [1, {MAX_THREADS}], got {value}")
+    return value
 
 
 # GPU plan kinds (convgen.plan.gpu): "tiled" direct convolution with the input tile and its

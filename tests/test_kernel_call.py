@@ -270,8 +270,9 @@ SCHEDULES = [
 @pytest.mark.cpu_plans
 def test_every_schedule_matches_the_oracle(backend, schedule):
     kernel = compiled(GROUPED, backend, schedule)
-    if schedule is not None:
-        assert kernel.schedule == schedule
+    if schedule is not None:  # threads alone: the default plan on that many threads
+        assert kernel.schedule == (schedule if schedule.given != {"threads"} else
+                                   cg.default_schedule(GROUPED, backend, threads=2))
     x, w, b = arrays_for(GROUPED, seed=5)
     assert_matches_oracle(GROUPED, kernel(x, w, b), x, w, b)
 

@@ -148,7 +148,8 @@ def test_tune_records_measurements_and_compile_uses_the_best(db):
     checked = [r for r in records if r["checked"]]
     assert [cg.Schedule.from_dict(r["schedule"]) for r in checked] == [result.best]
     assert best_record(SMALL, "c") == result.best
-    assert cg.compile(SMALL).schedule == result.best  # schedule=None: the best record
+    # schedule=None: the best record at the thread count asked
+    assert cg.compile(SMALL, threads=2).schedule == result.best
 
 
 def test_a_failing_candidate_costs_infinity(db, monkeypatch):
@@ -252,11 +253,11 @@ def test_best_record_without_a_database(db):
 def test_compile_uses_the_record_and_an_explicit_schedule_wins(db):
     tuned = cg.Schedule(tile_co=2, tile_spatial=(3, 6), threads=2)
     write(db, fake(tuned, 1e-4))
-    kernel = cg.compile(SMALL, "c")
+    kernel = cg.compile(SMALL, "c", threads=2)  # records are selected by thread count
     assert kernel.schedule == tuned
     x, w, b = tune_module.random_arrays(SMALL)
     assert close(SMALL, kernel(x, w, b), cg.reference(SMALL, x, w, b))
-    explicit = cg.Schedule(tile_co=8)
+    explicit = cg.Schedule(tile_co=8, tile_spatial=(6, 6), threads=2)
     assert cg.compile(SMALL, "c", explicit).schedule == explicit
 
 
@@ -277,7 +278,7 @@ def test_graph_compile_uses_tuned_schedules(db):
     for i, (_, spec) in enumerate(convs.values()):
         tuned[spec.key()] = cg.Schedule(tile_co=2 + 2 * i, tile_spatial=(1 + i, 8), threads=2)
         write(db, fake(tuned[spec.key()], 1e-4, spec=spec), bound=True)  # as networks run
-    model = compile_graph(net.trace((1, 3, 8, 8)), "c")
+    model = compile_graph(net.trace((1, 3, 8, 8)), "c", threads=2)  # the records' threads
     plans = [s.plan for s in model._lowered.steps if s.kind == "conv"]
     assert len(plans) == 3
     for plan in plans:

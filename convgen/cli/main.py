@@ -30,9 +30,9 @@ import convgen as cg
 
 from convgen.backends import BACKENDS, get_backend, resolve_backend
 from convgen.backends.cuda.build import ptxas_report_lines
-from convgen.compiler import choose_schedule
+from convgen.compiler import choose_schedule, complete_schedule
 from convgen.plan.winograd import WinogradPlan
-from convgen.cli.args import UsageError, shape_text
+from convgen.cli.args import UsageError, add_threads_argument, shape_text
 from convgen.cli.run import add_run_command
 from convgen.cli.tune import add_tune_command
 from convgen.bench.measure import warm_up
@@ -42,6 +42,7 @@ from convgen.errors import CompileError, ConvgenError
 from convgen.graph.reference import check_oracle_memory, conv_oracle_bytes
 from convgen.log import console_logging
 from convgen.reference import random_arrays
+from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
 from convgen.specfile import SpecEntry, load_specfile, load_specfiles
 from convgen.tolerance import max_error, tolerance
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specfiles", nargs="+", metavar="SPECFILE", help="TOML spec file(s)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="output directory (created if missing)")
+    add_threads_argument(p)
     p.set_defaults(run=run_compile)
 
     p = commands.add_parser(
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or only the one named by --name).")
     p.add_argument("specfile", metavar="SPECFILE", help="TOML spec file")
     p.add_argument("--name", help="only this convolution")
+    add_threads_argument(p)
     p.set_defaults(run=run_show)
 
     p = commands.add_parser(
@@ -178,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "result is outside tolerance.")
     p.add_argument("specfiles", nargs="+", metavar="SPECFILE", help="TOML spec file(s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_threads_argument(p)
     p.set_defaults(run=run_check)
 
     p = commands.add_parser(
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "schedule used. Needs no compiler.")
     p.add_argument("specfile", metavar="SPECFILE", help="TOML spec file")
     p.add_argument("--name", help="only this convolution")
+    add_threads_argument(p)
     p.set_defaults(run=run_explain)
 
     add_run_command(commands, [backend])
@@ -220,7 +225,7 @@ def add_verbosity_options(parser: argparse.ArgumentParser, prefix: str = "") -> 
 
 def run_compile(args: argparse.Namespace) -> int:
     entries = load_specfiles(args.specfiles, unique=True)
-    items = [(e.name, e.spec, e.schedule) for e in entries]
+    items = [(e.name, e.spec, _schedule(e, args.backend, args.threads)) for e in entries]
     manifest = cg.compile_to(items, args.output, backend=args.backend)
     files = _manifest_files(manifest)
     width = max(len(e.name) for e in entries)
@@ -247,7 +252,8 @@ def run_show(args: argparse.Namespace) -> int:
     entries = _select(load_specfile(args.specfile), args.name, args.specfile)
     comment = get_backend(args.backend).line_comment
     for i, entry in enumerate(entries):
-        kernel = cg.compile(entry.spec, backend=args.backend, schedule=entry.schedule)
+        kernel = cg.compile(entry.spec, backend=args.backend,
+                            schedule=_file_schedule(entry, args.threads), threads=args.threads)
         if len(entries) > 1:
             if i:
                 print()
@@ -270,7 +276,7 @@ def run_check(args: argparse.Namespace) -> int:
     failures = 0
     total = 0.0
     for entry in entries:
-        error, tol, seconds = check_entry(entry, args.backend, args.seed)
+        error, tol, seconds = check_entry(entry, args.backend, args.seed, args.threads)
         total += seconds
         ok = error <= tol  # False for NaN
         failures += not ok
@@ -285,12 +291,15 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if failures == 0 else 1
 
 
-def check_entry(entry: SpecEntry, backend: str, seed: int) -> tuple[float, float, float]:
-    """(max error vs the oracle, tolerance, median seconds per call) for one entry."""
+def check_entry(entry: SpecEntry, backend: str, seed: int,
+                threads: int | None = None) -> tuple[float, float, float]:
+    """(max error vs the oracle, tolerance, median seconds per call) for one entry, on
+    ``threads`` threads (None: the default's)."""
     spec = entry.spec
     # before anything is allocated: a clear error, not a MemoryError, if it cannot fit
     check_oracle_memory(conv_oracle_bytes(spec), f"checking {entry.name!r}")
-    kernel = cg.compile(spec, backend=backend, schedule=entry.schedule)
+    kernel = cg.compile(spec, backend=backend, schedule=_file_schedule(entry, threads),
+                        threads=threads)
     x, w, b = random_arrays(spec, seed)
     got = kernel(x, w, b)
     # timed before the oracle runs: its BLAS threads spin on the cores for a while after
@@ -315,8 +324,11 @@ def run_explain(args: argparse.Namespace) -> int:
             print()
         schedule, source = entry.schedule, "from the spec file"
         if schedule is None:  # as compile: the best tuning record, else the default
-            schedule, origin = choose_schedule(entry.spec, backend)
+            schedule, origin = choose_schedule(entry.spec, backend, threads=args.threads)
             source = "tuning record" if origin == "tuned" else "default"
+        else:  # as compile: completed from the default
+            schedule = complete_schedule(entry.spec, _file_schedule(entry, args.threads),
+                                         backend, args.threads)
         plan = get_backend(backend).plan(entry.spec, schedule)
         print(explain_entry(entry, plan, source, backend))
         if backend == "cuda":  # nvcc only (no GPU); other backends stay compiler-free
@@ -410,6 +422,22 @@ def output_size_lines(spec: ConvSpec) -> list[str]:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+def _file_schedule(entry: SpecEntry, threads: int | None) -> Schedule | None:
+    """The entry's schedule from its spec file, its thread count replaced by --threads."""
+    if entry.schedule is None or threads is None or "threads" not in entry.schedule.given:
+        return entry.schedule
+    return entry.schedule.with_fields(threads=threads)
+
+
+def _schedule(entry: SpecEntry, backend: str, threads: int | None) -> Schedule | None:
+    """What ``compile`` runs an entry with at --threads (None: as cg.compile_to decides)."""
+    if threads is None:
+        return entry.schedule
+    if entry.schedule is None:
+        return choose_schedule(entry.spec, backend, threads=threads)[0]
+    return complete_schedule(entry.spec, _file_schedule(entry, threads), backend, threads)
+
 
 def _select(entries: list[SpecEntry], name: str | None, path: str) -> list[SpecEntry]:
     if name is None:

@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from convgen.bench.measure import warm_up
-from convgen.cli.args import UsageError, positive_int, shape_arg, shape_text
+from convgen.cli.args import (THREADS_HELP, UsageError, add_threads_argument, positive_int,
+                              shape_arg, shape_text)
 from convgen.graph.ir import GraphError
 from convgen.graph.netspec import load_network
 from convgen.onnx.importer import from_onnx
@@ -41,9 +42,7 @@ def add_run_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                    help="parameters keyed like state_dict() (numpy.savez); default: "
                         "the seeded default initialization")
     p.add_argument("-o", "--output", metavar="Y.npy", help="write the output with numpy.save")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="threads per convolution layer (default: $CONVGEN_NUM_THREADS or "
-                        "every core, for layers large enough)")
+    add_threads_argument(p, help=THREADS_HELP.replace("per kernel", "per convolution layer"))
     p.add_argument("--check", action="store_true",
                    help=f"compare with model.reference(x); fail beyond {RUN_TOLERANCE:g} "
                         "(max |error| / max |reference|)")

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from convgen.backends import get_backend, resolve_backend
-from convgen.compiler import choose_schedule
+from convgen.compiler import choose_schedule, complete_schedule
 from convgen.dtypes import dtype_info
 from convgen.graph.ir import Graph, GraphError
 from convgen.plan.depthwise import DepthwiseKind
@@ -27,7 +27,7 @@ from convgen.graph.passes import optimize
 from convgen.graph.reference import evaluate
 from convgen.graph.shapes import infer_graph
 from convgen.kernel import check_input
-from convgen.schedule import Schedule
+from convgen.schedule import Schedule, check_threads
 from convgen.spec import DTYPES, ConvSpec
 
 
@@ -40,19 +40,22 @@ def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> st
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
+def _conv_spec(node, dtype: str | None) -> ConvSpec:
+    spec = ConvSpec.from_dict(node.attrs["spec"])
+    return spec if dtype is None else spec.replace(dtype=dtype)
+
+
 def _conv_schedules(graph: Graph, threads: int | None, backend: str,
                     dtype: str | None = None,
                     defaults: set[str] | None = None) -> dict[str, Schedule]:
     """Per conv: the best tuning record for its spec measured with bound weights, as a
-    network's are (one tuned at ``threads`` first), else the default with weights prepared
-    at load (its name added to ``defaults``); ``threads``, when given, overrides the
-    schedule's thread count."""
+    network's are, at ``threads`` (None: the thread count of the layer's default), else
+    the default at ``threads`` with weights prepared at load (its name added to
+    ``defaults``)."""
     out = {}
     for node in graph.nodes:
         if node.op == "conv":
-            spec = ConvSpec.from_dict(node.attrs["spec"])
-            if dtype is not None:
-                spec = spec.replace(dtype=dtype)
+            spec = _conv_spec(node, dtype)
             # networks transform Winograd weights once, at load (graph.lower)
             base, origin = choose_schedule(spec, backend, bound=True, threads=threads)
             if origin == "default" and defaults is not None:
@@ -66,20 +69,20 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
                   schedules: dict[str, Schedule] | None = None) -> CompiledModel:
     """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
 
-    ``threads`` per convolution layer; None: each layer's tuned or default schedule
-    (every core, $CONVGEN_NUM_THREADS, for layers large enough to profit).
+    ``threads`` per convolution layer: each layer runs the best tuning record measured at
+    that thread count, else its default at that thread count; None: the default thread
+    count (convgen.get_num_threads) for layers large enough to profit, else one.
     ``layout`` "blocked" (the default, every backend): values between layers that read and
     write it stay in the blocked layout (N, C / VL, *spatial, VL) (convgen.graph.layout,
     docs/layout.md); "nchw": none do.
     Inputs and outputs are NCHW either way.
     ``schedules``: a Schedule per convolution layer, by its name after fusion (the
-    optimized graph's), in place of its tuning record or default.
+    optimized graph's), in place of its tuning record or default; a partial one is
+    completed from the layer's default at ``threads`` (see convgen.Schedule).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ValueError(f"threads: expected None or an integer >= 1, got {threads!r}")
+    threads = check_threads(threads)
     backend = resolve_backend(backend)
     original = graph.copy()
     infer_graph(original)
@@ -98,7 +101,8 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedules[{name!r}]: expected a convgen.Schedule, "
                             f"got {type(schedule).__name__}")
-        chosen[name] = schedule
+        chosen[name] = complete_schedule(_conv_spec(optimized.node(name), dtype), schedule,
+                                         backend, threads, bound=True)
     schedules = chosen
     lowered = lower(optimized, memory, dtype, schedules, layout, threads,
                     frozenset(schedules_given), frozenset(defaults),

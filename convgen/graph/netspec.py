@@ -90,8 +90,10 @@ class Network(Sequential):
         return super().trace(self.input_shape if input_shape is None else input_shape)
 
     def compile(self, input_shape=None, backend: str | None = None, dtype: str = "float32",
-                threads: int = 1):
-        """Trace and compile at ``input_shape`` (default: the file's); a CompiledModel."""
+                threads: int | None = None):
+        """Trace and compile at ``input_shape`` (default: the file's); a CompiledModel.
+        ``threads`` per convolution layer (None: the default thread count's rule), as
+        :func:`convgen.graph.compile.compile_graph`."""
         shape = self.input_shape if input_shape is None else input_shape
         return super().compile(shape, backend=backend, dtype=dtype, threads=threads)
 

@@ -21,6 +21,7 @@ from convgen.errors import ConvgenError
 from convgen.graph.compile import compile_graph
 from convgen.graph.ir import Graph
 from convgen.graph.trace import active_tracer, trace
+from convgen.schedule import check_threads
 
 
 class StateDictError(ConvgenError, ValueError, RuntimeError):
@@ -351,13 +352,16 @@ class Module:
         return trace(self, input_shape)
 
     def compile(self, input_shape, backend: str | None = None, dtype: str = "float32",
-                **options: Any):
+                threads: int | None = None, **options: Any):
         """Trace ``forward`` and compile the graph: a CompiledModel, callable as model(x).
 
-        ``input_shape`` is one shape tuple, or a list of them for several inputs; extra
-        options (threads=...) go to :func:`convgen.graph.compile.compile_graph`.
+        ``input_shape`` is one shape tuple, or a list of them for several inputs;
+        ``threads`` per convolution layer (None: the default thread count's rule); extra
+        options (layout=, schedules=) go to :func:`convgen.graph.compile.compile_graph`.
         """
-        return compile_graph(self.trace(input_shape), backend=backend, dtype=dtype, **options)
+        threads = check_threads(threads)
+        return compile_graph(self.trace(input_shape), backend=backend, dtype=dtype,
+                             threads=threads, **options)
 
     # -- printing ------------------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -33,6 +33,7 @@ from convgen.graph.shapes import check_value_size, infer_graph
 from convgen.onnx.layers import HANDLERS as LAYER_HANDLERS
 from convgen.onnx.ops import Builder, Context, Tensor, is_const
 from convgen.onnx.tensors import HANDLERS as TENSOR_HANDLERS
+from convgen.schedule import check_threads
 
 MIN_OPSET = 6
 FLOAT_INPUTS = {1: "float32", 11: "float64"}  # TensorProto.FLOAT, DOUBLE
@@ -272,7 +273,10 @@ class OnnxModel:
     # -- compiling -------------------------------------------------------------------------
     def compile(self, input_shape=None, backend: str | None = None, dtype: str = "float32",
                 threads: int | None = None):
-        """Compile for ``input_shape`` (None: the model's, or from_onnx's): a CompiledModel."""
+        """Compile for ``input_shape`` (None: the model's, or from_onnx's): a CompiledModel.
+        ``threads`` per convolution layer (None: the default thread count's rule), as
+        :func:`convgen.graph.compile.compile_graph`."""
+        threads = check_threads(threads)
         return compile_graph(self.graph_for(input_shape), backend, dtype, threads)
 
     def summary(self, input_shape=None, file=None) -> str:

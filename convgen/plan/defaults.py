@@ -36,12 +36,11 @@ def default_schedule(spec: ConvSpec, backend: str | None = None,
     Otherwise vectorize over output channels (vectorize="co", see
     :func:`default_co_schedule`) when :func:`prefers_co` (on both backends, transposed
     convolutions too), otherwise over output columns (:func:`default_w_schedule`).
-    ``threads`` None: every core ($CONVGEN_NUM_THREADS) for kernels of at least
-    PARALLEL_FLOPS, else one (the thread count also picks between plans: see
-    PARALLEL_WINOGRAD_WEIGHT_BYTES).
+    ``threads`` None: :func:`default_threads` (the thread count also picks between plans:
+    see PARALLEL_WINOGRAD_WEIGHT_BYTES); more than MAX_THREADS are clamped to it.
     """
     if threads is None:
-        threads = config.num_threads() if spec.flops >= PARALLEL_FLOPS else 1
+        threads = default_threads(spec)
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
     threads = min(threads, MAX_THREADS)
@@ -53,6 +52,13 @@ def default_schedule(spec: ConvSpec, backend: str | None = None,
         if co_fits(spec, schedule):
             return schedule
     return default_w_schedule(spec, threads)
+
+
+def default_threads(spec: ConvSpec) -> int:
+    """The thread count of the default schedule when none is asked: the default thread
+    count (convgen.config.get_num_threads, at most MAX_THREADS) for kernels of at least
+    PARALLEL_FLOPS, else one."""
+    return min(config.num_threads(), MAX_THREADS) if spec.flops >= PARALLEL_FLOPS else 1
 
 
 def co_fits(spec: ConvSpec, schedule: Schedule) -> bool:
