@@ -20,7 +20,7 @@ from convgen.onnx.importer import from_onnx  # imports onnx only when called
 from convgen.reference import reference
 from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ACTIVATIONS, ConvSpec
-from convgen.tuning.tuner import TuneResult, tune
+from convgen.tuning.tuner import MachineBusy, TuneResult, tune
 from convgen.version import __version__
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ConvSpec", "ConvgenError", "GpuSchedule", "Kernel", "OnnxImportError", "Schedule", "ScheduleError",
     "SpecError", "SpecFileError", "__version__", "bind", "compile", "compile_to", "conv1d",
     "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "default_schedule", "from_onnx", "get_num_threads", "load", "load_network", "reference",
+    "default_schedule", "from_onnx", "get_num_threads", "load", "load_network", "MachineBusy",
+    "reference",
     "set_num_threads", "tune", "TuneResult",
 ]

@@ -118,6 +118,18 @@ def parse_bytes(text: str, name: str) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""])
 
 
+def tune_check_load() -> bool:
+    """Whether the tuner watches the machine's load (waits, re-times or refuses when other
+    processes keep the cores busy): $CONVGEN_TUNE_CHECK_LOAD, "0"/"false"/"off" for no
+    (a CI job sharing its cores), else yes."""
+    text = os.environ.get("CONVGEN_TUNE_CHECK_LOAD", "").strip().lower()
+    if text in ("", "1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"CONVGEN_TUNE_CHECK_LOAD: expected 0 or 1, got {text!r}")
+
+
 def tuning_db() -> Path:
     """The tuning database (JSON lines): $CONVGEN_TUNING_DB, else <cache_dir>/tuning.jsonl."""
     explicit = os.environ.get("CONVGEN_TUNING_DB")

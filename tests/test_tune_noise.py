@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 import convgen as cg
+from convgen import config
+from convgen.cli import tune as cli_tune
+from convgen.cli.main import main
 from convgen.plan.defaults import PARALLEL_FLOPS
 from convgen.reference import random_arrays
 from convgen.tuning import noise
@@ -297,3 +300,38 @@ def test_a_run_under_load_keeps_nothing_slower_than_the_default(db, busy_core):
     best, default = time_rounds(runs, 0.3, 30, 2000)
     verdict = compare(best, default)  # is the default faster than what was kept?
     assert not verdict.faster, verdict.why()
+
+
+def test_the_load_check_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("CONVGEN_TUNE_CHECK_LOAD", "0")
+    assert config.tune_check_load() is False
+    monkeypatch.setenv("CONVGEN_TUNE_CHECK_LOAD", "1")
+    assert config.tune_check_load() is True
+    monkeypatch.setenv("CONVGEN_TUNE_CHECK_LOAD", "maybe")
+    with pytest.raises(ValueError, match="CONVGEN_TUNE_CHECK_LOAD"):
+        config.tune_check_load()
+
+
+def test_the_cli_refuses_a_busy_spec_and_goes_on_with_the_next(tmp_path, monkeypatch, capsys):
+    """`convgen tune`: MachineBusy costs that spec only (the next may find the machine
+    quiet), is reported, and sets the exit status; --no-load-check reaches the tuner."""
+    specfile = tmp_path / "two.toml"
+    specfile.write_text('[[conv]]\nname = "a"\ninput_shape = [1, 2, 8]\nout_channels = 2\n'
+                        'kernel_size = 3\n\n[[conv]]\nname = "b"\ninput_shape = [1, 2, 9]\n'
+                        'out_channels = 2\nkernel_size = 3\n')
+    calls = []
+
+    def busy(spec, backend, budget, threads, **options):
+        calls.append((options["name"], options["check_load"]))
+        raise cg.MachineBusy("other processes kept the cores busy")
+
+    monkeypatch.setattr(cli_tune, "tune", busy)
+    assert main(["tune", str(specfile), "--budget", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "refused a:" in err and "refused b:" in err
+    assert calls == [("a", None), ("b", None)]
+    calls.clear()
+    assert main(["tune", str(specfile), "--budget", "1", "--no-load-check"]) == 1
+    assert calls == [("a", False), ("b", False)]
+    assert main(["tune"]) == 2  # no file and no --list/--forget/...
+    assert "SPECFILE" in capsys.readouterr().err

@@ -17,7 +17,6 @@ The command line and the printing live in :mod:`convgen.cli.bench`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
@@ -209,7 +208,9 @@ def bench_schedule(spec: ConvSpec, backend: str, threads: int,
     tune --bound``), else the default for prepared weights. Kernels under the default's
     parallel threshold stay on one thread unless tuned otherwise."""
     if given is not None:
-        return dataclasses.replace(given, threads=threads), "spec file"
+        # with_fields keeps a partial schedule partial: compile completes it from the
+        # default at this thread count (convgen.schedule.Schedule.given)
+        return given.with_fields(threads=threads), "spec file"
     used = threads if spec.flops >= PARALLEL_FLOPS else 1
     return choose_schedule(spec, backend, bound=True, threads=threads, default_threads=used)
 

@@ -30,7 +30,7 @@ from convgen.bench.measure import CONVGEN, PAUSE_S, PEAK_SECONDS, ROUND_CALLS, S
     measure_interleaved, measure_peak
 from convgen.bench.peers import Runner, ort_session
 from convgen.cache import cpu_identity
-from convgen.cli.args import positive_int, shape_arg
+from convgen.cli.args import positive_int, shape_arg, thread_count
 from convgen.cli.run import relative_error
 from convgen.cli.tune import is_network_file
 from convgen.errors import ConvgenError
@@ -64,8 +64,9 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
     p.add_argument("path", nargs="?", metavar="SPECFILE|NETSPEC|MODEL.onnx",
                    help="TOML spec file, TOML network file or ONNX model")
     p.add_argument("--threads", type=_thread_list, default=None, metavar="1,2",
-                   help="comma-separated thread counts (default: 1 and "
-                        "$CONVGEN_NUM_THREADS or the CPU count)")
+                   help="comma-separated thread counts, each 1 to 256 (default: 1 and "
+                        "cg.get_num_threads(): $CONVGEN_NUM_THREADS, $OMP_NUM_THREADS or "
+                        "the cores)")
     p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
                    help="interleaved rounds per layer; each runtime gets warm-up calls "
                         f"({WARMUP_S * 1e3:g} ms of them) and "
@@ -85,7 +86,7 @@ def add_bench_command(subparsers, parents: list[argparse.ArgumentParser]) -> Non
 
 
 def _thread_list(text: str) -> list[int]:
-    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    values = [thread_count(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected thread counts like 1,2, got {text!r}")
     return list(dict.fromkeys(values))

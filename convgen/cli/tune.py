@@ -19,8 +19,9 @@ from convgen.cli.records import add_record_options, run_records
 from convgen.graph.netspec import load_network
 from convgen.log import ROOT, get_logger
 from convgen.specfile import load_specfile
-from convgen.tuning.tuner import Progress, TuneResult, _ms, describe, network_convs, tune, \
-    tune_network
+from convgen.cli.args import thread_count
+from convgen.tuning.tuner import MachineBusy, Progress, TuneResult, _ms, describe, \
+    network_convs, tune, tune_network
 
 log = get_logger("tune")
 
@@ -38,8 +39,12 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
                    help="TOML spec or network file")
     p.add_argument("--budget", type=_positive(float), default=30.0, metavar="S",
                    help="seconds in all, split among the convolutions (default: %(default)s)")
-    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
-                   help="threads per kernel (default: $CONVGEN_NUM_THREADS or the CPU count)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help="threads per kernel, 1 to 256 (default: what compile uses: "
+                        "cg.get_num_threads() for kernels large enough, else 1)")
+    p.add_argument("--no-load-check", dest="check_load", action="store_false",
+                   help="time even while other processes keep the cores busy (the tuner "
+                        "otherwise waits, re-times or refuses; $CONVGEN_TUNE_CHECK_LOAD=0)")
     p.add_argument("--bound", action="store_true",
                    help="spec files: time kernels with their weights bound and prepared once "
                         "(convgen.bind), as `convgen bench` and networks run them; their "
@@ -84,23 +89,37 @@ def run_tune(args: argparse.Namespace) -> int:
     status = run_records(args, file_specs)  # --list, --forget, --export or --import
     if status is not None:
         return status
+    if args.specfile is None:
+        print("convgen tune: error: a SPECFILE or NETSPEC is required (or --list, --forget, "
+              "--export, --import)", file=sys.stderr)
+        return 2
     backend = resolve_backend(getattr(args, "backend", None))
+    check_load = None if args.check_load else False
     bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
+    refused = []
     # log lines (-v) printed above the bar rather than through it
     with bar, logging_redirect_tqdm([logging.getLogger(ROOT)]):
         if is_network_file(args.specfile):
             results = tune_network(load_network(args.specfile), backend=backend,
-                                   budget=args.budget, threads=args.threads, progress=bar)
+                                   budget=args.budget, threads=args.threads, progress=bar,
+                                   check_load=check_load)
         else:
             entries = load_specfile(args.specfile)
             deadline = time.monotonic() + args.budget
             results = []
             for i, entry in enumerate(entries):
                 share = max(deadline - time.monotonic(), 0.0) / (len(entries) - i)
-                results.append(tune(entry.spec, backend, share, args.threads, progress=bar,
-                                    name=entry.name, bound=args.bound))
-    print(summary_table(results))
-    return 0
+                try:
+                    results.append(tune(entry.spec, backend, share, args.threads,
+                                        progress=bar, name=entry.name, bound=args.bound,
+                                        check_load=check_load))
+                except MachineBusy as exc:  # this spec only: the next may find it quiet
+                    refused.append(f"{entry.name}: {exc}")
+    if results:
+        print(summary_table(results))
+    for line in refused:
+        print(f"convgen tune: refused {line}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 class ProgressBar:

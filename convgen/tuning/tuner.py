@@ -72,8 +72,9 @@ FINAL_SECONDS = 0.25  # the winner's last rounds beside the default, each
 # with noisy default timings (noise.noisy) is re-timed after a wait for quiet, at most
 # this many times; then the tuner refuses
 RETIMES = 2
-# tune(check_load=None) follows this: wait, re-time or refuse on a busy machine (tests on
-# a shared machine turn it off; the decision rule still guards every winner)
+# tune(check_load=None) follows this and $CONVGEN_TUNE_CHECK_LOAD: wait, re-time or refuse
+# on a busy machine (tests on a shared machine turn it off; the decision rule still
+# guards every winner)
 CHECK_LOAD = True
 PROTOCOL = "interleaved-1"  # how records' numbers were measured (docs/tuning.md)
 # The timing child is killed, and the candidate it was timing fails, after the longer of
@@ -558,7 +559,7 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
     database = check_database()  # before any measurement: a bad path loses none
     if workers is None:
         workers = os.cpu_count() or 1
-    check = (CHECK_LOAD if check_load is None else check_load) \
+    check = (CHECK_LOAD and config.tune_check_load() if check_load is None else check_load) \
         and get_backend(backend).device != "gpu"  # a GPU's kernels do not share the cores
     with Timer(spec, backend, arrays, bound, isolate=workers > 0) as timer:
         watch = _LoadWatch(name, check, timer.pids, notify)
