@@ -8,12 +8,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 import convgen as cg
 from convgen.backends import get_backend
+from convgen.backends.c.render import render_c
+from convgen.backends.llvm.build import data_layout, target_triple
+from convgen.backends.llvm.render import render_llvm
+from convgen.plan.core import make_plan
 from convgen.tolerance import max_error, tolerance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +150,21 @@ def imported_script(script: Path, name: str):
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+def assert_source_flat(small: cg.ConvSpec, large: cg.ConvSpec, schedule: cg.Schedule,
+                       c_margin: int = 1024, ir_margin: int = 2048) -> None:
+    """Issue 19 row 2: ``large`` (10**6 outputs) generates no more C source and LLVM IR
+    than ``small`` (10**3) under ``schedule``, a few digits of larger constants aside, and
+    plans in well under a second (the planner visits no output one by one)."""
+    sizes = []
+    for spec in (small, large):
+        start = time.perf_counter()
+        plan = make_plan(spec, schedule)
+        planned = time.perf_counter() - start
+        sizes.append((len(render_c(plan)),
+                      len(render_llvm(plan, target_triple(), data_layout()))))
+    assert planned < 1.0, planned
+    (small_c, small_ir), (large_c, large_ir) = sizes
+    assert large_c <= small_c + c_margin, (small_c, large_c)
+    assert large_ir <= small_ir + ir_margin, (small_ir, large_ir)
