@@ -20,8 +20,9 @@ from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan
-from convgen.plan.defaults import (co_fits, default_co_schedule, default_threads,
-                                   default_transform_schedule, default_w_schedule, prefers_co)
+from convgen.plan.defaults import (default_co_schedule, default_direct_schedule,
+                                   default_threads, default_transform_schedule,
+                                   default_w_schedule)
 from convgen.plan.weights import prepare_weight
 from convgen.records import best_record
 from convgen.schedule import PLAN_KIND_FIELDS, SCHEDULE_FIELDS, Schedule, check_threads
@@ -115,8 +116,7 @@ def _kind_default(spec: ConvSpec, method: str, vectorize: str | None, threads: i
             return transform
         return Schedule(threads=threads, method=method)  # tiles: the planner's
     if vectorize is None:
-        vectorize = "co" if prefers_co(spec) and co_fits(spec, default_co_schedule(spec, threads)) \
-            else "w"
+        return default_direct_schedule(spec, threads)
     if vectorize == "co":
         return default_co_schedule(spec, threads)
     return default_w_schedule(spec, threads)

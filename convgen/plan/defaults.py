@@ -47,6 +47,12 @@ def default_schedule(spec: ConvSpec, backend: str | None = None,
     transform = default_transform_schedule(spec, threads, prepared_weights)
     if transform is not None:
         return transform
+    return default_direct_schedule(spec, threads)
+
+
+def default_direct_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
+    """The direct plans' default: "co" where :func:`prefers_co` and it fits
+    (:func:`co_fits`), else "w"."""
     if prefers_co(spec):
         schedule = default_co_schedule(spec, threads)
         if co_fits(spec, schedule):
