@@ -323,12 +323,12 @@ def test_the_cli_refuses_a_busy_spec_and_goes_on_with_the_next(tmp_path, monkeyp
 
     def busy(spec, backend, budget, threads, **options):
         calls.append((options["name"], options["check_load"]))
-        raise cg.MachineBusy("other processes kept the cores busy")
+        raise cg.MachineBusy(f"{options['name']}: other processes kept the cores busy")
 
     monkeypatch.setattr(cli_tune, "tune", busy)
     assert main(["tune", str(specfile), "--budget", "1"]) == 1
     err = capsys.readouterr().err
-    assert "refused a:" in err and "refused b:" in err
+    assert "refused: a: other" in err and "refused: b: other" in err
     assert calls == [("a", None), ("b", None)]
     calls.clear()
     assert main(["tune", str(specfile), "--budget", "1", "--no-load-check"]) == 1

@@ -114,11 +114,11 @@ def run_tune(args: argparse.Namespace) -> int:
                                         progress=bar, name=entry.name, bound=args.bound,
                                         check_load=check_load))
                 except MachineBusy as exc:  # this spec only: the next may find it quiet
-                    refused.append(f"{entry.name}: {exc}")
+                    refused.append(str(exc))  # (it names the spec)
     if results:
         print(summary_table(results))
     for line in refused:
-        print(f"convgen tune: refused {line}", file=sys.stderr)
+        print(f"convgen tune: refused: {line}", file=sys.stderr)
     return 1 if refused else 0
 
 

@@ -649,8 +649,9 @@ class _LoadWatch:
         return None
 
 
-_REFUSED = ("nothing was recorded. Tune when the machine is idle, or pass check_load=False "
-            "(noisier timings, fewer winners kept)")
+_REFUSED = ("nothing was recorded. Tune when the machine is idle, or time anyway with "
+            "check_load=False (convgen tune --no-load-check, $CONVGEN_TUNE_CHECK_LOAD=0: "
+            "noisier timings, fewer winners kept)")
 
 
 def _others(load: Load) -> str:
