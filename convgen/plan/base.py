@@ -38,7 +38,24 @@ class PlanKind:
 # served (a shared vCPU makes a static split wait for the slower thread)
 DYNAMIC_CHUNKS = 4
 
-class IndexTable(Sequence):
+class LazySequence(Sequence):
+    """A sequence whose items are computed on demand by :meth:`item` (index checked,
+    negative indices and slices as lists'): long rows' tables, pieces and tap lists."""
+
+    def item(self, index: int):
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.item(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.item(index)
+
+
+class IndexTable(LazySequence):
     """``table[o][k]``: the input coordinate read by output ``o`` at tap ``k`` of one spatial
     dim, or -1 where the tap adds nothing (zero padding, or a transposed tap between input
     samples). Rows are computed on demand: a long signal's table (10**8 outputs) is never
@@ -81,10 +98,7 @@ class IndexTable(Sequence):
                                              self.size, self.mode))
         return row
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.row(o) for o in range(*index.indices(self.out))]
-        return self.row(index + self.out if index < 0 else index)
+    item = row
 
     def __eq__(self, other) -> bool:
         return len(self) == len(other) and all(a == b for a, b in zip(self, other))

@@ -16,13 +16,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from convgen.cpu import vector_bits
 from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
-from convgen.plan.base import FoldedTable, IndexTable, Plan, PlanKind
+from convgen.plan.base import FoldedTable, IndexTable, LazySequence, Plan, PlanKind
 from convgen.spec import ConvSpec
 
 
@@ -99,7 +98,7 @@ class CoRun:
                        self.base + i * self.base_step, self.cls)
 
 
-class CoPieces(Sequence):
+class CoPieces(LazySequence):
     """The pieces of a row, computed on demand from its runs."""
 
     def __init__(self, runs: tuple[CoRun, ...]):
@@ -110,19 +109,13 @@ class CoPieces(Sequence):
         last = self.runs[-1]
         return last.first + last.count
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def item(self, index: int) -> CoPiece:
         run = self.runs[bisect.bisect_right(self.firsts, index) - 1]
         return run.piece(index - run.first)
 
 
 @dataclass(frozen=True)
-class CoRowTaps(Sequence):
+class CoRowTaps(LazySequence):
     """Transposed: per output row (od * OH + oh), its useful (kd, kh) taps as (offset of
     the input row in an input channel, offset of the tap in a packed input channel).
 
@@ -148,13 +141,7 @@ class CoRowTaps(Sequence):
         rh, add_h = self.fold_h.lookup(oh)
         return rd * len(self.fold_h.rows) + rh, (add_d * self.in_hw[0] + add_h) * self.in_hw[1]
 
-    def __getitem__(self, row):
-        if isinstance(row, slice):
-            return [self[i] for i in range(*row.indices(len(self)))]
-        if row < 0:
-            row += len(self)
-        if not 0 <= row < len(self):
-            raise IndexError(row)
+    def item(self, row: int) -> tuple[tuple[int, int], ...]:
         index, shift = self.lookup(row)
         return tuple((x + shift, w) for x, w in self.lists[index])
 
