@@ -155,8 +155,11 @@ def test_missing_initializer():
         cg.from_onnx(model)
 
 
-def test_weight_that_is_a_graph_input_is_not_a_constant():
-    model = make_model([node("Conv", ["x", "w"], ["y"], name="conv")],
+def test_weight_computed_at_run_time_is_not_a_constant():
+    # a weight that is a graph input is specialized (test_onnx_weight_inputs.py); one
+    # computed from a graph input by another node is not
+    model = make_model([node("Relu", ["w"], ["w2"]),
+                        node("Conv", ["x", "w2"], ["y"], name="conv")],
                        {"x": (1, 3, 6, 6), "w": (4, 3, 3, 3)}, ["y"])
     with pytest.raises(cg.OnnxImportError, match="W \\(the weight\\) must be a constant"):
         cg.from_onnx(model)

@@ -9,6 +9,15 @@ nodes of a convgen :class:`~convgen.graph.ir.Graph` (see :mod:`convgen.onnx.laye
 
 - initializers are constants, also those listed as graph inputs (IR < 4 models, or
   "overridable" initializers): they are not inputs of the compiled model;
+- a graph input that is not an initializer but feeds a parameter slot (Conv's W/B,
+  BatchNormalization's scale/B/mean/var, Clip's min/max: ``PARAMETER_SLOTS``) is a
+  *weight input*: it is specialized, not computed at run time. The compiled model
+  (:class:`SpecializedModel`) takes every graph input in the model's order, reads the
+  weight inputs' values at each call, guards them (dtype, shape and a hash of the bytes)
+  and compiles the network for those values on the first call that brings them, kept in
+  a small cache (``weight_cache`` values), as torch.compile does with its guards: the
+  network compiler folds and lays out the weights at compile time (BatchNormalization
+  into the convolution, blocked weight layouts), so run-time weights would lose those;
 - Dropout and BatchNormalization run in inference mode whatever ``is_test`` says; a used
   mask, Indices or training-statistics output is an error;
 - a symbolic input dim is fixed by ``input_shape``; a static dim may not be changed.
@@ -18,7 +27,9 @@ nodes of a convgen :class:`~convgen.graph.ir.Graph` (see :mod:`convgen.onnx.laye
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +48,10 @@ from convgen.schedule import check_threads
 
 MIN_OPSET = 6
 FLOAT_INPUTS = {1: "float32", 11: "float64"}  # TensorProto.FLOAT, DOUBLE
+# the inputs of an operator that convgen needs as constants and that a model may give
+# as graph inputs (weight inputs, specialized at call time)
+PARAMETER_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2),
+                   "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2)}
 Shape = tuple[int, ...]
 
 
@@ -172,8 +187,9 @@ def _initializers(model, label: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _declared_inputs(model, constants, label: str) -> list[tuple[str, tuple]]:
-    """(name, dims) per graph input that is not an initializer; a dim is an int or None."""
+def _declared_inputs(model, constants, label: str) -> list[tuple[str, tuple, str]]:
+    """(name, dims, dtype) per graph input that is not an initializer; a dim is an int or
+    None."""
     from onnx import TensorProto
 
     inputs = []
@@ -194,8 +210,21 @@ def _declared_inputs(model, constants, label: str) -> list[tuple[str, tuple]]:
         if value.type.tensor_type.HasField("shape"):
             dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                          for d in value.type.tensor_type.shape.dim)
-        inputs.append((value.name, dims))
+        inputs.append((value.name, dims, FLOAT_INPUTS[elem]))
     return inputs
+
+
+def _weight_input_names(model, declared) -> set[str]:
+    """The declared inputs that feed a parameter slot of some node (PARAMETER_SLOTS)."""
+    names = {name for name, *_ in declared}
+    found = set()
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for slot in PARAMETER_SLOTS.get(node.op_type, ()):
+            if slot < len(node.input) and node.input[slot] in names:
+                found.add(node.input[slot])
+    return found
 
 
 # -- the model -------------------------------------------------------------------------
@@ -219,14 +248,22 @@ class OnnxModel:
                                   "convert the model with onnx.version_converter first")
         check_operators(model, label)
         self._constants = _initializers(model, label)
-        self._declared = _declared_inputs(model, self._constants, label)
+        declared = _declared_inputs(model, self._constants, label)
+        weights = _weight_input_names(model, declared)
+        # every graph input in the model's order: what a SpecializedModel's call takes
+        self.call_names = [name for name, *_ in declared]
+        self._declared = [(name, dims) for name, dims, _ in declared if name not in weights]
+        # weight inputs: (name, declared dims or None, NumPy dtype name)
+        self.weight_inputs = [(name, dims, dtype) for name, dims, dtype in declared
+                              if name in weights]
         self.input_names = [name for name, _ in self._declared]
         self.output_names = [value.name for value in graph.output]
         self._graph: Graph | None = None
         self.input_shapes: list[tuple] = [dims for _, dims in self._declared]
         shapes = self._resolve(input_shape, required=False)
         if shapes is not None:
-            self._graph = self._build(shapes)
+            if not self.weight_inputs:  # else the graph needs the weights' values
+                self._graph = self._build(shapes)
             self.input_shapes = shapes
 
     # -- shapes ------------------------------------------------------------------------
@@ -260,15 +297,59 @@ class OnnxModel:
 
     @property
     def graph(self) -> Graph:
+        if self.weight_inputs:
+            raise OnnxImportError(self._needs_weights())
         if self._graph is None:
             self._resolve(None, required=True)  # raises, naming the symbolic input
         return self._graph
 
-    def graph_for(self, input_shape=None) -> Graph:
-        """The convgen graph for ``input_shape`` (None: the current shapes)."""
-        if input_shape is None:
-            return self.graph
-        return self._build(self._resolve(input_shape, required=True))
+    def _needs_weights(self) -> str:
+        return (f"{self.label}: the graph inputs {[n for n, *_ in self.weight_inputs]} are "
+                "weights (parameters of Conv, BatchNormalization or Clip): the network is "
+                "built for their values; call compile() and pass them with the inputs, or "
+                "give weights={name: array} to graph_for() or summary()")
+
+    def graph_for(self, input_shape=None, weights: dict | None = None) -> Graph:
+        """The convgen graph for ``input_shape`` (None: the current shapes) and the values
+        of the weight inputs (``weights``: name -> array; needed when the model has any)."""
+        if not self.weight_inputs:
+            if weights:
+                raise OnnxImportError(f"{self.label}: weights={sorted(weights)}: the model "
+                                      "has no weight inputs")
+            if input_shape is None:
+                return self.graph
+            return self._build(self._resolve(input_shape, required=True))
+        if weights is None:
+            raise OnnxImportError(self._needs_weights())
+        return self._build(self._shapes(input_shape), self._weight_values(weights))
+
+    def _shapes(self, input_shape) -> list[Shape]:
+        """Static input shapes: ``input_shape``'s, else the current ones (from_onnx's)."""
+        if input_shape is None and all(s is not None and None not in s
+                                       for s in self.input_shapes):
+            return list(self.input_shapes)
+        return self._resolve(input_shape, required=True)
+
+    def _weight_values(self, weights: dict) -> dict[str, np.ndarray]:
+        """``weights`` checked against the weight inputs: name -> array of its dtype."""
+        names = [name for name, *_ in self.weight_inputs]
+        unknown = sorted(set(weights) - set(names))
+        missing = [name for name in names if name not in weights]
+        if unknown or missing:
+            raise OnnxImportError(f"{self.label}: weights: expected the weight inputs "
+                                  f"{names}; missing {missing}, unknown {unknown}")
+        values = {}
+        for name, dims, dtype in self.weight_inputs:
+            array = np.asarray(weights[name])
+            if array.dtype.kind not in "fiu":
+                raise TypeError(f"weight input {name!r}: expected a {dtype} array, "
+                                f"got dtype {array.dtype}")
+            if dims is not None and (len(dims) != array.ndim or any(
+                    d is not None and d != n for d, n in zip(dims, array.shape))):
+                raise ValueError(f"weight input {name!r}: expected shape {_show(dims)}, "
+                                 f"got {array.shape}")
+            values[name] = np.array(array, dtype=dtype)  # a copy: the caller may change it
+        return values
 
     # -- compiling -------------------------------------------------------------------------
     def compile(self, input_shape=None, backend: str | None = None, dtype: str = "float32",
@@ -277,11 +358,13 @@ class OnnxModel:
         ``threads`` per convolution layer (None: the default thread count's rule), as
         :func:`convgen.graph.compile.compile_graph`."""
         threads = check_threads(threads)
+        if self.weight_inputs:
+            return SpecializedModel(self, self._shapes(input_shape), backend, dtype, threads)
         return compile_graph(self.graph_for(input_shape), backend, dtype, threads)
 
-    def summary(self, input_shape=None, file=None) -> str:
+    def summary(self, input_shape=None, file=None, weights: dict | None = None) -> str:
         """Print and return each layer with output shape, parameters, FLOPs and fusion."""
-        graph = self.graph_for(input_shape).copy()
+        graph = self.graph_for(input_shape, weights).copy()
         infer_graph(graph)
         optimized = optimize(graph)
         infer_graph(optimized)
@@ -296,7 +379,7 @@ class OnnxModel:
                 f"outputs {self.output_names})")
 
     # -- building ----------------------------------------------------------------------
-    def _build(self, shapes: list[Shape]) -> Graph:
+    def _build(self, shapes: list[Shape], weights: dict | None = None) -> Graph:
         handlers = _handlers()
         inputs = [(name, shape) for name, shape in zip(self.input_names, shapes)]
         for name, shape in inputs:
@@ -305,6 +388,7 @@ class OnnxModel:
                 raise OnnxImportError(f"{self.label}: graph input {name!r}: {too_large}")
         builder = Builder(inputs)
         values: dict[str, Any] = dict(self._constants)
+        values.update(weights or {})
         for name, shape in inputs:
             values[name] = Tensor(name, shape)
         used = {name for node in self.proto.graph.node for name in node.input}
@@ -375,6 +459,75 @@ def _check_arity(ctx: Context, node, opset: int) -> None:
             raise ctx.error(f"input {i} ({formal.name}) is required but empty")
 
 
+class SpecializedModel:
+    """A compiled ONNX model with weight inputs: ``model(*inputs)`` takes every graph
+    input in the model's order (``names``), weights included, like ONNX Runtime.
+
+    Each call guards the weight inputs (dtype, shape and a BLAKE2 hash of their bytes)
+    and runs the network compiled for those values: compiled on the first call that
+    brings them, and kept for the ``weight_cache`` most recent sets of values. ``current``
+    is the CompiledModel the last call ran.
+    """
+
+    weight_cache = 4
+
+    def __init__(self, owner: OnnxModel, shapes: list[Shape], backend, dtype: str,
+                 threads):
+        self.owner = owner
+        self.shapes = shapes
+        self.backend = backend
+        self.dtype = dtype
+        self.threads = threads
+        self.names = list(owner.call_names)
+        weights = {name for name, *_ in owner.weight_inputs}
+        self._weight_at = [(i, n) for i, n in enumerate(self.names) if n in weights]
+        self._data_at = [i for i, n in enumerate(self.names) if n not in weights]
+        self.input_shapes = list(shapes)
+        self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self.current = None
+        self.compilations = 0
+
+    def _split(self, inputs) -> tuple[list, dict[str, np.ndarray]]:
+        if len(inputs) != len(self.names):
+            raise TypeError(f"expected {len(self.names)} input array(s) {self.names} "
+                            f"(weight inputs included), got {len(inputs)}")
+        weights = self.owner._weight_values({n: inputs[i] for i, n in self._weight_at})
+        return [inputs[i] for i in self._data_at], weights
+
+    def compiled_for(self, weights: dict[str, np.ndarray]):
+        """The CompiledModel for these weight values (checked), compiled if not cached."""
+        weights = self.owner._weight_values(weights)
+        key = tuple((name, a.dtype.str, a.shape,
+                     hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest())
+                    for name, a in sorted(weights.items()))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            graph = self.owner._build(self.shapes, weights)
+            compiled = compile_graph(graph, self.backend, self.dtype, self.threads)
+            self.compilations += 1
+            self._compiled[key] = compiled
+            while len(self._compiled) > self.weight_cache:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(key)
+        self.current = compiled
+        return compiled
+
+    def __call__(self, *inputs):
+        data, weights = self._split(inputs)
+        return self.compiled_for(weights)(*data)
+
+    def reference(self, *inputs):
+        """The NumPy oracle (float64) of the graph built for these weight values."""
+        data, weights = self._split(inputs)
+        return self.compiled_for(weights).reference(*data)
+
+    def __repr__(self) -> str:
+        return (f"SpecializedModel({self.owner.label!r}, inputs {self.names}, "
+                f"weights {[n for _, n in self._weight_at]}, "
+                f"{len(self._compiled)} compiled)")
+
+
 class _FakeNode:
     def __init__(self, op_type: str):
         self.op_type = op_type
@@ -419,4 +572,4 @@ def from_onnx(model, input_shape=None) -> OnnxModel:
     return OnnxModel(proto, label, input_shape)
 
 
-__all__ = ["OnnxImportError", "OnnxModel", "from_onnx", "read_model"]
+__all__ = ["OnnxImportError", "OnnxModel", "SpecializedModel", "from_onnx", "read_model"]
