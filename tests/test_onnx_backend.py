@@ -1,0 +1,312 @@
+"""ONNX's own node tests against convgen's ONNX backend (convgen.onnx.backend), for every
+operator convgen claims (README "Supported layers and ONNX operators").
+
+The onnx wheel ships the node cases as generators: ``collect_testcases`` builds each one's
+model and expected outputs. Every case whose nodes are all claimed operators runs through
+``ConvgenBackend``; it passes, or it is in EXCLUDED with the reason, and then it runs as a
+strict xfail: an excluded case that starts passing fails here until it leaves the list.
+docs/onnx.md's table (passed / excluded per operator) is generated from this module and
+checked by test_docs_table; regenerate it with ``python tests/test_onnx_backend.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_helpers import helper, onnx  # noqa: F401  (onnx_helpers skips without onnx)
+from onnx.backend.test.case.node import collect_testcases  # noqa: E402
+
+import convgen as cg  # noqa: E402
+from convgen.onnx.backend import ConvgenBackend  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+# the README's ONNX column: operators run on run-time tensors
+CLAIMED = frozenset("""
+    Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool Gemm MatMul
+    BatchNormalization LRN Relu LeakyRelu Sigmoid Tanh Clip Softmax LogSoftmax
+    Add Sub Mul Div Sum Flatten Reshape Transpose Concat Pad Squeeze Unsqueeze Slice Expand
+    Dropout Identity Constant
+""".split())
+# the README's ONNX column too, but folded at import on constants only ("shape arithmetic
+# on constants"): their node tests feed run-time tensors, so they are not claimed here
+FOLDED = frozenset("Shape Gather Cast ConstantOfShape Range".split())
+# ops that node cases use around the op under test (counted under the others in the table)
+HELPERS = frozenset({"Constant", "Identity"})
+
+W_INPUT = "weights as graph inputs: issue 21 point 2, not yet"
+PARAM_INPUT = ("parameters (Clip min/max, BatchNormalization scale/bias/mean/var) as graph "
+               "inputs: issue 21 point 2, not yet")
+SHAPE_INPUT = ("shape tensor (shape, axes, pads, starts/ends) as a run-time int64 input: "
+               "issue 21 point 2, not yet")
+INTEGER = "integer or bool element types: not supported yet (issue 21 point 2)"
+TRAINING = "training mode: convgen compiles inference only"
+OPTIONAL_OUTPUT = "optional output (Dropout mask, MaxPool Indices): issue 21 point 2, not yet"
+AVGPOOL_DILATIONS = "AveragePool dilations (opset 19): issue 21 point 2, not yet"
+GEMM_SCALAR_BIAS = "Gemm with a scalar (0-d) bias: importer refuses it, issue 21 point 2"
+NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
+
+EXCLUDED: dict[str, str] = {
+    'test_add_int16': INTEGER,
+    'test_add_int8': INTEGER,
+    'test_add_uint16': INTEGER,
+    'test_add_uint32': INTEGER,
+    'test_add_uint64': INTEGER,
+    'test_add_uint8': INTEGER,
+    'test_averagepool_2d_dilations': AVGPOOL_DILATIONS,
+    'test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False': AVGPOOL_DILATIONS,  # noqa: E501
+    'test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True': AVGPOOL_DILATIONS,  # noqa: E501
+    'test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False': AVGPOOL_DILATIONS,  # noqa: E501
+    'test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True': AVGPOOL_DILATIONS,  # noqa: E501
+    'test_averagepool_3d_dilations_small': AVGPOOL_DILATIONS,
+    'test_basic_conv_with_padding': W_INPUT,
+    'test_basic_conv_without_padding': W_INPUT,
+    'test_batchnorm_epsilon': PARAM_INPUT,
+    'test_batchnorm_epsilon_training_mode': TRAINING,
+    'test_batchnorm_example': PARAM_INPUT,
+    'test_batchnorm_example_training_mode': TRAINING,
+    'test_clip': PARAM_INPUT,
+    'test_clip_default_int8_inbounds': INTEGER,
+    'test_clip_default_int8_inbounds_expanded': INTEGER,
+    'test_clip_default_int8_max': INTEGER,
+    'test_clip_default_int8_min': INTEGER,
+    'test_clip_default_max': PARAM_INPUT,
+    'test_clip_default_min': PARAM_INPUT,
+    'test_clip_example': PARAM_INPUT,
+    'test_clip_inbounds': PARAM_INPUT,
+    'test_clip_min_greater_than_max': PARAM_INPUT,
+    'test_clip_outbounds': PARAM_INPUT,
+    'test_clip_splitbounds': PARAM_INPUT,
+    'test_constant_pad': SHAPE_INPUT,
+    'test_constant_pad_axes': SHAPE_INPUT,
+    'test_constant_pad_negative_axes': SHAPE_INPUT,
+    'test_conv_with_autopad_same': W_INPUT,
+    'test_conv_with_strides_and_asymmetric_padding': W_INPUT,
+    'test_conv_with_strides_no_padding': W_INPUT,
+    'test_conv_with_strides_padding': W_INPUT,
+    'test_convtranspose': W_INPUT,
+    'test_convtranspose_1d': W_INPUT,
+    'test_convtranspose_3d': W_INPUT,
+    'test_convtranspose_autopad_same': W_INPUT,
+    'test_convtranspose_dilations': W_INPUT,
+    'test_convtranspose_group_2': W_INPUT,
+    'test_convtranspose_group_2_image_3': W_INPUT,
+    'test_convtranspose_kernel_shape': W_INPUT,
+    'test_convtranspose_output_shape': W_INPUT,
+    'test_convtranspose_pad': W_INPUT,
+    'test_convtranspose_pads': W_INPUT,
+    'test_div_int16': INTEGER,
+    'test_div_int32_trunc': INTEGER,
+    'test_div_int8': INTEGER,
+    'test_div_uint16': INTEGER,
+    'test_div_uint32': INTEGER,
+    'test_div_uint64': INTEGER,
+    'test_div_uint8': INTEGER,
+    'test_dropout_default_mask': OPTIONAL_OUTPUT,
+    'test_dropout_default_mask_ratio': OPTIONAL_OUTPUT,
+    'test_edge_pad': INTEGER,
+    'test_expand_dim_changed': SHAPE_INPUT,
+    'test_expand_dim_unchanged': SHAPE_INPUT,
+    'test_gemm_default_scalar_bias': GEMM_SCALAR_BIAS,
+    'test_identity_opt': NOT_TENSOR,
+    'test_identity_sequence': NOT_TENSOR,
+    'test_maxpool_2d_uint8': INTEGER,
+    'test_maxpool_with_argmax_2d_precomputed_pads': OPTIONAL_OUTPUT,
+    'test_maxpool_with_argmax_2d_precomputed_strides': OPTIONAL_OUTPUT,
+    'test_mul_int16': INTEGER,
+    'test_mul_int8': INTEGER,
+    'test_mul_uint16': INTEGER,
+    'test_mul_uint32': INTEGER,
+    'test_mul_uint64': INTEGER,
+    'test_mul_uint8': INTEGER,
+    'test_reflect_pad': INTEGER,
+    'test_reshape_allowzero_reordered': SHAPE_INPUT,
+    'test_reshape_extended_dims': SHAPE_INPUT,
+    'test_reshape_negative_dim': SHAPE_INPUT,
+    'test_reshape_negative_extended_dims': SHAPE_INPUT,
+    'test_reshape_one_dim': SHAPE_INPUT,
+    'test_reshape_reduced_dims': SHAPE_INPUT,
+    'test_reshape_reordered_all_dims': SHAPE_INPUT,
+    'test_reshape_reordered_last_dims': SHAPE_INPUT,
+    'test_reshape_zero_and_negative_dim': SHAPE_INPUT,
+    'test_reshape_zero_dim': SHAPE_INPUT,
+    'test_slice': SHAPE_INPUT,
+    'test_slice_default_axes': SHAPE_INPUT,
+    'test_slice_default_steps': SHAPE_INPUT,
+    'test_slice_end_out_of_bounds': SHAPE_INPUT,
+    'test_slice_neg': SHAPE_INPUT,
+    'test_slice_neg_steps': SHAPE_INPUT,
+    'test_slice_negative_axes': SHAPE_INPUT,
+    'test_slice_start_out_of_bounds': SHAPE_INPUT,
+    'test_squeeze': SHAPE_INPUT,
+    'test_squeeze_negative_axes': SHAPE_INPUT,
+    'test_sub_int16': INTEGER,
+    'test_sub_int8': INTEGER,
+    'test_sub_uint16': INTEGER,
+    'test_sub_uint32': INTEGER,
+    'test_sub_uint64': INTEGER,
+    'test_sub_uint8': INTEGER,
+    'test_training_dropout': TRAINING,
+    'test_training_dropout_default': TRAINING,
+    'test_training_dropout_default_mask': TRAINING,
+    'test_training_dropout_mask': TRAINING,
+    'test_training_dropout_zero_ratio': TRAINING,
+    'test_training_dropout_zero_ratio_mask': TRAINING,
+    'test_unsqueeze_axis_0': SHAPE_INPUT,
+    'test_unsqueeze_axis_1': SHAPE_INPUT,
+    'test_unsqueeze_axis_2': SHAPE_INPUT,
+    'test_unsqueeze_negative_axes': SHAPE_INPUT,
+    'test_unsqueeze_three_axes': SHAPE_INPUT,
+    'test_unsqueeze_two_axes': SHAPE_INPUT,
+    'test_unsqueeze_unsorted_axes': SHAPE_INPUT,
+    'test_wrap_pad': INTEGER,
+}
+
+
+def _ops(case) -> frozenset:
+    return frozenset(node.op_type for node in case.model.graph.node)
+
+
+def _selected() -> list:
+    """The node cases whose operators are all claimed, by name."""
+    with warnings.catch_warnings():  # the generators' own float casts overflow, on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cases = [c for c in collect_testcases(None)
+                 if c.kind == "node" and _ops(c) <= CLAIMED]
+    return sorted(cases, key=lambda c: c.name)
+
+
+CASES = _selected()
+
+
+def _param(case):
+    reason = EXCLUDED.get(case.name)
+    marks = [pytest.mark.xfail(strict=True, raises=cg.OnnxImportError, reason=reason)] \
+        if reason else []
+    return pytest.param(case, id=case.name, marks=marks)
+
+
+def run_case(case, **kwargs) -> None:
+    """Each data set of the case through one prepared model (compiled once per shape)."""
+    rep = ConvgenBackend.prepare(case.model, "CPU", **kwargs)
+    for inputs, expected in case.data_sets:
+        outputs = rep.run(inputs)
+        assert len(outputs) == len(expected)
+        for got, want in zip(outputs, expected):
+            assert got.dtype == want.dtype
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+def test_node(case):
+    run_case(case)
+
+
+def test_excluded_are_selected_cases():
+    """EXCLUDED names only cases of claimed ops (a renamed or dropped case leaves it)."""
+    assert set(EXCLUDED) <= {c.name for c in CASES}
+
+
+def test_llvm_backend():
+    case = next(c for c in CASES if c.name == "test_relu")
+    run_case(case, backend="llvm")
+
+
+def test_unsupported_model_raises():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Abs", ["x"], ["y"])], "abs", [x],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph)
+    with pytest.raises(cg.OnnxImportError, match="Abs"):
+        ConvgenBackend.prepare(model)
+    assert not ConvgenBackend.is_compatible(model)
+
+
+def test_run_node_and_devices():
+    x = np.array([[-1.0, 2.0], [3.0, -4.0]], dtype=np.float32)
+    (y,) = ConvgenBackend.run_node(helper.make_node("Relu", ["x"], ["y"]), [x])
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert ConvgenBackend.supports_device("CPU")
+    assert not ConvgenBackend.supports_device("CUDA")
+    with pytest.raises(ValueError, match="CUDA"):
+        ConvgenBackend.prepare(onnx.ModelProto(), "CUDA")
+
+
+def test_recompiles_per_shape():
+    """Symbolic input dims: compiled at each new shape's first run, kept per shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["a", "b"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    rep = ConvgenBackend.prepare(helper.make_model(graph))
+    for shape in [(3, 4), (2, 3), (3, 4)]:
+        x = np.linspace(-1, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+        (y,) = rep.run([x])
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert len(rep._compiled) == 2
+
+
+# -- the op table --------------------------------------------------------------------
+
+def op_table() -> str:
+    """docs/onnx.md's table: per claimed operator, its node cases passed and excluded."""
+    passed: Counter = Counter()
+    excluded: dict[str, Counter] = {op: Counter() for op in CLAIMED}
+    for case in CASES:
+        ops = (_ops(case) - HELPERS) or _ops(case)
+        for op in ops:
+            if case.name in EXCLUDED:
+                excluded[op][EXCLUDED[case.name]] += 1
+            else:
+                passed[op] += 1
+    rows = ["| operator | node cases passed | excluded (count: reason) |", "|---|---|---|"]
+    for op in sorted(CLAIMED):
+        reasons = "; ".join(f"{n}: {r}" for r, n in sorted(excluded[op].items()))
+        rows.append(f"| {op} | {passed[op]} | {reasons} |")
+    total = len(CASES)
+    rows.append("")
+    rows.append(f"{total - len(EXCLUDED)} node cases pass, {len(EXCLUDED)} are excluded "
+                f"with the reason, of {total} cases of claimed operators.")
+    return "\n".join(rows) + "\n"
+
+
+BEGIN, END = "<!-- op table: begin -->\n", "<!-- op table: end -->\n"
+
+
+def test_docs_table():
+    """docs/onnx.md's table is op_table() (regenerate: python tests/test_onnx_backend.py)."""
+    text = (REPO / "docs" / "onnx.md").read_text()
+    assert text.split(BEGIN)[1].split(END)[0] == op_table()
+
+
+def _readme_ops() -> set[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Supported layers and ONNX operators")[1].split("\n## ")[0]
+    ops: set[str] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("kind", "---"):
+            continue
+        column = re.sub(r"\([^)]*\)", "", cells[2]).split(";")[0]
+        ops |= {op.strip() for op in column.split(",") if op.strip()}
+    folded = re.search(r"shape arithmetic on constants \(([^)]*)\)", section)
+    assert folded, "the README names the folded shape ops"
+    ops |= {op.strip() for op in folded.group(1).split(",") if op.strip() != "..."}
+    return ops
+
+
+def test_readme_ops_are_claimed():
+    """The README's ONNX column names exactly the claimed and the folded operators."""
+    assert _readme_ops() == CLAIMED | FOLDED
+
+
+if __name__ == "__main__":
+    sys.stdout.write(op_table())
