@@ -5,6 +5,8 @@ Each case is compared with ONNX's reference evaluator and convgen's oracle on c 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,8 @@ def test_weight_input_errors():
     x, w = _inputs(model)
     graph = imported.graph_for(weights={"W": w})
     assert [name for name, _ in graph.inputs] == ["x"]
+    assert "54 parameters" in imported.summary(weights={"W": w}, file=io.StringIO())
+    assert "weight inputs ['W']" in repr(imported)
     with pytest.raises(cg.OnnxImportError, match="missing \\['W'\\], unknown \\['V'\\]"):
         imported.graph_for(weights={"V": w})
     compiled = imported.compile(backend="c")

@@ -376,7 +376,9 @@ class OnnxModel:
     def __repr__(self) -> str:
         return (f"OnnxModel({self.label!r}, opset {self.opset}, inputs "
                 f"{dict(zip(self.input_names, map(_show, self.input_shapes)))}, "
-                f"outputs {self.output_names})")
+                + (f"weight inputs {[n for n, *_ in self.weight_inputs]}, "
+                   if self.weight_inputs else "")
+                + f"outputs {self.output_names})")
 
     # -- building ----------------------------------------------------------------------
     def _build(self, shapes: list[Shape], weights: dict | None = None) -> Graph:
