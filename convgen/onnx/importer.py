@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -486,6 +487,7 @@ class SpecializedModel:
         self._data_at = [i for i, n in enumerate(self.names) if n not in weights]
         self.input_shapes = list(shapes)
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()  # the cache: each CompiledModel serializes its calls
         self.current = None
         self.compilations = 0
 
@@ -502,17 +504,18 @@ class SpecializedModel:
         key = tuple((name, a.dtype.str, a.shape,
                      hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest())
                     for name, a in sorted(weights.items()))
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            graph = self.owner._build(self.shapes, weights)
-            compiled = compile_graph(graph, self.backend, self.dtype, self.threads)
-            self.compilations += 1
-            self._compiled[key] = compiled
-            while len(self._compiled) > self.weight_cache:
-                self._compiled.popitem(last=False)
-        else:
-            self._compiled.move_to_end(key)
-        self.current = compiled
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                graph = self.owner._build(self.shapes, weights)
+                compiled = compile_graph(graph, self.backend, self.dtype, self.threads)
+                self.compilations += 1
+                self._compiled[key] = compiled
+                while len(self._compiled) > self.weight_cache:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(key)
+            self.current = compiled
         return compiled
 
     def __call__(self, *inputs):
