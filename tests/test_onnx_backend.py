@@ -60,10 +60,9 @@ GEMM_SCALAR_BIAS = "Gemm with a scalar (0-d) bias: importer refuses it, issue 21
 NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
 PAD_MODE = "Pad modes reflect and edge: convgen pads with a constant only"
 FLATTEN_1D = "Flatten of a 1-d input with axis 1: issue 21 point 2, not yet"
-CLIP_ORDER = ("Clip with min > max: convgen's result differs from ONNX's (which gives max "
-              "everywhere): a bug to fix")
-# the error an excluded case fails with, where it is not an import error
-FAILS_WITH = {CLIP_ORDER: AssertionError}
+# the error an excluded case fails with, where it is not an import error (none now: the
+# one wrong result, Clip with min > max, is fixed)
+FAILS_WITH: dict[str, type] = {}
 
 EXCLUDED: dict[str, str] = {
     'test_add_int16': INTEGER,
@@ -84,7 +83,6 @@ EXCLUDED: dict[str, str] = {
     'test_clip_default_int8_inbounds_expanded': INTEGER,
     'test_clip_default_int8_max': INTEGER,
     'test_clip_default_int8_min': INTEGER,
-    'test_clip_min_greater_than_max': CLIP_ORDER,
     'test_constant_pad': SHAPE_INPUT,
     'test_constant_pad_axes': SHAPE_INPUT,
     'test_constant_pad_negative_axes': SHAPE_INPUT,
