@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import onnx
 import pytest
 
 from onnx_helpers import assert_close, check_model, make_model, node, rand, run_onnx_reference
 
 import convgen as cg
+from convgen.cli.main import main
 
 # whole networks: the backend argument runs over the backends that compile them
 pytestmark = pytest.mark.networks
@@ -105,3 +107,15 @@ def test_weight_input_errors():
     with pytest.raises(ValueError, match="weight input 'W': expected shape \\(3, 2, 3, 3\\)"):
         compiled(x, w[:2])
     assert compiled.compilations == 0
+
+
+def test_convgen_run_refuses_weight_inputs_with_a_clear_error(tmp_path, capsys):
+    """`convgen run MODEL.onnx` makes up data inputs only: weights given as graph inputs
+    shape the network, so it names them and says how to pass them."""
+    model = make_model([node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+                       {"x": (1, 3, 5, 5), "W": (2, 3, 3, 3)}, ["y"])
+    path = tmp_path / "weights_as_inputs.onnx"
+    onnx.save(model, str(path))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "['W']" in err and "weights" in err and "Traceback" not in err

@@ -132,6 +132,12 @@ def _compile_onnx(args: argparse.Namespace):
     if args.weights is not None:
         raise UsageError(f"--weights: {path} carries its own weights (its initializers)")
     imported = from_onnx(path)
+    if imported.weight_inputs:  # their values shape the network: run cannot make them up
+        weights = [name for name, *_ in imported.weight_inputs]
+        raise UsageError(f"{path}: the graph inputs {weights} are weights (parameters of "
+                         "Conv, BatchNormalization or Clip), which convgen run does not "
+                         "invent; in Python, cg.from_onnx(path).compile() takes them with "
+                         "the inputs")
     names = imported.input_names
     if (args.input is not None or args.input_shape is not None) and len(names) != 1:
         raise UsageError(f"{path} has {len(names)} inputs {names}: --input and --input-shape "
