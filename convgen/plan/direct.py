@@ -98,9 +98,10 @@ class PositionReads:
 class VectorTables:
     """Tables for code that holds VL output columns per vector, per W-tile class.
 
-    A long row's W tiles are runs (TileRun): the interior tiles of a row (of each stride
-    phase, transposed) read the same pattern shifted, so one class's tables serve them
-    all; each border tile is a run of its own. Class ``c`` (run ``c``) covers virtual
+    Most plans read by position (``positions``; the class tables are then empty). A
+    transposed convolution with a W stride keeps its W tiles in runs (TileRun): the
+    interior tiles of each stride phase read the same pattern shifted, so one class's
+    tables serve them all; each border tile is a run of its own. Class ``c`` (run ``c``) covers virtual
     columns ``first*TW + [0, row_length)``: vector ``v`` at tap ``kw`` reads input columns
     ``w_table[c][kw][v*VL + lane]`` (-1: nothing to add) past the run's shift. ``modes``
     says how to read them: VEC_SKIP (no lane contributes), VEC_LOAD (every lane, columns
@@ -128,12 +129,12 @@ class VectorTables:
 
 
 class _VirtualRow:
-    """The W dim's virtual columns: output columns in order, or phase by phase (a
-    transposed W stride); phase ``p`` holds outputs ``p, p + P, ...``."""
+    """The W dim's virtual columns of a transposed convolution with a W stride P: phase by
+    phase, phase ``p`` holding outputs ``p, p + P, ...``."""
 
-    def __init__(self, table: IndexTable, phased: bool):
+    def __init__(self, table: IndexTable):
         self.out = len(table)
-        self.period = table.period if phased else 1
+        self.period = table.period
         self.phases = min(self.period, self.out)
         # virtual start of each phase: phase p holds ceil((out - p) / period) columns
         self.starts = [0]
@@ -161,8 +162,7 @@ def _tile_runs(table: IndexTable, row: _VirtualRow, tile: int, span: int, n_tile
         t0 = -(-(row.starts[p] + ja) // tile)
         t1 = (row.starts[p] + jb - span) // tile + 1 if jb - ja >= span else t0
         if t1 - t0 >= 2:
-            interior.append((t0, t1, tile * (table.step if row.period > 1 else table.stride),
-                             tile * row.period))
+            interior.append((t0, t1, tile * table.step, tile * row.period))
     runs, t = [], 0
     for t0, t1, in_shift, out_shift in interior:
         runs.extend(TileRun(i, 1, 0, 0) for i in range(t, t0))
@@ -234,11 +234,12 @@ def vector_tables(plan: Plan) -> VectorTables:
     in_w = plan.in_size[2]
     stride_w = plan.spec.stride[-1]
     phased = plan.spec.transposed and stride_w > 1
+    # (a 1D or 2D spec's missing dims are plain one-row lists: FoldedTable.of keeps them)
     d_fold, h_fold = FoldedTable.of(plan.tables[0]), FoldedTable.of(plan.tables[1])
     if not phased:
         return VectorTables(n_vectors, row_length, d_fold, h_fold, [], [], [], [], [],
                             positions=_position_reads(plan, table, row_length))
-    row = _VirtualRow(table, phased)
+    row = _VirtualRow(table)
     runs = _tile_runs(table, row, tw, row_length, nt_w)
     entries = len(runs) * kw_count * (row_length + 3 * n_vectors)
     if entries > MAX_W_TABLE_ENTRIES:
@@ -287,9 +288,8 @@ def vector_tables(plan: Plan) -> VectorTables:
         modes.append(class_modes)
         bases.append(class_bases)
         masks.append(class_masks)
-    # (a 1D or 2D spec's missing dims are plain one-row lists: FoldedTable.of keeps them)
     return VectorTables(n_vectors, row_length, d_fold, h_fold, runs, w_table, modes, bases, masks,
-                        out_columns if phased else None)
+                        out_columns)
 
 
 def describe_direct_plan(plan: Plan) -> list[str]:
