@@ -1,4 +1,5 @@
-"""``convgen tune SPECFILE|NETSPEC``: the tuner on the command line (wired into convgen.cli.main)."""
+"""``convgen tune SPECFILE|NETSPEC|MODEL.onnx``: the tuner on the command line (wired into
+convgen.cli.main)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from convgen.backends import resolve_backend
+from convgen.cli.args import UsageError, shape_arg, thread_count
 from convgen.cli.records import add_record_options, run_records
+from convgen.graph.ir import Graph
 from convgen.graph.netspec import load_network
 from convgen.log import ROOT, get_logger
+from convgen.onnx.importer import from_onnx
 from convgen.specfile import load_specfile
-from convgen.cli.args import thread_count
 from convgen.tuning.tuner import MachineBusy, Progress, TuneResult, _ms, describe, \
     network_convs, tune, tune_network
 
@@ -27,16 +30,20 @@ log = get_logger("tune")
 
 
 def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None:
-    """Add ``tune SPECFILE|NETSPEC --budget S [--backend B] [--threads N]``."""
+    """Add ``tune SPECFILE|NETSPEC|MODEL.onnx --budget S [--backend B] [--threads N]``."""
     p = subparsers.add_parser(
         "tune", parents=parents, help="search schedules and record the fastest",
         description="Time candidate schedules of each convolution in a spec file (or of each "
-                    "distinct convolution of a network file), check the winner against the "
+                    "distinct convolution of a network file or an ONNX model), check the winner "
+                    "against the "
                     "oracle and append every measurement to the tuning database "
                     "($CONVGEN_TUNING_DB, default <cache dir>/tuning.jsonl); compile then "
                     "uses the best record.")
-    p.add_argument("specfile", metavar="SPECFILE|NETSPEC", nargs="?",
-                   help="TOML spec or network file")
+    p.add_argument("specfile", metavar="SPECFILE|NETSPEC|MODEL.onnx", nargs="?",
+                   help="TOML spec or network file, or an ONNX model (.onnx)")
+    p.add_argument("--input-shape", type=shape_arg, default=None, metavar="N,C,H,W",
+                   help="network files and ONNX models: the input shape to tune for (fixes "
+                        "an ONNX model's symbolic dims; default: the file's or the model's)")
     p.add_argument("--budget", type=_positive(float), default=30.0, metavar="S",
                    help="seconds in all, split among the convolutions (default: %(default)s)")
     p.add_argument("--threads", type=thread_count, default=None, metavar="N",
@@ -53,8 +60,15 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run_tune)
 
 
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    """An ONNX model, by its name (binary protobuf: what the TOML loaders cannot read)."""
+    return os.fspath(path).lower().endswith(".onnx")
+
+
 def is_network_file(path: str | os.PathLike) -> bool:
     """A network file has a top-level input_shape or [[layer]]; a spec file has [[conv]]."""
+    if is_onnx_file(path):
+        return False
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -63,12 +77,27 @@ def is_network_file(path: str | os.PathLike) -> bool:
     return "input_shape" in data or "layer" in data
 
 
-def file_specs(path: str) -> dict[str, str]:
-    """{spec key: name} of a spec file's convolutions, or of those a network file compiles
-    (as tune tunes them)."""
+def file_specs(path: str, input_shape: tuple[int, ...] | None = None) -> dict[str, str]:
+    """{spec key: name} of a spec file's convolutions, or of those a network file or an
+    ONNX model compiles (as tune tunes them)."""
+    if is_onnx_file(path):
+        return {key: name for key, (name, _) in network_convs(onnx_graph(path, input_shape)).items()}
     if is_network_file(path):
-        return {key: name for key, (name, _) in network_convs(load_network(path)).items()}
+        return {key: name for key, (name, _) in
+                network_convs(load_network(path), input_shape).items()}
     return {entry.spec.key(): entry.name for entry in load_specfile(path)}
+
+
+def onnx_graph(path: str, input_shape: tuple[int, ...] | None = None) -> Graph:
+    """The graph of an ONNX model, as ``convgen run`` compiles it: its weights are its
+    initializers (a model whose weights are graph inputs has no values to tune with)."""
+    imported = from_onnx(path, input_shape=input_shape)
+    if imported.weight_inputs:
+        names = [name for name, *_ in imported.weight_inputs]
+        raise UsageError(f"{path}: the graph inputs {names} are weights, whose values "
+                         "shape the network: tune a model that carries them as "
+                         "initializers")
+    return imported.graph
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -86,21 +115,28 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
-    status = run_records(args, file_specs)  # --list, --forget, --export or --import
+    # --list, --forget, --export or --import
+    status = run_records(args, lambda path: file_specs(path, args.input_shape))
     if status is not None:
         return status
     if args.specfile is None:
-        print("convgen tune: error: a SPECFILE or NETSPEC is required (or --list, --forget, "
-              "--export, --import)", file=sys.stderr)
+        print("convgen tune: error: a SPECFILE, NETSPEC or MODEL.onnx is required (or --list, "
+              "--forget, --export, --import)", file=sys.stderr)
         return 2
+    onnx = is_onnx_file(args.specfile)
+    if args.input_shape is not None and not (onnx or is_network_file(args.specfile)):
+        raise UsageError(f"--input-shape applies to a network file or an ONNX model, not to "
+                         f"the spec file {args.specfile}")
     backend = resolve_backend(getattr(args, "backend", None))
     check_load = None if args.check_load else False
     bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
     refused = []
     # log lines (-v) printed above the bar rather than through it
     with bar, logging_redirect_tqdm([logging.getLogger(ROOT)]):
-        if is_network_file(args.specfile):
-            results = tune_network(load_network(args.specfile), backend=backend,
+        if onnx or is_network_file(args.specfile):
+            network = onnx_graph(args.specfile, args.input_shape) if onnx \
+                else load_network(args.specfile)
+            results = tune_network(network, input_shape=args.input_shape, backend=backend,
                                    budget=args.budget, threads=args.threads, progress=bar,
                                    check_load=check_load)
         else:
