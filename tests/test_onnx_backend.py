@@ -213,9 +213,12 @@ def run_case(case, **kwargs) -> None:
             np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
 
 
+# Every case on llvm, whose in-process JIT compiles these one-node models about five times
+# faster than gcc (231 cases: 11 s against 55 s, cold cache); the first passing case of
+# each operator on c too (test_node_c).
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_node(case):
-    run_case(case)
+    run_case(case, backend="llvm")
 
 
 def test_excluded_are_selected_cases():
@@ -224,8 +227,8 @@ def test_excluded_are_selected_cases():
 
 
 def _one_per_op() -> list:
-    """The first passing case of each claimed op (the llvm backend's share: every case on
-    both backends would double this module's compile time)."""
+    """The first passing case of each claimed op (the c backend's share: every case on
+    both backends would more than double this module's compile time)."""
     chosen: dict[str, object] = {}
     for case in CASES:
         if case.name not in EXCLUDED:
@@ -235,8 +238,8 @@ def _one_per_op() -> list:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in _one_per_op()])
-def test_node_llvm(case):
-    run_case(case, backend="llvm")
+def test_node_c(case):
+    run_case(case, backend="c")
 
 
 def test_unsupported_model_raises():
