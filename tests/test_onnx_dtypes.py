@@ -224,3 +224,35 @@ def test_cuda_networks_refuse_integer_types():
     with pytest.raises(GraphError, match="backend 'cuda' compiles networks of float32, "
                                          "float64 only, not uint8"):
         cg.from_onnx(model).compile(backend="cuda")
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_int16_sum_pooling_and_data_movement(backend):
+    """Sum, GlobalMaxPool, Squeeze/Unsqueeze, Slice, Flatten, Concat, Transpose, Pad
+    (constant, an int16 value) and Expand on int16, exactly as ONNX's reference evaluator
+    (ONNX Runtime's Sum and GlobalMaxPool are float-only)."""
+    outputs = ["a", "c", "d", "e", "f", "g", "h", "i", "j"]
+    model = typed_model(
+        [node("Sum", ["x", "z", "x"], ["a"]),
+         node("GlobalMaxPool", ["x"], ["b"]),
+         node("Squeeze", ["b", "axes"], ["c"]),
+         node("Unsqueeze", ["c", "axis0"], ["d"]),
+         node("Slice", ["x", "starts", "ends", "axes"], ["e"]),
+         node("Flatten", ["x"], ["f"], axis=2),
+         node("Concat", ["x", "z"], ["g"], axis=1),
+         node("Transpose", ["x"], ["h"], perm=[0, 3, 1, 2]),
+         node("Pad", ["z", "pads", "fill"], ["i"]),
+         node("Expand", ["z", "shape"], ["j"])],
+        {"x": (1, 2, 3, 4), "z": (1, 2, 3, 4)}, outputs, TensorProto.INT16,
+        {"axes": np.array([2, 3]), "axis0": np.array([0]), "starts": np.array([1, 1]),
+         "ends": np.array([3, 4]), "pads": np.array([0, 0, 1, 2, 0, 0, 2, 0]),
+         "fill": np.array(-7, dtype=np.int16), "shape": np.array([2, 2, 3, 4])})
+    rng = np.random.default_rng(5)
+    x, z = (rng.integers(-2**15, 2**15, (1, 2, 3, 4), dtype=np.int16) for _ in range(2))
+    compiled = cg.from_onnx(model).compile(backend=backend)
+    got = compiled(x, z)
+    want = run_onnx_reference(model, [x, z])
+    for name, g, w, r in zip(outputs, got, want, compiled.reference(x, z)):
+        assert g.dtype == w.dtype == r.dtype == np.int16, name
+        np.testing.assert_array_equal(g, w, err_msg=name)
+        np.testing.assert_array_equal(r, w, err_msg=name)
