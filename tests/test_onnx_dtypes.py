@@ -13,7 +13,8 @@ import pytest
 from onnx_helpers import TensorProto, helper, node, numpy_helper, run_onnx_reference, run_ort
 
 import convgen as cg
-from convgen.graph.ir import GraphError
+from convgen.graph.compile import compile_graph
+from convgen.graph.ir import Graph, GraphError, Node
 from convgen.onnx.backend import ConvgenBackend
 
 CPU = ("c", "llvm")
@@ -256,3 +257,42 @@ def test_int16_sum_pooling_and_data_movement(backend):
         assert g.dtype == w.dtype == r.dtype == np.int16, name
         np.testing.assert_array_equal(g, w, err_msg=name)
         np.testing.assert_array_equal(r, w, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_integer_graph_against_the_exact_oracle(backend):
+    """A graph (not ONNX) on int32 with every integer op: relu6, clip with float bounds
+    rounded inward, max pooling over padding, a pad whose fill and a constant at the type's
+    extremes, division by 0 and -1; the compiled network equals the integer oracle."""
+    info = np.iinfo(np.int32)
+    shape = (1, 2, 4, 4)
+    graph = Graph([("x", shape), ("y", shape)], [
+        Node("s", "add", ["x", "y"]),
+        Node("d", "binary", ["x", "y"], {"kind": "div"}),
+        Node("m", "binary", ["s", "d"], {"kind": "mul"}),
+        Node("u", "binary", ["m", "y"], {"kind": "sub"}),
+        Node("c", "activation", ["u"], {"name": "clip", "args": (-100.5, 1e30)}),
+        Node("r", "activation", ["u"], {"name": "relu6", "args": ()}),
+        Node("p", "max_pool", ["c"], {"kernel_size": (3, 3), "stride": (2, 2),
+                                      "padding": (1, 1), "dilation": (1, 1),
+                                      "ceil_mode": False}),
+        Node("t", "transpose", ["r"], {"perm": (0, 2, 3, 1)}),
+        Node("k", "constant", [], params={"value": np.array(
+            [info.max, info.min], dtype=np.int32).reshape(1, 2, 1, 1)}),
+        Node("e", "expand", ["k"], {"shape": shape}),
+        Node("f", "binary", ["e", "x"], {"kind": "add"}),
+        Node("q", "pad", ["f"], {"pads": (0, 0, 1, -1, 0, 0, 0, 2), "value": -2.0**31}),
+        Node("cc", "cat", ["q", "q"], {"dim": 1}),
+    ], ["p", "t", "cc", "d"])
+    rng = np.random.default_rng(6)
+    x, y = (rng.integers(info.min, info.max, shape, dtype=np.int32, endpoint=True)
+            for _ in range(2))
+    y.flat[:3] = (0, -1, -1)
+    x.flat[:3] = (5, info.min, 9)
+    y[0, 1, 1] = rng.integers(-7, 8, 4)  # small values: relu6 and clip keep some
+    model = compile_graph(graph, backend, "int32")
+    for got, want in zip(model(x, y), model.reference(x, y)):
+        assert got.dtype == want.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
+    d = model(x, y)[3].ravel()
+    assert d[:3].tolist() == [0, info.min, -9]
