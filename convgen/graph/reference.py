@@ -207,8 +207,9 @@ def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray,
     for (name, shape), array in zip(graph.inputs, inputs):
         array = np.asarray(array)
         if array.dtype.kind not in ("iu" if integer else "iuf"):
-            raise TypeError(f"graph input {name}: expected a "
-                            f"{'integer' if integer else 'real'} array, got dtype {array.dtype}")
+            raise TypeError(f"graph input {name}: expected "
+                            f"{'an integer' if integer else 'a real'} array, got dtype "
+                            f"{array.dtype}")
         if array.shape != tuple(shape):
             raise GraphError(f"graph input {name}: expected shape {tuple(shape)}, "
                              f"got {array.shape}")
