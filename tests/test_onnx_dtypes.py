@@ -13,6 +13,7 @@ import pytest
 from onnx_helpers import TensorProto, helper, node, numpy_helper, run_onnx_reference, run_ort
 
 import convgen as cg
+from convgen.cli.main import main
 from convgen.graph.compile import compile_graph
 from convgen.graph.ir import Graph, GraphError, Node
 from convgen.onnx.backend import ConvgenBackend
@@ -296,3 +297,27 @@ def test_integer_graph_against_the_exact_oracle(backend):
         np.testing.assert_array_equal(got, want)
     d = model(x, y)[3].ravel()
     assert d[:3].tolist() == [0, info.min, -9]
+
+
+def test_cli_run_makes_inputs_in_the_model_dtype(tmp_path, capsys):
+    """`convgen run` on a DOUBLE model makes float64 inputs; on an int8 one, --input is
+    read as int8 (exactly) and the output matches ONNX Runtime."""
+    path = tmp_path / "double.onnx"
+    path.write_bytes(double_model().SerializeToString())
+    code = main(["run", str(path), "--repeat", "1", "--check"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "float64" in out and ": ok" in out
+    model = typed_model([node("Add", ["x", "k"], ["y"])], {"x": (2, 3)}, ["y"],
+                        TensorProto.INT8, {"k": np.full((2, 3), 100, dtype=np.int8)})
+    path = tmp_path / "int8.onnx"
+    path.write_bytes(model.SerializeToString())
+    x = np.array([[-128, -1, 0], [27, 28, 127]], dtype=np.int8)
+    np.save(tmp_path / "x.npy", x)
+    code = main(["run", str(path), "--input", str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "y.npy"), "--repeat", "1"])
+    assert code == 0, capsys.readouterr().out
+    (want,) = run_ort(model, [x])
+    got = np.load(tmp_path / "y.npy")
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, want)  # 28 + 100 and 127 + 100 wrap around
