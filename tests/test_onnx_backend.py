@@ -52,25 +52,18 @@ PYTORCH_KINDS = ("pytorch-converted", "pytorch-operator")
 
 SHAPE_INPUT = ("shape tensor (shape, axes, pads, starts/ends) as a run-time int64 input: "
                "issue 21 point 2, not yet")
-INTEGER = "integer or bool element types: not supported yet (issue 21 point 2)"
 TRAINING = "training mode: convgen compiles inference only"
 OPTIONAL_OUTPUT = "optional output (Dropout mask, MaxPool Indices): issue 21 point 2, not yet"
 AVGPOOL_DILATIONS = "AveragePool dilations (opset 19): issue 21 point 2, not yet"
 GEMM_SCALAR_BIAS = "Gemm with a scalar (0-d) bias: importer refuses it, issue 21 point 2"
 NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
-PAD_MODE = "Pad modes reflect and edge: convgen pads with a constant only"
+PAD_MODE = "Pad modes reflect, edge and wrap: convgen pads with a constant only"
 FLATTEN_1D = "Flatten of a 1-d input with axis 1: issue 21 point 2, not yet"
 # the error an excluded case fails with, where it is not an import error (none now: the
 # one wrong result, Clip with min > max, is fixed)
 FAILS_WITH: dict[str, type] = {}
 
 EXCLUDED: dict[str, str] = {
-    'test_add_int16': INTEGER,
-    'test_add_int8': INTEGER,
-    'test_add_uint16': INTEGER,
-    'test_add_uint32': INTEGER,
-    'test_add_uint64': INTEGER,
-    'test_add_uint8': INTEGER,
     'test_averagepool_2d_dilations': AVGPOOL_DILATIONS,
     'test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False': AVGPOOL_DILATIONS,  # noqa: E501
     'test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True': AVGPOOL_DILATIONS,  # noqa: E501
@@ -79,38 +72,20 @@ EXCLUDED: dict[str, str] = {
     'test_averagepool_3d_dilations_small': AVGPOOL_DILATIONS,
     'test_batchnorm_epsilon_training_mode': TRAINING,
     'test_batchnorm_example_training_mode': TRAINING,
-    'test_clip_default_int8_inbounds': INTEGER,
-    'test_clip_default_int8_inbounds_expanded': INTEGER,
-    'test_clip_default_int8_max': INTEGER,
-    'test_clip_default_int8_min': INTEGER,
     'test_constant_pad': SHAPE_INPUT,
     'test_constant_pad_axes': SHAPE_INPUT,
     'test_constant_pad_negative_axes': SHAPE_INPUT,
-    'test_div_int16': INTEGER,
-    'test_div_int32_trunc': INTEGER,
-    'test_div_int8': INTEGER,
-    'test_div_uint16': INTEGER,
-    'test_div_uint32': INTEGER,
-    'test_div_uint64': INTEGER,
-    'test_div_uint8': INTEGER,
     'test_dropout_default_mask': OPTIONAL_OUTPUT,
     'test_dropout_default_mask_ratio': OPTIONAL_OUTPUT,
-    'test_edge_pad': INTEGER,
+    'test_edge_pad': PAD_MODE,
     'test_expand_dim_changed': SHAPE_INPUT,
     'test_expand_dim_unchanged': SHAPE_INPUT,
     'test_gemm_default_scalar_bias': GEMM_SCALAR_BIAS,
     'test_identity_opt': NOT_TENSOR,
     'test_identity_sequence': NOT_TENSOR,
-    'test_maxpool_2d_uint8': INTEGER,
     'test_maxpool_with_argmax_2d_precomputed_pads': OPTIONAL_OUTPUT,
     'test_maxpool_with_argmax_2d_precomputed_strides': OPTIONAL_OUTPUT,
-    'test_mul_int16': INTEGER,
-    'test_mul_int8': INTEGER,
-    'test_mul_uint16': INTEGER,
-    'test_mul_uint32': INTEGER,
-    'test_mul_uint64': INTEGER,
-    'test_mul_uint8': INTEGER,
-    'test_reflect_pad': INTEGER,
+    'test_reflect_pad': PAD_MODE,
     'test_reshape_allowzero_reordered': SHAPE_INPUT,
     'test_reshape_extended_dims': SHAPE_INPUT,
     'test_reshape_negative_dim': SHAPE_INPUT,
@@ -131,12 +106,6 @@ EXCLUDED: dict[str, str] = {
     'test_slice_start_out_of_bounds': SHAPE_INPUT,
     'test_squeeze': SHAPE_INPUT,
     'test_squeeze_negative_axes': SHAPE_INPUT,
-    'test_sub_int16': INTEGER,
-    'test_sub_int8': INTEGER,
-    'test_sub_uint16': INTEGER,
-    'test_sub_uint32': INTEGER,
-    'test_sub_uint64': INTEGER,
-    'test_sub_uint8': INTEGER,
     'test_training_dropout': TRAINING,
     'test_training_dropout_default': TRAINING,
     'test_training_dropout_default_mask': TRAINING,
@@ -150,9 +119,8 @@ EXCLUDED: dict[str, str] = {
     'test_unsqueeze_three_axes': SHAPE_INPUT,
     'test_unsqueeze_two_axes': SHAPE_INPUT,
     'test_unsqueeze_unsorted_axes': SHAPE_INPUT,
-    'test_wrap_pad': INTEGER,
+    'test_wrap_pad': PAD_MODE,
     # pytorch-converted and pytorch-operator
-    'test_operator_non_float_params': INTEGER,
     'test_operator_pad': PAD_MODE,
     'test_operator_view': FLATTEN_1D,
     'test_ReflectionPad2d': PAD_MODE,

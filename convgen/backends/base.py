@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convgen.cache import Cache
+from convgen.dtypes import ELEMENT_TYPES
 from convgen.kernel import Kernel
 from convgen.plan.core import Plan, describe_plan, make_plan
 from convgen.plan.defaults import default_schedule
@@ -77,6 +78,8 @@ class Backend(abc.ABC):
     device: str = "cpu"
     # whether compile_network builds whole networks (the CUDA backend's come with issue 18)
     runs_networks: bool = True
+    # the element types its networks may have (convgen.dtypes.ELEMENT_TYPES' names)
+    network_dtypes: tuple[str, ...] = tuple(ELEMENT_TYPES)
 
     @abc.abstractmethod
     def available(self) -> str | None:

@@ -142,8 +142,9 @@ def _compile_onnx(args: argparse.Namespace):
     if (args.input is not None or args.input_shape is not None) and len(names) != 1:
         raise UsageError(f"{path} has {len(names)} inputs {names}: --input and --input-shape "
                          "take one; run without them for seeded random inputs")
+    dtype = imported.dtype  # the model's element type: its inputs are made in it
     if args.input is not None:
-        inputs = [_network_input(args, ())]
+        inputs = [_network_input(args, (), dtype)]
     else:
         shapes = [args.input_shape] if args.input_shape is not None else imported.input_shapes
         for name, shape in zip(names, shapes):
@@ -153,7 +154,7 @@ def _compile_onnx(args: argparse.Namespace):
                 raise UsageError(f"{path}: input {name!r} has the shape {dims} with symbolic "
                                  "dims; give --input X.npy or --input-shape N,C,H,W")
         rng = np.random.default_rng(args.seed)
-        inputs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        inputs = [rng.standard_normal(s).astype(dtype) for s in shapes]
     shown = ", ".join(f"{name} {shape_text(x.shape)}" for name, x in zip(names, inputs))
     print(f"model    {path} (ONNX, opset {imported.opset}): input {shown}, "
           "weights from the model")
@@ -163,10 +164,12 @@ def _compile_onnx(args: argparse.Namespace):
     return model, inputs, (time.perf_counter() - start) * 1e3
 
 
-def _network_input(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarray:
-    """--input as float32, or a seeded standard-normal array of the network's input shape."""
+def _network_input(args: argparse.Namespace, shape: tuple[int, ...],
+                   dtype: str = "float32") -> np.ndarray:
+    """--input as ``dtype`` (an ONNX model's element type; float32 for network files), or
+    a seeded standard-normal array of the network's input shape."""
     if args.input is None:
-        return np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+        return np.random.default_rng(args.seed).standard_normal(shape).astype(dtype)
     try:
         x = np.load(args.input, allow_pickle=False)
     except ValueError as exc:
@@ -176,7 +179,7 @@ def _network_input(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarr
         raise UsageError(f"{args.input}: expected one array (.npy), got an .npz archive")
     if x.dtype.kind not in "biuf":
         raise UsageError(f"{args.input}: expected a real numeric array, got dtype {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:

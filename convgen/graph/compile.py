@@ -18,8 +18,8 @@ import numpy as np
 
 from convgen.backends import get_backend, resolve_backend
 from convgen.compiler import choose_schedule, complete_schedule
-from convgen.dtypes import dtype_info
-from convgen.graph.ir import Graph, GraphError
+from convgen.dtypes import element_type
+from convgen.graph.ir import Graph, GraphError, check_element_type
 from convgen.plan.depthwise import DepthwiseKind
 from convgen.graph.lower import lower
 from convgen.graph.memory import plan_memory
@@ -28,7 +28,7 @@ from convgen.graph.reference import evaluate
 from convgen.graph.shapes import infer_graph
 from convgen.kernel import check_input
 from convgen.schedule import Schedule, check_threads
-from convgen.spec import DTYPES, ConvSpec
+from convgen.spec import ConvSpec
 
 
 def _graph_fingerprint(graph: Graph, dtype: str, schedules: dict, blocked) -> str:
@@ -76,19 +76,26 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     write it stay in the blocked layout (N, C / VL, *spatial, VL) (convgen.graph.layout,
     docs/layout.md); "nchw": none do.
     Inputs and outputs are NCHW either way.
+    ``dtype``: the element type of every value, inputs, outputs and parameters included:
+    "float32", "float64", or an integer type ("int8" ... "uint64", convgen.dtypes
+    ELEMENT_TYPES) for graphs of the ops that run on integers (convgen.graph.ir
+    INTEGER_OPS; any other raises GraphError naming the layer, op and dtype).
     ``schedules``: a Schedule per convolution layer, by its name after fusion (the
     optimized graph's), in place of its tuning record or default; a partial one is
     completed from the layer's default at ``threads`` (see convgen.Schedule).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    info = element_type(dtype)  # ValueError naming the element types
     threads = check_threads(threads)
     backend = resolve_backend(backend)
+    if dtype not in get_backend(backend).network_dtypes:
+        raise GraphError(f"backend {backend!r} compiles networks of "
+                         f"{', '.join(get_backend(backend).network_dtypes)} only, not {dtype}")
     original = graph.copy()
     infer_graph(original)
+    check_element_type(original, dtype, info.is_integer)
     optimized = optimize(original)
     infer_graph(optimized)
-    itemsize = dtype_info(dtype).itemsize
+    itemsize = info.itemsize
     memory = plan_memory(optimized, itemsize)
     defaults: set[str] = set()
     chosen = _conv_schedules(optimized, threads, backend, dtype, defaults)
@@ -160,7 +167,7 @@ class CompiledModel:
         # (numpy's own allocations are 16-byte aligned)
         self._params = aligned_array(lowered.params)
         self._arena = aligned_array(np.zeros(max(lowered.arena_elements, 1), dtype=dtype))
-        ctype = dtype_info(dtype).c_type
+        ctype = element_type(dtype).c_type
         self._ctype = ctype + "[]"
         self._params_ptr = ffi.from_buffer(self._ctype, self._params)
         self._arena_ptr = ffi.from_buffer(self._ctype, self._arena, require_writable=True)
@@ -204,8 +211,12 @@ class CompiledModel:
         return outputs[0] if len(outputs) == 1 else outputs
 
     def reference(self, *inputs: np.ndarray):
-        """The NumPy oracle of the original (unfused) graph, in float64."""
-        outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
+        """The NumPy oracle of the original (unfused) graph, in float64 (an integer model's
+        in its own dtype, exactly)."""
+        if element_type(self.dtype).is_integer:
+            outputs = evaluate(self.graph, inputs, self.dtype)
+        else:
+            outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
         return outputs[0] if len(outputs) == 1 else outputs
 
     def summary(self, file=None) -> str:

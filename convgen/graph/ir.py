@@ -46,6 +46,16 @@ Ops that imported (ONNX) graphs need; any rank unless said:
   (numpy.matmul without broadcasting); output (..., M, N). Rank >= 2.
 - ``constant``: no inputs; params ``value`` (its output, any shape); lives with the
   parameters, computed by nobody.
+
+Element types: a graph is compiled with one element type for every value
+(convgen.dtypes.ELEMENT_TYPES). Every op runs on float32 and float64; on the integer types
+(int8 ... uint64) only :data:`INTEGER_OPS` do (activations: :data:`INTEGER_ACTIVATIONS`),
+with ONNX's integer semantics: add, sub and mul wrap around on overflow; div truncates
+toward zero (as C and ONNX Runtime), x / 0 is 0 and, signed, x / -1 is -x (wrapping, so
+MIN / -1 is MIN) rather than a trap; max pooling's padding is the type's least value.
+Convolution, linear, pooling averages, softmax, batch norm, LRN, matmul and the float
+activations compute in floating point only (ONNX's integer convolutions, ConvInteger and
+QLinearConv, are other operators).
 """
 
 from __future__ import annotations
@@ -62,6 +72,12 @@ OPS = ("conv", "max_pool", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
        "reshape", "transpose", "pad", "expand", "lrn", "binary", "matmul", "constant")
 
 
+# ops (and activations) that integer networks compile; the others are float-only
+INTEGER_OPS = ("max_pool", "flatten", "activation", "add", "cat", "identity", "reshape",
+               "transpose", "pad", "expand", "binary", "constant")
+INTEGER_ACTIVATIONS = ("relu", "relu6", "clip")
+
+
 class GraphError(ConvgenError, ValueError):
     """An invalid network: names the layer (node) and what is wrong, e.g. the shapes."""
 
@@ -74,6 +90,24 @@ def describe(node: Node) -> str:
 def node_error(node: Node, message: str) -> GraphError:
     """A GraphError naming ``node``: ``features.3 (Conv2d): message``."""
     return GraphError(f"{describe(node)}: {message}")
+
+
+def check_element_type(graph: Graph, dtype: str, integer: bool) -> None:
+    """GraphError naming the first node whose op (or activation) cannot run on the element
+    type ``dtype`` (``integer``: an integer type); float types run every op."""
+    if not integer:
+        return
+    for node in graph.nodes:
+        what = None
+        if node.op not in INTEGER_OPS:
+            what = f"op {node.op!r}"
+        elif node.op == "activation" and node.attrs.get("name") not in INTEGER_ACTIVATIONS:
+            what = f"activation {node.attrs.get('name')!r}"
+        if what is not None:
+            raise node_error(node, f"{what} does not run on {dtype}: convgen computes it "
+                                   f"in float32/float64 only (integer networks run "
+                                   f"{', '.join(INTEGER_OPS)}; activations "
+                                   f"{', '.join(INTEGER_ACTIVATIONS)})")
 
 
 @dataclass

@@ -5,7 +5,10 @@ Each :class:`Step` is one function call in the generated entry point: its kind
 references), the parameter offsets, and a flat dict of constants. Spatial ops
 are lowered to 3 spatial dims like convolutions. Parameters are packed into one
 flat array in the model's dtype: folded conv weights and biases, linear weights,
-and BatchNorm as per-channel scale and shift.
+and BatchNorm as per-channel scale and shift. In an integer network (its element type
+an integer type, convgen.graph.ir INTEGER_OPS only) constants are packed as integers
+(exactly), an activation's bounds are integers of the type (``bounds``) and a pad's fill
+value is one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convgen.dtypes import element_type, integer_bounds
 from convgen.plan.weights import prepare_weight
 from convgen.plan.co import CoTiles
 from convgen.plan.depthwise import DepthwiseKind, depthwise_blocked
@@ -85,16 +89,21 @@ def _pad3(values, fill: int) -> tuple[int, int, int]:
 class _Packer:
     def __init__(self, dtype: str):
         self.dtype = dtype
+        info = element_type(dtype)
+        # integers are cast directly (int64/uint64 beyond 2**53 stay exact); floats are
+        # computed in float64 (folded weights) and rounded once, at the end
+        self.stored = np.dtype(dtype) if info.is_integer else np.dtype(np.float64)
+        self.align = 64 // info.itemsize  # keep every parameter 64-byte aligned
         self.chunks: list[np.ndarray] = []
         self.size = 0
 
     def add(self, array: np.ndarray) -> int:
         offset = self.size
-        flat = np.ascontiguousarray(array, dtype=np.float64).ravel()
+        flat = np.ascontiguousarray(np.asarray(array).astype(self.stored)).ravel()
         self.chunks.append(flat)
-        pad = (-flat.size) % 16  # keep every parameter 64-byte aligned for float32
+        pad = (-flat.size) % self.align
         if pad:
-            self.chunks.append(np.zeros(pad))
+            self.chunks.append(np.zeros(pad, dtype=self.stored))
         self.size += flat.size + pad
         return offset
 
@@ -135,7 +144,8 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                  ConvSpec.from_dict(node.attrs["spec"]).replace(dtype=dtype),
                  schedules.get(node.name))
              for node in graph.nodes if node.op == "conv"}
-    lanes = block_lanes(dtype)
+    # (integer networks have no convolution, so nothing blocked)
+    lanes = 1 if element_type(dtype).is_integer else block_lanes(dtype)
     blocked = choose_layouts(graph, plans, lanes, fixed, defaults) \
         if layout == "blocked" and planner is None else set()
     for name in defaults if planner is None else ():
@@ -253,6 +263,7 @@ def choose_layouts(graph: Graph, plans: dict[str, Plan], lanes: int,
 def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> None:
     """Fill ``step`` (a conv step's plan is set) for ``node``."""
     a = node.attrs
+    integer = element_type(dtype).is_integer
     if node.op == "conv":
         spec = step.plan.spec
         step.params["weight"] = packer.add(prepare_weight(step.plan, node.params["weight"]))
@@ -290,6 +301,10 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
     elif node.op == "activation":
         step.consts = {"elements": math.prod(node.shape), "activation": a["name"],
                        "activation_args": activation_arguments(a["name"], a.get("args"))}
+        if integer:  # relu, relu6 and clip: min(max(v, lo), hi) in the type's integers
+            low, high = {"relu": (0, element_type(dtype).max), "relu6": (0, 6)}.get(
+                a["name"], step.consts["activation_args"])
+            step.consts["bounds"] = integer_bounds(low, high, dtype)
     elif node.op in ("softmax", "log_softmax"):
         outer, size, inner = _outer_inner(node.shape, a["dim"])
         step.consts = {"outer": outer, "size": size, "inner": inner,
@@ -316,6 +331,8 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
     elif node.op in ("transpose", "pad", "expand"):
         step.kind = "remap"
         step.consts = remap_consts(node, shapes[0], node.shape)
+        if integer:  # the fill value as an integer of the type
+            step.consts["value"] = integer_bounds(step.consts["value"], 0, dtype)[0]
     elif node.op == "lrn":
         step.consts = lrn_consts(node, node.shape)
     elif node.op == "binary":

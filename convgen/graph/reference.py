@@ -5,6 +5,11 @@ plain NumPy, float64 throughout, PyTorch's semantics (inference mode). Generated
 libraries and passes (BatchNorm folding, fusion) are checked against :func:`evaluate`.
 Each op's shape rules and attribute conventions are :mod:`convgen.graph.shapes`'s.
 
+Integer graphs (an integer element type, convgen.dtypes.ELEMENT_TYPES; only
+convgen.graph.ir.INTEGER_OPS) are evaluated in that integer NumPy dtype instead
+(:func:`integer_reference`), so that every answer is exact (int64/uint64 values beyond
+2**53 included) and wraps around as the compiled code does.
+
 The oracle computes in float64 and keeps every value, so before it allocates anything
 it estimates what it needs (:func:`graph_oracle_bytes`, :func:`conv_oracle_bytes`) and
 raises a clear error when that exceeds the memory available (:func:`available_memory`),
@@ -21,9 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from convgen.dtypes import element_type, integer_bounds
 from convgen.reference import apply_activation, reference
 from convgen.spec import ConvSpec
-from convgen.graph.ir import OPS, Graph, GraphError, Node, describe
+from convgen.graph.ir import OPS, Graph, GraphError, Node, check_element_type, describe
 from convgen.graph.shapes import PoolWindow, adaptive_bins, adaptive_output_size, infer_shape, pool_window
 from convgen.graph.tensor_ops import REFERENCES
 
@@ -117,11 +123,75 @@ def graph_oracle_bytes(graph: Graph) -> tuple[int, str]:
     return total + work, largest
 
 
-def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+def integer_reference(node: Node, inputs: Sequence[np.ndarray], dtype: str) -> np.ndarray:
+    """The output of ``node`` on ``inputs`` in the integer NumPy dtype ``dtype``, exactly,
+    with convgen's integer semantics (convgen.graph.ir: wraparound, division truncating
+    toward zero, x / 0 = 0)."""
+    check_element_type(Graph([], [node], []), dtype, True)
+    info = element_type(dtype)
+    arrays = [np.asarray(a).astype(dtype) for a in inputs]
+    expected = infer_shape(node, [a.shape for a in arrays])
+    op = node.op
+    with np.errstate(over="ignore"):  # NumPy wraps integer arrays; 0-d ones would warn
+        if op == "add" or (op == "binary" and node.attrs["kind"] == "add"):
+            y = np.add(*arrays)
+        elif op == "binary" and node.attrs["kind"] in ("sub", "mul"):
+            y = (np.subtract if node.attrs["kind"] == "sub" else np.multiply)(*arrays)
+        elif op == "binary":
+            y = _integer_divide(*arrays, info.signed)
+        elif op == "activation":
+            name, args = node.attrs["name"], tuple(node.attrs.get("args") or ())
+            low, high = {"relu": (0, info.max), "relu6": (0, 6)}.get(name, args)
+            low, high = integer_bounds(low, high, dtype)
+            y = np.minimum(np.maximum(arrays[0], low), high)  # lo > hi: every value hi
+        elif op == "max_pool":
+            x = arrays[0]
+            window = pool_window(node, x.shape)
+            out = expected[2:]
+            xp = np.pad(x, _pad_for(window, x.shape[2:], out), constant_values=info.min)
+            y = np.full(expected, info.min, dtype=dtype)
+            for taps in _windows(window, out):
+                y = np.maximum(y, xp[(slice(None), slice(None)) + taps])
+        elif op == "pad":
+            value = integer_bounds(node.attrs.get("value", 0), 0, dtype)[0]
+            x, rank, pads = arrays[0], arrays[0].ndim, node.attrs["pads"]
+            crop = tuple(slice(max(-lo, 0), x.shape[d] - max(-hi, 0))
+                         for d, (lo, hi) in enumerate(zip(pads[:rank], pads[rank:])))
+            widths = [(max(lo, 0), max(hi, 0)) for lo, hi in zip(pads[:rank], pads[rank:])]
+            y = np.pad(x[crop], widths, constant_values=value)
+        elif op == "constant":
+            y = np.asarray(node.params["value"]).astype(dtype)
+        else:  # data movement: the float oracle's, which keeps the dtype
+            y = _OPS[op](node, *arrays)
+    assert y.shape == expected, (node.name, y.shape, expected)
+    return np.ascontiguousarray(y, dtype=dtype)
+
+
+def _integer_divide(a: np.ndarray, b: np.ndarray, signed: bool) -> np.ndarray:
+    """a / b truncated toward zero, exactly (np.trunc(a / b) would round through float64);
+    x / 0 = 0 and, signed, x / -1 = -x wrapping around (MIN / -1 = MIN)."""
+    zero = b == 0
+    minus_one = (b == -1) if signed else np.zeros_like(zero)
+    safe = np.where(zero | minus_one, np.ones_like(b), b)
+    q = np.floor_divide(a, safe)
+    # floor to truncation: one up where the division is inexact and the signs differ
+    inexact = np.remainder(a, safe) != 0
+    q = q + (inexact & ((a < 0) != (safe < 0))).astype(a.dtype)
+    q = np.where(minus_one, np.negative(a), q)
+    return np.where(zero, np.zeros_like(a), q).astype(a.dtype)
+
+
+def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray,
+             dtype: str | None = None) -> list[np.ndarray]:
     """Run every node in order on ``inputs`` (one array per graph input); the outputs, float64.
 
-    Raises GraphError before allocating when the oracle would need more memory than is
-    available (naming the largest value and both sizes)."""
+    ``dtype`` an integer element type ("int8" ... "uint64"): the graph is evaluated in that
+    dtype, exactly (:func:`integer_reference`), and the outputs have it; None or a float
+    type: float64. Raises GraphError before allocating when the oracle would need more
+    memory than is available (naming the largest value and both sizes)."""
+    integer = dtype is not None and element_type(dtype).is_integer
+    if integer:
+        check_element_type(graph, dtype, True)
     if isinstance(inputs, np.ndarray):
         inputs = [inputs]
     inputs = list(inputs)
@@ -136,18 +206,22 @@ def evaluate(graph: Graph, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np
     values: dict[str, np.ndarray] = {}
     for (name, shape), array in zip(graph.inputs, inputs):
         array = np.asarray(array)
-        if array.dtype.kind not in "iuf":
-            raise TypeError(f"graph input {name}: expected a real array, got dtype {array.dtype}")
+        if array.dtype.kind not in ("iu" if integer else "iuf"):
+            raise TypeError(f"graph input {name}: expected "
+                            f"{'an integer' if integer else 'a real'} array, got dtype "
+                            f"{array.dtype}")
         if array.shape != tuple(shape):
             raise GraphError(f"graph input {name}: expected shape {tuple(shape)}, "
                              f"got {array.shape}")
-        values[name] = array.astype(np.float64)
+        values[name] = array.astype(dtype if integer else np.float64)
     for node in graph.nodes:
         missing = [name for name in node.inputs if name not in values]
         if missing:
             raise GraphError(f"{describe(node)}: input(s) {missing} are neither graph inputs "
                              "nor earlier nodes")
-        values[node.name] = op_reference(node, [values[name] for name in node.inputs])
+        arrays = [values[name] for name in node.inputs]
+        values[node.name] = integer_reference(node, arrays, dtype) if integer \
+            else op_reference(node, arrays)
     missing = [name for name in graph.outputs if name not in values]
     if missing:
         raise GraphError(f"graph output(s) {missing} are neither graph inputs nor nodes")

@@ -3,9 +3,11 @@ ONNX's backend tests run against it as they run against ONNX Runtime.
 
 ``ConvgenBackend.prepare(model, device="CPU", backend="c")`` imports the model
 (``from_onnx``: an unsupported model raises ``OnnxImportError`` there) and returns a
-``ConvgenRep``; ``rep.run(inputs)`` compiles for the shapes and dtype of the arrays it is
-given at its first call with them (a static compiler specializes) and keeps one compiled
-model per (shapes, dtype), so later runs with the same shapes only run.
+``ConvgenRep``; ``rep.run(inputs)`` compiles for the shapes of the arrays it is given at
+its first call with them (a static compiler specializes) and keeps one compiled model per
+shapes, so later runs with the same shapes only run. The element type is the model's own
+(its inputs', ``OnnxModel.dtype``: float32, float64 or an integer type), as ONNX Runtime
+runs it: arrays of another dtype are refused with a TypeError naming the input.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import numpy as np
 from onnx import helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType
 
-from convgen.dtypes import DTYPES
-from convgen.errors import OnnxImportError
 from convgen.onnx.importer import OnnxModel, from_onnx
 
 # the convgen backends a prepared model may compile with ("cuda" is not offered: ONNX's
@@ -49,17 +49,17 @@ class ConvgenRep(BackendRep):
         if len(arrays) != len(self._graph_inputs):
             raise ValueError(f"{self.model.label}: expected {len(self._graph_inputs)} "
                              f"input array(s) {self._graph_inputs}, got {len(arrays)}")
-        dtype = _common_dtype(arrays, self.model.label)
         by_name = dict(zip(self._graph_inputs, arrays))
         # input_shape covers the model's data inputs (weight inputs have their own shapes)
         shapes = [tuple(int(d) for d in by_name[name].shape)
                   for name in self.model.input_names]
-        key = (tuple(a.shape for a in arrays), dtype)
+        key = tuple(a.shape for a in arrays)
         compiled = self._compiled.get(key)
         if compiled is None:
-            # a model without inputs (Constant only) has its shapes already
+            # a model without inputs (Constant only) has its shapes already; the element
+            # type is the model's (dtype=None)
             compiled = self.model.compile(input_shape=shapes or None, backend=self.backend,
-                                          dtype=dtype, threads=self.threads)
+                                          threads=self.threads)
             self._compiled[key] = compiled
         outputs = compiled(*arrays)
         if not isinstance(outputs, list):
@@ -135,19 +135,6 @@ def _as_list(inputs: Any, names: list[str]) -> list[np.ndarray]:
     if isinstance(inputs, np.ndarray):
         return [inputs]
     return [np.asarray(x) for x in inputs]
-
-
-def _common_dtype(arrays: list[np.ndarray], label: str) -> str:
-    dtypes = sorted({a.dtype.name for a in arrays})
-    if not dtypes:
-        return "float32"
-    if len(dtypes) > 1:
-        raise OnnxImportError(f"{label}: inputs of several element types {dtypes}; a "
-                              "compiled convgen model has one element type")
-    if dtypes[0] not in DTYPES:
-        raise OnnxImportError(f"{label}: element type {dtypes[0]} is not one convgen "
-                              f"compiles ({', '.join(DTYPES)})")
-    return dtypes[0]
 
 
 backend = ConvgenBackend

@@ -20,7 +20,16 @@ nodes of a convgen :class:`~convgen.graph.ir.Graph` (see :mod:`convgen.onnx.laye
   into the convolution, blocked weight layouts), so run-time weights would lose those;
 - Dropout and BatchNormalization run in inference mode whatever ``is_test`` says; a used
   mask, Indices or training-statistics output is an error;
-- a symbolic input dim is fixed by ``input_shape``; a static dim may not be changed.
+- a symbolic input dim is fixed by ``input_shape``; a static dim may not be changed;
+- the element type: a compiled network has one for every value, the model's own by
+  default (``compile(dtype=None)``): its data inputs' element type (float32, float64, or
+  an integer type int8 ... uint64 for models of the ops that run on integers,
+  convgen.graph.ir INTEGER_OPS), which must be one for all of them. An explicit float
+  ``dtype`` that differs from a float model's converts the whole model to that precision
+  (weights and every value, as torch's ``model.double()``; the compiled model then takes
+  and returns arrays of that dtype, and refuses the model's own with a TypeError, as ONNX
+  Runtime refuses a wrong input type); integer and float types never convert into each
+  other (that would change what the model computes), nor integer types into others.
 
 ``onnx`` is an optional dependency (``pip install convgen[onnx]``), imported here only.
 """
@@ -36,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from convgen.dtypes import element_type
 from convgen.errors import OnnxImportError
 from convgen.graph.compile import compile_graph, summarize
 from convgen.graph.ir import Graph
@@ -49,6 +59,10 @@ from convgen.schedule import check_threads
 
 MIN_OPSET = 6
 FLOAT_INPUTS = {1: "float32", 11: "float64"}  # TensorProto.FLOAT, DOUBLE
+# the element types a graph input may have (TensorProto's numbers): convgen.dtypes
+# ELEMENT_TYPES; bool, float16, bfloat16, strings and the 8-bit floats are not among them
+ELEMENT_INPUTS = {**FLOAT_INPUTS, 2: "uint8", 3: "int8", 4: "uint16", 5: "int16",
+                  6: "int32", 7: "int64", 12: "uint32", 13: "uint64"}
 # the inputs of an operator that convgen needs as constants and that a model may give
 # as graph inputs (weight inputs, specialized at call time)
 PARAMETER_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2),
@@ -202,16 +216,16 @@ def _declared_inputs(model, constants, label: str) -> list[tuple[str, tuple, str
             raise OnnxImportError(f"{label}: graph input {value.name!r} is a {kind}, "
                                   "not a tensor")
         elem = value.type.tensor_type.elem_type
-        if elem not in FLOAT_INPUTS:
+        if elem not in ELEMENT_INPUTS:
             raise OnnxImportError(
                 f"{label}: graph input {value.name!r} has element type "
                 f"{TensorProto.DataType.Name(elem) if elem else 'undefined'}; convgen "
-                "takes float32 or float64 inputs")
+                f"takes inputs of {', '.join(ELEMENT_INPUTS.values())}")
         dims = None
         if value.type.tensor_type.HasField("shape"):
             dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                          for d in value.type.tensor_type.shape.dim)
-        inputs.append((value.name, dims, FLOAT_INPUTS[elem]))
+        inputs.append((value.name, dims, ELEMENT_INPUTS[elem]))
     return inputs
 
 
@@ -254,6 +268,8 @@ class OnnxModel:
         # every graph input in the model's order: what a SpecializedModel's call takes
         self.call_names = [name for name, *_ in declared]
         self._declared = [(name, dims) for name, dims, _ in declared if name not in weights]
+        # the data inputs' element types, by name: what the model's dtype comes from
+        self.input_dtypes = {name: dtype for name, _, dtype in declared if name not in weights}
         # weight inputs: (name, declared dims or None, NumPy dtype name)
         self.weight_inputs = [(name, dims, dtype) for name, dims, dtype in declared
                               if name in weights]
@@ -352,13 +368,57 @@ class OnnxModel:
             values[name] = np.array(array, dtype=dtype)  # a copy: the caller may change it
         return values
 
+    # -- element type ----------------------------------------------------------------------
+    @property
+    def dtype(self) -> str:
+        """The model's element type: its data inputs' (all one type, else OnnxImportError
+        naming each input's), or, for a model without data inputs, its outputs'; float32
+        when they declare none convgen has."""
+        found = dict(self.input_dtypes)
+        if not found:
+            found = {value.name: ELEMENT_INPUTS[value.type.tensor_type.elem_type]
+                     for value in self.proto.graph.output
+                     if value.type.tensor_type.elem_type in ELEMENT_INPUTS}
+        types = sorted(set(found.values()))
+        if len(types) > 1:
+            raise OnnxImportError(
+                f"{self.label}: the graph inputs have several element types "
+                f"({', '.join(f'{n!r}: {t}' for n, t in found.items())}); a compiled convgen "
+                "network has one element type for every value")
+        return types[0] if types else "float32"
+
+    def _dtype_for(self, dtype: str | None) -> str:
+        """The element type to compile: ``dtype`` checked against the model's (see the
+        module docstring: floats convert into each other, nothing else does)."""
+        own = self.dtype
+        if dtype is None:
+            return own
+        given = element_type(dtype)  # ValueError naming the element types
+        if dtype != own and (given.is_integer or element_type(own).is_integer):
+            raise OnnxImportError(
+                f"{self.label}: dtype={dtype!r}, but the model computes in {own} (its "
+                f"inputs' element type); convgen converts a model only between float32 "
+                f"and float64; compile it with dtype=None or {own!r}")
+        return dtype
+
+    def _integer(self) -> bool:
+        """Whether the model computes in an integer type (an ambiguous one: no, compile
+        names the problem)."""
+        try:
+            return element_type(self.dtype).is_integer
+        except OnnxImportError:
+            return False
+
     # -- compiling -------------------------------------------------------------------------
-    def compile(self, input_shape=None, backend: str | None = None, dtype: str = "float32",
+    def compile(self, input_shape=None, backend: str | None = None, dtype: str | None = None,
                 threads: int | None = None):
         """Compile for ``input_shape`` (None: the model's, or from_onnx's): a CompiledModel.
-        ``threads`` per convolution layer (None: the default thread count's rule), as
+        ``dtype``: None, the model's own element type (its inputs'), or a float type that
+        converts a float model to that precision (module docstring). ``threads`` per
+        convolution layer (None: the default thread count's rule), as
         :func:`convgen.graph.compile.compile_graph`."""
         threads = check_threads(threads)
+        dtype = self._dtype_for(dtype)
         if self.weight_inputs:
             return SpecializedModel(self, self._shapes(input_shape), backend, dtype, threads)
         return compile_graph(self.graph_for(input_shape), backend, dtype, threads)
@@ -369,8 +429,9 @@ class OnnxModel:
         infer_graph(graph)
         optimized = optimize(graph)
         infer_graph(optimized)
-        text = summarize(graph, optimized, plan_memory(optimized, 4), "(not compiled)",
-                         "float32")
+        dtype = self.dtype
+        text = summarize(graph, optimized, plan_memory(optimized, element_type(dtype).itemsize),
+                         "(not compiled)", dtype)
         print(text, file=file)
         return text
 
@@ -389,7 +450,7 @@ class OnnxModel:
             too_large = check_value_size(shape)
             if too_large:
                 raise OnnxImportError(f"{self.label}: graph input {name!r}: {too_large}")
-        builder = Builder(inputs)
+        builder = Builder(inputs, integer=self._integer())
         values: dict[str, Any] = dict(self._constants)
         values.update(weights or {})
         for name, shape in inputs:

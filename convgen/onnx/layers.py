@@ -317,14 +317,19 @@ def clip(ctx: Context, inputs: list) -> list:
     else:
         bounds = []
         for value, what in zip(inputs[1:3], ("min", "max")):
-            bounds.append(None if value is None else float(ctx.const(value, what).reshape(())))
+            bound = None if value is None else ctx.const(value, what).reshape(())
+            # an integer bound stays an int: exact for int64/uint64 beyond 2**53
+            bounds.append(None if bound is None else
+                          int(bound) if bound.dtype.kind in "iu" else float(bound))
         bounds += [None] * (2 - len(bounds))
         low, high = bounds
     x = inputs[0]
     if low is None and high is None:
         return [x]
-    low = -FLOAT_MAX if low is None else float(low)
-    high = FLOAT_MAX if high is None else float(high)
+    # a missing bound: the float range's end (an integer network's clip clamps it to its
+    # type's, convgen.dtypes.integer_bounds)
+    low = -FLOAT_MAX if low is None else low
+    high = FLOAT_MAX if high is None else high
     return [ctx.activation(x, "clip", (low, high))]
 
 

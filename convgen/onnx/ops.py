@@ -53,8 +53,11 @@ def shape_of(value: Value) -> tuple[int, ...]:
 class Builder:
     """Collects the graph nodes of one import; every node name unique."""
 
-    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]]):
+    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]], integer: bool = False):
         self.inputs = inputs
+        # the model computes in an integer element type: no float rewrites (a constant
+        # per-channel operand as a batch_norm, division as multiplication by 1 / c)
+        self.integer = integer
         self.nodes: list[Node] = []
         self.names: set[str] = {name for name, _ in inputs}
 
@@ -129,9 +132,10 @@ class Context:
             raise self.error(f"cannot use a constant of dtype {value.dtype} as a tensor")
         if value.size == 0:
             raise self.error(f"cannot use an empty constant of shape {value.shape} as a tensor")
-        self.check_folded(value.shape, 8, "the constant tensor")  # copied as float64 below
-        return self.emit("constant", [], role=role,
-                         params={"value": np.array(value, dtype=np.float64)})
+        self.check_folded(value.shape, 8, "the constant tensor")  # copied below
+        # integers stay integers (exact beyond 2**53, for integer networks)
+        return self.emit("constant", [], role=role, params={"value": np.array(
+            value, dtype=value.dtype if value.dtype.kind in "iu" else np.float64)})
 
     # -- emitting nodes ----------------------------------------------------------------
     def emit(self, op: str, inputs: Sequence[Tensor], attrs: dict | None = None,
@@ -139,7 +143,7 @@ class Context:
         """Add one graph node (named after the ONNX node, ``/role`` for helpers)."""
         name = self.builder.unique(self.label if role is None else f"{self.label}/{role}")
         node = Node(name, op, [t.name for t in inputs], dict(attrs or {}),
-                    {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items()},
+                    {k: _param_array(v) for k, v in (params or {}).items()},
                     module=self.op_type)
         try:
             node.shape = infer_shape(node, [t.shape for t in inputs])
@@ -172,6 +176,12 @@ class Context:
         if is_const(x):
             return apply_activation(name, tuple(args), x)
         return self.emit("activation", [x], {"name": name, "args": tuple(args)}, role=role)
+
+
+def _param_array(value) -> np.ndarray:
+    """A node parameter as the graph keeps it: float64, integers as they are (exact)."""
+    value = np.asarray(value)
+    return value if value.dtype.kind in "iu" else np.asarray(value, dtype=np.float64)
 
 
 def broadcast(ctx: Context, *shapes: tuple[int, ...]) -> tuple[int, ...]:
@@ -228,7 +238,7 @@ def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) 
         return ctx.emit("binary", [a, b], {"kind": kind}, role=role)
     x, c, x_first = (a, b, True) if isinstance(a, Tensor) else (b, a, False)
     x = ctx.expand(x, out)
-    per = _per_channel(np.asarray(c, dtype=np.float64), out)
+    per = None if ctx.builder.integer else _per_channel(np.asarray(c, dtype=np.float64), out)
     if per is not None and (x_first or kind != "div"):
         ones, zeros = np.ones_like(per), np.zeros_like(per)
         scale, shift = {

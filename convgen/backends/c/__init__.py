@@ -12,7 +12,7 @@ from convgen.backends.c.network import render_network
 from convgen.backends.c.render import render_c
 from convgen.backends.common import entry_prototype, function_pointer_type, prototype
 from convgen.cache import Cache
-from convgen.dtypes import dtype_info
+from convgen.dtypes import element_type
 from convgen.plan.core import Plan
 
 
@@ -50,7 +50,7 @@ class CBackend(Backend):
         entry = build_c(source, symbol, openmp=openmp)
         ffi, lib, function = load_function(
             entry.file("library"), symbol,
-            entry_prototype(symbol, dtype_info(lowered.dtype).c_type), entry.sha256("library"))
+            entry_prototype(symbol, element_type(lowered.dtype).c_type), entry.sha256("library"))
         return LoadedNetwork(source, ffi, function, (lib,))
 
 

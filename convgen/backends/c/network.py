@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from convgen.dtypes import dtype_info
-from convgen.backends.c.render import conv_context, environment, math_function
+from convgen.dtypes import ElementType, element_type
+from convgen.backends.c.render import c_integer, conv_context, environment, math_function
 from convgen.backends.common import comment_text, entry_parameters, entry_prototype
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered
@@ -38,9 +38,22 @@ def _call(step) -> str:
     return f"{step.function}({', '.join(args)})"
 
 
+def _element_context(info: ElementType) -> dict:
+    """What the op templates need to know of the element type: integers wrap around in
+    the unsigned ``wrap_type`` (signed overflow is undefined in C), max pooling starts
+    from ``lowest``."""
+    if not info.is_integer:
+        return {"integer": False, "unsigned": False, "lowest": "(-INFINITY)",
+                "math_fn": math_function(info.c_type)}
+    return {"integer": True, "unsigned": not info.signed, "wrap_type": info.wrap_c_type,
+            "lowest": f"(({info.c_type}){c_integer(info.min)})"}
+
+
 def render_network(lowered: Lowered, symbol: str, title: str) -> str:
     start = time.perf_counter()
-    c_type = dtype_info(lowered.dtype).c_type
+    info = element_type(lowered.dtype)
+    c_type = info.c_type
+    element = _element_context(info)
     steps = []
     for step in lowered.steps:
         name = comment_text(step.name)  # from user code or a network file: into comments only
@@ -49,9 +62,8 @@ def render_network(lowered: Lowered, symbol: str, title: str) -> str:
             entry["k"] = conv_context(step.plan, symbol=step.function,
                                       residual=step.consts["residual"])
         else:
-            entry["o"] = {**step.consts, "name": name, "function": step.function,
-                          "has_bias": "bias" in step.params,
-                          "math_fn": math_function(c_type), "c_type": c_type}
+            entry["o"] = {**step.consts, **element, "name": name, "function": step.function,
+                          "has_bias": "bias" in step.params, "c_type": c_type}
         steps.append(entry)
     copies = [{"source": pointer(buffer), "elements": elements}
               for buffer, elements in lowered.outputs]

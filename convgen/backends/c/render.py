@@ -43,6 +43,18 @@ def c_number(value: float) -> str:
     return c_float(value)
 
 
+def c_integer(value: int) -> str:
+    """An integer (int64 or uint64 range) as a C constant expression; cast it to the type
+    that uses it. INT64_MIN has no literal (its magnitude is no long long), so it is an
+    expression."""
+    value = int(value)
+    if value == -2**63:
+        return "(-9223372036854775807LL - 1)"
+    if not -2**63 < value < 2**64:
+        raise ValueError(f"integer constant {value} does not fit 64 bits")
+    return f"({value}LL)" if value < 0 else f"{value}ULL"
+
+
 def c_table(rows: list[list[int]]) -> str:
     """A 2D int table as a C initializer, one row per line."""
     inner = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in rows)
@@ -75,6 +87,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["c_float"] = c_float
     env.filters["c_number"] = c_number
+    env.filters["c_integer"] = c_integer
     env.filters["c_table"] = c_table
     env.filters["c_list"] = c_list
     env.filters["c_table3"] = c_table3

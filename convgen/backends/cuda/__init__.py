@@ -43,6 +43,8 @@ class CudaBackend(Backend):
     line_comment = "//"
     explicit_vectors = False
     device = "gpu"
+    # its network ops (templates/cuda/ops.cu.j2) are written for float types only
+    network_dtypes = ("float32", "float64")
 
     @property
     def artifact_suffix(self) -> str:  # type: ignore[override]

@@ -11,7 +11,7 @@ import contextlib
 
 from llvmlite import ir
 
-from convgen.dtypes import dtype_for_c_type
+from convgen.dtypes import element_type_for_c_type
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
@@ -28,8 +28,12 @@ _LLVM_SCALARS = {"float": ir.FloatType, "double": ir.DoubleType}  # dtypes' llvm
 
 
 def scalar_type(c_type: str) -> ir.Type:
-    """The LLVM element type of the dtype spelled ``c_type`` in C."""
-    return _LLVM_SCALARS[dtype_for_c_type(c_type).llvm_type]()
+    """The LLVM element type of the dtype spelled ``c_type`` in C (an integer element type
+    of a network: iN, whose sign the operations choose)."""
+    info = element_type_for_c_type(c_type)
+    if info.is_integer:
+        return ir.IntType(info.bits)
+    return _LLVM_SCALARS[info.llvm_type]()
 
 
 class IRFunction:
@@ -41,9 +45,12 @@ class IRFunction:
         self.module = module
         self.name = name
         self.lanes = lanes
-        info = dtype_for_c_type(c_type)
+        info = element_type_for_c_type(c_type)
+        self.element_type = info
+        self.integer = info.is_integer
         self.scalar = scalar_type(c_type)
-        self.suffix = f"f{8 * info.itemsize}"  # intrinsic name suffix: llvm.fma.v8f32
+        # intrinsic name suffix: llvm.fma.v8f32
+        self.suffix = f"{'i' if info.is_integer else 'f'}{8 * info.itemsize}"
         self.itemsize = info.itemsize
         self.vec = ir.VectorType(self.scalar, lanes)
         self.ivec = ir.VectorType(I32, lanes)
@@ -163,9 +170,16 @@ class IRFunction:
         return self.b.icmp_signed("<", index, self.splat(limit, vec64))
 
     def zero(self):
-        return ir.Constant(self.vec, [0.0] * self.lanes)
+        return ir.Constant(self.vec, [0 if self.integer else 0.0] * self.lanes)
 
-    def vconst(self, value: float):
+    def vconst(self, value: float | int):
+        """``value`` in every lane (an integer element type: an int, written as the signed
+        integer of the same bits, so a uint64 beyond 2**63 is its bit pattern)."""
+        if self.integer:
+            bits = self.element_type.bits
+            value = int(value) % (1 << bits)
+            value -= (1 << bits) if value >= 1 << (bits - 1) else 0
+            return ir.Constant(self.vec, [value] * self.lanes)
         return ir.Constant(self.vec, [float(value)] * self.lanes)
 
     def load_vec(self, pointer):

@@ -20,7 +20,7 @@ from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, o
 from convgen.backends.llvm.ir import I64, IRFunction, i32, i64, scalar_type
 from convgen.backends.llvm.render import add_conv_function, new_module
 from convgen.backends.common import comment_text, entry_parameters
-from convgen.dtypes import dtype_info
+from convgen.dtypes import element_type
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered, Step
 from convgen.log import get_logger
@@ -59,6 +59,35 @@ class _OpIR(IRFunction):
     def pixel(self, index):
         """A channel's pixel ``index`` as an element offset (lanes apart when blocked)."""
         return self.b.mul(index, i64(self.c["lanes"])) if self.c.get("blocked") else index
+
+    def greater(self, value, current):
+        """value > current: ordered for floats (NaN compares false), by the element type's
+        sign for integers."""
+        if not self.integer:
+            return self.b.fcmp_ordered(">", value, current)
+        if self.element_type.signed:
+            return self.b.icmp_signed(">", value, current)
+        return self.b.icmp_unsigned(">", value, current)
+
+    def integer_binary(self, kind: str, u, v):
+        """u (kind) v in integers: add, sub and mul wrap around (no nsw/nuw flags); div
+        truncates toward zero, with x / 0 = 0 and, signed, x / -1 = -x (wrapping): LLVM's
+        sdiv/udiv are undefined there, so the divisor is made safe first."""
+        b = self.b
+        if kind != "div":
+            return {"add": b.add, "sub": b.sub, "mul": b.mul}[kind](u, v)
+        signed = self.element_type.signed
+        zero, one = self.zero(), self.vconst(1)
+        by_zero = b.icmp_unsigned("==", v, zero)
+        special = by_zero
+        if signed:
+            by_minus_one = b.icmp_signed("==", v, self.vconst(-1))
+            special = b.or_(by_zero, by_minus_one)
+        safe = b.select(special, one, v)
+        quotient = (b.sdiv if signed else b.udiv)(u, safe)
+        if signed:
+            quotient = b.select(by_minus_one, b.sub(zero, u), quotient)
+        return b.select(by_zero, zero, quotient)
 
     def to_float(self, integer):
         """An i64 as a one-lane vector of the element type."""
@@ -133,7 +162,7 @@ class _OpIR(IRFunction):
             lo = min(0 if shift >= 0 else (-shift + s_w - 1) // s_w, out_w)
             hi = 0 if in_w - 1 - shift < 0 else (in_w - 1 - shift) // s_w + 1
             runs.append((shift, lo, max(min(hi, out_w), lo)))
-        lowest = self.vconst(float("-inf"))
+        lowest = self.vconst(self.element_type.min)  # -inf, or the integer type's least
         begin, end = self.args["job_begin"], self.args["job_end"]  # channels [begin, end)
         with self.loop(begin, end, "nc") as nc, self.loop(0, out_d, "od") as od, \
                 self.loop(0, out_h, "oh") as oh:
@@ -158,8 +187,9 @@ class _OpIR(IRFunction):
                             value = self.at(xr, self.pixel(b.add(b.mul(ow, i64(s_w)),
                                                                  i64(shift))))
                             current = self.at(row, self.pixel(ow))
-                            take = b.or_(b.fcmp_ordered(">", value, current),
-                                         b.fcmp_unordered("uno", value, value))
+                            take = self.greater(value, current)
+                            if not self.integer:  # NaN propagates, as in PyTorch
+                                take = b.or_(take, b.fcmp_unordered("uno", value, value))
                             self.put(b.select(take, value, current), row, self.pixel(ow))
         return self.finish()
 
@@ -350,11 +380,22 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
         return _OpIR(module, step, c_type, ("a", "b2", "y")).matmul()
     if kind in ("add", "binary"):
         op = _OpIR(module, step, c_type, ("a", "b2", "y"))
+        operation = step.consts.get("op", "add")
+        if op.integer:
+            return op.elementwise(lambda u, v: op.integer_binary(operation, u, v))
         combine = {"add": op.b.fadd, "sub": op.b.fsub, "mul": op.b.fmul,
-                   "div": op.b.fdiv}[step.consts.get("op", "add")]
+                   "div": op.b.fdiv}[operation]
         return op.elementwise(lambda u, v: combine(u, v))
     if kind == "activation":
         op = _OpIR(module, step, c_type, ("x", "y"))
+        if op.integer:  # relu, relu6, clip: min(max(v, lo), hi) in the type's integers
+            low, high = (op.vconst(bound) for bound in step.consts["bounds"])
+
+            def clamp(u):
+                u = op.b.select(op.greater(low, u), low, u)
+                return op.b.select(op.greater(u, high), high, u)
+
+            return op.elementwise(clamp)
         return op.elementwise(lambda u: op.activation(u, step.consts["activation"],
                                                       step.consts["activation_args"]))
     raise AssertionError(kind)
@@ -392,7 +433,7 @@ def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function
 
 def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
     start = time.perf_counter()
-    c_type = dtype_info(lowered.dtype).c_type
+    c_type = element_type(lowered.dtype).c_type
     module = new_module(symbol, target_triple(), data_layout())
     functions = []
     for step in lowered.steps:
@@ -479,5 +520,5 @@ def build_network_llvm(lowered: Lowered, symbol: str, title: str):
     entry = build_llvm(source, symbol)
     address, engine = load_object(entry.file("object"), symbol)
     ffi = cffi.FFI()
-    function = ffi.cast(f"int (*)({entry_parameters(dtype_info(lowered.dtype).c_type)})", address)
+    function = ffi.cast(f"int (*)({entry_parameters(element_type(lowered.dtype).c_type)})", address)
     return source, ffi, function, (engine,)
