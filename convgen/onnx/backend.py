@@ -49,8 +49,13 @@ class ConvgenRep(BackendRep):
         if len(arrays) != len(self._graph_inputs):
             raise ValueError(f"{self.model.label}: expected {len(self._graph_inputs)} "
                              f"input array(s) {self._graph_inputs}, got {len(arrays)}")
-        dtype = _common_dtype(arrays, self.model.label)
         by_name = dict(zip(self._graph_inputs, arrays))
+        # the element type of the network: its data inputs' (specialized inputs, shapes
+        # and axes among them, are constants to it and keep their own)
+        data = [by_name[name] for name in self.model.input_names]
+        floats = [by_name[name] for name, *_ in self.model.specialized_inputs
+                  if by_name[name].dtype.kind == "f"]
+        dtype = _common_dtype(data or floats, self.model.label)
         # input_shape covers the model's data inputs (weight inputs have their own shapes)
         shapes = [tuple(int(d) for d in by_name[name].shape)
                   for name in self.model.input_names]
