@@ -56,10 +56,8 @@ INTEGER = "integer or bool element types: not supported yet (issue 21 point 2)"
 TRAINING = "training mode: convgen compiles inference only"
 OPTIONAL_OUTPUT = "optional output (Dropout mask, MaxPool Indices): issue 21 point 2, not yet"
 AVGPOOL_DILATIONS = "AveragePool dilations (opset 19): issue 21 point 2, not yet"
-GEMM_SCALAR_BIAS = "Gemm with a scalar (0-d) bias: importer refuses it, issue 21 point 2"
 NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
 PAD_MODE = "Pad modes reflect and edge: convgen pads with a constant only"
-FLATTEN_1D = "Flatten of a 1-d input with axis 1: issue 21 point 2, not yet"
 # the error an excluded case fails with, where it is not an import error (none now: the
 # one wrong result, Clip with min > max, is fixed)
 FAILS_WITH: dict[str, type] = {}
@@ -93,7 +91,6 @@ EXCLUDED: dict[str, str] = {
     'test_dropout_default_mask': OPTIONAL_OUTPUT,
     'test_dropout_default_mask_ratio': OPTIONAL_OUTPUT,
     'test_edge_pad': INTEGER,
-    'test_gemm_default_scalar_bias': GEMM_SCALAR_BIAS,
     'test_identity_opt': NOT_TENSOR,
     'test_identity_sequence': NOT_TENSOR,
     'test_maxpool_2d_uint8': INTEGER,
@@ -125,7 +122,6 @@ EXCLUDED: dict[str, str] = {
     # pytorch-converted and pytorch-operator
     'test_operator_non_float_params': INTEGER,
     'test_operator_pad': PAD_MODE,
-    'test_operator_view': FLATTEN_1D,
     'test_ReflectionPad2d': PAD_MODE,
     'test_ReplicationPad2d': PAD_MODE,
 }
