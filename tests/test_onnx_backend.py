@@ -88,8 +88,6 @@ EXCLUDED: dict[str, str] = {
     'test_div_uint32': INTEGER,
     'test_div_uint64': INTEGER,
     'test_div_uint8': INTEGER,
-    'test_dropout_default_mask': OPTIONAL_OUTPUT,
-    'test_dropout_default_mask_ratio': OPTIONAL_OUTPUT,
     'test_edge_pad': INTEGER,
     'test_identity_opt': NOT_TENSOR,
     'test_identity_sequence': NOT_TENSOR,

@@ -397,7 +397,13 @@ def dropout(ctx: Context, inputs: list) -> list:
         training = ctx.const(inputs[2], "training_mode")
         if bool(np.asarray(training).reshape(-1)[0]):
             raise ctx.error("training_mode is true: only inference is supported")
-    return [inputs[0]]
+    x = inputs[0]
+    if len(ctx.node.output) < 2 or not ctx.node.output[1]:
+        return [x]
+    # the mask: inference keeps every element (a constant; a graph output of it is cast
+    # to bool at the boundary)
+    ctx.check_folded(shape_of(x), 1, "the mask")
+    return [x, np.ones(shape_of(x), dtype=np.bool_)]
 
 
 HANDLERS = {
