@@ -253,7 +253,7 @@ def layer_flops(node, graph: Graph) -> int:
     if node.op == "linear":
         out_features, in_features = node.params["weight"].shape
         return 2 * math.prod(node.shape[:-1]) * in_features * out_features
-    if node.op in ("max_pool", "avg_pool"):
+    if node.op in ("max_pool", "max_pool_indices", "avg_pool"):
         return math.prod(node.shape) * math.prod(node.attrs["kernel_size"])
     if node.op in ("adaptive_avg_pool",):
         return math.prod(graph.shape_of(node.inputs[0]))

@@ -175,7 +175,14 @@ def _pool(ctx: Context, inputs: list, op: str) -> list:
             raise ctx.error("storage_order must be 0 or 1")
     else:
         attrs["count_include_pad"] = bool(ctx.attr("count_include_pad", 0))
-    return [ctx.emit(op, [x], attrs)]
+    y = ctx.emit(op, [x], attrs)
+    if op != "max_pool" or len(ctx.node.output) < 2 or not ctx.node.output[1]:
+        return [y]
+    # the Indices output: its own node (the same window), int64 at the model's output
+    order = int(ctx.attr("storage_order", 0))
+    indices = ctx.emit("max_pool_indices", [x], {**attrs, "storage_order": order},
+                       role="indices")
+    return [y, Tensor(indices.name, indices.shape, "int64")]
 
 
 def max_pool(ctx: Context, inputs: list) -> list:
