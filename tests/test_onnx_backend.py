@@ -54,7 +54,6 @@ EMPTY = "an empty tensor (a dim of size 0): convgen's networks hold no empty val
 NEG_STEP = "step != 1 on a run-time tensor: another helper adds strided slicing"
 INTEGER = "integer or bool element types: not supported yet (issue 21 point 2)"
 TRAINING = "training mode: convgen compiles inference only"
-OPTIONAL_OUTPUT = "optional output (Dropout mask, MaxPool Indices): issue 21 point 2, not yet"
 AVGPOOL_DILATIONS = "AveragePool dilations (opset 19): issue 21 point 2, not yet"
 NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
 PAD_MODE = "Pad modes reflect and edge: convgen pads with a constant only"
@@ -92,8 +91,6 @@ EXCLUDED: dict[str, str] = {
     'test_identity_opt': NOT_TENSOR,
     'test_identity_sequence': NOT_TENSOR,
     'test_maxpool_2d_uint8': INTEGER,
-    'test_maxpool_with_argmax_2d_precomputed_pads': OPTIONAL_OUTPUT,
-    'test_maxpool_with_argmax_2d_precomputed_strides': OPTIONAL_OUTPUT,
     'test_mul_int16': INTEGER,
     'test_mul_int8': INTEGER,
     'test_mul_uint16': INTEGER,

@@ -517,11 +517,12 @@ class OnnxModel:
                 else:
                     args.append(values[name])
             _check_arity(ctx, node, self.opset)
-            typed = [a.name for a in args if isinstance(a, Tensor) and a.dtype is not None]
+            typed = [(name, a.dtype) for name, a in zip(node.input, args)
+                     if isinstance(a, Tensor) and a.dtype is not None]
             if typed and node.op_type != "Identity":
-                raise ctx.error(f"reads {typed[0]!r}, a run-time {values[typed[0]].dtype} "
-                                "tensor (MaxPool's Indices): convgen computes those for "
-                                "graph outputs only")
+                raise ctx.error(f"reads {typed[0][0]!r}, a run-time {typed[0][1]} tensor "
+                                "(MaxPool's Indices): convgen computes those for graph "
+                                "outputs only")
             try:
                 results = handlers[node.op_type](ctx, args)
             except OnnxImportError as exc:

@@ -239,6 +239,8 @@ def gemm(ctx: Context, inputs: list) -> list:
             y = arith(ctx, "mul", y, np.array(alpha), role="alpha")
         bias_done = c is None or beta == 0.0
     if not bias_done:
+        if isinstance(c, Tensor) and not c.shape:  # a 0-d C: expand needs a dim
+            c = ctx.reshape(c, (1,), role="bias_1d")
         c = arith(ctx, "mul", c, np.array(beta), role="beta") if beta != 1.0 else c
         y = arith(ctx, "add", y, c)
     return [y]

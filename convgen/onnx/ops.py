@@ -228,9 +228,6 @@ def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) 
         ctx.check_folded(out, np.result_type(a, b).itemsize)
         return fold_binary(kind, a, b)
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        # a 0-d operand (Gemm's scalar C) as a 1-element one: expand needs a dim
-        a, b = (ctx.reshape(t, (1,), role=f"rank_{tag}") if not t.shape else t
-                for t, tag in ((a, "a"), (b, "b")))
         a = ctx.expand(a, out, role="expand_a")
         b = ctx.expand(b, out, role="expand_b")
         if kind == "add":
