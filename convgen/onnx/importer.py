@@ -252,25 +252,52 @@ def _input_dtype(name: str, elem: int, specialized: bool, label: str) -> str:
            "axes, pads)"))
 
 
-@functools.lru_cache(maxsize=None)
 def constant_slots(op_type: str, opset: int) -> frozenset[int]:
     """The inputs of ``op_type`` (at ``opset``) that the import needs as constants: its
     PARAMETER_SLOTS, and every input whose schema allows integer element types only
     (shapes, axes, pads, starts/ends, steps, repeats: convgen computes run-time tensors
     in floating point, so such an input always folds)."""
+    return frozenset(PARAMETER_SLOTS.get(op_type, ())) | integer_slots(op_type, opset)
+
+
+@functools.lru_cache(maxsize=None)
+def integer_slots(op_type: str, opset: int) -> frozenset[int]:
+    """The inputs of ``op_type`` whose schema at ``opset`` allows integer types only."""
     from onnx import defs
 
-    slots = set(PARAMETER_SLOTS.get(op_type, ()))
     try:
         schema = defs.get_schema(op_type, opset, "")
     except Exception:  # no schema at this opset: the handler checks what it needs
-        return frozenset(slots)
+        return frozenset()
     allowed = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
+    slots = set()
     for i, formal in enumerate(schema.inputs):
         types = allowed.get(formal.type_str, [formal.type_str])
         if types and all(t.startswith(("tensor(int", "tensor(uint")) for t in types):
             slots.add(i)
     return frozenset(slots)
+
+
+def _check_integer_slots(model, declared, opset: int, label: str) -> None:
+    """A graph input declared float that feeds an integers-only input (Reshape's shape
+    and the like) breaks the operator's type constraint: refused, naming both."""
+    from onnx import TensorProto
+
+    elems = {name: elem for name, _, elem in declared}
+    for index, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for slot in integer_slots(node.op_type, opset):
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name not in elems:
+                continue
+            numpy_type = TENSOR_DTYPES.get(elems[name])
+            if numpy_type is None or np.dtype(numpy_type).kind not in "iu":
+                kind = TensorProto.DataType.Name(elems[name]) if elems[name] else "undefined"
+                raise OnnxImportError(
+                    f"{label}: node {_label(node, index)!r} ({node.op_type}): its input "
+                    f"{slot} is the graph input {name!r} of element type {kind}; "
+                    f"{node.op_type} takes integers there")
 
 
 def _specialized_input_names(model, declared, opset: int) -> set[str]:
@@ -320,6 +347,7 @@ class OnnxModel:
         if constants:
             self._constants.update(self._fixed_values(declared, constants))
             declared = [d for d in declared if d[0] not in constants]
+        _check_integer_slots(model, declared, self.opset, label)
         specialized = _specialized_input_names(model, declared, self.opset)
         declared = [(name, dims, _input_dtype(name, elem, name in specialized, label))
                     for name, dims, elem in declared]
