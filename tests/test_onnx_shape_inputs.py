@@ -225,3 +225,13 @@ def test_convgen_run_takes_shape_inputs_as_constants(tmp_path, capsys):
     np.savez(constants, shape=np.array([5, -1, -1], dtype=np.int64))
     assert main(["run", str(path), "--constants", str(constants)]) == 2
     assert "expected shape (2)" in capsys.readouterr().err
+
+
+def test_constants_keep_the_input_shape_given_at_import():
+    model = _model([node("Reshape", ["x", "shape"], ["y"])],
+                   {"x": (FLOAT, ["n", 6]), "shape": (INT64, [2])}, {"y": (FLOAT, None)})
+    imported = cg.from_onnx(model, input_shape=[(2, 6)])
+    compiled = imported.compile(backend="llvm",
+                                constants={"shape": np.array([4, 3], dtype=np.int64)})
+    x = rand(2, 6, seed=9)
+    np.testing.assert_array_equal(compiled(x), x.reshape(4, 3))

@@ -480,10 +480,14 @@ class OnnxModel:
         and ``input_shape`` covers the data inputs left."""
         threads = check_threads(threads)
         if constants:
-            fixed = OnnxModel(self.proto, self.label, constants=constants)
-            current = dict(zip(self.input_names, self.input_shapes))
-            fixed.input_shapes = [current[name] for name in fixed.input_names]
-            return fixed.compile(input_shape, backend, dtype, threads)
+            # the data inputs left keep the shapes fixed so far (from_onnx's input_shape)
+            left = [name for name in self.input_names if name not in constants]
+            if input_shape is None and left:
+                current = dict(zip(self.input_names, self.input_shapes))
+                input_shape = [None if current[name] is None or None in current[name]
+                               else current[name] for name in left]
+            fixed = OnnxModel(self.proto, self.label, input_shape, constants=constants)
+            return fixed.compile(None, backend, dtype, threads)
         if self.specialized_inputs:
             return SpecializedModel(self, self._shapes(input_shape), backend, dtype, threads)
         if input_shape is None:
