@@ -235,3 +235,30 @@ def test_constants_keep_the_input_shape_given_at_import():
                                 constants={"shape": np.array([4, 3], dtype=np.int64)})
     x = rand(2, 6, seed=9)
     np.testing.assert_array_equal(compiled(x), x.reshape(4, 3))
+
+
+def test_convgen_bench_refuses_specialized_inputs(tmp_path, capsys):
+    model = _model([node("Reshape", ["x", "shape"], ["y"])],
+                   {"x": (FLOAT, [2, 6]), "shape": (INT64, [2])}, {"y": (FLOAT, None)})
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, str(path))
+    assert main(["bench", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "['shape'] are specialized inputs" in err and "Traceback" not in err
+
+
+def test_reshape_allowzero_from_a_shape_input():
+    """allowzero=0: a 0 copies the input's dim; allowzero=1 (opset 14): a 0 is a dim of
+    size 0, an empty tensor, which a network cannot hold: an error naming the node."""
+    for allowzero, fine in ((0, True), (1, False)):
+        model = _model([node("Reshape", ["x", "shape"], ["y"], name="r", allowzero=allowzero)],
+                       {"x": (FLOAT, [2, 6]), "shape": (INT64, [3])}, {"y": (FLOAT, None)})
+        imported = cg.from_onnx(model)
+        shape = {"shape": np.array([0, 3, -1], dtype=np.int64)}
+        if fine:
+            graph = imported.graph_for(weights=shape)
+            assert graph.shape_of(graph.outputs[0]) == (2, 3, 2)
+        else:
+            with pytest.raises(cg.OnnxImportError, match=r"node 'r'.*cannot reshape.*'shape' = "
+                                                         r"\[0, 3, -1\]"):
+                imported.graph_for(weights=shape)

@@ -35,8 +35,8 @@ nodes of a convgen :class:`~convgen.graph.ir.Graph` (see :mod:`convgen.onnx.laye
   Dropout's mask output is all true (bool); a used training-statistics output is an
   error;
 - MaxPool's Indices output (ONNX's flattened index over the whole input, storage_order 0
-  row-major or 1 column-major within each channel) is a ``max_pool`` node with
-  ``indices``: computed in the network's element type and cast to int64 at the output,
+  row-major or 1 column-major within each channel) is a ``max_pool_indices`` node:
+  computed in the network's element type and cast to int64 at the output,
   exact while the input has at most 2**24 elements (float32; 2**53 for float64), a
   GraphError at compile beyond that. An Indices value may only be a graph output (or
   pass through Identity); the compiled model's outputs carry ONNX's element types (bool

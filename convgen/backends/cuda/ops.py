@@ -17,8 +17,8 @@ from convgen.backends.common import comment_text
 
 OP_THREADS = 256  # threads per block of every op kernel
 
-OP_KINDS = ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear", "activation", "softmax",
-            "batch_norm", "add", "cat", "remap", "lrn", "binary", "matmul")
+OP_KINDS = ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear",
+            "activation", "softmax", "batch_norm", "add", "cat", "remap", "lrn", "binary", "matmul")
 
 
 def work_items(kind: str, consts: dict) -> int:
