@@ -78,6 +78,9 @@ CASES = {
                           padding_end=(0, 2, 1), dilation=(1, 1, 1)), [(1, 2, 4, 7, 6)]),
     "max_pool_1d": (_pool("max_pool", (4,), (3,), (2,), dilation=(1,), ceil_mode=True),
                     [(3, 4, 17)]),
+    # ONNX MaxPool's Indices, column-major (storage_order 1), dilated, ceil mode
+    "max_pool_indices": (_pool("max_pool_indices", (3, 2), (2, 2), (1, 1), dilation=(2, 1),
+                               ceil_mode=True, storage_order=1), [(2, 3, 9, 8)]),
     "avg_pool_pad": (_pool("avg_pool", (3, 3), (2, 2), (1, 1), ceil_mode=True,
                            count_include_pad=True), [(2, 3, 10, 9)]),
     "avg_pool_nopad": (_pool("avg_pool", (3, 3), (2, 2), (1, 1), ceil_mode=True,

@@ -548,6 +548,8 @@ ERROR_CASES = [
     ("constant", {}, {"value": np.zeros(3)}, [(3,)], ["0 input"]),
     ("max_pool", pool_attrs(1, 2, 2, 0) | {"padding_end": (2,)}, {}, [(1, 2, 9)],
      ["padding_end=(2,)", "dilated kernel"]),
+    ("max_pool_indices", pool_attrs(1, 2, 2, 0) | {"storage_order": 2}, {}, [(1, 2, 9)],
+     ["storage_order=2", "0 or 1"]),
 ]
 
 

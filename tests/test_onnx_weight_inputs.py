@@ -92,19 +92,19 @@ def test_weight_input_errors():
     model = make_model([node("Conv", ["x", "W"], ["y"])],
                        {"x": (1, 2, 5, 5), "W": (3, 2, 3, 3)}, ["y"])
     imported = cg.from_onnx(model)
-    with pytest.raises(cg.OnnxImportError, match="\\['W'\\] are weights"):
+    with pytest.raises(cg.OnnxImportError, match="\\['W'\\] are specialized inputs"):
         imported.graph
     x, w = _inputs(model)
     graph = imported.graph_for(weights={"W": w})
     assert [name for name, _ in graph.inputs] == ["x"]
     assert "54 parameters" in imported.summary(weights={"W": w}, file=io.StringIO())
-    assert "weight inputs ['W']" in repr(imported)
+    assert "specialized inputs ['W']" in repr(imported)
     with pytest.raises(cg.OnnxImportError, match="missing \\['W'\\], unknown \\['V'\\]"):
         imported.graph_for(weights={"V": w})
     compiled = imported.compile(backend="c")
     with pytest.raises(TypeError, match="expected 2 input array\\(s\\) \\['x', 'W'\\]"):
         compiled(x)
-    with pytest.raises(ValueError, match="weight input 'W': expected shape \\(3, 2, 3, 3\\)"):
+    with pytest.raises(ValueError, match="specialized input 'W': expected shape \\(3, 2, 3, 3\\)"):
         compiled(x, w[:2])
     assert compiled.compilations == 0
 

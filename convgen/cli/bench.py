@@ -189,6 +189,13 @@ def _layer_entries(args, threads: list[int], peers: Peers, networks: list[dict])
 
 def _onnx_models(path: str, backend: str, input_shape: tuple[int, ...] | None):
     imported = from_onnx(path, input_shape=input_shape)
+    if imported.specialized_inputs:  # values the network is built for: not invented here
+        raise BenchError(f"{path}: the graph inputs "
+                         f"{[name for name, *_ in imported.specialized_inputs]} are "
+                         "specialized inputs (weights or shape values the network is built "
+                         "for), which bench does not invent; fix them in the model as "
+                         "initializers, or time cg.from_onnx(path).compile(constants=...) "
+                         "from Python")
 
     def model_for(t: int):
         return imported.compile(backend=backend, threads=t)

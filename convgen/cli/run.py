@@ -12,7 +12,7 @@ from convgen.cli.args import (THREADS_HELP, UsageError, add_threads_argument, po
                               shape_arg, shape_text)
 from convgen.graph.ir import GraphError
 from convgen.graph.netspec import load_network
-from convgen.onnx.importer import from_onnx
+from convgen.onnx.importer import OnnxModel, from_onnx
 
 TIMING_REPEATS = 5    # calls timed for the latency median
 RUN_TOLERANCE = 1e-3  # `run --check`: max |got - ref| / max |ref| for a float32 network
@@ -41,6 +41,10 @@ def add_run_command(commands, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--weights", metavar="W.npz",
                    help="parameters keyed like state_dict() (numpy.savez); default: "
                         "the seeded default initialization")
+    p.add_argument("--constants", metavar="C.npz",
+                   help="an ONNX model's graph inputs fixed at compile time, keyed by input "
+                        "name (numpy.savez): those the network is specialized on (weights, "
+                        "shapes, axes, pads given as graph inputs), which run cannot invent")
     p.add_argument("-o", "--output", metavar="Y.npy", help="write the output with numpy.save")
     add_threads_argument(p, help=THREADS_HELP.replace("per kernel", "per convolution layer"))
     p.add_argument("--check", action="store_true",
@@ -74,8 +78,9 @@ def run_network(args: argparse.Namespace) -> int:
     outputs = y if isinstance(y, list) else [y]
     for i, out in enumerate(outputs):
         label = "output  " if len(outputs) == 1 else f"output {i}"
-        print(f"{label} {shape_text(out.shape)} {out.dtype}: min {out.min():.6g}, "
-              f"max {out.max():.6g}, mean {out.mean():.6g}")
+        stats = out.astype(np.float64)  # an ONNX bool mask or int64 indices too
+        print(f"{label} {shape_text(out.shape)} {out.dtype}: min {stats.min():.6g}, "
+              f"max {stats.max():.6g}, mean {stats.mean():.6g}")
         for line in _top_lines(out):
             print(line)
     if args.output:
@@ -132,12 +137,20 @@ def _compile_onnx(args: argparse.Namespace):
     if args.weights is not None:
         raise UsageError(f"--weights: {path} carries its own weights (its initializers)")
     imported = from_onnx(path)
-    if imported.weight_inputs:  # their values shape the network: run cannot make them up
-        weights = [name for name, *_ in imported.weight_inputs]
-        raise UsageError(f"{path}: the graph inputs {weights} are weights (parameters of "
-                         "Conv, BatchNormalization or Clip), which convgen run does not "
-                         "invent; in Python, cg.from_onnx(path).compile() takes them with "
-                         "the inputs")
+    constants = _constants(args.constants) if args.constants is not None else {}
+    left = [name for name, *_ in imported.specialized_inputs if name not in constants]
+    if left:  # their values shape the network: run cannot make them up
+        raise UsageError(f"{path}: the graph inputs {left} are specialized inputs (weights: "
+                         "parameters of Conv, BatchNormalization, Clip or Pad; or shape "
+                         "values: shapes, axes, pads, starts/ends), which convgen run does "
+                         "not invent; give them with --constants C.npz (numpy.savez, keyed "
+                         "by input name), or in Python cg.from_onnx(path).compile() takes "
+                         "them with the inputs")
+    if constants:
+        try:
+            imported = OnnxModel(imported.proto, imported.label, constants=constants)
+        except (TypeError, ValueError) as exc:  # OnnxImportError too: a bad name or value
+            raise UsageError(f"--constants {args.constants}: {exc}") from None
     names = imported.input_names
     if (args.input is not None or args.input_shape is not None) and len(names) != 1:
         raise UsageError(f"{path} has {len(names)} inputs {names}: --input and --input-shape "
@@ -162,6 +175,17 @@ def _compile_onnx(args: argparse.Namespace):
     model = imported.compile([x.shape for x in inputs], backend=args.backend,
                              threads=args.threads)
     return model, inputs, (time.perf_counter() - start) * 1e3
+
+
+def _constants(path: str) -> dict[str, np.ndarray]:
+    """--constants: the arrays of a .npz file by name."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise UsageError(f"--constants {path}: expected a .npz file (numpy.savez)")
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--constants {path}: cannot read a .npz file: {exc}") from None
 
 
 def _network_input(args: argparse.Namespace, shape: tuple[int, ...],
@@ -193,7 +217,7 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def _top_lines(y: np.ndarray) -> list[str]:
     """Per row of a 2D output (N, classes): argmax and the top values."""
-    if y.ndim != 2:
+    if y.ndim != 2 or y.dtype.kind != "f":
         return []
     k = min(TOP_K, y.shape[1])
     lines = []

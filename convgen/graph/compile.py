@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str,
 
 def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
                   threads: int | None = None, layout: str = "blocked",
-                  schedules: dict[str, Schedule] | None = None) -> CompiledModel:
+                  schedules: dict[str, Schedule] | None = None,
+                  output_dtypes: Sequence[str | None] | None = None) -> CompiledModel:
     """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
 
     ``threads`` per convolution layer: each layer runs the best tuning record measured at
@@ -83,8 +85,12 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     ``schedules``: a Schedule per convolution layer, by its name after fusion (the
     optimized graph's), in place of its tuning record or default; a partial one is
     completed from the layer's default at ``threads`` (see convgen.Schedule).
+    ``output_dtypes``: per graph output, None (the network's ``dtype``) or the integer or
+    bool dtype its values (exact integers, computed in ``dtype``) are cast to at the
+    boundary, as an imported ONNX model declares them (MaxPool's int64 Indices).
     """
     info = element_type(dtype)  # ValueError naming the element types
+    output_dtypes = _output_dtypes(output_dtypes, len(graph.outputs))
     threads = check_threads(threads)
     backend = resolve_backend(backend)
     if dtype not in get_backend(backend).network_dtypes:
@@ -119,7 +125,21 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     network = get_backend(backend).compile_network(lowered, symbol, title)
     return CompiledModel(original, optimized, lowered, memory, backend, symbol, network.source,
                          network.ffi, network.function, network.keepalive, dtype, threads,
-                         runner=network.runner)
+                         runner=network.runner, output_dtypes=output_dtypes)
+
+
+def _output_dtypes(dtypes, count: int) -> list[str | None]:
+    if dtypes is None:
+        return [None] * count
+    dtypes = list(dtypes)
+    if len(dtypes) != count:
+        raise ValueError(f"output_dtypes: expected {count} entries (one per graph output), "
+                         f"got {len(dtypes)}")
+    for d in dtypes:
+        if d is not None and np.dtype(d).kind not in "biu":
+            raise ValueError(f"output_dtypes: {d!r} is not an integer or bool dtype (None "
+                             "keeps the network's)")
+    return [None if d is None else np.dtype(d).name for d in dtypes]
 
 
 def aligned_array(array: np.ndarray, align: int = 64) -> np.ndarray:
@@ -140,7 +160,7 @@ class CompiledModel:
     """
 
     def __init__(self, graph, optimized, lowered, memory, backend, symbol, source, ffi,
-                 function, keepalive, dtype, threads, runner=None):
+                 function, keepalive, dtype, threads, runner=None, output_dtypes=None):
         self.graph = graph
         self.optimized = optimized
         self.backend = backend
@@ -151,6 +171,8 @@ class CompiledModel:
         self.memory = memory
         self.input_shapes = [tuple(shape) for _, shape in graph.inputs]
         self.output_shapes = [tuple(graph.shape_of(name)) for name in graph.outputs]
+        # per output: None, or the integer/bool dtype its values are cast to (an ONNX model's)
+        self.output_dtypes = list(output_dtypes or [None] * len(self.output_shapes))
         self._lowered = lowered
         self.blocked_values = lowered.blocked  # values kept in the blocked layout
         self._ffi = ffi
@@ -195,7 +217,7 @@ class CompiledModel:
         if self._runner is not None:
             with self._lock:
                 outputs = self._runner(inputs)
-            return outputs[0] if len(outputs) == 1 else outputs
+            return self._typed(outputs)
         arrays = [self._check_input(i, x) for i, x in enumerate(inputs)]
         outputs = [np.empty(shape, dtype=self.dtype) for shape in self.output_shapes]
         ffi = self._ffi
@@ -208,16 +230,24 @@ class CompiledModel:
             status = self._function(in_ptrs, out_ptrs, self._params_ptr, self._arena_ptr)
         if status != 0:
             raise RuntimeError(f"{self.symbol} returned status {status}")
+        return self._typed(outputs)
+
+    def _typed(self, outputs: list):
+        """The outputs, each cast to its ``output_dtypes`` entry (bool: nonzero), one array
+        alone."""
+        outputs = [o if d is None else (np.asarray(o) != 0 if d == "bool"
+                                        else np.asarray(o).astype(d))
+                   for o, d in zip(outputs, self.output_dtypes)]
         return outputs[0] if len(outputs) == 1 else outputs
 
     def reference(self, *inputs: np.ndarray):
         """The NumPy oracle of the original (unfused) graph, in float64 (an integer model's
-        in its own dtype, exactly)."""
+        in its own dtype, exactly; integer and bool outputs cast as the model's)."""
         if element_type(self.dtype).is_integer:
             outputs = evaluate(self.graph, inputs, self.dtype)
         else:
             outputs = evaluate(self.graph, [np.asarray(x, dtype=np.float64) for x in inputs])
-        return outputs[0] if len(outputs) == 1 else outputs
+        return self._typed(outputs)
 
     def summary(self, file=None) -> str:
         """Each layer with output shape, parameters, FLOPs and what it was fused into."""
@@ -233,7 +263,7 @@ def layer_flops(node, graph: Graph) -> int:
     if node.op == "linear":
         out_features, in_features = node.params["weight"].shape
         return 2 * math.prod(node.shape[:-1]) * in_features * out_features
-    if node.op in ("max_pool", "avg_pool"):
+    if node.op in ("max_pool", "max_pool_indices", "avg_pool"):
         return math.prod(node.shape) * math.prod(node.attrs["kernel_size"])
     if node.op in ("adaptive_avg_pool",):
         return math.prod(graph.shape_of(node.inputs[0]))

@@ -16,6 +16,13 @@ Ops and their attributes (tuples are per spatial dim):
   optional ``padding_end`` (per-dim tuple): the padding after each spatial dim when it
   differs from the padding before it (ONNX pads, auto_pad SAME_*); absent: symmetric,
   with PyTorch's rule padding <= kernel_size // 2; present: each side < the dilated kernel.
+- ``max_pool_indices``: max_pool's attrs and ``storage_order`` (0 or 1); its output is,
+  per window, the index of its maximum (the first in window order; the first element
+  that is not padding when none is larger, e.g. all NaN; -1 for a window of padding only)
+  as ONNX MaxPool's Indices: flattened over the whole NC* input, the spatial dims
+  row-major (storage_order 0) or column-major (1). Values are exact integers held in the
+  network's element type (lowering refuses an input of more elements than its mantissa
+  holds: 2**24 for float32); the model casts them to int64 at its output.
 - ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad; optional
   ``padding_end`` as max_pool (the divisor with count_include_pad counts the window
   clipped to the padded input, both sides).
@@ -67,7 +74,7 @@ import numpy as np
 
 from convgen.errors import ConvgenError
 
-OPS = ("conv", "max_pool", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
+OPS = ("conv", "max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
        "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity",
        "reshape", "transpose", "pad", "expand", "lrn", "binary", "matmul", "constant")
 

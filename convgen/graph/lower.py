@@ -203,7 +203,7 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
                                   depthwise=isinstance(plan.kind, DepthwiseKind),
                                   prepared_weights=True)
         _lower_node(node, step, shapes, packer, dtype)
-        if node.op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+        if node.op in ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
         steps.append(step)
     if threads is None:
@@ -270,7 +270,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
         if spec.bias:
             step.params["bias"] = packer.add(node.params["bias"])
         step.consts = {"residual": bool(a.get("residual")), "jobs": step.plan.jobs}
-    elif node.op in ("max_pool", "avg_pool"):
+    elif node.op in ("max_pool", "max_pool_indices", "avg_pool"):
         nd = len(shapes[0]) - 2
         step.consts = {
             **_spatial_consts(shapes[0], node.shape),
@@ -286,6 +286,16 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
                   * c["dilation"][2] + 1, c["padding"][2] + c["in_size"][2])
         # max pooling's two-pass loop, through a padded row of this many elements
         c.update(row_elements=row, padded_row=row <= MAX_POOL_ROW_ELEMENTS)
+        if node.op == "max_pool_indices":
+            # the indices are held in the element type: exact up to its mantissa's reach
+            limit = 2 ** (np.finfo(dtype).nmant + 1)
+            if math.prod(shapes[0]) > limit:
+                raise GraphError(
+                    f"{node.name}: the max-pooling indices of an input of "
+                    f"{math.prod(shapes[0])} elements do not fit the {dtype} mantissa "
+                    f"(exact up to 2**{np.finfo(dtype).nmant + 1}); compile with "
+                    "dtype='float64'")
+            c["storage_order"] = int(a.get("storage_order", 0))
     elif node.op == "adaptive_avg_pool":
         step.consts = _spatial_consts(shapes[0], node.shape)
     elif node.op == "linear":

@@ -280,6 +280,40 @@ def _max_pool(node: Node, x: np.ndarray) -> np.ndarray:
     return y
 
 
+def _max_pool_indices(node: Node, x: np.ndarray) -> np.ndarray:
+    """ONNX MaxPool's Indices: per window the flattened index of its first maximum (taps
+    in row-major order, the first element not in the padding, then each larger one)."""
+    window = pool_window(node, x.shape)
+    out = infer_shape(node, [x.shape])[2:]
+    spatial = x.shape[2:]
+    pads = _pad_for(window, spatial, out)
+    xp = np.pad(x, pads, constant_values=np.nan)
+    # each padded position's index within its channel, -1 in the padding
+    grids = np.meshgrid(*(np.arange(-lo, n + hi) for n, (lo, hi) in zip(spatial, pads[2:])),
+                        indexing="ij")
+    inside = np.ones(grids[0].shape, dtype=bool)
+    for g, n in zip(grids, spatial):
+        inside &= (g >= 0) & (g < n)
+    order = range(len(spatial)) if node.attrs.get("storage_order", 0) else \
+        reversed(range(len(spatial)))  # the fastest dim first
+    flat, stride = np.zeros(grids[0].shape, dtype=np.int64), 1
+    for d in order:
+        flat += grids[d] * stride
+        stride *= spatial[d]
+    flat = np.where(inside, flat, -1)
+    best = np.full(x.shape[:2] + out, np.nan)
+    index = np.full(x.shape[:2] + out, -1, dtype=np.int64)
+    lead = (slice(None), slice(None))
+    for taps in _windows(window, out):
+        v, at = xp[lead + taps], np.broadcast_to(flat[taps], best.shape)
+        take = (at >= 0) & ((index < 0) | (v > best))
+        best = np.where(take, v, best)
+        index = np.where(take, at, index)
+    volume = int(np.prod(spatial))
+    channel = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(out))
+    return np.where(index >= 0, index + channel * volume, -1).astype(np.float64)
+
+
 def _avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """sum over each window / divisor (PyTorch's, including its ceil_mode rule)."""
     window = pool_window(node, x.shape)
@@ -376,6 +410,7 @@ def _identity(node: Node, x: np.ndarray) -> np.ndarray:
 _OPS = {
     "conv": _conv,
     "max_pool": _max_pool,
+    "max_pool_indices": _max_pool_indices,
     "avg_pool": _avg_pool,
     "adaptive_avg_pool": _adaptive_avg_pool,
     "linear": _linear,

@@ -147,7 +147,9 @@ def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
     stride = _per_dim(node, "stride", attrs["stride"], ndim, 1)
     padding = _per_dim(node, "padding", attrs["padding"], ndim, 0)
     dilation = (1,) * ndim
-    if node.op == "max_pool":
+    if node.op == "max_pool_indices" and attrs.get("storage_order", 0) not in (0, 1):
+        raise _fail(node, f"storage_order={attrs['storage_order']!r} must be 0 or 1")
+    if node.op in ("max_pool", "max_pool_indices"):
         dilation = _per_dim(node, "dilation", attrs.get("dilation", (1,) * ndim), ndim, 1)
     elif attrs.get("dilation", 1) not in (1, (1,) * ndim, [1] * ndim):
         raise _fail(node, f"dilation={attrs['dilation']!r}: avg_pool has no dilation")
@@ -356,6 +358,7 @@ def _adaptive(node: Node, shapes: list[Shape]) -> Shape:
 _RULES = {
     "conv": _conv_shape,
     "max_pool": _pool,
+    "max_pool_indices": _pool,
     "avg_pool": _pool,
     "adaptive_avg_pool": _adaptive,
     "linear": _linear_shape,

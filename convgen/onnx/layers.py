@@ -175,7 +175,14 @@ def _pool(ctx: Context, inputs: list, op: str) -> list:
             raise ctx.error("storage_order must be 0 or 1")
     else:
         attrs["count_include_pad"] = bool(ctx.attr("count_include_pad", 0))
-    return [ctx.emit(op, [x], attrs)]
+    y = ctx.emit(op, [x], attrs)
+    if op != "max_pool" or len(ctx.node.output) < 2 or not ctx.node.output[1]:
+        return [y]
+    # the Indices output: its own node (the same window), int64 at the model's output
+    order = int(ctx.attr("storage_order", 0))
+    indices = ctx.emit("max_pool_indices", [x], {**attrs, "storage_order": order},
+                       role="indices")
+    return [y, Tensor(indices.name, indices.shape, "int64")]
 
 
 def max_pool(ctx: Context, inputs: list) -> list:
@@ -232,6 +239,8 @@ def gemm(ctx: Context, inputs: list) -> list:
             y = arith(ctx, "mul", y, np.array(alpha), role="alpha")
         bias_done = c is None or beta == 0.0
     if not bias_done:
+        if isinstance(c, Tensor) and not c.shape:  # a 0-d C: expand needs a dim
+            c = ctx.reshape(c, (1,), role="bias_1d")
         c = arith(ctx, "mul", c, np.array(beta), role="beta") if beta != 1.0 else c
         y = arith(ctx, "add", y, c)
     return [y]
@@ -402,7 +411,13 @@ def dropout(ctx: Context, inputs: list) -> list:
         training = ctx.const(inputs[2], "training_mode")
         if bool(np.asarray(training).reshape(-1)[0]):
             raise ctx.error("training_mode is true: only inference is supported")
-    return [inputs[0]]
+    x = inputs[0]
+    if len(ctx.node.output) < 2 or not ctx.node.output[1]:
+        return [x]
+    # the mask: inference keeps every element (a constant; a graph output of it is cast
+    # to bool at the boundary)
+    ctx.check_folded(shape_of(x), 1, "the mask")
+    return [x, np.ones(shape_of(x), dtype=np.bool_)]
 
 
 HANDLERS = {

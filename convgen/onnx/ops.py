@@ -32,10 +32,13 @@ MAX_FOLDED_ELEMENTS = 2**28
 
 @dataclass(frozen=True)
 class Tensor:
-    """A run-time value: a graph input or a node's output, with its static shape."""
+    """A run-time value: a graph input or a node's output, with its static shape; ``dtype``
+    is None for the network's element type, else what ONNX says the value is (int64 for
+    MaxPool's Indices, computed in the network's element type and cast at the output)."""
 
     name: str
     shape: tuple[int, ...]
+    dtype: str | None = None
 
 
 Value = Union[Tensor, np.ndarray]
@@ -120,6 +123,10 @@ class Context:
         if value is None:
             raise self.error(f"needs the input {what}")
         if not is_const(value):
+            if any(value.name == name for name, _ in self.builder.inputs):
+                raise self.error(f"{what} must be a constant, but it is the graph input "
+                                 f"{value.name!r}, which convgen reads as run-time data; "
+                                 f"fix it with compile(constants={{{value.name!r}: array}})")
             raise self.error(f"{what} must be a constant (an initializer or computed from "
                              f"constants), but it is computed at run time from {value.name!r}")
         return value

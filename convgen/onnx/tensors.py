@@ -164,7 +164,7 @@ def flatten(ctx: Context, inputs: list) -> list:
         return [x.reshape(dims)]
     if dims == old:
         return [x]
-    if axis == 1:
+    if axis == 1 and len(old) >= 2:  # (a 1-d input with axis 1 is a reshape to (n, 1))
         return [ctx.emit("flatten", [x], {"start_dim": 1, "end_dim": -1})]
     return [ctx.reshape(x, dims)]
 

@@ -1,6 +1,6 @@
 """The network ops other than convolution as CUDA kernels: launch shapes and template contexts.
 
-``templates/cuda/ops.cu.j2`` has one macro per step kind (max_pool, avg_pool,
+``templates/cuda/ops.cu.j2`` has one macro per step kind (max_pool, max_pool_indices, avg_pool,
 adaptive_avg_pool, linear, activation, softmax, batch_norm, add, cat, remap, lrn, binary,
 matmul); each emits one kernel ``<function>_kernel(<pointers>, long long job_begin)`` whose
 block ``j`` (``job_begin + blockIdx.x``) handles work items ``[j * threads, (j + 1) *
@@ -17,15 +17,15 @@ from convgen.backends.common import comment_text
 
 OP_THREADS = 256  # threads per block of every op kernel
 
-OP_KINDS = ("max_pool", "avg_pool", "adaptive_avg_pool", "linear", "activation", "softmax",
-            "batch_norm", "add", "cat", "remap", "lrn", "binary", "matmul")
+OP_KINDS = ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear",
+            "activation", "softmax", "batch_norm", "add", "cat", "remap", "lrn", "binary", "matmul")
 
 
 def work_items(kind: str, consts: dict) -> int:
     """How many work items (threads) a step's kernel runs: one per output element, except
     softmax (one per (outer, inner) column of the reduced dim)."""
     c = consts
-    if kind in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+    if kind in ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool"):
         return c["nc"] * math.prod(c["out_size"])
     if kind == "linear":
         return c["rows"] * c["out_features"]

@@ -193,6 +193,56 @@ class _OpIR(IRFunction):
                             self.put(b.select(take, value, current), row, self.pixel(ow))
         return self.finish()
 
+    def max_pool_indices(self) -> ir.Function:
+        """ONNX MaxPool's Indices, as the C macro: per window the flattened index of the
+        first element not in the padding, then of each strictly larger one (-1: padding
+        only), stored as the element type (lowering checks that it is exact)."""
+        b, c = self.b, self.c
+        x, y = self.args["x"], self.args["y"]
+        (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
+        kernel, stride, pad, dilation = c["kernel"], c["stride"], c["padding"], c["dilation"]
+        volume = in_d * in_h * in_w
+        best = self.alloca(self.vec, "best")
+        at = self.alloca(I64, "at")
+        sizes = (in_d, in_h, in_w)
+        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
+                self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
+            xc = self.element(x, b.mul(nc, i64(volume)))
+            out_index = b.add(b.mul(nc, i64(out_d * out_h * out_w)),
+                              b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow))
+            starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in zip((od, oh, ow), stride, pad)]
+            b.store(self.zero(), best)
+            b.store(i64(-1), at)
+            with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
+                    self.loop(0, kernel[2], "kw") as kw:
+                coords = [b.add(s, b.mul(k, i64(d)))
+                          for s, k, d in zip(starts, (kd, kh, kw), dilation)]
+                inside = None
+                for coord, size in zip(coords, sizes):
+                    ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
+                                b.icmp_signed("<", coord, i64(size)))
+                    inside = ok if inside is None else b.and_(inside, ok)
+                with b.if_then(inside):
+                    row_major = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
+                                            i64(in_w)), coords[2])
+                    value = self.at(xc, row_major)
+                    first = b.icmp_signed("<", b.load(at), i64(0))
+                    larger = b.extract_element(
+                        b.fcmp_ordered(">", value, b.load(best)), i32(0))
+                    with b.if_then(b.or_(first, larger)):
+                        b.store(value, best)
+                        if c["storage_order"]:  # column-major: the first spatial dim fastest
+                            index = b.add(coords[0], b.mul(
+                                b.add(coords[1], b.mul(coords[2], i64(in_h))), i64(in_d)))
+                        else:
+                            index = row_major
+                        b.store(index, at)
+            found = b.load(at)
+            flat = b.select(b.icmp_signed("<", found, i64(0)), i64(-1),
+                            b.add(b.mul(nc, i64(volume)), found))
+            self.put(self.to_float(flat), y, out_index)
+        return self.finish()
+
     def adaptive_avg_pool(self) -> ir.Function:
         b, c = self.b, self.c
         x, y = self.args["x"], self.args["y"]
@@ -359,6 +409,8 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     kind = step.kind
     if kind == "max_pool":
         return _OpIR(module, step, c_type, ("x", "y"), ("job_begin", "job_end")).max_pool()
+    if kind == "max_pool_indices":
+        return _OpIR(module, step, c_type, ("x", "y")).max_pool_indices()
     if kind == "avg_pool":
         return _OpIR(module, step, c_type, ("x", "y")).avg_pool()
     if kind == "adaptive_avg_pool":
