@@ -73,3 +73,50 @@ def test_torch_export_matches_pytorch_and_onnxruntime(exported, backend):
     assert "constant" not in graph_ops  # every shape computation folded at import
     # the exporter folded the BatchNorm itself; "* 2.0" is a per-channel affine node
     assert [n.module for n in compiled.graph.nodes if n.op == "batch_norm"] == ["Mul"]
+
+
+class Pooled(torch.nn.Module):
+    """What torchvision classifiers end with: global average pooling, flatten, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.nn.functional.max_pool2d(x, 2)
+        x = x + torch.nn.functional.relu6(self.dw(x))
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def exported_dynamo():
+    """torch 2.13's default exporter (dynamo=True; onnxscript, the export extra)."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    net = Pooled().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (torch.zeros(2, 3, 12, 12),), dynamo=True)
+    return net, program.model_proto
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamo_export_matches_pytorch_and_onnxruntime(exported_dynamo, backend):
+    net, model = exported_dynamo
+    assert model.opset_import[0].version >= 18
+    assert "ReduceMean" in {n.op_type for n in model.graph.node}  # the global pooling
+    x = np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    compiled = cg.from_onnx(model).compile(backend=backend)
+    y = compiled(x)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert_close(y, want, 1e-4, 1e-5, f"{backend} vs PyTorch")
+    assert_close(y, run_ort(model, [x])[0], 1e-4, 1e-5, f"{backend} vs onnxruntime")

@@ -90,13 +90,14 @@ def file_specs(path: str, input_shape: tuple[int, ...] | None = None) -> dict[st
 
 def onnx_graph(path: str, input_shape: tuple[int, ...] | None = None) -> Graph:
     """The graph of an ONNX model, as ``convgen run`` compiles it: its weights are its
-    initializers (a model whose weights are graph inputs has no values to tune with)."""
+    initializers (a model whose weights or shapes are graph inputs, specialized at call
+    time, has no values to tune with)."""
     imported = from_onnx(path, input_shape=input_shape)
-    if imported.weight_inputs:
-        names = [name for name, *_ in imported.weight_inputs]
-        raise UsageError(f"{path}: the graph inputs {names} are weights, whose values "
-                         "shape the network: tune a model that carries them as "
-                         "initializers")
+    if imported.specialized_inputs:
+        names = [name for name, *_ in imported.specialized_inputs]
+        raise UsageError(f"{path}: the graph inputs {names} are weights or shapes, whose "
+                         "values shape the network: tune a model that carries them as "
+                         "initializers (onnx.save a copy with their values)")
     return imported.graph
 
 
