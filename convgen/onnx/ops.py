@@ -237,12 +237,13 @@ def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) 
     per = _per_channel(np.asarray(c, dtype=np.float64), out)
     if per is not None and kind in ("add", "sub", "mul", "div") and (x_first or kind != "div"):
         ones, zeros = np.ones_like(per), np.zeros_like(per)
-        scale, shift = {
-            "add": (ones, per),
-            "sub": (ones, -per) if x_first else (-ones, per),
-            "mul": (per, zeros),
-            "div": (1.0 / per, zeros),
-        }[kind]
+        with np.errstate(divide="ignore"):  # every entry is built; x / 0 is inf, as IEEE
+            scale, shift = {
+                "add": (ones, per),
+                "sub": (ones, -per) if x_first else (-ones, per),
+                "mul": (per, zeros),
+                "div": (1.0 / per, zeros),
+            }[kind]
         return affine(ctx, x, scale, shift, role=role)
     c_tensor = ctx.tensor(np.broadcast_to(c, out), role="const")
     pair = [x, c_tensor] if x_first else [c_tensor, x]
