@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-from onnx_helpers import check_model, make_model, node, onnx, rand, run_onnx_reference
+from onnx_helpers import (check_model, make_model, node, onnx, rand, run_onnx_reference,
+                          run_ort)
 from onnx import TensorProto, numpy_helper  # noqa: E402
 from onnx.backend.test.case.node import collect_testcases  # noqa: E402
 
@@ -61,6 +62,22 @@ def test_pad_modes(nd):
         check_model(make_model(nodes, {"x": shape}, list(pads), opset=19,
                                initializers={f"p_{m}": p for m, p in small.items()}),
                     [x], ("c",), expected="ort")
+
+
+def test_reflect_pad_before_a_conv_is_not_folded_as_zeros():
+    """The zero-pad folding pass takes constant pads only (a reflect pad of value 0 would
+    otherwise become the conv's zero padding)."""
+    w = rand(3, 2, 3, 3, seed=20)
+    for mode in ("reflect", "constant"):
+        nodes = [node("Pad", ["x", "p"], ["padded"], mode=mode),
+                 node("Conv", ["padded", "w"], ["y"])]
+        model = make_model(nodes, {"x": (1, 2, 5, 6)}, ["y"], opset=19, initializers={
+            "w": w, "p": np.array([0, 0, 1, 2, 0, 0, 1, 1], np.int64)})
+        compiled = cg.from_onnx(model).compile(backend="c")
+        ops = [n.op for n in compiled.optimized.nodes]
+        assert ops == (["pad", "conv"] if mode == "reflect" else ["conv"]), (mode, ops)
+        x = rand(1, 2, 5, 6, seed=21)
+        np.testing.assert_allclose(compiled(x), run_ort(model, [x])[0], rtol=1e-4, atol=1e-5)
 
 
 def test_pad_mode_errors():

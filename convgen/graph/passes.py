@@ -173,7 +173,8 @@ def fold_pad_into_conv(graph: Graph) -> Graph:
     graph = graph.copy()
     for conv in [n for n in graph.nodes if n.op == "conv"]:
         pad = _producer(graph, conv.inputs[0])
-        if pad is None or pad.op != "pad" or float(pad.attrs.get("value", 0.0)) != 0.0:
+        if pad is None or pad.op != "pad" or float(pad.attrs.get("value", 0.0)) != 0.0 \
+                or pad.attrs.get("mode", "constant") != "constant":
             continue
         spec = ConvSpec.from_dict(conv.attrs["spec"])
         rank = len(spec.input_shape)
