@@ -191,6 +191,23 @@ def test_variadic_elementwise_with_broadcasting():
     check_model(model, inputs, CPU)
 
 
+def test_elementwise_ops_between_convolutions():
+    """PRelu (per-channel slope, as torch exports nn.PReLU), Max and Min between
+    convolutions, where values may stay in the blocked layout."""
+    c = 16
+    inits = {"w1": rand(c, 3, 3, 3, seed=30) * 0.3, "w2": rand(c, c, 1, 1, seed=31) * 0.3,
+             "w3": rand(c, c, 3, 3, seed=32) * 0.1,
+             "slope": rand(c, 1, 1, seed=33) * 0.5}
+    nodes = [node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             node("PRelu", ["a", "slope"], ["p"]),
+             node("Conv", ["p", "w2"], ["b"]),
+             node("Max", ["p", "b"], ["m"]),
+             node("Min", ["m", "a"], ["s"]),
+             node("Conv", ["s", "w3"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, {"x": (1, 3, 6, 6)}, ["y"], initializers=inits, opset=16)
+    check_model(model, [rand(1, 3, 6, 6, seed=34)], CPU)
+
+
 def test_max_min_propagate_nan():
     model = make_model([node("Max", ["a", "b"], ["max"]), node("Min", ["a", "b"], ["min"])],
                        {"a": (4,), "b": (4,)}, ["max", "min"], opset=13)
