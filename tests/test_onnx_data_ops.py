@@ -64,20 +64,30 @@ def test_pad_modes(nd):
                     [x], ("c",), expected="ort")
 
 
-def test_reflect_pad_before_a_conv_is_not_folded_as_zeros():
-    """The zero-pad folding pass takes constant pads only (a reflect pad of value 0 would
-    otherwise become the conv's zero padding)."""
-    w = rand(3, 2, 3, 3, seed=20)
-    for mode in ("reflect", "constant"):
-        nodes = [node("Pad", ["x", "p"], ["padded"], mode=mode),
-                 node("Conv", ["padded", "w"], ["y"])]
-        model = make_model(nodes, {"x": (1, 2, 5, 6)}, ["y"], opset=19, initializers={
-            "w": w, "p": np.array([0, 0, 1, 2, 0, 0, 1, 1], np.int64)})
-        compiled = cg.from_onnx(model).compile(backend="c")
-        ops = [n.op for n in compiled.optimized.nodes]
-        assert ops == (["pad", "conv"] if mode == "reflect" else ["conv"]), (mode, ops)
-        x = rand(1, 2, 5, 6, seed=21)
-        np.testing.assert_allclose(compiled(x), run_ort(model, [x])[0], rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("mode, pads, folded", [
+    ("reflect", [0, 0, 1, 2, 0, 0, 1, 1], True),   # the conv's padding_mode "reflect"
+    ("edge", [0, 0, 2, 0, 0, 0, 1, 3], True),      # "replicate"
+    ("wrap", [0, 0, 1, 1, 0, 0, 0, 7], False),     # wider than the input: stays a pad
+    ("reflect", [0, 1, 1, 0, 0, 0, 1, 1], False),  # pads a channel: stays a pad
+])
+def test_pad_modes_before_a_conv(mode, pads, folded):
+    """The pad folds into the conv's padding_mode where ConvSpec pads the same way
+    (never as zero padding); the result matches ONNX Runtime either way."""
+    channels = 3 if pads[1] else 2
+    nodes = [node("Pad", ["x", "p"], ["padded"], mode=mode),
+             node("Conv", ["padded", "w"], ["y"])]
+    model = make_model(nodes, {"x": (1, 2, 5, 6)}, ["y"], opset=19, initializers={
+        "w": rand(3, channels, 3, 3, seed=20), "p": np.array(pads, np.int64)})
+    compiled = cg.from_onnx(model).compile(backend="c")
+    convs = [n for n in compiled.optimized.nodes if n.op == "conv"]
+    assert [n.op for n in compiled.optimized.nodes] == (["conv"] if folded else ["pad", "conv"])
+    if folded:
+        want = {"reflect": "reflect", "edge": "replicate"}[mode]
+        assert convs[0].attrs["spec"]["padding_mode"] == want
+    x = rand(1, 2, 5, 6, seed=21)
+    np.testing.assert_allclose(compiled(x), compiled.reference(x), rtol=1e-4, atol=1e-5)
+    ort = run_ort(model, [x])[0] if mode != "wrap" else run_onnx_reference(model, [x])[0]
+    np.testing.assert_allclose(compiled(x), ort, rtol=1e-4, atol=1e-5)
 
 
 def test_pad_mode_errors():
