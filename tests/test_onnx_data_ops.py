@@ -9,15 +9,12 @@ variants; and every new step kind on the CUDA emulator.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
 from onnx_helpers import (check_model, make_model, node, onnx, rand, run_onnx_reference,
                           run_ort)
 from onnx import TensorProto, numpy_helper  # noqa: E402
-from onnx.backend.test.case.node import collect_testcases  # noqa: E402
 
 import convgen as cg  # noqa: E402
 from convgen.backends.c.network import render_network as render_c  # noqa: E402
@@ -29,7 +26,7 @@ from convgen.graph.memory import plan_memory  # noqa: E402
 from convgen.graph.reference import evaluate  # noqa: E402
 from convgen.graph.shapes import infer_graph  # noqa: E402
 
-from test_onnx_backend import run_case  # noqa: E402
+from test_onnx_backend import CASES, run_case  # noqa: E402
 
 CPU = ("c", "llvm")
 
@@ -314,9 +311,7 @@ def test_reduce_mean_forms():
 # -- ONNX's node cases that other parts of issue 21 still block -------------------------
 
 def _node_case(name: str):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return next(c for c in collect_testcases(None) if c.name == name)
+    return next(c for c in CASES if c.name == name)  # test_onnx_backend's, built once
 
 
 def _unblocked(case):
