@@ -1,5 +1,5 @@
 """ONNX layer operators as graph nodes: convolution, pooling, Gemm/MatMul, normalization,
-activations, elementwise arithmetic.
+activations, elementwise arithmetic (Add ... Div, Sum, Max, Min, Mean, PRelu), ReduceMean.
 
 Each handler takes the node's :class:`~convgen.onnx.ops.Context` and its input values
 (None for an omitted optional input) and returns its output values, first output first.

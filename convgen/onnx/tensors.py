@@ -1,5 +1,6 @@
-"""ONNX data-movement and shape operators: Reshape, Flatten, Transpose, Concat, Pad,
-Expand, Squeeze/Unsqueeze and Slice on run-time tensors (graph nodes), and constant folding
+"""ONNX data-movement and shape operators: Reshape, Flatten, Transpose, Concat, Split, Pad
+(constant, reflect, edge, wrap), Expand, Squeeze/Unsqueeze, Slice (any steps) and Where on
+run-time tensors (graph nodes), and constant folding
 with NumPy of the shape arithmetic exporters emit (Shape, Gather, ConstantOfShape, Cast,
 Range, ...) so that such subgraphs disappear on static shapes.
 
