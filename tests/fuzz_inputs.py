@@ -271,12 +271,14 @@ OPS = ["Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "Ceil",
        "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "Range",
        "Reciprocal", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt",
        "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Where",
+       "Max", "Min", "Mean", "PRelu", "Split", "ReduceMean",
        "Resize", "NotAnOp"]  # and two convgen does not support: a clear error
 INT_ATTRS = ["group", "axis", "transA", "transB", "ceil_mode", "count_include_pad",
              "keepdims", "to", "size", "storage_order", "allowzero", "broadcast",
-             "training_mode", "spatial", "is_test", "consumed_inputs"]
+             "training_mode", "spatial", "is_test", "consumed_inputs", "num_outputs",
+             "noop_with_empty_axes"]
 INTS_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "axes", "perm",
-              "output_padding", "output_shape", "shape", "starts", "ends"]
+              "output_padding", "output_shape", "shape", "starts", "ends", "split"]
 FLOAT_ATTRS = ["alpha", "beta", "epsilon", "momentum", "bias", "min", "max", "ratio"]
 STRING_ATTRS = ["auto_pad", "mode"]
 DTYPES = [np.float32, np.float64, np.int64, np.int32, np.bool_, np.float16, np.uint8]

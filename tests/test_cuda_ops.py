@@ -127,6 +127,25 @@ CASES = {
     "binary_sub": (Node("b", "binary", ["a", "b"], {"kind": "sub"}), [(5, 61), (5, 61)]),
     "binary_mul": (Node("b", "binary", ["a", "b"], {"kind": "mul"}), [(5, 61), (5, 61)]),
     "binary_div": (Node("b", "binary", ["a", "b"], {"kind": "div"}), [(5, 61), (5, 61)]),
+    "binary_max": (Node("b", "binary", ["a", "b"], {"kind": "max"}), [(5, 61), (5, 61)]),
+    "binary_min": (Node("b", "binary", ["a", "b"], {"kind": "min"}), [(5, 61), (5, 61)]),
+    "binary_prelu": (Node("b", "binary", ["a", "b"], {"kind": "prelu"}), [(5, 61), (5, 61)]),
+    "where": (Node("w", "where", ["c", "a", "b"]), [(3, 70), (3, 70), (3, 70)]),
+    # the pad modes' index maps (wrap wider than the dim) and a strided, reversed slice
+    "pad_reflect": (Node("pad", "pad", ["x"], {"pads": (1, 0, 4, 0, 2, 3), "mode": "reflect"}),
+                    [(2, 3, 5)]),
+    "pad_edge": (Node("pad", "pad", ["x"], {"pads": (0, 2, 6, 1, 0, 3), "mode": "edge"}),
+                 [(2, 3, 5)]),
+    "pad_wrap": (Node("pad", "pad", ["x"], {"pads": (0, 4, 1, 1, 7, 2), "mode": "wrap"}),
+                 [(2, 3, 5)]),
+    "slice_steps": (Node("sl", "slice", ["x"], {"starts": (1, 0, 6), "stops": (-1, 4, 0),
+                                                "steps": (-1, 3, -2)}), [(2, 4, 7)]),
+    "avg_pool_dilated": (_pool("avg_pool", (2, 3), (2, 1), (1, 2), padding_end=(0, 3),
+                               dilation=(3, 2), ceil_mode=True, count_include_pad=True),
+                         [(2, 3, 10, 9)]),
+    "avg_pool_dilated_nopad": (_pool("avg_pool", (2, 2, 2), (1, 2, 1), (1, 0, 1),
+                                     dilation=(2, 1, 3), count_include_pad=False),
+                               [(1, 2, 5, 6, 7)]),
     "matmul": (Node("mm", "matmul", ["a", "b"]), [(2, 3, 7, 9), (2, 3, 9, 11)]),
     "matmul_2d": (Node("mm", "matmul", ["a", "b"]), [(17, 5), (5, 33)]),
 }
@@ -162,6 +181,8 @@ class Case:
             x = r.standard_normal(shape)
             if node.op == "binary" and k == 1:
                 x = np.sign(x + 1e-3) * r.uniform(0.5, 2.0, shape)  # no division by ~0
+            if node.op == "where" and k == 0:
+                x = np.where(x > 0, x, 0.0)  # a false condition about half the time
             if key == "max_pool_2d":
                 x.flat[17] = np.nan  # propagates to the windows that read it
             self.inputs.append(np.ascontiguousarray(x.astype(dtype)))

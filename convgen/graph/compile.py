@@ -272,7 +272,7 @@ def layer_flops(node, graph: Graph) -> int:
     if node.op == "lrn":
         return math.prod(node.shape) * (3 + 2 * int(node.attrs["size"]))
     if node.op in ("flatten", "identity", "reshape", "constant", "transpose", "pad",
-                   "expand"):
+                   "slice", "expand"):
         return 0
     return math.prod(node.shape) * (5 if node.op in ("softmax", "log_softmax") else 1)
 

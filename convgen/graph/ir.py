@@ -24,8 +24,9 @@ Ops and their attributes (tuples are per spatial dim):
   network's element type (lowering refuses an input of more elements than its mantissa
   holds: 2**24 for float32); the model casts them to int64 at its output.
 - ``avg_pool``: kernel_size, stride, padding, ceil_mode, count_include_pad; optional
-  ``padding_end`` as max_pool (the divisor with count_include_pad counts the window
-  clipped to the padded input, both sides).
+  ``dilation`` (per-dim tuple, default ones: ONNX AveragePool's dilations, opset 19) and
+  ``padding_end`` as max_pool (the divisor counts the window's taps inside the padded
+  input with count_include_pad, inside the input without).
 - ``adaptive_avg_pool``: output_size (per spatial dim, any positive size; torch's
   overlapping bins: start = floor(i*in/out), end = ceil((i+1)*in/out)).
 - ``linear``: params ``weight`` (out, in) and optional ``bias``; attr ``activation``
@@ -43,12 +44,20 @@ Ops that imported (ONNX) graphs need; any rank unless said:
 - ``reshape``: shape (the full static output shape, no -1 or 0); a view like flatten.
 - ``transpose``: perm (a permutation of range(rank)), numpy.transpose.
 - ``pad``: pads (2*rank ints: the begins of every dim, then the ends, as ONNX Pad;
-  a negative pad crops), value (float; constant mode only).
+  a negative pad crops, constant mode only), value (float; constant mode only), mode
+  (optional: "constant" (default), "reflect" (each pad < the dim's size), "edge" or
+  "wrap", as ONNX Pad and numpy.pad).
+- ``slice``: starts, stops, steps (one per dim, a Python range per dim: 0 <= start <
+  size, -1 <= stop <= size, step != 0, not empty); numpy basic slicing with any step.
 - ``expand``: shape (numpy broadcasting of the input to ``shape``; the input's rank may
   be smaller, its dims are then aligned to the right).
 - ``lrn``: size, alpha, beta, bias (ONNX LRN over dim 1: y = x / (bias + alpha / size *
   sum of x^2 over channels [c - (size-1)//2, c + ceil((size-1)/2)]) ** beta).
-- ``binary``: kind (one of "add", "sub", "mul", "div"), two inputs of the same shape.
+- ``binary``: kind (one of "add", "sub", "mul", "div", "max", "min", "prelu"), two
+  inputs of the same shape; max/min propagate NaN (numpy.maximum/minimum); prelu is
+  ``a < 0 ? a * b : a`` (b the slope).
+- ``where``: three inputs of the same shape (condition, x, y): x where condition != 0,
+  else y.
 - ``matmul``: two inputs (..., M, K) and (..., K, N) with the same leading dims
   (numpy.matmul without broadcasting); output (..., M, N). Rank >= 2.
 - ``constant``: no inputs; params ``value`` (its output, any shape); lives with the
@@ -76,13 +85,15 @@ from convgen.errors import ConvgenError
 
 OPS = ("conv", "max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
        "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity",
-       "reshape", "transpose", "pad", "expand", "lrn", "binary", "matmul", "constant")
+       "reshape", "transpose", "pad", "slice", "expand", "lrn", "binary", "where", "matmul",
+       "constant")
 
 
 # ops (and activations) that integer networks compile; the others are float-only
 INTEGER_OPS = ("max_pool", "flatten", "activation", "add", "cat", "identity", "reshape",
                "transpose", "pad", "expand", "binary", "constant")
 INTEGER_ACTIVATIONS = ("relu", "relu6", "clip")
+INTEGER_BINARY_KINDS = ("add", "sub", "mul", "div", "max", "min")
 
 
 class GraphError(ConvgenError, ValueError):
@@ -110,6 +121,8 @@ def check_element_type(graph: Graph, dtype: str, integer: bool) -> None:
             what = f"op {node.op!r}"
         elif node.op == "activation" and node.attrs.get("name") not in INTEGER_ACTIVATIONS:
             what = f"activation {node.attrs.get('name')!r}"
+        elif node.op == "binary" and node.attrs.get("kind") not in INTEGER_BINARY_KINDS:
+            what = f"binary kind {node.attrs.get('kind')!r}"
         if what is not None:
             raise node_error(node, f"{what} does not run on {dtype}: convgen computes it "
                                    f"in float32/float64 only (integer networks run "

@@ -47,7 +47,8 @@ class Buffer:
 @dataclass
 class Step:
     kind: str  # conv | max_pool | avg_pool | adaptive_avg_pool | linear | activation |
-    # softmax | batch_norm | add | cat | remap (transpose, pad, expand) | lrn | binary | matmul
+    # softmax | batch_norm | add | cat | remap (transpose, pad, slice, expand) | lrn |
+    # binary | where | matmul
     name: str  # the node's name
     function: str  # C/IR function name
     inputs: list[Buffer]
@@ -338,7 +339,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
             copies.append({"start": start * inner, "chunk": shape[dim] * inner})
             start += shape[dim]
         step.consts = {"outer": outer, "out_row": total * inner, "copies": copies}
-    elif node.op in ("transpose", "pad", "expand"):
+    elif node.op in ("transpose", "pad", "slice", "expand"):
         step.kind = "remap"
         step.consts = remap_consts(node, shapes[0], node.shape)
         if integer:  # the fill value as an integer of the type
@@ -347,6 +348,8 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
         step.consts = lrn_consts(node, node.shape)
     elif node.op == "binary":
         step.consts = {"elements": math.prod(node.shape), "op": node.attrs["kind"]}
+    elif node.op == "where":
+        step.consts = {"elements": math.prod(node.shape)}
     elif node.op == "matmul":
         step.consts = matmul_consts(shapes[0], shapes[1])
     else:

@@ -163,29 +163,42 @@ def fuse_activation(graph: Graph) -> Graph:
     return graph
 
 
-def fold_pad_into_conv(graph: Graph) -> Graph:
-    """pad (zeros, spatial dims only, no cropping) -> conv becomes one conv that pads more.
+# Pad modes and the ConvSpec padding_mode that pads the same way (PyTorch's names)
+PAD_MODE_TO_CONV = {"constant": "zeros", "reflect": "reflect", "edge": "replicate",
+                    "wrap": "circular"}
 
-    Exporters write explicit Pad nodes before convolutions (TensorFlow's SAME padding);
-    the conv's own zero padding does the same work without a copy. The pad node stays
+
+def fold_pad_into_conv(graph: Graph) -> Graph:
+    """pad (spatial dims only, no cropping) -> conv becomes one conv that pads more.
+
+    Exporters write explicit Pad nodes before convolutions (TensorFlow's SAME padding,
+    PyTorch's ReflectionPad2d / ReplicationPad2d before a Conv2d); the conv's own padding
+    does the same work without a copy: a zero pad adds to any zero padding the conv has, a
+    reflect / edge / wrap pad becomes the padding_mode of a conv that pads nothing itself
+    (where ConvSpec accepts it: circular padding at most the size). The pad node stays
     when something else reads it.
     """
     graph = graph.copy()
     for conv in [n for n in graph.nodes if n.op == "conv"]:
         pad = _producer(graph, conv.inputs[0])
-        if pad is None or pad.op != "pad" or float(pad.attrs.get("value", 0.0)) != 0.0:
+        if pad is None or pad.op != "pad":
+            continue
+        mode = PAD_MODE_TO_CONV[pad.attrs.get("mode", "constant")]
+        if mode == "zeros" and float(pad.attrs.get("value", 0.0)) != 0.0:
             continue
         spec = ConvSpec.from_dict(conv.attrs["spec"])
         rank = len(spec.input_shape)
         pads = tuple(pad.attrs["pads"])
         begins, ends = pads[:rank], pads[rank:]
         if (spec.transposed or spec.padding_mode != "zeros" or min(pads) < 0
-                or any(begins[:2]) or any(ends[:2])):
+                or any(begins[:2]) or any(ends[:2])
+                or (mode != "zeros" and any(map(any, spec.padding)))):
             continue
         padding = [(lo + b, hi + e) for (lo, hi), b, e in
                    zip(spec.padding, begins[2:], ends[2:])]
         try:
-            new_spec = spec.replace(input_shape=graph.shape_of(pad.inputs[0]), padding=padding)
+            new_spec = spec.replace(input_shape=graph.shape_of(pad.inputs[0]), padding=padding,
+                                    padding_mode=mode)
         except SpecError:
             continue
         if new_spec.output_shape != spec.output_shape:
@@ -199,7 +212,7 @@ def fold_pad_into_conv(graph: Graph) -> Graph:
 
 
 def optimize(graph: Graph) -> Graph:
-    """The standard pipeline: identities, zero padding and BatchNorm folded into convs,
+    """The standard pipeline: identities, padding and BatchNorm folded into convs,
     residual add, activation."""
     graph = remove_identities(graph)
     graph = fold_pad_into_conv(graph)

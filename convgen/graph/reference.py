@@ -323,18 +323,17 @@ def _avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     lead = (slice(None), slice(None))
     for taps in _windows(window, out):
         total += xp[lead + taps]
-    # Windows are boxes, so the divisor is a product of per-dim counts. PyTorch counts the
-    # padding (count_include_pad) but never the ceil_mode overhang past the padded input.
+    # Windows are boxes, so the divisor is a product of per-dim counts of the taps
+    # (dilated: start + t * d): those inside the padded input with count_include_pad (as
+    # PyTorch, never the ceil_mode overhang past it), else those inside the input.
     divisor = np.ones(out)
-    for i, (size, k, s, p, e, o) in enumerate(zip(x.shape[2:], window.kernel_size,
-                                                  window.stride, window.padding,
-                                                  window.padding_end, out)):
-        start = np.arange(o) * s - p
-        end = np.minimum(start + k, size + e)
-        if window.count_include_pad:
-            count = end - start
-        else:
-            count = np.minimum(end, size) - np.maximum(start, 0)
+    for i, (size, k, s, p, e, d, o) in enumerate(zip(x.shape[2:], window.kernel_size,
+                                                     window.stride, window.padding,
+                                                     window.padding_end, window.dilation,
+                                                     out)):
+        taps = (np.arange(o) * s - p)[:, None] + np.arange(k)[None, :] * d
+        low, high = (-p, size + e) if window.count_include_pad else (0, size)
+        count = ((taps >= low) & (taps < high)).sum(axis=1)
         shape = [1] * len(out)
         shape[i] = o
         divisor = divisor * count.reshape(shape)

@@ -10,7 +10,7 @@ Conventions chosen where ``ir.py`` is silent (documented here, relied on by the 
 - pooling: ``kernel_size``, ``stride`` and ``padding`` are required per-spatial-dim
   tuples (the tracer normalizes torch's ints and ``stride=None``; lowering reads them as
   tuples), their length gives the rank of the batched input ``(N, C, *spatial)``;
-  ``dilation`` (max_pool) defaults to ones, ``ceil_mode`` to False,
+  ``dilation`` defaults to ones, ``ceil_mode`` to False,
   ``count_include_pad`` to True. ``padding <= kernel_size // 2`` as PyTorch;
 - ``adaptive_avg_pool`` accepts any positive output size (PyTorch's overlapping bins,
   not only divisors of the input), an int for every dim, and None for "keep the input
@@ -146,13 +146,9 @@ def pool_window(node: Node, input_shape: Shape) -> PoolWindow:
     kernel = _per_dim(node, "kernel_size", attrs["kernel_size"], ndim, 1)
     stride = _per_dim(node, "stride", attrs["stride"], ndim, 1)
     padding = _per_dim(node, "padding", attrs["padding"], ndim, 0)
-    dilation = (1,) * ndim
     if node.op == "max_pool_indices" and attrs.get("storage_order", 0) not in (0, 1):
         raise _fail(node, f"storage_order={attrs['storage_order']!r} must be 0 or 1")
-    if node.op in ("max_pool", "max_pool_indices"):
-        dilation = _per_dim(node, "dilation", attrs.get("dilation", (1,) * ndim), ndim, 1)
-    elif attrs.get("dilation", 1) not in (1, (1,) * ndim, [1] * ndim):
-        raise _fail(node, f"dilation={attrs['dilation']!r}: avg_pool has no dilation")
+    dilation = _per_dim(node, "dilation", attrs.get("dilation", (1,) * ndim), ndim, 1)
     window = PoolWindow(kernel, stride, padding, dilation, bool(attrs.get("ceil_mode", False)),
                         bool(attrs.get("count_include_pad", True)))
     if "padding_end" in attrs:  # asymmetric (ONNX): each side short of the dilated kernel

@@ -1,5 +1,5 @@
 """ONNX layer operators as graph nodes: convolution, pooling, Gemm/MatMul, normalization,
-activations, elementwise arithmetic.
+activations, elementwise arithmetic (Add ... Div, Sum, Max, Min, Mean, PRelu), ReduceMean.
 
 Each handler takes the node's :class:`~convgen.onnx.ops.Context` and its input values
 (None for an omitted optional input) and returns its output values, first output first.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from convgen.errors import SpecError
-from convgen.onnx.ops import (Context, Tensor, Value, arith, is_const, legacy_broadcast,
-                       matmul, shape_of)
+from convgen.onnx.ops import (Context, Tensor, Value, arith, broadcast, is_const,
+                              legacy_broadcast, matmul, shape_of)
 from convgen.spec import ConvSpec
 
 FLOAT_MAX = float(np.finfo(np.float32).max)  # Clip's missing bound: no C literal for inf
@@ -159,9 +159,6 @@ def _pool(ctx: Context, inputs: list, op: str) -> list:
         raise ctx.error("needs the attribute kernel_shape")
     strides = ctx.ints("strides", (1,) * nd, nd)
     dilations = ctx.ints("dilations", (1,) * nd, nd)
-    if op == "avg_pool" and any(d != 1 for d in dilations):
-        raise ctx.error(f"dilations={list(dilations)}: convgen's average pooling has no "
-                        "dilation")
     pads = window_pads(ctx, x.shape[2:], kernel, strides, dilations)
     ceil_mode = bool(ctx.attr("ceil_mode", 0)) and _auto_pad(ctx) == "NOTSET"
     lo = tuple(p for p, _ in pads)
@@ -169,8 +166,8 @@ def _pool(ctx: Context, inputs: list, op: str) -> list:
     attrs = {"kernel_size": kernel, "stride": strides, "padding": lo, "ceil_mode": ceil_mode}
     if lo != hi or any(p > k // 2 for p, k in zip(lo, kernel)):
         attrs["padding_end"] = hi
+    attrs["dilation"] = dilations
     if op == "max_pool":
-        attrs["dilation"] = dilations
         if int(ctx.attr("storage_order", 0)) not in (0, 1):
             raise ctx.error("storage_order must be 0 or 1")
     else:
@@ -389,7 +386,8 @@ mul = _binary("mul")
 div = _binary("div")
 
 
-def sum_op(ctx: Context, inputs: list) -> list:
+def _variadic(ctx: Context, inputs: list, kind: str, what: str) -> Value:
+    """inputs[0] (kind) inputs[1] (kind) ... with broadcasting (Sum, Max, Min, Mean)."""
     values = [v for v in inputs if v is not None]
     if not values:
         raise ctx.error("needs at least one input")
@@ -397,9 +395,84 @@ def sum_op(ctx: Context, inputs: list) -> list:
     for i, value in enumerate(values[1:], start=1):
         if ctx.opset < 8 and shape_of(value) != shape_of(total):
             raise ctx.error(f"inputs of shapes {shape_of(total)} and {shape_of(value)}: "
-                            "Sum before opset 8 does not broadcast")
-        total = arith(ctx, "add", total, value, role=None if i == len(values) - 1 else f"add{i}")
-    return [total]
+                            f"{what} before opset 8 does not broadcast")
+        # the last step is the node's result (named after it) unless Mean divides after it
+        last = i == len(values) - 1 and what != "Mean"
+        total = arith(ctx, kind, total, value, role=None if last else f"{kind}{i}")
+    return total
+
+
+def sum_op(ctx: Context, inputs: list) -> list:
+    return [_variadic(ctx, inputs, "add", "Sum")]
+
+
+def max_op(ctx: Context, inputs: list) -> list:
+    return [_variadic(ctx, inputs, "max", "Max")]
+
+
+def min_op(ctx: Context, inputs: list) -> list:
+    return [_variadic(ctx, inputs, "min", "Min")]
+
+
+def mean(ctx: Context, inputs: list) -> list:
+    count = sum(v is not None for v in inputs)
+    total = _variadic(ctx, inputs, "add", "Mean")
+    if count == 1:
+        return [total]
+    if is_const(total):
+        return [(total / count).astype(total.dtype)]
+    return [arith(ctx, "div", total, np.array(float(count)))]
+
+
+def prelu(ctx: Context, inputs: list) -> list:
+    """x < 0 ? slope * x : x, the slope broadcast to x (opset >= 7: unidirectional numpy
+    broadcasting; before, a slope of shape (C,) or (C, 1, ...) per channel also lines up
+    with dim 1, as those opsets' exporters wrote it)."""
+    x, slope = inputs[0], inputs[1]
+    shape, slope_shape = shape_of(x), shape_of(slope)
+    if ctx.opset < 7 and len(shape) >= 2 and len(slope_shape) == 1 and slope_shape[0] == shape[1]:
+        target = (shape[1],) + (1,) * (len(shape) - 2)
+        slope = slope.reshape(target) if is_const(slope) else ctx.reshape(slope, target,
+                                                                           role="slope")
+    if broadcast(ctx, shape, shape_of(slope)) != tuple(shape):
+        raise ctx.error(f"slope of shape {shape_of(slope)} does not broadcast to the input "
+                        f"shape {shape}")
+    return [arith(ctx, "prelu", x, slope)]
+
+
+def reduce_mean(ctx: Context, inputs: list) -> list:
+    """ReduceMean as a transpose that puts the reduced axes last, a row mean (a linear
+    layer whose weight is 1/n, one output) and a reshape to the kept dims."""
+    x = inputs[0]
+    shape = shape_of(x)
+    rank = len(shape)
+    if ctx.opset >= 18:
+        given = inputs[1] if len(inputs) > 1 else None
+        axes = None if given is None else tuple(
+            int(a) for a in np.asarray(ctx.const(given, "axes")).reshape(-1))
+    else:
+        axes = ctx.ints("axes", None)
+    keepdims = bool(ctx.attr("keepdims", 1))
+    if not axes:
+        if ctx.opset >= 18 and ctx.attr("noop_with_empty_axes", 0):
+            return [x]
+        axes = tuple(range(rank))
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ctx.error(f"axes {list(axes)}: {a} is out of range for rank {rank}")
+    axes = tuple(sorted({a % rank for a in axes}))
+    out = tuple(1 if i in axes else n for i, n in enumerate(shape)) if keepdims \
+        else tuple(n for i, n in enumerate(shape) if i not in axes)
+    if is_const(x):
+        return [np.mean(x, axis=axes).reshape(out).astype(x.dtype)]
+    kept = [i for i in range(rank) if i not in axes]
+    columns = int(np.prod([shape[i] for i in axes]))
+    rows = int(np.prod([shape[i] for i in kept]))
+    moved = ctx.transpose(x, kept + list(axes), role="axes_last")
+    flat = ctx.reshape(moved, (rows, columns), role="rows")
+    y = ctx.emit("linear", [flat], {"activation": None},
+                 {"weight": np.full((1, columns), 1.0 / columns)}, role="mean")
+    return [ctx.reshape(y, out)]
 
 
 def identity(ctx: Context, inputs: list) -> list:
@@ -427,7 +500,8 @@ HANDLERS = {
     "BatchNormalization": batch_normalization, "LRN": lrn, "Relu": relu,
     "LeakyRelu": leaky_relu, "Sigmoid": sigmoid, "Tanh": tanh, "Clip": clip,
     "Softmax": softmax, "LogSoftmax": log_softmax, "Add": add, "Sub": sub, "Mul": mul,
-    "Div": div, "Sum": sum_op, "Identity": identity, "Dropout": dropout,
+    "Div": div, "Sum": sum_op, "Max": max_op, "Min": min_op, "Mean": mean, "PRelu": prelu,
+    "ReduceMean": reduce_mean, "Identity": identity, "Dropout": dropout,
 }
 
 __all__ = ["HANDLERS", "window_pads"]

@@ -200,7 +200,12 @@ def broadcast(ctx: Context, *shapes: tuple[int, ...]) -> tuple[int, ...]:
 
 # -- elementwise arithmetic -------------------------------------------------------------
 
-_FOLD = {"add": np.add, "sub": np.subtract, "mul": np.multiply}
+def _fold_prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    return np.where(x < 0, x * slope, x).astype(np.result_type(x, slope))
+
+
+_FOLD = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum,
+         "min": np.minimum, "prelu": _fold_prelu}
 
 
 def fold_binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -232,7 +237,8 @@ def affine(ctx: Context, x: Tensor, scale: np.ndarray, shift: np.ndarray,
 
 
 def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) -> Value:
-    """a (kind) b with NumPy broadcasting; kind: add, sub, mul or div."""
+    """a (kind) b with NumPy broadcasting; kind: one of graph.tensor_ops.BINARY_KINDS (add,
+    sub, mul, div, max, min, prelu)."""
     out = broadcast(ctx, shape_of(a), shape_of(b))
     if is_const(a) and is_const(b):
         ctx.check_folded(out, np.result_type(a, b).itemsize)
@@ -246,14 +252,15 @@ def arith(ctx: Context, kind: str, a: Value, b: Value, role: str | None = None) 
     x, c, x_first = (a, b, True) if isinstance(a, Tensor) else (b, a, False)
     x = ctx.expand(x, out)
     per = None if ctx.builder.integer else _per_channel(np.asarray(c, dtype=np.float64), out)
-    if per is not None and (x_first or kind != "div"):
+    if per is not None and kind in ("add", "sub", "mul", "div") and (x_first or kind != "div"):
         ones, zeros = np.ones_like(per), np.zeros_like(per)
-        scale, shift = {
-            "add": (ones, per),
-            "sub": (ones, -per) if x_first else (-ones, per),
-            "mul": (per, zeros),
-            "div": (1.0 / per, zeros),
-        }[kind]
+        with np.errstate(divide="ignore"):  # every entry is built; x / 0 is inf, as IEEE
+            scale, shift = {
+                "add": (ones, per),
+                "sub": (ones, -per) if x_first else (-ones, per),
+                "mul": (per, zeros),
+                "div": (1.0 / per, zeros),
+            }[kind]
         return affine(ctx, x, scale, shift, role=role)
     c_tensor = ctx.tensor(np.broadcast_to(c, out), role="const")
     pair = [x, c_tensor] if x_first else [c_tensor, x]

@@ -1,5 +1,6 @@
-"""ONNX data-movement and shape operators: Reshape, Flatten, Transpose, Concat, Pad,
-Expand, Squeeze/Unsqueeze and Slice on run-time tensors (graph nodes), and constant folding
+"""ONNX data-movement and shape operators: Reshape, Flatten, Transpose, Concat, Split, Pad
+(constant, reflect, edge, wrap), Expand, Squeeze/Unsqueeze, Slice (any steps) and Where on
+run-time tensors (graph nodes), and constant folding
 with NumPy of the shape arithmetic exporters emit (Shape, Gather, ConstantOfShape, Cast,
 Range, ...) so that such subgraphs disappear on static shapes.
 
@@ -112,10 +113,6 @@ def _fold_only(function, arity: int = 1):
         ctx.check_folded(broadcast(ctx, *(v.shape for v in values)))
         return [np.asarray(function(*values))]
     return handler
-
-
-def _where(cond, a, b):
-    return np.where(cond.astype(bool), a, b)
 
 
 def _pow(a, b):
@@ -251,21 +248,44 @@ def expand(ctx: Context, inputs: list) -> list:
     return [ctx.expand(x, dims, role=None)]
 
 
-def _np_pad(x: np.ndarray, pads: tuple[int, ...], value: float) -> np.ndarray:
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _np_pad(x: np.ndarray, pads: tuple[int, ...], value: float,
+            mode: str = "constant") -> np.ndarray:
     rank = x.ndim
     begin, end = pads[:rank], pads[rank:]
+    if mode != "constant":  # numpy's reflect/edge/wrap are ONNX's; no crops (checked)
+        return np.pad(x, list(zip(begin, end)), mode=mode)
     crop = tuple(slice(max(-b, 0), x.shape[i] - max(-e, 0))
                  for i, (b, e) in enumerate(zip(begin, end)))
     return np.pad(x[crop], [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)],
                   constant_values=value)
 
 
+def _pad_mode(ctx: Context, pads: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    """The mode attribute, checked against the pads: reflect/edge/wrap never crop, and
+    reflect pads stay below the dim's size (ONNX Runtime's rule: a reflection of a
+    reflection is not defined by the spec)."""
+    mode = ctx.attr("mode", "constant") or "constant"
+    if mode not in PAD_MODES or (mode == "wrap" and ctx.opset < 19):
+        raise ctx.error(f"mode={mode!r} must be constant, reflect or edge (wrap from opset "
+                        f"19; the model's opset is {ctx.opset})")
+    rank = len(shape)
+    if mode != "constant" and any(p < 0 for p in pads):
+        raise ctx.error(f"pads {list(pads)}: mode {mode!r} does not crop (negative pads are "
+                        "constant mode only)")
+    if mode == "reflect":
+        for axis, (size, lo, hi) in enumerate(zip(shape, pads[:rank], pads[rank:])):
+            if max(lo, hi) >= size:
+                raise ctx.error(f"pads {list(pads)}: reflect padding of axis {axis} must be "
+                                f"smaller than its size {size} (got {max(lo, hi)})")
+    return mode
+
+
 def pad(ctx: Context, inputs: list) -> list:
     x = inputs[0]
     rank = len(shape_of(x))
-    mode = ctx.attr("mode", "constant") or "constant"
-    if mode != "constant":
-        raise ctx.error(f"mode={mode!r}: only constant padding is supported")
     if ctx.opset < 11:
         pads, value = ctx.ints("pads", None), float(ctx.attr("value", 0.0))
         if pads is None:
@@ -286,6 +306,7 @@ def pad(ctx: Context, inputs: list) -> list:
             pads = tuple(full)
     if len(pads) != 2 * rank:
         raise ctx.error(f"pads {list(pads)} needs {2 * rank} entries for rank {rank}")
+    mode = _pad_mode(ctx, tuple(pads), shape_of(x))
     sizes = [n + b + e for n, b, e in zip(shape_of(x), pads[:rank], pads[rank:])]
     if any(s < 1 for s in sizes):
         raise ctx.error(f"pads {list(pads)} leave nothing of the input {shape_of(x)}")
@@ -293,8 +314,11 @@ def pad(ctx: Context, inputs: list) -> list:
         return [x]
     if is_const(x):
         ctx.check_folded(sizes, x.dtype.itemsize)
-        return [_np_pad(x, pads, value)]
-    return [ctx.emit("pad", [x], {"pads": tuple(pads), "value": value})]
+        return [_np_pad(x, pads, value, mode)]
+    attrs = {"pads": tuple(pads), "value": value}
+    if mode != "constant":
+        attrs["mode"] = mode
+    return [ctx.emit("pad", [x], attrs)]
 
 
 def slice_op(ctx: Context, inputs: list) -> list:
@@ -324,33 +348,96 @@ def slice_op(ctx: Context, inputs: list) -> list:
         index[_axis(ctx, axis, rank, "axes")] = slice(start, end, step)
     if is_const(x):
         return [x[tuple(index)]]
-    pads_begin, pads_end = [], []
-    for size, part in zip(old, index):
-        begin, stop, step = part.indices(size)
-        if step != 1:
-            raise ctx.error(f"a step of {step} on the run-time tensor {x.name!r} is not "
-                            "supported (only constant folding)")
-        stop = max(stop, begin)
-        pads_begin.append(-begin)
-        pads_end.append(stop - size)
-    pads = tuple(pads_begin + pads_end)
-    if stop_sizes_empty(old, pads):
+    ranges = [range(*part.indices(size)) for size, part in zip(old, index)]
+    if any(len(r) == 0 for r in ranges):
         raise ctx.error(f"the slice of {old} is empty")
+    if any(r.step != 1 for r in ranges):  # a strided remap (steps, negative ones too)
+        return [ctx.emit("slice", [x], {"starts": tuple(r.start for r in ranges),
+                                        "stops": tuple(r.stop for r in ranges),
+                                        "steps": tuple(r.step for r in ranges)})]
+    pads = tuple([-r.start for r in ranges] + [r.stop - size for r, size in zip(ranges, old)])
     if not any(pads):
         return [x]
     return [ctx.emit("pad", [x], {"pads": pads, "value": 0.0})]
 
 
-def stop_sizes_empty(old: tuple[int, ...], pads: tuple[int, ...]) -> bool:
-    rank = len(old)
-    return any(n + b + e < 1 for n, b, e in zip(old, pads[:rank], pads[rank:]))
+def split(ctx: Context, inputs: list) -> list:
+    """Split: parts from the split attribute (opset < 13) or input (opset >= 13), else
+    num_outputs (opset 18; the last part may be smaller) or the output count (equal
+    parts). Each part is a crop of the input (a pad node with negative pads)."""
+    x = inputs[0]
+    shape = shape_of(x)
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), max(len(shape), 1))
+    size = shape[axis]
+    count = len(ctx.node.output)
+    if ctx.opset >= 13:
+        given = inputs[1] if len(inputs) > 1 else None
+        parts = None if given is None else _ints_input(ctx, given, "split")
+    else:
+        parts = ctx.ints("split", None)
+        if parts is None and len(inputs) > 1 and inputs[1] is not None:  # Split-1's input
+            parts = _ints_input(ctx, inputs[1], "split")
+    if parts is None:
+        wanted = ctx.attr("num_outputs") if ctx.opset >= 18 else None
+        if wanted is not None:
+            if int(wanted) != count or count < 1:
+                raise ctx.error(f"num_outputs={wanted} but the node has {count} outputs")
+            chunk = -(-size // count)
+            parts = tuple(min(chunk, size - i * chunk) for i in range(count))
+        else:
+            if count < 1 or size % count:
+                raise ctx.error(f"cannot split axis {axis} of size {size} into {count} equal "
+                                "parts (give split)")
+            parts = (size // count,) * count
+    if len(parts) != count or any(p < 0 for p in parts) or sum(parts) != size:
+        raise ctx.error(f"split {list(parts)} must have one non-negative size per output "
+                        f"({count}) summing to the size {size} of axis {axis}")
+    if any(p == 0 for p in parts):
+        raise ctx.error(f"split {list(parts)}: empty outputs are not supported")
+    results, start = [], 0
+    rank = len(shape)
+    for k, part in enumerate(parts):
+        if is_const(x):
+            results.append(np.take(x, range(start, start + part), axis=axis))
+        elif part == size:
+            results.append(x)
+        else:
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = -start, start + part - size
+            results.append(ctx.emit("pad", [x], {"pads": tuple(pads), "value": 0.0},
+                                    role=None if k == 0 else f"part{k}"))
+        start += part
+    return results
+
+
+def where(ctx: Context, inputs: list) -> list:
+    """Where: folded on constants; else a ``where`` node on the three operands broadcast
+    (a constant condition becomes 0/1; one that is all true or all false picks an input)."""
+    cond, a, b = inputs[0], inputs[1], inputs[2]
+    out = broadcast(ctx, shape_of(cond), shape_of(a), shape_of(b))
+    if all(is_const(v) for v in (cond, a, b)):
+        ctx.check_folded(out, np.result_type(a, b).itemsize)
+        return [np.where(cond.astype(bool), a, b)]
+    if is_const(cond) and (cond.astype(bool).all() or not cond.astype(bool).any()):
+        chosen = a if cond.astype(bool).all() else b
+        if is_const(chosen):
+            ctx.check_folded(out, chosen.dtype.itemsize)
+            return [np.broadcast_to(chosen, out).copy()]
+        return [ctx.expand(chosen, out, role="expand")]
+    operands = []
+    for value, tag in ((cond, "condition"), (a, "x"), (b, "y")):
+        if is_const(value):
+            ctx.check_folded(out, 8, f"the broadcast {tag}")
+            value = np.broadcast_to(value.astype(bool) if tag == "condition" else value, out)
+        operands.append(ctx.expand(ctx.tensor(value, role=tag), out, role=f"expand_{tag}"))
+    return [ctx.emit("where", operands)]
 
 
 HANDLERS = {
     "Constant": constant, "Shape": shape, "ConstantOfShape": constant_of_shape, "Cast": cast,
     "Gather": gather, "Range": range_op, "Reshape": reshape, "Flatten": flatten,
     "Transpose": transpose, "Unsqueeze": unsqueeze, "Squeeze": squeeze, "Concat": concat,
-    "Expand": expand, "Pad": pad, "Slice": slice_op,
+    "Expand": expand, "Pad": pad, "Slice": slice_op, "Split": split, "Where": where,
     # on constants only: exporters' shape arithmetic
     "Neg": _fold_only(np.negative), "Abs": _fold_only(np.abs), "Sqrt": _fold_only(np.sqrt),
     "Exp": _fold_only(np.exp), "Log": _fold_only(np.log), "Floor": _fold_only(np.floor),
@@ -358,7 +445,7 @@ HANDLERS = {
     "Not": _fold_only(np.logical_not), "Pow": _fold_only(_pow, 2),
     "Equal": _fold_only(np.equal, 2), "Less": _fold_only(np.less, 2),
     "Greater": _fold_only(np.greater, 2), "And": _fold_only(np.logical_and, 2),
-    "Or": _fold_only(np.logical_or, 2), "Where": _fold_only(_where, 3),
+    "Or": _fold_only(np.logical_or, 2),
 }
 
 __all__ = ["DTYPES", "HANDLERS", "Tensor"]

@@ -70,10 +70,13 @@ class _OpIR(IRFunction):
         return self.b.icmp_unsigned(">", value, current)
 
     def integer_binary(self, kind: str, u, v):
-        """u (kind) v in integers: add, sub and mul wrap around (no nsw/nuw flags); div
+        """u (kind) v in integers: max and min by the type's sign; add, sub and mul wrap
+        around (no nsw/nuw flags); div
         truncates toward zero, with x / 0 = 0 and, signed, x / -1 = -x (wrapping): LLVM's
         sdiv/udiv are undefined there, so the divisor is made safe first."""
         b = self.b
+        if kind in ("max", "min"):
+            return b.select(self.greater(u, v) if kind == "max" else self.greater(v, u), u, v)
         if kind != "div":
             return {"add": b.add, "sub": b.sub, "mul": b.mul}[kind](u, v)
         signed = self.element_type.signed
@@ -110,6 +113,7 @@ class _OpIR(IRFunction):
         x, y = self.args["x"], self.args["y"]
         (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
         kernel, stride, pad = c["kernel"], c["stride"], c["padding"]
+        dilation = c["dilation"]
         in_volume, out_volume = in_d * in_h * in_w, out_d * out_h * out_w
         total = self.alloca(self.vec, "total")
         count = self.alloca(I64, "count")
@@ -125,7 +129,8 @@ class _OpIR(IRFunction):
             b.store(i64(0), count)
             with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
                     self.loop(0, kernel[2], "kw") as kw:
-                coords = [b.add(s, k) for s, k in zip(starts, (kd, kh, kw))]
+                coords = [b.add(s, b.mul(k, i64(d)))
+                          for s, k, d in zip(starts, (kd, kh, kw), dilation)]
                 inside = None
                 for coord, size in zip(coords, sizes):
                     ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
@@ -136,13 +141,14 @@ class _OpIR(IRFunction):
                                         i64(in_w)), coords[2])
                     b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
                     b.store(b.add(b.load(count), i64(1)), count)
-            if c["count_include_pad"]:  # the window clipped to the padded input
+            if c["count_include_pad"]:  # the taps inside the padded input
                 divisor = i64(1)
-                for start, k, size, p in zip(starts, kernel, sizes, c["padding_end"]):
-                    end = b.add(start, i64(k))
-                    limit = i64(size + p)
-                    end = b.select(b.icmp_signed("<", end, limit), end, limit)
-                    divisor = b.mul(divisor, b.sub(end, start))
+                for start, k, size, p, d in zip(starts, kernel, sizes, c["padding_end"],
+                                                dilation):
+                    # min(k, ceil((size + p - start) / d)); the start lies before size + p
+                    taps = b.sdiv(b.sub(i64(size + p + d - 1), start), i64(d))
+                    taps = b.select(b.icmp_signed("<", taps, i64(k)), taps, i64(k))
+                    divisor = b.mul(divisor, taps)
             else:
                 divisor = b.load(count)
             self.put(b.fdiv(b.load(total), self.to_float(divisor)), y, out_index)
@@ -333,26 +339,54 @@ class _OpIR(IRFunction):
         return self.finish()
 
     def remap(self) -> ir.Function:
-        """y[i] = x[sum((i_d - begin_d) * stride_d)], or the fill value outside the input."""
+        """y[i] = x[base + sum(c_d * stride_d)], c_d the mode's map of i_d - begin_d
+        (tensor_ops.remap_consts), or the fill value outside the input (mode "constant")."""
         b, c = self.b, self.c
         x, y = self.args["x"], self.args["y"]
         fill = self.vconst(c["value"])
+        mode = c["mode"]
         with contextlib.ExitStack() as stack:
-            source, valid, at = i64(0), None, i64(0)
+            source, valid, at = i64(c["base"]), None, i64(0)
             for d in range(c["rank"]):
                 i = stack.enter_context(self.loop(0, c["out_shape"][d], f"i{d}"))
                 at = b.add(b.mul(at, i64(c["out_shape"][d])), i)
-                coord = b.sub(i, i64(c["begin"][d])) if c["checked"] else i
-                source = b.add(source, b.mul(coord, i64(c["stride"][d])))
-                if c["checked"]:
+                coord = i if mode == "linear" else b.sub(i, i64(c["begin"][d]))
+                extent = c["extent"][d]
+                if mode == "constant":
                     ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
-                                b.icmp_signed("<", coord, i64(c["extent"][d])))
+                                b.icmp_signed("<", coord, i64(extent)))
                     valid = ok if valid is None else b.and_(valid, ok)
+                elif mode == "edge":
+                    coord = b.select(b.icmp_signed("<", coord, i64(0)), i64(0), coord)
+                    coord = b.select(b.icmp_signed(">=", coord, i64(extent)),
+                                     i64(extent - 1), coord)
+                elif mode == "wrap":
+                    coord = self._modulo(coord, extent)
+                elif mode == "reflect":
+                    period = c["period"][d]
+                    m = self._modulo(coord, period)
+                    coord = b.select(b.icmp_signed("<", m, i64(extent)), m,
+                                     b.sub(i64(period), m))
+                source = b.add(source, b.mul(coord, i64(c["stride"][d])))
             if valid is None:
                 self.put(self.at(x, source), y, at)
             else:  # read element 0 outside the input (always there), then fill
                 value = self.at(x, b.select(valid, source, i64(0)))
                 self.put(b.select(valid, value, fill), y, at)
+        return self.finish()
+
+    def _modulo(self, value, divisor: int):
+        """value mod divisor in [0, divisor) (srem keeps the dividend's sign)."""
+        b = self.b
+        rest = b.srem(value, i64(divisor))
+        return b.select(b.icmp_signed("<", rest, i64(0)), b.add(rest, i64(divisor)), rest)
+
+    def where(self) -> ir.Function:
+        b = self.b
+        cond, a, other, y = (self.args[n] for n in ("c", "a", "b2", "y"))
+        with self.loop(0, self.c["elements"], "i") as i:
+            take = b.fcmp_unordered("!=", self.at(cond, i), self.zero())  # NaN is nonzero
+            self.put(b.select(take, self.at(a, i), self.at(other, i)), y, i)
         return self.finish()
 
     def lrn(self) -> ir.Function:
@@ -430,14 +464,14 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
         return _OpIR(module, step, c_type, ("x", "y")).lrn()
     if kind == "matmul":
         return _OpIR(module, step, c_type, ("a", "b2", "y")).matmul()
+    if kind == "where":
+        return _OpIR(module, step, c_type, ("c", "a", "b2", "y")).where()
     if kind in ("add", "binary"):
         op = _OpIR(module, step, c_type, ("a", "b2", "y"))
         operation = step.consts.get("op", "add")
         if op.integer:
             return op.elementwise(lambda u, v: op.integer_binary(operation, u, v))
-        combine = {"add": op.b.fadd, "sub": op.b.fsub, "mul": op.b.fmul,
-                   "div": op.b.fdiv}[operation]
-        return op.elementwise(lambda u, v: combine(u, v))
+        return op.elementwise(_combine(op.b, operation, op.zero()))
     if kind == "activation":
         op = _OpIR(module, step, c_type, ("x", "y"))
         if op.integer:  # relu, relu6, clip: min(max(v, lo), hi) in the type's integers
@@ -451,6 +485,21 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
         return op.elementwise(lambda u: op.activation(u, step.consts["activation"],
                                                       step.consts["activation_args"]))
     raise AssertionError(kind)
+
+
+def _combine(b: ir.IRBuilder, kind: str, zero):
+    """The binary kind as a function of two one-lane vectors."""
+    if kind in ("add", "sub", "mul", "div"):
+        return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[kind]
+
+    def pick(u, v):  # max / min: NaN from either side propagates (as the C kernel)
+        better = b.fcmp_ordered(">" if kind == "max" else "<", u, v)
+        return b.select(b.or_(better, b.fcmp_unordered("uno", u, u)), u, v)
+
+    def prelu(u, v):
+        return b.select(b.fcmp_ordered("<", u, zero), b.fmul(u, v), u)
+
+    return prelu if kind == "prelu" else pick
 
 
 def _parallel_conv(module: ir.Module, conv: ir.Function, step: Step, c_type: str) -> ir.Function:
