@@ -8,6 +8,7 @@ the element type (``lanes == 1`` gives one-lane vectors for scalar code).
 from __future__ import annotations
 
 import contextlib
+import math
 
 from llvmlite import ir
 
@@ -257,4 +258,17 @@ class IRFunction:
                 lane_value = b.call(erf, [b.extract_element(scaled, i32(lane))])
                 result = b.insert_element(result, lane_value, i32(lane))
             return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), result))
+        if name == "gelu_tanh":
+            cube = b.fmul(b.fmul(v, v), v)
+            inner = b.fmul(const(math.sqrt(2.0 / math.pi)),
+                           b.fadd(v, b.fmul(const(0.044715), cube)))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), vector_call("tanh", inner)))
+        if name == "hardswish":
+            return b.fdiv(b.fmul(v, clamp(0.0, 6.0, b.fadd(v, const(3.0)))), const(6.0))
+        if name == "hardsigmoid":
+            return clamp(0.0, 1.0, b.fadd(b.fmul(const(args[0]), v), const(args[1])))
+        if name == "selu":
+            negative = b.fmul(const(args[0]), b.fsub(vector_call("exp", v), const(1.0)))
+            return b.fmul(const(args[1]), b.select(b.fcmp_ordered(">", v, const(0.0)), v,
+                                                   negative))
         raise AssertionError(name)
