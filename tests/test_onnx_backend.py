@@ -41,6 +41,7 @@ CLAIMED = frozenset("""
     BatchNormalization LRN Relu LeakyRelu Sigmoid Tanh Clip Softmax LogSoftmax
     Add Sub Mul Div Sum Flatten Reshape Transpose Concat Pad Squeeze Unsqueeze Slice Expand
     Dropout Identity Constant
+    Gelu HardSwish HardSigmoid Elu Selu Swish
 """.split())
 # the README's ONNX column too, but folded at import on constants only ("shape arithmetic
 # on constants"): their node tests feed run-time tensors, so they are not claimed here
@@ -60,6 +61,7 @@ GEMM_SCALAR_BIAS = "Gemm with a scalar (0-d) bias: importer refuses it, issue 21
 NOT_TENSOR = "optional and sequence types: convgen compiles tensors only"
 PAD_MODE = "Pad modes reflect and edge: convgen pads with a constant only"
 FLATTEN_1D = "Flatten of a 1-d input with axis 1: issue 21 point 2, not yet"
+FLOAT16 = "float16 element type: convgen computes in float32 and float64 only"
 # the error an excluded case fails with, where it is not an import error (none now: the
 # one wrong result, Clip with min > max, is fixed)
 FAILS_WITH: dict[str, type] = {}
@@ -137,6 +139,7 @@ EXCLUDED: dict[str, str] = {
     'test_sub_uint32': INTEGER,
     'test_sub_uint64': INTEGER,
     'test_sub_uint8': INTEGER,
+    'test_swiglu_float16_expanded': FLOAT16,
     'test_training_dropout': TRAINING,
     'test_training_dropout_default': TRAINING,
     'test_training_dropout_default_mask': TRAINING,

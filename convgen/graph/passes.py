@@ -135,6 +135,29 @@ def fuse_residual_add(graph: Graph) -> Graph:
     return graph
 
 
+def fuse_silu(graph: Graph) -> Graph:
+    """x * sigmoid(x) (a ``binary`` mul of a value and its own sigmoid, either order)
+    becomes one ``silu`` activation, which fuse_activation then puts in a conv's epilogue:
+    exporters write SiLU/Swish as Sigmoid and Mul. The sigmoid stays when something else
+    reads it."""
+    graph = graph.copy()
+    for mul in [n for n in graph.nodes if n.op == "binary" and n.attrs.get("kind") == "mul"]:
+        for mine, other in ((0, 1), (1, 0)):
+            sigmoid = _producer(graph, mul.inputs[mine])
+            if (sigmoid is None or sigmoid.op != "activation"
+                    or sigmoid.attrs.get("name") != "sigmoid"
+                    or sigmoid.inputs[0] != mul.inputs[other]):
+                continue
+            mul.op = "activation"
+            mul.attrs = {"name": "silu", "args": ()}
+            mul.inputs = [mul.inputs[other]]
+            if not graph.consumers(sigmoid.name) and sigmoid.name not in graph.outputs:
+                graph.nodes.remove(sigmoid)
+                mul.fused.append(sigmoid.name)
+            break
+    return graph
+
+
 def fuse_activation(graph: Graph) -> Graph:
     """conv/linear -> activation becomes one node with the activation in its epilogue."""
     graph = graph.copy()
@@ -200,9 +223,10 @@ def fold_pad_into_conv(graph: Graph) -> Graph:
 
 def optimize(graph: Graph) -> Graph:
     """The standard pipeline: identities, zero padding and BatchNorm folded into convs,
-    residual add, activation."""
+    residual add, x * sigmoid(x) as silu, activation."""
     graph = remove_identities(graph)
     graph = fold_pad_into_conv(graph)
     graph = fold_batch_norm(graph)
     graph = fuse_residual_add(graph)
+    graph = fuse_silu(graph)
     return fuse_activation(graph)

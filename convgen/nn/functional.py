@@ -25,9 +25,9 @@ from convgen.graph.trace import (TORCH_FUNCTIONS, Builder, Value, activation_bui
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "add", "apply",
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "cat", "dropout", "flatten", "leaky_relu",
-    "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "relu", "relu6", "sigmoid",
-    "softmax", "tanh",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "cat", "dropout", "elu", "flatten", "gelu",
+    "hardsigmoid", "hardswish", "leaky_relu", "log_softmax", "max_pool1d", "max_pool2d",
+    "max_pool3d", "relu", "relu6", "selu", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -118,6 +118,38 @@ def sigmoid(input):
 
 def tanh(input):
     return _activation(input, "tanh")
+
+
+def silu(input, inplace: bool = False):
+    """x * sigmoid(x)."""
+    return _activation(input, "silu")
+
+
+def gelu(input, approximate: str = "none"):
+    """x * Phi(x) (erf), or its tanh approximation with approximate="tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _activation(input, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    return _activation(input, "elu", (alpha,))
+
+
+def selu(input, inplace: bool = False):
+    """scale * elu(x, alpha) with SELU's constants."""
+    return _activation(input, "selu")
+
+
+def hardswish(input, inplace: bool = False):
+    """x * relu6(x + 3) / 6."""
+    return _activation(input, "hardswish")
+
+
+def hardsigmoid(input, inplace: bool = False):
+    """relu6(x + 3) / 6."""
+    return _activation(input, "hardsigmoid", (1.0 / 6.0, 0.5))
 
 
 def _softmax(op: str, x, dim, dtype, *, module: object = None, name: str | None = None):
@@ -304,6 +336,8 @@ TORCH_FUNCTIONS.update({
     "flatten": flatten, "cat": cat, "concat": cat, "concatenate": cat, "add": add,
     "relu": relu, "relu6": relu6, "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh,
     "softmax": softmax, "log_softmax": log_softmax, "dropout": dropout,
+    "silu": silu, "gelu": gelu, "elu": elu, "selu": selu, "hardswish": hardswish,
+    "hardsigmoid": hardsigmoid,
     "max_pool1d": max_pool1d, "max_pool2d": max_pool2d, "max_pool3d": max_pool3d,
     "avg_pool1d": avg_pool1d, "avg_pool2d": avg_pool2d, "avg_pool3d": avg_pool3d,
     "adaptive_avg_pool1d": adaptive_avg_pool1d, "adaptive_avg_pool2d": adaptive_avg_pool2d,

@@ -400,6 +400,49 @@ def dropout(ctx: Context, inputs: list) -> list:
     return [inputs[0]]
 
 
+# -- more activations (issue 21) ------------------------------------------------------
+
+def _float_attr(ctx: Context, name: str, default: float) -> float:
+    value = ctx.attr(name, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ctx.error(f"attribute {name}={value!r} must be a number") from None
+    if not np.isfinite(value):
+        raise ctx.error(f"attribute {name}={value!r} must be finite")
+    return value
+
+
+def gelu(ctx: Context, inputs: list) -> list:
+    approximate = ctx.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.error(f"approximate={approximate!r} must be 'none' or 'tanh'")
+    return [ctx.activation(inputs[0], "gelu" if approximate == "none" else "gelu_tanh")]
+
+
+elu = _unary("elu", lambda ctx: (_float_attr(ctx, "alpha", 1.0),))
+hard_sigmoid = _unary("hardsigmoid", lambda ctx: (_float_attr(ctx, "alpha", 0.2),
+                                                  _float_attr(ctx, "beta", 0.5)))
+hard_swish = _unary("hardswish")
+# ONNX's defaults are float32 roundings of SELU's constants (torch uses the float64 ones)
+selu = _unary("selu", lambda ctx: (_float_attr(ctx, "alpha", 1.67326319217681884765625),
+                                   _float_attr(ctx, "gamma", 1.05070102214813232421875)))
+
+
+def swish(ctx: Context, inputs: list) -> list:
+    """Swish (opset 24): x * sigmoid(alpha * x); alpha 1 is silu, and otherwise
+    silu(alpha * x) / alpha (the scalings become per-channel affines around it)."""
+    alpha = _float_attr(ctx, "alpha", 1.0)
+    x = inputs[0]
+    if alpha == 1.0:
+        return [ctx.activation(x, "silu")]
+    if alpha == 0.0:
+        return [arith(ctx, "mul", x, np.array(0.5))]
+    scaled = arith(ctx, "mul", x, np.array(alpha), role="scale")
+    y = ctx.activation(scaled, "silu", role="silu")
+    return [arith(ctx, "mul", y, np.array(1.0 / alpha))]
+
+
 HANDLERS = {
     "Conv": conv, "ConvTranspose": conv_transpose, "MaxPool": max_pool,
     "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
@@ -408,6 +451,8 @@ HANDLERS = {
     "LeakyRelu": leaky_relu, "Sigmoid": sigmoid, "Tanh": tanh, "Clip": clip,
     "Softmax": softmax, "LogSoftmax": log_softmax, "Add": add, "Sub": sub, "Mul": mul,
     "Div": div, "Sum": sum_op, "Identity": identity, "Dropout": dropout,
+    "Gelu": gelu, "Elu": elu, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
+    "Selu": selu, "Swish": swish,
 }
 
 __all__ = ["HANDLERS", "window_pads"]
