@@ -29,6 +29,7 @@ from convgen.spec import ConvSpec, activation_arguments
 from convgen.graph.ir import Graph, GraphError, Node
 from convgen.graph.layout import plan_layouts
 from convgen.graph.memory import VIEW_OPS, MemoryPlan, alias_source
+from convgen.graph.resample import resample_consts, resample_tables
 from convgen.graph.tensor_ops import lrn_consts, matmul_consts, remap_consts
 
 
@@ -43,7 +44,8 @@ class Buffer:
 @dataclass
 class Step:
     kind: str  # conv | max_pool | avg_pool | adaptive_avg_pool | linear | activation |
-    # softmax | batch_norm | add | cat | remap (transpose, pad, expand) | lrn | binary | matmul
+    # softmax | batch_norm | add | cat | remap (transpose, pad, expand) | lrn | binary | matmul |
+    # resample
     name: str  # the node's name
     function: str  # C/IR function name
     inputs: list[Buffer]
@@ -322,5 +324,11 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
         step.consts = {"elements": math.prod(node.shape), "op": node.attrs["kind"]}
     elif node.op == "matmul":
         step.consts = matmul_consts(shapes[0], shapes[1])
+    elif node.op == "resample":
+        step.consts = resample_consts(node, shapes[0])
+        index, weight = resample_tables(node, step.consts["in_size"])
+        step.params["index"] = packer.add(index)  # whole numbers, exact in float32
+        if not step.consts["nearest"]:
+            step.params["weight"] = packer.add(weight)
     else:
         raise GraphError(f"{node.name}: no lowering for op {node.op!r}")

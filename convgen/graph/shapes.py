@@ -34,6 +34,7 @@ from convgen.errors import SpecError
 from convgen.activations import ACTIVATIONS
 from convgen.spec import ConvSpec
 from convgen.graph.ir import OPS, Graph, GraphError, Node, node_error
+from convgen.graph.resample import resample_shape
 from convgen.graph.tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
@@ -373,6 +374,7 @@ _RULES = {
     "cat": _cat_shape,
     "identity": _same_shape,
     **SHAPE_RULES,
+    "resample": resample_shape,
 }
 assert set(_RULES) == set(OPS), "every op needs a shape rule"
 
