@@ -285,6 +285,10 @@ TORCH_ACTIVATIONS = {
     "elu": (lambda v: F.elu(v, 0.7), (0.7,)),
     "silu": (F.silu, ()),
     "gelu": (lambda v: F.gelu(v), ()),
+    "gelu_tanh": (lambda v: F.gelu(v, approximate="tanh"), ()),
+    "hardswish": (F.hardswish, ()),
+    "hardsigmoid": (F.hardsigmoid, ()),  # torch's alpha 1/6, the table's default
+    "selu": (F.selu, ()),
 }
 
 
@@ -548,6 +552,10 @@ ERROR_CASES = [
     ("constant", {}, {"value": np.zeros(3)}, [(3,)], ["0 input"]),
     ("max_pool", pool_attrs(1, 2, 2, 0) | {"padding_end": (2,)}, {}, [(1, 2, 9)],
      ["padding_end=(2,)", "dilated kernel"]),
+    ("resample", {"axis": 3, "size": 4, "scale": 2.0}, {}, [(1, 2, 3)], ["axis=3"]),
+    ("resample", {"axis": 1, "size": 4, "scale": 2.0, "mode": "area"}, {}, [(1, 2, 3)],
+     ["mode='area'"]),
+    ("resample", {"axis": 1, "size": 4}, {}, [(1, 2, 3)], ["scale=None"]),
 ]
 
 

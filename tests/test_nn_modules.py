@@ -56,6 +56,8 @@ LAYERS = [
     ("SELU", (), {}),
     ("Hardswish", (), {}),
     ("Hardsigmoid", (), dict(inplace=True)),
+    ("Upsample", (), dict(scale_factor=2)),
+    ("Upsample", ((3, 4),), dict(mode="bilinear", align_corners=True)),
     ("Softmax", (), dict(dim=1)),
     ("LogSoftmax", (1,), {}),
     ("BatchNorm1d", (5,), {}),

@@ -278,3 +278,55 @@ def test_resample_step_on_every_backend(backend):
     nearest = _resize_model(x.shape, dict(mode="nearest"), scales=[1, 1, 1.5, 2])
     for m in (model, nearest):
         check_model(m, [x], backends=(backend,))
+
+
+# -- convgen.nn.Upsample and interpolate against torch ----------------------------------------
+
+def _upsampling_net(lib):
+    return lib.Sequential(
+        lib.Conv2d(2, 2, 1),
+        lib.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        lib.Upsample(size=(5, 7), mode="nearest"),
+        lib.Upsample(scale_factor=(1.5, 0.5), mode="bicubic", align_corners=True),
+        lib.Upsample(size=(4, 6), mode="bilinear"),  # downsampling
+    )
+
+
+def test_nn_upsample_matches_torch():
+    torch.manual_seed(1)
+    theirs = _upsampling_net(torch.nn).eval()
+    ours = _upsampling_net(cg.nn)
+    ours.load_state_dict(theirs.state_dict())
+    assert repr(ours) == repr(theirs)
+    x = rand(1, 2, 3, 4, seed=11)
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours(x), want, rtol=1e-5, atol=1e-6)  # the oracle
+    for backend in CPU:
+        model = ours.compile(input_shape=x.shape, backend=backend)
+        np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_functional_interpolate_traces_from_torch_names():
+    class Net(cg.nn.Module):
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(x, scale_factor=3, mode="nearest-exact")
+            return torch.nn.functional.interpolate(y, size=(4, 5, 2), mode="trilinear",
+                                                   align_corners=True)
+
+    x = rand(1, 2, 2, 3, 2, seed=12)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        want = torch.nn.functional.interpolate(
+            torch.nn.functional.interpolate(t, scale_factor=3, mode="nearest-exact"),
+            size=(4, 5, 2), mode="trilinear", align_corners=True).numpy()
+    model = Net().compile(input_shape=x.shape, backend="c")
+    assert [n.op for n in model.optimized.nodes].count("resample") == 6  # 3 axes, twice
+    np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
+    for kwargs, match in [(dict(scale_factor=2, mode="area"), "mode"),
+                          (dict(scale_factor=2, align_corners=True), "align_corners"),
+                          (dict(size=4, scale_factor=2), "exactly one"),
+                          (dict(scale_factor=2, mode="bilinear"), "4-d"),
+                          (dict(scale_factor=2, antialias=True), "antialias")]:
+        with pytest.raises(ValueError, match=match):
+            cg.nn.functional.interpolate(x, **kwargs)

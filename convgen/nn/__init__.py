@@ -14,7 +14,7 @@ from convgen.nn.layers import (ELU, GELU, SELU, AdaptiveAvgPool1d, AdaptiveAvgPo
                      AdaptiveAvgPool3d, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm1d,
                      BatchNorm2d, BatchNorm3d, Dropout, Flatten, Hardsigmoid, Hardswish,
                      Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, MaxPool3d,
-                     ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh)
+                     ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, Upsample)
 from convgen.nn.module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "Hardsigmoid", "Hardswish", "Identity", "IncompatibleKeys", "LeakyReLU", "Linear",
     "LogSoftmax", "MaxPool1d", "MaxPool2d", "MaxPool3d", "Module", "ModuleList", "Parameter",
     "ReLU", "ReLU6", "SELU", "Sequential", "Sigmoid", "SiLU", "Softmax", "StateDictError",
-    "Tanh", "functional", "manual_seed",
+    "Tanh", "Upsample", "functional", "manual_seed",
 ]

@@ -350,6 +350,34 @@ class LogSoftmax(_SoftmaxBase):
     _op = "log_softmax"
 
 
+# -- resampling ---------------------------------------------------------------------------------
+
+class Upsample(Module):
+    """torch.nn.Upsample: F.interpolate with the module's size or scale_factor."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        self.name = type(self).__name__
+        self.size = size
+        if isinstance(scale_factor, tuple):
+            self.scale_factor = tuple(float(f) for f in scale_factor)
+        else:
+            self.scale_factor = float(scale_factor) if scale_factor else None
+        self.mode = mode
+        self.align_corners = align_corners
+        self.recompute_scale_factor = recompute_scale_factor
+
+    def extra_repr(self) -> str:
+        info = (f"scale_factor={self.scale_factor!r}" if self.scale_factor is not None
+                else f"size={self.size!r}")
+        return f"{info}, mode={self.mode!r}"
+
+    def forward(self, input):
+        return F.interpolate(input, self.size, self.scale_factor, self.mode, self.align_corners,
+                             self.recompute_scale_factor, module=self)
+
+
 # -- normalization ------------------------------------------------------------------------------
 
 class _BatchNorm(Module):

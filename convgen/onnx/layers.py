@@ -515,12 +515,14 @@ def resize(ctx: Context, inputs: list) -> list:
     x = inputs[0]
     shape = shape_of(x)
     mode = ctx.attr("mode", "nearest")
-    if mode not in _RESIZE_MODES or (ctx.opset < 11 and mode == "cubic"):
-        raise ctx.error(f"mode={mode!r} must be one of {_RESIZE_MODES[:2 if ctx.opset < 11 else 3]}")
+    modes = _RESIZE_MODES if ctx.opset >= 11 else _RESIZE_MODES[:2]
+    if mode not in modes:
+        raise ctx.error(f"mode={mode!r} must be one of {modes}")
     if ctx.opset < 11:  # Resize-10: Upsample's semantics
         scales = ctx.const(inputs[1] if len(inputs) > 1 else None, "scales")
-        return [_resample(ctx, x, _resize_targets(ctx, shape, scales, None, list(range(len(shape)))),
-                          {"mode": mode, "coordinate": "asymmetric", "nearest_mode": "simple"})]
+        targets = _resize_targets(ctx, shape, scales, None, list(range(len(shape))))
+        return [_resample(ctx, x, targets, {"mode": mode, "coordinate": "asymmetric",
+                                            "nearest_mode": "simple"})]
     if ctx.opset >= 18 and int(ctx.attr("antialias", 0)):
         raise ctx.error("antialias=1 is not supported (convgen resamples with a fixed 1, 2 "
                         "or 4-tap filter)")
