@@ -289,6 +289,7 @@ TORCH_ACTIVATIONS = {
     "hardswish": (F.hardswish, ()),
     "hardsigmoid": (F.hardsigmoid, ()),  # torch's alpha 1/6, the table's default
     "selu": (F.selu, ()),
+    "erf": (torch.erf, ()),
 }
 
 

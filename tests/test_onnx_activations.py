@@ -4,6 +4,9 @@ backends, against the oracle and onnxruntime / ONNX's reference evaluator / torc
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +14,9 @@ import torch
 import convgen as cg
 from convgen import nn
 from convgen.graph.ir import Graph, Node
-from convgen.graph.passes import fuse_silu, optimize
+from convgen.graph.passes import fuse_gating, optimize
 from convgen.graph.reference import evaluate
-from onnx_helpers import check_model, make_model, node, rand
+from onnx_helpers import check_model, make_model, node, onnx, rand
 
 # ONNX op, attributes -> the activation (name, args) the conv before it ends with
 CASES = [
@@ -38,6 +41,9 @@ def _conv_branches(cases, opset):
         if op == "SiLU":  # as exporters write it: Sigmoid, then Mul with the input
             nodes += [node("Sigmoid", [f"c{i}"], [f"s{i}"]),
                       node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"])]
+        elif op == "Hardswish":  # as torch exports it before opset 14
+            nodes += [node("HardSigmoid", [f"c{i}"], [f"s{i}"], alpha=1 / 6, beta=0.5),
+                      node("Mul", [f"s{i}", f"c{i}"], [f"y{i}"])]
         else:
             nodes.append(node(op, [f"c{i}"], [f"y{i}"], **attrs))
         outputs.append(f"y{i}")
@@ -53,7 +59,8 @@ def _activations(imported, backend="c") -> dict[str, tuple]:
 
 
 def test_activation_ops_fuse_into_the_conv_and_match_onnxruntime():
-    cases = [(op, attrs) for op, attrs, _ in CASES] + [("SiLU", {})]
+    cases = [(op, attrs) for op, attrs, _ in CASES] + [("SiLU", {}), ("Hardswish", {}),
+                                                      ("Erf", {})]
     model = _conv_branches(cases, opset=20)
     x = rand(1, 2, 4, 5, low=-3.0, high=3.0)
     # the CUDA epilogue is the C one (tests/test_activations.py runs it on the emulator)
@@ -64,6 +71,8 @@ def test_activation_ops_fuse_into_the_conv_and_match_onnxruntime():
         assert got_name == name
         np.testing.assert_allclose(got_args, args, rtol=1e-7)
     assert fused[f"conv{len(CASES)}"] == ("silu", ())
+    assert fused[f"conv{len(CASES) + 1}"] == ("hardswish", ())
+    assert fused[f"conv{len(CASES) + 2}"] == ("erf", ())
 
 
 def test_swish_opset24_matches_onnx_reference():
@@ -82,7 +91,7 @@ def test_sigmoid_times_input_becomes_silu_either_order_and_keeps_a_shared_sigmoi
         Node("n", "binary", ["x", "t"], {"kind": "mul"}, shape=(1, 2, 3)),
         Node("o", "binary", ["x", "s"], {"kind": "add"}, shape=(1, 2, 3)),  # not a mul
     ], ["m", "n", "t"])
-    fused = fuse_silu(graph)
+    fused = fuse_gating(graph)
     ops = {n.name: (n.op, n.attrs.get("name")) for n in fused.nodes}
     assert ops["m"] == ops["n"] == ("activation", "silu")
     assert ops["t"] == ("activation", "sigmoid")  # a graph output: kept
@@ -90,6 +99,11 @@ def test_sigmoid_times_input_becomes_silu_either_order_and_keeps_a_shared_sigmoi
     x = rand(1, 2, 3, low=-4.0, high=4.0)
     for got, want in zip(evaluate(fused, [x]), evaluate(graph, [x])):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+    # a hardsigmoid other than torch's is no hardswish
+    hard = Graph([("x", (2,))], [
+        Node("h", "activation", ["x"], {"name": "hardsigmoid", "args": (0.2, 0.5)}, shape=(2,)),
+        Node("m", "binary", ["x", "h"], {"kind": "mul"}, shape=(2,))], ["m"])
+    assert [n.op for n in fuse_gating(hard).nodes] == ["activation", "binary"]
     # a sigmoid of another value is no silu
     other = Graph([("x", (2,)), ("z", (2,))], [
         Node("s", "activation", ["z"], {"name": "sigmoid", "args": ()}, shape=(2,)),
@@ -155,3 +169,22 @@ def test_nn_functional_activations_trace_from_torch_names():
             torch.nn.functional.silu(torch_net(torch.from_numpy(x))), approximate="tanh"))
     np.testing.assert_allclose(net.compile(x.shape, backend="c")(x), want.numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_torch_export_before_opset_20_gelu_and_hardswish():
+    """torch.onnx.export at opset 13 writes GELU with Erf and Hardswish as HardSigmoid * x."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.GELU(),
+                              torch.nn.Conv2d(3, 2, 1), torch.nn.Hardswish()).eval()
+    x = rand(1, 2, 5, 5, low=-2.0, high=2.0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (torch.from_numpy(x),), buffer, dynamo=False, opset_version=13)
+    model = onnx.load_from_string(buffer.getvalue())
+    assert {"Erf", "HardSigmoid"} <= {n.op_type for n in model.graph.node}
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    compiled = check_model(model, [x], backends=("c",)).compile(backend="c")
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-5, atol=1e-6)
+    assert compiled.optimized.nodes[-1].attrs["spec"]["activation"] == "hardswish"

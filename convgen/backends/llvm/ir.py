@@ -249,15 +249,20 @@ class IRFunction:
             return b.select(b.fcmp_ordered(">", v, const(0.0)), v, negative)
         if name == "silu":
             return b.fdiv(v, b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
-        if name == "gelu":  # exact form; erf from the C math library, lane by lane
-            erf_name = "erff" if self.suffix == "f32" else "erf"
-            erf = self.intrinsic(erf_name, self.scalar, [self.scalar])
-            scaled = b.fmul(v, const(0.7071067811865476))
+        def erf(value):  # from the C math library, lane by lane
+            function = self.intrinsic("erff" if self.suffix == "f32" else "erf", self.scalar,
+                                      [self.scalar])
             result = ir.Constant(self.vec, ir.Undefined)
             for lane in range(self.lanes):
-                lane_value = b.call(erf, [b.extract_element(scaled, i32(lane))])
+                lane_value = b.call(function, [b.extract_element(value, i32(lane))])
                 result = b.insert_element(result, lane_value, i32(lane))
-            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), result))
+            return result
+
+        if name == "gelu":  # exact form
+            scaled = b.fmul(v, const(0.7071067811865476))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), erf(scaled)))
+        if name == "erf":
+            return erf(v)
         if name == "gelu_tanh":
             cube = b.fmul(b.fmul(v, v), v)
             inner = b.fmul(const(math.sqrt(2.0 / math.pi)),
