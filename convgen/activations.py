@@ -69,6 +69,8 @@ _TABLE = (
                lambda v, a: np.minimum(np.maximum(a[0] * v + a[1], 0.0), 1.0),
                probes=(-7.5, -3.0, -2.0, -0.5, 0.0, 0.5, 2.0, 3.0, 7.5)),
     Activation("erf", (), (), lambda v, a: _erf(v)),  # ONNX Erf (torch exports GELU with it)
+    Activation("softplus", (), (), lambda v, a: np.logaddexp(0.0, v)),  # log(1 + exp(x))
+    Activation("softsign", (), (), lambda v, a: v / (1.0 + np.abs(v))),
     # gamma * elu(x, alpha); the defaults are torch.nn.SELU's and ONNX Selu's (to float32)
     Activation("selu", ("alpha", "gamma"), (1.6732632423543772, 1.0507009873554805),
                lambda v, a: a[1] * np.where(v > 0, v, a[0] * np.expm1(np.minimum(v, 0.0)))),

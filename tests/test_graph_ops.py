@@ -290,6 +290,8 @@ TORCH_ACTIVATIONS = {
     "hardsigmoid": (F.hardsigmoid, ()),  # torch's alpha 1/6, the table's default
     "selu": (F.selu, ()),
     "erf": (torch.erf, ()),
+    "softplus": (F.softplus, ()),
+    "softsign": (F.softsign, ()),
 }
 
 

@@ -1,4 +1,5 @@
-"""ONNX activations (Gelu, HardSwish, HardSigmoid, Elu, Selu, Swish, Sigmoid * Mul as SiLU)
+"""ONNX activations (Gelu, Erf, HardSwish, HardSigmoid, Elu, Selu, Softplus, Softsign, Swish,
+Sigmoid * Mul as SiLU, HardSigmoid * Mul as Hardswish)
 and convgen.nn's activation modules: fused into the conv before them, on both CPU
 backends, against the oracle and onnxruntime / ONNX's reference evaluator / torch.nn."""
 
@@ -28,6 +29,8 @@ CASES = [
     ("Elu", dict(alpha=0.7), ("elu", (0.7,))),
     ("Selu", {}, ("selu", (1.67326319217681884765625, 1.05070102214813232421875))),
     ("LeakyRelu", dict(alpha=0.3), ("leaky_relu", (0.3,))),
+    ("Softplus", {}, ("softplus", ())),
+    ("Softsign", {}, ("softsign", ())),
 ]
 
 

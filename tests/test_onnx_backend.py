@@ -41,7 +41,7 @@ CLAIMED = frozenset("""
     BatchNormalization LRN Relu LeakyRelu Sigmoid Tanh Clip Softmax LogSoftmax
     Add Sub Mul Div Sum Flatten Reshape Transpose Concat Pad Squeeze Unsqueeze Slice Expand
     Dropout Identity Constant
-    Gelu HardSwish HardSigmoid Elu Selu Swish Erf Resize Upsample
+    Gelu HardSwish HardSigmoid Elu Selu Swish Erf Softplus Softsign Resize Upsample
 """.split())
 # the README's ONNX column too, but folded at import on constants only ("shape arithmetic
 # on constants"): their node tests feed run-time tensors, so they are not claimed here

@@ -428,6 +428,8 @@ hard_sigmoid = _unary("hardsigmoid", lambda ctx: (_float_attr(ctx, "alpha", 0.2)
                                                   _float_attr(ctx, "beta", 0.5)))
 hard_swish = _unary("hardswish")
 erf = _unary("erf")
+softplus = _unary("softplus")
+softsign = _unary("softsign")
 # ONNX's defaults are float32 roundings of SELU's constants (torch uses the float64 ones)
 selu = _unary("selu", lambda ctx: (_float_attr(ctx, "alpha", 1.67326319217681884765625),
                                    _float_attr(ctx, "gamma", 1.05070102214813232421875)))
@@ -582,7 +584,8 @@ HANDLERS = {
     "Softmax": softmax, "LogSoftmax": log_softmax, "Add": add, "Sub": sub, "Mul": mul,
     "Div": div, "Sum": sum_op, "Identity": identity, "Dropout": dropout,
     "Gelu": gelu, "Elu": elu, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
-    "Selu": selu, "Swish": swish, "Erf": erf, "Resize": resize, "Upsample": upsample,
+    "Selu": selu, "Swish": swish, "Erf": erf, "Softplus": softplus,
+    "Softsign": softsign, "Resize": resize, "Upsample": upsample,
 }
 
 __all__ = ["HANDLERS", "window_pads"]

@@ -249,9 +249,9 @@ class IRFunction:
             return b.select(b.fcmp_ordered(">", v, const(0.0)), v, negative)
         if name == "silu":
             return b.fdiv(v, b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
-        def erf(value):  # from the C math library, lane by lane
-            function = self.intrinsic("erff" if self.suffix == "f32" else "erf", self.scalar,
-                                      [self.scalar])
+        def libm(name: str, value):  # a C math library function, lane by lane
+            function = self.intrinsic(name + ("f" if self.suffix == "f32" else ""),
+                                      self.scalar, [self.scalar])
             result = ir.Constant(self.vec, ir.Undefined)
             for lane in range(self.lanes):
                 lane_value = b.call(function, [b.extract_element(value, i32(lane))])
@@ -260,9 +260,17 @@ class IRFunction:
 
         if name == "gelu":  # exact form
             scaled = b.fmul(v, const(0.7071067811865476))
-            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), erf(scaled)))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), libm("erf", scaled)))
         if name == "erf":
-            return erf(v)
+            return libm("erf", v)
+        if name == "softplus":  # max(v, 0) + log1p(exp(-|v|))
+            positive = b.fcmp_ordered(">", v, const(0.0))
+            negative_abs = b.select(positive, b.fneg(v), v)
+            return b.fadd(b.select(positive, v, const(0.0)),
+                          libm("log1p", vector_call("exp", negative_abs)))
+        if name == "softsign":
+            absolute = b.select(b.fcmp_ordered("<", v, const(0.0)), b.fneg(v), v)
+            return b.fdiv(v, b.fadd(const(1.0), absolute))
         if name == "gelu_tanh":
             cube = b.fmul(b.fmul(v, v), v)
             inner = b.fmul(const(math.sqrt(2.0 / math.pi)),
