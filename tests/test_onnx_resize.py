@@ -178,6 +178,14 @@ def test_upsample_and_resize10_follow_onnxruntime():
     assert imported.compile(backend="c")(x).shape == (1, 2, 2, 3)
 
 
+def test_tf_half_pixel_for_nn_opset11_matches_onnxruntime():
+    x = rand(1, 2, 3, 4, seed=10)
+    model = _resize_model(x.shape, dict(mode="nearest", nearest_mode="round_prefer_ceil",
+                                        coordinate_transformation_mode="tf_half_pixel_for_nn"),
+                          scales=[1, 1, 1.5, 2.5], opset=11)
+    check_model(model, [x], backends=("c",))
+
+
 def test_keep_aspect_ratio_and_axes_opset18_match_onnxruntime():
     x = rand(1, 2, 4, 6, seed=8)
     init = {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
@@ -232,7 +240,7 @@ def _node(**attrs) -> Node:
 
 
 @pytest.mark.parametrize("attrs", [
-    dict(mode="nearest", nearest_mode="round_prefer_ceil", coordinate="tf_half_pixel_for_nearest"),
+    dict(mode="nearest", nearest_mode="round_prefer_ceil", coordinate="tf_half_pixel_for_nn"),
     dict(mode="nearest", nearest_mode="simple", size=2, scale=2 / 3),
     dict(mode="linear", coordinate="half_pixel_symmetric", size=4, scale=1.4),
     dict(mode="cubic", coordinate="asymmetric", exclude_outside=True, cubic_coeff_a=-0.5),

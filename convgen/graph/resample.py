@@ -31,7 +31,7 @@ from convgen.graph.ir import node_error as _fail
 
 MODES = {"nearest": 1, "linear": 2, "cubic": 4}  # mode -> taps
 COORDINATES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
-               "asymmetric", "tf_half_pixel_for_nearest")
+               "asymmetric", "tf_half_pixel_for_nn")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 # source indices travel as parameters in the model's dtype: float32 holds every integer
 # up to 2**24 exactly
@@ -94,7 +94,7 @@ def source_coordinates(coordinate: str, scale: float, in_size: int,
         return j * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros(out_size)
     if coordinate == "asymmetric":
         return j / scale
-    return (j + 0.5) / scale  # tf_half_pixel_for_nearest
+    return (j + 0.5) / scale  # tf_half_pixel_for_nn
 
 
 def _round(x: np.ndarray, nearest_mode: str, scale: float) -> np.ndarray:

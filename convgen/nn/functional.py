@@ -200,7 +200,7 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     if mode == "nearest":
         coordinate = "asymmetric"
     elif mode == "nearest-exact":
-        coordinate = "tf_half_pixel_for_nearest"
+        coordinate = "tf_half_pixel_for_nn"
     else:
         coordinate = "align_corners" if align_corners else "half_pixel"
     y = input

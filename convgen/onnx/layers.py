@@ -416,6 +416,13 @@ def _float_attr(ctx: Context, name: str, default: float) -> float:
     return value
 
 
+def _flag_attr(ctx: Context, name: str) -> bool:
+    value = ctx.attr(name, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (0, 1):
+        raise ctx.error(f"attribute {name}={value!r} must be 0 or 1")
+    return bool(value)
+
+
 def gelu(ctx: Context, inputs: list) -> list:
     approximate = ctx.attr("approximate", "none")
     if approximate not in ("none", "tanh"):
@@ -526,17 +533,19 @@ def resize(ctx: Context, inputs: list) -> list:
         targets = _resize_targets(ctx, shape, scales, None, list(range(len(shape))))
         return [_resample(ctx, x, targets, {"mode": mode, "coordinate": "asymmetric",
                                             "nearest_mode": "simple"})]
-    if ctx.opset >= 18 and int(ctx.attr("antialias", 0)):
+    if ctx.opset >= 18 and _flag_attr(ctx, "antialias"):
         raise ctx.error("antialias=1 is not supported (convgen resamples with a fixed 1, 2 "
                         "or 4-tap filter)")
     coordinate = ctx.attr("coordinate_transformation_mode", "half_pixel")
     if coordinate == "tf_crop_and_resize":
         raise ctx.error("coordinate_transformation_mode='tf_crop_and_resize' is not "
                         "supported (a region of interest and an extrapolation value)")
-    if coordinate not in COORDINATES or (coordinate == "half_pixel_symmetric"
-                                         and ctx.opset < 19):
+    # half_pixel_symmetric came in opset 19; tf_half_pixel_for_nn is Resize-11's, and
+    # onnxruntime (and TensorFlow converters) use it at later opsets too
+    known = [c for c in COORDINATES if c != "half_pixel_symmetric" or ctx.opset >= 19]
+    if coordinate not in known:
         raise ctx.error(f"coordinate_transformation_mode={coordinate!r} is not one of "
-                        f"{COORDINATES + ('tf_crop_and_resize',)} at opset {ctx.opset}")
+                        f"{tuple(known) + ('tf_crop_and_resize',)} at opset {ctx.opset}")
     nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
     if nearest_mode not in NEAREST_MODES[:4]:
         raise ctx.error(f"nearest_mode={nearest_mode!r} must be one of {NEAREST_MODES[:4]}")
@@ -551,7 +560,7 @@ def resize(ctx: Context, inputs: list) -> list:
     targets = _resize_targets(ctx, shape, scales, sizes, _resize_axes(ctx, len(shape)))
     attrs = {"mode": mode, "coordinate": coordinate, "nearest_mode": nearest_mode,
              "cubic_coeff_a": _float_attr(ctx, "cubic_coeff_a", -0.75),
-             "exclude_outside": bool(int(ctx.attr("exclude_outside", 0)))}
+             "exclude_outside": _flag_attr(ctx, "exclude_outside")}
     return [_resample(ctx, x, targets, attrs)]
 
 
