@@ -5,7 +5,7 @@ Each :class:`Step` is one function call in the generated entry point: its kind
 references), the parameter offsets, and a flat dict of constants. Spatial ops
 are lowered to 3 spatial dims like convolutions. Parameters are packed into one
 flat array in the model's dtype: folded conv weights and biases, linear weights,
-and BatchNorm as per-channel scale and shift.
+BatchNorm as per-channel scale and shift, and resample's index and weight tables.
 """
 
 from __future__ import annotations
