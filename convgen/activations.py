@@ -57,6 +57,23 @@ _TABLE = (
     Activation("silu", (), (), lambda v, a: v * _sigmoid(v)),
     Activation("gelu", (), (),  # exact (erf) form, torch.nn.GELU's default
                lambda v, a: 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))),
+    Activation("gelu_tanh", (), (),  # torch.nn.GELU(approximate="tanh"), ONNX Gelu's "tanh"
+               lambda v, a: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                     * (v + 0.044715 * v**3)))),
+    Activation("hardswish", (), (),  # x * relu6(x + 3) / 6, torch.nn.Hardswish, ONNX HardSwish
+               lambda v, a: v * np.minimum(np.maximum(v + 3.0, 0.0), 6.0) / 6.0,
+               probes=(-7.5, -3.0, -2.0, -0.5, 0.0, 0.5, 2.0, 3.0, 7.5)),
+    # max(0, min(1, alpha * x + beta)); the defaults are torch.nn.Hardsigmoid's (convgen's
+    # conventions are PyTorch's); ONNX HardSigmoid's are (0.2, 0.5), which its importer passes
+    Activation("hardsigmoid", ("alpha", "beta"), (1.0 / 6.0, 0.5),
+               lambda v, a: np.minimum(np.maximum(a[0] * v + a[1], 0.0), 1.0),
+               probes=(-7.5, -3.0, -2.0, -0.5, 0.0, 0.5, 2.0, 3.0, 7.5)),
+    Activation("erf", (), (), lambda v, a: _erf(v)),  # ONNX Erf (torch exports GELU with it)
+    Activation("softplus", (), (), lambda v, a: np.logaddexp(0.0, v)),  # log(1 + exp(x))
+    Activation("softsign", (), (), lambda v, a: v / (1.0 + np.abs(v))),
+    # gamma * elu(x, alpha); the defaults are torch.nn.SELU's and ONNX Selu's (to float32)
+    Activation("selu", ("alpha", "gamma"), (1.6732632423543772, 1.0507009873554805),
+               lambda v, a: a[1] * np.where(v > 0, v, a[0] * np.expm1(np.minimum(v, 0.0)))),
 )
 
 ACTIVATION_TABLE: dict[str, Activation] = {a.name: a for a in _TABLE}

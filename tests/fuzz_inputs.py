@@ -271,16 +271,19 @@ OPS = ["Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "Ceil",
        "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "Range",
        "Reciprocal", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt",
        "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Where",
-       "Max", "Min", "Mean", "PRelu", "Split", "ReduceMean",
-       "Resize", "NotAnOp"]  # and two convgen does not support: a clear error
+       "Max", "Min", "Mean", "PRelu", "Split", "ReduceMean", "Resize",
+       "Upsample", "HardSigmoid", "Elu", "Gelu",
+       "TopK", "NotAnOp"]  # and two convgen does not support: a clear error
 INT_ATTRS = ["group", "axis", "transA", "transB", "ceil_mode", "count_include_pad",
              "keepdims", "to", "size", "storage_order", "allowzero", "broadcast",
              "training_mode", "spatial", "is_test", "consumed_inputs", "num_outputs",
-             "noop_with_empty_axes"]
+             "noop_with_empty_axes", "exclude_outside", "antialias"]
 INTS_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "axes", "perm",
               "output_padding", "output_shape", "shape", "starts", "ends", "split"]
-FLOAT_ATTRS = ["alpha", "beta", "epsilon", "momentum", "bias", "min", "max", "ratio"]
-STRING_ATTRS = ["auto_pad", "mode"]
+FLOAT_ATTRS = ["alpha", "beta", "epsilon", "momentum", "bias", "min", "max", "ratio",
+               "gamma", "cubic_coeff_a"]
+STRING_ATTRS = ["auto_pad", "mode", "coordinate_transformation_mode", "nearest_mode",
+                "approximate", "keep_aspect_ratio_policy"]
 DTYPES = [np.float32, np.float64, np.int64, np.int32, np.bool_, np.float16, np.uint8]
 
 
@@ -371,7 +374,8 @@ def _attribute(draw, huge: bool = HUGE):
     if kind == "string":
         return draw(st.sampled_from(STRING_ATTRS)), draw(st.sampled_from(
             ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", "constant", "reflect", "edge",
-             "nearest", "", "bogus"]))
+             "nearest", "linear", "cubic", "align_corners", "asymmetric", "tanh", "not_larger",
+             "", "bogus"]))
     if kind == "tensor":
         return "value", numpy_helper.from_array(_array(draw, huge=huge))
     # a known name with a value of the wrong kind

@@ -20,7 +20,8 @@ from convgen.tolerance import max_error, tolerance
 
 # (activation, args): each with its defaults, and with explicit arguments where it has any.
 CASES = [(name, ()) for name, (_, defaults) in ACTIVATIONS.items() if defaults is not None]
-CASES += [("leaky_relu", (0.2,)), ("elu", (0.5,)), ("clip", (-1.0, 3.0)), ("clip", (0.0, 6.0))]
+CASES += [("leaky_relu", (0.2,)), ("elu", (0.5,)), ("clip", (-1.0, 3.0)), ("clip", (0.0, 6.0)),
+          ("hardsigmoid", (0.2, 0.5))]
 
 
 def test_every_activation_is_covered_and_the_spec_reads_the_table():

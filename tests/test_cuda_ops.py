@@ -68,6 +68,11 @@ def _act(name, args=()) -> Node:
     return Node(f"act {name}", "activation", ["x"], {"name": name, "args": tuple(args)})
 
 
+def _resample(axis, size, mode, **attrs) -> Node:
+    attrs = {"axis": axis, "size": size, "mode": mode, "scale": 1.7, **attrs}
+    return Node(f"resample {mode}", "resample", ["x"], attrs)
+
+
 # case id -> (node, input shapes); odd sizes, so that most cases end in a partial block
 CASES = {
     # 2-d, stride 2, padding 1, dilation 2, ceil mode (a last window over the right edge)
@@ -148,6 +153,11 @@ CASES = {
                                [(1, 2, 5, 6, 7)]),
     "matmul": (Node("mm", "matmul", ["a", "b"]), [(2, 3, 7, 9), (2, 3, 9, 11)]),
     "matmul_2d": (Node("mm", "matmul", ["a", "b"]), [(17, 5), (5, 33)]),
+    "resample_nearest": (_resample(2, 7, "nearest", nearest_mode="round_prefer_ceil"),
+                         [(2, 3, 5, 4)]),
+    "resample_cubic": (_resample(1, 4, "cubic", exclude_outside=True), [(2, 9, 5)]),
+    "resample_linear_last": (_resample(2, 11, "linear", coordinate="align_corners"),
+                             [(3, 2, 6)]),
 }
 
 
@@ -201,6 +211,10 @@ class Case:
         elif step.kind == "batch_norm":
             for name in ("scale", "shift"):
                 yield name, step.params[name], c["channels"]
+        elif step.kind == "resample":
+            for name in ("index", "weight"):
+                if name in step.params:
+                    yield name, step.params[name], c["out_size"] * c["taps"]
 
     def kernel(self) -> str:
         template = environment().from_string(
@@ -212,6 +226,8 @@ class Case:
             return ["x", "w", "b", "y"]
         if self.step.kind == "batch_norm":
             return ["x", "scale", "shift", "y"]
+        if self.step.kind == "resample":
+            return ["x", "index", "weight", "y"]
         return [f"in{k}" for k in range(len(self.inputs))] + ["y"]
 
     def host_entry(self) -> str:
@@ -233,6 +249,8 @@ class Case:
             return [self.inputs[0], self.params["weight"], self.params.get("bias", ffi.NULL)]
         if self.step.kind == "batch_norm":
             return [self.inputs[0], self.params["scale"], self.params["shift"]]
+        if self.step.kind == "resample":
+            return [self.inputs[0], self.params["index"], self.params.get("weight", ffi.NULL)]
         return list(self.inputs)
 
     def expected(self) -> np.ndarray:

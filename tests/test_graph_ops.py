@@ -285,6 +285,13 @@ TORCH_ACTIVATIONS = {
     "elu": (lambda v: F.elu(v, 0.7), (0.7,)),
     "silu": (F.silu, ()),
     "gelu": (lambda v: F.gelu(v), ()),
+    "gelu_tanh": (lambda v: F.gelu(v, approximate="tanh"), ()),
+    "hardswish": (F.hardswish, ()),
+    "hardsigmoid": (F.hardsigmoid, ()),  # torch's alpha 1/6, the table's default
+    "selu": (F.selu, ()),
+    "erf": (torch.erf, ()),
+    "softplus": (F.softplus, ()),
+    "softsign": (F.softsign, ()),
 }
 
 
@@ -556,6 +563,10 @@ ERROR_CASES = [
      ["padding_end=(2,)", "dilated kernel"]),
     ("max_pool_indices", pool_attrs(1, 2, 2, 0) | {"storage_order": 2}, {}, [(1, 2, 9)],
      ["storage_order=2", "0 or 1"]),
+    ("resample", {"axis": 3, "size": 4, "scale": 2.0}, {}, [(1, 2, 3)], ["axis=3"]),
+    ("resample", {"axis": 1, "size": 4, "scale": 2.0, "mode": "area"}, {}, [(1, 2, 3)],
+     ["mode='area'"]),
+    ("resample", {"axis": 1, "size": 4}, {}, [(1, 2, 3)], ["scale=None"]),
 ]
 
 

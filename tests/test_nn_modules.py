@@ -49,6 +49,15 @@ LAYERS = [
     ("ReLU6", (), {}),
     ("Sigmoid", (), {}),
     ("Tanh", (), {}),
+    ("GELU", (), {}),
+    ("GELU", (), dict(approximate="tanh")),
+    ("SiLU", (), dict(inplace=True)),
+    ("ELU", (0.5, True), {}),
+    ("SELU", (), {}),
+    ("Hardswish", (), {}),
+    ("Hardsigmoid", (), dict(inplace=True)),
+    ("Upsample", (), dict(scale_factor=2)),
+    ("Upsample", ((3, 4),), dict(mode="bilinear", align_corners=True)),
     ("Softmax", (), dict(dim=1)),
     ("LogSoftmax", (1,), {}),
     ("BatchNorm1d", (5,), {}),
@@ -113,7 +122,8 @@ def test_layer_repr_and_attributes_match_torch(name, args, kwargs):
     for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                  "groups", "output_padding", "padding_mode", "transposed", "ceil_mode",
                  "count_include_pad", "output_size", "in_features", "out_features",
-                 "start_dim", "end_dim", "negative_slope", "inplace", "dim", "num_features",
+                 "start_dim", "end_dim", "negative_slope", "inplace", "dim", "num_features", "alpha",
+                 "approximate",
                  "eps", "momentum", "affine", "track_running_stats", "p"):
         if hasattr(theirs, attr):
             assert getattr(ours, attr) == getattr(theirs, attr), attr

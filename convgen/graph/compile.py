@@ -25,6 +25,7 @@ from convgen.plan.depthwise import DepthwiseKind
 from convgen.graph.lower import lower
 from convgen.graph.memory import plan_memory
 from convgen.graph.passes import optimize
+from convgen.graph.resample import MODES
 from convgen.graph.reference import evaluate
 from convgen.graph.shapes import infer_graph
 from convgen.kernel import check_input
@@ -271,6 +272,9 @@ def layer_flops(node, graph: Graph) -> int:
         return 2 * math.prod(node.shape) * graph.shape_of(node.inputs[0])[-1]
     if node.op == "lrn":
         return math.prod(node.shape) * (3 + 2 * int(node.attrs["size"]))
+    if node.op == "resample":  # a multiply-add per tap; nearest only copies
+        mode = node.attrs.get("mode", "nearest")
+        return 0 if mode == "nearest" else 2 * MODES[mode] * math.prod(node.shape)
     if node.op in ("flatten", "identity", "reshape", "constant", "transpose", "pad",
                    "slice", "expand"):
         return 0

@@ -62,6 +62,13 @@ Ops that imported (ONNX) graphs need; any rank unless said:
   (numpy.matmul without broadcasting); output (..., M, N). Rank >= 2.
 - ``constant``: no inputs; params ``value`` (its output, any shape); lives with the
   parameters, computed by nobody.
+- ``resample``: one axis resized by interpolation (ONNX Resize/Upsample, one node per
+  resized axis; convgen.graph.resample): ``axis``, ``size`` (the output length),
+  ``mode`` ("nearest", "linear", "cubic"), ``coordinate`` (ONNX's
+  coordinate_transformation_mode, tf_crop_and_resize aside), ``scale`` (what the
+  coordinate transform divides by), ``nearest_mode`` (ONNX's, or "simple": floor when
+  upsampling, ceil when downsampling, as Resize-10), ``cubic_coeff_a``,
+  ``exclude_outside``.
 
 Element types: a graph is compiled with one element type for every value
 (convgen.dtypes.ELEMENT_TYPES). Every op runs on float32 and float64; on the integer types
@@ -86,7 +93,7 @@ from convgen.errors import ConvgenError
 OPS = ("conv", "max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear", "flatten",
        "activation", "softmax", "log_softmax", "batch_norm", "add", "cat", "identity",
        "reshape", "transpose", "pad", "slice", "expand", "lrn", "binary", "where", "matmul",
-       "constant")
+       "constant", "resample")
 
 
 # ops (and activations) that integer networks compile; the others are float-only

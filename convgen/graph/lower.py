@@ -5,10 +5,10 @@ Each :class:`Step` is one function call in the generated entry point: its kind
 references), the parameter offsets, and a flat dict of constants. Spatial ops
 are lowered to 3 spatial dims like convolutions. Parameters are packed into one
 flat array in the model's dtype: folded conv weights and biases, linear weights,
-and BatchNorm as per-channel scale and shift. In an integer network (its element type
-an integer type, convgen.graph.ir INTEGER_OPS only) constants are packed as integers
-(exactly), an activation's bounds are integers of the type (``bounds``) and a pad's fill
-value is one.
+and BatchNorm as per-channel scale and shift, and resample's index and weight tables. In an
+integer network (its element type an integer type, convgen.graph.ir INTEGER_OPS only)
+constants are packed as integers (exactly), an activation's bounds are integers of the
+type (``bounds``) and a pad's fill value is one.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from convgen.spec import ConvSpec, activation_arguments
 from convgen.graph.ir import Graph, GraphError, Node
 from convgen.graph.layout import plan_layouts
 from convgen.graph.memory import VIEW_OPS, MemoryPlan, alias_source
+from convgen.graph.resample import resample_consts, resample_tables
 from convgen.graph.tensor_ops import lrn_consts, matmul_consts, remap_consts
 
 
@@ -48,7 +49,7 @@ class Buffer:
 class Step:
     kind: str  # conv | max_pool | avg_pool | adaptive_avg_pool | linear | activation |
     # softmax | batch_norm | add | cat | remap (transpose, pad, slice, expand) | lrn |
-    # binary | where | matmul
+    # binary | where | matmul | resample
     name: str  # the node's name
     function: str  # C/IR function name
     inputs: list[Buffer]
@@ -352,5 +353,11 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
         step.consts = {"elements": math.prod(node.shape)}
     elif node.op == "matmul":
         step.consts = matmul_consts(shapes[0], shapes[1])
+    elif node.op == "resample":
+        step.consts = resample_consts(node, shapes[0])
+        index, weight = resample_tables(node, step.consts["in_size"])
+        step.params["index"] = packer.add(index)  # whole numbers, exact in float32
+        if not step.consts["nearest"]:
+            step.params["weight"] = packer.add(weight)
     else:
         raise GraphError(f"{node.name}: no lowering for op {node.op!r}")

@@ -135,6 +135,45 @@ def fuse_residual_add(graph: Graph) -> Graph:
     return graph
 
 
+# x * gate(x) as one activation: exporters write SiLU as Sigmoid then Mul, and Hardswish
+# (before opset 14) as HardSigmoid(alpha=1/6, beta=1/2) then Mul
+_HARDSWISH_GATES = ((1.0 / 6.0, 0.5), (float(np.float32(1.0 / 6.0)), 0.5))
+
+
+def _gated(gate: Node) -> str | None:
+    """The activation that x * gate(x) is, for an activation node ``gate``; else None."""
+    name = gate.attrs.get("name") if gate.op == "activation" else None
+    if name == "sigmoid":
+        return "silu"
+    if name == "hardsigmoid" and tuple(activation_arguments(
+            name, gate.attrs.get("args"))) in _HARDSWISH_GATES:
+        return "hardswish"
+    return None
+
+
+def fuse_gating(graph: Graph) -> Graph:
+    """x * sigmoid(x) becomes one ``silu`` activation and x * hardsigmoid(x) (torch's 1/6,
+    1/2) one ``hardswish`` (a ``binary`` mul of a value and its own gate, either order),
+    which fuse_activation then puts in a conv's epilogue. The gate stays when something
+    else reads it."""
+    graph = graph.copy()
+    for mul in [n for n in graph.nodes if n.op == "binary" and n.attrs.get("kind") == "mul"]:
+        for mine, other in ((0, 1), (1, 0)):
+            gate = _producer(graph, mul.inputs[mine])
+            fused = None if gate is None or gate.inputs[:1] != [mul.inputs[other]] \
+                else _gated(gate)
+            if fused is None:
+                continue
+            mul.op = "activation"
+            mul.attrs = {"name": fused, "args": ()}
+            mul.inputs = [mul.inputs[other]]
+            if not graph.consumers(gate.name) and gate.name not in graph.outputs:
+                graph.nodes.remove(gate)
+                mul.fused.append(gate.name)
+            break
+    return graph
+
+
 def fuse_activation(graph: Graph) -> Graph:
     """conv/linear -> activation becomes one node with the activation in its epilogue."""
     graph = graph.copy()
@@ -212,10 +251,11 @@ def fold_pad_into_conv(graph: Graph) -> Graph:
 
 
 def optimize(graph: Graph) -> Graph:
-    """The standard pipeline: identities, padding and BatchNorm folded into convs,
-    residual add, activation."""
+    """The standard pipeline: identities, zero padding and BatchNorm folded into convs,
+    residual add, x * sigmoid(x) as silu (fuse_gating), activation."""
     graph = remove_identities(graph)
     graph = fold_pad_into_conv(graph)
     graph = fold_batch_norm(graph)
     graph = fuse_residual_add(graph)
+    graph = fuse_gating(graph)
     return fuse_activation(graph)

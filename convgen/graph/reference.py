@@ -31,6 +31,7 @@ from convgen.reference import apply_activation, reference
 from convgen.spec import ConvSpec
 from convgen.graph.ir import OPS, Graph, GraphError, Node, check_element_type, describe
 from convgen.graph.shapes import PoolWindow, adaptive_bins, adaptive_output_size, infer_shape, pool_window
+from convgen.graph.resample import reference_resample
 from convgen.graph.tensor_ops import REFERENCES
 
 
@@ -422,6 +423,7 @@ _OPS = {
     "cat": _cat,
     "identity": _identity,
     **REFERENCES,
+    "resample": reference_resample,
 }
 
 assert set(_OPS) == set(OPS), "every op needs an oracle"

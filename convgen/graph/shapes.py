@@ -25,6 +25,7 @@ Conventions chosen where ``ir.py`` is silent (documented here, relied on by the 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from convgen.errors import SpecError
 from convgen.activations import ACTIVATIONS
 from convgen.spec import ConvSpec
 from convgen.graph.ir import OPS, Graph, GraphError, Node, node_error
+from convgen.graph.resample import resample_shape
 from convgen.graph.tensor_ops import SHAPE_RULES
 
 Shape = tuple[int, ...]
@@ -258,6 +260,10 @@ def _check_activation(node: Node, name: object, args: object) -> None:
     args = tuple(args or ())
     if (args or defaults is None) and len(args) != nargs:
         raise _fail(node, f"activation {name} takes {nargs} argument(s), got {args!r}")
+    for arg in args:  # the arguments become literals in generated code
+        if isinstance(arg, bool) or not isinstance(arg, numbers.Real) or \
+                not math.isfinite(float(arg)):
+            raise _fail(node, f"activation {name} argument {arg!r} must be a finite number")
 
 
 def _linear_shape(node: Node, shapes: list[Shape]) -> Shape:
@@ -367,6 +373,7 @@ _RULES = {
     "cat": _cat_shape,
     "identity": _same_shape,
     **SHAPE_RULES,
+    "resample": resample_shape,
 }
 assert set(_RULES) == set(OPS), "every op needs a shape rule"
 

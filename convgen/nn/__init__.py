@@ -10,17 +10,19 @@ from convgen.nn import functional
 from convgen.nn.conv import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
                    ConvTranspose3d)
 from convgen.nn.init import manual_seed
-from convgen.nn.layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
-                     AvgPool2d, AvgPool3d, BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout,
-                     Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
-                     MaxPool3d, ReLU, ReLU6, Sigmoid, Softmax, Tanh)
+from convgen.nn.layers import (ELU, GELU, SELU, AdaptiveAvgPool1d, AdaptiveAvgPool2d,
+                     AdaptiveAvgPool3d, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm1d,
+                     BatchNorm2d, BatchNorm3d, Dropout, Flatten, Hardsigmoid, Hardswish,
+                     Identity, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, MaxPool3d,
+                     ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, Upsample)
 from convgen.nn.module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
 
 __all__ = [
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AvgPool1d", "AvgPool2d",
     "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d", "Conv3d",
-    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Dropout", "Flatten", "Identity",
-    "IncompatibleKeys", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool1d", "MaxPool2d",
-    "MaxPool3d", "Module", "ModuleList", "Parameter", "ReLU", "ReLU6", "Sequential", "Sigmoid",
-    "Softmax", "StateDictError", "Tanh", "functional", "manual_seed",
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Dropout", "ELU", "Flatten", "GELU",
+    "Hardsigmoid", "Hardswish", "Identity", "IncompatibleKeys", "LeakyReLU", "Linear",
+    "LogSoftmax", "MaxPool1d", "MaxPool2d", "MaxPool3d", "Module", "ModuleList", "Parameter",
+    "ReLU", "ReLU6", "SELU", "Sequential", "Sigmoid", "SiLU", "Softmax", "StateDictError",
+    "Tanh", "Upsample", "functional", "manual_seed",
 ]

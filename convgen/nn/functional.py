@@ -12,6 +12,7 @@ Inference semantics: ``dropout`` is the identity whatever ``training`` says.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,9 +26,9 @@ from convgen.graph.trace import (TORCH_FUNCTIONS, Builder, Value, activation_bui
 
 __all__ = [
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "add", "apply",
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "cat", "dropout", "flatten", "leaky_relu",
-    "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "relu", "relu6", "sigmoid",
-    "softmax", "tanh",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "cat", "dropout", "elu", "flatten", "gelu",
+    "hardsigmoid", "hardswish", "interpolate", "leaky_relu", "log_softmax", "max_pool1d", "max_pool2d",
+    "max_pool3d", "relu", "relu6", "selu", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -118,6 +119,100 @@ def sigmoid(input):
 
 def tanh(input):
     return _activation(input, "tanh")
+
+
+def silu(input, inplace: bool = False):
+    """x * sigmoid(x)."""
+    return _activation(input, "silu")
+
+
+def gelu(input, approximate: str = "none"):
+    """x * Phi(x) (erf), or its tanh approximation with approximate="tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _activation(input, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    return _activation(input, "elu", (alpha,))
+
+
+def selu(input, inplace: bool = False):
+    """scale * elu(x, alpha) with SELU's constants."""
+    return _activation(input, "selu")
+
+
+def hardswish(input, inplace: bool = False):
+    """x * relu6(x + 3) / 6."""
+    return _activation(input, "hardswish")
+
+
+def hardsigmoid(input, inplace: bool = False):
+    """relu6(x + 3) / 6."""
+    return _activation(input, "hardsigmoid", (1.0 / 6.0, 0.5))
+
+
+# -- resampling ---------------------------------------------------------------------------------
+
+# torch mode -> (spatial dims it takes (None: any), graph resample mode)
+_INTERPOLATE_MODES = {"nearest": (None, "nearest"), "nearest-exact": (None, "nearest"),
+                      "linear": (1, "linear"), "bilinear": (2, "linear"),
+                      "trilinear": (3, "linear"), "bicubic": (2, "cubic")}
+
+
+def _per_dim(value, nd: int, what: str) -> tuple:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * nd
+    if len(values) != nd:
+        raise ValueError(f"{what}={value!r} must have {nd} entries (one per spatial dim)")
+    return values
+
+
+def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
+                align_corners=None, recompute_scale_factor=None, antialias: bool = False, *,
+                module: object = None, name: str | None = None):
+    """torch.nn.functional.interpolate: one ``resample`` node per spatial dim. Modes nearest,
+    nearest-exact, linear, bilinear, trilinear, bicubic (A = -0.75); no antialias or area."""
+    if mode not in _INTERPOLATE_MODES:
+        raise ValueError(f"interpolate: mode={mode!r} must be one of {tuple(_INTERPOLATE_MODES)}")
+    dims, kind = _INTERPOLATE_MODES[mode]
+    if antialias:
+        raise ValueError("interpolate: antialias=True is not supported")
+    if align_corners is not None and kind == "nearest":
+        raise ValueError(f"interpolate: align_corners only applies to the linear and cubic "
+                         f"modes, not {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    shape = tuple(input.shape)
+    nd = len(shape) - 2
+    if nd < 1 or (dims is not None and nd != dims):
+        want = "(N, C, *spatial)" if dims is None else f"{dims + 2}-d"
+        raise ValueError(f"interpolate: mode {mode!r} expects a {want} input, got shape {shape}")
+    if size is not None:
+        sizes = tuple(int(s) for s in _per_dim(size, nd, "size"))
+        scales = [out / n for out, n in zip(sizes, shape[2:])]
+    else:
+        factors = [float(f) for f in _per_dim(scale_factor, nd, "scale_factor")]
+        sizes = tuple(int(math.floor(n * f)) for n, f in zip(shape[2:], factors))
+        # torch's coordinates use the given factor unless told to recompute it
+        scales = [out / n for out, n in zip(sizes, shape[2:])] if recompute_scale_factor \
+            else factors
+    if mode == "nearest":
+        coordinate = "asymmetric"
+    elif mode == "nearest-exact":
+        coordinate = "tf_half_pixel_for_nn"
+    else:
+        coordinate = "align_corners" if align_corners else "half_pixel"
+    y = input
+    for d, (out, scale) in enumerate(zip(sizes, scales)):
+        attrs = {"axis": d + 2, "size": out, "mode": kind, "coordinate": coordinate,
+                 "scale": scale, "nearest_mode": "floor", "cubic_coeff_a": -0.75,
+                 "exclude_outside": False}
+        if out == shape[d + 2] and scale == 1.0:
+            continue
+        y = apply(lambda shapes, attrs=attrs: ("resample", dict(attrs), {}), [y],
+                  module=module, name=name or "interpolate")
+    return y
 
 
 def _softmax(op: str, x, dim, dtype, *, module: object = None, name: str | None = None):
@@ -304,6 +399,8 @@ TORCH_FUNCTIONS.update({
     "flatten": flatten, "cat": cat, "concat": cat, "concatenate": cat, "add": add,
     "relu": relu, "relu6": relu6, "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh,
     "softmax": softmax, "log_softmax": log_softmax, "dropout": dropout,
+    "silu": silu, "gelu": gelu, "elu": elu, "selu": selu, "hardswish": hardswish,
+    "hardsigmoid": hardsigmoid, "interpolate": interpolate,
     "max_pool1d": max_pool1d, "max_pool2d": max_pool2d, "max_pool3d": max_pool3d,
     "avg_pool1d": avg_pool1d, "avg_pool2d": avg_pool2d, "avg_pool3d": avg_pool3d,
     "adaptive_avg_pool1d": adaptive_avg_pool1d, "adaptive_avg_pool2d": adaptive_avg_pool2d,

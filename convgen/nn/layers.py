@@ -259,6 +259,68 @@ class Tanh(_Activation):
     _name = "tanh"
 
 
+class _InplaceActivation(_Activation):
+    """An activation with torch's ``inplace`` flag (ignored: outputs are new arrays)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class SiLU(_InplaceActivation):
+    _name = "silu"
+
+
+class SELU(_InplaceActivation):
+    _name = "selu"  # the table's default arguments are torch's constants
+
+
+class Hardswish(_InplaceActivation):
+    _name = "hardswish"
+
+    def extra_repr(self) -> str:  # torch prints no inplace for these two
+        return ""
+
+
+class Hardsigmoid(Hardswish):
+    _name = "hardsigmoid"
+
+    def _args(self) -> tuple:
+        return (1.0 / 6.0, 0.5)  # torch's relu6(x + 3) / 6
+
+
+class ELU(_InplaceActivation):
+    _name = "elu"
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__(inplace)
+        self.alpha = alpha
+
+    def _args(self) -> tuple:
+        return (self.alpha,)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class GELU(_Activation):
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    @property
+    def _name(self) -> str:
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
 class _SoftmaxBase(Module):
     _op = "softmax"
 
@@ -286,6 +348,34 @@ class Softmax(_SoftmaxBase):
 
 class LogSoftmax(_SoftmaxBase):
     _op = "log_softmax"
+
+
+# -- resampling ---------------------------------------------------------------------------------
+
+class Upsample(Module):
+    """torch.nn.Upsample: F.interpolate with the module's size or scale_factor."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        self.name = type(self).__name__
+        self.size = size
+        if isinstance(scale_factor, tuple):
+            self.scale_factor = tuple(float(f) for f in scale_factor)
+        else:
+            self.scale_factor = float(scale_factor) if scale_factor else None
+        self.mode = mode
+        self.align_corners = align_corners
+        self.recompute_scale_factor = recompute_scale_factor
+
+    def extra_repr(self) -> str:
+        info = (f"scale_factor={self.scale_factor!r}" if self.scale_factor is not None
+                else f"size={self.size!r}")
+        return f"{info}, mode={self.mode!r}"
+
+    def forward(self, input):
+        return F.interpolate(input, self.size, self.scale_factor, self.mode, self.align_corners,
+                             self.recompute_scale_factor, module=self)
 
 
 # -- normalization ------------------------------------------------------------------------------

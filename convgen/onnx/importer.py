@@ -91,7 +91,7 @@ ELEMENT_INPUTS = {**FLOAT_INPUTS, 2: "uint8", 3: "int8", 4: "uint16", 5: "int16"
 # that ONNX types as integers only (shapes, axes, pads, ...) are found in the schemas
 PARAMETER_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2),
                    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "Pad": (2,),
-                   "Dropout": (2,)}
+                   "Dropout": (2,), "Resize": (1, 2), "Upsample": (1,)}
 # operators whose output is a constant while their input is computed at run time (they
 # read its shape only): a constant wanted from their output wants nothing of the input
 SHAPE_READERS = frozenset({"Shape", "Size"})

@@ -8,9 +8,12 @@ Attribute defaults and their changes across opsets follow the ONNX operator chan
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from convgen.errors import SpecError
+from convgen.graph.resample import COORDINATES, NEAREST_MODES
 from convgen.onnx.ops import (Context, Tensor, Value, arith, broadcast, is_const,
                               legacy_broadcast, matmul, shape_of)
 from convgen.spec import ConvSpec
@@ -493,6 +496,187 @@ def dropout(ctx: Context, inputs: list) -> list:
     return [x, np.ones(shape_of(x), dtype=np.bool_)]
 
 
+# -- more activations (issue 21) ------------------------------------------------------
+
+def _float_attr(ctx: Context, name: str, default: float) -> float:
+    value = ctx.attr(name, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ctx.error(f"attribute {name}={value!r} must be a number") from None
+    if not np.isfinite(value):
+        raise ctx.error(f"attribute {name}={value!r} must be finite")
+    return value
+
+
+def _flag_attr(ctx: Context, name: str) -> bool:
+    value = ctx.attr(name, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (0, 1):
+        raise ctx.error(f"attribute {name}={value!r} must be 0 or 1")
+    return bool(value)
+
+
+def gelu(ctx: Context, inputs: list) -> list:
+    approximate = ctx.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.error(f"approximate={approximate!r} must be 'none' or 'tanh'")
+    return [ctx.activation(inputs[0], "gelu" if approximate == "none" else "gelu_tanh")]
+
+
+elu = _unary("elu", lambda ctx: (_float_attr(ctx, "alpha", 1.0),))
+hard_sigmoid = _unary("hardsigmoid", lambda ctx: (_float_attr(ctx, "alpha", 0.2),
+                                                  _float_attr(ctx, "beta", 0.5)))
+hard_swish = _unary("hardswish")
+erf = _unary("erf")
+softplus = _unary("softplus")
+softsign = _unary("softsign")
+# ONNX's defaults are float32 roundings of SELU's constants (torch uses the float64 ones)
+selu = _unary("selu", lambda ctx: (_float_attr(ctx, "alpha", 1.67326319217681884765625),
+                                   _float_attr(ctx, "gamma", 1.05070102214813232421875)))
+
+
+def swish(ctx: Context, inputs: list) -> list:
+    """Swish (opset 24): x * sigmoid(alpha * x); alpha 1 is silu, and otherwise
+    silu(alpha * x) / alpha (the scalings become per-channel affines around it)."""
+    alpha = _float_attr(ctx, "alpha", 1.0)
+    x = inputs[0]
+    if alpha == 1.0:
+        return [ctx.activation(x, "silu")]
+    if alpha == 0.0:
+        return [arith(ctx, "mul", x, np.array(0.5))]
+    scaled = arith(ctx, "mul", x, np.array(alpha), role="scale")
+    y = ctx.activation(scaled, "silu", role="silu")
+    return [arith(ctx, "mul", y, np.array(1.0 / alpha))]
+
+
+# -- Resize and Upsample (issue 21) ------------------------------------------------------
+
+_RESIZE_MODES = ("nearest", "linear", "cubic")
+_KEEP_ASPECT = ("stretch", "not_larger", "not_smaller")
+
+
+def _resize_axes(ctx: Context, rank: int) -> list[int]:
+    axes = ctx.ints("axes", None) if ctx.opset >= 18 else None
+    if axes is None:
+        return list(range(rank))
+    if any(not -rank <= a < rank for a in axes):
+        raise ctx.error(f"axes={list(axes)} out of range for rank {rank}")
+    axes = [a % rank for a in axes]
+    if len(set(axes)) != len(axes):
+        raise ctx.error(f"axes={list(axes)} repeats an axis")
+    return axes
+
+
+def _resize_targets(ctx: Context, shape: tuple[int, ...], scales, sizes,
+                    axes: list[int]) -> list[tuple[int, int, float]]:
+    """(axis, output size, scale) for every axis of ``axes`` from constant scales or sizes
+    (ONNX: output = floor(input * scale); from sizes, scale = output / input, or with
+    keep_aspect_ratio_policy one scale for all axes and output = round(scale * input))."""
+    if scales is not None:
+        scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+        if scales.size != len(axes):
+            raise ctx.error(f"scales has {scales.size} values; expected {len(axes)} "
+                            f"(one per axis of {axes})")
+        if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
+            raise ctx.error(f"scales={scales.tolist()} must be finite and > 0")
+        out = []
+        for axis, scale in zip(axes, scales):
+            size = math.floor(shape[axis] * scale)
+            if size < 1:
+                raise ctx.error(f"scale {scale} leaves nothing of dim {axis} (size "
+                                f"{shape[axis]})")
+            out.append((axis, size, float(scale)))
+        return out
+    sizes = np.asarray(sizes).reshape(-1)
+    if sizes.dtype.kind not in "iu" or sizes.size != len(axes):
+        raise ctx.error(f"sizes={sizes.tolist()} must be {len(axes)} integers (one per axis "
+                        f"of {axes})")
+    if np.any(sizes < 1):
+        raise ctx.error(f"sizes={sizes.tolist()} must be >= 1")
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch") if ctx.opset >= 18 else "stretch"
+    if policy not in _KEEP_ASPECT:
+        raise ctx.error(f"keep_aspect_ratio_policy={policy!r} must be one of {_KEEP_ASPECT}")
+    ratios = [int(n) / shape[a] for a, n in zip(axes, sizes)]
+    if policy == "stretch":
+        return [(a, int(n), r) for a, n, r in zip(axes, sizes, ratios)]
+    scale = min(ratios) if policy == "not_larger" else max(ratios)
+    return [(a, max(1, int(scale * shape[a] + 0.5)), scale) for a in axes]
+
+
+def _resample(ctx: Context, x: Value, targets, attrs: dict) -> Value:
+    """One ``resample`` node per axis that changes (in axis order)."""
+    x = ctx.tensor(x)
+    for axis, size, scale in sorted(targets):
+        if size == x.shape[axis] and scale == 1.0:
+            continue  # the identity along this axis in every coordinate mode
+        x = ctx.emit("resample", [x], {"axis": axis, "size": size, "scale": scale, **attrs},
+                     role=f"axis{axis}")
+    return x
+
+
+def resize(ctx: Context, inputs: list) -> list:
+    x = inputs[0]
+    shape = shape_of(x)
+    mode = ctx.attr("mode", "nearest")
+    modes = _RESIZE_MODES if ctx.opset >= 11 else _RESIZE_MODES[:2]
+    if mode not in modes:
+        raise ctx.error(f"mode={mode!r} must be one of {modes}")
+    if ctx.opset < 11:  # Resize-10: Upsample's semantics
+        scales = ctx.const(inputs[1] if len(inputs) > 1 else None, "scales")
+        targets = _resize_targets(ctx, shape, scales, None, list(range(len(shape))))
+        return [_resample(ctx, x, targets, {"mode": mode, "coordinate": "asymmetric",
+                                            "nearest_mode": "simple"})]
+    if ctx.opset >= 18 and _flag_attr(ctx, "antialias"):
+        raise ctx.error("antialias=1 is not supported (convgen resamples with a fixed 1, 2 "
+                        "or 4-tap filter)")
+    coordinate = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if coordinate == "tf_crop_and_resize":
+        raise ctx.error("coordinate_transformation_mode='tf_crop_and_resize' is not "
+                        "supported (a region of interest and an extrapolation value)")
+    # half_pixel_symmetric came in opset 19; tf_half_pixel_for_nn is Resize-11's, and
+    # onnxruntime (and TensorFlow converters) use it at later opsets too
+    known = [c for c in COORDINATES if c != "half_pixel_symmetric" or ctx.opset >= 19]
+    if coordinate not in known:
+        raise ctx.error(f"coordinate_transformation_mode={coordinate!r} is not one of "
+                        f"{tuple(known) + ('tf_crop_and_resize',)} at opset {ctx.opset}")
+    nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
+    if nearest_mode not in NEAREST_MODES[:4]:
+        raise ctx.error(f"nearest_mode={nearest_mode!r} must be one of {NEAREST_MODES[:4]}")
+    scales = inputs[2] if len(inputs) > 2 else None
+    sizes = inputs[3] if len(inputs) > 3 else None
+    if scales is not None and shape_of(scales) == (0,):
+        scales = None  # an empty scales with sizes given (opset 11, 13)
+    if (scales is None) == (sizes is None):
+        raise ctx.error("needs exactly one of the inputs scales and sizes")
+    scales = None if scales is None else ctx.const(scales, "scales")
+    sizes = None if sizes is None else ctx.const(sizes, "sizes")
+    targets = _resize_targets(ctx, shape, scales, sizes, _resize_axes(ctx, len(shape)))
+    attrs = {"mode": mode, "coordinate": coordinate, "nearest_mode": nearest_mode,
+             "cubic_coeff_a": _float_attr(ctx, "cubic_coeff_a", -0.75),
+             "exclude_outside": _flag_attr(ctx, "exclude_outside")}
+    return [_resample(ctx, x, targets, attrs)]
+
+
+def upsample(ctx: Context, inputs: list) -> list:
+    """Upsample (opsets 7, 9; deprecated at 10): output = floor(input * scale), the
+    asymmetric coordinate transform, nearest rounding down (Resize-10 in onnxruntime)."""
+    x = inputs[0]
+    mode = ctx.attr("mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise ctx.error(f"mode={mode!r} must be 'nearest' or 'linear'")
+    if ctx.opset < 9:
+        scales = ctx.attr("scales")
+        if scales is None:
+            raise ctx.error("needs the attribute scales")
+        scales = np.asarray(scales, dtype=np.float64)
+    else:
+        scales = ctx.const(inputs[1] if len(inputs) > 1 else None, "scales")
+    shape = shape_of(x)
+    targets = _resize_targets(ctx, shape, scales, None, list(range(len(shape))))
+    return [_resample(ctx, x, targets, {"mode": "nearest" if mode == "nearest" else "linear",
+                                        "coordinate": "asymmetric", "nearest_mode": "simple"})]
+
+
 HANDLERS = {
     "Conv": conv, "ConvTranspose": conv_transpose, "MaxPool": max_pool,
     "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
@@ -502,6 +686,9 @@ HANDLERS = {
     "Softmax": softmax, "LogSoftmax": log_softmax, "Add": add, "Sub": sub, "Mul": mul,
     "Div": div, "Sum": sum_op, "Max": max_op, "Min": min_op, "Mean": mean, "PRelu": prelu,
     "ReduceMean": reduce_mean, "Identity": identity, "Dropout": dropout,
+    "Gelu": gelu, "Elu": elu, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
+    "Selu": selu, "Swish": swish, "Erf": erf, "Softplus": softplus,
+    "Softsign": softsign, "Resize": resize, "Upsample": upsample,
 }
 
 __all__ = ["HANDLERS", "window_pads"]

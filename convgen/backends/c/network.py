@@ -33,6 +33,8 @@ def _call(step) -> str:
         args = [ins[0], param["weight"], param.get("bias", "NULL"), out]
     elif step.kind == "batch_norm":
         args = [ins[0], param["scale"], param["shift"], out]
+    elif step.kind == "resample":
+        args = [ins[0], param["index"], param.get("weight", "NULL"), out]
     else:
         args = ins + [out]
     return f"{step.function}({', '.join(args)})"

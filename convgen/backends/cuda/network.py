@@ -50,6 +50,8 @@ def _arguments(step: Step) -> list[Buffer]:
         return [step.inputs[0], param["weight"], param.get("bias", NULL), step.output, JOB]
     if step.kind == "batch_norm":
         return [step.inputs[0], param["scale"], param["shift"], step.output, JOB]
+    if step.kind == "resample":
+        return [step.inputs[0], param["index"], param.get("weight", NULL), step.output, JOB]
     return [*step.inputs, step.output, JOB]
 
 

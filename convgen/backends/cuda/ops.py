@@ -2,8 +2,8 @@
 
 ``templates/cuda/ops.cu.j2`` has one macro per step kind (max_pool, max_pool_indices, avg_pool,
 adaptive_avg_pool, linear, activation, softmax, batch_norm, add, cat, remap, lrn, binary,
-where, matmul); each emits one kernel ``<function>_kernel(<pointers>, long long job_begin)`` whose
-block ``j`` (``job_begin + blockIdx.x``) handles work items ``[j * threads, (j + 1) *
+where, matmul, resample); each emits one kernel ``<function>_kernel(<pointers>, long long
+job_begin)`` whose block ``j`` (``job_begin + blockIdx.x``) handles work items ``[j * threads, (j + 1) *
 threads)``. They compute what ``templates/c/ops.j2``'s C functions compute, in NCHW (the
 CUDA backend never blocks values, so ``blocked`` is ignored).
 """
@@ -19,7 +19,7 @@ OP_THREADS = 256  # threads per block of every op kernel
 
 OP_KINDS = ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", "linear",
             "activation", "softmax", "batch_norm", "add", "cat", "remap", "lrn", "binary",
-            "where", "matmul")
+            "where", "matmul", "resample")
 
 
 def work_items(kind: str, consts: dict) -> int:
@@ -30,7 +30,7 @@ def work_items(kind: str, consts: dict) -> int:
         return c["nc"] * math.prod(c["out_size"])
     if kind == "linear":
         return c["rows"] * c["out_features"]
-    if kind in ("activation", "add", "binary", "where", "remap"):
+    if kind in ("activation", "add", "binary", "where", "remap", "resample"):
         return c["elements"]
     if kind == "softmax":
         return c["outer"] * c["inner"]

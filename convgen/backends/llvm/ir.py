@@ -8,6 +8,7 @@ the element type (``lanes == 1`` gives one-lane vectors for scalar code).
 from __future__ import annotations
 
 import contextlib
+import math
 
 from llvmlite import ir
 
@@ -262,13 +263,39 @@ class IRFunction:
             return b.select(b.fcmp_ordered(">", v, const(0.0)), v, negative)
         if name == "silu":
             return b.fdiv(v, b.fadd(const(1.0), vector_call("exp", b.fneg(v))))
-        if name == "gelu":  # exact form; erf from the C math library, lane by lane
-            erf_name = "erff" if self.suffix == "f32" else "erf"
-            erf = self.intrinsic(erf_name, self.scalar, [self.scalar])
-            scaled = b.fmul(v, const(0.7071067811865476))
+        def libm(name: str, value):  # a C math library function, lane by lane
+            function = self.intrinsic(name + ("f" if self.suffix == "f32" else ""),
+                                      self.scalar, [self.scalar])
             result = ir.Constant(self.vec, ir.Undefined)
             for lane in range(self.lanes):
-                lane_value = b.call(erf, [b.extract_element(scaled, i32(lane))])
+                lane_value = b.call(function, [b.extract_element(value, i32(lane))])
                 result = b.insert_element(result, lane_value, i32(lane))
-            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), result))
+            return result
+
+        if name == "gelu":  # exact form
+            scaled = b.fmul(v, const(0.7071067811865476))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), libm("erf", scaled)))
+        if name == "erf":
+            return libm("erf", v)
+        if name == "softplus":  # max(v, 0) + log1p(exp(-|v|))
+            positive = b.fcmp_ordered(">", v, const(0.0))
+            negative_abs = b.select(positive, b.fneg(v), v)
+            return b.fadd(b.select(positive, v, const(0.0)),
+                          libm("log1p", vector_call("exp", negative_abs)))
+        if name == "softsign":
+            absolute = b.select(b.fcmp_ordered("<", v, const(0.0)), b.fneg(v), v)
+            return b.fdiv(v, b.fadd(const(1.0), absolute))
+        if name == "gelu_tanh":
+            cube = b.fmul(b.fmul(v, v), v)
+            inner = b.fmul(const(math.sqrt(2.0 / math.pi)),
+                           b.fadd(v, b.fmul(const(0.044715), cube)))
+            return b.fmul(b.fmul(const(0.5), v), b.fadd(const(1.0), vector_call("tanh", inner)))
+        if name == "hardswish":
+            return b.fdiv(b.fmul(v, clamp(0.0, 6.0, b.fadd(v, const(3.0)))), const(6.0))
+        if name == "hardsigmoid":
+            return clamp(0.0, 1.0, b.fadd(b.fmul(const(args[0]), v), const(args[1])))
+        if name == "selu":
+            negative = b.fmul(const(args[0]), b.fsub(vector_call("exp", v), const(1.0)))
+            return b.fmul(const(args[1]), b.select(b.fcmp_ordered(">", v, const(0.0)), v,
+                                                   negative))
         raise AssertionError(name)

@@ -427,6 +427,30 @@ class _OpIR(IRFunction):
             self.put(b.load(total), y, b.add(b.mul(p, i64(m * n)), b.add(b.mul(i, i64(n)), j)))
         return self.finish()
 
+    def resample(self) -> ir.Function:
+        """y[a, j, i] = sum_t weight[j, t] * x[a, index[j, t], i] (x viewed (outer, in, inner),
+        y (outer, out, inner)); nearest: one tap, copied."""
+        b, c = self.b, self.c
+        x, index, weight, y = (self.args[n] for n in ("x", "index", "w", "y"))
+        taps, inner = c["taps"], c["inner"]
+        with self.loop(0, c["outer"], "a") as a, self.loop(0, c["out_size"], "j") as j:
+            row = self.element(y, b.mul(b.add(b.mul(a, i64(c["out_size"])), j), i64(inner)))
+            if not c["nearest"]:
+                with self.loop(0, inner, "i0") as i:
+                    self.put(self.zero(), row, i)
+            for t in range(taps):
+                slot = b.add(b.mul(j, i64(taps)), i64(t))
+                source_index = b.fptosi(b.extract_element(self.at(index, slot), i32(0)), I64)
+                source = self.element(x, b.mul(b.add(b.mul(a, i64(c["in_size"])), source_index),
+                                               i64(inner)))
+                with self.loop(0, inner, f"i{t + 1}") as i:
+                    if c["nearest"]:
+                        self.put(self.at(source, i), row, i)
+                    else:
+                        term = b.fmul(self.at(weight, slot), self.at(source, i))
+                        self.put(b.fadd(self.at(row, i), term), row, i)
+        return self.finish()
+
     def cat(self) -> ir.Function:
         b, c = self.b, self.c
         y = self.args["y"]
@@ -466,6 +490,8 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
         return _OpIR(module, step, c_type, ("a", "b2", "y")).matmul()
     if kind == "where":
         return _OpIR(module, step, c_type, ("c", "a", "b2", "y")).where()
+    if kind == "resample":
+        return _OpIR(module, step, c_type, ("x", "index", "w", "y")).resample()
     if kind in ("add", "binary"):
         op = _OpIR(module, step, c_type, ("a", "b2", "y"))
         operation = step.consts.get("op", "add")
@@ -580,6 +606,8 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
             args = [ins[0], param["weight"], param.get("bias", null), out]
         elif step.kind == "batch_norm":
             args = [ins[0], param["scale"], param["shift"], out]
+        elif step.kind == "resample":
+            args = [ins[0], param["index"], param.get("weight", null), out]
         else:
             args = ins + [out]
         b.call(function, args)
