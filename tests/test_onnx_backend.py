@@ -97,8 +97,6 @@ EXCLUDED: dict[str, str] = {
     'test_training_dropout_mask': TRAINING,
     'test_training_dropout_zero_ratio': TRAINING,
     'test_training_dropout_zero_ratio_mask': TRAINING,
-    'test_where_example': BOOL,
-    'test_where_long_example': BOOL,
     # pytorch-converted and pytorch-operator
 }
 

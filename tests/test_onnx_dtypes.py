@@ -51,6 +51,31 @@ def double_model():
 
 
 @pytest.mark.parametrize("backend", CPU)
+def test_double_dense_model_matches_onnxruntime(backend):
+    """Gemm + Relu + Add + MaxPool + Softmax in DOUBLE (ops ONNX Runtime runs in double)."""
+    rng = np.random.default_rng(2)
+    model = typed_model(
+        [node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+         node("Relu", ["g"], ["r"]),
+         node("Add", ["r", "x2"], ["a"]),
+         node("Reshape", ["a", "shape"], ["a4"]),
+         node("MaxPool", ["a4"], ["p"], kernel_shape=[2], strides=[2]),
+         node("Flatten", ["p"], ["f"]),
+         node("Softmax", ["f"], ["y"], axis=1)],
+        {"x": (3, 5), "x2": (3, 8)}, ["y"], TensorProto.DOUBLE,
+        {"w": rng.standard_normal((8, 5)), "b": rng.standard_normal(8),
+         "shape": np.array([3, 2, 4], dtype=np.int64)})
+    x, x2 = rng.standard_normal((3, 5)), rng.standard_normal((3, 8))
+    compiled = cg.from_onnx(model).compile(backend=backend)
+    assert compiled.dtype == "float64"
+    got = compiled(x, x2)
+    assert got.dtype == np.float64
+    (want,) = run_ort(model, [x, x2])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(compiled.reference(x, x2), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", CPU)
 def test_double_model_runs_in_float64(backend):
     model = double_model()
     x = np.random.default_rng(1).standard_normal((1, 2, 6, 6))
@@ -321,3 +346,52 @@ def test_cli_run_makes_inputs_in_the_model_dtype(tmp_path, capsys):
     got = np.load(tmp_path / "y.npy")
     assert got.dtype == np.int8
     np.testing.assert_array_equal(got, want)  # 28 + 100 and 127 + 100 wrap around
+
+
+# -- bool inputs: Where's condition -------------------------------------------------------
+
+def where_model(elem: int):
+    graph = helper.make_graph(
+        [node("Where", ["cond", "x", "y"], ["z"])], "where",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [2, 3]),
+         helper.make_tensor_value_info("x", elem, [2, 3]),
+         helper.make_tensor_value_info("y", elem, [1, 3])],
+        [helper.make_tensor_value_info("z", elem, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=IR_VERSION)
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("elem, dtype", [(TensorProto.FLOAT, np.float32),
+                                         (TensorProto.INT64, np.int64)])
+def test_bool_condition_input(backend, elem, dtype):
+    """A bool graph input as Where's condition: taken as 0/1 in the network's element type
+    (the model's dtype comes from the other inputs); exact against ONNX Runtime."""
+    model = where_model(elem)
+    imported = cg.from_onnx(model)
+    assert imported.dtype == np.dtype(dtype).name
+    compiled = imported.compile(backend=backend)
+    rng = np.random.default_rng(3)
+    cond = rng.random((2, 3)) < 0.5
+    x = (rng.standard_normal((2, 3)) * 2**40).astype(dtype)  # int64 beyond float's 2**24
+    y = (rng.standard_normal((1, 3)) * 2**40).astype(dtype)
+    got = compiled(cond, x, y)
+    (want,) = run_ort(model, [cond, x, y])
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(compiled.reference(cond, x, y), want)
+    with pytest.raises(TypeError, match="input 0: expected dtype bool, got float32"):
+        compiled(cond.astype(np.float32), x, y)
+
+
+def test_bool_input_elsewhere_is_refused():
+    graph = helper.make_graph(
+        [node("Where", ["cond", "x", "x"], ["z"]), node("Identity", ["cond"], ["c2"])],
+        "where", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [2]),
+                  helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("c2", TensorProto.BOOL, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=IR_VERSION)
+    with pytest.raises(cg.OnnxImportError, match="'cond' is bool.*Identity"):
+        cg.from_onnx(model)

@@ -69,7 +69,8 @@ def _conv_schedules(graph: Graph, threads: int | None, backend: str,
 def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float32",
                   threads: int | None = None, layout: str = "blocked",
                   schedules: dict[str, Schedule] | None = None,
-                  output_dtypes: Sequence[str | None] | None = None) -> CompiledModel:
+                  output_dtypes: Sequence[str | None] | None = None,
+                  input_dtypes: Sequence[str | None] | None = None) -> CompiledModel:
     """Compile ``graph`` (as traced: unfused) into a :class:`CompiledModel`.
 
     ``threads`` per convolution layer: each layer runs the best tuning record measured at
@@ -92,6 +93,7 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     """
     info = element_type(dtype)  # ValueError naming the element types
     output_dtypes = _output_dtypes(output_dtypes, len(graph.outputs))
+    input_dtypes = _input_dtypes(input_dtypes, len(graph.inputs))
     threads = check_threads(threads)
     backend = resolve_backend(backend)
     if dtype not in get_backend(backend).network_dtypes:
@@ -126,7 +128,18 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     network = get_backend(backend).compile_network(lowered, symbol, title)
     return CompiledModel(original, optimized, lowered, memory, backend, symbol, network.source,
                          network.ffi, network.function, network.keepalive, dtype, threads,
-                         runner=network.runner, output_dtypes=output_dtypes)
+                         runner=network.runner, output_dtypes=output_dtypes,
+                         input_dtypes=input_dtypes)
+
+
+def _input_dtypes(dtypes, count: int) -> list[str | None]:
+    if dtypes is None:
+        return [None] * count
+    dtypes = list(dtypes)
+    if len(dtypes) != count or any(d not in (None, "bool") for d in dtypes):
+        raise ValueError(f"input_dtypes: expected {count} entries (one per graph input), "
+                         f"each None or 'bool', got {dtypes}")
+    return dtypes
 
 
 def _output_dtypes(dtypes, count: int) -> list[str | None]:
@@ -161,7 +174,8 @@ class CompiledModel:
     """
 
     def __init__(self, graph, optimized, lowered, memory, backend, symbol, source, ffi,
-                 function, keepalive, dtype, threads, runner=None, output_dtypes=None):
+                 function, keepalive, dtype, threads, runner=None, output_dtypes=None,
+                 input_dtypes=None):
         self.graph = graph
         self.optimized = optimized
         self.backend = backend
@@ -174,6 +188,9 @@ class CompiledModel:
         self.output_shapes = [tuple(graph.shape_of(name)) for name in graph.outputs]
         # per output: None, or the integer/bool dtype its values are cast to (an ONNX model's)
         self.output_dtypes = list(output_dtypes or [None] * len(self.output_shapes))
+        # per input: None (the network's dtype) or "bool", taken as 0/1 in the network's
+        # dtype (exact in every element type): an imported ONNX model's bool inputs
+        self.input_dtypes = list(input_dtypes or [None] * len(self.input_shapes))
         self._lowered = lowered
         self.blocked_values = lowered.blocked  # values kept in the blocked layout
         self._ffi = ffi
@@ -215,6 +232,7 @@ class CompiledModel:
         if len(inputs) != len(self.input_shapes):
             raise TypeError(f"expected {len(self.input_shapes)} input array(s), "
                             f"got {len(inputs)}")
+        inputs = self._converted(inputs)
         if self._runner is not None:
             with self._lock:
                 outputs = self._runner(inputs)
@@ -233,6 +251,17 @@ class CompiledModel:
             raise RuntimeError(f"{self.symbol} returned status {status}")
         return self._typed(outputs)
 
+    def _converted(self, inputs) -> list:
+        """The bool inputs (``input_dtypes``) checked and converted to the network's dtype."""
+        inputs = list(inputs)
+        for i, want in enumerate(self.input_dtypes):
+            if want == "bool":
+                array = np.asarray(inputs[i])
+                if array.dtype != np.bool_:
+                    raise TypeError(f"input {i}: expected dtype bool, got {array.dtype}")
+                inputs[i] = array.astype(self.dtype)
+        return inputs
+
     def _typed(self, outputs: list):
         """The outputs, each cast to its ``output_dtypes`` entry (bool: nonzero), one array
         alone."""
@@ -244,6 +273,7 @@ class CompiledModel:
     def reference(self, *inputs: np.ndarray):
         """The NumPy oracle of the original (unfused) graph, in float64 (an integer model's
         in its own dtype, exactly; integer and bool outputs cast as the model's)."""
+        inputs = self._converted(inputs)
         if element_type(self.dtype).is_integer:
             outputs = evaluate(self.graph, inputs, self.dtype)
         else:

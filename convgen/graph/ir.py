@@ -98,7 +98,7 @@ OPS = ("conv", "max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool", 
 
 # ops (and activations) that integer networks compile; the others are float-only
 INTEGER_OPS = ("max_pool", "flatten", "activation", "add", "cat", "identity", "reshape",
-               "transpose", "pad", "expand", "binary", "constant")
+               "transpose", "pad", "slice", "expand", "binary", "where", "constant")
 INTEGER_ACTIVATIONS = ("relu", "relu6", "clip")
 INTEGER_BINARY_KINDS = ("add", "sub", "mul", "div", "max", "min")
 

@@ -86,6 +86,7 @@ FLOAT_INPUTS = {1: "float32", 11: "float64"}  # TensorProto.FLOAT, DOUBLE
 # ELEMENT_TYPES; bool, float16, bfloat16, strings and the 8-bit floats are not among them
 ELEMENT_INPUTS = {**FLOAT_INPUTS, 2: "uint8", 3: "int8", 4: "uint16", 5: "int16",
                   6: "int32", 7: "int64", 12: "uint32", 13: "uint64"}
+BOOL_INPUT = 9  # TensorProto.BOOL: a data input taken only as Where's condition
 # the float (or bool) inputs of an operator that convgen needs as constants and that a
 # model may give as graph inputs (weight inputs, specialized at call time); the inputs
 # that ONNX types as integers only (shapes, axes, pads, ...) are found in the schemas
@@ -250,19 +251,36 @@ def _declared_inputs(model, constants, label: str) -> list[tuple[str, tuple, int
 
 
 def _input_dtype(name: str, elem: int, specialized: bool, label: str) -> str:
-    """The NumPy dtype of a graph input: one of ELEMENT_INPUTS for a data input; a
-    specialized input (a constant to the network) may have any element type constants
+    """The NumPy dtype of a graph input: one of ELEMENT_INPUTS, or bool, for a data input;
+    a specialized input (a constant to the network) may have any element type constants
     have."""
     from onnx import TensorProto
 
     if elem in ELEMENT_INPUTS:
         return ELEMENT_INPUTS[elem]
+    if elem == BOOL_INPUT:
+        return "bool"
     if specialized and elem in TENSOR_DTYPES:
         return np.dtype(TENSOR_DTYPES[elem]).name
     raise OnnxImportError(
         f"{label}: graph input {name!r} has element type "
         f"{TensorProto.DataType.Name(elem) if elem else 'undefined'}; convgen "
         f"takes inputs of {', '.join(ELEMENT_INPUTS.values())}")
+
+
+def _check_bool_inputs(model, names: set[str], label: str) -> None:
+    """A bool data input may only be a Where's condition: the network computes it as 0/1 in
+    its own element type, which only Where reads as true/false (and convgen has no bool
+    operators on run-time tensors)."""
+    for name in sorted(names):
+        users = [node for node in model.graph.node if name in node.input]
+        wrong = [f"{node.op_type} {node.name or '(unnamed)'!r}" for node in users
+                 if node.op_type != "Where" or list(node.input).index(name) != 0
+                 or name in list(node.input)[1:]]
+        if wrong or name in [value.name for value in model.graph.output]:
+            raise OnnxImportError(
+                f"{label}: graph input {name!r} is bool; convgen takes a bool input only as "
+                f"Where's condition, not as an input of {wrong or ['the graph output']}")
 
 
 def constant_slots(op_type: str, opset: int) -> frozenset[int]:
@@ -371,9 +389,13 @@ class OnnxModel:
         # specialized inputs: (name, declared dims or None, NumPy dtype name)
         self.specialized_inputs = [(name, dims, dtype) for name, dims, dtype in declared
                                    if name in specialized]
-        # the data inputs' element types, by name: what the model's dtype comes from
+        # the data inputs' element types, by name: what the model's dtype comes from (bool
+        # inputs aside: they are taken as 0/1 in it)
         self.input_dtypes = {name: dtype for name, _, dtype in declared
-                             if name not in specialized}
+                             if name not in specialized and dtype != "bool"}
+        self._bool_inputs = {name for name, _, dtype in declared
+                             if name not in specialized and dtype == "bool"}
+        _check_bool_inputs(model, self._bool_inputs, label)
         self.input_names = [name for name, _ in self._declared]
         self.output_names = [value.name for value in graph.output]
         self._graph: Graph | None = None
@@ -555,7 +577,12 @@ class OnnxModel:
             graph, dtypes = self._graph, self._graph_dtypes
         else:
             graph, dtypes = self._build_typed(self._resolve(input_shape, required=True))
-        return compile_graph(graph, backend, dtype, threads, output_dtypes=dtypes)
+        return compile_graph(graph, backend, dtype, threads, output_dtypes=dtypes,
+                             input_dtypes=self._input_kinds())
+
+    def _input_kinds(self) -> list[str | None]:
+        """compile_graph's input_dtypes: "bool" for the bool data inputs (taken as 0/1)."""
+        return ["bool" if name in self._bool_inputs else None for name in self.input_names]
 
     def summary(self, input_shape=None, file=None, weights: dict | None = None) -> str:
         """Print and return each layer with output shape, parameters, FLOPs and fusion."""
@@ -735,7 +762,8 @@ class SpecializedModel:
             if compiled is None:
                 graph, dtypes = self.owner._build_typed(self.shapes, weights)
                 compiled = compile_graph(graph, self.backend, self.dtype, self.threads,
-                                         output_dtypes=dtypes)
+                                         output_dtypes=dtypes,
+                                         input_dtypes=self.owner._input_kinds())
                 self.compilations += 1
                 self._compiled[key] = compiled
                 while len(self._compiled) > self.weight_cache:

@@ -385,7 +385,9 @@ class _OpIR(IRFunction):
         b = self.b
         cond, a, other, y = (self.args[n] for n in ("c", "a", "b2", "y"))
         with self.loop(0, self.c["elements"], "i") as i:
-            take = b.fcmp_unordered("!=", self.at(cond, i), self.zero())  # NaN is nonzero
+            value = self.at(cond, i)
+            take = b.icmp_unsigned("!=", value, self.zero()) if self.integer \
+                else b.fcmp_unordered("!=", value, self.zero())  # NaN is nonzero
             self.put(b.select(take, self.at(a, i), self.at(other, i)), y, i)
         return self.finish()
 
