@@ -519,13 +519,29 @@ def _direct(name: str, args: tuple[float, ...], v: float) -> float:
         return v * float(scipy.special.expit(v))
     if name == "gelu":
         return 0.5 * v * (1.0 + float(scipy.special.erf(v / math.sqrt(2.0))))
+    if name == "gelu_tanh":
+        return 0.5 * v * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+    if name == "hardswish":
+        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+    if name == "hardsigmoid":
+        return max(0.0, min(1.0, args[0] * v + args[1]))
+    if name == "erf":
+        return math.erf(v)
+    if name == "softplus":  # log(1 + e^v), without overflow for large v
+        return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+    if name == "softsign":
+        return v / (1.0 + abs(v))
+    if name == "selu":
+        return args[1] * (v if v > 0 else args[0] * (math.exp(v) - 1.0))
     raise AssertionError(name)
 
 
 ACTIVATION_CASES = [
     ("relu", ()), ("leaky_relu", (0.01,)), ("leaky_relu", (0.2,)), ("relu6", ()),
     ("clip", (-0.5, 2.0)), ("sigmoid", ()), ("tanh", ()), ("elu", (1.0,)), ("elu", (0.5,)),
-    ("silu", ()), ("gelu", ()),
+    ("silu", ()), ("gelu", ()), ("gelu_tanh", ()), ("hardswish", ()),
+    ("hardsigmoid", (1.0 / 6.0, 0.5)), ("hardsigmoid", (0.2, 0.5)), ("erf", ()),
+    ("softplus", ()), ("softsign", ()), ("selu", (1.6732632423543772, 1.0507009873554805)),
 ]
 
 
