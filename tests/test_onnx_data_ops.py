@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_helpers import (check_model, make_model, node, onnx, rand, run_onnx_reference,
+from onnx_helpers import (check_model, make_model, node, onnx, rand, run_onnx_reference,  # noqa: F401
                           run_ort)
-from onnx import TensorProto, numpy_helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
 
 import convgen as cg  # noqa: E402
 from convgen.backends.c.network import render_network as render_c  # noqa: E402
@@ -25,8 +25,6 @@ from convgen.graph.lower import lower  # noqa: E402
 from convgen.graph.memory import plan_memory  # noqa: E402
 from convgen.graph.reference import evaluate  # noqa: E402
 from convgen.graph.shapes import infer_graph  # noqa: E402
-
-from test_onnx_backend import CASES, run_case  # noqa: E402
 
 CPU = ("c", "llvm")
 
@@ -308,50 +306,6 @@ def test_reduce_mean_forms():
                      initializers={"axes": np.array([2, 0], np.int64)}, opset=18)
     check_model(v13, [x], CPU)
     check_model(v18, [x], ("c",))
-
-
-# -- ONNX's node cases that other parts of issue 21 still block -------------------------
-
-def _node_case(name: str):
-    return next(c for c in CASES if c.name == name)  # test_onnx_backend's, built once
-
-
-def _unblocked(case):
-    """The case with its integer and bool graph inputs after the first turned into
-    initializers (from its first data set) and integer data as float32: what it tests once
-    shape tensors, int32 and bool inputs are supported."""
-    model = onnx.ModelProto()
-    model.CopyFrom(case.model)
-    graph = model.graph
-    inputs, expected = case.data_sets[0]
-    keep, data = [], []
-    for k, (value, array) in enumerate(zip(list(graph.input), inputs)):
-        elem = value.type.tensor_type.elem_type
-        if k > 0 and elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
-            graph.initializer.append(numpy_helper.from_array(array, value.name))
-            continue
-        if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
-            value.type.tensor_type.elem_type = TensorProto.FLOAT
-            array = array.astype(np.float32)
-        keep.append(value)
-        data.append(array)
-    del graph.input[:]
-    graph.input.extend(keep)
-    for value in graph.output:
-        if value.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
-            value.type.tensor_type.elem_type = TensorProto.FLOAT
-    want = [w.astype(np.float32) if w.dtype.kind in "iub" else w for w in expected]
-    return case.__class__(**{**case.__dict__, "model": model, "data_sets": [(data, want)]})
-
-
-@pytest.mark.parametrize("name", [
-    "test_reflect_pad", "test_edge_pad", "test_wrap_pad", "test_slice_neg_steps",
-    "test_slice", "test_where_example", "test_reduce_mean_do_not_keepdims_random",
-    "test_reduce_mean_negative_axes_keepdims_random", "test_split_variable_parts_2d_opset18",
-])
-def test_blocked_node_case_with_float_data_and_constant_shapes(name):
-    """The case's own expected outputs (small integers, exact in float32)."""
-    run_case(_unblocked(_node_case(name)))
 
 
 # -- source size --------------------------------------------------------------------------
