@@ -185,15 +185,16 @@ def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = Non
     and prepared once (convgen.plan.weights). A path that takes no appends raises a
     ConvgenError saying why.
 
-    Every line carries the setup: spec, backend and the machine measured on — ``machine``,
-    a this_machine dict (a distributed run's worker's), else this one's (machine_identity):
-    CPU model and flags, core count, compiler, convgen's code version, and for a GPU
-    backend the GPU's name, architecture and multiprocessors —, ``threads`` (the thread count tuned for, which compile's ``threads=``
-    or the configured count asks for; a schedule's own ``threads`` may be lower: small
-    kernels run on one) and ``context`` (run-wide facts: the tuner's ``protocol``, the
-    ``load`` it measured). A measurement's ``noise`` (relative spread per call),
-    ``rounds``, ``gain`` on the default and ``rejected`` (why a candidate timed faster was
-    not kept) are written when it has them. Readers of older lines see none of these.
+    Every line carries the setup: spec, backend and the machine measured on (``machine``, a
+    this_machine dict: a distributed run's worker's; else this one's, machine_identity: CPU
+    model and flags, core count, compiler, convgen's code version, and for a GPU backend the
+    GPU's name, architecture and multiprocessors), ``threads`` (the thread count tuned for,
+    which compile's ``threads=`` or the configured count asks for; a schedule's own
+    ``threads`` may be lower: small kernels run on one) and ``context`` (run-wide facts: the
+    tuner's ``protocol``, the ``load`` it measured). A measurement's ``noise`` (relative
+    spread per call), ``rounds``, ``gain`` on the default and ``rejected`` (why a candidate
+    timed faster was not kept) are written when it has them. Readers of older lines see none
+    of these.
     """
     identity = machine_identity(backend) if machine is None else _checked_machine(machine,
                                                                                   backend)
