@@ -109,3 +109,16 @@ def test_workers_2_tunes_on_a_local_cluster_and_compile_uses_its_records(db, spe
         kernel = cg.compile(SPEC, backend="c")
     assert kernel.schedule.to_dict() == best["schedule"]
     assert any("tuning record" in r.getMessage() for r in caplog.records)
+
+
+def test_scheduler_connects_and_the_client_is_closed(db, specfile, capsys):
+    """A real scheduler (in this process, no workers): tune connects, tune_many finds no
+    worker to tune on, and the client it opened is gone afterwards."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=":0") as cluster:
+        before = set(cluster.scheduler.clients)
+        assert main(["tune", str(specfile), "--scheduler", cluster.scheduler_address]) == 2
+        assert "no workers" in capsys.readouterr().err
+        assert set(cluster.scheduler.clients) == before
+    assert not read_records(db)
