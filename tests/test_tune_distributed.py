@@ -1,0 +1,227 @@
+"""cg.tune_many on a Dask LocalCluster of two worker processes (issue 23).
+
+Candidates are compiled and timed on the workers, the client alone writes the tuning
+database, and a worker of other hardware is refused. Faults are injected through
+tune_many's private ``_fault`` hook (:func:`fault`), which runs in the worker before
+each candidate and first thing in each timing child the worker starts: a segfaulting
+and a hanging candidate (in the timing child) and a worker process that exits
+mid-candidate each cost that candidate only: it is recorded as failed, tried once more
+on the other worker, and the run finishes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import convgen as cg
+from convgen import nn, records
+from convgen.records import best_record
+from convgen.reference import random_arrays
+from convgen.tolerance import close
+from convgen.tuning import distributed as tune_distributed
+from convgen.tuning.space import candidate_schedules
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+tune_module = importlib.import_module("convgen.tuning.tuner")
+
+SMALL = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)
+OTHER = cg.ConvSpec((1, 3, 8, 8), 4, kernel_size=1)
+CANDIDATES = candidate_schedules(SMALL, "c", 1)
+TIMEOUT = tune_module.TIMEOUT_SECONDS  # as imported in a worker, before any fault
+
+
+def fault(where: str, schedule: dict | None, victim: dict, kind: str, marker: str) -> None:
+    """tune_many's ``_fault`` hook (runs in the workers and their timing children).
+
+    "segv" and "hang": in a timing child, the victim's kernel reads address 0 or sleeps
+    when called (its loader, tuner.compile_spec, swapped in that child only); "hang" also
+    shortens the worker's timeouts to 3 s. "kill": the worker process exits as it is
+    about to time the victim, the first time only (``marker`` remembers)."""
+    target = cg.Schedule.from_dict(victim)
+    if where == "worker":
+        tune_module.TIMEOUT_SECONDS = 3.0 if kind == "hang" else TIMEOUT
+        tune_module.TIMEOUT_FACTOR = 1.0
+        if kind == "kill" and cg.Schedule.from_dict(schedule) == target \
+                and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return
+    if kind not in ("segv", "hang"):
+        return
+    real_compile = tune_module.compile_spec
+
+    def compile_(spec, backend=None, schedule=None, cache=None):
+        kernel = real_compile(spec, backend, schedule, cache)
+        if schedule != target:
+            return kernel
+
+        def faulty(*args, **kwargs):
+            if kind == "segv":
+                ctypes.string_at(0)  # reads address 0: SIGSEGV
+            time.sleep(3600)  # "hang"
+        return faulty
+
+    tune_module.compile_spec = compile_
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two worker processes, one thread each; their own tuning database path, which
+    nothing may create (only the client writes records). allowed-failures 0, as
+    tune_many's own cluster: the first worker death is reported, the tuner retries."""
+    worker_db = tmp_path_factory.mktemp("workers") / "tuning.jsonl"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                         dashboard_address=None,
+                                         env={"CONVGEN_TUNING_DB": str(worker_db)})
+    client = distributed.Client(local)
+    try:
+        yield client, worker_db
+    finally:
+        client.close()
+        local.close()
+
+
+@pytest.fixture
+def client(cluster):
+    client, _ = cluster
+    client.wait_for_workers(2, timeout=60)  # a killed one is restarted by its nanny
+    return client
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def of(result, schedule) -> list:
+    return [m for m in result.measurements if m.schedule == schedule]
+
+
+def test_tune_many_on_the_cluster_records_from_the_client_only(db, cluster, client):
+    _, worker_db = cluster
+    results = cg.tune_many([SMALL, OTHER], client, budget=20, backend="c", threads=1,
+                           max_candidates=3)
+    assert [r.spec for r in results] == [SMALL, OTHER]
+    written = lines(db)
+    assert len(written) == sum(len(r.measurements) for r in results)
+    assert not worker_db.exists()  # the workers never wrote a record
+    assert {line["workers"] for line in written} == {2}
+    for result in results:
+        assert result.threads == 1 and all(math.isfinite(m.seconds) for m in result.measurements)
+        assert len(result.measurements) == 3  # the default and two candidates, all timed
+        checked = [m for m in result.measurements if m.checked]
+        assert [m.schedule for m in checked] == [result.best]  # verified by the oracle
+        # what compile picks: the record, at the thread count tuned for, not bound
+        assert best_record(result.spec, "c", threads=1) == result.best
+        assert best_record(result.spec, "c", threads=1, bound=True) is None
+        kernel = cg.compile(result.spec, "c", threads=1)
+        assert kernel.schedule == result.best
+        x, w, b = random_arrays(result.spec)
+        assert close(result.spec, np.asarray(kernel(x, w, b)), cg.reference(result.spec, x, w, b))
+
+
+def test_a_network_is_tuned_bound(db, client):
+    nn.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
+    [result] = cg.tune_many(net, client, budget=10, backend="c", threads=1,
+                            input_shape=(1, 3, 6, 6), max_candidates=2)
+    assert best_record(result.spec, "c", threads=1, bound=True) == result.best
+    assert best_record(result.spec, "c", threads=1) is None
+    assert all(line["bound"] is True for line in lines(db))
+
+
+@pytest.mark.parametrize("kind, says", [("segv", "SIGSEGV"), ("hang", "timed out")])
+def test_a_crashing_or_hanging_candidate_costs_that_candidate_only(db, client, tmp_path,
+                                                                   kind, says):
+    victim, after = CANDIDATES[1], CANDIDATES[2]
+    [result] = cg.tune_many([SMALL], client, budget=60, backend="c", threads=1,
+                            max_candidates=3,
+                            _fault=(fault, (victim.to_dict(), kind, str(tmp_path / "m"))))
+    failed = of(result, victim)
+    assert len(failed) == 2  # tried once more, on the other worker
+    assert all(m.seconds == math.inf and says in m.error for m in failed)
+    assert "retried" in failed[1].error and failed[0].error.split("worker ")[-1] != \
+        failed[1].error.split("worker ")[-1].replace(", retried", "")
+    assert math.isfinite(of(result, after)[0].seconds)
+    assert result.best != victim
+    bad = [line for line in lines(db) if line["schedule"] == victim.to_dict()]
+    assert len(bad) == 2 and all(line["seconds"] is None and says in line["error"]
+                                 and not line["checked"] for line in bad)
+
+
+def test_a_worker_killed_mid_candidate_costs_that_candidate_only(db, client, tmp_path):
+    victim, after = CANDIDATES[1], CANDIDATES[2]
+    marker = tmp_path / "killed"
+    [result] = cg.tune_many([SMALL], client, budget=60, backend="c", threads=1,
+                            max_candidates=3,
+                            _fault=(fault, (victim.to_dict(), "kill", str(marker))))
+    assert marker.exists()  # a worker did exit
+    first, retry = of(result, victim)
+    assert first.seconds == math.inf and "KilledWorker" in first.error
+    assert math.isfinite(retry.seconds) and retry.error is None  # the other worker timed it
+    assert math.isfinite(of(result, after)[0].seconds)
+    mine = [line for line in lines(db) if line["schedule"] == victim.to_dict()]
+    assert [line["seconds"] is None for line in mine] == [True, False]
+
+
+def _fake_cpu() -> None:
+    """client.run: this worker claims another CPU (records.this_machine, in it only)."""
+    real = records.this_machine
+    records._real_this_machine = real
+
+    def fake(backend):
+        return {**real(backend), "cpu": "fake-cpu 9000"}
+    records.this_machine = fake
+
+
+def _real_cpu() -> None:
+    records.this_machine = getattr(records, "_real_this_machine", records.this_machine)
+
+
+def test_a_worker_of_other_hardware_is_refused(db, client, caplog):
+    one, two = sorted(client.scheduler_info()["workers"])
+    try:
+        client.run(_fake_cpu, workers=[one])
+        with caplog.at_level(logging.WARNING, logger="convgen.tune"):
+            [result] = cg.tune_many([OTHER], client, budget=5, backend="c", threads=1,
+                                    max_candidates=2)
+        assert result.best is not None
+        assert any(one in r.message and "cpu" in r.message and "fake-cpu 9000" in r.message
+                   for r in caplog.records)
+        client.run(_fake_cpu, workers=[two])
+        with pytest.raises(tune_distributed.WorkerMismatch, match=r"cpu: 'fake-cpu 9000'"):
+            cg.tune_many([OTHER], client, budget=5, backend="c", threads=1)
+    finally:
+        client.run(_real_cpu)
+
+
+def test_without_distributed_the_local_tuner_runs(db, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with caplog.at_level(logging.WARNING, logger="convgen.tune"):
+        [result] = cg.tune_many([OTHER], budget=5, backend="c", threads=1, max_candidates=2)
+    assert any("convgen[distributed]" in r.message for r in caplog.records)
+    assert best_record(OTHER, "c", threads=1) == result.best
+    assert "workers" not in lines(db)[0]  # the local tuner's records
+    with pytest.raises(ImportError, match=r"convgen\[distributed\]"):
+        cg.tune_many([OTHER], workers=2)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="client and workers"):
+        cg.tune_many([OTHER], client=object(), workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        cg.tune_many([OTHER], workers=0)
+    with pytest.raises(TypeError, match=r"specs_or_network\[1\]"):
+        cg.tune_many([OTHER, "conv"])
