@@ -71,7 +71,7 @@ from convgen.tuning.noise import LOSER_FACTOR, robust_median
 from convgen.tuning.space import candidate_schedules
 from convgen.tuning.tuner import (FINALISTS, FIRST_TIMEOUT_SECONDS, MAX_ROUNDS, MIN_ROUNDS,
                                   TARGET_SECONDS, Measurement, Progress, TimingFailure,
-                                  TuneResult, network_convs, tune, tune_network)
+                                  TuneResult, network_convs, tune)
 
 log = get_logger("tune")
 
@@ -124,7 +124,7 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
         raise ValueError(f"workers: expected a whole number of worker processes, got {workers!r}")
     if client is not None and workers is not None:
         raise ValueError("client and workers: give one (workers starts a local cluster)")
-    jobs, network = _jobs(specs_or_network, input_shape, dtype)
+    jobs = _jobs(specs_or_network, input_shape, dtype)
     backend = resolve_backend(backend)
     distributed = _distributed()
     if distributed is None:
@@ -133,22 +133,22 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
                                          f"{INSTALL}")
         log.warning("distributed tuning needs dask.distributed (%s); tuning on this "
                     "machine instead", INSTALL)
-        return _local(jobs, network, backend, budget, threads, input_shape, progress,
-                      check_load, max_candidates, dtype)
+        return _local(jobs, backend, budget, threads, progress, check_load, max_candidates)
     if client is None and workers is None:
         try:
             client = distributed.default_client()
         except ValueError:  # no client running: the local tuner
             log.info("no Dask client: tuning on this machine")
-            return _local(jobs, network, backend, budget, threads, input_shape, progress,
-                          check_load, max_candidates, dtype)
+            return _local(jobs, backend, budget, threads, progress, check_load,
+                          max_candidates)
     database = check_database()  # before any measurement: a bad path loses none
     check = (tuner.CHECK_LOAD and config.tune_check_load() if check_load is None
              else check_load) and get_backend(backend).device != "gpu"
     with _cluster(distributed, client, workers) as used:
-        addresses = _matching_workers(used, backend)
-        run = _Run(used, distributed, addresses, backend, threads, max_candidates, check,
-                   progress or (lambda p: None), database, _fault)
+        known: dict[str, bool] = {}  # worker address: whether its identity is ours
+        addresses = _matching_workers(used, backend, known)
+        run = _Run(used, distributed, addresses, known, backend, threads, max_candidates,
+                   check, progress or (lambda p: None), database, _fault)
         try:
             deadline = time.monotonic() + budget
             results = []
@@ -158,23 +158,24 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
             return results
         finally:
             with contextlib.suppress(Exception):  # the workers' timing children
-                used.run(_end_session, workers=addresses)
+                alive = set(used.scheduler_info()["workers"])
+                used.run(_end_session, workers=[a for a in run.addresses if a in alive])
 
 
-def _jobs(specs_or_network: Any, input_shape, dtype: str) -> tuple[list[tuple], bool]:
-    """[(name, spec, bound)] to tune, and whether they come from a network."""
+def _jobs(specs_or_network: Any, input_shape, dtype: str) -> list[tuple[str, ConvSpec, bool]]:
+    """[(name, spec, bound)] to tune: the specs unbound, or a network's convs bound."""
     if isinstance(specs_or_network, (list, tuple)):
         for i, spec in enumerate(specs_or_network):
             if not isinstance(spec, ConvSpec):
                 raise TypeError(f"specs_or_network[{i}]: expected a convgen.ConvSpec, got "
                                 f"{type(spec).__name__}")
-        return [(spec.name, spec, False) for spec in specs_or_network], False
+        return [(spec.name, spec, False) for spec in specs_or_network]
     if not isinstance(specs_or_network, Graph) and not hasattr(specs_or_network, "trace"):
         raise TypeError(f"specs_or_network: expected a list of ConvSpec or a network (a "
                         f"convgen.nn module, a NetSpec, a Graph), got "
                         f"{type(specs_or_network).__name__}")
     convs = network_convs(specs_or_network, input_shape, dtype).values()
-    return [(node, spec, True) for node, spec in convs], True
+    return [(node, spec, True) for node, spec in convs]
 
 
 def _distributed():
@@ -186,10 +187,10 @@ def _distributed():
     return distributed
 
 
-def _local(jobs, network, backend, budget, threads, input_shape, progress, check_load,
-           max_candidates, dtype) -> list[TuneResult]:
-    """The local tuner on ``jobs``, as tune_network or ``convgen tune SPECFILE`` runs it."""
-    del network, input_shape, dtype  # the jobs already say which convs and how
+def _local(jobs, backend, budget, threads, progress, check_load,
+           max_candidates) -> list[TuneResult]:
+    """The local tuner on ``jobs``, as tune_network or ``convgen tune SPECFILE`` runs it
+    (tune_network's own loop: the same budget split, the same bound tuning)."""
     deadline = time.monotonic() + budget
     results = []
     for i, (name, spec, bound) in enumerate(jobs):
@@ -219,29 +220,34 @@ def _cluster(distributed, client, workers: int | None):
         cluster.close()
 
 
-def _matching_workers(client, backend: str) -> list[str]:
-    """The addresses of the workers whose identity (this_machine) is the client's; a
-    WARNING for each other, WorkerMismatch when none matches."""
-    here = records.this_machine(backend)
-    there = client.run(_identity, backend)
-    if not there:
+def _matching_workers(client, backend: str, known: dict[str, bool] | None = None) -> list[str]:
+    """The addresses of the live workers whose identity (records.this_machine) is the
+    client's: those in ``known`` (address: matches) as judged before, the others asked
+    now, a WARNING for each that differs; WorkerMismatch when none matches."""
+    known = {} if known is None else known
+    alive = sorted(client.scheduler_info()["workers"])
+    if not alive:
         raise ConvgenError("the Dask cluster has no workers")
-    good, bad = [], []
-    for address, identity in sorted(there.items()):
-        fields = sorted(set(here) | set(identity))
-        differ = [f"{name}: {identity.get(name)!r} (the client's: {here.get(name)!r})"
-                  for name in fields if identity.get(name) != here.get(name)]
-        if differ:
-            bad.append(f"worker {address}: " + "; ".join(differ))
-        else:
-            good.append(address)
-    if not good:
-        raise WorkerMismatch("no worker runs on the client's hardware and software, so "
-                             "records measured there would never be used here: "
-                             + " | ".join(bad))
-    for line in bad:
-        log.warning("left out: %s", line)
-    return good
+    new = [address for address in alive if address not in known]
+    if new:
+        here = records.this_machine(backend)
+        # a worker that left since scheduler_info is not asked (it is not alive)
+        there = client.run(_identity, backend, workers=new, on_error="ignore")
+        bad = []
+        for address, identity in sorted(there.items()):
+            differ = [f"{name}: {identity.get(name)!r} (the client's: {here.get(name)!r})"
+                      for name in sorted(set(here) | set(identity))
+                      if identity.get(name) != here.get(name)]
+            known[address] = not differ
+            if differ:
+                bad.append(f"worker {address}: " + "; ".join(differ))
+        for line in bad:
+            log.warning("left out: %s", line)
+        if not any(known.get(a) for a in alive):
+            raise WorkerMismatch("no worker runs on the client's hardware and software, "
+                                 "so records measured there would never be used here: "
+                                 + " | ".join(bad))
+    return [address for address in alive if known.get(address)]
 
 
 @dataclass
@@ -260,18 +266,34 @@ class _Outcome:
     default_error: str | None = None
 
 
+REJOIN_SECONDS = 60.0  # for a worker to (re)join when every matching one has died
 _KILLED = "KilledWorker: the worker process died while timing this candidate"
 
 
 class _Run:
     """One tune_many call on a cluster: the client's side of each spec."""
 
-    def __init__(self, client, distributed, addresses: list[str], backend: str,
-                 threads: int | None, max_candidates: int | None, check: bool, notify,
-                 database, fault: Fault | None):
+    def __init__(self, client, distributed, addresses: list[str], known: dict[str, bool],
+                 backend: str, threads: int | None, max_candidates: int | None, check: bool,
+                 notify, database, fault: Fault | None):
         self.client, self.distributed, self.addresses = client, distributed, addresses
         self.backend, self.threads, self.max_candidates = backend, threads, max_candidates
         self.check, self.notify, self.database, self.fault = check, notify, database, fault
+        self.known = known
+
+    def refresh(self) -> None:
+        """After a worker died: the live matching workers (a restarted one is asked for
+        its identity), waiting up to REJOIN_SECONDS for one when none is left."""
+        until = time.monotonic() + REJOIN_SECONDS
+        while True:
+            with contextlib.suppress(ConvgenError):
+                self.addresses = _matching_workers(self.client, self.backend, self.known)
+                if self.addresses:
+                    return
+            if time.monotonic() >= until:
+                raise ConvgenError(f"no worker of the client's hardware is left in the Dask "
+                                   f"cluster (waited {REJOIN_SECONDS:g} s for one)")
+            time.sleep(0.5)
 
     def submit(self, function, *args, avoid: str | None = None):
         """``function(*args)`` on a matching worker other than ``avoid`` where there is
@@ -314,6 +336,8 @@ class _Run:
                 future = next(waiting)
                 schedule, attempt = running.pop(future)
                 outcome = self._outcome(future)
+                if outcome.samples == _KILLED:
+                    self.refresh()
                 if outcome.default_error is not None:
                     record(spec, backend, [Measurement(default, math.inf,
                                                        error=outcome.default_error)],
@@ -339,7 +363,8 @@ class _Run:
                                 "more elsewhere", name, tuner.describe(schedule),
                                 outcome.worker, outcome.samples)
                     queue.appendleft((schedule, 1, outcome.worker))
-                self.notify(Progress(name, "measure", len(measured) + 1, len(chosen), best))
+                self.notify(Progress(name, "measure", min(len(measured) + 1, len(chosen)),
+                                     len(chosen), best))
         finally:
             for future in running:
                 future.cancel()
@@ -390,6 +415,7 @@ class _Run:
                 return future.result()
             except self.distributed.KilledWorker as exc:
                 avoid = getattr(getattr(exc, "last_worker", None), "address", None)
+                self.refresh()
                 log.warning("%s: the worker deciding among the candidates died%s", name,
                             "; trying once more elsewhere" if attempt == 0 else "")
         return _undecided(search)
