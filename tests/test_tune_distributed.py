@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -48,8 +49,14 @@ def fault(where: str, schedule: dict | None, victim: dict, kind: str, marker: st
     "segv" and "hang": in a timing child, the victim's kernel reads address 0 or sleeps
     when called (its loader, tuner.compile_spec, swapped in that child only); "hang" also
     shortens the worker's timeouts to 3 s. "kill": the worker process exits as it is
-    about to time the victim, the first time only (``marker`` remembers)."""
+    about to time the victim, the first time only (``marker`` remembers); "kill-decide":
+    as it is about to decide among the candidates, the first time only."""
     target = cg.Schedule.from_dict(victim)
+    if where == "decide":
+        if kind == "kill-decide" and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return
     if where == "worker":
         tune_module.TIMEOUT_SECONDS = 3.0 if kind == "hang" else TIMEOUT
         tune_module.TIMEOUT_FACTOR = 1.0
@@ -85,6 +92,7 @@ def cluster(tmp_path_factory):
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         local = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                          dashboard_address=None,
+                                         scheduler_kwargs={"dashboard_address": ":0"},
                                          env={"CONVGEN_TUNING_DB": str(worker_db)})
     client = distributed.Client(local)
     try:
@@ -174,6 +182,25 @@ def test_a_worker_killed_mid_candidate_costs_that_candidate_only(db, client, tmp
     assert math.isfinite(of(result, after)[0].seconds)
     mine = [line for line in lines(db) if line["schedule"] == victim.to_dict()]
     assert [line["seconds"] is None for line in mine] == [True, False]
+
+
+def test_a_worker_killed_while_deciding_is_replaced(db, client, tmp_path):
+    marker = tmp_path / "killed"
+    [result] = cg.tune_many([OTHER], client, budget=30, backend="c", threads=1,
+                            max_candidates=2,
+                            _fault=(fault, (CANDIDATES[0].to_dict(), "kill-decide", str(marker))))
+    assert marker.exists()  # a worker did exit, deciding; the other decided
+    assert [m.schedule for m in result.measurements if m.checked] == [result.best]
+    assert best_record(OTHER, "c", threads=1) == result.best
+
+
+def test_workers_start_a_local_cluster_for_the_call(db):
+    before = multiprocessing.active_children()
+    [result] = cg.tune_many([OTHER], workers=1, budget=10, backend="c", threads=1,
+                            max_candidates=2)
+    assert best_record(OTHER, "c", threads=1) == result.best
+    assert {line["workers"] for line in lines(db)} == {1}
+    assert multiprocessing.active_children() == before  # its worker ended with the call
 
 
 def _fake_cpu() -> None:

@@ -109,11 +109,13 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
     ``threads``, ``check_load`` (judged on the worker that decides), ``max_candidates``
     as for :func:`tune`. Only this process writes the tuning database.
 
-    ``_fault`` is a test hook, not an API: ``(function, args)``, picklable. On a worker,
-    ``function("worker", schedule_dict, *args)`` runs before each candidate is timed
-    (it may kill the worker process), and every timing child the worker starts runs
-    ``function("child", None, *args)`` first (it may make a kernel crash or hang there,
-    as tuner.CHILD_HOOK does for the local tuner).
+    ``_fault`` is a test hook, not an API: ``(function, args)``, picklable by reference
+    (a module-level function the workers can import). On a worker,
+    ``function("worker", schedule_dict, *args)`` runs before each candidate is timed and
+    ``function("decide", None, *args)`` before the decision (either may kill the worker
+    process), and every timing child the worker starts runs ``function("child", None,
+    *args)`` first (it may make a kernel crash or hang there, as tuner.CHILD_HOOK does
+    for the local tuner).
     """
     for label, value, low in (("budget", budget, 0), ("workers", workers, 1),
                               ("max_candidates", max_candidates, 1), ("threads", threads, 1)):
@@ -211,8 +213,11 @@ def _cluster(distributed, client, workers: int | None):
     # allowed-failures 0: dask reports the first worker death (KilledWorker) and the
     # tuner retries the candidate once itself (module docstring)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        # no dashboard; the scheduler's HTTP server (health checks) on a free port, not
+        # on 8787, which another cluster may hold
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=None)
+                                           processes=True, dashboard_address=None,
+                                           scheduler_kwargs={"dashboard_address": ":0"})
     try:
         with distributed.Client(cluster) as own:
             yield own
@@ -571,6 +576,9 @@ def _settle(spec_data: dict, backend: str, bound: bool, default_data: dict, name
     """A worker's task: the local tuner's decision among ``search``'s measurements
     (tuner._decide: confirm rounds, the oracle, the final rounds), timed here."""
     with _LOCK, _hooked(fault):
+        if fault is not None:
+            function, args = fault
+            function("decide", None, *args)
         session = _session(spec_data, backend, bound, default_data, fault)
         if isinstance(session, str):
             raise ConvgenError(f"{name}: the default schedule could not be timed on worker "
