@@ -6,6 +6,7 @@ its worker checks: tests/test_tune_distributed.py.)"""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import pytest
@@ -26,6 +27,17 @@ out_channels = 8
 kernel_size = 3
 padding = 1
 """
+
+
+@pytest.fixture(autouse=True)
+def environment():
+    """The environment as it was: dask's Nanny sets OMP_NUM_THREADS=1 (and MKL_ and
+    OPENBLAS_NUM_THREADS) in the process that starts a LocalCluster, which would leave later
+    tests of this process on one default thread."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
