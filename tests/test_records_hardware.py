@@ -179,3 +179,43 @@ def test_compile_logs_the_record_it_uses(db, caplog):
         kernel = cg.compile(SPEC, backend="llvm", threads=1)
     assert kernel.schedule == ONE
     assert any("tuning record" in r.getMessage() for r in caplog.records)
+
+
+class FakeGpu:
+    """What convgen.backends.cuda.driver.Driver answers on an H100 (no GPU here)."""
+
+    def name(self) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def arch(self) -> str:
+        return "sm_90"
+
+    def multiprocessors(self) -> int:
+        return 132
+
+
+@pytest.fixture
+def gpu0(monkeypatch):
+    """backend "cuda" on GPU 0 (not the emulator), the device lookup uncached."""
+    monkeypatch.setattr(cg.config, "_cuda_device_override", "0")
+    records_module._device.cache_clear()
+    yield
+    records_module._device.cache_clear()
+
+
+def test_the_gpu_fields_come_from_the_driver(gpu0, monkeypatch):
+    monkeypatch.setattr(records_module.cuda_driver, "available", lambda ordinal: None)
+    monkeypatch.setattr(records_module.cuda_driver.Driver, "get",
+                        classmethod(lambda cls, ordinal=None: FakeGpu()))
+    assert records_module.gpu_identity() == {"gpu": "NVIDIA H100 80GB HBM3",
+                                             "gpu_arch": "sm_90", "gpu_sms": 132}
+
+
+def test_without_a_gpu_the_gpu_fields_are_none_and_no_record_is_used(gpu0, db, monkeypatch):
+    monkeypatch.setattr(records_module.cuda_driver, "available",
+                        lambda ordinal: "no CUDA driver (test)")
+    here = this_machine("cuda")
+    assert [here[name] for name in GPU_IDENTITY] == [None, None, None]
+    with pytest.raises(cg.ConvgenError, match="no GPU 0 to identify: no CUDA driver"):
+        records_module.gpu_identity()
+    assert best_record(SPEC, "cuda") is None
