@@ -26,6 +26,7 @@ import pytest
 
 import convgen as cg
 from convgen import nn, records
+from convgen.plan.defaults import PARALLEL_FLOPS
 from convgen.records import best_record
 from convgen.reference import random_arrays
 from convgen.tolerance import close
@@ -89,6 +90,7 @@ def cluster(tmp_path_factory):
     nothing may create (only the client writes records). allowed-failures 0, as
     tune_many's own cluster: the first worker death is reported, the tuner retries."""
     worker_db = tmp_path_factory.mktemp("workers") / "tuning.jsonl"
+    environ = dict(os.environ)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         local = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                          dashboard_address=None,
@@ -100,6 +102,19 @@ def cluster(tmp_path_factory):
     finally:
         client.close()
         local.close()
+        os.environ.clear()  # as it was (the nannies set OMP_NUM_THREADS=1 here)
+        os.environ.update(environ)
+
+
+@pytest.fixture(autouse=True)
+def environment():
+    """This process's environment back as it was after each test (a nanny that restarts
+    a killed worker sets OMP_NUM_THREADS=1 here, which convgen reads as the thread count)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
@@ -194,12 +209,20 @@ def test_a_worker_killed_while_deciding_is_replaced(db, client, tmp_path):
     assert best_record(OTHER, "c", threads=1) == result.best
 
 
-def test_workers_start_a_local_cluster_for_the_call(db):
-    before = multiprocessing.active_children()
-    [result] = cg.tune_many([OTHER], workers=1, budget=10, backend="c", threads=1,
-                            max_candidates=2)
-    assert best_record(OTHER, "c", threads=1) == result.best
+def test_workers_start_a_local_cluster_for_the_call(db, monkeypatch):
+    # dask's nannies set OMP_NUM_THREADS=1 in the process that starts them; convgen reads
+    # it as the thread count, so tune_many must put the environment back
+    monkeypatch.delenv("CONVGEN_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    wide = cg.ConvSpec((1, 16, 32, 32), 16, kernel_size=3, padding=1)  # above PARALLEL_FLOPS
+    assert wide.flops > PARALLEL_FLOPS
+    threads = candidate_schedules(wide, "c")[0].threads
+    environ, before = dict(os.environ), multiprocessing.active_children()
+    [result] = cg.tune_many([wide], workers=1, budget=10, backend="c", max_candidates=2)
+    assert result.threads == threads == cg.get_num_threads()
+    assert best_record(wide, "c", threads=threads) == result.best
     assert {line["workers"] for line in lines(db)} == {1}
+    assert dict(os.environ) == environ
     assert multiprocessing.active_children() == before  # its worker ended with the call
 
 

@@ -51,6 +51,7 @@ import contextlib
 import dataclasses
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -146,7 +147,7 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
     database = check_database()  # before any measurement: a bad path loses none
     check = (tuner.CHECK_LOAD and config.tune_check_load() if check_load is None
              else check_load) and get_backend(backend).device != "gpu"
-    with _cluster(distributed, client, workers) as used:
+    with _cluster(distributed, client, workers) as (used, environ):
         known: dict[str, bool] = {}  # worker address: whether its identity is ours
         addresses = _matching_workers(used, backend, known)
         run = _Run(used, distributed, addresses, known, backend, threads, max_candidates,
@@ -156,6 +157,7 @@ def tune_many(specs_or_network: Any, client: Any = None, budget: float = 30.0,
             results = []
             for i, (name, spec, bound) in enumerate(jobs):
                 share = max(deadline - time.monotonic(), 0.0) / (len(jobs) - i)
+                _restore_environ(environ)  # as candidate_schedules must see it
                 results.append(run.tune(spec, name, bound, time.monotonic() + share))
             return results
         finally:
@@ -204,25 +206,50 @@ def _local(jobs, backend, budget, threads, progress, check_load,
 
 @contextlib.contextmanager
 def _cluster(distributed, client, workers: int | None):
-    """``client``, or a local cluster of ``workers`` processes (closed at the end)."""
+    """(``client``, None), or (a client of a local cluster of ``workers`` processes,
+    closed at the end, and this process's environment as it was before the cluster)."""
     if client is not None:
-        yield client
+        yield client, None
         return
     import dask  # installed with distributed
 
+    # dask's nannies set OMP_NUM_THREADS=1 (and the like) in the process that starts them,
+    # this one, when they start a worker, a restarted one too; convgen reads it as the
+    # thread count (config.get_num_threads): the environment is put back after the start,
+    # before each spec's candidates are chosen (_Run.tune) and at the end
+    environ = dict(os.environ)
     # allowed-failures 0: dask reports the first worker death (KilledWorker) and the
     # tuner retries the candidate once itself (module docstring)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with _environ_restored(environ), \
+            dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         # no dashboard; the scheduler's HTTP server (health checks) on a free port, not
         # on 8787, which another cluster may hold
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                            processes=True, dashboard_address=None,
                                            scheduler_kwargs={"dashboard_address": ":0"})
     try:
-        with distributed.Client(cluster) as own:
-            yield own
+        with _environ_restored(environ), distributed.Client(cluster) as own:
+            yield own, environ
     finally:
-        cluster.close()
+        with _environ_restored(environ):
+            cluster.close()
+
+
+@contextlib.contextmanager
+def _environ_restored(environ: dict[str, str] | None):
+    """Put ``environ`` back as this process's environment when the block ends (None:
+    leave it)."""
+    try:
+        yield
+    finally:
+        _restore_environ(environ)
+
+
+def _restore_environ(environ: dict[str, str] | None) -> None:
+    """Make this process's environment ``environ`` again (None: leave it)."""
+    if environ is not None and os.environ != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _matching_workers(client, backend: str, known: dict[str, bool] | None = None) -> list[str]:
