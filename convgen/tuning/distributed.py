@@ -33,12 +33,22 @@ Faults cost one candidate. A candidate whose kernel crashes or hangs kills only 
 worker's timing child (the timeout is the tuner's, :func:`convgen.tuning.tuner._timeout`);
 a worker process that dies mid-candidate makes dask report ``KilledWorker`` for that
 task. Either way the attempt is recorded as failed (its line carries the error) and the
-candidate is tried once more on another worker when there is one (a candidate that
-fails to compile is not: the workers are identical). The cluster :func:`tune_many`
+candidate is tried once more on another worker when there is one, even past the
+budget (a candidate that fails to compile is not: the workers are identical). The
+decision task is tried once more elsewhere if its worker dies; should that one die too,
+every measurement is still recorded and none is checked (compile keeps its default).
+After a death the client works with the live matching workers (one the nanny restarted
+is asked for its identity first), waiting up to REJOIN_SECONDS when none is left. The cluster :func:`tune_many`
 starts itself has ``distributed.scheduler.allowed-failures`` 0, so dask reports the
 first death and the one retry is the tuner's; a scheduler given through ``client``
 retries as configured (dask's default: 3 times) before the tuner sees KilledWorker and
 retries once more: start it with ``allowed-failures`` 0 for "at most once".
+
+Dask's worker processes are daemonic, and a daemonic process may not start children;
+the tasks lift that for the timing child they start (which dies with its parent:
+PR_SET_PDEATHSIG, tuner._child_setup). Dask's nannies set OMP_NUM_THREADS=1 in the
+process that starts them, which convgen reads as the thread count: tune_many's own
+cluster puts the client's environment back after it starts and before each spec.
 
 Without ``distributed`` installed, :func:`tune_many` runs the local tuner and logs a
 WARNING naming the extra; asking for a cluster then (``client``, ``workers``) raises
@@ -353,11 +363,10 @@ class _Run:
             while queue or running:
                 reserve = (FINALISTS + 3) * per_candidate  # for the decisive timings
                 while queue and len(running) < len(self.addresses):
-                    schedule, attempt, avoid = queue[0]
-                    if time.monotonic() + reserve >= deadline and (measured or running):
-                        queue.clear()  # out of time (the first candidate always runs)
-                        break
-                    queue.popleft()
+                    schedule, attempt, avoid = queue.popleft()
+                    if not attempt and time.monotonic() + reserve >= deadline \
+                            and (measured or running):
+                        continue  # out of time (the first candidate runs; retries do)
                     future = self.submit(_measure, *common,
                                          schedule.to_dict() if schedule else None,
                                          self.fault, avoid=avoid)
