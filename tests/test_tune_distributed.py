@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import sys
 import time
 
@@ -132,6 +133,11 @@ def of(result, schedule) -> list:
     return [m for m in result.measurements if m.schedule == schedule]
 
 
+def worker(measurement) -> str:
+    """The worker a failed measurement names: "... (worker tcp://...[, retried])"."""
+    return re.search(r"\(worker (\S+?)[,)]", measurement.error).group(1)
+
+
 def test_tune_many_on_the_cluster_records_from_the_client_only(db, cluster, client):
     _, worker_db = cluster
     results = cg.tune_many([SMALL, OTHER], client, budget=20, backend="c", threads=1,
@@ -175,8 +181,7 @@ def test_a_crashing_or_hanging_candidate_costs_that_candidate_only(db, client, t
     failed = of(result, victim)
     assert len(failed) == 2  # tried once more, on the other worker
     assert all(m.seconds == math.inf and says in m.error for m in failed)
-    assert "retried" in failed[1].error and failed[0].error.split("worker ")[-1] != \
-        failed[1].error.split("worker ")[-1].replace(", retried", "")
+    assert "retried" in failed[1].error and worker(failed[0]) != worker(failed[1])
     assert math.isfinite(of(result, after)[0].seconds)
     assert result.best != victim
     bad = [line for line in lines(db) if line["schedule"] == victim.to_dict()]
@@ -193,6 +198,7 @@ def test_a_worker_killed_mid_candidate_costs_that_candidate_only(db, client, tmp
     assert marker.exists()  # a worker did exit
     first, retry = of(result, victim)
     assert first.seconds == math.inf and "KilledWorker" in first.error
+    assert worker(first).startswith("tcp://")  # the worker that died
     assert math.isfinite(retry.seconds) and retry.error is None  # the other worker timed it
     assert math.isfinite(of(result, after)[0].seconds)
     mine = [line for line in lines(db) if line["schedule"] == victim.to_dict()]
