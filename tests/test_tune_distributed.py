@@ -6,7 +6,9 @@ tune_many's private ``_fault`` hook (:func:`fault`), which runs in the worker be
 each candidate and first thing in each timing child the worker starts: a segfaulting
 and a hanging candidate (in the timing child) and a worker process that exits
 mid-candidate each cost that candidate only: it is recorded as failed, tried once more
-on the other worker, and the run finishes.
+on the other worker, and the run finishes. A worker that dies while deciding is
+replaced once; when the second dies too, every measurement is still recorded, none
+checked.
 """
 
 from __future__ import annotations
@@ -51,13 +53,16 @@ def fault(where: str, schedule: dict | None, victim: dict, kind: str, marker: st
     "segv" and "hang": in a timing child, the victim's kernel reads address 0 or sleeps
     when called (its loader, tuner.compile_spec, swapped in that child only); "hang" also
     shortens the worker's timeouts to 3 s. "kill": the worker process exits as it is
-    about to time the victim, the first time only (``marker`` remembers); "kill-decide":
-    as it is about to decide among the candidates, the first time only."""
+    about to time the victim, the first time only (``marker`` remembers); "kill-decide"
+    ("kill-decide-twice"): as it is about to decide among the candidates, the first time
+    (the first two times) only."""
     target = cg.Schedule.from_dict(victim)
     if where == "decide":
-        if kind == "kill-decide" and not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
+        deaths = {"kill-decide": 1, "kill-decide-twice": 2}.get(kind, 0)
+        for n in range(deaths):
+            if not os.path.exists(f"{marker}.{n}"):
+                open(f"{marker}.{n}", "w").close()
+                os._exit(1)
         return
     if where == "worker":
         tune_module.TIMEOUT_SECONDS = 3.0 if kind == "hang" else TIMEOUT
@@ -210,9 +215,22 @@ def test_a_worker_killed_while_deciding_is_replaced(db, client, tmp_path):
     [result] = cg.tune_many([OTHER], client, budget=30, backend="c", threads=1,
                             max_candidates=2,
                             _fault=(fault, (CANDIDATES[0].to_dict(), "kill-decide", str(marker))))
-    assert marker.exists()  # a worker did exit, deciding; the other decided
+    assert os.path.exists(f"{marker}.0")  # a worker did exit, deciding; the other decided
     assert [m.schedule for m in result.measurements if m.checked] == [result.best]
     assert best_record(OTHER, "c", threads=1) == result.best
+
+
+def test_when_deciding_kills_two_workers_the_measurements_are_kept(db, client, tmp_path):
+    marker = tmp_path / "killed"
+    [result] = cg.tune_many([OTHER], client, budget=30, backend="c", threads=1,
+                            max_candidates=2, _fault=(fault, (CANDIDATES[0].to_dict(),
+                                                              "kill-decide-twice", str(marker))))
+    assert os.path.exists(f"{marker}.1")  # both attempts died; the run still finished
+    default = candidate_schedules(OTHER, "c", 1)[0]
+    assert result.best == default and len(result.measurements) == 2
+    assert not any(m.checked for m in result.measurements)
+    assert len(lines(db)) == 2 and not any(line["checked"] for line in lines(db))
+    assert best_record(OTHER, "c", threads=1) is None  # compile keeps its default
 
 
 def test_workers_start_a_local_cluster_for_the_call(db, monkeypatch):
