@@ -39,10 +39,11 @@ decision task is tried once more elsewhere if its worker dies; should that one d
 every measurement is still recorded and none is checked (compile keeps its default).
 After a death the client works with the live matching workers (one the nanny restarted
 is asked for its identity first), waiting up to REJOIN_SECONDS when none is left.
-The cluster :func:`tune_many` starts itself has ``distributed.scheduler.allowed-failures``
-0, so dask reports the first death and the one retry is the tuner's; a scheduler given through ``client``
-retries as configured (dask's default: 3 times) before the tuner sees KilledWorker and
-retries once more: start it with ``allowed-failures`` 0 for "at most once".
+The cluster :func:`tune_many` starts itself has
+``distributed.scheduler.allowed-failures`` 0, so dask reports the first death and the
+one retry is the tuner's; a scheduler given through ``client`` retries as configured
+(dask's default: 3 times) before the tuner sees KilledWorker and retries once more:
+start it with ``allowed-failures`` 0 for "at most once".
 
 Dask's worker processes are daemonic, and a daemonic process may not start children;
 the tasks lift that for the timing child they start (which dies with its parent:
