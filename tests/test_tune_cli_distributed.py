@@ -107,8 +107,11 @@ def test_a_scheduler_that_does_not_answer(db, specfile, capsys, monkeypatch):
 def test_workers_2_tunes_on_a_local_cluster_and_compile_uses_its_records(db, specfile, capsys,
                                                                         caplog):
     pytest.importorskip("distributed")
+    threads = os.environ.get("OMP_NUM_THREADS"), cg.get_num_threads()
     assert main(["tune", str(specfile), "--workers", "2", "--budget", "2",
                  "--no-load-check"]) == 0
+    # the cluster's start leaves this process's default thread count as it was
+    assert (os.environ.get("OMP_NUM_THREADS"), cg.get_num_threads()) == threads
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["name", "default", "ms"]
     assert out.splitlines()[2].startswith("tiny_a ")
