@@ -137,3 +137,20 @@ def test_scheduler_connects_and_the_client_is_closed(db, specfile, capsys):
         assert "no workers" in capsys.readouterr().err
         assert set(cluster.scheduler.clients) == before
     assert not read_records(db)
+
+
+def test_a_refusal_on_a_worker_exits_1_as_the_local_tuner_does(db, specfile, capsys,
+                                                                monkeypatch):
+    """MachineBusy (a worker's decisive timing stayed disturbed) reaches the command as the
+    local tuner's refusal does: named on stderr, exit status 1. tune_many stands in here:
+    provoking a busy worker costs a cluster and a busy machine."""
+    pytest.importorskip("distributed")
+    distributed_tuning = pytest.importorskip("convgen.tuning.distributed")
+
+    def busy(*args, **kwargs):
+        raise tune_module.MachineBusy("conv2d_x: the machine was busy while timing")
+
+    monkeypatch.setattr(distributed_tuning, "tune_many", busy)
+    assert main(["tune", str(specfile), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "convgen tune: refused: conv2d_x: the machine was busy" in err

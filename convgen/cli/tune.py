@@ -268,6 +268,10 @@ def run_cluster(args: argparse.Namespace, distributed, backend: str,
             results = tune_many(what, client=client, budget=args.budget, backend=backend,
                                 threads=args.threads, input_shape=args.input_shape,
                                 workers=args.workers, progress=bar, check_load=check_load)
+    except MachineBusy as exc:  # a worker's decisive timing stayed disturbed: as tune's
+        print(f"convgen tune: refused: {exc} (the specs tuned before it are recorded)",
+              file=sys.stderr)
+        return 1
     finally:
         if client is not None:
             client.close()
