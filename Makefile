@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,torch,onnx,ort,plot,export]'
+	$(PY) -m pip install --quiet -e '.[test,torch,onnx,ort,plot,export,distributed]'
 	touch $@
 
 # The main job: compile every example spec, check it against the oracle, print a table;

@@ -20,6 +20,7 @@ from convgen.onnx.importer import from_onnx  # imports onnx only when called
 from convgen.reference import reference
 from convgen.schedule import GpuSchedule, Schedule
 from convgen.spec import ACTIVATIONS, ConvSpec
+from convgen.tuning.distributed import tune_many
 from convgen.tuning.tuner import MachineBusy, TuneResult, tune
 from convgen.version import __version__
 
@@ -30,5 +31,5 @@ __all__ = [
     "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "default_schedule", "from_onnx", "get_num_threads", "load", "load_network", "MachineBusy",
     "reference",
-    "set_num_threads", "tune", "TuneResult",
+    "set_num_threads", "tune", "tune_many", "TuneResult",
 ]

@@ -110,6 +110,16 @@ def cpu_identity() -> str:
     return f"{platform.machine()}|{model or platform.processor()}|{flags}"
 
 
+def core_count() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share,
+    not the machine's), which tuned thread counts and timings depend on; os.cpu_count()
+    where the platform has no affinity (macOS). Not cached: the affinity can change."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def make_key(**parts: object) -> str:
     """sha256 of the canonical JSON of everything that shapes a compiled artifact."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)

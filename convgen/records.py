@@ -1,8 +1,18 @@
 """The tuning database: every measurement as one JSON line; the best one per spec.
 
-Records are keyed by the spec, the backend, the CPU model and features, the
-compiler (C compiler identity, or llvmlite and LLVM versions) and convgen's code
-version, so ``compile`` only ever picks a schedule measured on this very setup.
+Records are keyed by the spec, the backend and the machine they were measured on
+(``this_machine``: the CPU model and features, the usable core count, the compiler — C
+compiler identity, or llvmlite and LLVM versions — and convgen's code version; for a GPU
+backend also the GPU's name, architecture and multiprocessor count), so ``compile`` only
+ever picks a schedule measured on this very setup, at the thread count asked.
+
+Records written before a field existed (an older convgen's, without ``cores`` or the
+``gpu`` fields) stay readable — listed, exported, imported — but are never used: a
+field this machine has and the record lacks counts as a difference, since nothing says
+the record was measured on matching hardware (``convgen tune --list`` says "not
+recorded"). A worker of a distributed run (convgen.tuning.distributed) reports its
+``this_machine`` and the client writes its records with that identity (``record(...,
+machine=)``): the database has one writer, and every line names where it was measured.
 Each call's lines are appended with one ``write`` (O_APPEND), so concurrent tuners
 never interleave within a line. Any line may be damaged (a writer killed mid-line, a
 hostile or corrupt file): a line that does not parse, for whatever reason (nesting
@@ -21,19 +31,22 @@ import contextlib
 import datetime
 import difflib
 import fcntl
+import functools
 import hashlib
 import json
 import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from convgen import config
 from convgen.backends import BACKENDS, get_backend
-from convgen.cache import code_version, cpu_identity
+from convgen.backends.cuda import driver as cuda_driver
+from convgen.backends.cuda import emulated as cuda_emulated
+from convgen.cache import code_version, core_count, cpu_identity
 from convgen.errors import ConvgenError, ScheduleError
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec
@@ -42,6 +55,81 @@ from convgen.spec import ConvSpec
 def compiler_identity(backend: str) -> str:
     """What compiles ``backend``'s code (its compiler and version), as records keep it."""
     return get_backend(backend).identity()
+
+
+# What a record shares with this machine for compile to use it (best_record asks the same):
+# every backend's, and a GPU backend's besides. Plain JSON values: str, or int for counts.
+CPU_IDENTITY = ("cpu", "cores", "compiler", "convgen")
+GPU_IDENTITY = ("gpu", "gpu_arch", "gpu_sms")
+IDENTITY = CPU_IDENTITY + GPU_IDENTITY
+
+
+def identity_fields(backend: str) -> tuple[str, ...]:
+    """The IDENTITY fields that decide whether a record of ``backend`` was measured here."""
+    return CPU_IDENTITY + (GPU_IDENTITY if get_backend(backend).device == "gpu" else ())
+
+
+def gpu_identity() -> dict[str, str | int]:
+    """The GPU backend "cuda" runs on, as records keep it: its name (cuDeviceGetName),
+    architecture ("sm_90": the compute capability, what nvcc compiles for) and
+    multiprocessor count (a MIG slice has fewer than the whole GPU of the same name).
+    On the CPU emulator (CONVGEN_CUDA_DEVICE=emulator) there is no GPU to ask: "emulator",
+    architecture "host" (the emulator is built with -march=native for this CPU, which the
+    ``cpu`` field names) and the usable cores as multiprocessors (its blocks run on one
+    OpenMP thread per core). A ConvgenError (naming the emulator) where there is neither."""
+    if cuda_emulated():
+        return {"gpu": "emulator", "gpu_arch": "host", "gpu_sms": core_count()}
+    return dict(_device(int(config.cuda_device())))
+
+
+@functools.lru_cache(maxsize=None)
+def _device(ordinal: int) -> tuple[tuple[str, str | int], ...]:
+    why = cuda_driver.available(ordinal)
+    if why is not None:
+        raise ConvgenError(f"no GPU {ordinal} to identify: {why}")
+    gpu = cuda_driver.Driver.get(ordinal)
+    return (("gpu", gpu.name()), ("gpu_arch", gpu.arch()), ("gpu_sms", gpu.multiprocessors()))
+
+
+def machine_identity(backend: str) -> dict[str, str | int]:
+    """The identity_fields of ``backend`` here; a ConvgenError where its compiler (or for a
+    GPU backend, its device) is missing."""
+    identity: dict[str, str | int] = {"cpu": cpu_identity(), "cores": core_count(),
+                                      "compiler": compiler_identity(backend),
+                                      "convgen": code_version()}
+    if get_backend(backend).device == "gpu":
+        identity.update(gpu_identity())
+    return identity
+
+
+def this_machine(backend: str) -> dict[str, str | int | None]:
+    """The identity_fields of ``backend`` here, as plain JSON data (str, int, or None where
+    the compiler, or for a GPU backend the device, is not there): what a record must equal
+    for compile to use it. The one function a tuning client and its workers call to
+    compare machines (convgen.tuning.distributed)."""
+    identity: dict[str, str | int | None] = {"cpu": cpu_identity(), "cores": core_count(),
+                                             "convgen": code_version()}
+    try:
+        identity["compiler"] = compiler_identity(backend)
+    except (ConvgenError, ValueError, RuntimeError, OSError):
+        identity["compiler"] = None
+    if get_backend(backend).device == "gpu":
+        try:
+            identity.update(gpu_identity())
+        except (ConvgenError, ValueError, RuntimeError, OSError):
+            identity.update(dict.fromkeys(GPU_IDENTITY))
+    return {name: identity[name] for name in identity_fields(backend)}
+
+
+def same_machine(item: Mapping, machine: Mapping) -> bool:
+    """Whether record ``item`` has every field of ``machine`` (a this_machine dict), equal
+    and of the same JSON type (a field it lacks, or any None in ``machine``: no)."""
+    return all(value is not None and name in item and _same(item[name], value)
+               for name, value in machine.items())
+
+
+def _same(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b  # 1 and true, 2 and 2.0 are other JSON
 
 
 def _where(path: Path) -> str:
@@ -91,24 +179,27 @@ def _ends_mid_line(path: Path) -> bool:
 
 def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = None,
            bound: bool = False, *, threads: int | None = None,
-           context: dict | None = None) -> None:
+           context: dict | None = None, machine: Mapping | None = None) -> None:
     """Append one JSON line per measurement, all with a single write (O_APPEND), after
     a newline if the file ends in a torn line; ``bound``: measured with the weights bound
     and prepared once (convgen.plan.weights). A path that takes no appends raises a
     ConvgenError saying why.
 
-    Every line carries the setup (spec, backend, CPU model and flags, compiler, convgen's
-    code version), ``threads`` (the thread count tuned for, which compile's ``threads=``
-    or the configured count asks for; a schedule's own ``threads`` may be lower: small
-    kernels run on one) and ``context`` (run-wide facts: the tuner's ``protocol``, the
-    ``load`` it measured). A measurement's ``noise`` (relative spread per call),
-    ``rounds``, ``gain`` on the default and ``rejected`` (why a candidate timed faster was
-    not kept) are written when it has them. Readers of older lines see none of these.
+    Every line carries the setup: spec, backend and the machine measured on (``machine``, a
+    this_machine dict: a distributed run's worker's; else this one's, machine_identity: CPU
+    model and flags, core count, compiler, convgen's code version, and for a GPU backend the
+    GPU's name, architecture and multiprocessors), ``threads`` (the thread count tuned for,
+    which compile's ``threads=`` or the configured count asks for; a schedule's own
+    ``threads`` may be lower: small kernels run on one) and ``context`` (run-wide facts: the
+    tuner's ``protocol``, the ``load`` it measured). A measurement's ``noise`` (relative
+    spread per call), ``rounds``, ``gain`` on the default and ``rejected`` (why a candidate
+    timed faster was not kept) are written when it has them. Readers of older lines see none
+    of these.
     """
+    identity = machine_identity(backend) if machine is None else _checked_machine(machine,
+                                                                                  backend)
     path = check_database(path)
-    common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend,
-              "cpu": cpu_identity(), "compiler": compiler_identity(backend),
-              "convgen": code_version(),
+    common = {"spec_key": spec.key(), "spec_name": spec.name, "backend": backend, **identity,
               "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if bound:
         common["bound"] = True
@@ -148,6 +239,23 @@ def record(spec: ConvSpec, backend: str, measured: list, path: Path | None = Non
         os.close(fd)
 
 
+def _checked_machine(machine: Mapping, backend: str) -> dict[str, str | int]:
+    """``machine``'s identity_fields of ``backend``; ValueError naming a field it lacks or
+    one that is not a string (a count: a positive int)."""
+    identity = {}
+    for name in identity_fields(backend):
+        value = machine.get(name)
+        counted = name in ("cores", "gpu_sms")
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0
+                if counted else isinstance(value, str)):
+            want = "a positive int" if counted else "a string"
+            raise ValueError(f"machine[{name!r}]: expected {want}, got {_short(value)} "
+                             f"(machine= takes a this_machine({backend!r}) dict of the machine "
+                             "measured on)")
+        identity[name] = value
+    return identity
+
+
 _PARSED: dict[str, list[dict]] = {}  # sha256 of the database's bytes -> its valid lines
 
 
@@ -177,22 +285,24 @@ def read_records(path: Path | None = None) -> list[dict]:
 def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
                 path: Path | None = None, bound: bool = False) -> Schedule | None:
     """The fastest checked schedule recorded for ``spec`` and ``backend`` (a resolved name)
-    on this CPU, compiler and convgen version, measured at ``threads`` (None: at any thread
+    on this machine (same_machine: this CPU and core count, compiler and convgen version,
+    and for a GPU backend this GPU; a record lacking one of these fields is not used),
+    measured at ``threads`` (None: at any thread
     count), among the records measured with weights bound (``bound``: networks,
     convgen.bind) or passed in each call (kernels); None if none. A record of another
     thread count is never returned for ``threads``, whatever its speed."""
     records = read_records(path)
     if not records:
         return None
-    try:
-        want = {"spec_key": spec.key(), "backend": backend, "cpu": cpu_identity(),
-                "compiler": compiler_identity(backend), "convgen": code_version()}
-    except ConvgenError:  # no compiler: compiling will say so
+    here = this_machine(backend)
+    if None in here.values():  # no compiler or no GPU: compiling will say so
         return None
+    key = spec.key()
     best, best_seconds = None, math.inf
     for item in records:
         seconds = item.get("seconds")
-        if item.get("checked") is not True or any(item.get(k) != v for k, v in want.items()) \
+        if item.get("checked") is not True or item.get("spec_key") != key \
+                or item.get("backend") != backend or not same_machine(item, here) \
                 or item.get("bound", False) is not bound \
                 or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
                 or not 0 < seconds < best_seconds:
@@ -209,10 +319,6 @@ def best_record(spec: ConvSpec, backend: str, threads: int | None = None,
 
 
 # -- seeing and undoing the records: list, forget, export, import ---------------------------
-
-# what a record shares with this machine for compile to use it (best_record asks the same)
-IDENTITY = ("cpu", "compiler", "convgen")
-
 
 def spec_id(spec_key: str) -> str:
     """A short name of a spec key, as ``convgen tune --list`` prints it: 8 hex digits."""
@@ -232,21 +338,13 @@ class RecordSummary:
     seconds: float | None
     timestamp: str  # the latest measurement's
     measurements: int
-    mismatches: tuple[str, ...]  # IDENTITY fields unlike this machine's; () = compile uses it
+    mismatches: tuple[str, ...]  # identity_fields unlike this machine's; () = compile uses it
+    # the identity_fields of the records (None where they lack one: written before it was)
+    machine: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def spec_id(self) -> str:
         return spec_id(self.spec_key)
-
-
-def this_machine(backend: str) -> dict[str, str | None]:
-    """The IDENTITY of ``backend`` here (compiler None where it is not installed)."""
-    identity: dict[str, str | None] = {"cpu": cpu_identity(), "convgen": code_version()}
-    try:
-        identity["compiler"] = compiler_identity(backend)
-    except (ConvgenError, ValueError, RuntimeError, OSError):
-        identity["compiler"] = None
-    return identity
 
 
 def _threads(item: dict) -> int | None:
@@ -273,12 +371,16 @@ def list_records(path: Path | None = None,
         if spec_keys is not None and item["spec_key"] not in spec_keys:
             continue
         key = (item["spec_key"], item["backend"], item.get("bound", False) is True,
-               _threads(item), *(str(item.get(name)) for name in IDENTITY))
+               _threads(item), *(json.dumps(item.get(name), default=str) for name in IDENTITY))
         groups.setdefault(key, []).append(item)
     machines: dict[str, dict] = {}
     summaries = []
     for (spec_key, backend, bound, threads, *_), items in groups.items():
-        here = machines.setdefault(backend, this_machine(backend))
+        if backend not in machines:  # a backend this convgen lacks: its records are never used
+            machines[backend] = this_machine(backend) if backend in BACKENDS \
+                else dict.fromkeys(CPU_IDENTITY)
+        here = machines[backend]
+        machine = {name: items[0].get(name) for name in here}
         checked = [i for i in items if i.get("checked") is True and _seconds(i) is not None]
         best = min(checked, key=_seconds, default=None)
         names = [i["spec_name"] for i in items if isinstance(i.get("spec_name"), str)]
@@ -286,8 +388,8 @@ def list_records(path: Path | None = None,
             spec_key, names[0] if names else "?", backend, bound, threads,
             best["schedule"] if best else None, _seconds(best) if best else None,
             max((str(i.get("timestamp", "")) for i in items), default=""), len(items),
-            tuple(name for name in IDENTITY
-                  if here[name] is None or items[0].get(name) != here[name])))
+            tuple(name for name, value in here.items()
+                  if value is None or not _same(machine[name], value)), machine))
     return sorted(summaries, key=lambda r: (r.spec_name, r.spec_key, r.backend, r.bound,
                                             r.threads or 0, r.mismatches))
 
@@ -427,6 +529,13 @@ def record_problem(item: object) -> str | None:
         return f"checked: expected true or false, got {_short(item.get('checked'))}"
     if not isinstance(item.get("bound", False), bool):
         return f"bound: expected true or false, got {_short(item['bound'])}"
+    for name in ("cores", "gpu_sms", "threads"):  # absent from older records
+        value = item.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"{name}: expected a positive integer, got {_short(value)}"
+    for name in ("gpu", "gpu_arch"):
+        if not isinstance(item.get(name, ""), str):
+            return f"{name}: expected a string, got {_short(item[name])}"
     try:
         datetime.datetime.fromisoformat(item["timestamp"])
     except ValueError:

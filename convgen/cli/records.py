@@ -7,6 +7,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from convgen.records import (RecordSummary, export_records, forget_records, impo
 from convgen.schedule import Schedule
 from convgen.tuning.tuner import _ms, describe
 
-# IDENTITY fields as the "this machine" column names them
-MISMATCH_WORDS = {"cpu": "CPU", "compiler": "compiler", "convgen": "convgen version"}
+# identity fields (convgen.records.IDENTITY) as the "this machine" column names them
+MISMATCH_WORDS = {"cpu": "CPU", "cores": "core count", "compiler": "compiler",
+                  "convgen": "convgen version", "gpu": "GPU", "gpu_arch": "GPU architecture",
+                  "gpu_sms": "GPU multiprocessor count"}
 
 
 def add_record_options(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +36,9 @@ def add_record_options(parser: argparse.ArgumentParser) -> None:
     actions.add_argument("--list", action="store_true",
                          help="print one row per spec, backend, weights mode, thread count and "
                               "machine: the fastest checked schedule, when it was measured, "
-                              "and whether compile uses it here (same CPU, compiler and "
-                              "convgen version)")
+                              "the hardware measured on, and whether compile uses it here "
+                              "(same CPU and core count, GPU for cuda, compiler and convgen "
+                              "version)")
     actions.add_argument("--forget", nargs="?", const="", metavar="SPEC",
                          help="remove the records of SPEC (a spec or network file, or a spec "
                               "name or id as --list prints them), or with --all every record")
@@ -107,20 +111,51 @@ def records_table(summaries: list[RecordSummary], names: dict[str, str] | None =
     """The --list table; ``names``: spec key -> the name a spec file gives it."""
     names = names or {}
     rows = [("spec", "id", "backend", "weights", "threads", "best schedule", "ms", "measured",
-             "n", "this machine")]
+             "n", "hardware", "this machine")]
     for s in summaries:
         rows.append((names.get(s.spec_key, s.spec_name), s.spec_id, s.backend,
                      "bound" if s.bound else "call", "-" if s.threads is None else str(s.threads),
                      _schedule_text(s.schedule), "-" if s.seconds is None else _ms(s.seconds),
-                     _when(s.timestamp), str(s.measurements),
-                     "no: other " + ", ".join(MISMATCH_WORDS.get(m, m) for m in s.mismatches)
-                     if s.mismatches else "yes"))
+                     _when(s.timestamp), str(s.measurements), hardware_text(s.machine),
+                     _usable(s)))
     right = {4, 6, 8}
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def hardware_text(machine: dict) -> str:
+    """A record's hardware in a few words: "AMD EPYC 7B13 x2" (CPU model, usable cores),
+    a GPU backend's GPU before it: "NVIDIA H100 80GB HBM3 sm_90/132SM on ..."; "?" for
+    what the record does not say. The CPU flags are left out: the "this machine" column
+    says when they differ."""
+    model = str(machine.get("cpu") or "?|?").split("|")
+    model = model[1] if len(model) > 1 else model[0]
+    # "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz" -> "Intel Xeon Platinum 8480+"
+    model = re.sub(r"\((R|TM|r|tm)\)|\bCPU\b|\bProcessor\b|@.*$|\b\d+-Core\b", " ", model)
+    cores = machine.get("cores")
+    text = f"{' '.join(model.split()) or '?'} x{cores if cores is not None else '?'}"
+    if "gpu" not in machine:
+        return text
+    gpu, arch, sms = (machine.get(name) for name in ("gpu", "gpu_arch", "gpu_sms"))
+    if gpu == "emulator":
+        return f"emulator on {text}"
+    return f"{gpu or '?'} {arch or '?'}/{sms if sms is not None else '?'}SM on {text}"
+
+
+def _usable(summary: RecordSummary) -> str:
+    """The "this machine" cell: yes, or which identity fields differ or were not recorded."""
+    if not summary.mismatches:
+        return "yes"
+    other = [MISMATCH_WORDS.get(m, m) for m in summary.mismatches
+             if summary.machine.get(m) is not None]
+    missing = [MISMATCH_WORDS.get(m, m) for m in summary.mismatches
+               if summary.machine.get(m) is None]
+    parts = (["other " + ", ".join(other)] if other else []) \
+        + ([", ".join(missing) + " not recorded"] if missing else [])
+    return "no: " + "; ".join(parts)
 
 
 def forget_command(keys: set[str] | None, what: str) -> int:

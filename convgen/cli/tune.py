@@ -1,12 +1,24 @@
 """``convgen tune SPECFILE|NETSPEC|MODEL.onnx``: the tuner on the command line (wired into
-convgen.cli.main)."""
+convgen.cli.main).
+
+``--workers N`` (a local Dask cluster of N worker processes) and ``--scheduler
+tcp://HOST:PORT`` (an existing cluster) tune through convgen.tuning.distributed.tune_many:
+candidates are compiled and timed on the workers, records written here. dask's
+``distributed`` is an optional extra, imported only when one of them is given. Without it,
+``--workers`` warns (naming ``pip install 'convgen[distributed]'``) and the local tuner runs
+instead — a local cluster would have measured this machine too, so its records are the
+same kind —, while ``--scheduler`` is an error (exit status 2): the cluster's machines,
+not this one, were asked for, and records measured here would be the wrong machine's.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 import tomllib
@@ -16,7 +28,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from convgen.backends import resolve_backend
-from convgen.cli.args import UsageError, shape_arg, thread_count
+from convgen.cli.args import UsageError, positive_int, shape_arg, thread_count
 from convgen.cli.records import add_record_options, run_records
 from convgen.graph.ir import Graph
 from convgen.graph.netspec import load_network
@@ -27,6 +39,13 @@ from convgen.tuning.tuner import MachineBusy, Progress, TuneResult, _ms, describ
     network_convs, tune, tune_network
 
 log = get_logger("tune")
+
+INSTALL = "pip install 'convgen[distributed]'"
+MAX_WORKERS = 4096  # local worker processes: a typo guard, far beyond any one machine
+CONNECT_SECONDS = 30  # how long --scheduler waits for the scheduler to answer
+# what dask.distributed.Client takes: a protocol and HOST:PORT (or a bare HOST:PORT, as tcp)
+SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?"
+                       r"(?:\[[0-9a-fA-F:.]+\]|[\w.-]+):\d{1,5}$")
 
 
 def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None:
@@ -56,8 +75,50 @@ def add_tune_command(subparsers, parents: list[argparse.ArgumentParser]) -> None
                    help="spec files: time kernels with their weights bound and prepared once "
                         "(convgen.bind), as `convgen bench` and networks run them; their "
                         "records are kept apart (network files are always tuned bound)")
+    cluster = p.add_argument_group(
+        "distributed tuning", "Compile and time the candidates on a Dask cluster (dask's "
+        f"distributed, an optional extra: {INSTALL}); the records are written here, by this "
+        "process only. Workers whose hardware or software differs from this machine's "
+        "(CPU, cores, compiler, convgen version, GPU for cuda) are left out, named.")
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", type=scheduler_address, default=None,
+                       metavar="tcp://HOST:PORT",
+                       help="the scheduler of a running cluster (`dask scheduler`, with "
+                            "`dask worker` on each machine); without distributed installed "
+                            "this is an error")
+    where.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                       help="start a local cluster of N worker processes for this run; "
+                            "without distributed installed the local tuner runs instead")
     add_record_options(p)
     p.set_defaults(run=run_tune)
+
+
+def scheduler_address(text: str) -> str:
+    """--scheduler: a Dask scheduler's address, tcp://HOST:PORT (or tls://, ucx://, ws://,
+    wss://; a bare HOST:PORT means tcp)."""
+    text = text.strip()
+    match = SCHEDULER.match(text)
+    if match is None or not 0 < int(text.rsplit(":", 1)[1]) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a scheduler address tcp://HOST:PORT, "
+                                         f"got {text!r}")
+    return text if "://" in text else "tcp://" + text
+
+
+def worker_count(text: str) -> int:
+    """--workers N: an integer in [1, MAX_WORKERS]."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_WORKERS} workers, got {value}")
+    return value
+
+
+def distributed_module():
+    """dask's ``distributed``, or None where it is not installed. Imported here, when a
+    cluster is asked for, not with the CLI: it is optional and slow to import."""
+    try:
+        return importlib.import_module("distributed")
+    except ImportError:
+        return None
 
 
 def is_onnx_file(path: str | os.PathLike) -> bool:
@@ -116,6 +177,11 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune every conv of a spec file, or each distinct conv of a network file; print a table."""
+    cluster = args.scheduler is not None or args.workers is not None
+    if cluster and (args.list or args.forget is not None or args.export is not None
+                    or args.import_file is not None):
+        raise UsageError("--scheduler and --workers go with tuning, not with --list, "
+                         "--forget, --export or --import")
     # --list, --forget, --export or --import
     status = run_records(args, lambda path: file_specs(path, args.input_shape))
     if status is not None:
@@ -130,6 +196,23 @@ def run_tune(args: argparse.Namespace) -> int:
                          f"the spec file {args.specfile}")
     backend = resolve_backend(getattr(args, "backend", None))
     check_load = None if args.check_load else False
+    if cluster:
+        if args.bound and not (onnx or is_network_file(args.specfile)):
+            raise UsageError("--bound is not supported with --scheduler or --workers: the "
+                             "cluster tunes a spec file's kernels with their weights passed "
+                             "in each call (network files are tuned bound)")
+        distributed = distributed_module()
+        if distributed is None and args.scheduler is not None:
+            print(f"convgen tune: error: --scheduler needs dask's distributed, which is not "
+                  f"installed: {INSTALL} (tuning here instead would measure this machine, "
+                  f"not the cluster's)", file=sys.stderr)
+            return 2
+        if distributed is None:
+            print(f"convgen tune: warning: --workers needs dask's distributed, which is not "
+                  f"installed ({INSTALL}); tuning with the local tuner instead",
+                  file=sys.stderr)
+        else:
+            return run_cluster(args, distributed, backend, check_load, onnx)
     bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
     refused = []
     # log lines (-v) printed above the bar rather than through it
@@ -157,6 +240,46 @@ def run_tune(args: argparse.Namespace) -> int:
     for line in refused:
         print(f"convgen tune: refused: {line}", file=sys.stderr)
     return 1 if refused else 0
+
+
+def run_cluster(args: argparse.Namespace, distributed, backend: str,
+                check_load: bool | None, onnx: bool) -> int:
+    """Tune on the cluster --scheduler names, or on a local one of --workers processes."""
+    # the optional extra's module, imported when asked for (see distributed_module)
+    tune_many = importlib.import_module("convgen.tuning.distributed").tune_many
+    if onnx or is_network_file(args.specfile):
+        what = onnx_graph(args.specfile, args.input_shape) if onnx \
+            else load_network(args.specfile)
+        names = None
+    else:
+        entries = load_specfile(args.specfile)
+        what, names = [entry.spec for entry in entries], [entry.name for entry in entries]
+    client = None
+    if args.scheduler is not None:
+        try:
+            client = distributed.Client(args.scheduler, timeout=f"{CONNECT_SECONDS}s",
+                                        set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(f"--scheduler {args.scheduler}: no Dask scheduler answered "
+                             f"there within {CONNECT_SECONDS} s ({exc})") from None
+    bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
+    try:
+        with bar, logging_redirect_tqdm([logging.getLogger(ROOT)]):
+            results = tune_many(what, client=client, budget=args.budget, backend=backend,
+                                threads=args.threads, input_shape=args.input_shape,
+                                workers=args.workers, progress=bar, check_load=check_load)
+    except MachineBusy as exc:  # a worker's decisive timing stayed disturbed: as tune's
+        print(f"convgen tune: refused: {exc} (the specs tuned before it are recorded)",
+              file=sys.stderr)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    for result, name in zip(results, names or ()):
+        result.name = name  # the spec file's names, as the local tuner's table shows them
+    if results:
+        print(summary_table(results))
+    return 0
 
 
 class ProgressBar:
