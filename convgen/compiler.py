@@ -42,8 +42,9 @@ def choose_schedule(spec: ConvSpec, backend: str, bound: bool = False,
     """The schedule to run ``spec`` with when none is given, and where it came from
     ("tuned" or "default").
 
-    The fastest checked tuning record for this spec, backend and machine (CPU, compiler,
-    convgen version: convgen.records.best_record), measured with weights bound or not as
+    The fastest checked tuning record for this spec, backend and machine (CPU model and
+    flags, core count, for cuda the GPU, compiler, convgen version: convgen.records
+    this_machine and best_record), measured with weights bound or not as
     ``bound`` says, and at the thread count asked: ``threads``, or when None the thread
     count the default runs on (convgen.plan.defaults.default_threads). A record measured
     at another thread count is never used: asking for a thread count selects among the
