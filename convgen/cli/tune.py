@@ -35,6 +35,7 @@ from convgen.graph.netspec import load_network
 from convgen.log import ROOT, get_logger
 from convgen.onnx.importer import from_onnx
 from convgen.specfile import load_specfile
+from convgen.tuning import distributed as distributed_tuning
 from convgen.tuning.tuner import MachineBusy, Progress, TuneResult, _ms, describe, \
     network_convs, tune, tune_network
 
@@ -245,8 +246,6 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_cluster(args: argparse.Namespace, distributed, backend: str,
                 check_load: bool | None, onnx: bool) -> int:
     """Tune on the cluster --scheduler names, or on a local one of --workers processes."""
-    # the optional extra's module, imported when asked for (see distributed_module)
-    tune_many = importlib.import_module("convgen.tuning.distributed").tune_many
     if onnx or is_network_file(args.specfile):
         what = onnx_graph(args.specfile, args.input_shape) if onnx \
             else load_network(args.specfile)
@@ -265,9 +264,10 @@ def run_cluster(args: argparse.Namespace, distributed, backend: str,
     bar = ProgressBar(sys.stderr, quiet=getattr(args, "verbosity", 0) < 0)
     try:
         with bar, logging_redirect_tqdm([logging.getLogger(ROOT)]):
-            results = tune_many(what, client=client, budget=args.budget, backend=backend,
-                                threads=args.threads, input_shape=args.input_shape,
-                                workers=args.workers, progress=bar, check_load=check_load)
+            results = distributed_tuning.tune_many(
+                what, client=client, budget=args.budget, backend=backend, threads=args.threads,
+                input_shape=args.input_shape, workers=args.workers, progress=bar,
+                check_load=check_load)
     except MachineBusy as exc:  # a worker's decisive timing stayed disturbed: as tune's
         print(f"convgen tune: refused: {exc} (the specs tuned before it are recorded)",
               file=sys.stderr)
