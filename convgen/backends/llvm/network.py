@@ -100,6 +100,23 @@ class _OpIR(IRFunction):
         self.b.ret(i32(0))
         return self.function
 
+    @contextlib.contextmanager
+    def window_taps(self, starts, kernel, dilation, sizes):
+        """The taps of one pooling window (loops over the kernel's 3 dims): the body runs
+        for the taps inside the input, given their input coordinates (d, h, w)."""
+        b = self.b
+        with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
+                self.loop(0, kernel[2], "kw") as kw:
+            coords = [b.add(s, b.mul(k, i64(d)))
+                      for s, k, d in zip(starts, (kd, kh, kw), dilation)]
+            inside = None
+            for coord, size in zip(coords, sizes):
+                ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
+                            b.icmp_signed("<", coord, i64(size)))
+                inside = ok if inside is None else b.and_(inside, ok)
+            with b.if_then(inside):
+                yield coords
+
     # -- ops ---------------------------------------------------------------------------
     def elementwise(self, combine) -> ir.Function:
         names = list(self.args)
@@ -127,20 +144,11 @@ class _OpIR(IRFunction):
                       zip((od, oh, ow), stride, pad)]
             b.store(self.zero(), total)
             b.store(i64(0), count)
-            with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
-                    self.loop(0, kernel[2], "kw") as kw:
-                coords = [b.add(s, b.mul(k, i64(d)))
-                          for s, k, d in zip(starts, (kd, kh, kw), dilation)]
-                inside = None
-                for coord, size in zip(coords, sizes):
-                    ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
-                                b.icmp_signed("<", coord, i64(size)))
-                    inside = ok if inside is None else b.and_(inside, ok)
-                with b.if_then(inside):
-                    index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
-                                        i64(in_w)), coords[2])
-                    b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
-                    b.store(b.add(b.load(count), i64(1)), count)
+            with self.window_taps(starts, kernel, dilation, sizes) as coords:
+                index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
+                                    i64(in_w)), coords[2])
+                b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
+                b.store(b.add(b.load(count), i64(1)), count)
             if c["count_include_pad"]:  # the taps inside the padded input
                 divisor = i64(1)
                 for start, k, size, p, d in zip(starts, kernel, sizes, c["padding_end"],
@@ -219,30 +227,21 @@ class _OpIR(IRFunction):
             starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in zip((od, oh, ow), stride, pad)]
             b.store(self.zero(), best)
             b.store(i64(-1), at)
-            with self.loop(0, kernel[0], "kd") as kd, self.loop(0, kernel[1], "kh") as kh, \
-                    self.loop(0, kernel[2], "kw") as kw:
-                coords = [b.add(s, b.mul(k, i64(d)))
-                          for s, k, d in zip(starts, (kd, kh, kw), dilation)]
-                inside = None
-                for coord, size in zip(coords, sizes):
-                    ok = b.and_(b.icmp_signed(">=", coord, i64(0)),
-                                b.icmp_signed("<", coord, i64(size)))
-                    inside = ok if inside is None else b.and_(inside, ok)
-                with b.if_then(inside):
-                    row_major = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
-                                            i64(in_w)), coords[2])
-                    value = self.at(xc, row_major)
-                    first = b.icmp_signed("<", b.load(at), i64(0))
-                    larger = b.extract_element(
-                        b.fcmp_ordered(">", value, b.load(best)), i32(0))
-                    with b.if_then(b.or_(first, larger)):
-                        b.store(value, best)
-                        if c["storage_order"]:  # column-major: the first spatial dim fastest
-                            index = b.add(coords[0], b.mul(
-                                b.add(coords[1], b.mul(coords[2], i64(in_h))), i64(in_d)))
-                        else:
-                            index = row_major
-                        b.store(index, at)
+            with self.window_taps(starts, kernel, dilation, sizes) as coords:
+                row_major = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
+                                        i64(in_w)), coords[2])
+                value = self.at(xc, row_major)
+                first = b.icmp_signed("<", b.load(at), i64(0))
+                larger = b.extract_element(
+                    b.fcmp_ordered(">", value, b.load(best)), i32(0))
+                with b.if_then(b.or_(first, larger)):
+                    b.store(value, best)
+                    if c["storage_order"]:  # column-major: the first spatial dim fastest
+                        index = b.add(coords[0], b.mul(
+                            b.add(coords[1], b.mul(coords[2], i64(in_h))), i64(in_d)))
+                    else:
+                        index = row_major
+                    b.store(index, at)
             found = b.load(at)
             flat = b.select(b.icmp_signed("<", found, i64(0)), i64(-1),
                             b.add(b.mul(nc, i64(volume)), found))
