@@ -422,15 +422,8 @@ class _Run:
         load = decided.load
         context = tuner._context(load)
         context["workers"] = len(self.addresses)
-        record(spec, backend, decided.measured, self.database, bound=bound,
-               threads=requested, context=context)
-        winner = decided.winner
-        if winner is None:
-            raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
-                               f"({decided.measured[0].error or 'wrong results'})")
-        return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
-                          decided.measured[0].seconds, decided.measured, len(candidates),
-                          requested, decided.verdict, load)
+        return tuner.finish(spec, backend, name, decided, self.database, bound, requested,
+                            context, default, len(candidates), load)
 
     def _outcome(self, future) -> _Outcome:
         """The task's outcome; a worker that died, or a task that raised, is a failed

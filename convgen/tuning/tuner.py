@@ -571,14 +571,24 @@ def tune(spec: ConvSpec, backend: str | None = None, budget: float = 30.0,
         decided = _decide(spec, backend, name, search, arrays, notify, len(chosen), timer,
                           watch)
         load = decided.load or whole.stop()  # compile workers reaped: their time is ours
+    return finish(spec, backend, name, decided, database, bound, requested, _context(load),
+                  default, len(candidates), load)
+
+
+def finish(spec: ConvSpec, backend: str, name: str, decided: _Decision, database,
+           bound: bool, requested: int, context: dict, default: Schedule, candidates: int,
+           load: Load | None) -> TuneResult:
+    """Record a spec's measurements (the one write per spec: the local tuner's, or a
+    cluster's client) and its TuneResult; ConvgenError when no candidate ran and matched
+    the oracle."""
     record(spec, backend, decided.measured, database, bound=bound, threads=requested,
-           context=_context(load))
+           context=context)
     winner = decided.winner
     if winner is None:
         raise ConvgenError(f"{name}: no candidate schedule ran and matched the oracle "
                            f"({decided.measured[0].error or 'wrong results'})")
     return TuneResult(spec, backend, name, winner.schedule, winner.seconds, default,
-                      decided.measured[0].seconds, decided.measured, len(candidates),
+                      decided.measured[0].seconds, decided.measured, candidates,
                       requested, decided.verdict, load)
 
 
