@@ -221,8 +221,8 @@ class _Activation(Module):
         return F._activation(input, self._name, self._args(), module=self)
 
 
-class ReLU(_Activation):
-    _name = "relu"
+class _InplaceActivation(_Activation):
+    """An activation with torch's ``inplace`` flag (ignored: outputs are new arrays)."""
 
     def __init__(self, inplace=False):
         super().__init__()
@@ -230,6 +230,10 @@ class ReLU(_Activation):
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
+
+
+class ReLU(_InplaceActivation):
+    _name = "relu"
 
 
 class ReLU6(ReLU):
@@ -257,17 +261,6 @@ class Sigmoid(_Activation):
 
 class Tanh(_Activation):
     _name = "tanh"
-
-
-class _InplaceActivation(_Activation):
-    """An activation with torch's ``inplace`` flag (ignored: outputs are new arrays)."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def extra_repr(self) -> str:
-        return "inplace=True" if self.inplace else ""
 
 
 class SiLU(_InplaceActivation):
