@@ -21,7 +21,12 @@ import numpy as np
 
 import convgen as cg
 from convgen.bench.measure import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
+from convgen.backends import REGISTRY
 from convgen.bench.peers import Runner
+
+# the peers are CPU libraries: convgen's CPU backends only (the cuda backend, registered
+# since, would need a GPU and would be timed against nothing comparable)
+CPU_BACKENDS = tuple(name for name, backend in REGISTRY.items() if backend.device == "cpu")
 
 
 def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, repeats: int,
@@ -63,7 +68,7 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
                                            providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             calls["onnxruntime"] = (lambda s=session, n=name: s.run(None, {n: x})[0])
-        for backend in cg.BACKENDS:
+        for backend in CPU_BACKENDS:
             calls[f"convgen {backend}"] = net.compile(x.shape, backend=backend, threads=threads)
         if onnx_bytes is not None:  # the same network through cg.from_onnx
             calls["convgen c (from ONNX)"] = cg.from_onnx(onnx_bytes).compile(
