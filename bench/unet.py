@@ -8,8 +8,8 @@ BatchNorm and ReLU; 2x2/2 max pooling down; ConvTranspose2d 2x2/2 up, its output
 concatenated with the encoder's skip connection; a 1x1 convolution to 2 classes.
 Written once against torch.nn and convgen.nn, as bench/resnet18.py does (BatchNorm
 statistics randomized, every result checked against torch's output). The default input
-is 1x3x128x128 (--size must be a multiple of 16): at 256x256 the network is about
-4x the work (~55 GFLOP a call) and one interleaved run on 2 cores would take many minutes.
+is 1x3x128x128 (--size must be a multiple of 16): 24 GFLOP of direct convolution a
+call; at 256x256 it is 96 GFLOP and one interleaved run on 2 cores takes many minutes.
 """
 
 from __future__ import annotations
