@@ -1,6 +1,7 @@
 """Time a network written once against torch.nn and convgen.nn: PyTorch, ONNX Runtime
 (the model exported by torch.onnx) and convgen (every backend, and C through cg.from_onnx),
-interleaved in one run; shared by bench/resnet18.py and bench/mobilenet_v2.py.
+interleaved in one run; shared by the network benches in bench/ (resnet18.py, resnet50.py,
+mobilenet_v2.py, inception_v3.py, unet.py).
 
 Each runtime gets --repeats rounds of a warm-up (50 ms of calls) and two timed calls
 (convgen.bench.measure.measure_interleaved); the median per thread count, the ratio
@@ -20,7 +21,12 @@ import numpy as np
 
 import convgen as cg
 from convgen.bench.measure import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
+from convgen.backends import REGISTRY
 from convgen.bench.peers import Runner
+
+# the peers are CPU libraries: convgen's CPU backends only (the cuda backend, registered
+# since, would need a GPU and would be timed against nothing comparable)
+CPU_BACKENDS = tuple(name for name, backend in REGISTRY.items() if backend.device == "cpu")
 
 
 def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, repeats: int,
@@ -62,7 +68,7 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
                                            providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             calls["onnxruntime"] = (lambda s=session, n=name: s.run(None, {n: x})[0])
-        for backend in cg.BACKENDS:
+        for backend in CPU_BACKENDS:
             calls[f"convgen {backend}"] = net.compile(x.shape, backend=backend, threads=threads)
         if onnx_bytes is not None:  # the same network through cg.from_onnx
             calls["convgen c (from ONNX)"] = cg.from_onnx(onnx_bytes).compile(
@@ -87,22 +93,24 @@ def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, rep
                   flush=True)
 
 
-def bench_main(build, name: str, description: str) -> int:
-    """The command line of a network bench: ``build(nn, flatten)`` writes the network
-    once against either nn namespace; torch's instance gets randomized BatchNorm
-    statistics (so folding is exercised), convgen's loads its state_dict, and both run
-    on one seeded input of --size."""
+def cat_of(nn):
+    """The channel concatenation matching an nn namespace: torch.cat for torch.nn,
+    convgen.nn.functional.cat for convgen.nn (torch.nn.functional has no cat), so a
+    network with concatenations can still be written once."""
+    import torch
+
+    return torch.cat if nn is torch.nn else nn.functional.cat
+
+
+def build_pair(build, seed: int = 0):
+    """``build(nn, flatten)`` instantiated twice: torch's module in eval mode with
+    randomized BatchNorm statistics (so folding is exercised) and convgen's with torch's
+    state_dict loaded. Returns (torch module, convgen module)."""
     import torch
 
     from convgen import nn as cnn
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args()
-
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tnet = build(torch.nn, torch.flatten).eval()
     with torch.no_grad():
         for m in tnet.modules():
@@ -113,6 +121,23 @@ def bench_main(build, name: str, description: str) -> int:
                 m.bias.uniform_(-0.1, 0.1)
     net = build(cnn, cnn.functional.flatten)
     net.load_state_dict(tnet.state_dict())
+    return tnet, net
+
+
+def bench_main(build, name: str, description: str, default_size: int = 224) -> int:
+    """The command line of a network bench: ``build(nn, flatten)`` writes the network
+    once against either nn namespace; torch's instance gets randomized BatchNorm
+    statistics (so folding is exercised), convgen's loads its state_dict, and both run
+    on one seeded input of --size (``default_size`` unless given)."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", type=int, default=default_size)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    tnet, net = build_pair(build)
     shape = (1, 3, args.size, args.size)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with torch.no_grad():

@@ -194,12 +194,20 @@ def test_bench_usage_errors(capsys):
 
 def test_layers_toml_is_the_issue_list():
     entries = {e.name: e.spec for e in load_specfile(ROOT / "specs" / "bench" / "layers.toml")}
-    assert len(entries) == 15
+    assert len(entries) == 24
     assert entries["r18_conv1_7x7s2"].output_shape == (1, 64, 112, 112)
     assert entries["convT_4x4s2_256_128_n16"].output_shape == (16, 128, 32, 32)
     assert entries["c1d_k3d8_64_16000"].output_shape == (1, 64, 16000)
     assert entries["mbv2_dw3x3_144_56"].groups == 144
     assert entries["r18_3x3_64_56_n8"].batch == 8
+    # issue 22's layer kinds
+    assert entries["incv3_1x7_160_17"].output_shape == (1, 160, 17, 17)
+    assert entries["incv3_3x3s2_3_32_299"].output_shape == (1, 32, 149, 149)
+    assert entries["dw5x5s2_144_56"].output_shape == (1, 144, 28, 28)
+    assert entries["dw7x7s2_96_56"].groups == 96
+    assert entries["rx50_g32_3x3_128_56"].groups == 32
+    assert entries["c1d_k3s2_64_128_16000"].output_shape == (1, 128, 8000)
+    assert entries["convT_3x3s2_128_64_28"].output_shape == (1, 64, 56, 56)
 
 
 def test_interleaved_rounds_warm_up_for_the_given_time():
