@@ -1,4 +1,4 @@
-"""Single convolution layers: convgen (every backend) next to NumPy, PyTorch and ONNX Runtime.
+"""Single convolution layers: convgen (its CPU backends) next to NumPy, PyTorch and ONNX Runtime.
 
     python bench/layers.py [--threads 1 2] [--repeats 10] [--layers NAME ...] [--quick]
 
@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import convgen as cg  # noqa: E402
+from convgen.backends import CPU_BACKENDS  # noqa: E402
 from convgen.bench.measure import measure  # noqa: E402
 from convgen.bench.peers import (Runner, Skip, numpy_runner, openblas_setters,  # noqa: E402
                                  ort_runner, torch_runner)
@@ -224,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         peers += ["torch", "torch_cl"]
     if ort is not None:
         peers.append("ort")
-    runtimes = peers + [f"cg_{b}" for b in cg.BACKENDS]
+    # the peers are CPU libraries: convgen's CPU backends only (cuda needs a GPU;
+    # bench/gpu_layers.py times it)
+    runtimes = peers + [f"cg_{b}" for b in CPU_BACKENDS]
 
     versions = [f"convgen {cg.__version__}", f"numpy {np.__version__}"]
     if torch is not None:
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                                              count_conversion=False)
             if ort is not None:
                 makers["ort"] = partial(ort_runner, onnx, ort, spec, x, w, threads)
-            for backend in cg.BACKENDS:
+            for backend in CPU_BACKENDS:
                 makers[f"cg_{backend}"] = partial(convgen_runner, spec, x, w, backend, threads)
             rows.append(bench_layer(name, spec, want, makers, repeats))
         print_table(rows, runtimes, peers, threads, repeats)

@@ -21,12 +21,11 @@ import numpy as np
 
 import convgen as cg
 from convgen.bench.measure import PAUSE_S, ROUND_CALLS, WARMUP_S, measure_interleaved
-from convgen.backends import REGISTRY
+from convgen.backends import CPU_BACKENDS
 from convgen.bench.peers import Runner
 
 # the peers are CPU libraries: convgen's CPU backends only (the cuda backend, registered
 # since, would need a GPU and would be timed against nothing comparable)
-CPU_BACKENDS = tuple(name for name, backend in REGISTRY.items() if backend.device == "cpu")
 
 
 def compare_networks(tnet, net, x: np.ndarray, want: np.ndarray, title: str, repeats: int,

@@ -18,11 +18,13 @@ from convgen.backends.llvm import BACKEND as LLVM_BACKEND
 REGISTRY: dict[str, Backend] = {backend.name: backend
                                 for backend in (C_BACKEND, LLVM_BACKEND, CUDA_BACKEND)}
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
+# the backends whose code runs on this machine's CPU (the peers benches compare them with)
+CPU_BACKENDS: tuple[str, ...] = tuple(name for name, b in REGISTRY.items() if b.device == "cpu")
 # None asks for the first of these that this machine can run (warning when it is not the first)
 PREFERENCE: tuple[str, ...] = ("c", "llvm")
 _warned_fallback = False
 
-__all__ = ["Artifact", "BACKENDS", "Backend", "Loaded", "LoadedNetwork", "REGISTRY",
+__all__ = ["Artifact", "BACKENDS", "Backend", "CPU_BACKENDS", "Loaded", "LoadedNetwork", "REGISTRY",
            "get_backend", "resolve_backend"]
 
 
