@@ -90,6 +90,9 @@ def compile_graph(graph: Graph, backend: str | None = None, dtype: str = "float3
     ``output_dtypes``: per graph output, None (the network's ``dtype``) or the integer or
     bool dtype its values (exact integers, computed in ``dtype``) are cast to at the
     boundary, as an imported ONNX model declares them (MaxPool's int64 Indices).
+    ``input_dtypes``: per graph input, None (arrays of ``dtype``) or "bool": the call takes
+    a bool array there and converts it to 0/1 in ``dtype`` (an imported ONNX model's bool
+    inputs, Where's condition).
     """
     info = element_type(dtype)  # ValueError naming the element types
     output_dtypes = _output_dtypes(output_dtypes, len(graph.outputs))
