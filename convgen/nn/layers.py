@@ -240,13 +240,12 @@ class ReLU6(ReLU):
     _name = "relu6"
 
 
-class LeakyReLU(_Activation):
+class LeakyReLU(_InplaceActivation):
     _name = "leaky_relu"
 
     def __init__(self, negative_slope=0.01, inplace=False):
-        super().__init__()
+        super().__init__(inplace)
         self.negative_slope = negative_slope
-        self.inplace = inplace
 
     def _args(self) -> tuple:
         return (self.negative_slope,)
