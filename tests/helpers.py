@@ -168,3 +168,15 @@ def assert_source_flat(small: cg.ConvSpec, large: cg.ConvSpec, schedule: cg.Sche
     (small_c, small_ir), (large_c, large_ir) = sizes
     assert large_c <= small_c + c_margin, (small_c, large_c)
     assert large_ir <= small_ir + ir_margin, (small_ir, large_ir)
+
+
+# A spec file of one tiny convolution (cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3,
+# padding=1)), for the command-line tests of tune and its records.
+TINY_SPEC_FILE = """
+[[conv]]
+name = "tiny_a"
+input_shape = [1, 4, 6, 6]
+out_channels = 8
+kernel_size = 3
+padding = 1
+"""

@@ -17,18 +17,12 @@ from convgen.records import (best_record, forget_records, import_records, list_r
                              read_records, record, record_problem, spec_id)
 from convgen.tuning.tuner import Measurement
 
+from helpers import TINY_SPEC_FILE as SPEC_FILE
+
 A = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)
 B = cg.ConvSpec((1, 2, 16), 4, kernel_size=3)
 ONE = cg.Schedule(tile_co=4, tile_spatial=(2, 6), threads=1)
 TWO = cg.Schedule(tile_co=2, tile_spatial=(1, 6), threads=2)
-SPEC_FILE = """
-[[conv]]
-name = "tiny_a"
-input_shape = [1, 4, 6, 6]
-out_channels = 8
-kernel_size = 3
-padding = 1
-"""
 
 
 def lines(path) -> list[dict]:

@@ -18,15 +18,9 @@ from convgen.compiler import choose_schedule
 from convgen.records import read_records, this_machine
 from convgen.tuning import tuner as tune_module
 
+from helpers import TINY_SPEC_FILE as SPEC_FILE
+
 SPEC = cg.ConvSpec((1, 4, 6, 6), 8, kernel_size=3, padding=1)
-SPEC_FILE = """
-[[conv]]
-name = "tiny_a"
-input_shape = [1, 4, 6, 6]
-out_channels = 8
-kernel_size = 3
-padding = 1
-"""
 
 
 @pytest.fixture(autouse=True)
