@@ -19,8 +19,10 @@ from convgen.spec import ConvSpec
 # Accumulator tile (output channels x output pixels) held on the stack, in elements.
 MAX_TILE_ELEMENTS = 4096
 MAX_THREADS = 256
-# What the SIMD lanes hold: "w" output columns (a row of pixels), "co" output channels.
-VECTORIZE = ("w", "co")
+# What the SIMD lanes hold: "w" output columns (a row of pixels), "co" output channels,
+# "dw" output columns of one channel of a depthwise layer, its input rows staged
+# (convgen.plan.staged).
+VECTORIZE = ("w", "co", "dw")
 # vectorize="co": at most this many vector accumulators (channel vectors x pixels); the
 # kernel unrolls them into named variables, so beyond the register file they spill.
 MAX_CO_ACCUMULATORS = 64
@@ -208,6 +210,8 @@ class Schedule:
             raise ScheduleError("tile_spatial", self.tile_spatial,
                                 f"tile_co x tile_spatial = {elements} accumulators; "
                                 f"at most {MAX_TILE_ELEMENTS} fit the stack tile")
+        if self.vectorize == "dw":
+            return self._resolve_dw(spec)
         if self.vectorize == "co":
             if self.vector_width:
                 raise ScheduleError("vector_width", self.vector_width,
@@ -219,6 +223,44 @@ class Schedule:
                                     f"(channel vectors x pixels); at most "
                                     f"{MAX_CO_ACCUMULATORS}")
         return tile_co, spatial
+
+    def _resolve_dw(self, spec: ConvSpec) -> tuple[int, tuple[int, ...]]:
+        """resolve() for vectorize="dw" (convgen.plan.staged): depthwise layers only; the
+        register tile is ``tile_spatial[-2]`` output rows (1D: one) x ``tile_spatial[-1]``
+        output columns rounded up to whole vectors; a 3D tile's depth is 1 (a job is one
+        output plane's band of rows); ``tile_co`` is 1 (a job computes each output
+        channel of its input channel in turn)."""
+        if spec.transposed or spec.groups != spec.in_channels:
+            raise ScheduleError("vectorize", "dw",
+                                "needs a depthwise convolution (groups == in_channels, "
+                                "not transposed)")
+        if self.vector_width:
+            raise ScheduleError("vector_width", self.vector_width,
+                                "must be 0 with vectorize='dw' (the host's vectors)")
+        out = spec.output_spatial
+        if self.tile_spatial is None:
+            rows, columns = default_dw_tiles(spec)
+        else:
+            if len(self.tile_spatial) != spec.ndim:
+                raise ScheduleError("tile_spatial", self.tile_spatial,
+                                    f"needs {spec.ndim} entries for a {spec.ndim}D convolution")
+            if spec.ndim == 3 and self.tile_spatial[0] != 1:
+                raise ScheduleError("tile_spatial", self.tile_spatial,
+                                    "vectorize='dw' computes one output depth at a time: "
+                                    "the first entry must be 1")
+            rows = self.tile_spatial[-2] if spec.ndim >= 2 else 1
+            columns = self.tile_spatial[-1]
+        rows = min(rows, out[-2] if spec.ndim >= 2 else 1)
+        columns = min(columns, out[-1])
+        lanes = vector_lanes(spec.dtype)
+        accumulators = rows * -(-columns // lanes)
+        if accumulators > MAX_CO_ACCUMULATORS:
+            raise ScheduleError("tile_spatial", self.tile_spatial,
+                                f"vectorize='dw': {accumulators} vector accumulators "
+                                f"(rows x vectors of columns); at most {MAX_CO_ACCUMULATORS}")
+        spatial = ((1,) if spec.ndim == 3 else ()) + ((rows,) if spec.ndim >= 2 else ()) \
+            + (columns,)
+        return 1, spatial
 
     def _resolve_transform(self, spec: ConvSpec) -> tuple[int, tuple[int, ...]]:
         """resolve() for method "winograd" / "gemm": tile_co is the GEMM register tile's
@@ -343,6 +385,26 @@ def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
     if len(out) >= 2:
         tiles[-2] = min(out[-2], 4)
     return tuple(tiles)
+
+
+# vectorize="dw": the default register tile holds about this many vector accumulators
+# (rows x vectors), of at most DW_MAX_VECTORS vectors of a row
+DW_ACCUMULATORS = 16
+DW_MAX_VECTORS = 8
+
+
+def default_dw_tiles(spec: ConvSpec) -> tuple[int, int]:
+    """(rows, columns) of vectorize="dw"'s default register tile: a whole row when it
+    takes at most DW_MAX_VECTORS vectors (else near-equal pieces), and rows up to about
+    DW_ACCUMULATORS accumulators, near-equal tiles of the output's height."""
+    out = spec.output_spatial
+    lanes = vector_lanes(spec.dtype)
+    oh = out[-2] if spec.ndim >= 2 else 1
+    total = -(-out[-1] // lanes)
+    vectors = -(-total // -(-total // DW_MAX_VECTORS))
+    rows = max(1, min(oh, DW_ACCUMULATORS // vectors))
+    rows = -(-oh // -(-oh // rows))
+    return rows, vectors * lanes
 
 
 # method 'winograd' / 'gemm': what a schedule may ask for (the planner's tables in

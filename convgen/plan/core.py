@@ -27,6 +27,7 @@ from convgen.plan.direct import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD
                                  VEC_SKIP, DirectKind, VectorTables, channels_inner,
                                  describe_direct_plan, vector_tables)
 from convgen.plan.layout import block_lanes, supports_blocked
+from convgen.plan.staged import StagedDepthwiseKind, describe_staged_plan, staged_plan_kind
 from convgen.plan.weights import prepares
 from convgen.plan.winograd import WinogradPlan, describe_winograd_plan, make_winograd_plan
 from convgen.schedule import Schedule, co_vectors
@@ -100,6 +101,8 @@ def _decide(plan: Plan) -> Plan:
         kind = co_decisions(plan)
     elif isinstance(kind, DepthwiseKind):
         kind = DepthwiseKind(depthwise_pieces(plan))
+    elif isinstance(kind, StagedDepthwiseKind):
+        pass  # planned whole by staged_plan_kind
     else:
         kind = DirectKind(channels_inner(plan))
     return dataclasses.replace(plan, kind=kind,
@@ -136,6 +139,10 @@ def _base_plan(spec: ConvSpec, schedule: Schedule | None) -> Plan:
                 kind.folds, out_size[:2], pad3(spec.in_spatial), kernel, tile_co))
         n_tiles = (-(-cout_g // tile_co), -(-out_size[0] // tile[0]),
                    -(-out_size[1] // tile[1]), len(kind.pieces))
+    elif schedule.vectorize == "dw":
+        kind = staged_plan_kind(spec, tables, out_size, pad3(spec.in_spatial), kernel,
+                                tile[1], tile[2], lanes, schedule.threads)
+        n_tiles = (cout_g, out_size[0], kind.bands, kind.pieces)
     else:
         kind = DirectKind()
         n_tiles = (-(-cout_g // tile_co), *(-(-o // t) for o, t in zip(out_size, tile)))
@@ -172,4 +179,6 @@ def describe_plan(plan: Plan, gathers_by_table: bool = False) -> list[str]:
         return describe_winograd_plan(plan, gathers_by_table)
     if isinstance(plan.kind, CoTiles):
         return describe_co_plan(plan)
+    if isinstance(plan.kind, StagedDepthwiseKind):
+        return describe_staged_plan(plan)
     return describe_direct_plan(plan)

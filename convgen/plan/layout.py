@@ -19,6 +19,7 @@ import numpy as np
 
 from convgen.plan.base import Plan, block_lanes
 from convgen.plan.co import CoTiles
+from convgen.plan.staged import StagedDepthwiseKind
 from convgen.plan.depthwise import DepthwiseKind
 from convgen.plan.winograd import WinogradPlan
 
@@ -38,6 +39,8 @@ def supports_blocked(plan: Plan, read: bool = True, write: bool = True) -> str |
     channels) and the 1x1 GEMM (reads and writes channel planes in place) do not."""
     if isinstance(plan.kind, DepthwiseKind):  # the blocked depthwise plan: blocked only
         return None
+    if isinstance(plan.kind, StagedDepthwiseKind):
+        return "the staged depthwise plan reads and writes channel planes (NCHW)"
     lanes = plan.vector_lanes
     if lanes != block_lanes(plan.spec.dtype):
         return f"vector width {lanes} is not the layout's {block_lanes(plan.spec.dtype)}"

@@ -19,6 +19,7 @@ from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.co import CoTiles
 from convgen.plan.depthwise import DepthwiseKind, depthwise_folds
 from convgen.plan.direct import DirectKind
+from convgen.plan.staged import StagedDepthwiseKind, stage_elements
 from convgen.plan.winograd import WinogradPlan, transform_lines
 from convgen.version import __version__
 from convgen.backends.common import parameters, prototype
@@ -143,6 +144,8 @@ def conv_context(plan: Plan, symbol: str | None = None, residual: bool = False) 
         return co_context(plan, symbol or plan.symbol, params, residual)
     if isinstance(kind, DepthwiseKind):
         return dw_context(plan, symbol or plan.symbol, params, residual)
+    if isinstance(kind, StagedDepthwiseKind):
+        return dws_context(plan, symbol or plan.symbol, params, residual)
     assert isinstance(kind, DirectKind), kind
     vectors = vector_tables(plan)
     return {
@@ -268,6 +271,38 @@ def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "border_cols": [list(map(list, cols)) for cols in pieces.border_cols] or no_border,
         "d_fold": d_fold,
         "h_fold": h_fold,
+    }
+
+
+def dws_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
+    """The flat context of the staged depthwise plan (templates/c/conv_dws_function.j2)."""
+    kind = plan.kind
+    # C has no empty arrays: a table without columns still declares one
+    def table(cols) -> list[list[int]]:
+        return [list(row) or [-1] for row in cols]
+
+    return {
+        **_shared_context(plan, symbol, params, residual),
+        "vectorize": "dws",
+        "rows": kind.rows,
+        "vectors": kind.vectors,
+        "band": kind.band,
+        "bands": kind.bands,
+        "pieces": kind.pieces,
+        "phases": kind.phases,
+        "row_length": kind.row_length,
+        "stage_rows": kind.stage_rows,
+        "stage_elements": stage_elements(plan),
+        "pad_left": kind.pad_left,
+        "tap_offsets": list(kind.tap_offsets),
+        "left": kind.left,
+        "interior": kind.interior,
+        "right": kind.right,
+        "padding_mode": plan.spec.padding_mode,
+        "left_cols": table(kind.left_cols),
+        "right_cols": table(kind.right_cols),
+        "d_fold": kind.d_fold,
+        "h_fold": kind.h_fold,
     }
 
 

@@ -1,0 +1,185 @@
+"""The staged depthwise plan (vectorize="dw" on NCHW): lanes hold output columns of one
+channel, and the rows a job reads are first copied into a padded scratch row per stride
+phase.
+
+Standalone depthwise kernels (``cg.compile`` / ``cg.bind`` on NCHW tensors, groups ==
+input channels, any channel multiplier) run here; networks whose values around the layer
+are blocked run the blocked depthwise plan instead (convgen.plan.depthwise).
+
+Why stage: a depthwise layer does only KH x KW multiply-adds per output, so it is bound by
+how it reads its input. On the "w" plan a strided layer gathers its columns and border
+vectors take masked loads; here a job first copies each input row it needs once into
+scratch (L1-sized), already zero-padded (or padded by the padding mode) and split into
+its W stride phases: staged column ``j`` of phase ``p`` holds padded column ``j * SW + p``
+(input column ``j * SW + p - pad_left``). Output column ``ow`` at tap ``kw`` then reads
+staged column ``ow + tap_shift[kw]`` of phase ``tap_phase[kw]``: every tap of every
+output vector is one unaligned vector load, with no border case, at any stride and
+dilation. A row of the H (D) index table that is -1 reads a zero row.
+
+A job is one band of output rows (``band`` rows) of one output plane (image, input
+channel, output depth): it stages the input rows the band reads, then computes each of
+the channel's ``multiplier`` output channels from them in register tiles of ``rows``
+output rows x ``vectors`` vectors of columns (the tile's weight, one broadcast per tap,
+feeds rows x vectors FMAs). The staging tables depend on the padding and the tile width,
+never on the row's length beyond one register tile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from convgen.dtypes import dtype_info
+from convgen.plan.base import FoldedTable, Plan, PlanKind
+from convgen.spec import ConvSpec, source_coordinate
+
+# A job's staged rows (every D tap's rows and the zero row) are kept within this many
+# bytes when the band can shrink to fit: the register tiles re-read each staged row
+# KH x KW / (SH x SW) times, from L1 when it fits (32 KiB here).
+STAGE_BYTES = 24 << 10
+
+
+def staged_unsupported(spec: ConvSpec) -> str | None:
+    """None when ``spec`` can run on the staged depthwise plan, else why not."""
+    if spec.transposed:
+        return "transposed convolutions have no depthwise plan"
+    if spec.groups != spec.in_channels:
+        return ("the depthwise plan needs one input channel per group "
+                f"(groups={spec.groups}, in_channels={spec.in_channels})")
+    return None
+
+
+@dataclass(frozen=True)
+class StagedDepthwiseKind(PlanKind):
+    """The staged depthwise plan kind (see the module docstring); every quantity is per
+    job or per staged row, none grows with the output size past one register tile."""
+
+    label = "dw"
+    lanes_hold = "output columns of one channel"
+
+    rows: int  # R: output rows per register tile
+    vectors: int  # V: vectors of output columns per register tile
+    band: int  # output rows per job
+    bands: int  # jobs per output plane: ceil(OH / band)
+    pieces: int  # register tiles per row: ceil(OW / (V * VL))
+    phases: int  # SW: the staged row's stride phases
+    row_length: int  # staged columns per phase, a multiple of VL
+    stage_rows: int  # staged input rows per D tap, the most any band reads
+    pad_left: int  # input column = padded column - pad_left
+    tap_offsets: tuple[int, ...]  # per kw: phase * row_length + shift
+    # staged columns [left, left + interior) of every phase read inside the input row;
+    # the ``left`` before and ``right`` after them come from left_cols / right_cols
+    # ([phase][j]: input column, -1: zero, the padding); the rest stays as a job's
+    # scratch starts, zero (zero padding, or no output inside the row reads it)
+    left: int
+    interior: int
+    right: int
+    left_cols: tuple[tuple[int, ...], ...]
+    right_cols: tuple[tuple[int, ...], ...]
+    d_fold: FoldedTable
+    h_fold: FoldedTable
+
+    def jobs(self, plan: Plan) -> int:
+        """batch x input channels x output depth x bands."""
+        return plan.batch * plan.groups * plan.out_size[0] * self.bands
+
+
+def stage_elements(plan: Plan) -> int:
+    """Scratch elements one job (one thread) stages: KD x stage_rows rows and a zero row,
+    each ``phases x row_length``."""
+    kind = plan.kind
+    assert isinstance(kind, StagedDepthwiseKind), kind
+    return (plan.kernel[0] * kind.stage_rows + 1) * kind.phases * kind.row_length
+
+
+def _band_rows(table, out: int, band: int) -> int:
+    """The most input rows (lowest to highest read, inclusive) a band of ``band`` output
+    rows reads through ``table``."""
+    most = 1
+    for o0 in range(0, out, band):
+        read = [v for o in range(o0, min(out, o0 + band)) for v in table[o] if v >= 0]
+        if read:
+            most = max(most, max(read) - min(read) + 1)
+    return most
+
+
+def staged_plan_kind(spec: ConvSpec, tables, out_size: tuple[int, int, int],
+                     in_size: tuple[int, int, int], kernel: tuple[int, int, int],
+                     rows: int, columns: int, lanes: int, threads: int) -> StagedDepthwiseKind:
+    """The staged depthwise kind of ``spec`` with register tiles of ``rows`` output rows
+    x ``columns`` output columns (rounded up to whole vectors of ``lanes``)."""
+    od, oh, ow = out_size
+    iw = in_size[2]
+    kd, kh, kw = kernel
+    vectors = -(-min(columns, ow) // lanes)
+    rows = min(rows, oh)
+    pieces = -(-ow // (vectors * lanes))
+    stride, dilation = spec.stride[-1], spec.dilation[-1]
+    pad_left = spec.padding[-1][0]
+    # the padded column tap kw reads at output column 0, the flip applied as the W table does
+    reach = [((kw - 1 - k) if spec.flip else k) * dilation for k in range(kw)]
+    shifts = [r // stride for r in reach]
+    row_length = -(-(pieces * vectors * lanes + max(shifts)) // lanes) * lanes
+
+    def column(p: int, j: int) -> int:
+        return source_coordinate(j * stride + p - pad_left, iw, spec.padding_mode)
+
+    # staged columns every phase reads inside the input: [left, end)
+    starts = [max(0, -(-(pad_left - p) // stride)) for p in range(stride)]
+    ends = [min(-(-(iw + pad_left - p) // stride), row_length) for p in range(stride)]
+    left = max(starts)
+    end = max(min(ends), left)
+    # the columns after `end` taken from right_cols: with zero padding those a phase still
+    # reads inside the input; with another mode every one an output inside the row reads
+    if spec.padding_mode == "zeros":
+        right = max(0, max(ends) - end)
+    else:
+        right = max(0, min(ow + max(shifts), row_length) - end)
+    left_cols = tuple(tuple(column(p, j) for j in range(left)) for p in range(stride))
+    right_cols = tuple(tuple(column(p, j) for j in range(end, end + right))
+                       for p in range(stride))
+    tap_offsets = tuple((r % stride) * row_length + s for r, s in zip(reach, shifts))
+
+    # the band: whole planes when they fit STAGE_BYTES, else fewer rows (whole register
+    # tiles); with fewer planes than threads x 4, smaller bands so that threads share
+    itemsize = dtype_info(spec.dtype).itemsize
+    row_bytes = stride * row_length * itemsize
+    table_h = tables[1]
+    band = oh
+    planes = spec.batch * spec.groups * od
+    if threads > 1 and planes < 4 * threads:
+        band = max(rows, -(-oh // -(-4 * threads // planes)))
+    while band > rows and (kd * _band_rows(table_h, oh, band) + 1) * row_bytes > STAGE_BYTES:
+        band = max(rows, band // 2)
+    band = max(rows, -(-band // rows) * rows) if band < oh else oh
+    stage_rows = _band_rows(table_h, oh, band)
+    return StagedDepthwiseKind(
+        rows=rows, vectors=vectors, band=band, bands=-(-oh // band), pieces=pieces,
+        phases=stride, row_length=row_length, stage_rows=stage_rows, pad_left=pad_left,
+        tap_offsets=tap_offsets, left=left, interior=end - left, right=right,
+        left_cols=left_cols, right_cols=right_cols, d_fold=FoldedTable.of(tables[0]),
+        h_fold=FoldedTable.of(table_h))
+
+
+def describe_staged_plan(plan: Plan) -> list[str]:
+    """describe_plan for the staged depthwise plan."""
+    kind = plan.kind
+    assert isinstance(kind, StagedDepthwiseKind), kind
+    itemsize = dtype_info(plan.spec.dtype).itemsize
+    return [
+        f"depthwise convolution, lowered to 3 spatial dims (D, H, W) = {plan.out_size} "
+        "outputs; vectorized over the output columns of one channel (vectorize='dw'), "
+        "input rows staged",
+        f"jobs: batch {plan.batch} x input channels {plan.groups} x output depth "
+        f"{plan.out_size[0]} x bands of {kind.band} rows ({kind.bands}) = {plan.jobs}, on "
+        f"{plan.threads} thread(s); each computes {plan.cout_g} output channel(s)",
+        f"staging: each input row a band reads, copied once into {kind.phases} stride "
+        f"phase(s) of {kind.row_length} columns, padded: "
+        f"{stage_elements(plan) * itemsize} bytes per job",
+        f"register tile: {kind.rows} output rows x {kind.vectors} vector(s) of "
+        f"{plan.vector_lanes} {plan.c_type} lanes = {kind.rows * kind.vectors} vector "
+        f"accumulators, {kind.pieces} tile(s) per row; every tap one vector load per "
+        "accumulator and one broadcast weight",
+        f"reduction: {math.prod(plan.kernel)} taps (no channels: bandwidth-bound, judge it "
+        "by bytes moved)",
+    ]
