@@ -19,11 +19,13 @@ from llvmlite import ir
 
 from convgen.backends.llvm.co import CoKernelIR
 from convgen.backends.llvm.dw import DwKernelIR
+from convgen.backends.llvm.dws import StagedDwKernelIR
 from convgen.backends.llvm.wino import WinoKernelIR
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
 from convgen.plan.co import CoTiles
 from convgen.plan.depthwise import DepthwiseKind
+from convgen.plan.staged import StagedDepthwiseKind
 from convgen.plan.direct import (VEC_EVEN, VEC_GATHER, VEC_LOAD, VEC_MASKED_LOAD, VEC_SKIP,
                                  DirectKind, VectorTables, vector_tables)
 from convgen.plan.winograd import WinogradPlan
@@ -375,16 +377,19 @@ def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
                       residual: bool = False, internal: bool = False) -> ir.Function:
     """Add one convolution as function ``name`` to ``module`` (networks use this), in the
     plan's layout: vectorize="w" here, "co" (transposed too: the stride-phase plan) in
-    convgen.backends.llvm.co, the blocked depthwise plan ("dw") in convgen.backends.llvm.dw, the
-    transform-GEMM methods in convgen.backends.llvm.wino (``plan.prepared_weights``: the
-    weight argument holds Winograd's U or the "co" plan's packed channel blocks, prepared
-    once: convgen.plan.weights; the "dw" plan always reads its weights prepared)."""
+    convgen.backends.llvm.co, the blocked depthwise plan ("dw") in convgen.backends.llvm.dw,
+    the staged one ("dw" on NCHW) in convgen.backends.llvm.dws, the transform-GEMM methods
+    in convgen.backends.llvm.wino (``plan.prepared_weights``: the weight argument holds
+    Winograd's U or the "co" plan's packed channel blocks, prepared once:
+    convgen.plan.weights; the blocked "dw" plan always reads its weights prepared)."""
     if isinstance(plan.kind, WinogradPlan):
         return WinoKernelIR(plan, module, name, residual, internal).build()
     if isinstance(plan.kind, CoTiles):
         return CoKernelIR(plan, module, name, residual, internal).build()
     if isinstance(plan.kind, DepthwiseKind):
         return DwKernelIR(plan, module, name, residual, internal).build()
+    if isinstance(plan.kind, StagedDepthwiseKind):
+        return StagedDwKernelIR(plan, module, name, residual, internal).build()
     return _KernelIR(plan, module, name, residual, internal).build()
 
 
