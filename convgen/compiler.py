@@ -20,7 +20,7 @@ from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan
-from convgen.plan.defaults import (default_co_schedule, default_direct_schedule,
+from convgen.plan.defaults import (default_co_schedule, default_dw_schedule, default_direct_schedule,
                                    default_threads, default_transform_schedule,
                                    default_w_schedule)
 from convgen.plan.weights import prepare_weight
@@ -120,6 +120,8 @@ def _kind_default(spec: ConvSpec, method: str, vectorize: str | None, threads: i
         return default_direct_schedule(spec, threads)
     if vectorize == "co":
         return default_co_schedule(spec, threads)
+    if vectorize == "dw":
+        return default_dw_schedule(spec, threads)
     return default_w_schedule(spec, threads)
 
 

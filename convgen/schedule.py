@@ -388,20 +388,23 @@ def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
 
 
 # vectorize="dw": the default register tile holds about this many vector accumulators
-# (rows x vectors), of at most DW_MAX_VECTORS vectors of a row
-DW_ACCUMULATORS = 16
-DW_MAX_VECTORS = 8
+# (rows x vectors), rows of at most DW_MAX_VECTORS vectors (1D: DW_ACCUMULATORS); the
+# kernel's weights share the register file with them (convgen.plan.staged.tile_steps).
+# Measured on 3x3 to 7x7 layers at strides 1 and 2 (docs/performance.md).
+DW_ACCUMULATORS = 8
+DW_MAX_VECTORS = 2
 
 
 def default_dw_tiles(spec: ConvSpec) -> tuple[int, int]:
-    """(rows, columns) of vectorize="dw"'s default register tile: a whole row when it
-    takes at most DW_MAX_VECTORS vectors (else near-equal pieces), and rows up to about
-    DW_ACCUMULATORS accumulators, near-equal tiles of the output's height."""
+    """(rows, columns) of vectorize="dw"'s default register tile: rows split into
+    near-equal pieces of at most DW_MAX_VECTORS vectors (1D: DW_ACCUMULATORS), and
+    rows up to DW_ACCUMULATORS accumulators, near-equal tiles of the output's height."""
     out = spec.output_spatial
     lanes = vector_lanes(spec.dtype)
     oh = out[-2] if spec.ndim >= 2 else 1
     total = -(-out[-1] // lanes)
-    vectors = -(-total // -(-total // DW_MAX_VECTORS))
+    most = DW_MAX_VECTORS if spec.ndim >= 2 else DW_ACCUMULATORS
+    vectors = -(-total // -(-total // most))
     rows = max(1, min(oh, DW_ACCUMULATORS // vectors))
     rows = -(-oh // -(-oh // rows))
     return rows, vectors * lanes

@@ -104,7 +104,11 @@ def test_describe_plan_counts_reads_and_names_the_tiles():
     assert "depthwise" not in text
     depthwise = cg.ConvSpec((1, 8, 12, 40), 8, kernel_size=3, padding=1, groups=8)
     assert "depthwise: one input channel per output channel" in describe_plan(
-        make_plan(depthwise))[-1]
+        make_plan(depthwise, cg.Schedule(vectorize="w")))[-1]
+    # the default for depthwise layers: the staged depthwise plan (convgen.plan.staged)
+    staged = "\n".join(describe_plan(make_plan(depthwise)))
+    assert "vectorize='dw'" in staged and "input rows staged" in staged
+    assert "jobs: batch 1 x input channels 8 x output depth 1" in staged
 
 
 def test_co_plan_splits_rows_into_pieces_and_shares_bodies():

@@ -73,7 +73,9 @@ def test_candidates_are_legal_distinct_and_start_with_the_default(name, backend)
     # every backend searches both plans where "co" applies (transposed convolutions too)
     plans = {s.vectorize for s in found if s.method == "direct"}
     co_applies = 2 * (spec.out_channels // spec.groups) >= cg.cpu.vector_lanes(spec.dtype)
-    assert plans == ({"w", "co"} if co_applies else {"w"})
+    # and the staged depthwise plan for depthwise convolutions
+    dw_applies = spec.groups == spec.in_channels and not spec.transposed
+    assert plans == {"w"} | ({"co"} if co_applies else set()) | ({"dw"} if dw_applies else set())
     # and the transform-GEMM plans where they are legal (see test_winograd.py)
     methods = {s.method for s in found} - {"direct"}
     assert methods == {s.method for s in _transform_candidates(spec, 3)}

@@ -15,7 +15,8 @@ from convgen.dtypes import dtype_info
 from convgen.errors import ScheduleError
 from convgen.plan.base import spec_tables
 from convgen.plan.co import co_row_tiles
-from convgen.schedule import MAX_THREADS, Schedule, co_vectors, default_tile_spatial, unsupported
+from convgen.schedule import (MAX_THREADS, Schedule, co_vectors, default_dw_tiles,
+                              default_tile_spatial, unsupported)
 from convgen.spec import ConvSpec
 from convgen.plan.winograd import grid_size, tile_vectors
 
@@ -51,13 +52,32 @@ def default_schedule(spec: ConvSpec, backend: str | None = None,
 
 
 def default_direct_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
-    """The direct plans' default: "co" where :func:`prefers_co` and it fits
-    (:func:`co_fits`), else "w"."""
+    """The direct plans' default: the staged depthwise plan where :func:`prefers_dw`, "co"
+    where :func:`prefers_co` and it fits (:func:`co_fits`), else "w"."""
+    if prefers_dw(spec):
+        return default_dw_schedule(spec, threads)
     if prefers_co(spec):
         schedule = default_co_schedule(spec, threads)
         if co_fits(spec, schedule):
             return schedule
     return default_w_schedule(spec, threads)
+
+
+def prefers_dw(spec: ConvSpec) -> bool:
+    """Whether the staged depthwise plan (vectorize="dw", convgen.plan.staged) is the
+    default: a depthwise layer (groups == in_channels > 1, not transposed) with fewer
+    output channels per group than a vector (more take "co", whose lanes they fill). It
+    replaced "w" there: 1.0-8x faster on the depthwise bench (docs/performance.md)."""
+    return (spec.groups > 1 and spec.groups == spec.in_channels and not spec.transposed
+            and spec.out_channels // spec.groups < vector_lanes(spec.dtype))
+
+
+def default_dw_schedule(spec: ConvSpec, threads: int = 1) -> Schedule:
+    """vectorize="dw": the register tile of schedule.default_dw_tiles, one output depth
+    at a time in 3D."""
+    rows, columns = default_dw_tiles(spec)
+    tiles = (1,) * (spec.ndim - 2) + ((rows,) if spec.ndim >= 2 else ()) + (columns,)
+    return Schedule(tile_co=1, tile_spatial=tiles, threads=threads, vectorize="dw")
 
 
 def default_threads(spec: ConvSpec) -> int:

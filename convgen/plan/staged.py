@@ -64,7 +64,7 @@ class StagedDepthwiseKind(PlanKind):
     pieces: int  # register tiles per row: ceil(OW / (V * VL))
     phases: int  # SW: the staged row's stride phases
     row_length: int  # staged columns per phase, a multiple of VL
-    stage_rows: int  # staged input rows per D tap, the most any band reads
+    stage_rows: int  # staged padded rows per D tap: a band's whole register tiles
     pad_left: int  # input column = padded column - pad_left
     tap_offsets: tuple[int, ...]  # per kw: phase * row_length + shift
     # staged columns [left, left + interior) of every phase read inside the input row;
@@ -76,8 +76,12 @@ class StagedDepthwiseKind(PlanKind):
     right: int
     left_cols: tuple[tuple[int, ...], ...]
     right_cols: tuple[tuple[int, ...], ...]
+    h_stride: int  # SH
+    pad_top: int  # input row = padded row - pad_top
+    row_taps: tuple[int, ...]  # per kh: the padded row it reads from the output row's first
+    top_rows: tuple[int, ...]  # padded rows [0, pad_top): input row, -1: zero
+    bottom_rows: tuple[int, ...]  # padded rows ih + q past the input: input row, -1: zero
     d_fold: FoldedTable
-    h_fold: FoldedTable
 
     def jobs(self, plan: Plan) -> int:
         """batch x input channels x output depth x bands."""
@@ -85,22 +89,11 @@ class StagedDepthwiseKind(PlanKind):
 
 
 def stage_elements(plan: Plan) -> int:
-    """Scratch elements one job (one thread) stages: KD x stage_rows rows and a zero row,
-    each ``phases x row_length``."""
+    """Scratch elements one job (one thread) stages: KD x stage_rows rows, each
+    ``phases x row_length``."""
     kind = plan.kind
     assert isinstance(kind, StagedDepthwiseKind), kind
-    return (plan.kernel[0] * kind.stage_rows + 1) * kind.phases * kind.row_length
-
-
-def _band_rows(table, out: int, band: int) -> int:
-    """The most input rows (lowest to highest read, inclusive) a band of ``band`` output
-    rows reads through ``table``."""
-    most = 1
-    for o0 in range(0, out, band):
-        read = [v for o in range(o0, min(out, o0 + band)) for v in table[o] if v >= 0]
-        if read:
-            most = max(most, max(read) - min(read) + 1)
-    return most
+    return plan.kernel[0] * kind.stage_rows * kind.phases * kind.row_length
 
 
 def staged_plan_kind(spec: ConvSpec, tables, out_size: tuple[int, int, int],
@@ -109,7 +102,7 @@ def staged_plan_kind(spec: ConvSpec, tables, out_size: tuple[int, int, int],
     """The staged depthwise kind of ``spec`` with register tiles of ``rows`` output rows
     x ``columns`` output columns (rounded up to whole vectors of ``lanes``)."""
     od, oh, ow = out_size
-    iw = in_size[2]
+    ih, iw = in_size[1:]
     kd, kh, kw = kernel
     vectors = -(-min(columns, ow) // lanes)
     rows = min(rows, oh)
@@ -140,25 +133,76 @@ def staged_plan_kind(spec: ConvSpec, tables, out_size: tuple[int, int, int],
                        for p in range(stride))
     tap_offsets = tuple((r % stride) * row_length + s for r, s in zip(reach, shifts))
 
+    # rows: staged by padded row (output row oh, tap kh reads padded row
+    # oh * SH + tap * DH, input row that - pad_top), so a tile's rows are fixed offsets
+    # from its first; the padding rows come from top_rows / bottom_rows
+    h_stride = spec.stride[-2] if spec.ndim >= 2 else 1
+    h_dilation = spec.dilation[-2] if spec.ndim >= 2 else 1
+    pad_top = spec.padding[-2][0] if spec.ndim >= 2 else 0
+    row_taps = tuple(((kh - 1 - k) if spec.flip else k) * h_dilation for k in range(kh))
+    # padded rows past the input that an output inside the plane reads
+    bottom = max(0, (oh - 1) * h_stride + max(row_taps) - pad_top - ih + 1)
+    top_rows = tuple(source_coordinate(q - pad_top, ih, spec.padding_mode)
+                     for q in range(pad_top))
+    bottom_rows = tuple(source_coordinate(ih + q, ih, spec.padding_mode)
+                        for q in range(bottom))
+
+    def band_rows(band: int) -> int:
+        """Staged rows of a band: whole register tiles of it (the last one's rows past
+        the band are computed, not stored)."""
+        return (-(-band // rows) * rows - 1) * h_stride + max(row_taps) + 1
+
     # the band: whole planes when they fit STAGE_BYTES, else fewer rows (whole register
     # tiles); with fewer planes than threads x 4, smaller bands so that threads share
     itemsize = dtype_info(spec.dtype).itemsize
     row_bytes = stride * row_length * itemsize
-    table_h = tables[1]
     band = oh
     planes = spec.batch * spec.groups * od
     if threads > 1 and planes < 4 * threads:
         band = max(rows, -(-oh // -(-4 * threads // planes)))
-    while band > rows and (kd * _band_rows(table_h, oh, band) + 1) * row_bytes > STAGE_BYTES:
+    while band > rows and kd * band_rows(band) * row_bytes > STAGE_BYTES:
         band = max(rows, band // 2)
     band = max(rows, -(-band // rows) * rows) if band < oh else oh
-    stage_rows = _band_rows(table_h, oh, band)
     return StagedDepthwiseKind(
         rows=rows, vectors=vectors, band=band, bands=-(-oh // band), pieces=pieces,
-        phases=stride, row_length=row_length, stage_rows=stage_rows, pad_left=pad_left,
+        phases=stride, row_length=row_length, stage_rows=band_rows(band), pad_left=pad_left,
         tap_offsets=tap_offsets, left=left, interior=end - left, right=right,
-        left_cols=left_cols, right_cols=right_cols, d_fold=FoldedTable.of(tables[0]),
-        h_fold=FoldedTable.of(table_h))
+        left_cols=left_cols, right_cols=right_cols, h_stride=h_stride, pad_top=pad_top,
+        row_taps=row_taps, top_rows=top_rows, bottom_rows=bottom_rows,
+        d_fold=FoldedTable.of(tables[0]))
+
+
+# the vector registers the register tile's code may fill (AVX-512: 32): the weights of a
+# step of tile_steps sit in registers beside the accumulators and 3 temporaries
+VECTOR_REGISTERS = 32
+
+
+def tile_steps(kind: StagedDepthwiseKind, kernel: tuple[int, int, int]) -> list[tuple]:
+    """The register tile's code for one D tap, as steps (weight indices, reads): a step's
+    weights (kh * KW + kw) are broadcast into registers, then each of its reads (staged
+    row from the tile's first, tap kw, [(tile row, weight index), ...]) is loaded once and
+    fed to every (tile row, kh) of the step that reads it. Tile row tr at tap kh reads
+    staged row tr * SH + row_taps[kh]; rows are shared between taps kh whose row_taps
+    differ by a multiple of SH, so a step takes such taps together, as many as fit the
+    registers beside the accumulators (3x3 stride 1 over 4 rows: one step, 6 rows read
+    for 12 row-taps). More weights than registers would spill them to the stack."""
+    kh_n, kw_n = kernel[1:]
+    fit = max(1, (VECTOR_REGISTERS - 3 - kind.rows * kind.vectors) // kw_n)
+    classes: dict[int, list[int]] = {}
+    for kh in range(kh_n):
+        classes.setdefault(kind.row_taps[kh] % kind.h_stride, []).append(kh)
+    steps = []
+    for taps in classes.values():
+        for first in range(0, len(taps), fit):
+            group = taps[first:first + fit]
+            users: dict[int, list[tuple[int, int]]] = {}
+            for kh in group:
+                for tr in range(kind.rows):
+                    users.setdefault(tr * kind.h_stride + kind.row_taps[kh], []).append((tr, kh))
+            steps.append(([kh * kw_n + kw for kh in group for kw in range(kw_n)],
+                          [(row, kw, [(tr, kh * kw_n + kw) for tr, kh in pairs])
+                           for row, pairs in sorted(users.items()) for kw in range(kw_n)]))
+    return steps
 
 
 def describe_staged_plan(plan: Plan) -> list[str]:

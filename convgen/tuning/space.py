@@ -2,7 +2,8 @@
 
 Candidates vary the plan (on C the transform-GEMM methods where legal, see
 :func:`_transform_candidates`; vectorize="w" and, for convolutions with at least half a
-vector of output channels per group, "co", transposed ones included), the output-channel
+vector of output channels per group, "co", transposed ones included; for depthwise ones
+"dw", :func:`_dw_candidates`), the output-channel
 tile, the vectors of columns per row (or, for "co", the vectors of channels x the pixels
 per register tile), the rows per tile, the vector width (LLVM only: on C half width
 was measured much slower, docs/performance.md) and threads. Pruned before anything
@@ -146,6 +147,32 @@ def _co_candidates(spec: ConvSpec, threads: int, outer: list[tuple]) -> list[Sch
     return found
 
 
+# vectorize="dw" (depthwise): register tiles of rows x vectors of columns, at most
+# DW_TILE_ACCUMULATORS of them (the kernel's weights share the register file)
+DW_ROWS = (1, 2, 4, 8)
+DW_TILE_ACCUMULATORS = 16
+
+
+def _dw_candidates(spec: ConvSpec, threads: int) -> list[Schedule]:
+    """vectorize="dw" schedules for a depthwise spec (convgen.plan.staged): rows x vectors
+    of columns up to DW_TILE_ACCUMULATORS accumulators; 3D tiles are one plane deep."""
+    if spec.transposed or spec.groups != spec.in_channels:
+        return []
+    out = spec.output_spatial
+    lanes = vector_lanes(spec.dtype)
+    rows = sorted({min(r, out[-2]) for r in DW_ROWS}) if spec.ndim >= 2 else [1]
+    found = []
+    for r in rows:
+        for vectors in range(1, DW_TILE_ACCUMULATORS // r + 1):
+            columns = min(vectors * lanes, out[-1])
+            lead = (1,) * (spec.ndim - 2) + ((r,) if spec.ndim >= 2 else ())
+            found.append(Schedule(tile_co=1, tile_spatial=(*lead, columns), threads=threads,
+                                  vectorize="dw"))
+            if columns == out[-1]:
+                break
+    return found
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -203,7 +230,8 @@ def candidate_schedules(spec: ConvSpec, backend: str | None = None, threads: int
               for w in sorted({min((vw or host) * i, out[-1])
                                for i in range(1, WIDTH_VECTORS + 1)})]
     co_plan = _co_candidates(spec, threads, outer)
-    for schedule in w_plan + co_plan:
+    dw_plan = _dw_candidates(spec, threads)
+    for schedule in w_plan + co_plan + dw_plan:
         try:
             key = _resolved(spec, schedule)
         except ScheduleError:

@@ -19,7 +19,7 @@ from convgen.plan.core import Plan, transpose_shuffles, vector_tables
 from convgen.plan.co import CoTiles
 from convgen.plan.depthwise import DepthwiseKind, depthwise_folds
 from convgen.plan.direct import DirectKind
-from convgen.plan.staged import StagedDepthwiseKind, stage_elements
+from convgen.plan.staged import StagedDepthwiseKind, stage_elements, tile_steps
 from convgen.plan.winograd import WinogradPlan, transform_lines
 from convgen.version import __version__
 from convgen.backends.common import parameters, prototype
@@ -275,12 +275,30 @@ def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
 
 
 def dws_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
-    """The flat context of the staged depthwise plan (templates/c/conv_dws_function.j2)."""
+    """The flat context of the staged depthwise plan (templates/c/conv_dws_function.j2):
+    the register tile's code for a D tap as straight-line reads and FMAs
+    (convgen.plan.staged.tile_steps)."""
     kind = plan.kind
-    # C has no empty arrays: a table without columns still declares one
-    def table(cols) -> list[list[int]]:
+    lanes = plan.vector_lanes
+    row_elements = kind.phases * kind.row_length
+
+    def read(offset: int) -> dict:
+        """A vector at ``offset`` of the tile's staged rows (a whole number of vectors
+        from an aligned address): from the aligned vectors around it, shifted by
+        ``lane`` lanes (a load that splits cache lines costs about twice a whole one)."""
+        base, lane = offset - offset % lanes, offset % lanes
+        return {"base": base, "lane": lane,
+                "mask": ", ".join(str(lane + i) for i in range(lanes))}
+
+    def table(cols) -> list[list[int]]:  # C has no empty arrays
         return [list(row) or [-1] for row in cols]
 
+    steps = [{"weights": weights,
+              "reads": [read(row * row_elements + kind.tap_offsets[kw] + v * lanes) | {
+                  "row": row, "kw": kw, "v": v,
+                  "fmas": [(f"a{tr}_{v}", f"w{weight}") for tr, weight in users]}
+                  for row, kw, users in reads for v in range(kind.vectors)]}
+             for weights, reads in tile_steps(kind, plan.kernel)]
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "dws",
@@ -294,15 +312,23 @@ def dws_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "stage_rows": kind.stage_rows,
         "stage_elements": stage_elements(plan),
         "pad_left": kind.pad_left,
-        "tap_offsets": list(kind.tap_offsets),
         "left": kind.left,
         "interior": kind.interior,
         "right": kind.right,
-        "padding_mode": plan.spec.padding_mode,
         "left_cols": table(kind.left_cols),
         "right_cols": table(kind.right_cols),
+        "padding_mode": plan.spec.padding_mode,
+        "h_stride": kind.h_stride,
+        "pad_top": kind.pad_top,
+        "n_top": len(kind.top_rows),
+        "n_bottom": len(kind.bottom_rows),
+        "top_rows": list(kind.top_rows) or [-1],
+        "bottom_rows": list(kind.bottom_rows) or [-1],
+        "steps": steps,
+        "accumulators": [f"a{tr}_{v}" for tr in range(kind.rows) for v in range(kind.vectors)],
+        "store_rows": [{"tr": tr, "accumulators": [f"a{tr}_{v}" for v in range(kind.vectors)]}
+                       for tr in range(kind.rows)],
         "d_fold": kind.d_fold,
-        "h_fold": kind.h_fold,
     }
 
 
