@@ -329,6 +329,10 @@ def dws_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "store_rows": [{"tr": tr, "accumulators": [f"a{tr}_{v}" for v in range(kind.vectors)]}
                        for tr in range(kind.rows)],
         "d_fold": kind.d_fold,
+        "avx512": avx512_suffix(plan),
+        # stride 2: a row's even and odd columns from two vectors
+        "even_lanes": ", ".join(str(2 * i) for i in range(lanes)),
+        "odd_lanes": ", ".join(str(2 * i + 1) for i in range(lanes)),
     }
 
 
