@@ -1,8 +1,9 @@
 """The staged depthwise plan (vectorize="dw" on NCHW, convgen.plan.staged) on the LLVM
 backend (convgen.backends.llvm.dws) against the oracle: any channel multiplier, 1D/2D/3D,
 stride, dilation, padding and padding mode, flip, bias, activation, register tiles of
-several rows and pieces, bands split between threads; and, in a network, the variant
-with a fused residual."""
+several rows and pieces, bands split between threads or by the scratch size, padded rows
+staged from the top / bottom row tables (pads wider than the kernel reaches); and, in a
+network, the variant with a fused residual."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def staged_cases(draw):
     nd = draw(st.integers(1, 3))
     channels = draw(st.integers(1, 6))
     spatial = tuple(draw(st.integers(1, most)) for most in MAX_SIZE[nd])
-    padding = draw(st.one_of(st.integers(0, 2), st.just("same"),
-                             st.tuples(*[st.integers(0, 2)] * nd)))
+    # pads up to 3: wider than a small kernel reaches, so whole staged rows are padding
+    padding = draw(st.one_of(st.integers(0, 3), st.just("same"),
+                             st.tuples(*[st.integers(0, 3)] * nd)))
     try:
         spec = cg.ConvSpec(
             (draw(st.integers(1, 2)), channels, *spatial),
@@ -102,6 +104,31 @@ def test_staged_depthwise_cases(spec, tile, threads):
     kernel = cg.compile(spec, schedule=cg.Schedule(vectorize="dw", tile_spatial=tile,
                                                    threads=threads), backend="llvm")
     assert_oracle(kernel, spec, seed=threads)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_staged_depthwise_pads_rows_from_the_row_tables(padding_mode, threads):
+    """H padding of 5 rows above and 4 below a 2-row kernel at stride 3: staged padded
+    rows come from top_rows / bottom_rows (whole rows of zeros with zero padding), and
+    the last register tile (3 rows over 5 output rows) reads rows past the band; two
+    threads split the plane in bands, whose first padded rows differ."""
+    spec = cg.ConvSpec((1, 3, 7, 20), 3, (2, 3), stride=(3, 2), padding=((5, 4), (1, 2)),
+                       groups=3, padding_mode=padding_mode, flip=True)
+    schedule = cg.Schedule(vectorize="dw", tile_spatial=(3, 20), threads=threads)
+    kind = make_plan(spec, schedule).kind
+    assert len(kind.top_rows) == 5 and kind.bottom_rows
+    assert kind.bands == threads  # one band, or two that share the plane
+    assert_oracle(cg.compile(spec, schedule=schedule, backend="llvm"), spec, seed=threads)
+
+
+def test_staged_depthwise_bands_split_by_the_scratch_size():
+    """A plane whose staged rows pass STAGE_BYTES runs in bands on one thread: each band
+    stages its own padded rows, the first and last from the row tables."""
+    spec = cg.ConvSpec((1, 2, 40, 300), 2, 3, padding=2, groups=2, padding_mode="replicate")
+    schedule = cg.Schedule(vectorize="dw", threads=1)
+    assert make_plan(spec, schedule).kind.bands > 1
+    assert_oracle(cg.compile(spec, schedule=schedule, backend="llvm"), spec)
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])

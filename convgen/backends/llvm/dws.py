@@ -1,30 +1,38 @@
 """The staged depthwise plan (vectorize="dw" on NCHW) as LLVM IR: lanes hold output
-columns of one channel, and the input rows a job reads are first staged in scratch.
+columns of one channel, and the padded rows a job reads are first staged in scratch.
 
 The C template's plan (templates/c/conv_dws_function.j2, planned by
 convgen.plan.staged, whose docstring explains the algorithm) built with llvmlite.ir.
 Each call (one chunk of jobs: the thread pool and GOMP_parallel give each thread its own
-call) takes one scratch buffer with ``aligned_alloc`` of convgen.plan.staged.stage_elements
-elements, zeroes it and frees it at the end: KD x SR staged rows, then a zero row.
+call) takes one scratch buffer with ``aligned_alloc`` (64-byte aligned) of
+convgen.plan.staged.stage_elements elements, KD x SR staged rows of RS = SW x RL
+elements, zeroes it and frees it at the end.
 
-A job is one band of output rows of one output plane. It finds the input rows the band
-reads, [lo, hi], from the folded H table, and the input depth of each D tap from the
-folded D table, then stages each of those rows: SW stride phases of RL columns, staged
-column j of phase p holding input column j * SW + p - PADL for j in [LEFT, LEFT +
-INTERIOR) (a copy, or for SW > 1 one wide load split into phases with shuffles per VL
-columns, masked for the last ones), the columns before and after from the plan's column
-tables (constants here; a padding column, -1, is never written: the scratch starts zeroed
-and every staged row has the same padding columns). Then for each of the channel's M
-output channels, each register tile of R rows x NV vectors of columns: the accumulators
-start at the bias; per (kd, kh) the R row pointers (the staged row, or the zero row where
-the H table says -1); per kw one broadcast weight and one unaligned vector load per
-accumulator at the row pointer + TAP_OFF[kw] + v * VL (the tap's phase and shift folded
-into a constant), into ``llvm.fma``. The epilogue adds the residual, applies the activation and stores the rows
-inside the band; every piece but a row's last stores whole vectors, the last one its
-vectors' columns below OW (masks known when the IR is built).
+A job is one band [oh0, oh1) of output rows of one output plane. For each D tap whose
+input depth (folded D table) is inside the input it stages the SR padded rows
+q = oh0 * SH - PT + j, j < SR, into slot kd * SR + j: padded row q is input row q inside
+the input, else the plan's top_rows / bottom_rows entry, and a row of -1 (padding, or a
+row only the last register tile's rows past the band read) is a slot of zeros. Staging a
+row writes SW stride phases of RL columns, staged column j of phase p holding input
+column j * SW + p - PADL for j in [LEFT, LEFT + INTERIOR) (a copy, or for SW > 1 one
+wide load split into phases with shuffles per VL columns, masked for the last ones), the
+columns before and after from the plan's column tables (constants here; a padding
+column, -1, is never written: the scratch starts zeroed, a zero slot is all zeros, and
+every staged row writes the same columns).
 
-The register tile (R x NV allocas, promoted to registers) and the kw loop are unrolled
-(up to MAX_UNROLLED_TAPS taps in a row, past that kw loops over a table of offsets).
+Then for each of the channel's M output channels, each register tile of R rows x NV
+vectors of columns starting at output row oh: the accumulators start at the bias, and
+for each D tap the tile's code is convgen.plan.staged.tile_steps, straight-line: a
+step's weights broadcast, then each read (staged row, kw) is, per vector v, one vector at
+staged offset row * RS + TAP_OFF[kw] + v * VL from the tile's first staged element
+(slot kd * SR + (oh - oh0) * SH, column ow0), fed by ``llvm.fma`` to every (tile row,
+weight) the step lists for it. The tile's first element is a whole number of vectors
+from the 64-byte aligned scratch (RS and ow0 are multiples of VL), so a read at an
+offset that is not a multiple of VL is two aligned vector loads and a shufflevector, as
+in C: a load across cache lines costs about twice a whole one. The epilogue adds the
+residual, applies the activation and stores the rows inside the band; every piece but a
+row's last stores whole vectors, the last one its vectors' columns below OW (masks known
+when the IR is built).
 
 Entry point, shared with the other plans and the C backend:
 ``i32 SYMBOL(T* x, T* w, T* b, [T* r,] T* y, i64 job_begin, i64 job_end)``.
@@ -32,15 +40,15 @@ Entry point, shared with the other plans and the C backend:
 
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 
 from convgen.backends.llvm.ir import I1, I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
-from convgen.plan.staged import StagedDepthwiseKind, stage_elements
+from convgen.plan.staged import StagedDepthwiseKind, stage_elements, tile_steps
 
 SCRATCH_ALIGN = 64  # bytes: the staged rows start on a cache line
-# up to this many taps in a row unrolled (TAP_OFF constants); wider kernels loop over kw
-MAX_UNROLLED_TAPS = 32
 # up to this many table columns of a staged row copied by unrolled constant loads; more
 # (replicate padding far wider than the row) loop over tables
 MAX_UNROLLED_COLUMNS = 64
@@ -61,13 +69,16 @@ class StagedDwKernelIR(IRFunction):
         self.kind: StagedDepthwiseKind = plan.kind
         self.residual = residual
         self.row_size = self.kind.phases * self.kind.row_length  # RS: one staged row
+        assert self.row_size % self.lanes == 0, self.row_size
+        # what a load at a whole number of vectors from the scratch's start is aligned to
+        self.vector_align = math.gcd(SCRATCH_ALIGN, self.lanes * self.itemsize)
 
     # -- the kernel ------------------------------------------------------------------
     def build(self) -> ir.Function:
         p, k, b = self.plan, self.kind, self.b
         id_, ih_n, iw = p.in_size
         od_n, oh_n, ow_n = p.out_size
-        kd_n, kh_n, _ = p.kernel
+        kd_n = p.kernel[0]
         rs = self.row_size
         if self.residual:
             x, w, bias, residual, y, job_begin, job_end = self.function.args
@@ -75,27 +86,24 @@ class StagedDwKernelIR(IRFunction):
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
 
         self.tab_d = self.constant_table("tab_d", sum(k.d_fold.rows, []), I32)
-        self.tab_h = self.constant_table("tab_h", sum(k.h_fold.rows, []), I32)
         self.acc = [[self.alloca(self.vec, f"acc.{r}.{v}") for v in range(k.vectors)]
                     for r in range(k.rows)]
-        lo_slot = self.alloca(I32, "lo.addr")
-        hi_slot = self.alloca(I32, "hi.addr")
 
         elements = stage_elements(p)
         nbytes = -(-elements * self.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
-        b.comment(f"scratch: {kd_n} x {k.stage_rows} staged rows of {k.phases} phase(s) x "
-                  f"{k.row_length} columns, then a zero row ({nbytes} bytes, zeroed)")
+        b.comment(f"scratch: {kd_n} x {k.stage_rows} staged padded rows of {k.phases} "
+                  f"phase(s) x {k.row_length} columns ({nbytes} bytes, zeroed)")
         void_ptr = I8.as_pointer()
         aligned_alloc = self.intrinsic("aligned_alloc", void_ptr, [I64, I64])
         free = self.intrinsic("free", ir.VoidType(), [void_ptr])
         raw = b.call(aligned_alloc, [i64(SCRATCH_ALIGN), i64(nbytes)], name="scratch")
         with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(void_ptr, None)), likely=False):
             b.ret(i32(1))
-        memset = self.intrinsic("llvm.memset.p0.i64", ir.VoidType(), [void_ptr, I8, I64, I1])
-        # zero: the padding columns no staging writes, and the zero row
-        b.call(memset, [raw, ir.Constant(I8, 0), i64(nbytes), ir.Constant(I1, 0)])
+        self.memset = self.intrinsic("llvm.memset.p0.i64", ir.VoidType(),
+                                     [void_ptr, I8, I64, I1])
+        # zero: the padding columns no staging writes
+        b.call(self.memset, [raw, ir.Constant(I8, 0), i64(nbytes), ir.Constant(I1, 0)])
         st = b.bitcast(raw, self.scalar.as_pointer(), name="st")
-        zero_row = self.element(st, i64(kd_n * k.stage_rows * rs), "zero.row")
 
         b.comment(f"one job = a band of {k.band} output rows of one output plane: batch x "
                   f"{p.groups} channels x OD x {k.bands} band(s)")
@@ -106,27 +114,34 @@ class StagedDwKernelIR(IRFunction):
             oh0 = b.mul(index["band"], i64(k.band), name="oh0")
             end = b.add(oh0, i64(k.band))
             oh1 = b.select(b.icmp_signed("<", end, i64(oh_n)), end, i64(oh_n), name="oh1")
-            lo, hi = self._band_rows(oh0, oh1, lo_slot, hi_slot)
             d_row, d_add = self.fold_row(k.d_fold, index["od"])
             d_first = b.mul(d_row, i64(kd_n), name="d.first")
             xc = self.element(x, b.mul(nc, i64(id_ * ih_n * iw)), "xc")
+            q0 = b.sub(b.mul(oh0, i64(k.h_stride)), i64(k.pad_top), name="q0")
 
-            b.comment("stage the input rows [lo, hi] of every D tap")
+            b.comment(f"stage the band's padded rows q0 .. q0 + {k.stage_rows - 1} of every "
+                      "D tap")
             with self.loop(0, kd_n, "kd.stage") as kd:
                 in_d = self.table_load(self.tab_d, b.add(d_first, kd), "in.d")
                 with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
                     in_d = b.sext(b.add(in_d, d_add), I64)
                     plane_d = self.element(xc, b.mul(in_d, i64(ih_n * iw)), "x.d")
                     st_d = self.element(st, b.mul(kd, i64(k.stage_rows * rs)), "st.d")
-                    with self.loop(b.sext(lo, I64), b.add(b.sext(hi, I64), i64(1)),
-                                   "ih.stage") as ih:
-                        xr = self.element(plane_d, b.mul(ih, i64(iw)), "xr")
-                        row = self.element(st_d, b.mul(b.sub(ih, b.sext(lo, I64)), i64(rs)),
-                                           "st.row")
-                        self._stage_row(xr, row)
+                    with self.loop(0, k.stage_rows, "j.stage") as j:
+                        slot = self.element(st_d, b.mul(j, i64(rs)), "slot")
+                        src = self._source_row(b.add(q0, j, name="q"))
+                        with b.if_else(b.icmp_signed(">=", src, i64(0))) as (row, zero):
+                            with row:
+                                self._stage_row(self.element(plane_d, b.mul(src, i64(iw)),
+                                                             "xr"), slot)
+                            with zero:
+                                b.call(self.memset, [b.bitcast(slot, void_ptr),
+                                                     ir.Constant(I8, 0),
+                                                     i64(rs * self.itemsize),
+                                                     ir.Constant(I1, 0)])
 
-            out = {"nc": nc, "c": c, "od": index["od"], "oh1": oh1, "lo": lo,
-                   "d_first": d_first, "st": st, "zero": zero_row, "w": w, "bias": bias,
+            out = {"nc": nc, "c": c, "od": index["od"], "oh0": oh0, "oh1": oh1,
+                   "d_first": d_first, "st": st, "w": w, "bias": bias,
                    "residual": residual, "y": y}
             tiles = b.udiv(b.add(b.sub(oh1, oh0), i64(k.rows - 1)), i64(k.rows), name="tiles")
             with self.loop(0, tiles, "tile") as tile:
@@ -135,33 +150,28 @@ class StagedDwKernelIR(IRFunction):
         b.ret(i32(0))
         return self.function
 
-    # -- the band's input rows -------------------------------------------------------
-    def _band_rows(self, oh0, oh1, lo_slot, hi_slot):
-        """(lo, hi) i32: the lowest and highest input row the band's rows read through the
-        H table (lo > hi: none, every tap of the band is padding)."""
-        p, b = self.plan, self.b
-        kh_n = p.kernel[1]
-        b.store(i32(p.in_size[1]), lo_slot)
-        b.store(i32(-1), hi_slot)
-        with self.loop(oh0, oh1, "oh.rows") as oh:
-            h_row, h_add = self.fold_row(self.kind.h_fold, oh)
-            first = b.mul(h_row, i64(kh_n))
-
-            def tap(kh):
-                in_h = self.table_load(self.tab_h, b.add(first, kh), "in.h")
-                valid = b.icmp_signed(">=", in_h, i32(0))
-                ih = b.add(in_h, h_add)
-                lo, hi = b.load(lo_slot), b.load(hi_slot)
-                b.store(b.select(b.and_(valid, b.icmp_signed("<", ih, lo)), ih, lo), lo_slot)
-                b.store(b.select(b.and_(valid, b.icmp_signed(">", ih, hi)), ih, hi), hi_slot)
-
-            if kh_n <= MAX_UNROLLED_TAPS:
-                for kh in range(kh_n):
-                    tap(i64(kh))
-            else:
-                with self.loop(0, kh_n, "kh.rows") as kh:
-                    tap(kh)
-        return b.load(lo_slot, name="lo"), b.load(hi_slot, name="hi")
+    # -- the input row of a padded row -----------------------------------------------
+    def _source_row(self, q):
+        """i64: the input row staged as padded row ``q`` (i64, >= -PT): q inside the
+        input, top_rows[q + PT] before it, bottom_rows[q - IH] past it, else -1 (zero)."""
+        k, b = self.kind, self.b
+        ih_n = self.plan.in_size[1]
+        src = i64(-1)
+        if k.bottom_rows:
+            past = b.sub(q, i64(ih_n))
+            listed = b.and_(b.icmp_signed(">=", past, i64(0)),
+                            b.icmp_signed("<", past, i64(len(k.bottom_rows))))
+            table = self.constant_table("bottom_rows", list(k.bottom_rows), I32)
+            # the index clamped into the table: the load runs for every q
+            at = b.select(listed, past, i64(0))
+            src = b.select(listed, b.sext(self.table_load(table, at, "bottom"), I64), src)
+        if k.top_rows:
+            before = b.icmp_signed("<", q, i64(0))
+            table = self.constant_table("top_rows", list(k.top_rows), I32)
+            at = b.select(before, b.add(q, i64(k.pad_top)), i64(0))
+            src = b.select(before, b.sext(self.table_load(table, at, "top"), I64), src)
+        inside = b.and_(b.icmp_signed(">=", q, i64(0)), b.icmp_signed("<", q, i64(ih_n)))
+        return b.select(inside, q, src, name="src")
 
     # -- staging one row -------------------------------------------------------------
     def _stage_row(self, xr, st) -> None:
@@ -230,21 +240,16 @@ class StagedDwKernelIR(IRFunction):
 
     # -- one register tile row block -------------------------------------------------
     def _tile_rows(self, oh, out: dict) -> None:
-        """Output rows [oh, oh + R) of the band (those past its end computed from its last
-        row and not stored), every output channel of the job's input channel, every
-        piece of columns."""
+        """Output rows [oh, oh + R) of the band (those past its end computed from staged
+        rows of zeros or of the rows after, and not stored), every output channel of the
+        job's input channel, every piece of columns."""
         p, k, b = self.plan, self.kind, self.b
         od_n, oh_n, ow_n = p.out_size
-        kd_n, kh_n, kw_n = p.kernel
-        taps = kd_n * kh_n * kw_n
+        taps = math.prod(p.kernel)
         m_n = p.cout_g
-        last = b.sub(out["oh1"], i64(1))
-        h_rows = []
-        for r in range(k.rows):
-            o = b.add(oh, i64(r))
-            o = b.select(b.icmp_signed("<", o, out["oh1"]), o, last)
-            h_row, h_add = self.fold_row(k.h_fold, o)
-            h_rows.append((b.mul(h_row, i64(kh_n)), b.sub(h_add, out["lo"])))
+        # the tile's first staged row from the scratch's start (D tap 0)
+        first = b.mul(b.mul(b.sub(oh, out["oh0"]), i64(k.h_stride)), i64(self.row_size),
+                      name="tile.first")
         with self.loop(0, m_n, "m") as m:
             co = b.add(b.mul(out["c"], i64(m_n)), m, name="co")
             wc = self.element(out["w"], b.mul(co, i64(taps)), "wc")
@@ -259,7 +264,7 @@ class StagedDwKernelIR(IRFunction):
                 for row in self.acc:
                     for slot in row:
                         b.store(bv, slot)
-                self._reduce(wc, h_rows, ow0, out)
+                self._reduce(wc, b.add(first, ow0), out)
                 tile = {"plane": plane, "oh": oh, "oh1": out["oh1"], "ow0": ow0,
                         "residual": out["residual"], "y": out["y"]}
                 if k.pieces == 1:
@@ -272,44 +277,52 @@ class StagedDwKernelIR(IRFunction):
                         with final:
                             self._epilogue(tile, k.pieces - 1)
 
-    def _reduce(self, wc, h_rows, ow0, out: dict) -> None:
-        """Every tap of the tile into its accumulators."""
+    def _reduce(self, wc, start, out: dict) -> None:
+        """Every tap of the tile into its accumulators: per D tap inside the input, the
+        straight-line steps of tile_steps from the tile's first staged element, ``start``
+        elements past D tap kd's first slot."""
         p, k, b = self.plan, self.kind, self.b
         kd_n, kh_n, kw_n = p.kernel
-        rs = self.row_size
+        rs, lanes = self.row_size, self.lanes
         fma = self.vector_intrinsic("fma", 3)
-        zero = self.element(out["zero"], ow0, "zero.p")
+        steps = tile_steps(k, p.kernel)
         with self.loop(0, kd_n, "kd") as kd:
             in_d = self.table_load(self.tab_d, b.add(out["d_first"], kd), "in.d")
             with b.if_then(b.icmp_signed(">=", in_d, i32(0))):
-                sd = self.element(out["st"], b.add(b.mul(kd, i64(k.stage_rows * rs)), ow0),
+                sd = self.element(out["st"], b.add(b.mul(kd, i64(k.stage_rows * rs)), start),
                                   "sd")
-                with self.loop(0, kh_n, "kh") as kh:
-                    pointers = []
-                    for r, (first, add) in enumerate(h_rows):
-                        in_h = self.table_load(self.tab_h, b.add(first, kh), "in.h")
-                        staged = self.element(sd, b.mul(b.sext(b.add(in_h, add), I64),
-                                                        i64(rs)))
-                        pointers.append(b.select(b.icmp_signed(">=", in_h, i32(0)), staged,
-                                                 zero, name=f"rp.{r}"))
-                    wt = self.element(wc, b.mul(b.add(b.mul(kd, i64(kh_n)), kh), i64(kw_n)),
-                                      "wt")
+                wk = self.element(wc, b.mul(kd, i64(kh_n * kw_n)), "wk")
+                acc = [[b.load(slot) for slot in row] for row in self.acc]
+                for weights, reads in steps:
+                    wv = {i: self.splat(b.load(self.element(wk, i64(i)), name=f"w{i}"))
+                          for i in weights}
+                    for row, kw, users in reads:
+                        for v in range(k.vectors):
+                            xv = self._staged_vector(sd, row * rs + k.tap_offsets[kw]
+                                                     + v * lanes)
+                            for tr, weight in users:
+                                acc[tr][v] = b.call(fma, [xv, wv[weight], acc[tr][v]])
+                for row, values in zip(self.acc, acc):
+                    for slot, value in zip(row, values):
+                        b.store(value, slot)
 
-                    def tap(kw, offset):
-                        wv = self.splat(b.load(self.element(wt, kw), name="w"))
-                        for rp, row in zip(pointers, self.acc):
-                            for v, slot in enumerate(row):
-                                at = b.add(offset, i64(v * self.lanes))
-                                xv = self.load_vec(self.element(rp, at))
-                                b.store(b.call(fma, [xv, wv, b.load(slot)]), slot)
+    def _staged_vector(self, sd, offset: int):
+        """The vector at ``sd + offset`` (``sd`` a whole number of vectors from the
+        scratch's aligned start): one aligned load, or, ``offset`` not a multiple of VL,
+        lanes offset % VL .. + VL - 1 of the two aligned vectors around it (a load that
+        splits cache lines costs about twice a whole one)."""
+        b, lanes = self.b, self.lanes
+        lane = offset % lanes
+        base = offset - lane
 
-                    if kw_n <= MAX_UNROLLED_TAPS:
-                        for kw, offset in enumerate(k.tap_offsets):
-                            tap(i64(kw), i64(offset))
-                    else:  # a wide kernel: a loop, not thousands of copies
-                        offsets = self.constant_table("tap_off", list(k.tap_offsets), I32)
-                        with self.loop(0, kw_n, "kw") as kw:
-                            tap(kw, b.sext(self.table_load(offsets, kw, "off"), I64))
+        def aligned(at: int):
+            pointer = b.bitcast(self.element(sd, i64(at)), self.vec.as_pointer())
+            return b.load(pointer, align=self.vector_align)
+
+        if not lane:
+            return aligned(base)
+        picks = ir.Constant(ir.VectorType(I32, lanes), list(range(lane, lane + lanes)))
+        return b.shuffle_vector(aligned(base), aligned(base + lanes), picks)
 
     def _epilogue(self, tile: dict, final: int | None) -> None:
         """Residual, activation and the stores of the tile's rows inside the band: whole
