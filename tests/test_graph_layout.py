@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 import convgen as cg
 from convgen.graph.compile import compile_graph
 from convgen.graph.layout import plan_layouts
+from convgen.plan.depthwise import DepthwiseKind
 from convgen.plan.layout import block_lanes, supports_blocked
+from convgen.plan.staged import StagedDepthwiseKind
 
 from graph_helpers import activation, adaptive, check, conv, graph, node, pool
 
@@ -210,14 +212,15 @@ def test_inverted_residual_runs_depthwise_blocked(backend, stride, size, kernel,
     model = check(g.copy(), backend, dtype, threads=threads, schedules=schedules,
                   layout="blocked")
     steps = lowered_steps(model)
-    assert steps["dw"].plan.kind.label == "dw"
+    assert isinstance(steps["dw"].plan.kind, DepthwiseKind)
     assert {"stem", "expand", "dw", "project"} <= model.blocked_values
     text = model.summary(file=io.StringIO())
     assert re.search(r"^dw .*blocked; depthwise plan$", text, re.M), text
     assert "kept between layers for" in text
     # NCHW around it: the depthwise layer keeps its own plan
     nchw = check(g, backend, dtype, threads=threads, layout="nchw", schedules=schedules)
-    assert lowered_steps(nchw)["dw"].plan.kind.label != "dw"
+    # NCHW around it: the staged depthwise plan (its own default), not the blocked one
+    assert isinstance(lowered_steps(nchw)["dw"].plan.kind, StagedDepthwiseKind)
 
 
 def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
@@ -232,10 +235,11 @@ def test_depthwise_keeps_its_plan_where_values_stay_nchw(backend):
     model = check(graph([("x", x)], nodes, ["dw_out"]), backend,
                   schedules={"dw_fixed": fixed}, layout="blocked")
     plans = {s.name: s.plan for s in model._lowered.steps}
-    assert plans["dw_in"].kind.label != "dw" and plans["dw_out"].kind.label != "dw"
+    assert not isinstance(plans["dw_in"].kind, DepthwiseKind)
+    assert not isinstance(plans["dw_out"].kind, DepthwiseKind)
     assert plans["dw_fixed"].schedule == fixed  # chosen by the caller: kept
     # dw_mid's output is read by dw_fixed ("w" plan, NCHW only): dw_mid stays too
-    assert plans["dw_mid"].kind.label != "dw"
+    assert not isinstance(plans["dw_mid"].kind, DepthwiseKind)
 
 
 def test_default_co_schedule_for_blocked_inputs(backend):

@@ -1,6 +1,6 @@
 """The staged depthwise plan (vectorize="dw" on NCHW, convgen.plan.staged): what the
 planner decides, what a schedule may ask for, and the default that picks it. The
-kernels against the oracle on both CPU backends: tests/test_staged_depthwise_llvm.py
+kernels against the oracle on both CPU backends: tests/test_staged_depthwise_kernels.py
 (its property test and cases run on "c" too)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The staged depthwise plan (vectorize="dw" on NCHW, convgen.plan.staged) on the LLVM
-backend (convgen.backends.llvm.dws) against the oracle: any channel multiplier, 1D/2D/3D,
+"""The staged depthwise plan (vectorize="dw" on NCHW, convgen.plan.staged) on both CPU
+backends (templates/c/conv_dws_function.j2, convgen.backends.llvm.dws) against the oracle: any channel multiplier, 1D/2D/3D,
 stride, dilation, padding and padding mode, flip, bias, activation, register tiles of
 several rows and pieces, bands split between threads or by the scratch size, padded rows
 staged from the top / bottom row tables (pads wider than the kernel reaches); and, in a
@@ -71,11 +71,12 @@ def staged_cases(draw):
     return spec, schedule
 
 
-@settings(max_examples=25, deadline=None)
+@pytest.mark.cpu_plans
+@settings(max_examples=20, deadline=None)
 @given(case=staged_cases())
-def test_staged_depthwise_matches_the_oracle(case):
+def test_staged_depthwise_matches_the_oracle(backend, case):
     spec, schedule = case
-    kernel = cg.compile(spec, schedule=schedule, backend="llvm")
+    kernel = cg.compile(spec, schedule=schedule, backend=backend)
     assert isinstance(make_plan(spec, schedule).kind, StagedDepthwiseKind)
     assert_oracle(kernel, spec)
 
@@ -88,7 +89,7 @@ def test_staged_depthwise_matches_the_oracle(case):
     # reflect padding, per-dim strides, dilation, a 3x5 kernel, flipped
     (cg.ConvSpec((1, 4, 9, 40), 4, (3, 5), stride=(2, 3), padding=(2, 1), dilation=(1, 2),
                  groups=4, padding_mode="reflect", flip=True), None),
-    # a kernel wider than MAX_UNROLLED_TAPS: kw loops over the offset table
+    # a 33-tap kernel: long straight-line tiles
     (cg.ConvSpec((1, 2, 70), 4, 33, padding=16, groups=2, padding_mode="circular"), None),
     # replicate padding wider than the row: the staged row's table columns loop
     (cg.ConvSpec((1, 2, 3, 5), 2, 3, padding=(1, 40), groups=2,
@@ -98,17 +99,19 @@ def test_staged_depthwise_matches_the_oracle(case):
 ], ids=["5x5-s2", "multiplier-tile", "reflect-strides-flip", "wide-kernel",
         "wide-replicate", "3d"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_staged_depthwise_cases(spec, tile, threads):
+@pytest.mark.cpu_plans
+def test_staged_depthwise_cases(backend, spec, tile, threads):
     if tile is not None:
         tile = (1,) * (spec.ndim == 3) + tile
     kernel = cg.compile(spec, schedule=cg.Schedule(vectorize="dw", tile_spatial=tile,
-                                                   threads=threads), backend="llvm")
+                                                   threads=threads), backend=backend)
     assert_oracle(kernel, spec, seed=threads)
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_staged_depthwise_pads_rows_from_the_row_tables(padding_mode, threads):
+@pytest.mark.cpu_plans
+def test_staged_depthwise_pads_rows_from_the_row_tables(backend, padding_mode, threads):
     """H padding of 5 rows above and 4 below a 2-row kernel at stride 3: staged padded
     rows come from top_rows / bottom_rows (whole rows of zeros with zero padding), and
     the last register tile (3 rows over 5 output rows) reads rows past the band; two
@@ -119,20 +122,22 @@ def test_staged_depthwise_pads_rows_from_the_row_tables(padding_mode, threads):
     kind = make_plan(spec, schedule).kind
     assert len(kind.top_rows) == 5 and kind.bottom_rows
     assert kind.bands == threads  # one band, or two that share the plane
-    assert_oracle(cg.compile(spec, schedule=schedule, backend="llvm"), spec, seed=threads)
+    assert_oracle(cg.compile(spec, schedule=schedule, backend=backend), spec, seed=threads)
 
 
-def test_staged_depthwise_bands_split_by_the_scratch_size():
+@pytest.mark.cpu_plans
+def test_staged_depthwise_bands_split_by_the_scratch_size(backend):
     """A plane whose staged rows pass STAGE_BYTES runs in bands on one thread: each band
     stages its own padded rows, the first and last from the row tables."""
     spec = cg.ConvSpec((1, 2, 40, 300), 2, 3, padding=2, groups=2, padding_mode="replicate")
     schedule = cg.Schedule(vectorize="dw", threads=1)
     assert make_plan(spec, schedule).kind.bands > 1
-    assert_oracle(cg.compile(spec, schedule=schedule, backend="llvm"), spec)
+    assert_oracle(cg.compile(spec, schedule=schedule, backend=backend), spec)
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
-def test_staged_depthwise_with_a_fused_residual_in_a_network(multiplier):
+@pytest.mark.cpu_plans
+def test_staged_depthwise_with_a_fused_residual_in_a_network(backend, multiplier):
     """A depthwise layer given vectorize="dw" keeps its plan in a network; an add after it
     fuses into the kernel as the residual (the staged kernel's residual variant)."""
     channels, size = 3, (7, 21)
@@ -143,7 +148,7 @@ def test_staged_depthwise_with_a_fused_residual_in_a_network(multiplier):
              activation("act", "sum", "relu")]
     g = graph([("x", (1, channels, *size)), ("r", (1, out, *size))], nodes, ["act"])
     for threads in (1, 2):
-        model = check(g.copy(), "llvm", "float32", threads=threads, layout="nchw",
+        model = check(g.copy(), backend, "float32", threads=threads, layout="nchw",
                       schedules={"dw": cg.Schedule(vectorize="dw", threads=threads)})
         steps = {step.name: step for step in model._lowered.steps}
         assert isinstance(steps["dw"].plan.kind, StagedDepthwiseKind)
