@@ -41,3 +41,34 @@ def test_bench_network_matches_torch(build, size):
     got = net.compile(x.shape, backend="c", threads=1)(x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def tiny_net(nn, flatten):
+    """Two convolutions (a 3x3 and a depthwise 3x3/2) and a ReLU: enough to profile."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8))
+
+
+def test_profile_layers_times_each_convolution_and_matches_onnxruntime_nodes():
+    """bench/profile_layers.py: every conv step of the compiled network timed alone on its
+    own plan, and ONNX Runtime's profiled Conv nodes matched to them by shape."""
+    pytest.importorskip("onnxruntime")
+    import io
+
+    import profile_layers
+
+    tnet, net = build_pair(tiny_net)
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    model = net.compile(x.shape, backend="c", threads=1)
+    layers = profile_layers.convgen_layers(model, "c", repeats=2)
+    assert [row["spec"].groups for row in layers] == [1, 8]
+    assert all(row["ms"] > 0 for row in layers)
+    assert layers[1]["plan"] == "dw"  # the staged depthwise plan, NCHW in and out
+    buffer = io.BytesIO()
+    torch.onnx.export(tnet, torch.from_numpy(x), buffer, dynamo=False)
+    rows, total_ms = profile_layers.ort_layers(buffer.getvalue(), x, threads=1, runs=2)
+    # ONNX Runtime's NCHWc rewrite runs the 8 output channels as a block of 16
+    keys = [key for key, _, _, _ in rows]
+    assert keys == [profile_layers.conv_key(row["spec"].input_shape, row["spec"].weight_shape)
+                    for row in layers] == [((12, 12), (3, 3), 16), ((12, 12), (3, 3), 16)]
+    assert all(ms >= 0 for _, _, ms, _ in rows) and total_ms > 0
