@@ -172,10 +172,10 @@ def test_schedule_validation_and_default():
     wino = default_schedule(spec)
     assert wino == default_schedule(spec, "c") == default_schedule(spec, "llvm")
     assert (wino.method, wino.tile_co, wino.tile_spatial) == ("winograd", 28, (4, 4))
-    # 5x5 (no Winograd default), and stride 2: vectorized over output channels, 1 vector x
+    # 3x7 (no Winograd default), and stride 2: vectorized over output channels, 1 vector x
     # 28 columns (clamped to the 20 of a strided row) (transposed: 2 vectors x 12); two
     # rows when the reduction is short (16 x 9 < CO_SHORT_REDUCTION steps)
-    co = default_schedule(spec.replace(kernel_size=5, padding=2), "llvm")
+    co = default_schedule(spec.replace(kernel_size=(3, 7), padding=(1, 3)), "llvm")
     strided = default_schedule(spec.replace(stride=2), "c")
     assert (strided.vectorize, strided.tile_co, strided.tile_spatial) == ("co", lanes, (2, 20))
     deep = default_schedule(spec.replace(input_shape=(1, 32, 20, 40), stride=2), "c")

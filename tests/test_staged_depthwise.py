@@ -10,7 +10,8 @@ import pytest
 import convgen as cg
 from convgen import ScheduleError
 from convgen.plan.core import make_plan
-from convgen.plan.staged import STAGE_BYTES, StagedDepthwiseKind, stage_elements, tile_steps
+from convgen.plan.staged import (STAGE_BYTES, StagedDepthwiseKind, stage_elements, tile_steps,
+                                 vector_registers)
 
 
 def depthwise(shape=(1, 8, 20, 40), multiplier=1, kernel=3, **kw) -> cg.ConvSpec:
@@ -104,7 +105,7 @@ def test_a_register_tile_loads_each_shared_row_once():
     steps = tile_steps(kind, (1, 7, 7))
     assert sorted(w for weights, _ in steps for w in weights) == list(range(49))
     for weights, reads in steps:
-        assert len(weights) + kind.rows * kind.vectors + 3 <= 32
+        assert len(weights) + kind.rows * kind.vectors + 3 <= vector_registers()
         assert len({w // 7 % 2 for w in weights}) == 1  # one parity of kh per step
     assert sum(len(users) for _, reads in steps for _, _, users in reads) == 4 * 49
 

@@ -601,6 +601,24 @@ def test_default_schedule_picks_winograd_for_3x3_layers_with_16_channels():
         assert cg.Schedule.from_dict(schedule.to_dict()) == schedule
 
 
+@pytest.mark.parametrize("kernel, tile", [((1, 7), (1, 2)), ((7, 1), (2, 1)), (5, (4, 4))])
+def test_default_schedule_picks_winograd_for_inception_kernels(kernel, tile):
+    """1x7, 7x1 and 5x5 layers with 16+ channels each way (Inception v3's) default to
+    Winograd, one output per tile along a kernel dim of 1 (defaults.WINOGRAD_WIDE_KERNELS),
+    and match the oracle on both backends."""
+    spec = cg.ConvSpec((1, 16, 11, 13), 16, kernel, padding="same", bias=True,
+                       activation="relu")
+    for threads in (1, 2):
+        schedule = default_schedule(spec, "c", threads=threads)
+        assert (schedule.method, schedule.tile_spatial, schedule.tile_co) == \
+            ("winograd", tile, 16)
+        assert default_schedule(spec, "c", prepared_weights=True, threads=threads) == schedule
+    for backend in BACKENDS:
+        kernel = cg.compile(spec, backend=backend, threads=1)
+        assert kernel.schedule.method == "winograd"
+        check_kernel(kernel, spec)
+
+
 def test_prepared_weights_limit_winograd_at_two_threads():
     """Weights prepared once (networks, bind): any U at 1 thread; at 2+ threads U up to
     PARALLEL_WINOGRAD_WEIGHT_BYTES (ResNet-18's 512@7 layers go direct, 256@14 take F2)."""
@@ -645,7 +663,7 @@ def test_default_schedule_picks_gemm_for_1x1_layers_with_256_pixels():
 @pytest.mark.parametrize("spec", [
     cg.ConvSpec((1, 15, 16, 16), 16, 3, padding=1),          # 15 input channels
     cg.ConvSpec((1, 16, 16, 16), 16, 3, padding=1, stride=2),
-    cg.ConvSpec((1, 16, 16, 16), 16, 5, padding=2),           # only 3x3 by default
+    cg.ConvSpec((1, 16, 16, 16), 16, (1, 5), padding=(0, 2)),  # not a kernel listed
     cg.ConvSpec((1, 16, 64), 16, 3, padding=1),               # 11 tiles in 16 lanes
     cg.ConvSpec((1, 16, 8, 8, 8), 16, 3, padding=1),
     cg.ConvSpec((1, 16, 8, 8), 16, 3, padding=1, transposed=True),

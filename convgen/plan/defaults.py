@@ -205,6 +205,12 @@ PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
 # where the "co" plan reads a pixel's channels as one line
 BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES = 3 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
+# ... and for these 2D kernels (Inception v3's factorized 1x7 / 7x1 and its 5x5): the
+# outputs per tile of the kernel's dims (alpha = m + k - 1 = 8), 16-channel register
+# tiles. Tuning them (2026-12-07, bound weights, 1 and 2 threads, docs/performance.md)
+# found Winograd 1.10-1.24x faster than the direct default on 1x7 and 7x1 (160 channels
+# at 17x17) and 2.55-2.66x on 5x5 (48 -> 64 at 35x35).
+WINOGRAD_WIDE_KERNELS = {(1, 7): (2,), (7, 1): (2,), (5, 5): (4,)}
 
 
 def default_transform_schedule(spec: ConvSpec, threads: int = 1,
@@ -218,7 +224,8 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     input in place where the GEMM first copies the strided pixels out.
 
     "winograd" for 3x3 2D convolutions (stride 1) with 16+ channels each way per group:
-    F(4x4, 3x3), else F(2x2, 3x3), whichever's transformed weights fit
+    F(4x4, 3x3), else F(2x2, 3x3) (1x7 / 7x1: F(2, 7) along the kernel's long dim; 5x5:
+    F(4x4, 5x5); WINOGRAD_WIDE_KERNELS), whichever's transformed weights fit
     WINOGRAD_WEIGHT_BYTES with WINOGRAD_MIN_LANE_USE of the block lanes used (larger
     layers stay direct: their transformed weights alone cost more than the direct
     convolution). 1D: F(6, 3) with 14-channel register tiles for kernel 3 (the same
@@ -244,6 +251,8 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
         rows, sizes = min(cog, 14), (6,)
     elif spec.kernel_size == (3, 3):
         rows, sizes = (28 if cog >= 28 else min(cog, 14)), (4, 2)
+    elif spec.kernel_size in WINOGRAD_WIDE_KERNELS:
+        rows, sizes = 16, WINOGRAD_WIDE_KERNELS[spec.kernel_size]
     else:
         return None
     block = tile_vectors(rows) * lanes
@@ -255,10 +264,14 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     else:
         limit = PREPARED_WINOGRAD_WEIGHT_BYTES
     for m in sizes:  # outputs per tile and dim, the largest that fits first
-        tiles = math.prod(grid_size(o, d, m) for o, d in zip(spec.output_spatial, spec.dilation))
+        # a dim of kernel 1 (1x7, 7x1) keeps one output per tile
+        tile = tuple(1 if k == 1 else m for k in spec.kernel_size)
+        tiles = math.prod(grid_size(o, d, t)
+                          for o, d, t in zip(spec.output_spatial, spec.dilation, tile))
         lane_use = tiles / (-(-tiles // block) * block)
-        weight_bytes = (m + 2) ** spec.ndim * cin_g * cog * spec.groups * itemsize
+        alpha = math.prod(t + k - 1 for t, k in zip(tile, spec.kernel_size))
+        weight_bytes = alpha * cin_g * cog * spec.groups * itemsize
         if weight_bytes <= limit and lane_use >= WINOGRAD_MIN_LANE_USE:
-            return Schedule(tile_co=rows, tile_spatial=(m,) * spec.ndim, threads=threads,
+            return Schedule(tile_co=rows, tile_spatial=tile, threads=threads,
                             method="winograd")
     return None

@@ -8,20 +8,22 @@ are blocked run the blocked depthwise plan instead (convgen.plan.depthwise).
 
 Why stage: a depthwise layer does only KH x KW multiply-adds per output, so it is bound by
 how it reads its input. On the "w" plan a strided layer gathers its columns and border
-vectors take masked loads; here a job first copies each input row it needs once into
-scratch (L1-sized), already zero-padded (or padded by the padding mode) and split into
-its W stride phases: staged column ``j`` of phase ``p`` holds padded column ``j * SW + p``
-(input column ``j * SW + p - pad_left``). Output column ``ow`` at tap ``kw`` then reads
-staged column ``ow + tap_shift[kw]`` of phase ``tap_phase[kw]``: every tap of every
-output vector is one unaligned vector load, with no border case, at any stride and
-dilation. A row of the H (D) index table that is -1 reads a zero row.
+vectors take masked loads; here a job first copies each padded input row it needs once
+into scratch (L1-sized), already padded (zeros, or the padding mode's columns) and split
+into its W stride phases: staged column ``j`` of phase ``p`` holds padded column
+``j * SW + p`` (input column ``j * SW + p - pad_left``). Output column ``ow`` at tap
+``kw`` then reads staged column ``ow + shift[kw]`` of phase ``phase[kw]`` (one offset,
+``tap_offsets``): every tap of every output vector is a run of consecutive columns, with
+no border case, at any stride and dilation. Rows are staged by padded row too (the
+padding rows from ``top_rows`` / ``bottom_rows``), so a register tile's rows are fixed
+offsets from its first.
 
 A job is one band of output rows (``band`` rows) of one output plane (image, input
-channel, output depth): it stages the input rows the band reads, then computes each of
-the channel's ``multiplier`` output channels from them in register tiles of ``rows``
-output rows x ``vectors`` vectors of columns (the tile's weight, one broadcast per tap,
-feeds rows x vectors FMAs). The staging tables depend on the padding and the tile width,
-never on the row's length beyond one register tile.
+channel, output depth): it stages the padded rows the band reads, then computes each of
+the channel's multiplier output channels from them in register tiles of ``rows``
+output rows x ``vectors`` vectors of columns, as the straight-line steps of
+:func:`tile_steps`. The staging tables depend on the padding and the tile width, never
+on the row's length beyond one register tile.
 """
 
 from __future__ import annotations
@@ -29,24 +31,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from convgen.cpu import vector_bits
 from convgen.dtypes import dtype_info
 from convgen.plan.base import FoldedTable, Plan, PlanKind
 from convgen.spec import ConvSpec, source_coordinate
 
-# A job's staged rows (every D tap's rows and the zero row) are kept within this many
-# bytes when the band can shrink to fit: the register tiles re-read each staged row
-# KH x KW / (SH x SW) times, from L1 when it fits (32 KiB here).
+# A job's staged rows (every D tap's) are kept within this many bytes when the band can
+# shrink to fit: the register tiles re-read each staged row about KH x KW / (SH x SW)
+# times, from L1 when it fits (32 KiB here).
 STAGE_BYTES = 24 << 10
-
-
-def staged_unsupported(spec: ConvSpec) -> str | None:
-    """None when ``spec`` can run on the staged depthwise plan, else why not."""
-    if spec.transposed:
-        return "transposed convolutions have no depthwise plan"
-    if spec.groups != spec.in_channels:
-        return ("the depthwise plan needs one input channel per group "
-                f"(groups={spec.groups}, in_channels={spec.in_channels})")
-    return None
 
 
 @dataclass(frozen=True)
@@ -172,9 +165,10 @@ def staged_plan_kind(spec: ConvSpec, tables, out_size: tuple[int, int, int],
         d_fold=FoldedTable.of(tables[0]))
 
 
-# the vector registers the register tile's code may fill (AVX-512: 32): the weights of a
-# step of tile_steps sit in registers beside the accumulators and 3 temporaries
-VECTOR_REGISTERS = 32
+def vector_registers() -> int:
+    """The host's vector registers (AVX-512: 32, else 16): the weights of a step of
+    tile_steps sit in registers beside the accumulators and 3 temporaries."""
+    return 32 if vector_bits() == 512 else 16
 
 
 def tile_steps(kind: StagedDepthwiseKind, kernel: tuple[int, int, int]) -> list[tuple]:
@@ -187,7 +181,7 @@ def tile_steps(kind: StagedDepthwiseKind, kernel: tuple[int, int, int]) -> list[
     registers beside the accumulators (3x3 stride 1 over 4 rows: one step, 6 rows read
     for 12 row-taps). More weights than registers would spill them to the stack."""
     kh_n, kw_n = kernel[1:]
-    fit = max(1, (VECTOR_REGISTERS - 3 - kind.rows * kind.vectors) // kw_n)
+    fit = max(1, (vector_registers() - 3 - kind.rows * kind.vectors) // kw_n)
     classes: dict[int, list[int]] = {}
     for kh in range(kh_n):
         classes.setdefault(kind.row_taps[kh] % kind.h_stride, []).append(kh)
