@@ -476,3 +476,14 @@ def test_networks_use_only_records_measured_bound(db):
     write(db, fake(tuned, 1e-7, spec=specs[0]), fake(direct, 1e-6, spec=specs[1]), bound=True)
     chosen = _conv_schedules(graph, threads=1, backend="c")
     assert chosen[convs[0].name] == tuned and chosen[convs[1].name] == direct
+
+
+def test_estimated_cost_counts_the_rows_of_a_depthwise_tile():
+    """vectorize="dw" register tiles are rows x vectors of one channel: one row of one
+    vector leaves the FMA latency exposed, four rows of it do not."""
+    from convgen.tuning.space import estimated_cost
+
+    spec = cg.ConvSpec((1, 32, 28, 28), 32, 3, padding=1, groups=32)
+    lone = cg.Schedule(tile_co=1, tile_spatial=(1, 16), vectorize="dw")
+    rows = cg.Schedule(tile_co=1, tile_spatial=(4, 16), vectorize="dw")
+    assert estimated_cost(spec, rows) < estimated_cost(spec, lone)

@@ -93,6 +93,8 @@ def estimated_cost(spec: ConvSpec, schedule: Schedule) -> float:
     waste = (-(-cog // tile_co) * tile_co / cog) \
         * (-(-out[-1] // tiles[-1]) * n_vectors * lanes / out[-1])
     accumulators = tile_co * n_vectors
+    if vectorize == "dw":  # the staged depthwise tile: rows x vectors, one channel
+        accumulators = (tiles[-2] if spec.ndim >= 2 else 1) * n_vectors
     latency = math.sqrt(max(1.0, registers() / 2 / accumulators))
     spill = 1.0 + 0.7 * max(0.0, math.log2(accumulators / registers()))
     narrow = vector_lanes(spec.dtype) / lanes
