@@ -20,9 +20,9 @@ from convgen.backends import Artifact, get_backend, resolve_backend
 from convgen.cache import Cache
 from convgen.kernel import Kernel, check_bias, check_input
 from convgen.plan.core import Plan
-from convgen.plan.defaults import (default_co_schedule, default_dw_schedule, default_direct_schedule,
-                                   default_threads, default_transform_schedule,
-                                   default_w_schedule)
+from convgen.plan.defaults import (default_co_schedule, default_direct_schedule,
+                                   default_dw_schedule, default_threads,
+                                   default_transform_schedule, default_w_schedule)
 from convgen.plan.weights import prepare_weight
 from convgen.records import best_record
 from convgen.schedule import PLAN_KIND_FIELDS, SCHEDULE_FIELDS, Schedule, check_threads

@@ -204,6 +204,7 @@ def describe_staged_plan(plan: Plan) -> list[str]:
     kind = plan.kind
     assert isinstance(kind, StagedDepthwiseKind), kind
     itemsize = dtype_info(plan.spec.dtype).itemsize
+    steps = tile_steps(kind, plan.kernel)
     return [
         f"depthwise convolution, lowered to 3 spatial dims (D, H, W) = {plan.out_size} "
         "outputs; vectorized over the output columns of one channel (vectorize='dw'), "
@@ -211,13 +212,14 @@ def describe_staged_plan(plan: Plan) -> list[str]:
         f"jobs: batch {plan.batch} x input channels {plan.groups} x output depth "
         f"{plan.out_size[0]} x bands of {kind.band} rows ({kind.bands}) = {plan.jobs}, on "
         f"{plan.threads} thread(s); each computes {plan.cout_g} output channel(s)",
-        f"staging: each input row a band reads, copied once into {kind.phases} stride "
+        f"staging: each padded input row a band reads, copied once into {kind.phases} stride "
         f"phase(s) of {kind.row_length} columns, padded: "
         f"{stage_elements(plan) * itemsize} bytes per job",
         f"register tile: {kind.rows} output rows x {kind.vectors} vector(s) of "
         f"{plan.vector_lanes} {plan.c_type} lanes = {kind.rows * kind.vectors} vector "
-        f"accumulators, {kind.pieces} tile(s) per row; every tap one vector load per "
-        "accumulator and one broadcast weight",
+        f"accumulators, {kind.pieces} tile(s) per row, in {len(steps)} step(s) of taps "
+        "whose broadcast weights fit the registers; each staged vector loaded once for "
+        "every (tile row, tap) of its step",
         f"reduction: {math.prod(plan.kernel)} taps (no channels: bandwidth-bound, judge it "
         "by bytes moved)",
     ]
