@@ -1,9 +1,9 @@
 """The staged depthwise plan (vectorize="dw" on NCHW, convgen.plan.staged) on both CPU
 backends (templates/c/conv_dws_function.j2, convgen.backends.llvm.dws) against the
 oracle: any channel multiplier, 1D/2D/3D, stride, dilation, padding and padding mode,
-flip, bias, activation, register tiles of several rows and pieces, bands split between threads or by the scratch size, padded rows
-staged from the top / bottom row tables (pads wider than the kernel reaches); and, in a
-network, the variant with a fused residual."""
+flip, bias, activation, register tiles of several rows and pieces, bands split between
+threads or by the scratch size, padded rows staged from the top / bottom row tables (pads
+wider than the kernel reaches); and, in a network, the variant with a fused residual."""
 
 from __future__ import annotations
 
