@@ -8,10 +8,10 @@ import llvmlite.binding as llvm
 
 from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.common import function_pointer_type, prototype
-from convgen.backends.llvm.build import build_llvm, data_layout, load_object, target_triple
+from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, target_triple,
+                                          uses_openmp)
 from convgen.backends.llvm.network import build_network_llvm
 from convgen.backends.llvm.render import render_llvm
-from convgen.backends.llvm.wino import uses_openmp
 from convgen.cache import Cache
 from convgen.plan.base import Plan
 from convgen.plan.winograd import WinogradPlan

@@ -65,6 +65,12 @@ def openmp_available() -> bool:
     return True
 
 
+def uses_openmp(plan) -> bool:
+    """Whether a kernel of ``plan`` that can share its jobs over OpenMP threads itself
+    (transform-GEMM, staged depthwise) does: threads > 1 and the runtime loadable."""
+    return plan.threads > 1 and openmp_available()
+
+
 def host_features() -> str:
     """The host CPU's feature string, with 512-bit vectors preferred where present."""
     _initialize()

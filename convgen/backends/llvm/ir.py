@@ -113,6 +113,58 @@ class IRFunction:
         b.branch(cond)
         b.position_at_end(end)
 
+    @contextlib.contextmanager
+    def outlined(self, name: str):
+        """A new internal function ``void name(i8* ctx)`` (an OpenMP parallel region's
+        body, or its serial call): inside the block every helper builds into it; yields the
+        function, whose builder the caller ends with ``ret void``."""
+        saved = self.function, self.b, self.alloca_builder
+        function = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer()]),
+                               name=name)
+        function.linkage = "internal"
+        entry = function.append_basic_block("entry")
+        body = function.append_basic_block("body")
+        self.function = function
+        self.alloca_builder = ir.IRBuilder(entry)
+        self.alloca_builder.branch(body)
+        self.alloca_builder.position_at_start(entry)
+        self.b = ir.IRBuilder(body)
+        try:
+            yield function
+        finally:
+            self.function, self.b, self.alloca_builder = saved
+
+    @contextlib.contextmanager
+    def dynamic_loop(self, start, stop, chunk: int, name: str = "job"):
+        """The jobs [start, stop) (i64) this OpenMP thread takes, ``chunk`` at a time, from
+        GOMP_loop_dynamic_start/next (as ``schedule(dynamic, chunk)``): yields each job (i64).
+        Ends with GOMP_loop_end_nowait: a thread out of jobs leaves without waiting."""
+        b = self.b
+        start = i64(start) if isinstance(start, int) else start
+        stop = i64(stop) if isinstance(stop, int) else stop
+        long_ptr = I64.as_pointer()
+        start_fn = self.intrinsic("GOMP_loop_dynamic_start", I8,
+                                  [I64, I64, I64, I64, long_ptr, long_ptr])
+        next_fn = self.intrinsic("GOMP_loop_dynamic_next", I8, [long_ptr, long_ptr])
+        end_fn = self.intrinsic("GOMP_loop_end_nowait", ir.VoidType(), [])
+        first = self.alloca(I64, name + ".chunk.first")
+        last = self.alloca(I64, name + ".chunk.last")
+        more = self.alloca(I8, name + ".chunk.more")
+        b.store(b.call(start_fn, [start, stop, i64(1), i64(max(1, chunk)), first, last]), more)
+        cond = self.function.append_basic_block(name + ".chunks.cond")
+        body = self.function.append_basic_block(name + ".chunks.body")
+        end = self.function.append_basic_block(name + ".chunks.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_unsigned("!=", b.load(more), ir.Constant(I8, 0)), body, end)
+        b.position_at_end(body)
+        with self.loop(b.load(first), b.load(last), name) as job:
+            yield job
+        b.store(b.call(next_fn, [first, last]), more)
+        b.branch(cond)
+        b.position_at_end(end)
+        b.call(end_fn, [])
+
     def constant_table(self, name: str, values: list[int], typ: ir.IntType) -> ir.GlobalVariable:
         array_type = ir.ArrayType(typ, len(values))
         table = ir.GlobalVariable(self.module, array_type, name=f"{self.name}.{name}")

@@ -45,15 +45,10 @@ from llvmlite import ir
 
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
-from convgen.backends.llvm.build import openmp_available
+from convgen.backends.llvm.build import uses_openmp
 from convgen.plan.winograd import SourceMap, WinogradPlan
 
 SCRATCH_ALIGN = 64  # bytes
-
-
-def uses_openmp(plan: Plan) -> bool:
-    """Whether the kernel of ``plan`` splits its jobs over OpenMP threads itself."""
-    return plan.threads > 1 and openmp_available()
 
 
 class WinoKernelIR(IRFunction):
@@ -137,20 +132,12 @@ class WinoKernelIR(IRFunction):
     # -- the worker: each thread's share -----------------------------------------------
     def _worker(self) -> ir.Function:
         """``void worker(ctx*)``: the body of the parallel region (or the serial call)."""
-        outer_b, outer_function = self.b, self.function
-        void_ptr = I8.as_pointer()
-        function = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [void_ptr]),
-                               name=f"{self.name}.worker")
-        function.linkage = "internal"
-        entry = function.append_basic_block("entry")
-        body = function.append_basic_block("body")
-        # IRFunction's helpers build into self.function/self.b: point them at the worker
-        saved_alloca = self.alloca_builder
-        self.function = function
-        self.alloca_builder = ir.IRBuilder(entry)
-        self.alloca_builder.branch(body)
-        self.alloca_builder.position_at_start(entry)
-        self.b = b = ir.IRBuilder(body)
+        with self.outlined(f"{self.name}.worker") as function:
+            self._worker_body(function)
+        return function
+
+    def _worker_body(self, function: ir.Function) -> None:
+        b = self.b
         ctx = b.bitcast(function.args[0], self.ctx_type.as_pointer())
         field = [b.load(b.gep(ctx, [i32(0), i32(k)])) for k in range(9)]
         x, w, bias, residual, y, u_all, per_thread, job_begin, job_end = field
@@ -179,39 +166,12 @@ class WinoKernelIR(IRFunction):
                       digits["part"])
 
         if self.omp:
-            self._dynamic_loop(jobs, run)
+            with self.dynamic_loop(0, jobs, 1) as job:  # one job at a time
+                run(job)
         else:
             with self.loop(0, jobs, "job") as job:
                 run(job)
         b.ret_void()
-        self.function, self.b, self.alloca_builder = outer_function, outer_b, saved_alloca
-        return function
-
-    def _dynamic_loop(self, jobs, run) -> None:
-        """Jobs [0, jobs) handed out one at a time (GOMP_loop_dynamic_start/next)."""
-        b = self.b
-        long_ptr = I64.as_pointer()
-        start_fn = self.intrinsic("GOMP_loop_dynamic_start", I8,
-                                  [I64, I64, I64, I64, long_ptr, long_ptr])
-        next_fn = self.intrinsic("GOMP_loop_dynamic_next", I8, [long_ptr, long_ptr])
-        end_fn = self.intrinsic("GOMP_loop_end_nowait", ir.VoidType(), [])
-        first = self.alloca(I64, "chunk.first")
-        last = self.alloca(I64, "chunk.last")
-        more = self.alloca(I8, "chunk.more")
-        b.store(b.call(start_fn, [i64(0), jobs, i64(1), i64(1), first, last]), more)
-        cond = self.function.append_basic_block("chunks.cond")
-        body = self.function.append_basic_block("chunks.body")
-        end = self.function.append_basic_block("chunks.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        b.cbranch(b.icmp_unsigned("!=", b.load(more), ir.Constant(I8, 0)), body, end)
-        b.position_at_end(body)
-        with self.loop(b.load(first), b.load(last), "job") as job:
-            run(job)
-        b.store(b.call(next_fn, [first, last]), more)
-        b.branch(cond)
-        b.position_at_end(end)
-        b.call(end_fn, [])
 
     # -- vectors through offset tables ---------------------------------------------------
     def _table_vector(self, table, index):
