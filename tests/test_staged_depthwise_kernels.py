@@ -153,3 +153,26 @@ def test_staged_depthwise_with_a_fused_residual_in_a_network(backend, multiplier
         steps = {step.name: step for step in model._lowered.steps}
         assert isinstance(steps["dw"].plan.kind, StagedDepthwiseKind)
         assert steps["dw"].consts["residual"]
+
+
+def test_staged_depthwise_llvm_threads_share_jobs_in_one_openmp_region():
+    """threads=2 on LLVM: the kernel shares its jobs over OpenMP threads itself (one
+    GOMP_parallel region taking chunks of the plan's schedule(dynamic, N)), so the Kernel
+    makes one call in one Python thread; without the OpenMP runtime Python splits them."""
+    from convgen.backends.llvm.build import openmp_available
+
+    spec = cg.ConvSpec((2, 6, 9, 21), 12, 3, stride=(2, 1), padding=1, groups=6, bias=True,
+                       activation="relu")
+    schedule = cg.Schedule(vectorize="dw", threads=2)
+    plan = make_plan(spec, schedule)
+    assert isinstance(plan.kind, StagedDepthwiseKind) and plan.jobs > 4
+    kernel = cg.compile(spec, schedule=schedule, backend="llvm")
+    if openmp_available():
+        assert kernel._ranges == [(0, kernel.jobs)]
+        chunk = int(plan.omp_schedule.split(",")[1])
+        assert "@\"GOMP_parallel\"" in kernel.source
+        assert f"i64 1, i64 {chunk}," in kernel.source  # GOMP_loop_dynamic_start's chunk
+    else:
+        assert len(kernel._ranges) == 2
+    for seed in range(2):
+        assert_oracle(kernel, spec, seed=seed)

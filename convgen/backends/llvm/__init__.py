@@ -8,13 +8,11 @@ import llvmlite.binding as llvm
 
 from convgen.backends.base import Artifact, Backend, Loaded, LoadedNetwork
 from convgen.backends.common import function_pointer_type, prototype
-from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, target_triple,
-                                          uses_openmp)
+from convgen.backends.llvm.build import build_llvm, data_layout, load_object, target_triple
 from convgen.backends.llvm.network import build_network_llvm
-from convgen.backends.llvm.render import render_llvm
+from convgen.backends.llvm.render import parallel_inside, render_llvm
 from convgen.cache import Cache
 from convgen.plan.base import Plan
-from convgen.plan.winograd import WinogradPlan
 
 
 class LLVMBackend(Backend):
@@ -41,10 +39,10 @@ class LLVMBackend(Backend):
                         function_pointer_type(plan), source)
 
     def load(self, artifact: Artifact, plan: Plan) -> Loaded:
-        # a transform-GEMM kernel shares its jobs over OpenMP threads itself where it can;
-        # the OpenMP runtime is loaded first (an object loaded from a compile_to directory
-        # was rendered in another process)
-        inside = isinstance(plan.kind, WinogradPlan) and uses_openmp(plan)
+        # a transform-GEMM or staged depthwise kernel shares its jobs over OpenMP threads
+        # itself where it can; the OpenMP runtime is loaded first (an object loaded from a
+        # compile_to directory was rendered in another process)
+        inside = parallel_inside(plan)
         address, engine = load_object(artifact.path, artifact.symbol)
         ffi = cffi.FFI()
         function = ffi.cast(artifact.pointer_type, address)

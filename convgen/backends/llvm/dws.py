@@ -44,6 +44,7 @@ import math
 
 from llvmlite import ir
 
+from convgen.backends.llvm.build import uses_openmp
 from convgen.backends.llvm.ir import I1, I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
 from convgen.plan.staged import StagedDepthwiseKind, stage_elements, tile_steps
@@ -72,20 +73,63 @@ class StagedDwKernelIR(IRFunction):
         assert self.row_size % self.lanes == 0, self.row_size
         # what a load at a whole number of vectors from the scratch's start is aligned to
         self.vector_align = math.gcd(SCRATCH_ALIGN, self.lanes * self.itemsize)
+        self.omp = uses_openmp(plan)
+        # jobs a thread takes at a time: the plan's schedule(dynamic, N) (static: an even
+        # share each)
+        schedule = plan.omp_schedule
+        self.chunk = int(schedule.split(",")[1]) if schedule.startswith("dynamic,") \
+            else -(-plan.jobs // max(1, plan.threads))
 
-    # -- the kernel ------------------------------------------------------------------
+    # -- the entry point ---------------------------------------------------------------
     def build(self) -> ir.Function:
-        p, k, b = self.plan, self.kind, self.b
-        id_, ih_n, iw = p.in_size
-        od_n, oh_n, ow_n = p.out_size
-        kd_n = p.kernel[0]
-        rs = self.row_size
+        b = self.b
         if self.residual:
             x, w, bias, residual, y, job_begin, job_end = self.function.args
         else:
             (x, w, bias, y, job_begin, job_end), residual = self.function.args, None
+        self.tab_d = self.constant_table("tab_d", sum(self.kind.d_fold.rows, []), I32)
+        if not self.omp:
+            status = self._kernel((x, w, bias, residual, y),
+                                  lambda: self.loop(job_begin, job_end, "job"))
+            b.ret(status)
+            return self.function
+        # the threads of one GOMP_parallel region take chunks of the jobs: no hand-off to
+        # threads per call in Python (which costs more than a small layer)
+        b.comment(f"{self.plan.threads} OpenMP threads take chunks of {self.chunk} job(s)")
+        ptr = self.scalar.as_pointer()
+        ctx_type = ir.LiteralStructType([ptr] * 5 + [I64, I64, I32])
+        with self.outlined(f"{self.name}.worker") as worker:
+            wb = self.b
+            ctx = wb.bitcast(worker.args[0], ctx_type.as_pointer())
+            field = [wb.load(wb.gep(ctx, [i32(0), i32(k)])) for k in range(7)]
+            begin, end = field[5], field[6]
+            status = self._kernel(
+                (field[0], field[1], field[2], field[3] if self.residual else None, field[4]),
+                lambda: self.dynamic_loop(begin, end, self.chunk))
+            # a thread without scratch (it took no jobs) fails the call; the others leave
+            # the status as it is
+            with wb.if_then(wb.icmp_signed("!=", status, i32(0)), likely=False):
+                wb.store_atomic(status, wb.gep(ctx, [i32(0), i32(7)]), "monotonic", 4)
+            wb.ret_void()
+        ctx = self.alloca(ctx_type, "ctx")
+        null = ir.Constant(ptr, None)
+        values = [x, w, bias, residual if residual is not None else null, y, job_begin,
+                  job_end, i32(0)]
+        for k, value in enumerate(values):
+            b.store(value, b.gep(ctx, [i32(0), i32(k)]))
+        void_ptr = I8.as_pointer()
+        gomp = self.intrinsic("GOMP_parallel", ir.VoidType(), [worker.type, void_ptr, I32, I32])
+        b.call(gomp, [worker, b.bitcast(ctx, void_ptr), i32(self.plan.threads), i32(0)])
+        b.ret(b.load(b.gep(ctx, [i32(0), i32(7)])))
+        return self.function
 
-        self.tab_d = self.constant_table("tab_d", sum(k.d_fold.rows, []), I32)
+    # -- the kernel ------------------------------------------------------------------
+    def _kernel(self, arrays, jobs):
+        """The jobs ``jobs()`` yields (a context manager: the serial loop, or this
+        thread's share of the dynamic one) on ``arrays`` (x, w, bias, residual or None,
+        y) with one scratch; returns the i32 status (1: no scratch, no job run)."""
+        p, k, b = self.plan, self.kind, self.b
+        kd_n = p.kernel[0]
         self.acc = [[self.alloca(self.vec, f"acc.{r}.{v}") for v in range(k.vectors)]
                     for r in range(k.rows)]
 
@@ -95,10 +139,23 @@ class StagedDwKernelIR(IRFunction):
                   f"phase(s) x {k.row_length} columns ({nbytes} bytes, zeroed)")
         void_ptr = I8.as_pointer()
         aligned_alloc = self.intrinsic("aligned_alloc", void_ptr, [I64, I64])
-        free = self.intrinsic("free", ir.VoidType(), [void_ptr])
         raw = b.call(aligned_alloc, [i64(SCRATCH_ALIGN), i64(nbytes)], name="scratch")
-        with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(void_ptr, None)), likely=False):
-            b.ret(i32(1))
+        status = self.alloca(I32, "status")
+        b.store(i32(1), status)
+        with b.if_then(b.icmp_unsigned("!=", raw, ir.Constant(void_ptr, None)), likely=True):
+            b.store(i32(0), status)
+            self._jobs(raw, nbytes, jobs, arrays)
+        return b.load(status)
+
+    def _jobs(self, raw, nbytes: int, jobs, arrays) -> None:
+        """The jobs with the scratch at ``raw`` (``nbytes``, zeroed here), freed after."""
+        p, k, b = self.plan, self.kind, self.b
+        id_, ih_n, iw = p.in_size
+        od_n, oh_n, ow_n = p.out_size
+        kd_n = p.kernel[0]
+        rs = self.row_size
+        x, w, bias, residual, y = arrays
+        void_ptr = I8.as_pointer()
         self.memset = self.intrinsic("llvm.memset.p0.i64", ir.VoidType(),
                                      [void_ptr, I8, I64, I1])
         # zero: the padding columns no staging writes
@@ -107,7 +164,7 @@ class StagedDwKernelIR(IRFunction):
 
         b.comment(f"one job = a band of {k.band} output rows of one output plane: batch x "
                   f"{p.groups} channels x OD x {k.bands} band(s)")
-        with self.loop(job_begin, job_end, "job") as job:
+        with jobs() as job:
             index = self.split_index(job, [("band", k.bands), ("od", od_n)], "nc")
             nc = index["nc"]  # n * C + c
             c = b.urem(nc, i64(p.groups), name="c")
@@ -146,9 +203,7 @@ class StagedDwKernelIR(IRFunction):
             tiles = b.udiv(b.add(b.sub(oh1, oh0), i64(k.rows - 1)), i64(k.rows), name="tiles")
             with self.loop(0, tiles, "tile") as tile:
                 self._tile_rows(b.add(oh0, b.mul(tile, i64(k.rows)), name="oh"), out)
-        b.call(free, [raw])
-        b.ret(i32(0))
-        return self.function
+        b.call(self.intrinsic("free", ir.VoidType(), [void_ptr]), [raw])
 
     # -- the input row of a padded row -----------------------------------------------
     def _source_row(self, q):

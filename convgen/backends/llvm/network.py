@@ -18,13 +18,12 @@ from llvmlite import ir
 from convgen.backends.llvm.build import (build_llvm, data_layout, load_object, openmp_available,
                             target_triple)
 from convgen.backends.llvm.ir import I64, IRFunction, i32, i64, scalar_type
-from convgen.backends.llvm.render import add_conv_function, new_module
+from convgen.backends.llvm.render import add_conv_function, new_module, parallel_inside
 from convgen.backends.common import comment_text, entry_parameters
 from convgen.dtypes import element_type
 from convgen.version import __version__
 from convgen.graph.lower import Buffer, Lowered, Step
 from convgen.log import get_logger
-from convgen.plan.winograd import WinogradPlan
 
 log = get_logger("build")
 
@@ -592,8 +591,8 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
             if step.consts["residual"]:
                 args.append(ins[1])
             args.append(out)
-            # (a transform-GEMM conv opens its own parallel region)
-            if step.plan.threads > 1 and openmp_available() and not isinstance(step.plan.kind, WinogradPlan):
+            # (a transform-GEMM or staged depthwise conv opens its own parallel region)
+            if step.plan.threads > 1 and openmp_available() and not parallel_inside(step.plan):
                 _call_parallel(entry, module, function, step, c_type, args)
                 continue
             args += [i64(0), i64(step.consts["jobs"])]

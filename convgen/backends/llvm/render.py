@@ -21,6 +21,7 @@ from convgen.backends.llvm.co import CoKernelIR
 from convgen.backends.llvm.dw import DwKernelIR
 from convgen.backends.llvm.dws import StagedDwKernelIR
 from convgen.backends.llvm.wino import WinoKernelIR
+from convgen.backends.llvm.build import uses_openmp
 from convgen.backends.llvm.ir import I8, I32, I64, IRFunction, i32, i64
 from convgen.plan.base import Plan
 from convgen.plan.co import CoTiles
@@ -371,6 +372,13 @@ def new_module(name: str, triple: str, data_layout: str) -> ir.Module:
     module.triple = triple
     module.data_layout = data_layout
     return module
+
+
+def parallel_inside(plan: Plan) -> bool:
+    """Whether the kernel of ``plan`` shares its jobs over OpenMP threads itself, in one
+    GOMP_parallel region per call (transform-GEMM and staged depthwise plans): its caller
+    passes all the jobs in one call, in one thread."""
+    return isinstance(plan.kind, (WinogradPlan, StagedDepthwiseKind)) and uses_openmp(plan)
 
 
 def add_conv_function(module: ir.Module, plan: Plan, name: str | None = None,
