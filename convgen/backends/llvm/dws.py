@@ -3,10 +3,11 @@ columns of one channel, and the padded rows a job reads are first staged in scra
 
 The C template's plan (templates/c/conv_dws_function.j2, planned by
 convgen.plan.staged, whose docstring explains the algorithm) built with llvmlite.ir.
-Each call (one chunk of jobs: the thread pool and GOMP_parallel give each thread its own
-call) takes one scratch buffer with ``aligned_alloc`` (64-byte aligned) of
-convgen.plan.staged.stage_elements elements, KD x SR staged rows of RS = SW x RL
-elements, zeroes it and frees it at the end.
+Each call (threads > 1 with the GNU OpenMP runtime: each thread of the call's one
+GOMP_parallel region, taking chunks of the plan's ``schedule(dynamic, N)`` from
+GOMP_loop_dynamic_*; a network calls it once too) takes one scratch buffer with
+``aligned_alloc`` (64-byte aligned) of convgen.plan.staged.stage_elements elements,
+KD x SR staged rows of RS = SW x RL elements, zeroes it and frees it at the end.
 
 A job is one band [oh0, oh1) of output rows of one output plane. For each D tap whose
 input depth (folded D table) is inside the input it stages the SR padded rows
