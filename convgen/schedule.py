@@ -230,10 +230,9 @@ class Schedule:
         output columns rounded up to whole vectors; a 3D tile's depth is 1 (a job is one
         output plane's band of rows); ``tile_co`` is 1 (a job computes each output
         channel of its input channel in turn)."""
-        if spec.transposed or spec.groups != spec.in_channels:
-            raise ScheduleError("vectorize", "dw",
-                                "needs a depthwise convolution (groups == in_channels, "
-                                "not transposed)")
+        reason = dw_unsupported(spec)
+        if reason is not None:
+            raise ScheduleError("vectorize", "dw", reason)
         if self.vector_width:
             raise ScheduleError("vector_width", self.vector_width,
                                 "must be 0 with vectorize='dw' (the host's vectors)")
@@ -393,6 +392,13 @@ def default_tile_spatial(out: tuple[int, ...]) -> tuple[int, ...]:
 # Measured on 3x3 to 7x7 layers at strides 1 and 2 (docs/performance.md).
 DW_ACCUMULATORS = 8
 DW_MAX_VECTORS = 2
+
+
+def dw_unsupported(spec: ConvSpec) -> str | None:
+    """Why ``spec`` cannot run with vectorize="dw" (the staged depthwise plan), or None."""
+    if spec.transposed or spec.groups != spec.in_channels:
+        return "needs a depthwise convolution (groups == in_channels, not transposed)"
+    return None
 
 
 def default_dw_tiles(spec: ConvSpec) -> tuple[int, int]:

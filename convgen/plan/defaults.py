@@ -16,7 +16,7 @@ from convgen.errors import ScheduleError
 from convgen.plan.base import spec_tables
 from convgen.plan.co import co_row_tiles
 from convgen.schedule import (MAX_THREADS, Schedule, co_vectors, default_dw_tiles,
-                              default_tile_spatial, unsupported)
+                              default_tile_spatial, dw_unsupported, unsupported)
 from convgen.spec import ConvSpec
 from convgen.plan.winograd import grid_size, tile_vectors
 
@@ -68,7 +68,7 @@ def prefers_dw(spec: ConvSpec) -> bool:
     default: a depthwise layer (groups == in_channels > 1, not transposed) with fewer
     output channels per group than a vector (more take "co", whose lanes they fill). It
     replaced "w" there: 1.0-8x faster on the depthwise bench (docs/performance.md)."""
-    return (spec.groups > 1 and spec.groups == spec.in_channels and not spec.transposed
+    return (spec.groups > 1 and dw_unsupported(spec) is None
             and spec.out_channels // spec.groups < vector_lanes(spec.dtype))
 
 

@@ -22,7 +22,7 @@ from convgen.backends import get_backend, resolve_backend
 from convgen.plan.gpu import gpu_kinds, make_gpu_plan
 from convgen.cpu import vector_bits, vector_lanes
 from convgen.errors import ScheduleError
-from convgen.schedule import MAX_THREADS, GpuSchedule, Schedule, co_vectors
+from convgen.schedule import MAX_THREADS, GpuSchedule, Schedule, co_vectors, dw_unsupported
 from convgen.plan.defaults import default_schedule
 from convgen.plan.winograd import tile_vectors
 from convgen.spec import ConvSpec
@@ -158,7 +158,7 @@ DW_TILE_ACCUMULATORS = 16
 def _dw_candidates(spec: ConvSpec, threads: int) -> list[Schedule]:
     """vectorize="dw" schedules for a depthwise spec (convgen.plan.staged): rows x vectors
     of columns up to DW_TILE_ACCUMULATORS accumulators; 3D tiles are one plane deep."""
-    if spec.transposed or spec.groups != spec.in_channels:
+    if dw_unsupported(spec) is not None:
         return []
     out = spec.output_spatial
     lanes = vector_lanes(spec.dtype)
