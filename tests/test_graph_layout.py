@@ -271,25 +271,33 @@ def test_blocked_is_the_default_layout(backend):
     assert model.blocked_values == {"a"}
 
 
-def test_blocked_layers_at_two_threads_limit_winograd(backend):
-    """At 2+ threads a 3x3 layer on its default schedule with its input and output blocked
-    keeps Winograd only while U fits BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, else runs
-    "co" (ResNet-18's 256@14 layers); NCHW, and at 1 thread, it keeps Winograd."""
-    from convgen.plan.defaults import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
+def test_two_threads_limit_winograd_alike_in_both_layouts(backend):
+    """At 2+ threads a 3x3 layer on its default schedule keeps Winograd while U fits
+    PARALLEL_WINOGRAD_WEIGHT_BYTES, blocked or NCHW: ResNet-18's 256@14 layers take F(4x4),
+    its 512@7 ones run "co" (blocked) or the direct default (NCHW); at 1 thread both take
+    Winograd. Every model is checked against the oracle by check()."""
+    from convgen.plan.defaults import PARALLEL_WINOGRAD_WEIGHT_BYTES
 
-    x = (1, 256, 14, 14)
-    nodes = [conv("a", "x", x, 256, 3, padding=1, seed=1),
-             conv("b", "a", x, 256, 3, padding=1, seed=2),
-             conv("c", "b", x, 256, 3, padding=1, seed=3),
-             adaptive("gap", "c", (1, 1))]
-    g = graph([("x", x)], nodes, ["gap"])
-    assert 16 * 256 * 256 * 4 > BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES
-    method = {}
-    for threads, layout in ((2, "blocked"), (2, "nchw"), (1, "blocked")):
-        model = check(g.copy(), backend, threads=threads, layout=layout)
-        method[threads, layout] = lowered_steps(model)["b"].plan.schedule.method
-    assert method == {(2, "blocked"): "direct", (2, "nchw"): "winograd",
-                      (1, "blocked"): "winograd"}
+    assert 36 * 256 * 256 * 4 <= PARALLEL_WINOGRAD_WEIGHT_BYTES < 16 * 512 * 512 * 4
+    for channels, size in ((256, 14), (512, 7)):
+        x = (1, channels, size, size)
+        nodes = [conv("a", "x", x, channels, 3, padding=1, seed=1),
+                 conv("b", "a", x, channels, 3, padding=1, seed=2),
+                 conv("c", "b", x, channels, 3, padding=1, seed=3),
+                 adaptive("gap", "c", (1, 1))]
+        g = graph([("x", x)], nodes, ["gap"])
+        found = {}
+        for threads, layout in ((2, "blocked"), (2, "nchw"), (1, "blocked")):
+            model = check(g.copy(), backend, threads=threads, layout=layout)
+            schedule = lowered_steps(model)["b"].plan.schedule
+            found[threads, layout] = (schedule.method, schedule.tile_spatial) \
+                if schedule.method == "winograd" else (schedule.method, schedule.vectorize)
+        if channels == 256:
+            assert found == {key: ("winograd", (4, 4)) for key in found}
+        else:
+            assert found[2, "blocked"] == ("direct", "co")
+            assert found[2, "nchw"][0] == "direct"
+            assert found[1, "blocked"] == ("winograd", (2, 2))
 
 
 def test_arena_and_parameters_are_64_byte_aligned(backend):

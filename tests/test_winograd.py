@@ -621,7 +621,7 @@ def test_default_schedule_picks_winograd_for_inception_kernels(kernel, tile):
 
 def test_prepared_weights_limit_winograd_at_two_threads():
     """Weights prepared once (networks, bind): any U at 1 thread; at 2+ threads U up to
-    PARALLEL_WINOGRAD_WEIGHT_BYTES (ResNet-18's 512@7 layers go direct, 256@14 take F2)."""
+    PARALLEL_WINOGRAD_WEIGHT_BYTES (ResNet-18's 512@7 layers go direct, 256@14 take F4)."""
     from convgen.graph.compile import _conv_schedules
 
     deep = cg.ConvSpec((1, 512, 7, 7), 512, 3, padding=1)
@@ -632,7 +632,7 @@ def test_prepared_weights_limit_winograd_at_two_threads():
         two = default_schedule(deep, backend, prepared_weights=True, threads=2)
         assert (two.method, two.vectorize, two.threads) == ("direct", "co", 2)
         assert default_schedule(mid, backend, prepared_weights=True, threads=2).tile_spatial \
-            == (2, 2)
+            == (4, 4)
         assert default_schedule(mid, backend, prepared_weights=True, threads=1).tile_spatial \
             == (4, 4)
     assert default_schedule(deep, threads=1).method == "direct"  # U over 1 MiB, per call

@@ -26,8 +26,7 @@ from convgen.plan.depthwise import DepthwiseKind, depthwise_blocked
 from convgen.plan.layout import block_lanes
 from convgen.plan.core import Plan, make_plan
 from convgen.plan.winograd import WinogradPlan
-from convgen.plan.defaults import BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES, \
-    default_co_schedule, default_transform_schedule
+from convgen.plan.defaults import default_co_schedule
 from convgen.schedule import Schedule
 from convgen.spec import ConvSpec, activation_arguments
 from convgen.graph.ir import Graph, GraphError, Node
@@ -154,15 +153,6 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
         plan = plans[name]
         reads, writes = graph.node(name).inputs[0] in blocked, name in blocked
         co = isinstance(plan.kind, CoTiles)
-        if isinstance(plan.kind, WinogradPlan) and plan.kind.method == "winograd" and reads \
-                and writes and plan.threads > 1:
-            # blocked, at 2+ threads: Winograd only under the blocked limit, else "co"
-            schedule = default_transform_schedule(
-                plan.spec, plan.threads, prepared_weights=True,
-                parallel_limit=BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES)
-            if schedule is not None:
-                plans[name] = make_plan(plan.spec, schedule)
-            co = schedule is None
         if co and (reads or writes):
             schedule = default_co_schedule(plan.spec, plan.threads, reads, writes)
             plans[name] = make_plan(plan.spec, schedule)

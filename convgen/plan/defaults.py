@@ -198,12 +198,10 @@ WINOGRAD_WEIGHT_BYTES = 1 << 20
 # ... and when the network transforms them once at load (convgen.graph): any size at one
 # thread; at 2+ threads up to PARALLEL_WINOGRAD_WEIGHT_BYTES. A network reads each layer's
 # U once per call, from memory, and threads share the memory bandwidth while they split
-# the arithmetic that Winograd saves.
+# the arithmetic that Winograd saves: 256@14 layers take F(4x4) (9 MiB of U), 512@7 layers
+# (F(2x2), 16 MiB) stay direct (measured on four networks, docs/performance.md).
 PREPARED_WINOGRAD_WEIGHT_BYTES = 1 << 30
-PARALLEL_WINOGRAD_WEIGHT_BYTES = 6 << 20
-# ... and for a layer a network runs with its input and output blocked (convgen.plan.layout),
-# where the "co" plan reads a pixel's channels as one line
-BLOCKED_PARALLEL_WINOGRAD_WEIGHT_BYTES = 3 << 20
+PARALLEL_WINOGRAD_WEIGHT_BYTES = 10 << 20
 WINOGRAD_MIN_LANE_USE = 0.75
 # ... and for these 2D kernels (Inception v3's factorized 1x7 / 7x1 and its 5x5): the
 # outputs per tile of the kernel's dims (alpha = m + k - 1 = 8), 16-channel register
@@ -214,8 +212,7 @@ WINOGRAD_WIDE_KERNELS = {(1, 7): (2,), (7, 1): (2,), (5, 5): (4,)}
 
 
 def default_transform_schedule(spec: ConvSpec, threads: int = 1,
-                               prepared_weights: bool = False,
-                               parallel_limit: int | None = None) -> Schedule | None:
+                               prepared_weights: bool = False) -> Schedule | None:
     """The transform-GEMM default (both backends), or None for the direct plans.
 
     "gemm" for 1x1 convolutions (not transposed, 1D/2D) with 8+ input and output channels
@@ -260,7 +257,7 @@ def default_transform_schedule(spec: ConvSpec, threads: int = 1,
     if not prepared_weights:
         limit = WINOGRAD_WEIGHT_BYTES
     elif threads > 1:
-        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES if parallel_limit is None else parallel_limit
+        limit = PARALLEL_WINOGRAD_WEIGHT_BYTES
     else:
         limit = PREPARED_WINOGRAD_WEIGHT_BYTES
     for m in sizes:  # outputs per tile and dim, the largest that fits first
