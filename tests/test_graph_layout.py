@@ -118,6 +118,47 @@ def test_resnet_like_blocked_matches_oracle(backend, data, batch, size, blocks, 
     assert not nchw.blocked_values
 
 
+@pytest.mark.parametrize("layout", ["blocked", "nchw"])
+@pytest.mark.parametrize("case", [
+    # (nd, size, kernel, stride, padding, padding_end, dilation, count_include_pad, ceil)
+    (2, 9, 3, 1, 1, None, None, True, False),         # Inception v3's branch pool
+    (2, 9, 3, 1, 1, None, None, False, False),
+    (2, 10, (3, 2), (2, 3), (1, 1), None, None, True, True),   # ceil: the overhang
+    (2, 10, (3, 2), (2, 3), (1, 1), None, None, False, True),
+    (2, 8, (2, 4), (1, 2), (1, 1), (0, 3), (2, 1), True, False),  # dilated, own end pad
+    (2, 8, (2, 4), (1, 2), (1, 1), (0, 3), (2, 1), False, False),
+    (3, 5, 2, 1, 1, None, None, False, False),
+    (1, 600, 5, 2, 2, None, None, True, False),       # blocked: a row over the stack limit
+])
+def test_avg_pool_in_both_layouts(backend, layout, case):
+    """Average pooling between two convs, blocked or NCHW, at 2 threads: the two-pass
+    padded-row loop (and, for a row too wide for the stack, the one-pass loop) against
+    the oracle, for every padding rule."""
+    from convgen.graph.lower import MAX_POOL_ROW_ELEMENTS
+
+    nd, size, kernel, stride, padding, end, dilation, count_pad, ceil = case
+    lanes = block_lanes("float32")
+    x = (1, lanes, *(size,) * nd)
+    p = pool("p", "a", "avg_pool", nd, kernel, stride=stride, padding=padding,
+             ceil_mode=ceil, count_include_pad=count_pad)
+    if end is not None:
+        p.attrs["padding_end"] = end
+    if dilation is not None:
+        p.attrs["dilation"] = dilation
+    shape = graph([("x", x)], [conv("a", "x", x, lanes, 3, padding=1), p], ["p"]).shape_of("p")
+    nodes = [conv("a", "x", x, lanes, 3, padding=1), p, conv("b", "p", shape, lanes, 1)]
+    g = graph([("x", x)], nodes, ["b"])
+    model = check(g, backend, threads=2, layout=layout)
+    step = lowered_steps(model)["p"]
+    assert step.consts["blocked"] == (layout == "blocked")
+    assert step.consts["threads"] == 2
+    assert step.consts["padded_row"] == (step.consts["row_elements"]
+                                         * (lanes if layout == "blocked" else 1)
+                                         <= MAX_POOL_ROW_ELEMENTS)
+    if size == 600:
+        assert step.consts["padded_row"] == (layout == "nchw")
+
+
 @pytest.mark.parametrize("nd", [1, 3])
 def test_1d_and_3d_networks_blocked(backend, nd):
     lanes = block_lanes("float32")

@@ -77,7 +77,7 @@ LAYOUTS = ("blocked", "nchw")
 # a linear layer splits its outputs over the network's threads from this many
 # multiply-adds (below it, waking the second thread costs more than it saves)
 PARALLEL_LINEAR_MACS = 1 << 18
-# max pooling keeps a padded input row of at most this many elements on the stack (two
+# pooling keeps a padded input row of at most this many elements on the stack (two
 # passes: rows, then columns); wider rows take the one-pass loop
 MAX_POOL_ROW_ELEMENTS = 8192
 
@@ -197,12 +197,15 @@ def lower(graph: Graph, memory: MemoryPlan, dtype: str,
         _lower_node(node, step, shapes, packer, dtype)
         if node.op in ("max_pool", "max_pool_indices", "avg_pool", "adaptive_avg_pool"):
             step.consts.update(blocked=in_blocked, lanes=lanes)
+            if node.op == "avg_pool":  # a blocked row holds a pixel's lanes per column
+                step.consts["padded_row"] = step.consts["row_elements"] \
+                    * (lanes if in_blocked else 1) <= MAX_POOL_ROW_ELEMENTS
         steps.append(step)
     if threads is None:
         threads = max((step.plan.threads for step in steps if step.plan is not None),
                       default=1)
-    for step in steps:  # max pooling and large linear layers use the network's threads
-        if step.kind == "max_pool":
+    for step in steps:  # pooling and large linear layers use the network's threads
+        if step.kind in ("max_pool", "avg_pool"):
             step.consts["threads"] = min(threads, step.consts["jobs"])
         elif step.kind == "linear":
             c = step.consts
@@ -276,7 +279,7 @@ def _lower_node(node: Node, step: Step, shapes, packer: _Packer, dtype: str) -> 
         c = step.consts
         row = max((c["out_size"][2] - 1) * c["stride"][2] + (c["kernel"][2] - 1)
                   * c["dilation"][2] + 1, c["padding"][2] + c["in_size"][2])
-        # max pooling's two-pass loop, through a padded row of this many elements
+        # pooling's two-pass loop, through a padded row of this many elements
         c.update(row_elements=row, padded_row=row <= MAX_POOL_ROW_ELEMENTS)
         if node.op == "max_pool_indices":
             # the indices are held in the element type: exact up to its mantissa's reach
