@@ -98,6 +98,13 @@ ORACLE_SPECS = [
     depthwise((9, 90), kernel_size=(3, 5), stride=(1, 2), padding=(1, 2),
               padding_mode="replicate", activation="silu"),
     depthwise((7, 100), "float64", kernel_size=5, stride=2, dilation=(1, 2), padding=3),
+    # rows whose every (kd, kh) tap is inside take the C kernel's straight-line block:
+    # weights in registers (3x3, 3x3x3 dilated), from memory (7x7), flipped, strided
+    depthwise((5, 64), kernel_size=3, padding=1, activation="relu6"),
+    depthwise((4, 5, 40), kernel_size=3, padding=(1, 0, 1), dilation=(1, 2, 1)),
+    depthwise((9, 70), kernel_size=7, padding=3, bias=False),
+    depthwise((6, 50), kernel_size=3, padding=1, flip=True, activation="relu"),
+    depthwise((8, 67), kernel_size=3, stride=2, dilation=2, padding=2),
 ]
 
 
@@ -107,3 +114,12 @@ def test_runs_of_linear_pieces_match_oracle(spec, backend):
     assert pieces.run_end - pieces.run_begin >= 3, pieces
     run_blocked(spec, cg.Schedule(threads=1), backend, True, True, prepared=True,
                 depthwise=True)
+
+
+def test_c_kernel_takes_the_straight_line_block_for_whole_rows():
+    """The C source of a 3x3 layer holds the block for rows with every tap inside (the
+    oracle tests above run it); a kernel too long to unroll (7x7x7) does not."""
+    c = get_backend("c")
+    assert "if (full)" in c.render(make_plan(ORACLE_SPECS[5], depthwise=True))
+    assert "if (full)" not in c.render(make_plan(
+        depthwise((8, 8, 40), kernel_size=7, padding=3), depthwise=True))

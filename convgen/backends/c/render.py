@@ -257,6 +257,11 @@ def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
     d_fold, h_fold = depthwise_folds(plan)
     # C has no empty arrays: a row without border pieces still declares one
     no_border = [[[-1] * plan.kernel[2]] * plan.tile[2]]
+    # a linear piece's input columns (from its first), each loaded once: pixel p at tap kw
+    # reads run_columns[run_reads[kw][p]]
+    reads = [[pieces.run_cols[kw] + p * plan.spec.stride[-1] for p in range(plan.tile[2])]
+             for kw in range(plan.kernel[2])]
+    columns = sorted({c for row in reads for c in row})
     return {
         **_shared_context(plan, symbol, params, residual),
         "vectorize": "dw",
@@ -264,10 +269,13 @@ def dw_context(plan: Plan, symbol: str, params: str, residual: bool) -> dict:
         "pixels": plan.tile[2],
         "pieces": pieces.count,
         "stride_w": plan.spec.stride[-1],
+        "dilation": (1,) * (3 - plan.spec.ndim) + tuple(plan.spec.dilation),
         "run_begin": pieces.run_begin,
         "run_end": pieces.run_end,
         "run_step": pieces.run_step,
         "run_cols": list(pieces.run_cols),
+        "run_columns": columns,
+        "run_reads": [[columns.index(c) for c in row] for row in reads],
         "border_cols": [list(map(list, cols)) for cols in pieces.border_cols] or no_border,
         "d_fold": d_fold,
         "h_fold": h_fold,
