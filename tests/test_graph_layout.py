@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -159,6 +160,61 @@ def test_avg_pool_in_both_layouts(backend, layout, case):
         assert step.consts["padded_row"] == (layout == "nchw")
 
 
+
+
+@pytest.mark.parametrize("case", [
+    # (input (h, w), kernel, padding, padding_end, dilation, count_include_pad)
+    ((35, 35), 3, 1, None, None, True),                  # Inception v3's branch pool
+    ((9, 37), (3, 5), (1, 2), None, (1, 2), False),      # dilated columns
+    ((6, 40), (1, 21), (0, 10), (0, 4), None, True),     # a window wider than a vector
+])
+def test_llvm_avg_pool_rows_wider_than_a_vector(case):
+    """LLVM's stride-1 average pooling on rows of several vectors (NCHW: vectors of
+    columns summed in registers, the row's end ones masked; blocked: pixel vectors), at 1
+    and 2 threads, against the oracle; at 2 threads the step's jobs run in a GOMP_parallel
+    region, at 1 in a plain call."""
+    from convgen.backends.llvm.build import openmp_available
+
+    size, kernel, padding, end, dilation, count_pad = case
+    lanes = block_lanes("float32")
+    x = (1, lanes, *size)
+    p = pool("p", "a", "avg_pool", 2, kernel, stride=1, padding=padding,
+             count_include_pad=count_pad)
+    if end is not None:
+        p.attrs["padding_end"] = end
+    if dilation is not None:
+        p.attrs["dilation"] = dilation
+    a = conv("a", "x", x, 2 * lanes, 3, padding=1)
+    shape = graph([("x", x)], [a, p], ["p"]).shape_of("p")
+    g = graph([("x", x)], [a, p, conv("b", "p", shape, lanes, 1)], ["b"])
+    for layout in ("nchw", "blocked"):
+        for threads in (1, 2):
+            model = check(g, "llvm", threads=threads, layout=layout)
+            step = lowered_steps(model)["p"]
+            assert step.consts["blocked"] == (layout == "blocked")
+            parallel = re.search(rf'call void @"?GOMP_parallel"?\(.*@"?{step.function}\.omp',
+                                 model.source)
+            assert bool(parallel) == (threads == 2 and openmp_available())
+
+
+def test_llvm_avg_pool_nan_and_inf_are_plain_sums():
+    """NaN and ±inf in an NCHW average pool's input (with its padding and masked row
+    ends) reach exactly the windows that hold them, as in the oracle."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 37)).astype(np.float32)
+    x[0, 0, 2, 0] = np.nan
+    x[0, 0, 0, 36] = np.inf
+    x[0, 1, 4, 18] = np.inf
+    x[0, 1, 4, 19] = -np.inf
+    for count_pad in (True, False):
+        g = graph([("x", x.shape)], [pool("p", "x", "avg_pool", 2, 3, stride=1, padding=1,
+                                          count_include_pad=count_pad)], ["p"])
+        with np.errstate(invalid="ignore"):  # the oracle's inf + -inf
+            model = check(g, "llvm", arrays=[x], layout="nchw")
+        got = model(x)
+        assert np.isnan(got[0, 0, 1:4, :2]).all() and np.isfinite(got[0, 0, :, 2:35]).all()
+        assert np.isposinf(got[0, 0, :2, 35:]).all()
+        assert np.isnan(got[0, 1, 3:, 18:20]).all()  # inf + -inf
+        assert np.isposinf(got[0, 1, 3:, 17]).all() and np.isneginf(got[0, 1, 3:, 20]).all()
 @pytest.mark.parametrize("nd", [1, 3])
 def test_1d_and_3d_networks_blocked(backend, nd):
     lanes = block_lanes("float32")

@@ -29,11 +29,12 @@ log = get_logger("build")
 
 
 class _OpIR(IRFunction):
-    """One non-convolution step as an internal function of one-lane vector code."""
+    """One non-convolution step as an internal function of one-lane vector code (avg_pool:
+    vectors of a blocked pixel's lanes, or of an NCHW row's columns)."""
 
     def __init__(self, module: ir.Module, step: Step, c_type: str, pointer_args: tuple,
-                 int_args: tuple = ()):
-        super().__init__(module, step.function, c_type, 1, pointer_args, int_args,
+                 int_args: tuple = (), lanes: int = 1):
+        super().__init__(module, step.function, c_type, lanes, pointer_args, int_args,
                          internal=True)
         self.step = step
         self.c = step.consts
@@ -125,41 +126,195 @@ class _OpIR(IRFunction):
         return self.finish()
 
     def avg_pool(self) -> ir.Function:
+        """One output row (plane, od, oh) at a time, each output its window's taps summed
+        in (kd, kh, kw) order (as the old one-output loop) from 0, then divided once by its
+        count: the product of a row count (at run time) and a column count (computed here).
+        Which input columns each tap reads is worked out here, so there are no
+        per-element bounds checks. No stack row, whatever the width.
+
+        A plane is an NCHW channel, or, blocked, a block of ``lanes`` channels whose pixels
+        are one vector each: blocked (and NCHW at a column stride over 1, one lane), the
+        output row is set to zero and each (kd, kh) input row inside the input adds, per
+        kw, its run of columns inside the input to it (_column_runs), then each run of
+        columns of equal counts is divided. NCHW at column stride 1, ``avg_pool_chunks``
+        sums vectors of ``lanes`` columns in registers.
+
+        The jobs [job_begin, job_end) are channels (lowering's unit, split between threads
+        by _parallel_conv); blocked, a job range runs the planes whose first channel it
+        holds, so the planes split between threads exactly."""
         b, c = self.b, self.c
+        # (avg_pool is no integer op, graph.ir.INTEGER_OPS: the sums and divisions are
+        # the element type's floats)
+        assert not self.integer
         x, y = self.args["x"], self.args["y"]
         (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
-        kernel, stride, pad = c["kernel"], c["stride"], c["padding"]
-        dilation = c["dilation"]
-        in_volume, out_volume = in_d * in_h * in_w, out_d * out_h * out_w
-        total = self.alloca(self.vec, "total")
-        count = self.alloca(I64, "count")
-        sizes = (in_d, in_h, in_w)
-        with self.loop(0, c["nc"], "nc") as nc, self.loop(0, out_d, "od") as od, \
-                self.loop(0, out_h, "oh") as oh, self.loop(0, out_w, "ow") as ow:
-            xc = self.element(x, self.channel_start(nc, in_volume))
-            out_index = b.add(self.channel_start(nc, out_volume), self.pixel(
-                b.add(b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)), ow)))
-            starts = [b.sub(b.mul(o, i64(s)), i64(p)) for o, s, p in
-                      zip((od, oh, ow), stride, pad)]
-            b.store(self.zero(), total)
-            b.store(i64(0), count)
-            with self.window_taps(starts, kernel, dilation, sizes) as coords:
-                index = b.add(b.mul(b.add(b.mul(coords[0], i64(in_h)), coords[1]),
-                                    i64(in_w)), coords[2])
-                b.store(b.fadd(b.load(total), self.at(xc, self.pixel(index))), total)
-                b.store(b.add(b.load(count), i64(1)), count)
-            if c["count_include_pad"]:  # the taps inside the padded input
-                divisor = i64(1)
-                for start, k, size, p, d in zip(starts, kernel, sizes, c["padding_end"],
-                                                dilation):
-                    # min(k, ceil((size + p - start) / d)); the start lies before size + p
-                    taps = b.sdiv(b.sub(i64(size + p + d - 1), start), i64(d))
-                    taps = b.select(b.icmp_signed("<", taps, i64(k)), taps, i64(k))
-                    divisor = b.mul(divisor, taps)
+        k_d, k_h = c["kernel"][:2]
+        s_d, s_h, s_w = c["stride"]
+        (p_d, p_h), (d_d, d_h) = c["padding"][:2], c["dilation"][:2]
+        blocked = bool(c.get("blocked"))
+        chunks = not blocked and self.lanes > 1
+        assert not chunks or s_w == 1
+        lanes = c["lanes"] if blocked else 1
+        in_volume, out_volume = lanes * in_d * in_h * in_w, lanes * out_d * out_h * out_w
+        begin, end = self.args["job_begin"], self.args["job_end"]
+        if blocked:  # the planes whose first channel lies in [begin, end)
+            begin = b.sdiv(b.add(begin, i64(lanes - 1)), i64(lanes))
+            end = b.sdiv(b.add(end, i64(lanes - 1)), i64(lanes))
+        with self.loop(begin, end, "plane") as plane, self.loop(0, out_d, "od") as od, \
+                self.loop(0, out_h, "oh") as oh:
+            xc = self.element(x, b.mul(plane, i64(in_volume)))
+            row = self.element(y, b.add(b.mul(plane, i64(out_volume)), self.pixel(
+                b.mul(b.add(b.mul(od, i64(out_h)), oh), i64(out_w)))))
+            d0 = b.sub(b.mul(od, i64(s_d)), i64(p_d))
+            h0 = b.sub(b.mul(oh, i64(s_h)), i64(p_h))
+            row_taps = b.mul(self.pool_taps(d0, 0), self.pool_taps(h0, 1))
+
+            @contextlib.contextmanager
+            def input_rows():
+                """The window's (kd, kh) input rows inside the input: yields the row."""
+                with self.loop(0, k_d, "kd") as kd, self.loop(0, k_h, "kh") as kh:
+                    id_ = b.add(d0, b.mul(kd, i64(d_d)))
+                    ih = b.add(h0, b.mul(kh, i64(d_h)))
+                    inside = b.and_(b.and_(b.icmp_signed(">=", id_, i64(0)),
+                                           b.icmp_signed("<", id_, i64(in_d))),
+                                    b.and_(b.icmp_signed(">=", ih, i64(0)),
+                                           b.icmp_signed("<", ih, i64(in_h))))
+                    with b.if_then(inside):
+                        yield self.element(xc, self.pixel(
+                            b.mul(b.add(b.mul(id_, i64(in_h)), ih), i64(in_w))))
+
+            if chunks:
+                self.avg_pool_chunks(row, input_rows, row_taps)
             else:
-                divisor = b.load(count)
-            self.put(b.fdiv(b.load(total), self.to_float(divisor)), y, out_index)
+                self.avg_pool_runs(row, input_rows, row_taps)
         return self.finish()
+
+    def avg_pool_runs(self, row, input_rows, row_taps) -> None:
+        """Output row ``row`` (pixels of ``lanes``-lane vectors, or one-lane values) summed
+        in memory: set to zero, each input row of ``input_rows`` adding, per kw tap, its
+        run of columns inside the input (_column_runs), then each run of columns of equal
+        counts divided."""
+        b, c = self.b, self.c
+        in_w, out_w = c["in_size"][2], c["out_size"][2]
+        k_w, s_w, p_w, d_w = c["kernel"][2], c["stride"][2], c["padding"][2], c["dilation"][2]
+        with self.loop(0, out_w, "init") as ow:
+            self.put(self.zero(), row, self.pixel(ow))
+        with input_rows() as xr:
+            for k, (shift, lo, hi) in enumerate(_column_runs(in_w, out_w, k_w, s_w, p_w,
+                                                             d_w)):
+                with self.loop(lo, hi, f"ow{k}") as ow:
+                    value = self.at(xr, self.pixel(b.add(b.mul(ow, i64(s_w)), i64(shift))))
+                    self.put(b.fadd(self.at(row, self.pixel(ow)), value), row, self.pixel(ow))
+        column_taps, first = self.column_taps(), 0
+        for ow, taps in enumerate(column_taps):
+            if ow + 1 < out_w and column_taps[ow + 1] == taps:
+                continue  # (a run of columns of equal counts: one divisor)
+            divisor = self.to_float(b.mul(row_taps, i64(taps)))
+            with self.loop(first, ow + 1, f"div{ow}") as i:
+                self.put(b.fdiv(self.at(row, self.pixel(i)), divisor), row, self.pixel(i))
+            first = ow + 1
+
+    def avg_pool_chunks(self, row, input_rows, row_taps) -> None:
+        """NCHW, column stride 1: output row ``row`` in vectors of ``lanes`` columns, each
+        summed in a register over the rows of ``input_rows`` and the kw taps, divided and
+        stored once. (Summing into the output row in memory instead, a masked store at a
+        run's end and the next pass's load of it stall store forwarding; and LLVM unrolls
+        short constant-count scalar loops fully before its loop vectorizer sees them.)
+        The chunks whose taps all lie inside the input, all but a few at the row's ends,
+        run in a loop with plain loads and the divisor row count * kw; the others are
+        written out here, each tap's load masked to its columns inside the input."""
+        b, c, width = self.b, self.c, self.lanes
+        in_w, out_w = c["in_size"][2], c["out_size"][2]
+        k_w, p_w, d_w = c["kernel"][2], c["padding"][2], c["dilation"][2]
+        shifts = [kw * d_w - p_w for kw in range(k_w)]  # input column - output column
+        column_taps = self.column_taps()
+        total = self.alloca(self.vec, "total")
+        count = -(-out_w // width)
+        # chunk j (columns j*W ...) is interior when every tap of every column is inside
+        first = -(-max(0, -shifts[0]) // width)
+        last = max(first, (min(in_w - shifts[-1], out_w) - width) // width + 1)
+
+        def chunk(ow, masks):
+            """Sum, divide and store columns [ow, ow + W); masks: per kw tap, None for a
+            plain load, else the constant lanes inside the input (False: none)."""
+            b.store(self.zero(), total)
+            with input_rows() as xr:
+                value = b.load(total)
+                for shift, mask in zip(shifts, masks):
+                    if mask is False:
+                        continue
+                    if mask is None:
+                        value = b.fadd(value, self.load_vec(
+                            self.element(xr, b.add(ow, i64(shift)))))
+                    else:  # (its first lanes may lie before the input: not an inbounds gep)
+                        value = b.fadd(value, self.masked_load(
+                            b.gep(xr, [b.add(ow, i64(shift))]), mask))
+                b.store(value, total)
+            return b.load(total)
+
+        with self.loop(first, last, "chunk") as j:
+            ow = b.mul(j, i64(width))
+            sums = chunk(ow, [None] * k_w)
+            self.store_vec(b.fdiv(sums, self.to_float(b.mul(row_taps, i64(k_w)))),
+                           self.element(row, ow))
+        for j in [j for j in range(count) if not first <= j < last]:
+            ow = j * width
+            masks = []
+            for shift in shifts:
+                inside = [0 <= ow + lane + shift < in_w and ow + lane < out_w
+                          for lane in range(width)]
+                if all(inside):
+                    masks.append(None)
+                else:
+                    masks.append(any(inside) and ir.Constant(self.mask_type, inside))
+            sums = chunk(i64(ow), masks)
+            # the columns' counts (1 past the row's end, where nothing is stored)
+            taps = ir.Constant(self.vec, [float(column_taps[ow + lane]) if ow + lane < out_w
+                                          else 1.0 for lane in range(width)])
+            divisor = b.fmul(self.to_float(row_taps), taps)
+            quotient = b.fdiv(sums, divisor)
+            if ow + width <= out_w:
+                self.store_vec(quotient, self.element(row, i64(ow)))
+            else:
+                self.masked_store(quotient, self.element(row, i64(ow)), ir.Constant(
+                    self.mask_type, [ow + lane < out_w for lane in range(width)]))
+
+    def pool_taps(self, start, dim: int):
+        """The taps of a window of dim ``dim`` (0: d, 1: h) starting at input coordinate
+        ``start`` (i64) that count toward the divisor: count_include_pad, those inside the
+        padded input, min(k, (size + end pad - start + d - 1) / d); else those inside the
+        input."""
+        b, c = self.b, self.c
+        k, size = c["kernel"][dim], c["in_size"][dim]
+        d = c["dilation"][dim]
+
+        def smaller(u, v):
+            return b.select(b.icmp_signed("<", u, v), u, v)
+
+        if c["count_include_pad"]:
+            return smaller(b.sdiv(b.sub(i64(size + c["padding_end"][dim] + d - 1), start),
+                                  i64(d)), i64(k))
+        # taps [lo, hi): lo the first at or past 0, hi the first at or past size
+        lo = b.select(b.icmp_signed(">=", start, i64(0)), i64(0),
+                      b.sdiv(b.sub(i64(d - 1), start), i64(d)))
+        hi = smaller(b.sdiv(b.sub(i64(size + d - 1), start), i64(d)), i64(k))
+        taps = b.sub(hi, lo)
+        return b.select(b.icmp_signed("<", taps, i64(0)), i64(0), taps)
+
+    def column_taps(self) -> list[int]:
+        """pool_taps for each output column, computed here."""
+        c = self.c
+        in_w, out_w = c["in_size"][2], c["out_size"][2]
+        k_w, s_w, p_w, d_w = c["kernel"][2], c["stride"][2], c["padding"][2], c["dilation"][2]
+        taps = []
+        for ow in range(out_w):
+            w0 = ow * s_w - p_w
+            if c["count_include_pad"]:
+                taps.append(min(k_w, _truncating_div(in_w + c["padding_end"][2] + d_w - 1
+                                                     - w0, d_w)))
+            else:
+                taps.append(sum(0 <= w0 + k * d_w < in_w for k in range(k_w)))
+        return taps
 
     def max_pool(self) -> ir.Function:
         """One output row at a time: for each kernel tap, the run of output columns whose
@@ -169,12 +324,7 @@ class _OpIR(IRFunction):
         (in_d, in_h, in_w), (out_d, out_h, out_w) = c["in_size"], c["out_size"]
         (k_d, k_h, k_w), (s_d, s_h, s_w) = c["kernel"], c["stride"]
         (p_d, p_h, p_w), (d_d, d_h, d_w) = c["padding"], c["dilation"]
-        runs = []  # (kw shift, first column, end column) computed here, once
-        for kw in range(k_w):
-            shift = kw * d_w - p_w
-            lo = min(0 if shift >= 0 else (-shift + s_w - 1) // s_w, out_w)
-            hi = 0 if in_w - 1 - shift < 0 else (in_w - 1 - shift) // s_w + 1
-            runs.append((shift, lo, max(min(hi, out_w), lo)))
+        runs = _column_runs(in_w, out_w, k_w, s_w, p_w, d_w)
         lowest = self.vconst(self.element_type.min)  # -inf, or the integer type's least
         begin, end = self.args["job_begin"], self.args["job_end"]  # channels [begin, end)
         with self.loop(begin, end, "nc") as nc, self.loop(0, out_d, "od") as od, \
@@ -463,6 +613,23 @@ class _OpIR(IRFunction):
         return self.finish()
 
 
+def _column_runs(in_w: int, out_w: int, k_w: int, s_w: int, p_w: int, d_w: int) -> list:
+    """Per kw tap of a pooling window, (shift, first, end): output columns [first, end)
+    read input column ow * s_w + shift, inside the input (the others read padding)."""
+    runs = []
+    for kw in range(k_w):
+        shift = kw * d_w - p_w
+        lo = min(0 if shift >= 0 else (-shift + s_w - 1) // s_w, out_w)
+        hi = 0 if in_w - 1 - shift < 0 else (in_w - 1 - shift) // s_w + 1
+        runs.append((shift, lo, max(min(hi, out_w), lo)))
+    return runs
+
+
+def _truncating_div(a: int, d: int) -> int:
+    """a / d rounded toward zero, as LLVM's sdiv (the old per-output divisor's rule)."""
+    return a // d if a >= 0 else -(-a // d)
+
+
 def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     kind = step.kind
     if kind == "max_pool":
@@ -470,7 +637,11 @@ def _op_function(module: ir.Module, step: Step, c_type: str) -> ir.Function:
     if kind == "max_pool_indices":
         return _OpIR(module, step, c_type, ("x", "y")).max_pool_indices()
     if kind == "avg_pool":
-        return _OpIR(module, step, c_type, ("x", "y")).avg_pool()
+        # a blocked pixel, or (NCHW, column stride 1) a run of columns, per vector
+        c = step.consts
+        lanes = c["lanes"] if c.get("blocked") or c["stride"][2] == 1 else 1
+        return _OpIR(module, step, c_type, ("x", "y"), ("job_begin", "job_end"),
+                     lanes=lanes).avg_pool()
     if kind == "adaptive_avg_pool":
         return _OpIR(module, step, c_type, ("x", "y")).adaptive_avg_pool()
     if kind == "linear":
@@ -596,7 +767,7 @@ def render_network_llvm(lowered: Lowered, symbol: str, title: str) -> str:
                 _call_parallel(entry, module, function, step, c_type, args)
                 continue
             args += [i64(0), i64(step.consts["jobs"])]
-        elif step.kind == "max_pool":
+        elif step.kind in ("max_pool", "avg_pool"):
             args = ins + [out]
             if step.consts["threads"] > 1 and openmp_available():
                 _call_parallel(entry, module, function, step, c_type, args)
