@@ -130,6 +130,14 @@ def test_resnet_like_blocked_matches_oracle(backend, data, batch, size, blocks, 
     (2, 8, (2, 4), (1, 2), (1, 1), (0, 3), (2, 1), False, False),
     (3, 5, 2, 1, 1, None, None, False, False),
     (1, 600, 5, 2, 2, None, None, True, False),       # blocked: a row over the stack limit
+    (2, 9, 3, 2, 0, None, None, True, False),         # no border column on the left
+    (1, 3, 4, 1, 2, None, None, False, False),        # no column with every tap inside
+    (1, 3, 4, 1, 2, None, None, True, True),
+    # NCHW planes as wide as the input (a plane at a time): no left padding, dilated, 1D
+    (2, 9, 3, 1, (1, 0), (1, 2), None, False, False),
+    (2, 7, 3, 1, 2, (2, 2), (2, 2), False, False),
+    (2, 7, 3, 1, 2, (2, 2), (2, 2), True, False),
+    (1, 20, 3, 1, 1, None, None, False, False),
 ])
 def test_avg_pool_in_both_layouts(backend, layout, case):
     """Average pooling between two convs, blocked or NCHW, at 2 threads: the two-pass
@@ -158,6 +166,9 @@ def test_avg_pool_in_both_layouts(backend, layout, case):
                                          <= MAX_POOL_ROW_ELEMENTS)
     if size == 600:
         assert step.consts["padded_row"] == (layout == "nchw")
+    if backend == "c" and layout == "nchw":  # a plane at a time where as wide as the input
+        same = nd < 3 and stride == 1 and shape[-1] == size
+        assert ("the window's columns, then its rows" in model.source) == same, case
 
 
 
